@@ -1,0 +1,48 @@
+//! `nvmetcp-plugin`: the multi-call binary behind every SMAPIv3 method link.
+//!
+//! All logic is in the `sm_driver` library; this file only wires the real
+//! host (the system runner, `/` as the host root), configures logging, and is
+//! the single writer of stdout, which carries the protocol and nothing else.
+
+mod logging;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use sm_driver::cmd::SystemRunner;
+use sm_driver::dispatch::Context;
+use sm_driver::entry::{execute, parse_args, usage, Invocation, BINARY_NAME};
+use sm_driver::host::HostRoot;
+use sm_driver::plugin::VERSION;
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+    let argv0 = argv.next().unwrap_or_else(|| BINARY_NAME.to_owned());
+    let args: Vec<String> = argv.collect();
+    let request = match parse_args(&argv0, &args) {
+        Ok(Invocation::Call(request)) => request,
+        Ok(Invocation::Help) => return print(&usage(), ExitCode::SUCCESS),
+        Ok(Invocation::Version) => return print(&format!("{BINARY_NAME} {VERSION}\n"), ExitCode::SUCCESS),
+        Err(error) => {
+            #[allow(clippy::print_stderr)] // a command-line mistake, for the person who typed it
+            {
+                eprintln!("{BINARY_NAME}: {error}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(request.verbose);
+    let context = Context { host: HostRoot::system(), runner: Box::new(SystemRunner::new()) };
+    let reply = execute(&context, &request, &mut std::io::stdin().lock());
+    let status = if reply.exit_code == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    print(&reply.stdout, status)
+}
+
+/// The one place that writes stdout.
+fn print(text: &str, status: ExitCode) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => status,
+        Err(_) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,195 @@
+//! `Plugin.diagnostics`: a plain-text report of everything that decides whether
+//! nvmetcp can work on this host.
+//!
+//! `xe host-get-sm-diagnostics` shows it, and support asks for it first, so it
+//! never fails: each item that cannot be read says why, in its own line. It
+//! answers the questions behind most field problems: which kernel and whether
+//! it has the fabrics module for the transport (XCP-ng 8.x's 4.19 has no
+//! `nvme_tcp`), whether native multipath is on, whether the host has an
+//! identity, which tools are installed, and what NVMe subsystems and paths the
+//! kernel has right now.
+
+use std::fmt::Write as _;
+
+use crate::cmd::{Command, Program, Runner};
+use crate::host::HostRoot;
+use crate::plugin::{SR_TYPE, VERSION};
+use crate::smapi::method::PluginKind;
+
+/// Kernel modules that matter, with their file names in `modules.dep`.
+const MODULES: &[(&str, &str)] = &[
+    ("nvme_core", "nvme-core.ko"),
+    ("nvme_fabrics", "nvme-fabrics.ko"),
+    ("nvme_tcp", "nvme-tcp.ko"),
+    ("nvme_rdma", "nvme-rdma.ko"),
+];
+
+/// Builds the report for the plugin of `kind`.
+#[must_use]
+pub fn report(kind: PluginKind, host: &HostRoot, runner: &dyn Runner) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "nvmetcp {VERSION} — {kind} plugin for SR type {SR_TYPE}");
+    let binary = std::env::current_exe().map_or_else(|e| format!("unknown ({e})"), |p| p.display().to_string());
+    let _ = writeln!(out, "binary: {binary}");
+    let release = host.read_trimmed("/proc/sys/kernel/osrelease");
+    let _ = writeln!(out, "kernel: {}", show(&release));
+    let _ =
+        writeln!(out, "pool role (/etc/xensource/pool.conf): {}", show(&host.read_trimmed("/etc/xensource/pool.conf")));
+
+    let _ = writeln!(out, "\nkernel modules:");
+    for (module, file) in MODULES {
+        let state = module_state(host, release.as_deref().ok(), module, file);
+        let _ = writeln!(out, "  {module:<13} {state}");
+    }
+    let multipath = host.read_trimmed("/sys/module/nvme_core/parameters/multipath");
+    let _ = writeln!(out, "  native multipath (nvme_core.multipath): {}", show(&multipath));
+    let fabrics = if host.exists("/dev/nvme-fabrics") { "present" } else { "absent (load nvme_fabrics)" };
+    let _ = writeln!(out, "  /dev/nvme-fabrics: {fabrics}");
+
+    let _ = writeln!(out, "\nhost identity:");
+    for file in ["/etc/nvme/hostnqn", "/etc/nvme/hostid"] {
+        let _ = writeln!(out, "  {file}: {}", show(&host.read_trimmed(file)));
+    }
+
+    let _ = writeln!(out, "\ntools:");
+    for program in [Program::Lvm, Program::Nvme] {
+        let line = match runner.resolve(program) {
+            Ok(path) => format!("{}", path.display()),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(out, "  {:<5} {line}", program.name());
+    }
+    let lvm = runner.run(&Command::new(Program::Lvm).arg("version"));
+    let lvm = lvm.map(|o| o.stdout.lines().next().unwrap_or_default().trim().to_owned());
+    let _ = writeln!(out, "  lvm version: {}", show(&lvm));
+
+    let _ = writeln!(out, "\nNVMe subsystems:");
+    write_subsystems(&mut out, host);
+    out
+}
+
+fn show<E: std::fmt::Display>(value: &Result<String, E>) -> String {
+    match value {
+        Ok(text) if text.is_empty() => "(empty)".to_owned(),
+        Ok(text) => text.replace('\n', " | "),
+        Err(e) => format!("unavailable ({e})"),
+    }
+}
+
+fn module_state(host: &HostRoot, release: Option<&str>, module: &str, file: &str) -> String {
+    if host.exists(&format!("/sys/module/{module}")) {
+        return "loaded".to_owned();
+    }
+    let Some(release) = release else {
+        return "not loaded".to_owned();
+    };
+    let listed = |list: &str| {
+        host.read_trimmed(&format!("/lib/modules/{release}/{list}")).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l.split(':').next().is_some_and(|p| p.ends_with(file) || p.ends_with(&format!("{file}.xz"))))
+        })
+    };
+    if listed("modules.builtin") {
+        "built into the kernel".to_owned()
+    } else if listed("modules.dep") {
+        "not loaded (available)".to_owned()
+    } else {
+        format!("not in kernel {release}")
+    }
+}
+
+fn write_subsystems(out: &mut String, host: &HostRoot) {
+    let subsystems = match host.list_dir("/sys/class/nvme-subsystem") {
+        Ok(names) if names.is_empty() => {
+            let _ = writeln!(out, "  none");
+            return;
+        }
+        Ok(names) => names,
+        Err(_) => {
+            let _ = writeln!(out, "  none (no /sys/class/nvme-subsystem)");
+            return;
+        }
+    };
+    for subsystem in subsystems {
+        let base = format!("/sys/class/nvme-subsystem/{subsystem}");
+        let attr = |name: &str| host.read_trimmed(&format!("{base}/{name}")).unwrap_or_else(|_| "?".to_owned());
+        let _ = writeln!(out, "  {subsystem}: {} iopolicy={}", attr("subsysnqn"), attr("iopolicy"));
+        let controllers = host.list_dir(&base).unwrap_or_default();
+        for controller in controllers.iter().filter(|n| is_controller_name(n)) {
+            let ctrl = |name: &str| {
+                host.read_trimmed(&format!("{base}/{controller}/{name}")).unwrap_or_else(|_| "?".to_owned())
+            };
+            let _ =
+                writeln!(out, "    {controller}: {} {} state={}", ctrl("transport"), ctrl("address"), ctrl("state"));
+        }
+    }
+}
+
+/// `nvme3` is a controller; `nvme3n1` or `nvme3c1n1` are not.
+fn is_controller_name(name: &str) -> bool {
+    name.strip_prefix("nvme").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+    use crate::cmd::{FakeRunner, Program};
+    use crate::host::HostRoot;
+    use crate::smapi::method::PluginKind;
+
+    fn write(host: &HostRoot, path: &str, text: &str) {
+        let path = host.path(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn dom0_4_19_without_nvme_tcp_is_reported_plainly() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        write(&host, "/proc/sys/kernel/osrelease", "4.19.0+1\n");
+        write(&host, "/etc/xensource/pool.conf", "master");
+        write(&host, "/sys/module/nvme_core/parameters/multipath", "Y\n");
+        write(&host, "/lib/modules/4.19.0+1/modules.dep", "kernel/drivers/nvme/host/nvme-rdma.ko: a.ko\n");
+        write(&host, "/lib/modules/4.19.0+1/modules.builtin", "kernel/drivers/nvme/host/nvme-fabrics.ko\n");
+        write(&host, "/etc/nvme/hostnqn", "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427\n");
+        let runner =
+            FakeRunner::new().then_stdout("  LVM version:     2.02.180(2)-RHEL7 (2018-07-30)\n").without(Program::Nvme);
+        let text = report(PluginKind::Volume, &host, &runner);
+        assert!(text.contains("kernel: 4.19.0+1"), "{text}");
+        assert!(text.contains("pool role (/etc/xensource/pool.conf): master"), "{text}");
+        assert!(text.contains("nvme_core     loaded"), "{text}");
+        assert!(text.contains("nvme_fabrics  built into the kernel"), "{text}");
+        assert!(text.contains("nvme_tcp      not in kernel 4.19.0+1"), "{text}");
+        assert!(text.contains("nvme_rdma     not loaded (available)"), "{text}");
+        assert!(text.contains("native multipath (nvme_core.multipath): Y"), "{text}");
+        assert!(text.contains("/dev/nvme-fabrics: absent"), "{text}");
+        assert!(text.contains("/etc/nvme/hostid: unavailable (cannot read"), "{text}");
+        assert!(text.contains("lvm version: LVM version:     2.02.180(2)-RHEL7"), "{text}");
+        assert!(text.contains("nvme  nvme is not installed"), "{text}");
+        assert!(text.contains("NVMe subsystems:\n  none"), "{text}");
+    }
+
+    #[test]
+    fn subsystems_and_their_paths_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let base = "/sys/class/nvme-subsystem/nvme-subsys0";
+        write(&host, &format!("{base}/subsysnqn"), "nqn.2024-01.io.example:array1\n");
+        write(&host, &format!("{base}/iopolicy"), "round-robin\n");
+        for (ctrl, addr, state) in
+            [("nvme0", "traddr=10.0.0.1,trsvcid=4420", "live"), ("nvme1", "traddr=10.0.0.2,trsvcid=4420", "connecting")]
+        {
+            write(&host, &format!("{base}/{ctrl}/transport"), "tcp\n");
+            write(&host, &format!("{base}/{ctrl}/address"), addr);
+            write(&host, &format!("{base}/{ctrl}/state"), state);
+        }
+        write(&host, &format!("{base}/nvme0n1/size"), "8");
+        let text = report(PluginKind::Datapath, &host, &FakeRunner::new());
+        assert!(text.contains("datapath plugin"), "{text}");
+        assert!(text.contains("nvme-subsys0: nqn.2024-01.io.example:array1 iopolicy=round-robin"), "{text}");
+        assert!(text.contains("nvme1: tcp traddr=10.0.0.2,trsvcid=4420 state=connecting"), "{text}");
+        assert!(!text.contains("nvme0n1:"), "{text}");
+        assert!(text.contains("lvm version: unavailable"), "a failing tool is reported, not fatal: {text}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Tests of argv handling and of one call end to end, in process.
+
+use super::{execute, parse_args, CallRequest, Input, Invocation, UsageError};
+use crate::cmd::FakeRunner;
+use crate::dispatch::Context;
+use crate::host::HostRoot;
+use crate::smapi::method::PluginKind;
+
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+fn call(kind: PluginKind, method: &str, input: Input) -> Invocation {
+    Invocation::Call(CallRequest { kind, method: method.to_owned(), input, verbose: false })
+}
+
+#[test]
+fn links_name_the_method_and_their_directory_the_plugin() {
+    let volume = "/usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.nvmetcp/Plugin.Query";
+    assert_eq!(
+        parse_args(volume, &args(&["--json"])),
+        Ok(call(PluginKind::Volume, "Plugin.Query", Input::JsonOnStdin))
+    );
+    let datapath = "/usr/libexec/xapi-storage-script/datapath/nvmetcp/Plugin.Query";
+    assert_eq!(
+        parse_args(datapath, &args(&["--json"])),
+        Ok(call(PluginKind::Datapath, "Plugin.Query", Input::JsonOnStdin))
+    );
+    let unknown = "/usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.nvmetcp/SR.frobnicate";
+    assert_eq!(
+        parse_args(unknown, &args(&["--json"])),
+        Ok(call(PluginKind::Volume, "SR.frobnicate", Input::JsonOnStdin))
+    );
+}
+
+#[test]
+fn people_name_the_method_as_the_first_word() {
+    let bin = "/usr/bin/nvmetcp-plugin";
+    assert_eq!(
+        parse_args(bin, &args(&["SR.stat", "sr=x"])),
+        Ok(call(PluginKind::Volume, "SR.stat", Input::Words(args(&["sr=x"]))))
+    );
+    assert_eq!(
+        parse_args(bin, &args(&["Datapath.attach", "uri=u", "domain=0"])),
+        Ok(call(PluginKind::Datapath, "Datapath.attach", Input::Words(args(&["uri=u", "domain=0"]))))
+    );
+    assert_eq!(
+        parse_args(bin, &args(&["--datapath", "Plugin.Query"])),
+        Ok(call(PluginKind::Datapath, "Plugin.Query", Input::Words(vec![])))
+    );
+    assert_eq!(parse_args(bin, &args(&["--help"])), Ok(Invocation::Help));
+    assert_eq!(parse_args(bin, &args(&["--version"])), Ok(Invocation::Version));
+    assert_eq!(parse_args(bin, &[]), Err(UsageError::NoMethod));
+    assert_eq!(parse_args(bin, &args(&["--frob"])), Err(UsageError::UnknownOption("--frob".into())));
+    assert_eq!(parse_args(bin, &args(&["SR.stat", "--json", "sr=x"])), Err(UsageError::JsonAndWords));
+}
+
+fn context() -> Context {
+    Context { host: HostRoot::at("/nonexistent"), runner: Box::new(FakeRunner::new()) }
+}
+
+#[test]
+fn unreadable_stdin_is_an_invalid_request() {
+    struct Exploding;
+    impl std::io::Read for Exploding {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("stdin closed early"))
+        }
+    }
+    let request = CallRequest {
+        kind: PluginKind::Volume,
+        method: "Plugin.Query".into(),
+        input: Input::JsonOnStdin,
+        verbose: false,
+    };
+    let reply = execute(&context(), &request, &mut Exploding);
+    assert_eq!(reply.exit_code, 1);
+    let record: serde_json::Value = serde_json::from_str(&reply.stdout).unwrap();
+    assert_eq!(record["code"], "NVMETCP_INVALID_REQUEST");
+    assert_eq!(record["backtrace"]["error"], "cannot read the parameters from stdin: stdin closed early");
+}
+
+#[test]
+fn unimplemented_and_unknown_methods_are_distinct_errors() {
+    let run = |kind, method: &str| {
+        let request = CallRequest { kind, method: method.into(), input: Input::JsonOnStdin, verbose: false };
+        let reply = execute(&context(), &request, &mut &b"{\"dbg\":\"d\",\"sr\":\"s\"}"[..]);
+        assert_eq!(reply.exit_code, 1);
+        serde_json::from_str::<serde_json::Value>(&reply.stdout).unwrap()
+    };
+    assert_eq!(run(PluginKind::Volume, "SR.stat")["code"], "Unimplemented");
+    assert_eq!(run(PluginKind::Volume, "SR.frobnicate")["code"], "NVMETCP_UNKNOWN_METHOD");
+    let wrong_plugin = run(PluginKind::Datapath, "SR.stat");
+    assert_eq!(wrong_plugin["code"], "NVMETCP_UNKNOWN_METHOD");
+    assert_eq!(wrong_plugin["params"][0], "'SR.stat' is not a method of the nvmetcp datapath plugin");
+}
+
+#[test]
+fn people_get_pretty_json_and_dbg_defaults() {
+    let request = CallRequest {
+        kind: PluginKind::Volume,
+        method: "plugin.query".into(),
+        input: Input::Words(vec![]),
+        verbose: false,
+    };
+    let reply = execute(&context(), &request, &mut std::io::empty());
+    assert_eq!(reply.exit_code, 0);
+    assert!(reply.stdout.starts_with("{\n"), "{}", reply.stdout);
+    let value: serde_json::Value = serde_json::from_str(&reply.stdout).unwrap();
+    assert_eq!(value["plugin"], "nvmetcp");
+}

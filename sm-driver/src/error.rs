@@ -1,0 +1,155 @@
+//! The driver's top-level error and the one place it becomes an SMAPI error
+//! record.
+//!
+//! Library modules return their own `thiserror` enums; they meet here in
+//! [`DriverError`], and [`to_error_record`] maps each case to the XenAPI error
+//! code xapi will raise — an exhaustive match, so a new error cannot ship
+//! without a code. By convention `params[0]` is the message an administrator
+//! reads in `xe` or Xen Orchestra; further params carry machine-usable detail
+//! (the method, the parameter). Codes are documented in `docs/errors.md`.
+
+use std::error::Error as _;
+use std::panic::Location;
+
+use crate::smapi::error_record::{Backtrace, ErrorRecord};
+use crate::smapi::method::PluginKind;
+use crate::smapi::params::RequestError;
+
+/// Everything that can make a call fail.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The request itself is wrong.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// No such method in this plugin.
+    #[error("'{method}' is not a method of the nvmetcp {kind} plugin")]
+    UnknownMethod {
+        /// The name it was invoked as.
+        method: String,
+        /// The plugin invoked.
+        kind: PluginKind,
+    },
+    /// A known SMAPIv3 method this version does not implement.
+    #[error("{method} is not implemented by nvmetcp {version}", version = crate::plugin::VERSION)]
+    Unimplemented {
+        /// The method's call name.
+        method: String,
+    },
+    /// The result could not be encoded.
+    #[error("cannot encode the result of {method} as JSON")]
+    Encode {
+        /// The method's call name.
+        method: String,
+        /// The encoder's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A bug: the call panicked.
+    #[error("internal error in {method}: {message}; please report it with /var/log/SMlog")]
+    Panicked {
+        /// The method's call name.
+        method: String,
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// A [`DriverError`] with the source location where it was raised, which
+/// becomes the record's backtrace.
+#[derive(Debug)]
+pub struct Failure {
+    /// The error.
+    pub error: DriverError,
+    /// Where it was raised.
+    pub at: &'static Location<'static>,
+}
+
+impl<E: Into<DriverError>> From<E> for Failure {
+    #[track_caller]
+    fn from(error: E) -> Self {
+        Self { error: error.into(), at: Location::caller() }
+    }
+}
+
+/// The error record for `failure`: the only mapping from errors to XenAPI codes.
+#[must_use]
+pub fn to_error_record(failure: &Failure) -> ErrorRecord {
+    let error = &failure.error;
+    let message = error.to_string();
+    let (code, detail): (&str, Vec<String>) = match error {
+        DriverError::Request(request) => match request {
+            RequestError::MissingParam { method, name, .. } | RequestError::IllTypedParam { method, name, .. } => {
+                ("NVMETCP_INVALID_PARAMETER", vec![method.clone(), (*name).to_owned()])
+            }
+            RequestError::MalformedJson { .. }
+            | RequestError::NotAnObject { .. }
+            | RequestError::BadArgument { .. }
+            | RequestError::UnknownArgument { .. }
+            | RequestError::Stdin(_) => ("NVMETCP_INVALID_REQUEST", vec![]),
+        },
+        DriverError::UnknownMethod { method, .. } => ("NVMETCP_UNKNOWN_METHOD", vec![method.clone()]),
+        DriverError::Unimplemented { method } => ("Unimplemented", vec![method.clone()]),
+        DriverError::Encode { method, .. } | DriverError::Panicked { method, .. } => {
+            ("NVMETCP_INTERNAL_ERROR", vec![method.clone()])
+        }
+    };
+    let mut params = vec![message];
+    params.extend(detail);
+    ErrorRecord {
+        code: code.to_owned(),
+        params,
+        backtrace: Backtrace {
+            error: full_chain(error),
+            files: vec![failure.at.file().to_owned()],
+            lines: vec![i64::from(failure.at.line())],
+        },
+    }
+}
+
+/// The error and all its causes, `: `-separated.
+fn full_chain(error: &DriverError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{to_error_record, DriverError, Failure};
+    use crate::smapi::method::ParamKind;
+    use crate::smapi::params::RequestError;
+
+    #[test]
+    fn records_carry_code_message_detail_and_location() {
+        let failure: Failure = DriverError::Unimplemented { method: "Volume.snapshot".to_owned() }.into();
+        let record = to_error_record(&failure);
+        assert_eq!(record.code, "Unimplemented");
+        assert_eq!(record.params[1], "Volume.snapshot");
+        assert!(record.params[0].starts_with("Volume.snapshot is not implemented by nvmetcp "));
+        assert_eq!(record.backtrace.files, [file!()]);
+        assert_eq!(record.backtrace.lines.len(), 1);
+
+        let failure: Failure = RequestError::MissingParam {
+            method: "SR.attach".into(),
+            name: "configuration",
+            kind: ParamKind::StringMap,
+        }
+        .into();
+        let record = to_error_record(&failure);
+        assert_eq!(record.code, "NVMETCP_INVALID_PARAMETER");
+        assert_eq!(record.params[1..], ["SR.attach", "configuration"]);
+    }
+
+    #[test]
+    fn backtrace_error_includes_the_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
+        let record = to_error_record(&RequestError::Stdin(io).into());
+        assert_eq!(record.code, "NVMETCP_INVALID_REQUEST");
+        assert_eq!(record.backtrace.error, "cannot read the parameters from stdin: pipe closed");
+    }
+}

@@ -1,0 +1,93 @@
+//! `Plugin.Query` for the two plugins this binary serves.
+//!
+//! xapi creates the SM record of the SR type from the volume plugin's answer
+//! (type = lowercase `plugin`, which must equal the directory suffix), and
+//! registers the datapath plugin under its `plugin` name, which must equal its
+//! directory name and the scheme of the volume URIs. `features` lists only
+//! what works today: xapi also adds features for the method files present, so
+//! packaging installs links only for implemented methods.
+
+use crate::device_config;
+use crate::smapi::method::PluginKind;
+use crate::smapi::types::QueryResult;
+
+/// The SR type, as typed in `xe sr-create type=`.
+pub const SR_TYPE: &str = "nvmetcp";
+
+/// The volume plugin directory name (the message-switch queue xapi binds to).
+pub const VOLUME_PLUGIN_DIR: &str = "org.xen.xapi.storage.nvmetcp";
+
+/// The datapath plugin directory name, which is also the URI scheme it serves.
+pub const DATAPATH_SCHEME: &str = "nvmetcp";
+
+/// The SMAPI version spoken.
+pub const API_VERSION: &str = "5.0";
+
+/// The plugin version, from the workspace.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Features of the volume plugin that work end to end today.
+const VOLUME_FEATURES: &[&str] = &[];
+
+/// Features of the datapath plugin that work end to end today.
+const DATAPATH_FEATURES: &[&str] = &[];
+
+/// The answer of `Plugin.Query` for `kind`.
+#[must_use]
+pub fn query(kind: PluginKind) -> QueryResult {
+    let (plugin, name, description, features, configuration) = match kind {
+        PluginKind::Volume => (
+            SR_TYPE,
+            "NVMe over TCP shared SR",
+            "Shared LVM storage on an NVMe over Fabrics (TCP or RDMA) subsystem, connected on every host of \
+             the pool over all paths with Linux native multipath",
+            VOLUME_FEATURES,
+            device_config::KEYS.iter().map(|k| (k.name.to_owned(), k.description.to_owned())).collect(),
+        ),
+        PluginKind::Datapath => (
+            DATAPATH_SCHEME,
+            "nvmetcp datapath",
+            "Hands nvmetcp volumes (LVs on the multipath NVMe namespace) to blkback",
+            DATAPATH_FEATURES,
+            Default::default(),
+        ),
+    };
+    QueryResult {
+        plugin: plugin.to_owned(),
+        name: name.to_owned(),
+        description: description.to_owned(),
+        vendor: "nvmetcp developers".to_owned(),
+        copyright: "Copyright (C) the nvmetcp developers; GPL-2.0-only".to_owned(),
+        version: VERSION.to_owned(),
+        required_api_version: API_VERSION.to_owned(),
+        features: features.iter().map(|&f| f.to_owned()).collect(),
+        configuration,
+        required_cluster_stack: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{query, DATAPATH_SCHEME, SR_TYPE, VOLUME_PLUGIN_DIR};
+    use crate::device_config::KEYS;
+    use crate::smapi::method::PluginKind;
+
+    #[test]
+    fn plugin_names_match_their_directories() {
+        assert_eq!(VOLUME_PLUGIN_DIR.rsplit('.').next(), Some(SR_TYPE));
+        assert_eq!(query(PluginKind::Volume).plugin, SR_TYPE);
+        assert_eq!(query(PluginKind::Datapath).plugin, DATAPATH_SCHEME);
+        assert!(!SR_TYPE.contains('.') && SR_TYPE == SR_TYPE.to_ascii_lowercase());
+    }
+
+    #[test]
+    fn volume_query_documents_every_device_config_key() {
+        let result = query(PluginKind::Volume);
+        assert_eq!(result.required_api_version, "5.0");
+        assert_eq!(result.configuration.len(), KEYS.len());
+        for key in KEYS {
+            assert_eq!(result.configuration[key.name], key.description);
+        }
+        assert!(result.required_cluster_stack.is_empty());
+    }
+}
