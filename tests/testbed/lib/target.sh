@@ -124,7 +124,7 @@ tb_target_up() {
 # ($TB_NQN_PREFIX:NAME) with namespace 1, one port per address, all linked.
 # Prints the subsystem NQN.
 tb_simple_target() {
-    local name=$1 size=$2 nqn=$TB_NQN_PREFIX:$1 port=0 addr
+    local size=$2 nqn=$TB_NQN_PREFIX:$1 port=0 addr
     shift 2
     tb_modules && tb_net_up "$@" && tb_subsystem "$nqn" && tb_namespace "$nqn" 1 "$size" || return 1
     for addr in "$@"; do

@@ -9,8 +9,10 @@ tb_wait 10 "two live paths" tb_has_live_paths "$nqn" 2
 tb_controllers "$nqn" | while read -r line; do tb_log "path: $line"; done
 head=$(tb_head "$nqn")
 subsys=$(tb_subsys_dir "$nqn")
-[ "$(ls -d /sys/class/nvme-subsystem/*/ | wc -l)" = 1 ] || tb_fail "expected one subsystem on the host"
-[ "$(ls /dev/nvme*n1 | wc -l)" = 1 ] || tb_fail "expected exactly one namespace block device (the multipath head)"
+subsystems=(/sys/class/nvme-subsystem/*/)
+[ ${#subsystems[@]} = 1 ] || tb_fail "expected one subsystem on the host"
+namespaces=(/dev/nvme*n1)
+[ ${#namespaces[@]} = 1 ] || tb_fail "expected exactly one namespace block device (the multipath head)"
 echo round-robin >"$subsys/iopolicy"
 tb_log "one head $head over 2 paths, iopolicy $(cat "$subsys/iopolicy")"
 

@@ -1,0 +1,213 @@
+//! Runs scenarios in the test bed and hands their results to Rust tests.
+//!
+//! The test bed (see `tests/testbed/README.md`) is a QEMU guest booted from a
+//! stock Debian kernel whose root is the host's `/` read-only over 9p with a
+//! tmpfs overlay, so binaries just built by cargo run inside unchanged. In the
+//! guest the kernel's own NVMe target (nvmet, configured through configfs)
+//! serves subsystems on several TCP ports, and the same kernel's NVMe/TCP
+//! initiator connects to them with native multipath.
+//!
+//! One boot runs several scenarios one after another (each in a clean state),
+//! because a boot costs seconds under software emulation. A test suite
+//! typically collects its scenarios into one [`run`] shared through a
+//! `OnceLock`, then asserts on each [`ScenarioResult`].
+//!
+//! A missing prerequisite (the test bed was never prepared, QEMU is absent)
+//! is a [`TestbedError`], never a skipped test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the test-bed scripts live.
+#[must_use]
+pub fn scripts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The workspace's target directory (results are kept under `testbed/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| scripts_dir().join("../../target"), PathBuf::from)
+}
+
+/// A scenario to run in the guest.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    spec: String,
+    name: String,
+    body: Option<String>,
+    timeout_secs: u32,
+}
+
+impl Scenario {
+    /// A scenario of `tests/testbed/scenarios/` by name (without `.sh`).
+    #[must_use]
+    pub fn named(name: &str) -> Self {
+        Self { spec: name.to_owned(), name: name.to_owned(), body: None, timeout_secs: 300 }
+    }
+
+    /// A scenario whose bash body is given here. It runs with `bash -eu -o
+    /// pipefail` after sourcing `lib/target.sh`, like the named ones.
+    #[must_use]
+    pub fn script(name: &str, body: &str) -> Self {
+        Self { spec: String::new(), name: name.to_owned(), body: Some(body.to_owned()), timeout_secs: 300 }
+    }
+
+    /// Sets the scenario's own time limit.
+    #[must_use]
+    pub fn timeout_secs(mut self, seconds: u32) -> Self {
+        self.timeout_secs = seconds;
+        self
+    }
+}
+
+/// Why the test bed could not run at all.
+#[derive(Debug)]
+pub enum TestbedError {
+    /// `tests/testbed/prepare` was not run (or its cache is gone).
+    NotPrepared(String),
+    /// The runner could not be started or the results not read.
+    Io(String),
+}
+
+impl std::fmt::Display for TestbedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotPrepared(detail) => {
+                write!(f, "the test bed is not prepared; run tests/testbed/prepare ({detail})")
+            }
+            Self::Io(detail) => write!(f, "cannot run the test bed: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for TestbedError {}
+
+/// The outcome of one scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioResult {
+    /// Its name.
+    pub name: String,
+    /// Its exit status; `None` if the guest never finished it.
+    pub status: Option<i32>,
+    /// Its combined stdout and stderr.
+    pub log: String,
+    /// Seconds it took.
+    pub seconds: Option<f64>,
+    /// The directory it wrote files to (`$SCENARIO_OUT`).
+    pub files: PathBuf,
+}
+
+impl ScenarioResult {
+    /// Whether it exited 0.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// A file the scenario wrote to `$SCENARIO_OUT`.
+    #[must_use]
+    pub fn file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.files.join(name)).ok()
+    }
+}
+
+/// The results of one boot.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The results directory (kept after the run).
+    pub dir: PathBuf,
+    /// The runner's exit status: 0 all passed, 1 some failed, 2 guest did not finish.
+    pub exit_code: i32,
+    /// The runner's summary (stderr).
+    pub summary: String,
+    /// Each scenario, in the order given.
+    pub scenarios: Vec<ScenarioResult>,
+}
+
+impl Run {
+    /// The guest's serial console log.
+    #[must_use]
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serial.log")).unwrap_or_default()
+    }
+
+    /// The result of scenario `name`.
+    ///
+    /// # Panics
+    /// If no such scenario was part of the run.
+    #[must_use]
+    pub fn scenario(&self, name: &str) -> &ScenarioResult {
+        self.scenarios.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no scenario {name} in this run"))
+    }
+
+    /// Panics with the scenario's log, the console's tail and where the
+    /// results are kept, unless scenario `name` passed.
+    ///
+    /// # Panics
+    /// If the scenario did not pass.
+    pub fn assert_passed(&self, name: &str) {
+        let result = self.scenario(name);
+        if !result.passed() {
+            let serial = self.serial_log();
+            let tail: Vec<&str> = serial.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!(
+                "scenario {name} did not pass (status {:?})\n--- scenario log ---\n{}\n--- guest console (tail) ---\n{}\n\
+                 --- results kept in {} ---",
+                result.status,
+                result.log,
+                tail.join("\n"),
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Boots one guest and runs `scenarios` in it, in order.
+///
+/// # Errors
+/// [`TestbedError`] when the test bed is not prepared or cannot be run; a
+/// scenario that fails is reported in its [`ScenarioResult`] instead.
+pub fn run(label: &str, scenarios: &[Scenario]) -> Result<Run, TestbedError> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let dir = target_dir().join("testbed").join(format!("{label}-{stamp}-{}", std::process::id()));
+    let scripts = dir.join("inline");
+    std::fs::create_dir_all(&scripts).map_err(|e| TestbedError::Io(format!("{}: {e}", scripts.display())))?;
+    let mut specs = Vec::new();
+    for scenario in scenarios {
+        let spec = match &scenario.body {
+            Some(body) => {
+                let path = scripts.join(format!("{}.sh", scenario.name));
+                std::fs::write(&path, body).map_err(|e| TestbedError::Io(format!("{}: {e}", path.display())))?;
+                path.display().to_string()
+            }
+            None => scenario.spec.clone(),
+        };
+        specs.push(format!("{spec}:{}", scenario.timeout_secs));
+    }
+    #[allow(clippy::disallowed_methods)] // test tooling: runs the test-bed script
+    let output = Command::new(scripts_dir().join("run"))
+        .arg("--results")
+        .arg(&dir)
+        .args(&specs)
+        .output()
+        .map_err(|e| TestbedError::Io(format!("tests/testbed/run: {e}")))?;
+    let summary = String::from_utf8_lossy(&output.stderr).into_owned();
+    let exit_code = output.status.code().unwrap_or(-1);
+    if exit_code == 3 {
+        return Err(TestbedError::NotPrepared(summary.trim().to_owned()));
+    }
+    let scenarios = scenarios.iter().map(|s| read_result(&dir, &s.name)).collect();
+    Ok(Run { dir, exit_code, summary, scenarios })
+}
+
+fn read_result(dir: &Path, name: &str) -> ScenarioResult {
+    let base = dir.join("scenarios").join(name);
+    let read = |file: &str| std::fs::read_to_string(base.join(file)).ok();
+    ScenarioResult {
+        name: name.to_owned(),
+        status: read("status").and_then(|s| s.trim().parse().ok()),
+        log: read("log").unwrap_or_default(),
+        seconds: read("seconds").and_then(|s| s.trim().parse().ok()),
+        files: base.join("files"),
+    }
+}
