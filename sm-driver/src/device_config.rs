@@ -92,6 +92,16 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_key() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for key in KEYS {
+            let row = readme.lines().find(|l| l.starts_with(&format!("| `{}` |", key.name)));
+            let row = row.unwrap_or_else(|| panic!("README lacks a row for {}", key.name)).replace('`', "");
+            assert!(row.contains(key.description), "README row for {} differs from Plugin.Query:\n{row}", key.name);
+        }
+    }
+
+    #[test]
     fn secret_keys_end_in_password_so_xapi_moves_them_to_secrets() {
         for key in KEYS.iter().filter(|k| k.name.starts_with("dhchap")) {
             assert!(key.name.ends_with("password"), "{}", key.name);

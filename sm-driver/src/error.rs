@@ -146,6 +146,23 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_documented_for_administrators() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md")).unwrap();
+        let samples: Vec<Failure> = vec![
+            RequestError::MalformedJson { detail: String::new() }.into(),
+            RequestError::IllTypedParam { method: "m".into(), name: "n", kind: ParamKind::Bool, found: "x".into() }
+                .into(),
+            DriverError::UnknownMethod { method: "m".into(), kind: crate::smapi::method::PluginKind::Volume }.into(),
+            DriverError::Unimplemented { method: "m".into() }.into(),
+            DriverError::Panicked { method: "m".into(), message: "boom".into() }.into(),
+        ];
+        for failure in &samples {
+            let code = to_error_record(failure).code;
+            assert!(docs.contains(&format!("| `{code}` |")), "{code} is missing from docs/errors.md");
+        }
+    }
+
+    #[test]
     fn backtrace_error_includes_the_causes() {
         let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
         let record = to_error_record(&RequestError::Stdin(io).into());
