@@ -156,20 +156,28 @@ fn run(ctx: &Context, request: &CallRequest, stdin: &mut dyn Read) -> Result<ser
     }
     let _entered = span.enter();
     tracing::debug!(plugin = %request.kind, "call started");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, request.kind, &params)));
-    let result = outcome.unwrap_or_else(|panic| {
+    let result = contain_panics(method, || dispatch(ctx, request.kind, &params));
+    match &result {
+        Ok(_) => tracing::debug!("call succeeded"),
+        Err(failure) => tracing::error!(error = %failure.error, "call failed"),
+    }
+    result
+}
+
+/// Runs `handler`, turning a panic (a bug) into an internal error, so the
+/// caller still gets an error record and never a half-written stdout.
+fn contain_panics(
+    method: &Method,
+    handler: impl FnOnce() -> Result<serde_json::Value, Failure>,
+) -> Result<serde_json::Value, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".to_owned());
         Err(DriverError::Panicked { method: method.call_name(), message }.into())
-    });
-    match &result {
-        Ok(_) => tracing::debug!("call succeeded"),
-        Err(failure) => tracing::error!(error = %failure.error, "call failed"),
-    }
-    result
+    })
 }
 
 /// Finds the method and reads its parameters from stdin or the words given.

@@ -81,6 +81,20 @@ fn unreadable_stdin_is_an_invalid_request() {
 }
 
 #[test]
+fn a_panicking_handler_becomes_an_internal_error() {
+    let method = crate::smapi::method::Method::lookup("SR.stat").unwrap();
+    let failure = super::contain_panics(method, || panic!("index out of bounds")).unwrap_err();
+    let record = crate::error::to_error_record(&failure);
+    assert_eq!(record.code, "NVMETCP_INTERNAL_ERROR");
+    assert_eq!(
+        record.params[0],
+        "internal error in SR.stat: index out of bounds; please report it with /var/log/SMlog"
+    );
+    let ok = super::contain_panics(method, || Ok(serde_json::Value::Null)).unwrap();
+    assert!(ok.is_null());
+}
+
+#[test]
 fn unimplemented_and_unknown_methods_are_distinct_errors() {
     let run = |kind, method: &str| {
         let request = CallRequest { kind, method: method.into(), input: Input::JsonOnStdin, verbose: false };

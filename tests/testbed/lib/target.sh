@@ -109,14 +109,14 @@ tb_target_down() {
     : >/run/tb-links
     for link in "$TB_CFG"/ports/*/subsystems/*; do
         [ -L "$link" ] || continue
-        echo "$link $(readlink "$link")" >>/run/tb-links
+        echo "${link%%/subsystems/*} ${link##*/}" >>/run/tb-links
         rm "$link"
     done
     tb_log "target down ($(wc -l </run/tb-links) port links removed)"
 }
 tb_target_up() {
-    local link target
-    while read -r link target; do ln -s "$target" "$link"; done </run/tb-links
+    local port nqn
+    while read -r port nqn; do ln -s "$TB_CFG/subsystems/$nqn" "$port/subsystems/$nqn"; done </run/tb-links
     tb_log "target up ($(wc -l </run/tb-links) port links restored)"
 }
 
@@ -175,14 +175,15 @@ tb_connect() {
     nvme connect -t tcp -a "$2" -s "${3:-4420}" -n "$1" -k 5 -c 2 -l -1 >&2 && tb_log "connected $1 via $2"
 }
 
-# tb_reset: removes everything a scenario may have left: VGs, controllers,
-# target configuration, network, backing files.
+# tb_reset: removes everything a scenario may have left: controllers, VGs,
+# target configuration, network, backing files. Controllers go first: with every
+# path down, I/O to a head (an LVM scan) would wait forever.
 tb_reset() {
     local c link dir
-    command -v vgchange >/dev/null && vgchange -an >/dev/null 2>&1
     for c in /sys/class/nvme/nvme*; do
-        [ -e "$c/delete_controller" ] && echo 1 >"$c/delete_controller" 2>/dev/null
+        [ -e "$c/delete_controller" ] && timeout 30 sh -c "echo 1 >$c/delete_controller" 2>/dev/null
     done
+    command -v dmsetup >/dev/null && timeout 30 dmsetup remove_all --force >/dev/null 2>&1
     if [ -d "$TB_CFG" ]; then
         for link in "$TB_CFG"/ports/*/subsystems/* "$TB_CFG"/subsystems/*/allowed_hosts/*; do
             [ -L "$link" ] && rm "$link"

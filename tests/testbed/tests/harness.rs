@@ -13,6 +13,8 @@ fn suite() -> &'static Run {
             "harness",
             &[
                 Scenario::named("demo"),
+                Scenario::named("access-control"),
+                Scenario::named("target-outage"),
                 Scenario::named("selftest-fails"),
                 Scenario::script("selftest-timeout", "tb_log 'hanging on purpose'\nsleep 600\n").timeout_secs(5),
                 Scenario::script("inline-target", &format!("{}\n", include_str!("../scenarios/smoke.sh"))),
@@ -37,6 +39,28 @@ fn demo_scenario_passes_on_the_real_kernel() {
         assert!(log.contains(step), "demo log lacks {step:?}:\n{log}");
     }
     assert!(run.scenario("demo").file("io-times").is_some_and(|t| t.lines().count() > 10));
+}
+
+#[test]
+fn host_allow_lists_and_dh_hmac_chap_keys_are_enforced() {
+    let run = suite();
+    run.assert_passed("access-control");
+    let log = &run.scenario("access-control").log;
+    for line in [
+        "a host not on the allow-list: refused",
+        "the listed host without a key: refused",
+        "the listed host with a wrong key: refused",
+        "the listed host with the right keys: connected",
+    ] {
+        assert!(log.contains(line), "missing {line:?}:\n{log}");
+    }
+}
+
+#[test]
+fn the_whole_target_goes_down_and_comes_back() {
+    let run = suite();
+    run.assert_passed("target-outage");
+    assert!(run.scenario("target-outage").log.contains("target down (2 port links removed)"));
 }
 
 #[test]
