@@ -28,5 +28,6 @@ pub mod dispatch;
 pub mod entry;
 pub mod error;
 pub mod host;
+pub mod nvme;
 pub mod plugin;
 pub mod smapi;

@@ -1,0 +1,313 @@
+//! Connect parameters and their one rendering into the kernel's option string.
+//!
+//! Every field is a validated type ([`super::names`]) or a number, so the
+//! rendered string can only ever contain the options written here. The
+//! defaults are chosen for VMs on shared storage:
+//!
+//! * `ctrl_loss_tmo=-1`: a controller whose path is lost keeps reconnecting
+//!   forever, so the namespace never disappears under running VMs (the kernel
+//!   default of 600 s removes it after a 10-minute outage);
+//! * `fast_io_fail_tmo=60`: but I/O does not hang forever either: once no path
+//!   has been usable for 60 s, I/O fails back to the guests, like dm-multipath's
+//!   `no_path_retry` in XCP-ng's other SRs;
+//! * `keep_alive_tmo=5`, `reconnect_delay=5`: a silent path is noticed within
+//!   seconds and retried often, so a restored path is back quickly;
+//! * `nr_io_queues`: the kernel's choice (one per CPU) unless configured.
+//!
+//! The host NQN and host ID are always passed (the kernel's default identity is
+//! random per module load), identically on every connect.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use super::names::{DhchapKey, HostId, InterfaceName, InvalidValue, Nqn, Portal, Transport};
+
+/// Reconnect and queue tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// Seconds before a lost controller is removed; -1 = never.
+    pub ctrl_loss_tmo: i32,
+    /// Seconds between reconnect attempts.
+    pub reconnect_delay: u32,
+    /// Keep-alive timeout in seconds.
+    pub keep_alive_tmo: u32,
+    /// Seconds after which I/O fails while no path is usable; -1 = never.
+    pub fast_io_fail_tmo: i32,
+    /// I/O queues per controller; `None` = the kernel's choice.
+    pub nr_io_queues: Option<u32>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self { ctrl_loss_tmo: -1, reconnect_delay: 5, keep_alive_tmo: 5, fast_io_fail_tmo: 60, nr_io_queues: None }
+    }
+}
+
+impl Timers {
+    /// The names [`Timers::set`] accepts (they are also device-config keys).
+    pub const NAMES: [&'static str; 5] =
+        ["ctrl_loss_tmo", "reconnect_delay", "keep_alive_tmo", "fast_io_fail_tmo", "nr_io_queues"];
+
+    /// Sets one timer from its text, checking its range.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] naming the setting and its allowed range.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), InvalidValue> {
+        let number = |min: i64, max: i64, what: &'static str| {
+            value.trim().parse::<i64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| InvalidValue {
+                what,
+                value: value.to_owned(),
+                why: format!("use a whole number of seconds from {min} to {max}"),
+            })
+        };
+        let narrow = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+        let unsigned = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        match name {
+            "ctrl_loss_tmo" => self.ctrl_loss_tmo = narrow(number(-1, 86_400 * 365, "ctrl_loss_tmo")?),
+            "reconnect_delay" => self.reconnect_delay = unsigned(number(1, 3600, "reconnect_delay")?),
+            "keep_alive_tmo" => self.keep_alive_tmo = unsigned(number(1, 3600, "keep_alive_tmo")?),
+            "fast_io_fail_tmo" => self.fast_io_fail_tmo = narrow(number(-1, 86_400 * 365, "fast_io_fail_tmo")?),
+            "nr_io_queues" => {
+                let queues = value.trim().parse::<u32>().ok().filter(|n| (1..=1024).contains(n));
+                self.nr_io_queues = Some(queues.ok_or_else(|| InvalidValue {
+                    what: "nr_io_queues",
+                    value: value.to_owned(),
+                    why: "use a number of queues from 1 to 1024".to_owned(),
+                })?);
+            }
+            other => {
+                return Err(InvalidValue {
+                    what: "setting",
+                    value: other.to_owned(),
+                    why: format!("known settings: {}", Self::NAMES.join(", ")),
+                })
+            }
+        }
+        if self.ctrl_loss_tmo >= 0 && self.fast_io_fail_tmo > self.ctrl_loss_tmo {
+            return Err(InvalidValue {
+                what: "fast_io_fail_tmo",
+                value: self.fast_io_fail_tmo.to_string(),
+                why: format!("it must not exceed ctrl_loss_tmo ({})", self.ctrl_loss_tmo),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// This host's identity towards targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// Host NQN.
+    pub nqn: Nqn,
+    /// Host ID (the kernel insists on a 1:1 pairing with the NQN).
+    pub id: HostId,
+}
+
+/// DH-HMAC-CHAP keys for one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authentication {
+    /// The host's key: the target authenticates the host.
+    pub host_key: Option<DhchapKey>,
+    /// The controller's key: the host also authenticates the target.
+    pub ctrl_key: Option<DhchapKey>,
+}
+
+/// Everything needed to connect one path to an I/O controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// TCP or RDMA.
+    pub transport: Transport,
+    /// Target address and port.
+    pub portal: Portal,
+    /// Subsystem NQN.
+    pub subsystem: Nqn,
+    /// Our identity.
+    pub host: HostIdentity,
+    /// Bind to this interface (`host_iface`).
+    pub host_iface: Option<InterfaceName>,
+    /// Bind to this source address (`host_traddr`).
+    pub host_traddr: Option<IpAddr>,
+    /// Tuning.
+    pub timers: Timers,
+    /// In-band authentication.
+    pub auth: Authentication,
+}
+
+/// A rendered option string: shown redacted, exposed only to the fabrics device.
+pub struct OptionString {
+    text: String,
+    shown: String,
+}
+
+impl OptionString {
+    /// The string to write to `/dev/nvme-fabrics`.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for OptionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for OptionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OptionString({})", self.shown)
+    }
+}
+
+impl ConnectOptions {
+    /// Renders the kernel option string: the only place it is built.
+    #[must_use]
+    pub fn render(&self) -> OptionString {
+        let mut plain: Vec<String> = vec![
+            format!("transport={}", self.transport),
+            format!("traddr={}", self.portal.addr),
+            format!("trsvcid={}", self.portal.port),
+            format!("nqn={}", self.subsystem),
+            format!("hostnqn={}", self.host.nqn),
+            format!("hostid={}", self.host.id),
+        ];
+        if let Some(iface) = &self.host_iface {
+            plain.push(format!("host_iface={}", iface.as_str()));
+        }
+        if let Some(addr) = self.host_traddr {
+            plain.push(format!("host_traddr={addr}"));
+        }
+        let t = &self.timers;
+        plain.push(format!("keep_alive_tmo={}", t.keep_alive_tmo));
+        plain.push(format!("reconnect_delay={}", t.reconnect_delay));
+        plain.push(format!("ctrl_loss_tmo={}", t.ctrl_loss_tmo));
+        if t.fast_io_fail_tmo >= 0 {
+            plain.push(format!("fast_io_fail_tmo={}", t.fast_io_fail_tmo));
+        }
+        if let Some(queues) = t.nr_io_queues {
+            plain.push(format!("nr_io_queues={queues}"));
+        }
+        let mut text = plain.join(",");
+        let mut shown = text.clone();
+        for (name, key) in [("dhchap_secret", &self.auth.host_key), ("dhchap_ctrl_secret", &self.auth.ctrl_key)] {
+            if let Some(key) = key {
+                text.push_str(&format!(",{name}={}", key.expose()));
+                shown.push_str(&format!(",{name}=<redacted>"));
+            }
+        }
+        OptionString { text, shown }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::{Authentication, ConnectOptions, HostIdentity, Timers};
+    use crate::nvme::names::{Portal, Transport};
+
+    pub(crate) fn options() -> ConnectOptions {
+        ConnectOptions {
+            transport: Transport::Tcp,
+            portal: Portal::parse("10.0.0.1", 4420).unwrap(),
+            subsystem: "nqn.2024-01.io.example:array".parse().unwrap(),
+            host: HostIdentity {
+                nqn: "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427".parse().unwrap(),
+                id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".parse().unwrap(),
+            },
+            host_iface: None,
+            host_traddr: None,
+            timers: Timers::default(),
+            auth: Authentication::default(),
+        }
+    }
+
+    #[test]
+    fn renders_every_field_in_one_place() {
+        let mut opts = options();
+        assert_eq!(
+            opts.render().expose(),
+            "transport=tcp,traddr=10.0.0.1,trsvcid=4420,nqn=nqn.2024-01.io.example:array,\
+             hostnqn=nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427,\
+             hostid=1b4e28ba-2fa1-11d2-883f-0016d3cca427,keep_alive_tmo=5,reconnect_delay=5,ctrl_loss_tmo=-1,\
+             fast_io_fail_tmo=60"
+        );
+        opts.portal = Portal::parse("[fd00::7]:4421", 4420).unwrap();
+        opts.host_iface = Some("eth1".parse().unwrap());
+        opts.host_traddr = Some("fd00::1".parse().unwrap());
+        opts.timers.set("nr_io_queues", "4").unwrap();
+        opts.timers.set("fast_io_fail_tmo", "-1").unwrap();
+        let text = opts.render().expose().to_owned();
+        assert!(text.contains(",traddr=fd00::7,trsvcid=4421,"), "{text}");
+        assert!(text.contains(",host_iface=eth1,host_traddr=fd00::1,"), "{text}");
+        assert!(text.ends_with(",ctrl_loss_tmo=-1,nr_io_queues=4"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_rendered_but_never_shown() {
+        let mut opts = options();
+        let key = "DHHC-1:00:ia6zGodOr5SEG2U6ZlzCNX3CoGKlUcO+aHF2Ypw6lSGGKBUq:";
+        opts.auth.host_key = Some(key.parse().unwrap());
+        opts.auth.ctrl_key = Some(key.parse().unwrap());
+        let rendered = opts.render();
+        assert!(rendered.expose().ends_with(&format!(",dhchap_secret={key},dhchap_ctrl_secret={key}")));
+        let shown = format!("{rendered} {rendered:?} {opts:?}");
+        assert!(!shown.contains("ia6z"), "{shown}");
+        assert!(shown.contains("dhchap_secret=<redacted>,dhchap_ctrl_secret=<redacted>"));
+    }
+
+    #[test]
+    fn every_rendered_option_is_one_known_token() {
+        let mut opts = options();
+        opts.host_iface = Some("eth1".parse().unwrap());
+        opts.auth.host_key = Some("DHHC-1:00:ia6zGodOr5SEG2U6ZlzCNX3CoGKlUcO+aHF2Ypw6lSGGKBUq:".parse().unwrap());
+        let known = [
+            "transport",
+            "traddr",
+            "trsvcid",
+            "nqn",
+            "hostnqn",
+            "hostid",
+            "host_iface",
+            "host_traddr",
+            "keep_alive_tmo",
+            "reconnect_delay",
+            "ctrl_loss_tmo",
+            "fast_io_fail_tmo",
+            "nr_io_queues",
+            "dhchap_secret",
+            "dhchap_ctrl_secret",
+        ];
+        let rendered = opts.render();
+        let tokens: Vec<&str> = rendered.expose().split(',').collect();
+        assert!(!rendered.expose().contains('\n'));
+        for token in &tokens {
+            let (name, _) = token.split_once('=').unwrap();
+            assert!(known.contains(&name), "unexpected option {name}");
+        }
+        let mut names: Vec<&str> = tokens.iter().map(|t| t.split_once('=').unwrap().0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), tokens.len(), "no option twice");
+    }
+
+    #[test]
+    fn timers_are_range_checked() {
+        let mut timers = Timers::default();
+        timers.set("keep_alive_tmo", "10").unwrap();
+        assert_eq!(timers.keep_alive_tmo, 10);
+        for (name, bad) in [
+            ("keep_alive_tmo", "0"),
+            ("reconnect_delay", "-5"),
+            ("ctrl_loss_tmo", "-2"),
+            ("nr_io_queues", "0"),
+            ("keep_alive_tmo", "5,nqn=x"),
+            ("bogus", "1"),
+        ] {
+            let mut copy = timers;
+            let err = copy.set(name, bad).unwrap_err();
+            assert!(err.to_string().contains(bad) || name == "bogus", "{err}");
+        }
+        timers.set("ctrl_loss_tmo", "600").unwrap();
+        let err = timers.set("fast_io_fail_tmo", "900").unwrap_err();
+        assert!(err.to_string().contains("must not exceed ctrl_loss_tmo (600)"), "{err}");
+    }
+}
