@@ -10,8 +10,73 @@
 //! * [`options`]: connect parameters, their defaults, and the one renderer of
 //!   the kernel option string;
 //! * [`sysfs`]: controllers, subsystems and namespace devices as the kernel
-//!   shows them.
+//!   shows them;
+//! * [`fabrics`]: the fabrics device that creates controllers;
+//! * [`connect`]: one path connected (or reused) and disconnected, idempotently.
 
+pub mod connect;
+pub mod fabrics;
 pub mod names;
 pub mod options;
 pub mod sysfs;
+
+use std::time::Duration;
+
+use crate::host::HostError;
+
+/// Everything that can go wrong in the fabric layer. Messages name the portal,
+/// the subsystem and what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum NvmeError {
+    /// A value was rejected before anything reached the kernel.
+    #[error(transparent)]
+    Invalid(#[from] names::InvalidValue),
+    /// The host's sysfs could not be read.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A TCP portal did not accept a connection.
+    #[error("portal {portal} (subsystem {nqn}) is unreachable: no TCP connection within {timeout:?}: {source}")]
+    Unreachable {
+        /// The portal.
+        portal: String,
+        /// The subsystem.
+        nqn: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel did not create the controller.
+    #[error("cannot connect to subsystem {nqn} at {portal}: {source}")]
+    Connect {
+        /// The portal.
+        portal: String,
+        /// The subsystem.
+        nqn: String,
+        /// What the kernel said.
+        #[source]
+        source: fabrics::FabricsError,
+    },
+    /// The kernel reported a controller that sysfs does not show.
+    #[error("the kernel created {controller} for subsystem {nqn} at {portal}, but it disappeared at once (see dmesg)")]
+    ControllerVanished {
+        /// The portal.
+        portal: String,
+        /// The subsystem.
+        nqn: String,
+        /// The controller name.
+        controller: String,
+    },
+    /// The kernel refused to delete a controller.
+    #[error("cannot disconnect {controller} ({path})")]
+    Disconnect {
+        /// The controller name.
+        controller: String,
+        /// The path it serves.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}

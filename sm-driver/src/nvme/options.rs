@@ -133,6 +133,36 @@ pub struct ConnectOptions {
     pub auth: Authentication,
 }
 
+/// What identifies one path (controller), as the kernel's duplicate check
+/// does: kept in the registry of who uses which path, and matched against
+/// controllers in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct PathKey {
+    /// `tcp` or `rdma`.
+    pub transport: String,
+    /// Target address.
+    pub traddr: IpAddr,
+    /// Target port.
+    pub trsvcid: u16,
+    /// Subsystem NQN.
+    pub subsysnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Source interface binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_iface: Option<String>,
+    /// Source address binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_traddr: Option<IpAddr>,
+}
+
+impl fmt::Display for PathKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let portal = Portal { addr: self.traddr, port: self.trsvcid };
+        write!(f, "{} {portal} {}", self.transport, self.subsysnqn)
+    }
+}
+
 /// A rendered option string: shown redacted, exposed only to the fabrics device.
 pub struct OptionString {
     text: String,
@@ -160,6 +190,20 @@ impl fmt::Debug for OptionString {
 }
 
 impl ConnectOptions {
+    /// The identity of the path these options connect.
+    #[must_use]
+    pub fn key(&self) -> PathKey {
+        PathKey {
+            transport: self.transport.as_str().to_owned(),
+            traddr: self.portal.addr,
+            trsvcid: self.portal.port,
+            subsysnqn: self.subsystem.as_str().to_owned(),
+            hostnqn: self.host.nqn.as_str().to_owned(),
+            host_iface: self.host_iface.as_ref().map(|i| i.as_str().to_owned()),
+            host_traddr: self.host_traddr,
+        }
+    }
+
     /// Renders the kernel option string: the only place it is built.
     #[must_use]
     pub fn render(&self) -> OptionString {

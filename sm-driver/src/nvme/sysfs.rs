@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use crate::host::{HostError, HostRoot};
 
-use super::options::ConnectOptions;
+use super::options::PathKey;
 
 /// The `address` attribute of a controller, as key/value pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,23 +75,23 @@ impl Controller {
         !(self.state.starts_with("deleting") || self.state == "dead")
     }
 
-    /// Whether this controller is the path `options` describes: exact subsystem
+    /// Whether this controller is the path `key` describes: exact subsystem
     /// NQN, transport, address, port and host NQN, and the same source binding
     /// (or none on both sides), like the kernel's own duplicate check.
     #[must_use]
-    pub fn matches(&self, options: &ConnectOptions) -> bool {
-        let same_binding = |key: &str, wanted: Option<String>| match (self.address.get(key), wanted) {
+    pub fn matches(&self, key: &PathKey) -> bool {
+        let same_binding = |field: &str, wanted: Option<String>| match (self.address.get(field), wanted) {
             (None, None) => true,
             (Some(have), Some(want)) => have == want || have.parse::<IpAddr>().ok() == want.parse::<IpAddr>().ok(),
             _ => false,
         };
-        self.transport == options.transport.as_str()
-            && self.subsysnqn == options.subsystem.as_str()
-            && self.address.traddr() == Some(options.portal.addr)
-            && self.address.trsvcid() == Some(options.portal.port)
-            && self.hostnqn.as_deref() == Some(options.host.nqn.as_str())
-            && same_binding("host_traddr", options.host_traddr.map(|a| a.to_string()))
-            && same_binding("host_iface", options.host_iface.as_ref().map(|i| i.as_str().to_owned()))
+        self.transport == key.transport
+            && self.subsysnqn == key.subsysnqn
+            && self.address.traddr() == Some(key.traddr)
+            && self.address.trsvcid() == Some(key.trsvcid)
+            && self.hostnqn.as_deref() == Some(key.hostnqn.as_str())
+            && same_binding("host_traddr", key.host_traddr.map(|a| a.to_string()))
+            && same_binding("host_iface", key.host_iface.clone())
     }
 }
 
@@ -328,11 +328,11 @@ mod tests {
         );
         let all = controllers(&tree.host()).unwrap();
         assert_eq!(all.len(), 6);
-        let matching: Vec<&str> = all.iter().filter(|c| c.matches(&opts)).map(|c| c.name.as_str()).collect();
+        let matching: Vec<&str> = all.iter().filter(|c| c.matches(&opts.key())).map(|c| c.name.as_str()).collect();
         assert_eq!(matching, ["nvme0"], "no prefix match, no other port, transport, host or binding");
         let mut bound = opts.clone();
         bound.host_iface = Some("eth1".parse().unwrap());
-        let matching: Vec<&str> = all.iter().filter(|c| c.matches(&bound)).map(|c| c.name.as_str()).collect();
+        let matching: Vec<&str> = all.iter().filter(|c| c.matches(&bound.key())).map(|c| c.name.as_str()).collect();
         assert_eq!(matching, ["nvme5"]);
     }
 

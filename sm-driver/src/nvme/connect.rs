@@ -1,0 +1,243 @@
+//! Connecting and disconnecting one path, idempotently.
+//!
+//! A path is reconciled on its own: an existing controller for exactly this
+//! path (see [`super::sysfs::Controller::matches`]) is reused whatever its
+//! state, because the kernel keeps reconnecting it; otherwise a new one is
+//! created through the fabrics device. For TCP the portal is first probed
+//! with a plain TCP connect bounded by a timeout, because the kernel's own
+//! connect can block for minutes on an address that does not answer; the
+//! probe turns that into a clear, prompt error naming the portal.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::host::HostRoot;
+
+use super::fabrics::{Fabrics, FabricsError};
+use super::names::Transport;
+use super::options::{ConnectOptions, PathKey};
+use super::sysfs::{controller, controllers, Controller};
+use super::NvmeError;
+
+/// How long the TCP reachability probe waits for a portal.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a path came to be connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathOrigin {
+    /// A matching controller existed already.
+    Reused,
+    /// This call created the controller.
+    Created,
+}
+
+/// A connected path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedPath {
+    /// The path's identity.
+    pub key: PathKey,
+    /// The controller's kernel name now (`nvme3`).
+    pub controller: String,
+    /// Its state now (`live`, `connecting`, …).
+    pub state: String,
+    /// Whether it was reused or created.
+    pub origin: PathOrigin,
+}
+
+/// The alive controller for `key`, if any.
+///
+/// # Errors
+/// [`NvmeError::Host`] if sysfs cannot be read.
+pub fn find_controller(host: &HostRoot, key: &PathKey) -> Result<Option<Controller>, NvmeError> {
+    Ok(controllers(host)?.into_iter().find(|c| c.is_alive() && c.matches(key)))
+}
+
+/// Connects one path, or reuses its existing controller.
+///
+/// # Errors
+/// [`NvmeError::Unreachable`] when a TCP portal does not answer within
+/// `probe_timeout`, [`NvmeError::Connect`] when the kernel refuses, naming the
+/// portal and subsystem.
+pub fn connect_path(
+    host: &HostRoot,
+    fabrics: &dyn Fabrics,
+    options: &ConnectOptions,
+    probe_timeout: Duration,
+) -> Result<ConnectedPath, NvmeError> {
+    let key = options.key();
+    if let Some(existing) = find_controller(host, &key)? {
+        tracing::debug!(path = %key, controller = %existing.name, state = %existing.state, "reusing controller");
+        return Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused });
+    }
+    if options.transport == Transport::Tcp {
+        TcpStream::connect_timeout(&options.portal.socket_addr(), probe_timeout).map_err(|source| {
+            NvmeError::Unreachable {
+                portal: options.portal.to_string(),
+                nqn: key.subsysnqn.clone(),
+                timeout: probe_timeout,
+                source,
+            }
+        })?;
+    }
+    let rendered = options.render();
+    tracing::info!(path = %key, options = %rendered, "connecting");
+    match fabrics.create_controller(&rendered) {
+        Ok(created) => {
+            let name = format!("nvme{}", created.instance);
+            let found = controller(host, &name).map_err(|_| NvmeError::ControllerVanished {
+                portal: options.portal.to_string(),
+                nqn: key.subsysnqn.clone(),
+                controller: name.clone(),
+            })?;
+            tracing::info!(path = %key, controller = %name, state = %found.state, "connected");
+            Ok(ConnectedPath { key, controller: name, state: found.state, origin: PathOrigin::Created })
+        }
+        Err(FabricsError::AlreadyConnected) => {
+            // Another call connected it meanwhile (or it is being torn down).
+            let existing = find_controller(host, &key)?.ok_or_else(|| NvmeError::Connect {
+                portal: options.portal.to_string(),
+                nqn: key.subsysnqn.clone(),
+                source: FabricsError::AlreadyConnected,
+            })?;
+            Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused })
+        }
+        Err(source) => {
+            Err(NvmeError::Connect { portal: options.portal.to_string(), nqn: key.subsysnqn.clone(), source })
+        }
+    }
+}
+
+/// Deletes every alive controller for exactly `key` (normally one). Returns
+/// the names deleted.
+///
+/// # Errors
+/// [`NvmeError::Disconnect`] naming the controller the kernel refused to delete.
+pub fn disconnect_path(host: &HostRoot, key: &PathKey) -> Result<Vec<String>, NvmeError> {
+    let mut deleted = Vec::new();
+    for ctrl in controllers(host)?.into_iter().filter(|c| c.is_alive() && c.matches(key)) {
+        let path = host.path(&format!("/sys/class/nvme/{}/delete_controller", ctrl.name));
+        match std::fs::write(&path, "1") {
+            Ok(()) => {}
+            // It went away by itself meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(NvmeError::Disconnect { controller: ctrl.name, path: key.to_string(), source }),
+        }
+        tracing::info!(path = %key, controller = %ctrl.name, "disconnected");
+        deleted.push(ctrl.name);
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use super::fake::FakeFabrics;
+    use super::{connect_path, disconnect_path, PathOrigin};
+    use crate::nvme::fabrics::FabricsError;
+    use crate::nvme::names::Portal;
+    use crate::nvme::options::tests::options;
+    use crate::nvme::sysfs::fixture::SysfsTree;
+    use crate::nvme::NvmeError;
+
+    /// Options whose portal is a local listener, so the TCP probe succeeds.
+    fn reachable() -> (TcpListener, crate::nvme::options::ConnectOptions) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut opts = options();
+        opts.portal = Portal { addr: listener.local_addr().unwrap().ip(), port: listener.local_addr().unwrap().port() };
+        (listener, opts)
+    }
+
+    #[test]
+    fn creates_a_controller_then_reuses_it() {
+        let tree = SysfsTree::new();
+        let (_listener, opts) = reachable();
+        let fabrics = FakeFabrics::new(&tree);
+        let first = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (first.origin, first.controller.as_str(), first.state.as_str()),
+            (PathOrigin::Created, "nvme0", "live")
+        );
+        let again = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!((again.origin, again.controller.as_str()), (PathOrigin::Reused, "nvme0"));
+        assert_eq!(fabrics.writes().len(), 1, "the second call never reaches the kernel");
+        assert!(fabrics.writes()[0].contains(&format!("trsvcid={}", opts.portal.port)));
+    }
+
+    #[test]
+    fn a_connecting_controller_is_reused_not_duplicated() {
+        let tree = SysfsTree::new();
+        let (_listener, opts) = reachable();
+        let address = format!("traddr={},trsvcid={},src_addr=127.0.0.1", opts.portal.addr, opts.portal.port);
+        tree.controller("nvme4", "tcp", opts.subsystem.as_str(), &address, opts.host.nqn.as_str(), "connecting");
+        let fabrics = FakeFabrics::new(&tree);
+        let path = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (path.origin, path.controller.as_str(), path.state.as_str()),
+            (PathOrigin::Reused, "nvme4", "connecting")
+        );
+        assert!(fabrics.writes().is_empty());
+    }
+
+    #[test]
+    fn a_deleting_controller_does_not_count_and_ealready_races_resolve() {
+        let tree = SysfsTree::new();
+        let (_listener, opts) = reachable();
+        let address = format!("traddr={},trsvcid={}", opts.portal.addr, opts.portal.port);
+        tree.controller("nvme0", "tcp", opts.subsystem.as_str(), &address, opts.host.nqn.as_str(), "deleting");
+        let fabrics = FakeFabrics::new(&tree).then_already_connected();
+        let err = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, NvmeError::Connect { source: FabricsError::AlreadyConnected, .. }), "{err}");
+        assert_eq!(fabrics.writes().len(), 1, "a controller being deleted is not reused");
+    }
+
+    #[test]
+    fn an_unreachable_portal_fails_within_the_probe_timeout() {
+        let tree = SysfsTree::new();
+        let mut opts = options();
+        // Bound and closed again: nothing listens there.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        opts.portal = Portal::parse(&format!("127.0.0.1:{port}"), 4420).unwrap();
+        let started = Instant::now();
+        let err = connect_path(&tree.host(), &FakeFabrics::new(&tree), &opts, Duration::from_secs(2)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let text = err.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("nqn.2024-01.io.example:array"), "{text}");
+        assert!(text.contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn kernel_refusals_name_portal_and_subsystem() {
+        let tree = SysfsTree::new();
+        let (_listener, opts) = reachable();
+        let fabrics = FakeFabrics::new(&tree).then_errno(5);
+        let err = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&opts.portal.to_string()) && text.contains("this host's NQN is allowed"), "{text}");
+    }
+
+    #[test]
+    fn disconnect_deletes_exactly_the_matching_controllers() {
+        let tree = SysfsTree::new();
+        let opts = options();
+        let nqn = opts.subsystem.as_str();
+        tree.controller("nvme0", "tcp", nqn, "traddr=10.0.0.1,trsvcid=4420", opts.host.nqn.as_str(), "live");
+        tree.controller("nvme1", "tcp", nqn, "traddr=10.0.0.2,trsvcid=4420", opts.host.nqn.as_str(), "live");
+        tree.controller(
+            "nvme2",
+            "tcp",
+            &format!("{nqn}2"),
+            "traddr=10.0.0.1,trsvcid=4420",
+            opts.host.nqn.as_str(),
+            "live",
+        );
+        assert_eq!(disconnect_path(&tree.host(), &opts.key()).unwrap(), ["nvme0"]);
+        assert_eq!(tree.read("/sys/class/nvme/nvme0/delete_controller"), "1");
+        assert_eq!(tree.read("/sys/class/nvme/nvme1/delete_controller"), "\n");
+        assert_eq!(tree.read("/sys/class/nvme/nvme2/delete_controller"), "\n");
+    }
+}
