@@ -56,6 +56,8 @@ pub enum Program {
     Lvm,
     /// nvme-cli; the driver reports it but never parses its human output.
     Nvme,
+    /// kmod's modprobe, to load the fabrics transport modules.
+    Modprobe,
 }
 
 impl Program {
@@ -65,6 +67,7 @@ impl Program {
         match self {
             Self::Lvm => "lvm",
             Self::Nvme => "nvme",
+            Self::Modprobe => "modprobe",
         }
     }
 }

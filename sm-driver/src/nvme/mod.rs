@@ -12,13 +12,25 @@
 //! * [`sysfs`]: controllers, subsystems and namespace devices as the kernel
 //!   shows them;
 //! * [`fabrics`]: the fabrics device that creates controllers;
-//! * [`connect`]: one path connected (or reused) and disconnected, idempotently.
+//! * [`connect`]: one path connected (or reused) and disconnected, idempotently;
+//! * [`users`]: who uses which path on this host, under a host-wide lock, so
+//!   only the last user disconnects, and only what nvmetcp created;
+//! * [`resolve`]: (subsystem NQN, NSID) to a verified multipath head;
+//! * [`health`]: path states, ANA states and the I/O policy;
+//! * [`identity`]: this host's stable NQN and ID;
+//! * the preconditions in [`checks`] (transport module, multipath, authentication)
+//!   with errors that say what to do.
 
+pub mod checks;
 pub mod connect;
 pub mod fabrics;
+pub mod health;
+pub mod identity;
 pub mod names;
 pub mod options;
+pub mod resolve;
 pub mod sysfs;
+pub mod users;
 
 use std::time::Duration;
 

@@ -1,0 +1,314 @@
+//! Who uses which path on this host, so that a path is disconnected only when
+//! its last user is gone, and only if we connected it.
+//!
+//! Several SRs (or several plug attempts of one SR) may share a subsystem and
+//! its controllers, and an administrator may have connected a path by hand
+//! before. So every attach records, per user (an SR), the paths it uses and
+//! whether nvmetcp created each controller; a release deletes a controller
+//! only when no other user still lists its path and nvmetcp created it. The
+//! record lives in `/run/nvmetcp/` (it must not survive a reboot, like the
+//! controllers themselves) and every change happens under one host-wide
+//! `flock`, with a deadline, because xapi runs plugin calls concurrently.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostRoot;
+
+use super::connect::{connect_path, disconnect_path, ConnectedPath, PathOrigin, PROBE_TIMEOUT};
+use super::fabrics::Fabrics;
+use super::options::{ConnectOptions, PathKey};
+use super::NvmeError;
+
+/// nvmetcp's runtime state directory.
+pub const RUN_DIR: &str = "/run/nvmetcp";
+const LOCK_FILE: &str = "/run/nvmetcp/fabric.lock";
+const USERS_FILE: &str = "/run/nvmetcp/fabric-users.json";
+
+/// How long a call waits for another one holding the host lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Errors of the registry itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The lock could not be taken in time.
+    #[error("another nvmetcp call held the host lock {LOCK_FILE} for more than {0:?}; retry, and check SMlog for a stuck call")]
+    LockTimeout(Duration),
+    /// The state files could not be read or written.
+    #[error("cannot use {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The users file is not what we wrote.
+    #[error("{USERS_FILE} is corrupt ({0}); remove it only if no nvmetcp SR is attached on this host")]
+    Corrupt(String),
+}
+
+/// One path a user relies on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PathUse {
+    key: PathKey,
+    /// Whether nvmetcp created the controller (then it may delete it).
+    created: bool,
+}
+
+type Users = BTreeMap<String, Vec<PathUse>>;
+
+/// Holds the host-wide fabric lock while alive.
+pub struct HostLock {
+    _lock: Flock<File>,
+}
+
+impl HostLock {
+    /// Takes the lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RegistryError`] if the lock file cannot be opened or the wait times out.
+    pub fn acquire(host: &HostRoot, timeout: Duration) -> Result<Self, RegistryError> {
+        let io = |path: &str| {
+            let path = path.to_owned();
+            move |source| RegistryError::Io { path, source }
+        };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(host.path(RUN_DIR)).map_err(io(RUN_DIR))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(host.path(LOCK_FILE))
+            .map_err(io(LOCK_FILE))?;
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Self { _lock: lock }),
+                Err((returned, _)) if Instant::now() < deadline => {
+                    file = returned;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(_) => return Err(RegistryError::LockTimeout(timeout)),
+            }
+        }
+    }
+}
+
+fn load(host: &HostRoot) -> Result<Users, RegistryError> {
+    match std::fs::read_to_string(host.path(USERS_FILE)) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| RegistryError::Corrupt(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Users::new()),
+        Err(source) => Err(RegistryError::Io { path: USERS_FILE.to_owned(), source }),
+    }
+}
+
+/// Writes the users file atomically (temporary file, fsync, rename).
+fn save(host: &HostRoot, users: &Users) -> Result<(), RegistryError> {
+    let io = |source| RegistryError::Io { path: USERS_FILE.to_owned(), source };
+    let text = serde_json::to_string_pretty(users).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+    let temporary = host.path(&format!("{USERS_FILE}.tmp"));
+    let mut file =
+        OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(io)?;
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
+    std::fs::rename(&temporary, host.path(USERS_FILE)).map_err(io)
+}
+
+/// The outcome of reconciling one path.
+pub type PathResult = Result<ConnectedPath, NvmeError>;
+
+/// Connects (or reuses) every path for `user`, each on its own, and records
+/// them: one failing path never hides another, and a path that succeeded
+/// is recorded even if others failed.
+///
+/// # Errors
+/// [`RegistryError`] if the lock or the record is unusable; per-path failures
+/// are in the returned list.
+pub fn attach(
+    host: &HostRoot,
+    fabrics: &dyn Fabrics,
+    user: &str,
+    paths: &[ConnectOptions],
+) -> Result<Vec<PathResult>, RegistryError> {
+    let _lock = HostLock::acquire(host, LOCK_TIMEOUT)?;
+    let mut users = load(host)?;
+    let results: Vec<PathResult> = paths.iter().map(|p| connect_path(host, fabrics, p, PROBE_TIMEOUT)).collect();
+    let previous = users.remove(user).unwrap_or_default();
+    let mut uses: Vec<PathUse> = Vec::new();
+    for connected in results.iter().flatten() {
+        let created_before = previous.iter().any(|u| u.key == connected.key && u.created);
+        let created = created_before || connected.origin == PathOrigin::Created;
+        if !uses.iter().any(|u| u.key == connected.key) {
+            uses.push(PathUse { key: connected.key.clone(), created });
+        }
+    }
+    // Paths this user used before but failed now stay recorded: the
+    // controller may be reconnecting, and it is still ours to clean up.
+    for old in previous {
+        if !uses.iter().any(|u| u.key == old.key) {
+            uses.push(old);
+        }
+    }
+    users.insert(user.to_owned(), uses);
+    save(host, &users)?;
+    Ok(results)
+}
+
+/// What [`release`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Controllers deleted.
+    pub disconnected: Vec<String>,
+    /// Paths left connected because another user still needs them.
+    pub kept_for_others: Vec<PathKey>,
+    /// Paths left connected because nvmetcp did not create them.
+    pub not_ours: Vec<PathKey>,
+}
+
+/// Forgets `user` and disconnects the paths nobody else uses that nvmetcp
+/// created. Idempotent: an unknown user releases nothing.
+///
+/// # Errors
+/// [`RegistryError`] for the lock or record; [`NvmeError`] if a controller
+/// could not be deleted (the record then still lists it, so a retry works).
+pub fn release(host: &HostRoot, user: &str) -> Result<Released, ReleaseError> {
+    let _lock = HostLock::acquire(host, LOCK_TIMEOUT)?;
+    let mut users = load(host)?;
+    let Some(uses) = users.remove(user) else { return Ok(Released::default()) };
+    let mut released = Released::default();
+    for path in uses {
+        let others: Vec<&mut PathUse> = users.values_mut().flatten().filter(|u| u.key == path.key).collect();
+        if !others.is_empty() {
+            // Whoever still uses the path inherits the duty to clean it up.
+            for other in others {
+                other.created |= path.created;
+            }
+            released.kept_for_others.push(path.key);
+        } else if path.created {
+            match disconnect_path(host, &path.key) {
+                Ok(names) => released.disconnected.extend(names),
+                Err(error) => {
+                    users.entry(user.to_owned()).or_default().push(path);
+                    save(host, &users)?;
+                    return Err(error.into());
+                }
+            }
+        } else {
+            released.not_ours.push(path.key);
+        }
+    }
+    save(host, &users)?;
+    Ok(released)
+}
+
+/// Why [`release`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A controller could not be deleted.
+    #[error(transparent)]
+    Nvme(#[from] NvmeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use super::{attach, release, HostLock, RegistryError};
+    use crate::nvme::connect::fake::FakeFabrics;
+    use crate::nvme::names::Portal;
+    use crate::nvme::options::tests::options;
+    use crate::nvme::options::ConnectOptions;
+    use crate::nvme::sysfs::fixture::SysfsTree;
+
+    fn two_paths() -> (Vec<TcpListener>, Vec<ConnectOptions>) {
+        let listeners: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let paths = listeners
+            .iter()
+            .map(|l| {
+                let mut opts = options();
+                opts.portal = Portal { addr: l.local_addr().unwrap().ip(), port: l.local_addr().unwrap().port() };
+                opts
+            })
+            .collect();
+        (listeners, paths)
+    }
+
+    fn live(tree: &SysfsTree) -> Vec<String> {
+        crate::nvme::sysfs::controllers(&tree.host())
+            .unwrap()
+            .into_iter()
+            .filter(|c| tree.read(&format!("/sys/class/nvme/{}/delete_controller", c.name)) != "1")
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn the_last_user_disconnects_only_what_nvmetcp_created() {
+        let tree = SysfsTree::new();
+        let (_listeners, paths) = two_paths();
+        // The administrator connected the second path by hand earlier.
+        let manual = &paths[1];
+        let address = format!("traddr={},trsvcid={}", manual.portal.addr, manual.portal.port);
+        tree.controller("nvme0", "tcp", manual.subsystem.as_str(), &address, manual.host.nqn.as_str(), "live");
+        let fabrics = FakeFabrics::new(&tree);
+        let first = attach(&tree.host(), &fabrics, "sr-a", &paths).unwrap();
+        assert!(first.iter().all(Result::is_ok));
+        let second = attach(&tree.host(), &fabrics, "sr-b", &paths).unwrap();
+        assert!(second.iter().all(Result::is_ok));
+        assert_eq!(fabrics.writes().len(), 1, "one controller created, everything else reused");
+        assert_eq!(live(&tree), ["nvme0", "nvme1"]);
+
+        let released = release(&tree.host(), "sr-a").unwrap();
+        assert!(released.disconnected.is_empty() && released.kept_for_others.len() == 2);
+        assert_eq!(live(&tree), ["nvme0", "nvme1"], "sr-b still uses both paths");
+        let released = release(&tree.host(), "sr-b").unwrap();
+        assert_eq!(released.disconnected, ["nvme1"], "sr-b inherited the duty to delete what sr-a created");
+        assert_eq!(released.not_ours, [paths[1].key()]);
+        assert_eq!(live(&tree), ["nvme0"], "the hand-made controller stays");
+        assert_eq!(release(&tree.host(), "sr-b").unwrap(), super::Released::default(), "idempotent");
+    }
+
+    #[test]
+    fn each_path_is_reconciled_on_its_own() {
+        let tree = SysfsTree::new();
+        let (listeners, mut paths) = two_paths();
+        drop(listeners); // nothing listens any more: both probes fail
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        paths[0].portal =
+            Portal { addr: listener.local_addr().unwrap().ip(), port: listener.local_addr().unwrap().port() };
+        let fabrics = FakeFabrics::new(&tree);
+        let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
+        assert!(results[0].is_ok(), "one live path is connected");
+        assert!(results[1].as_ref().unwrap_err().to_string().contains("unreachable"), "the other is reported");
+        // The path comes back: a second attach connects it, the first is reused.
+        let listener2 = TcpListener::bind(paths[1].portal.socket_addr());
+        if let Ok(_l) = listener2 {
+            let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
+            assert!(results.iter().all(Result::is_ok));
+            assert_eq!(fabrics.writes().len(), 2);
+        }
+    }
+
+    #[test]
+    fn the_host_lock_times_out_instead_of_waiting_forever() {
+        let tree = SysfsTree::new();
+        let held = HostLock::acquire(&tree.host(), Duration::from_secs(1)).unwrap();
+        let err = HostLock::acquire(&tree.host(), Duration::from_millis(100)).err().unwrap();
+        assert!(matches!(err, RegistryError::LockTimeout(_)));
+        assert!(err.to_string().contains("retry, and check SMlog"));
+        drop(held);
+        HostLock::acquire(&tree.host(), Duration::from_millis(100)).unwrap();
+    }
+}
