@@ -13,6 +13,7 @@
 //!   shows them;
 //! * [`fabrics`]: the fabrics device that creates controllers;
 //! * [`connect`]: one path connected (or reused) and disconnected, idempotently;
+//! * [`discovery`]: a userspace NVMe/TCP discovery client, following referrals;
 //! * [`users`]: who uses which path on this host, under a host-wide lock, so
 //!   only the last user disconnects, and only what nvmetcp created;
 //! * [`resolve`]: (subsystem NQN, NSID) to a verified multipath head;
@@ -23,6 +24,7 @@
 
 pub mod checks;
 pub mod connect;
+pub mod discovery;
 pub mod fabrics;
 pub mod health;
 pub mod identity;
@@ -36,6 +38,18 @@ use std::time::Duration;
 
 use crate::host::HostError;
 
+fn unreachable_reason(source: &std::io::Error, timeout: Duration) -> String {
+    match source.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            format!("no answer within {timeout:?}; check the storage network, routes and firewall")
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("{source}: nothing listens on that port; check the port number and the target's port configuration")
+        }
+        _ => format!("{source}; check the storage network, routes and firewall"),
+    }
+}
+
 /// Everything that can go wrong in the fabric layer. Messages name the portal,
 /// the subsystem and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +61,7 @@ pub enum NvmeError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// A TCP portal did not accept a connection.
-    #[error("portal {portal} (subsystem {nqn}) is unreachable: no TCP connection within {timeout:?}: {source}")]
+    #[error("portal {portal} (subsystem {nqn}) is unreachable from this host: {}", unreachable_reason(.source, *.timeout))]
     Unreachable {
         /// The portal.
         portal: String,

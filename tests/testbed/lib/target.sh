@@ -188,6 +188,9 @@ tb_reset() {
         for link in "$TB_CFG"/ports/*/subsystems/* "$TB_CFG"/subsystems/*/allowed_hosts/*; do
             [ -L "$link" ] && rm "$link"
         done
+        for dir in "$TB_CFG"/ports/*/referrals/*; do
+            [ -d "$dir" ] && { echo 0 >"$dir/enable"; rmdir "$dir"; }
+        done
         for dir in "$TB_CFG"/subsystems/*/namespaces/*; do
             [ -d "$dir" ] && { echo 0 >"$dir/enable"; rmdir "$dir"; }
         done

@@ -52,6 +52,12 @@ impl Scenario {
         Self { spec: String::new(), name: name.to_owned(), body: Some(body.to_owned()), timeout_secs: 300 }
     }
 
+    /// The scenario's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Sets the scenario's own time limit.
     #[must_use]
     pub fn timeout_secs(mut self, seconds: u32) -> Self {
