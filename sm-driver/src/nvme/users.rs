@@ -293,12 +293,26 @@ mod tests {
         assert!(results[0].is_ok(), "one live path is connected");
         assert!(results[1].as_ref().unwrap_err().to_string().contains("unreachable"), "the other is reported");
         // The path comes back: a second attach connects it, the first is reused.
-        let listener2 = TcpListener::bind(paths[1].portal.socket_addr());
-        if let Ok(_l) = listener2 {
-            let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
-            assert!(results.iter().all(Result::is_ok));
-            assert_eq!(fabrics.writes().len(), 2);
-        }
+        let _back = TcpListener::bind(paths[1].portal.socket_addr()).unwrap();
+        let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(fabrics.writes().len(), 2);
+    }
+
+    #[test]
+    fn a_reused_instance_name_is_never_mistaken_for_our_controller() {
+        let tree = SysfsTree::new();
+        let (_listeners, paths) = two_paths();
+        let fabrics = FakeFabrics::new(&tree);
+        attach(&tree.host(), &fabrics, "sr", &paths[..1]).unwrap();
+        // Our nvme0 goes away; the kernel hands nvme0 to another subsystem's path.
+        let other = "nqn.2024-01.io.example:someone-else";
+        tree.controller("nvme0", "tcp", other, "traddr=10.9.9.9,trsvcid=4420", paths[0].host.nqn.as_str(), "live");
+        std::fs::write(tree.host().path("/sys/class/nvme/nvme0/subsysnqn"), format!("{other}\n")).unwrap();
+        std::fs::write(tree.host().path("/sys/class/nvme/nvme0/address"), "traddr=10.9.9.9,trsvcid=4420\n").unwrap();
+        let released = release(&tree.host(), "sr").unwrap();
+        assert!(released.disconnected.is_empty(), "{released:?}");
+        assert_eq!(tree.read("/sys/class/nvme/nvme0/delete_controller"), "\n", "someone else's nvme0 untouched");
     }
 
     #[test]

@@ -159,6 +159,34 @@ $T release right
             ),
         ),
         Scenario::script(
+            "fabric-rdma",
+            &format!(
+                r#"
+export NVMETCP_GUEST_STEP=1
+T="{step}"
+nqn=$TB_NQN_PREFIX:rdma
+TB_RDMA=1 tb_modules
+tb_net_up 10.99.0.1
+rdma link add rxe0 type rxe netdev "$TB_LINK"
+tb_log "soft-RoCE: $(rdma link show | tr '\n' ' ')"
+tb_subsystem "$nqn"; tb_namespace "$nqn" 1 32
+tb_port 1 10.99.0.1 4420 rdma
+tb_link 1 "$nqn"
+uuid=$(cat "$TB_CFG/subsystems/$nqn/namespaces/1/device_uuid")
+$T attach sr "$nqn" rdma 10.99.0.1 | tee out
+grep -q "^created nvme" out
+[ "$(cat /sys/class/nvme/nvme*/transport)" = rdma ]
+dev=$($T resolve "$nqn" 1 "$uuid")
+[ "$dev" = "$(tb_head "$nqn")" ]
+dd if="$dev" of=/dev/null bs=64k count=16 iflag=direct status=none
+$T attach sr "$nqn" rdma 10.99.0.1 | grep -q "^reused "
+$T release sr | grep -q "disconnected: nvme"
+tb_log "NVMe/RDMA over soft-RoCE: connected, resolved, read, released"
+rdma link delete rxe0
+"#
+            ),
+        ),
+        Scenario::script(
             "fabric-malicious",
             &format!(
                 r#"
