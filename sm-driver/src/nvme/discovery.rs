@@ -471,6 +471,9 @@ fn uuid_bytes(uuid: &str) -> [u8; 16] {
 }
 
 #[cfg(test)]
+mod fake_target;
+
+#[cfg(test)]
 mod tests {
     use super::{parse_c2h_data, parse_log_entry, parse_log_header, uuid_bytes, LogEntry};
 
