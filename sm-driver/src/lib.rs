@@ -31,3 +31,4 @@ pub mod host;
 pub mod nvme;
 pub mod plugin;
 pub mod smapi;
+pub mod sr_config;

@@ -1,0 +1,361 @@
+//! device-config of an nvmetcp SR, validated key by key.
+//!
+//! xapi copies device-config to every host of the pool, so it only says what
+//! is the same everywhere: the transport, where to discover or connect, which
+//! subsystem and namespace, tuning. Every key is checked here and every error
+//! names the key and how to fix it. An unknown key is an error (a typo such as
+//! `portal=` must not be silently ignored), except the keys nvmetcp itself
+//! returns from `SR.create` for xapi to store.
+//!
+//! DH-HMAC-CHAP keys: device-config keys ending in `password` are moved by
+//! xapi into secrets, so the plugin receives `dhchap_password_secret` (a
+//! secret UUID) and must resolve it through XAPI. Until the XAPI client
+//! exists such configuration is refused with an error that says so.
+
+use std::collections::BTreeMap;
+
+use crate::device_config::KEYS;
+use crate::nvme::health::IoPolicy;
+use crate::nvme::names::{Nqn, Portal, Transport};
+use crate::nvme::options::Timers;
+use crate::nvme::sysfs::NamespaceIdentity;
+
+/// Keys nvmetcp adds to device-config itself (returned by `SR.create`).
+pub const SR_UUID_KEY: &str = "sr_uuid";
+
+/// What the configuration is for: each call needs different keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `SR.probe`: endpoints are enough.
+    Probe,
+    /// `SR.create`: the namespace may be an NSID.
+    Create,
+    /// `SR.attach`: the namespace must be a stable identifier.
+    Attach,
+}
+
+/// How the namespace is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceRef {
+    /// A stable identifier (UUID, NGUID, EUI-64).
+    Identity(NamespaceIdentity),
+    /// An NSID, accepted at create time only (create replaces it).
+    Nsid(u32),
+}
+
+/// A bad device-config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key nvmetcp does not know.
+    #[error("device-config:{key} is not an nvmetcp setting{suggestion}; the settings are: {known}")]
+    UnknownKey {
+        /// The key given.
+        key: String,
+        /// ", did you mean …?" or empty.
+        suggestion: String,
+        /// All known keys.
+        known: String,
+    },
+    /// A key's value is wrong.
+    #[error("device-config:{key}={value:?} is not valid: {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The value (or `<redacted>`).
+        value: String,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// A required key is absent.
+    #[error("device-config:{key} is required: {why}")]
+    Missing {
+        /// The key.
+        key: &'static str,
+        /// Why it is needed and what to put there.
+        why: &'static str,
+    },
+    /// DH-HMAC-CHAP keys held as XAPI secrets cannot be resolved yet.
+    #[error(
+        "device-config:{key} holds a DH-HMAC-CHAP key, which xapi keeps as a secret that this version of nvmetcp \
+             cannot resolve yet (it needs the XAPI client); remove the key, or wait for a version with XAPI secret \
+             support"
+    )]
+    SecretUnsupported {
+        /// The key.
+        key: String,
+    },
+}
+
+/// A validated nvmetcp device-config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrConfig {
+    /// TCP or RDMA.
+    pub transport: Transport,
+    /// Discovery endpoints.
+    pub discovery: Vec<Portal>,
+    /// I/O portals used as given.
+    pub portals: Vec<Portal>,
+    /// The subsystem.
+    pub nqn: Option<Nqn>,
+    /// The namespace.
+    pub namespace: Option<NamespaceRef>,
+    /// Whether create may take a namespace holding data.
+    pub force: bool,
+    /// Reconnect tuning.
+    pub timers: Timers,
+    /// Multipath I/O policy.
+    pub iopolicy: IoPolicy,
+    /// The xapi SR uuid, once `SR.create` stored it.
+    pub sr_uuid: Option<String>,
+}
+
+impl SrConfig {
+    /// Validates `config` for `purpose`.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found, naming the key.
+    pub fn parse(config: &BTreeMap<String, String>, purpose: Purpose) -> Result<Self, ConfigError> {
+        for key in config.keys() {
+            if key.ends_with("password_secret") || key.ends_with("password") && key.starts_with("dhchap") {
+                return Err(ConfigError::SecretUnsupported { key: key.clone() });
+            }
+            if key != SR_UUID_KEY && !KEYS.iter().any(|k| k.name == key) {
+                return Err(unknown(key));
+            }
+        }
+        let get = |key: &str| config.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let transport = match get("transport") {
+            None => Transport::Tcp,
+            Some(v) => v.parse().map_err(|_| invalid("transport", v, "use tcp or rdma"))?,
+        };
+        let discovery = portal_list(get("discovery"), "discovery", Portal::DISCOVERY_PORT)?;
+        let portals = portal_list(get("portals"), "portals", Portal::IO_PORT)?;
+        if discovery.is_empty() && portals.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "portals",
+                why: "give discovery=<address[:port],…> (discovery controllers) or portals=<address[:port],…> (I/O \
+                      ports), or both",
+            });
+        }
+        if transport == Transport::Rdma && !discovery.is_empty() && portals.is_empty() {
+            return Err(invalid(
+                "discovery",
+                get("discovery").unwrap_or_default(),
+                "discovery is over TCP only; with transport=rdma list the I/O ports in portals=",
+            ));
+        }
+        let nqn = get("nqn").map(|v| v.parse::<Nqn>().map_err(|e| invalid("nqn", v, &e.why))).transpose()?;
+        if nqn.is_none() && purpose != Purpose::Probe {
+            return Err(ConfigError::Missing { key: "nqn", why: "name the subsystem (SR.probe lists them)" });
+        }
+        let namespace = get("namespace").map(|v| parse_namespace(v, purpose)).transpose()?;
+        if namespace.is_none() && purpose != Purpose::Probe {
+            return Err(ConfigError::Missing {
+                key: "namespace",
+                why: "name the namespace by its UUID, NGUID or EUI-64 as SR.probe reports it (or by NSID at create)",
+            });
+        }
+        let force = match get("force") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(invalid("force", v, "use true or false")),
+        };
+        let mut timers = Timers::default();
+        for name in Timers::NAMES {
+            if let Some(value) = get(name) {
+                timers.set(name, value).map_err(|e| invalid(key_name(name), value, &e.why))?;
+            }
+        }
+        let iopolicy = match get("iopolicy") {
+            None => IoPolicy::RoundRobin,
+            Some(v) => v.parse().map_err(|e: crate::nvme::names::InvalidValue| invalid("iopolicy", v, &e.why))?,
+        };
+        let sr_uuid = get(SR_UUID_KEY).map(str::to_owned);
+        Ok(Self { transport, discovery, portals, nqn, namespace, force, timers, iopolicy, sr_uuid })
+    }
+}
+
+/// The `&'static str` spelling of a known key.
+fn key_name(name: &str) -> &'static str {
+    KEYS.iter().find(|k| k.name == name).map_or("setting", |k| k.name)
+}
+
+fn invalid(key: &'static str, value: &str, why: &str) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_owned(), why: why.to_owned() }
+}
+
+fn unknown(key: &str) -> ConfigError {
+    let known: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+    let closest = known.iter().map(|k| (distance(key, k), *k)).min().filter(|(d, _)| *d <= 2);
+    ConfigError::UnknownKey {
+        key: key.to_owned(),
+        suggestion: closest.map(|(_, k)| format!(" (did you mean {k}?)")).unwrap_or_default(),
+        known: known.join(", "),
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb)).min(row[j] + 1).min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+fn portal_list(value: Option<&str>, key: &'static str, default_port: u16) -> Result<Vec<Portal>, ConfigError> {
+    let Some(value) = value else { return Ok(Vec::new()) };
+    let mut portals = Vec::new();
+    for item in split_list(value) {
+        let portal = Portal::parse(item, default_port).map_err(|e| invalid(key, item, &e.why))?;
+        if !portals.contains(&portal) {
+            portals.push(portal);
+        }
+    }
+    Ok(portals)
+}
+
+/// Splits on commas outside IPv6 brackets.
+fn split_list(value: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in value.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(value[start..].trim());
+    items.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+fn parse_namespace(value: &str, purpose: Purpose) -> Result<NamespaceRef, ConfigError> {
+    if value.bytes().all(|b| b.is_ascii_digit()) && value.len() <= 10 {
+        let nsid: u32 = value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0 && *n != u32::MAX)
+            .ok_or_else(|| invalid("namespace", value, "an NSID is a number from 1 to 4294967294"))?;
+        return match purpose {
+            Purpose::Attach => Err(invalid(
+                "namespace",
+                value,
+                "attach needs the namespace's stable identifier (UUID, NGUID or EUI-64) that SR.create stored, not an \
+                 NSID, which the target may reassign",
+            )),
+            Purpose::Probe | Purpose::Create => Ok(NamespaceRef::Nsid(nsid)),
+        };
+    }
+    NamespaceIdentity::parse(value).map(NamespaceRef::Identity).ok_or_else(|| {
+        invalid(
+            "namespace",
+            value,
+            "use the namespace's UUID (8-4-4-4-12 hex), NGUID (32 hex) or EUI-64 (16 hex) as SR.probe reports it, or \
+             at create time its NSID",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{ConfigError, NamespaceRef, Purpose, SrConfig};
+    use crate::nvme::health::IoPolicy;
+    use crate::nvme::names::Transport;
+
+    fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    const NQN: &str = "nqn.2024-01.io.example:array";
+    const UUID: &str = "8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+
+    #[test]
+    fn a_full_configuration_parses_with_defaults() {
+        let parsed = SrConfig::parse(
+            &config(&[("discovery", "10.0.0.1, [fd00::1]:4420"), ("nqn", NQN), ("namespace", UUID)]),
+            Purpose::Attach,
+        )
+        .unwrap();
+        assert_eq!(parsed.transport, Transport::Tcp);
+        assert_eq!(
+            parsed.discovery.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.1:8009", "[fd00::1]:4420"]
+        );
+        assert!(parsed.portals.is_empty());
+        assert!(matches!(parsed.namespace, Some(NamespaceRef::Identity(_))));
+        assert_eq!((parsed.force, parsed.iopolicy, parsed.timers.ctrl_loss_tmo), (false, IoPolicy::RoundRobin, -1));
+        let tuned = SrConfig::parse(
+            &config(&[
+                ("portals", "10.0.0.1,10.0.0.2:4421,10.0.0.1"),
+                ("nqn", NQN),
+                ("namespace", "1"),
+                ("transport", "rdma"),
+                ("keep_alive_tmo", "10"),
+                ("iopolicy", "queue-depth"),
+                ("force", "true"),
+            ]),
+            Purpose::Create,
+        )
+        .unwrap();
+        assert_eq!(tuned.portals.len(), 2, "duplicates dropped");
+        assert_eq!(
+            (tuned.namespace, tuned.force, tuned.timers.keep_alive_tmo),
+            (Some(NamespaceRef::Nsid(1)), true, 10)
+        );
+    }
+
+    #[test]
+    fn every_error_names_the_key() {
+        let base = [("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID)];
+        let with = |key: &str, value: &str| {
+            let mut c = config(&base);
+            c.insert(key.to_owned(), value.to_owned());
+            SrConfig::parse(&c, Purpose::Attach).unwrap_err().to_string()
+        };
+        assert!(with("transport", "fc").starts_with("device-config:transport=\"fc\" is not valid: use tcp or rdma"));
+        assert!(with("portals", "10.0.0.1,,10.0.0.300").contains("device-config:portals=\"10.0.0.300\""));
+        assert!(with("nqn", "iqn.2001-04.com.example").contains("device-config:nqn="));
+        assert!(with("namespace", "1").contains("attach needs the namespace's stable identifier"));
+        assert!(with("namespace", "xyz").contains("device-config:namespace=\"xyz\""));
+        assert!(with("force", "yes").contains("device-config:force=\"yes\" is not valid: use true or false"));
+        assert!(with("keep_alive_tmo", "0").contains("device-config:keep_alive_tmo=\"0\""));
+        assert!(with("iopolicy", "fastest").contains("device-config:iopolicy"));
+        let typo = with("portal", "10.0.0.2");
+        assert!(typo.starts_with("device-config:portal is not an nvmetcp setting (did you mean portals?)"), "{typo}");
+        let secret = with("dhchap_password_secret", "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11");
+        assert!(secret.contains("cannot resolve yet") && secret.contains("XAPI client"), "{secret}");
+    }
+
+    #[test]
+    fn required_keys_depend_on_the_call() {
+        let err = SrConfig::parse(&config(&[("nqn", NQN)]), Purpose::Probe).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { key: "portals", .. }));
+        assert!(
+            SrConfig::parse(&config(&[("discovery", "10.0.0.1")]), Purpose::Probe).is_ok(),
+            "probe lists subsystems"
+        );
+        let err = SrConfig::parse(&config(&[("discovery", "10.0.0.1")]), Purpose::Create).unwrap_err();
+        assert_eq!(err.to_string(), "device-config:nqn is required: name the subsystem (SR.probe lists them)");
+        let err = SrConfig::parse(&config(&[("discovery", "10.0.0.1"), ("nqn", NQN)]), Purpose::Attach).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { key: "namespace", .. }));
+        let err =
+            SrConfig::parse(&config(&[("discovery", "10.0.0.1"), ("transport", "rdma")]), Purpose::Probe).unwrap_err();
+        assert!(err.to_string().contains("discovery is over TCP only"));
+        let stored = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID), ("sr_uuid", "3f1c")]);
+        assert_eq!(SrConfig::parse(&stored, Purpose::Attach).unwrap().sr_uuid.as_deref(), Some("3f1c"));
+    }
+}
