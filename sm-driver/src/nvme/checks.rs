@@ -146,6 +146,31 @@ mod tests {
         assert!(runner.calls().is_empty());
     }
 
+    struct Lister(Option<Vec<String>>);
+    impl crate::nvme::fabrics::Fabrics for Lister {
+        fn create_controller(
+            &self,
+            _: &crate::nvme::options::OptionString,
+        ) -> Result<crate::nvme::fabrics::Created, crate::nvme::fabrics::FabricsError> {
+            unreachable!("checks never connect")
+        }
+        fn supported_options(&self) -> Option<Vec<String>> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn keys_on_a_kernel_without_in_band_authentication_are_refused() {
+        let tree = SysfsTree::new();
+        tree.write("/proc/sys/kernel/osrelease", "6.1.0-50-amd64\n");
+        let without = Lister(Some(vec!["transport".into(), "nqn".into(), "host_iface".into()]));
+        let err = super::ensure_auth_support(&tree.host(), &without).unwrap_err();
+        assert!(err.to_string().contains("kernel 6.1.0-50-amd64 has no NVMe in-band authentication"), "{err}");
+        assert!(super::ensure_auth_support(&tree.host(), &Lister(None)).is_err(), "old kernels list nothing");
+        let with = Lister(Some(vec!["dhchap_secret".into(), "dhchap_ctrl_secret".into()]));
+        super::ensure_auth_support(&tree.host(), &with).unwrap();
+    }
+
     #[test]
     fn multipath_must_be_on() {
         let tree = SysfsTree::new();
