@@ -58,6 +58,8 @@ pub enum Program {
     Nvme,
     /// kmod's modprobe, to load the fabrics transport modules.
     Modprobe,
+    /// util-linux blkid, to see whether a namespace holds a signature.
+    Blkid,
 }
 
 impl Program {
@@ -68,6 +70,7 @@ impl Program {
             Self::Lvm => "lvm",
             Self::Nvme => "nvme",
             Self::Modprobe => "modprobe",
+            Self::Blkid => "blkid",
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::host::HostRoot;
 use crate::plugin;
 use crate::smapi::method::{Interface, Method, PluginKind, CATALOGUE};
 use crate::smapi::params::Params;
+use crate::sr;
 
 /// What handlers reach the host through.
 pub struct Context {
@@ -33,6 +34,14 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
     (Interface::Plugin, "diagnostics", |ctx, kind, params| {
         encode(params, &diagnostics::report(kind, &ctx.host, ctx.runner.as_ref()))
     }),
+    (Interface::Sr, "create", |ctx, _, params| sr::create(ctx, params)),
+    (Interface::Sr, "attach", |ctx, _, params| sr::attach(ctx, params)),
+    (Interface::Sr, "detach", |ctx, _, params| sr::detach(ctx, params)),
+    (Interface::Sr, "destroy", |ctx, _, params| sr::destroy(ctx, params)),
+    (Interface::Sr, "stat", |ctx, _, params| sr::stat(ctx, params)),
+    (Interface::Sr, "ls", |ctx, _, params| sr::ls(ctx, params)),
+    (Interface::Sr, "set_name", |ctx, _, params| sr::set_name(ctx, params)),
+    (Interface::Sr, "set_description", |ctx, _, params| sr::set_description(ctx, params)),
 ];
 
 /// Runs the handler of `params.method()` for the plugin of `kind`.
@@ -71,10 +80,23 @@ mod tests {
     use crate::smapi::method::PluginKind;
 
     #[test]
-    fn both_plugins_implement_the_plugin_interface() {
-        for kind in [PluginKind::Volume, PluginKind::Datapath] {
-            let names: Vec<String> = implemented(kind).iter().map(|m| m.file_name()).collect();
-            assert_eq!(names, ["Plugin.Query", "Plugin.diagnostics"]);
-        }
+    fn implemented_methods_per_plugin() {
+        let names = |kind| implemented(kind).iter().map(|m| m.file_name()).collect::<Vec<String>>();
+        assert_eq!(
+            names(PluginKind::Volume),
+            [
+                "Plugin.Query",
+                "Plugin.diagnostics",
+                "SR.create",
+                "SR.attach",
+                "SR.detach",
+                "SR.destroy",
+                "SR.stat",
+                "SR.ls",
+                "SR.set_name",
+                "SR.set_description"
+            ]
+        );
+        assert_eq!(names(PluginKind::Datapath), ["Plugin.Query", "Plugin.diagnostics"]);
     }
 }

@@ -44,6 +44,15 @@ pub enum DriverError {
         #[source]
         source: serde_json::Error,
     },
+    /// An SR operation failed on this host.
+    #[error("on host {host}: {source}")]
+    Sr {
+        /// This host's name.
+        host: String,
+        /// What failed.
+        #[source]
+        source: Box<crate::sr::SrError>,
+    },
     /// A bug: the call panicked.
     #[error("internal error in {method}: {message}; please report it with /var/log/SMlog")]
     Panicked {
@@ -89,6 +98,7 @@ pub fn to_error_record(failure: &Failure) -> ErrorRecord {
         },
         DriverError::UnknownMethod { method, .. } => ("NVMETCP_UNKNOWN_METHOD", vec![method.clone()]),
         DriverError::Unimplemented { method } => ("Unimplemented", vec![method.clone()]),
+        DriverError::Sr { source, .. } => (sr_code(source), vec![]),
         DriverError::Encode { method, .. } | DriverError::Panicked { method, .. } => {
             ("NVMETCP_INTERNAL_ERROR", vec![method.clone()])
         }
@@ -103,6 +113,27 @@ pub fn to_error_record(failure: &Failure) -> ErrorRecord {
             files: vec![failure.at.file().to_owned()],
             lines: vec![i64::from(failure.at.line())],
         },
+    }
+}
+
+/// The XenAPI error code of an SR failure.
+fn sr_code(error: &crate::sr::SrError) -> &'static str {
+    use crate::sr::state::StateError;
+    use crate::sr::SrError;
+    match error {
+        SrError::Config(_) | SrError::LabelTooLong { .. } | SrError::BadUuid(_) => "NVMETCP_INVALID_CONFIG",
+        SrError::Host(_) | SrError::Identity(_) => "NVMETCP_HOST_NOT_READY",
+        SrError::Discovery { .. } => "NVMETCP_DISCOVERY_FAILED",
+        SrError::NoPath { .. } | SrError::Nvme(_) => "NVMETCP_NO_PATH",
+        SrError::Registry(_) | SrError::Release(_) => "NVMETCP_HOST_STATE",
+        SrError::Namespace(_) | SrError::NamespaceMissing { .. } | SrError::NoIdentity { .. } => "NVMETCP_NAMESPACE",
+        SrError::InUse { .. } => "NVMETCP_NAMESPACE_IN_USE",
+        SrError::NotThisSr { .. } => "NVMETCP_SR_NOT_FOUND",
+        SrError::NotMaster(_) => "NVMETCP_NOT_MASTER",
+        SrError::NotEmpty { .. } => "NVMETCP_SR_NOT_EMPTY",
+        SrError::Lvm(_) | SrError::Inspect { .. } => "NVMETCP_LVM_FAILED",
+        SrError::State(StateError::NotAttached(_)) => "Sr_not_attached",
+        SrError::State(_) => "NVMETCP_HOST_STATE",
     }
 }
 
@@ -156,8 +187,27 @@ mod tests {
             DriverError::Unimplemented { method: "m".into() }.into(),
             DriverError::Panicked { method: "m".into(), message: "boom".into() }.into(),
         ];
-        for failure in &samples {
-            let code = to_error_record(failure).code;
+        let mut codes: Vec<String> = samples.iter().map(|f| to_error_record(f).code).collect();
+        for code in [
+            "NVMETCP_INVALID_CONFIG",
+            "NVMETCP_HOST_NOT_READY",
+            "NVMETCP_DISCOVERY_FAILED",
+            "NVMETCP_NO_PATH",
+            "NVMETCP_NAMESPACE",
+            "NVMETCP_NAMESPACE_IN_USE",
+            "NVMETCP_SR_NOT_FOUND",
+            "NVMETCP_NOT_MASTER",
+            "NVMETCP_SR_NOT_EMPTY",
+            "NVMETCP_LVM_FAILED",
+            "NVMETCP_HOST_STATE",
+            "Sr_not_attached",
+        ] {
+            codes.push(code.to_owned());
+        }
+        let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error.rs")).unwrap();
+        let mapped = source.matches("=> \"NVMETCP_").count() + source.matches("=> \"Sr_not_attached\"").count();
+        assert!(mapped >= 12, "the SR codes listed here are the ones sr_code maps");
+        for code in codes {
             assert!(docs.contains(&format!("| `{code}` |")), "{code} is missing from docs/errors.md");
         }
     }

@@ -32,4 +32,5 @@ pub mod lvm;
 pub mod nvme;
 pub mod plugin;
 pub mod smapi;
+pub mod sr;
 pub mod sr_config;

@@ -20,7 +20,15 @@ const BINARY: &str = env!("CARGO_BIN_EXE_nvmetcp-plugin");
 fn tree() -> PluginTree {
     PluginTree::new(
         Path::new(BINARY),
-        &["Plugin.Query", "plugin.diagnostics", "SR.attach", "SR.stat", "SR.frobnicate", "Volume.create"],
+        &[
+            "Plugin.Query",
+            "plugin.diagnostics",
+            "SR.attach",
+            "SR.stat",
+            "SR.frobnicate",
+            "Volume.create",
+            "Volume.stat",
+        ],
         &["Plugin.Query", "Plugin.diagnostics", "Datapath.attach", "SR.attach"],
     )
     .unwrap()
@@ -162,11 +170,11 @@ fn unknown_and_unimplemented_methods_are_explicit() {
     assert_eq!(reply.failure().1[1], "SR.frobnicate");
     let reply = call(&tree.datapath_dir(), "SR.attach", &json!({"dbg": "d", "configuration": {}}));
     assert_eq!(reply.failure().1[0], "'SR.attach' is not a method of the nvmetcp datapath plugin");
-    let reply = call(&tree.volume_dir(), "SR.stat", &json!({"dbg": "d", "sr": "x"}));
+    let reply = call(&tree.volume_dir(), "Volume.stat", &json!({"dbg": "d", "sr": "x", "key": "k"}));
     let (code, params) = reply.failure();
     assert_eq!(code, "Unimplemented");
-    assert!(params[0].starts_with("SR.stat is not implemented by nvmetcp"), "{params:?}");
-    assert_eq!(params[1], "SR.stat");
+    assert!(params[0].starts_with("Volume.stat is not implemented by nvmetcp"), "{params:?}");
+    assert_eq!(params[1], "Volume.stat");
     let reply =
         call(&tree.datapath_dir(), "Datapath.attach", &json!({"dbg": "d", "uri": "nvmetcp://x", "domain": "5"}));
     assert_eq!(reply.failure().1[1], "Datapath.attach");
@@ -175,7 +183,7 @@ fn unknown_and_unimplemented_methods_are_explicit() {
 #[test]
 fn error_records_carry_a_backtrace() {
     let tree = tree();
-    let reply = call(&tree.volume_dir(), "SR.stat", &json!({"dbg": "d", "sr": "x"}));
+    let reply = call(&tree.volume_dir(), "Volume.stat", &json!({"dbg": "d", "sr": "x", "key": "k"}));
     let record: Value = serde_json::from_str(&reply.stdout).unwrap();
     let files = record["backtrace"]["files"].as_array().unwrap();
     assert!(files[0].as_str().unwrap().ends_with(".rs"), "{record}");
@@ -204,7 +212,11 @@ fn logs_go_to_syslog_local2_with_the_call_context() {
     let lines = syslog_lines(|caller| {
         let ok = caller.call(&tree.volume_dir(), "Plugin.Query", &json!({"dbg": "OpaqueRef:42\n{\"trace\":1}"}));
         assert!(ok.unwrap().stderr.is_empty(), "nothing on stderr when syslog works");
-        let failed = caller.call(&tree.volume_dir(), "SR.stat", &json!({"dbg": "OpaqueRef:43", "sr": "my-sr"}));
+        let failed = caller.call(
+            &tree.volume_dir(),
+            "Volume.stat",
+            &json!({"dbg": "OpaqueRef:43", "sr": "my-sr", "key": "vol-7"}),
+        );
         assert_eq!(failed.unwrap().failure().0, "Unimplemented");
     });
     assert!(lines.iter().all(|l| l.starts_with('<') && l.contains(">nvmetcp[")), "{lines:#?}");
@@ -215,7 +227,7 @@ fn logs_go_to_syslog_local2_with_the_call_context() {
     let failed = lines.iter().find(|l| l.contains("call failed")).unwrap();
     assert!(failed.starts_with("<147>"), "LOCAL2 error: {failed}");
     assert!(failed.contains("dbg=OpaqueRef:43") && failed.contains("sr=my-sr"), "{failed}");
-    assert!(failed.contains("SR.stat is not implemented"), "{failed}");
+    assert!(failed.contains("Volume.stat is not implemented") && failed.contains("volume=vol-7"), "{failed}");
 }
 
 #[test]
@@ -245,7 +257,7 @@ fn people_get_the_same_answers_pretty_printed() {
     assert_eq!(code, 0);
     assert!(stdout.starts_with("{\n  \""), "{stdout}");
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["plugin"], "nvmetcp");
-    let (code, stdout, _) = run_binary(&["SR.stat", "sr=x"]);
+    let (code, stdout, _) = run_binary(&["Volume.stat", "sr=x", "key=k"]);
     assert_eq!(code, 1);
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["code"], "Unimplemented");
     let (code, stdout, _) = run_binary(&["--datapath", "Plugin.Query"]);

@@ -98,11 +98,11 @@ fn a_panicking_handler_becomes_an_internal_error() {
 fn unimplemented_and_unknown_methods_are_distinct_errors() {
     let run = |kind, method: &str| {
         let request = CallRequest { kind, method: method.into(), input: Input::JsonOnStdin, verbose: false };
-        let reply = execute(&context(), &request, &mut &b"{\"dbg\":\"d\",\"sr\":\"s\"}"[..]);
+        let reply = execute(&context(), &request, &mut &b"{\"dbg\":\"d\",\"sr\":\"s\",\"key\":\"k\"}"[..]);
         assert_eq!(reply.exit_code, 1);
         serde_json::from_str::<serde_json::Value>(&reply.stdout).unwrap()
     };
-    assert_eq!(run(PluginKind::Volume, "SR.stat")["code"], "Unimplemented");
+    assert_eq!(run(PluginKind::Volume, "Volume.stat")["code"], "Unimplemented");
     assert_eq!(run(PluginKind::Volume, "SR.frobnicate")["code"], "NVMETCP_UNKNOWN_METHOD");
     let wrong_plugin = run(PluginKind::Datapath, "SR.stat");
     assert_eq!(wrong_plugin["code"], "NVMETCP_UNKNOWN_METHOD");

@@ -1,0 +1,575 @@
+//! The SR.* methods: a shared LVM volume group on one NVMe-oF namespace.
+//!
+//! * `SR.create` (pool master) connects, resolves the namespace, refuses one
+//!   that holds any signature unless `force=true`, creates the PV and a VG
+//!   named `nvmetcp_<uuid>` tagged `nvmetcp_sr`, and returns the device-config
+//!   to store with `sr_uuid` and the namespace's stable identity.
+//! * `SR.attach` (every host) connects every path, finds the namespace by its
+//!   identity, checks it holds this SR, and records the attachment
+//!   ([`state`]); the handle is `nvmetcp://sr/<uuid>`.
+//! * `SR.stat` reports sizes and health from the paths ("2/2 paths live",
+//!   "degraded: …"; `Unreachable` with no live path). `SR.ls` fails rather
+//!   than return a partial list.
+//! * `SR.detach` deactivates and releases this host's paths (only the ones
+//!   nvmetcp connected and nobody else uses); `SR.destroy` removes VG and PV.
+//!
+//! Only the pool master writes LVM metadata (`metadata_read_only` elsewhere);
+//! the role comes from `/etc/xensource/pool.conf` ([`role`]). The SR's name
+//! and description live in VG tags, hex-encoded so any UTF-8 fits.
+
+pub mod paths;
+pub mod role;
+pub mod state;
+
+use serde_json::Value;
+
+use crate::cmd::{Command, Program};
+use crate::dispatch::Context;
+use crate::error::{DriverError, Failure};
+use crate::lvm::{Lvm, LvmError, Vg};
+use crate::nvme::checks::CheckError;
+use crate::nvme::health::health;
+use crate::nvme::identity::IdentityError;
+use crate::nvme::names::Nqn;
+use crate::nvme::resolve::ResolveError;
+use crate::nvme::sysfs::NamespaceIdentity;
+use crate::nvme::users::{release, RegistryError, ReleaseError};
+use crate::smapi::params::Params;
+use crate::smapi::types::{Health, SrStat, StringMap};
+use crate::sr_config::{ConfigError, NamespaceRef, Purpose, SrConfig, SR_UUID_KEY};
+
+use self::paths::NAMESPACE_TIMEOUT;
+use self::state::{handle_of, uuid_of_handle, SrLock, SrState, StateError, SR_LOCK_TIMEOUT};
+
+/// The tag every nvmetcp VG carries.
+pub const SR_TAG: &str = "nvmetcp_sr";
+const UUID_TAG: &str = "nvmetcp.uuid=";
+const NAME_TAG: &str = "nvmetcp.name=";
+const DESCRIPTION_TAG: &str = "nvmetcp.desc=";
+/// Longest name or description, in bytes (tags hold at most 1024 characters).
+pub const MAX_LABEL_BYTES: usize = 500;
+
+/// Why an SR call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SrError {
+    /// device-config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The host cannot do NVMe-oF as configured.
+    #[error(transparent)]
+    Host(#[from] CheckError),
+    /// The host's NVMe identity is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Discovery found nothing usable.
+    #[error("subsystem {nqn} was not found by discovery: {why}")]
+    Discovery {
+        /// The subsystem.
+        nqn: String,
+        /// Why.
+        why: String,
+    },
+    /// No path could be connected.
+    #[error("no path to subsystem {nqn} could be connected: {why}")]
+    NoPath {
+        /// The subsystem.
+        nqn: String,
+        /// Each path's failure.
+        why: String,
+    },
+    /// The path registry or its lock failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Releasing paths failed.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// The namespace is missing or not the right one.
+    #[error(transparent)]
+    Namespace(#[from] ResolveError),
+    /// The namespace with this identity is not exported to this host.
+    #[error(
+        "namespace {namespace} of subsystem {nqn} is not visible on this host; check the target exports it to this \
+             host's NQN"
+    )]
+    NamespaceMissing {
+        /// The subsystem.
+        nqn: String,
+        /// Its identity.
+        namespace: String,
+    },
+    /// The namespace has no stable identifier.
+    #[error(
+        "namespace {nsid} of subsystem {nqn} reports no UUID, NGUID or EUI-64; nvmetcp needs one to find it safely \
+             on every host"
+    )]
+    NoIdentity {
+        /// The subsystem.
+        nqn: String,
+        /// The NSID.
+        nsid: u32,
+    },
+    /// The namespace holds data and `force` was not given.
+    #[error(
+        "namespace {namespace} ({device}) is not empty: {found}. nvmetcp will not overwrite it; if its data is \
+             not needed, pass device-config:force=true"
+    )]
+    InUse {
+        /// Its identity.
+        namespace: String,
+        /// Its device now.
+        device: String,
+        /// What was found.
+        found: String,
+    },
+    /// The namespace does not hold this SR.
+    #[error("namespace {namespace} holds no nvmetcp SR {sr_uuid}{found}")]
+    NotThisSr {
+        /// Its identity.
+        namespace: String,
+        /// The SR expected.
+        sr_uuid: String,
+        /// What it holds instead.
+        found: String,
+    },
+    /// An operation that only the pool master may do.
+    #[error("{0} writes LVM metadata and runs on the pool master only; this host is a pool member")]
+    NotMaster(&'static str),
+    /// The SR still has volumes.
+    #[error("SR {sr_uuid} still holds {count} volume(s); destroy them first")]
+    NotEmpty {
+        /// The SR.
+        sr_uuid: String,
+        /// How many.
+        count: usize,
+    },
+    /// A name or description too long for the metadata.
+    #[error("the {what} is {bytes} bytes long; nvmetcp stores at most {MAX_LABEL_BYTES}")]
+    LabelTooLong {
+        /// "name" or "description".
+        what: &'static str,
+        /// Its length.
+        bytes: usize,
+    },
+    /// The uuid passed by xapi is not a UUID.
+    #[error("SR uuid {0:?} is not a UUID")]
+    BadUuid(String),
+    /// LVM failed.
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    /// Probing the namespace for data failed.
+    #[error("cannot check {device} for existing data")]
+    Inspect {
+        /// The device.
+        device: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Attachment state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The fabric layer failed.
+    #[error(transparent)]
+    Nvme(#[from] crate::nvme::NvmeError),
+}
+
+impl From<SrError> for DriverError {
+    fn from(error: SrError) -> Self {
+        let host = crate::host::HostRoot::system().read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default();
+        Self::Sr { host, source: Box::new(error) }
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> String {
+    let bytes: Vec<u8> = (0..text.len() / 2)
+        .filter_map(|i| text.get(2 * i..2 * i + 2))
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn label_tag(prefix: &str, what: &'static str, text: &str) -> Result<String, SrError> {
+    if text.len() > MAX_LABEL_BYTES {
+        return Err(SrError::LabelTooLong { what, bytes: text.len() });
+    }
+    Ok(format!("{prefix}{}", hex(text)))
+}
+
+fn tag_value<'a>(vg: &'a Vg, prefix: &str) -> Option<&'a str> {
+    vg.tags.iter().find_map(|t| t.strip_prefix(prefix))
+}
+
+fn vg_name(uuid: &str) -> String {
+    format!("nvmetcp_{}", uuid.replace('-', ""))
+}
+
+fn is_uuid(text: &str) -> bool {
+    text.parse::<crate::nvme::names::HostId>().is_ok()
+}
+
+/// Runs `f` as an SR operation, mapping its error.
+fn sr_call<T: serde::Serialize>(params: &Params, f: impl FnOnce() -> Result<T, SrError>) -> Result<Value, Failure> {
+    let value = f().map_err(DriverError::from)?;
+    serde_json::to_value(value)
+        .map_err(|source| DriverError::Encode { method: params.method().call_name(), source }.into())
+}
+
+/// `SR.create`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let uuid: String = params.get("uuid")?;
+    let configuration: StringMap = params.get("configuration")?;
+    let name: String = params.get("name")?;
+    let description: String = params.get("description")?;
+    sr_call(params, || {
+        if !is_uuid(&uuid) {
+            return Err(SrError::BadUuid(uuid.clone()));
+        }
+        if !role::is_master(&ctx.host) {
+            return Err(SrError::NotMaster("SR.create"));
+        }
+        let config = SrConfig::parse(&configuration, Purpose::Create)?;
+        let nqn = required_nqn(&config)?;
+        let reference =
+            config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
+        let tags = vec![
+            SR_TAG.to_owned(),
+            format!("{UUID_TAG}{uuid}"),
+            label_tag(NAME_TAG, "name", &name)?,
+            label_tag(DESCRIPTION_TAG, "description", &description)?,
+        ];
+        let _lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+        let user = format!("create-{uuid}");
+        paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &user)?;
+        let outcome = create_on_namespace(ctx, &config, &nqn, &reference, &uuid, &tags);
+        // Leave no connection behind that create made; PBD.plug attaches.
+        release(&ctx.host, &user)?;
+        let identity = outcome?;
+        let mut stored = configuration.clone();
+        stored.insert("namespace".to_owned(), identity.canonical());
+        stored.insert(SR_UUID_KEY.to_owned(), uuid.clone());
+        stored.remove("force");
+        Ok(stored)
+    })
+}
+
+fn required_nqn(config: &SrConfig) -> Result<Nqn, SrError> {
+    config.nqn.clone().ok_or(SrError::Config(ConfigError::Missing { key: "nqn", why: "name the subsystem" }))
+}
+
+fn create_on_namespace(
+    ctx: &Context,
+    config: &SrConfig,
+    nqn: &Nqn,
+    reference: &NamespaceRef,
+    uuid: &str,
+    tags: &[String],
+) -> Result<NamespaceIdentity, SrError> {
+    let resolved = paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
+    let identity = resolved
+        .namespace
+        .identity
+        .clone()
+        .ok_or(SrError::NoIdentity { nqn: nqn.to_string(), nsid: resolved.namespace.nsid })?;
+    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?;
+    // Already created by an earlier attempt of this very call: done.
+    if lvm.vgs()?.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
+        return Ok(identity);
+    }
+    let device = resolved.device.display().to_string();
+    if let Some(found) = existing_data(ctx, &device)? {
+        if !config.force {
+            return Err(SrError::InUse { namespace: identity.canonical(), device, found });
+        }
+        tracing::warn!(%device, %found, "force=true: overwriting the namespace");
+    }
+    lvm.pvcreate(config.force)?;
+    if let Err(error) = lvm.vgcreate(&vg_name(uuid), tags) {
+        let undo = ctx.runner.run(&Command::new(Program::Lvm).args(["pvremove", "-y", &device]));
+        if let Err(undo) = undo {
+            tracing::error!(%device, %undo, "rollback of pvcreate failed");
+        }
+        return Err(error.into());
+    }
+    tracing::info!(sr = %uuid, vg = %vg_name(uuid), %device, "SR created");
+    Ok(identity)
+}
+
+/// What the device holds, if anything: a signature blkid knows, or any
+/// non-zero byte in its first MiB.
+fn existing_data(ctx: &Context, device: &str) -> Result<Option<String>, SrError> {
+    match ctx.runner.run(&Command::new(Program::Blkid).args(["-p", "-o", "export", device])) {
+        Ok(output) => {
+            let found: Vec<&str> = output
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("TYPE=") || l.starts_with("PTTYPE=") || l.starts_with("LABEL="))
+                .collect();
+            if !found.is_empty() {
+                return Ok(Some(format!("it holds {}", found.join(" "))));
+            }
+        }
+        // blkid exits 2 when it finds nothing.
+        Err(crate::cmd::CmdError::Failed { status, .. }) if status == "exit status 2" => {}
+        Err(error) => return Err(SrError::Lvm(LvmError::Command(error))),
+    }
+    use std::io::Read;
+    let mut head = vec![0u8; 1 << 20];
+    let mut file = std::fs::File::open(ctx.host.path(device))
+        .map_err(|source| SrError::Inspect { device: device.to_owned(), source })?;
+    let read = file.read(&mut head).map_err(|source| SrError::Inspect { device: device.to_owned(), source })?;
+    if head[..read].iter().any(|b| *b != 0) {
+        return Ok(Some("its first MiB holds data".to_owned()));
+    }
+    Ok(None)
+}
+
+/// Reconnects and resolves an SR from its device-config, and checks the
+/// namespace holds it. Returns the state to record.
+fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, SrError> {
+    let config = SrConfig::parse(configuration, Purpose::Attach)?;
+    let nqn = required_nqn(&config)?;
+    let uuid = config.sr_uuid.clone().ok_or(ConfigError::Missing {
+        key: "sr_uuid",
+        why: "this device-config was not returned by SR.create; create the SR with xe sr-create",
+    })?;
+    if !is_uuid(&uuid) {
+        return Err(SrError::BadUuid(uuid));
+    }
+    let reference =
+        config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
+    let expected = paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &uuid)?;
+    let resolved = paths::namespace(&ctx.host, &nqn, &reference, NAMESPACE_TIMEOUT)?;
+    let namespace = resolved.namespace.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
+    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, role::is_master(&ctx.host))?;
+    let vgs = lvm.vgs()?;
+    let vg =
+        vgs.iter().find(|vg| vg.tags.iter().any(|t| t == SR_TAG) && tag_value(vg, UUID_TAG) == Some(uuid.as_str()));
+    let Some(vg) = vg.cloned() else {
+        let found = match vgs.first() {
+            Some(other) => format!(" (it holds volume group {})", other.name),
+            None => " (it holds no volume group)".to_owned(),
+        };
+        return Err(SrError::NotThisSr { namespace, sr_uuid: uuid, found });
+    };
+    Ok(SrState {
+        sr_uuid: uuid,
+        vg: vg.name,
+        nqn: nqn.to_string(),
+        namespace,
+        paths: expected,
+        configuration: configuration.clone(),
+        total_space: vg.size,
+        free_space: vg.free,
+    })
+}
+
+/// `SR.attach`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let configuration: StringMap = params.get("configuration")?;
+    sr_call(params, || {
+        let uuid = configuration.get(SR_UUID_KEY).cloned().unwrap_or_default();
+        let _lock = if is_uuid(&uuid) { Some(SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?) } else { None };
+        let state = bring_up(ctx, &configuration)?;
+        state::save(&ctx.host, &state)?;
+        tracing::info!(sr = %state.sr_uuid, vg = %state.vg, "SR attached");
+        Ok(handle_of(&state.sr_uuid))
+    })
+}
+
+/// The attachment state behind a handle, locked.
+fn attached(ctx: &Context, params: &Params) -> Result<(SrState, SrLock), SrError> {
+    let handle: String = params.get("sr").map_err(|e| SrError::State(StateError::BadHandle(e.to_string())))?;
+    let uuid = uuid_of_handle(&handle)?;
+    let lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+    Ok((state::load(&ctx.host, &uuid)?, lock))
+}
+
+/// LVM on the SR's namespace, resolved anew.
+fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, SrError> {
+    let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
+        SrError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
+    })?;
+    let identity = NamespaceIdentity::parse(&state.namespace).ok_or_else(|| {
+        SrError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: "namespace identity".to_owned() })
+    })?;
+    let resolved =
+        paths::namespace(&ctx.host, &nqn, &NamespaceRef::Identity(identity), std::time::Duration::from_secs(2))?;
+    Ok(Lvm::new(ctx.runner.as_ref(), &resolved.device, writable)?)
+}
+
+fn our_vg(lvm: &Lvm<'_>, state: &SrState) -> Result<Option<Vg>, SrError> {
+    Ok(lvm.vgs()?.into_iter().find(|vg| vg.name == state.vg))
+}
+
+/// `SR.stat`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    sr_call(params, || {
+        let (mut state, _lock) = attached(ctx, params)?;
+        let paths = health(&ctx.host, &state.paths)?;
+        let summary = paths.summary();
+        let handle = handle_of(&state.sr_uuid);
+        if paths.live() == 0 {
+            return Ok(stat_record(&handle, &state, None, Health::Unreachable(summary)));
+        }
+        let lvm = lvm_for(ctx, &state, false)?;
+        let vg = our_vg(&lvm, &state)?.ok_or_else(|| SrError::NotThisSr {
+            namespace: state.namespace.clone(),
+            sr_uuid: state.sr_uuid.clone(),
+            found: " (its volume group is gone)".to_owned(),
+        })?;
+        state.total_space = vg.size;
+        state.free_space = vg.free;
+        state::save(&ctx.host, &state)?;
+        Ok(stat_record(&handle, &state, Some(&vg), Health::Healthy(summary)))
+    })
+}
+
+fn stat_record(handle: &str, state: &SrState, vg: Option<&Vg>, health: Health) -> SrStat {
+    let label = |prefix| vg.and_then(|vg| tag_value(vg, prefix)).map(unhex).unwrap_or_default();
+    SrStat {
+        sr: handle.to_owned(),
+        name: label(NAME_TAG),
+        uuid: Some(state.sr_uuid.clone()),
+        description: label(DESCRIPTION_TAG),
+        free_space: i64::try_from(state.free_space).unwrap_or(i64::MAX),
+        total_space: i64::try_from(state.total_space).unwrap_or(i64::MAX),
+        datasources: Vec::new(),
+        clustered: false,
+        health,
+    }
+}
+
+/// `SR.ls`: every volume, or an error — never a partial list, because xapi
+/// deletes the VDIs missing from it.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn ls(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    sr_call(params, || {
+        let (state, _lock) = attached(ctx, params)?;
+        let lvm = lvm_for(ctx, &state, false)?;
+        // Volumes arrive with the Volume.* methods; until then the list is
+        // empty, but only once LVM has confirmed the VG is readable.
+        let _ = lvm.lvs(&state.vg)?;
+        Ok(Vec::<crate::smapi::types::Volume>::new())
+    })
+}
+
+/// `SR.detach`: idempotent.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    sr_call(params, || {
+        let handle: String = params.get("sr").map_err(|e| SrError::State(StateError::BadHandle(e.to_string())))?;
+        let uuid = uuid_of_handle(&handle)?;
+        let _lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+        if let Ok(state) = state::load(&ctx.host, &uuid) {
+            match lvm_for(ctx, &state, false) {
+                Ok(lvm) => lvm.deactivate(&state.vg)?,
+                Err(error) => tracing::warn!(%error, "namespace not reachable; nothing to deactivate"),
+            }
+        }
+        let released = release(&ctx.host, &uuid)?;
+        state::remove(&ctx.host, &uuid)?;
+        tracing::info!(sr = %uuid, disconnected = ?released.disconnected, "SR detached");
+        Ok(Value::Null)
+    })
+}
+
+/// `SR.destroy` (master): refuses while volumes exist; idempotent.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    sr_call(params, || {
+        if !role::is_master(&ctx.host) {
+            return Err(SrError::NotMaster("SR.destroy"));
+        }
+        let (state, _lock) = attached(ctx, params)?;
+        let lvm = lvm_for(ctx, &state, true)?;
+        if our_vg(&lvm, &state)?.is_some() {
+            let volumes = lvm.lvs(&state.vg)?;
+            if !volumes.is_empty() {
+                return Err(SrError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() });
+            }
+            lvm.deactivate(&state.vg)?;
+            lvm.remove_vg_and_pv(&state.vg)?;
+        }
+        release(&ctx.host, &state.sr_uuid)?;
+        state::remove(&ctx.host, &state.sr_uuid)?;
+        tracing::info!(sr = %state.sr_uuid, "SR destroyed");
+        Ok(Value::Null)
+    })
+}
+
+fn relabel(
+    ctx: &Context,
+    params: &Params,
+    prefix: &'static str,
+    what: &'static str,
+    param: &'static str,
+) -> Result<Value, Failure> {
+    let text: String = params.get(param)?;
+    sr_call(params, || {
+        if !role::is_master(&ctx.host) {
+            return Err(SrError::NotMaster(if what == "name" { "SR.set_name" } else { "SR.set_description" }));
+        }
+        let new_tag = label_tag(prefix, what, &text)?;
+        let (state, _lock) = attached(ctx, params)?;
+        let lvm = lvm_for(ctx, &state, true)?;
+        let vg = our_vg(&lvm, &state)?.ok_or_else(|| SrError::NotThisSr {
+            namespace: state.namespace.clone(),
+            sr_uuid: state.sr_uuid.clone(),
+            found: " (its volume group is gone)".to_owned(),
+        })?;
+        let old: Vec<String> = vg.tags.iter().filter(|t| t.starts_with(prefix)).cloned().collect();
+        lvm.retag(&vg.name, &old, &[new_tag])?;
+        Ok(Value::Null)
+    })
+}
+
+/// `SR.set_name`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn set_name(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    relabel(ctx, params, NAME_TAG, "name", "new_name")
+}
+
+/// `SR.set_description`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn set_description(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    relabel(ctx, params, DESCRIPTION_TAG, "description", "new_description")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hex, label_tag, unhex, SrError, MAX_LABEL_BYTES, NAME_TAG};
+
+    #[test]
+    fn labels_survive_any_utf8_through_tags() {
+        for text in ["", "fast NVMe", "données ✓ 日本語", "a,b=c\nd"] {
+            let tag = label_tag(NAME_TAG, "name", text).unwrap();
+            assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '='), "{tag}");
+            assert_eq!(unhex(&hex(text)), text);
+        }
+        let long = "x".repeat(MAX_LABEL_BYTES + 1);
+        assert!(matches!(label_tag(NAME_TAG, "name", &long), Err(SrError::LabelTooLong { .. })));
+    }
+}

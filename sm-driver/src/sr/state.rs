@@ -1,0 +1,234 @@
+//! What `SR.attach` leaves on this host for later calls, and the per-SR lock.
+//!
+//! xapi passes later calls only the opaque `sr` string `SR.attach` returned, so
+//! attach records everything they need in `/run/nvmetcp/srs/<sr-uuid>.json`:
+//! the subsystem, the namespace identity, the expected paths, the VG, and the
+//! last sizes seen (so `SR.stat` can still report them while no path is live).
+//! `/run` is emptied at boot, exactly when xapi forgets attachments too.
+//! Concurrent calls on one SR serialize on `/run/nvmetcp/sr-<uuid>.lock`,
+//! with a deadline.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostRoot;
+use crate::nvme::options::PathKey;
+use crate::nvme::users::RUN_DIR;
+
+/// The prefix of the `sr` handle `SR.attach` returns.
+pub const HANDLE_PREFIX: &str = "nvmetcp://sr/";
+
+/// How long a call waits for another call on the same SR.
+pub const SR_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Per-host state of an attached SR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SrState {
+    /// xapi's SR uuid.
+    pub sr_uuid: String,
+    /// The VG name.
+    pub vg: String,
+    /// The subsystem NQN.
+    pub nqn: String,
+    /// The namespace identity, canonical.
+    pub namespace: String,
+    /// The paths this SR expects.
+    pub paths: Vec<PathKey>,
+    /// The device-config, to reconnect and to re-validate.
+    pub configuration: std::collections::BTreeMap<String, String>,
+    /// Last known total bytes.
+    pub total_space: u64,
+    /// Last known free bytes.
+    pub free_space: u64,
+}
+
+/// Why the state or lock could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The handle is not one of ours.
+    #[error("{0:?} is not an nvmetcp SR handle")]
+    BadHandle(String),
+    /// The SR is not attached on this host.
+    #[error("SR {0} is not attached on this host (plug its PBD first)")]
+    NotAttached(String),
+    /// Another call held the SR for too long.
+    #[error("another call on SR {0} held its lock for more than {1:?}; retry, and check SMlog for a stuck call")]
+    LockTimeout(String, Duration),
+    /// A state file could not be used.
+    #[error("cannot use {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file is corrupt.
+    #[error("{path} is corrupt ({detail}); detach and re-attach the SR (xe pbd-unplug, xe pbd-plug)")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The SR uuid inside a handle.
+///
+/// # Errors
+/// [`StateError::BadHandle`] for anything else.
+pub fn uuid_of_handle(handle: &str) -> Result<String, StateError> {
+    handle
+        .strip_prefix(HANDLE_PREFIX)
+        .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .map(str::to_owned)
+        .ok_or_else(|| StateError::BadHandle(handle.to_owned()))
+}
+
+/// The handle of SR `uuid`.
+#[must_use]
+pub fn handle_of(uuid: &str) -> String {
+    format!("{HANDLE_PREFIX}{uuid}")
+}
+
+fn state_file(uuid: &str) -> String {
+    format!("{RUN_DIR}/srs/{uuid}.json")
+}
+
+fn io(path: &str) -> impl Fn(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_owned(), source }
+}
+
+/// Loads the state of SR `uuid`.
+///
+/// # Errors
+/// [`StateError::NotAttached`] when there is none.
+pub fn load(host: &HostRoot, uuid: &str) -> Result<SrState, StateError> {
+    let path = state_file(uuid);
+    match std::fs::read_to_string(host.path(&path)) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| StateError::Corrupt { path, detail: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StateError::NotAttached(uuid.to_owned())),
+        Err(source) => Err(StateError::Io { path, source }),
+    }
+}
+
+/// Saves the state atomically.
+///
+/// # Errors
+/// [`StateError::Io`] if it cannot be written.
+pub fn save(host: &HostRoot, state: &SrState) -> Result<(), StateError> {
+    let path = state_file(&state.sr_uuid);
+    let dir = format!("{RUN_DIR}/srs");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(host.path(&dir)).map_err(io(&dir))?;
+    let text = serde_json::to_string_pretty(state)
+        .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+    let temporary = host.path(&format!("{path}.tmp"));
+    let mut file =
+        OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(io(&path))?;
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io(&path))?;
+    std::fs::rename(&temporary, host.path(&path)).map_err(io(&path))
+}
+
+/// Forgets the state (idempotent).
+///
+/// # Errors
+/// [`StateError::Io`] if it exists but cannot be removed.
+pub fn remove(host: &HostRoot, uuid: &str) -> Result<(), StateError> {
+    let path = state_file(uuid);
+    match std::fs::remove_file(host.path(&path)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io { path, source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Holds SR `uuid`'s lock while alive.
+pub struct SrLock {
+    _lock: Flock<File>,
+}
+
+impl SrLock {
+    /// Takes the lock of SR `uuid`, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`StateError`] if the lock file cannot be opened or the wait times out.
+    pub fn acquire(host: &HostRoot, uuid: &str, timeout: Duration) -> Result<Self, StateError> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(host.path(RUN_DIR)).map_err(io(RUN_DIR))?;
+        let path = format!("{RUN_DIR}/sr-{uuid}.lock");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(host.path(&path))
+            .map_err(io(&path))?;
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Self { _lock: lock }),
+                Err((returned, _)) if Instant::now() < deadline => {
+                    file = returned;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(_) => return Err(StateError::LockTimeout(uuid.to_owned(), timeout)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{handle_of, load, remove, save, uuid_of_handle, SrLock, SrState, StateError};
+    use crate::host::HostRoot;
+
+    const UUID: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+
+    #[test]
+    fn handles_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(uuid_of_handle(&handle_of(UUID)).unwrap(), UUID);
+        for bad in ["", "nvmetcp://sr/", "file:///tmp/x", "nvmetcp://sr/../../etc"] {
+            assert!(matches!(uuid_of_handle(bad), Err(StateError::BadHandle(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_is_saved_loaded_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        assert!(matches!(load(&host, UUID), Err(StateError::NotAttached(_))));
+        let state = SrState {
+            sr_uuid: UUID.into(),
+            vg: "nvmetcp_x".into(),
+            nqn: "nqn.a:b".into(),
+            namespace: "uuid.00".into(),
+            paths: vec![],
+            configuration: Default::default(),
+            total_space: 1,
+            free_space: 1,
+        };
+        save(&host, &state).unwrap();
+        assert_eq!(load(&host, UUID).unwrap(), state);
+        remove(&host, UUID).unwrap();
+        remove(&host, UUID).unwrap();
+        assert!(load(&host, UUID).is_err());
+    }
+
+    #[test]
+    fn the_sr_lock_serializes_and_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let held = SrLock::acquire(&host, UUID, Duration::from_secs(1)).unwrap();
+        assert!(matches!(SrLock::acquire(&host, UUID, Duration::from_millis(50)), Err(StateError::LockTimeout(..))));
+        SrLock::acquire(&host, "other", Duration::from_millis(50)).unwrap();
+        drop(held);
+        SrLock::acquire(&host, UUID, Duration::from_millis(50)).unwrap();
+    }
+}
