@@ -1,0 +1,221 @@
+//! The SR methods through their method links, exactly as xapi-storage-script
+//! calls them (`<dir>/SR.attach --json`, parameters on stdin, one JSON value
+//! on stdout), over the real kernel NVMe/TCP target with two ports, in the
+//! test bed.
+//!
+//! On the host this binary builds the plugin, boots one guest with the
+//! scenarios below and checks each passed. In the guest, scenarios call this
+//! binary back (`NVMETCP_GUEST_STEP=1 … call <Method> <json>`), which invokes
+//! the plugin through a plugin tree of method links with `smapi-harness` and
+//! prints `OK <value>` or `ERR <code> <params>` on one line.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)] // a test program
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use nvmetcp_testbed::{run, Scenario};
+use smapi_harness::{Caller, Outcome, PluginTree};
+
+const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+
+fn plugin_binary() -> PathBuf {
+    // target/debug/deps/nvmet_sr-… → target/debug/nvmetcp-plugin
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
+        return guest_call(&args);
+    }
+    if args.iter().any(|a| a == "--list") {
+        println!("nvmet_sr: test");
+        return ExitCode::SUCCESS;
+    }
+    host_side()
+}
+
+/// Shell helpers shared by the scenarios: `call METHOD JSON`, `ok`/`err` checks.
+const PRELUDE: &str = r#"
+export NVMETCP_GUEST_STEP=1
+call() { "$T" call "$@" | tee -a calls.log; }
+expect_ok() { local out; out=$(call "$@"); case $out in "OK "*) echo "${out#OK }" ;; *) tb_fail "$1 failed: $out"; return 1 ;; esac; }
+expect_err() { local code=$1 out; shift; out=$(call "$@"); case $out in "ERR $code "*) echo "$out" ;; *) tb_fail "$1: expected $code, got: $out"; return 1 ;; esac; }
+stat_sr() { expect_ok SR.stat "{\"dbg\":\"stat\",\"sr\":\"nvmetcp://sr/$SR\"}"; }
+"#;
+
+fn script(exe: &str, body: &str) -> String {
+    format!("T={exe}\nSR={SR}\n{PRELUDE}\n{body}")
+}
+
+fn scenarios(exe: &str) -> Vec<Scenario> {
+    vec![
+        Scenario::script(
+            "sr-lifecycle",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target sr 128 10.99.0.1 10.99.0.2)
+cfg="\"discovery\":\"10.99.0.1:4420,10.99.0.2:4420\",\"nqn\":\"$nqn\""
+# probe-free create by NSID; the stored config names the namespace by identity
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg,\"namespace\":\"1\"},\"name\":\"fast ✓\",\"description\":\"two paths\"}")
+echo "$stored" | grep -q "\"sr_uuid\":\"$SR\""
+echo "$stored" | grep -q "\"namespace\":\"uuid\."
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "SR.create left a connection behind"
+handle=$(expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}")
+[ "$handle" = "\"nvmetcp://sr/$SR\"" ]
+[ "$(expect_ok SR.attach "{\"dbg\":\"a2\",\"configuration\":$stored}")" = "$handle" ]
+[ "$(tb_live_paths "$nqn")" = 2 ]
+stat=$(stat_sr)
+echo "$stat" | grep -q '"health":\["Healthy","2/2 paths live"\]'
+echo "$stat" | grep -q '"name":"fast ✓"'
+echo "$stat" | grep -q '"total_space":1[0-9]\{8\}'
+[ "$(expect_ok SR.ls "{\"dbg\":\"l\",\"sr\":\"nvmetcp://sr/$SR\"}")" = "[]" ]
+tb_unlink 2 "$nqn"
+tb_wait 15 "a path to drop" tb_has_live_paths "$nqn" 1
+stat_sr | grep -q '"health":\["Healthy","degraded: 1/2 paths live (10.99.0.2:4420 connecting)"\]'
+tb_link 2 "$nqn"
+tb_wait 30 "both paths back" tb_has_live_paths "$nqn" 2
+tb_target_down
+tb_wait 20 "no path" tb_has_live_paths "$nqn" 0
+stat=$(stat_sr)
+echo "$stat" | grep -q '"health":\["Unreachable","no path live: 0/2'
+echo "$stat" | grep -q '"total_space":1[0-9]\{8\}'
+tb_target_up
+tb_wait 30 "both paths back" tb_has_live_paths "$nqn" 2
+expect_ok SR.set_name "{\"dbg\":\"n\",\"sr\":\"nvmetcp://sr/$SR\",\"new_name\":\"renamed, with = and ✓\"}"
+expect_ok SR.set_description "{\"dbg\":\"n\",\"sr\":\"nvmetcp://sr/$SR\",\"new_description\":\"line1\nline2\"}"
+stat=$(stat_sr)
+echo "$stat" | grep -q '"name":"renamed, with = and ✓"'
+echo "$stat" | grep -q '"description":"line1\\nline2"'
+expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}"
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "SR.detach left controllers"
+expect_ok SR.detach "{\"dbg\":\"d2\",\"sr\":\"nvmetcp://sr/$SR\"}"
+expect_err Sr_not_attached SR.stat "{\"dbg\":\"s\",\"sr\":\"nvmetcp://sr/$SR\"}"
+# xapi's destroy: attach, then destroy without detach
+expect_ok SR.attach "{\"dbg\":\"a3\",\"configuration\":$stored}"
+expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}"
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "SR.destroy left controllers"
+head -c 1M "/srv/testbed/sr-ns1.img" | tr -d '\0' | wc -c | grep -qx 0 || tb_log "namespace still has LVM remnants after destroy"
+tb_log "SR lifecycle complete"
+"#,
+            ),
+        ),
+        Scenario::script(
+            "sr-refuses-data",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target full 64 10.99.0.1)
+mkfs.ext4 -q -F /srv/testbed/full-ns1.img
+cfg="\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\""
+out=$(expect_err NVMETCP_NAMESPACE_IN_USE SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg},\"name\":\"n\",\"description\":\"\"}")
+echo "$out" | grep -q 'it holds TYPE=ext4'
+echo "$out" | grep -q 'device-config:force=true'
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "a refused create left a connection"
+expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg,\"force\":\"true\"},\"name\":\"n\",\"description\":\"\"}" >/dev/null
+other=11111111-2222-3333-4444-555555555555
+out=$(expect_err NVMETCP_NAMESPACE_IN_USE SR.create "{\"dbg\":\"c\",\"uuid\":\"$other\",\"configuration\":{$cfg},\"name\":\"n\",\"description\":\"\"}")
+echo "$out" | grep -q 'LVM2_member'
+"#,
+            ),
+        ),
+        Scenario::script(
+            "sr-bad-config",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target cfg 32 10.99.0.1)
+create() { expect_err NVMETCP_INVALID_CONFIG SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$1},\"name\":\"n\",\"description\":\"\"}"; }
+create "\"portal\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"" | grep -q 'device-config:portal is not an nvmetcp setting (did you mean portals?)'
+create "\"portals\":\"10.99.0.1,nqn=x\",\"nqn\":\"$nqn\",\"namespace\":\"1\"" | grep -q 'device-config:portals='
+create "\"portals\":\"10.99.0.1\",\"namespace\":\"1\"" | grep -q 'device-config:nqn is required'
+create "\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\",\"keep_alive_tmo\":\"0\"" | grep -q 'device-config:keep_alive_tmo'
+create "\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\",\"transport\":\"fc\"" | grep -q 'device-config:transport'
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "bad configuration reached the kernel"
+out=$(expect_err NVMETCP_NO_PATH SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1:4999\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"n\",\"description\":\"\"}")
+echo "$out" | grep -q 'on host testbed: no path to subsystem'
+echo "$out" | grep -q '10.99.0.1:4999'
+"#,
+            ),
+        ),
+        Scenario::script(
+            "sr-concurrent-attach",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target conc 64 10.99.0.1 10.99.0.2)
+cfg="\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\""
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg,\"namespace\":\"1\"},\"name\":\"n\",\"description\":\"\"}")
+call SR.attach "{\"dbg\":\"a1\",\"configuration\":$stored}" >one &
+call SR.attach "{\"dbg\":\"a2\",\"configuration\":$stored}" >two &
+wait
+grep -qx "OK \"nvmetcp://sr/$SR\"" one
+grep -qx "OK \"nvmetcp://sr/$SR\"" two
+[ "$(ls /sys/class/nvme | wc -l)" = 2 ] || tb_fail "expected exactly two controllers, got $(ls /sys/class/nvme)"
+stat_sr | grep -q '2/2 paths live'
+expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}"
+"#,
+            ),
+        ),
+    ]
+}
+
+fn host_side() -> ExitCode {
+    // The plugin binary must be current: build it, as xapi would find it installed.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
+    let built =
+        std::process::Command::new(cargo).args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin"]).status();
+    if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() {
+        eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
+        println!("0 passed, 1 failed");
+        return ExitCode::FAILURE;
+    }
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let scenarios = scenarios(&exe);
+    let names: Vec<String> = scenarios.iter().map(|s| s.name().to_owned()).collect();
+    let outcome = match run("sr", &scenarios) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("{error}");
+            println!("0 passed, {} failed", names.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for name in &names {
+        if std::panic::catch_unwind(|| outcome.assert_passed(name)).is_ok() {
+            println!("test {name} ... ok");
+        } else {
+            println!("test {name} ... FAILED");
+            failed += 1;
+        }
+    }
+    println!("{} passed, {failed} failed", names.len() - failed);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `call METHOD JSON`: one call through the method links, one line out.
+fn guest_call(args: &[String]) -> ExitCode {
+    let [step, method, params] = args else {
+        eprintln!("usage: call METHOD JSON");
+        return ExitCode::FAILURE;
+    };
+    assert_eq!(step, "call");
+    let tree = PluginTree::new(Path::new(&plugin_binary()), &[method.as_str()], &[]).unwrap();
+    let params: serde_json::Value = serde_json::from_str(params).unwrap();
+    match Caller::new().call(&tree.volume_dir(), method, &params) {
+        Ok(reply) => match reply.outcome {
+            Outcome::Success(value) => println!("OK {value}"),
+            Outcome::Failure { code, params, .. } => println!("ERR {code} {}", serde_json::to_string(&params).unwrap()),
+        },
+        Err(violation) => println!("PROTOCOL-VIOLATION {violation}"),
+    }
+    ExitCode::SUCCESS
+}
