@@ -34,6 +34,7 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
     (Interface::Plugin, "diagnostics", |ctx, kind, params| {
         encode(params, &diagnostics::report(kind, &ctx.host, ctx.runner.as_ref()))
     }),
+    (Interface::Sr, "probe", |ctx, _, params| sr::probe(ctx, params)),
     (Interface::Sr, "create", |ctx, _, params| sr::create(ctx, params)),
     (Interface::Sr, "attach", |ctx, _, params| sr::attach(ctx, params)),
     (Interface::Sr, "detach", |ctx, _, params| sr::detach(ctx, params)),
@@ -87,6 +88,7 @@ mod tests {
             [
                 "Plugin.Query",
                 "Plugin.diagnostics",
+                "SR.probe",
                 "SR.create",
                 "SR.attach",
                 "SR.detach",

@@ -26,29 +26,49 @@ pub const API_VERSION: &str = "5.0";
 /// The plugin version, from the workspace.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Features of the volume plugin that work end to end today.
-const VOLUME_FEATURES: &[&str] = &[];
+/// The capability xapi derives from each method file (xapi-storage-script's
+/// table); `features` is computed from the implemented methods through it,
+/// so it can never claim a method that does not work.
+const FEATURE_OF_METHOD: &[(&str, &str)] = &[
+    ("SR.probe", "SR_PROBE"),
+    ("SR.create", "SR_CREATE"),
+    ("SR.destroy", "SR_DELETE"),
+    ("SR.attach", "SR_ATTACH"),
+    ("SR.detach", "SR_DETACH"),
+    ("SR.ls", "SR_SCAN"),
+    ("SR.stat", "SR_UPDATE"),
+    ("Volume.create", "VDI_CREATE"),
+    ("Volume.destroy", "VDI_DELETE"),
+    ("Volume.clone", "VDI_CLONE"),
+    ("Volume.snapshot", "VDI_SNAPSHOT"),
+    ("Volume.resize", "VDI_RESIZE"),
+    ("Volume.stat", "VDI_UPDATE"),
+];
 
-/// Features of the datapath plugin that work end to end today.
-const DATAPATH_FEATURES: &[&str] = &[];
+/// The features of the plugin of `kind`, from what it implements.
+#[must_use]
+pub fn features(kind: PluginKind) -> Vec<String> {
+    crate::dispatch::implemented(kind)
+        .iter()
+        .filter_map(|m| FEATURE_OF_METHOD.iter().find(|(name, _)| *name == m.call_name()).map(|(_, f)| (*f).to_owned()))
+        .collect()
+}
 
 /// The answer of `Plugin.Query` for `kind`.
 #[must_use]
 pub fn query(kind: PluginKind) -> QueryResult {
-    let (plugin, name, description, features, configuration) = match kind {
+    let (plugin, name, description, configuration) = match kind {
         PluginKind::Volume => (
             SR_TYPE,
             "NVMe over TCP shared SR",
             "Shared LVM storage on an NVMe over Fabrics (TCP or RDMA) subsystem, connected on every host of \
              the pool over all paths with Linux native multipath",
-            VOLUME_FEATURES,
             device_config::KEYS.iter().map(|k| (k.name.to_owned(), k.description.to_owned())).collect(),
         ),
         PluginKind::Datapath => (
             DATAPATH_SCHEME,
             "nvmetcp datapath",
             "Hands nvmetcp volumes (LVs on the multipath NVMe namespace) to blkback",
-            DATAPATH_FEATURES,
             Default::default(),
         ),
     };
@@ -60,7 +80,7 @@ pub fn query(kind: PluginKind) -> QueryResult {
         copyright: "Copyright (C) the nvmetcp developers; GPL-2.0-only".to_owned(),
         version: VERSION.to_owned(),
         required_api_version: API_VERSION.to_owned(),
-        features: features.iter().map(|&f| f.to_owned()).collect(),
+        features: features(kind),
         configuration,
         required_cluster_stack: Vec::new(),
     }
@@ -78,6 +98,15 @@ mod tests {
         assert_eq!(query(PluginKind::Volume).plugin, SR_TYPE);
         assert_eq!(query(PluginKind::Datapath).plugin, DATAPATH_SCHEME);
         assert!(!SR_TYPE.contains('.') && SR_TYPE == SR_TYPE.to_ascii_lowercase());
+    }
+
+    #[test]
+    fn features_follow_the_implemented_methods() {
+        assert_eq!(
+            super::features(PluginKind::Volume),
+            ["SR_PROBE", "SR_CREATE", "SR_ATTACH", "SR_DETACH", "SR_DELETE", "SR_UPDATE", "SR_SCAN"]
+        );
+        assert!(super::features(PluginKind::Datapath).is_empty());
     }
 
     #[test]

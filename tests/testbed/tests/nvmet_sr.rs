@@ -159,6 +159,59 @@ expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}"
 "#,
             ),
         ),
+        Scenario::script(
+            "sr-probe",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target probe 64 10.99.0.1 10.99.0.2)
+other=$TB_NQN_PREFIX:probe-other
+tb_subsystem "$other"; tb_namespace "$other" 1 32; tb_link 1 "$other"
+disc="\"discovery\":\"10.99.0.1:4420,10.99.0.2:4420\""
+out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{$disc}}")
+echo "$out" | grep -q "\"nqn\":\"$nqn\""
+echo "$out" | grep -q "\"nqn\":\"$other\""
+echo "$out" | grep -q '"complete":false'
+echo "$out" | grep -q '"nsid":"1"'
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "probe left connections"
+out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{$disc,\"nqn\":\"$nqn\"}}")
+echo "$out" | grep -q '"complete":true'
+if echo "$out" | grep -q '"sr":'; then tb_fail "an SR was reported on an empty namespace"; fi
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$disc,\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"probed ✓\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{$disc,\"nqn\":\"$nqn\"}}")
+echo "$out" | grep -q "\"sr_uuid\":\"$SR\""
+echo "$out" | grep -q '"name":"probed ✓"'
+echo "$out" | grep -q '"health":\["Healthy","2/2 paths live"\]'
+[ "$(tb_live_paths "$nqn")" = 2 ] || tb_fail "probe disturbed the attached SR's paths"
+expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}"
+"#,
+            ),
+        ),
+        // Last: it changes this host's pool role.
+        Scenario::script(
+            "sr-pool-member",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target member 64 10.99.0.1)
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"before\",\"description\":\"\"}")
+mkdir -p /etc/xensource
+echo "slave:10.0.0.1" >/etc/xensource/pool.conf
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+stat_sr | grep -q '"name":"before"'
+expect_err NVMETCP_NOT_MASTER SR.set_name "{\"dbg\":\"n\",\"sr\":\"nvmetcp://sr/$SR\",\"new_name\":\"x\"}" | grep -q 'runs on the pool master only'
+expect_err NVMETCP_NOT_MASTER SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
+expect_err NVMETCP_NOT_MASTER SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"n\",\"description\":\"\"}" >/dev/null
+echo master >/etc/xensource/pool.conf
+expect_ok SR.set_name "{\"dbg\":\"n\",\"sr\":\"nvmetcp://sr/$SR\",\"new_name\":\"after\"}" >/dev/null
+echo "slave:10.0.0.1" >/etc/xensource/pool.conf
+stat_sr | grep -q '"name":"after"' || tb_fail "the member does not see the master's change"
+rm -f /etc/xensource/pool.conf
+expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
+"#,
+            ),
+        ),
     ]
 }
 
