@@ -122,7 +122,7 @@ fn sr_code(error: &crate::sr::SrError) -> &'static str {
     use crate::sr::SrError;
     match error {
         SrError::Config(_) | SrError::LabelTooLong { .. } | SrError::BadUuid(_) => "NVMETCP_INVALID_CONFIG",
-        SrError::Host(_) | SrError::Identity(_) => "NVMETCP_HOST_NOT_READY",
+        SrError::Host(_) | SrError::Identity(_) | SrError::HostConfig(_) => "NVMETCP_HOST_NOT_READY",
         SrError::Discovery { .. } => "NVMETCP_DISCOVERY_FAILED",
         SrError::NoPath { .. } | SrError::Nvme(_) => "NVMETCP_NO_PATH",
         SrError::Registry(_) | SrError::Release(_) => "NVMETCP_HOST_STATE",

@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod entry;
 pub mod error;
 pub mod host;
+pub mod host_config;
 pub mod lvm;
 pub mod nvme;
 pub mod plugin;

@@ -61,6 +61,9 @@ pub enum SrError {
     /// The host's NVMe identity is unusable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// A host-local setting is unusable.
+    #[error(transparent)]
+    HostConfig(#[from] crate::host_config::HostConfigError),
     /// Discovery found nothing usable.
     #[error("subsystem {nqn} was not found by discovery: {why}")]
     Discovery {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::cmd::Runner;
 use crate::host::HostRoot;
-use crate::nvme::checks::{ensure_multipath, ensure_transport};
+use crate::host_config::{authentication, HostConfig};
+use crate::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
 use crate::nvme::discovery::{discover, DISCOVERY_TIMEOUT};
 use crate::nvme::fabrics::KernelFabrics;
 use crate::nvme::health::set_iopolicy;
@@ -28,7 +29,13 @@ use super::SrError;
 /// # Errors
 /// [`SrError::Discovery`] when discovery was asked for, found nothing for the
 /// subsystem, and no portal is configured either.
-pub fn path_options(config: &SrConfig, nqn: &Nqn, host: &HostIdentity) -> Result<Vec<ConnectOptions>, SrError> {
+pub fn path_options(
+    config: &SrConfig,
+    nqn: &Nqn,
+    host: &HostIdentity,
+    local: &HostConfig,
+    auth: &Authentication,
+) -> Result<Vec<ConnectOptions>, SrError> {
     let mut ports: Vec<(Transport, Portal)> = config.portals.iter().map(|p| (config.transport, *p)).collect();
     if !config.discovery.is_empty() {
         let found = discover(&config.discovery, host, DISCOVERY_TIMEOUT);
@@ -63,10 +70,10 @@ pub fn path_options(config: &SrConfig, nqn: &Nqn, host: &HostIdentity) -> Result
             portal,
             subsystem: nqn.clone(),
             host: host.clone(),
-            host_iface: None,
-            host_traddr: None,
+            host_iface: local.host_iface.clone(),
+            host_traddr: local.host_traddr,
             timers: config.timers,
-            auth: Authentication::default(),
+            auth: auth.clone(),
         })
         .collect())
 }
@@ -86,8 +93,14 @@ pub fn connect(
     ensure_transport(host, runner, config.transport)?;
     ensure_multipath(host)?;
     let identity = load_or_create(host)?;
-    let options = path_options(config, nqn, &identity)?;
-    let results = attach(host, &KernelFabrics::new(host.clone()), user, &options)?;
+    let local = HostConfig::load(host)?;
+    let auth = authentication(host, nqn)?;
+    let fabrics = KernelFabrics::new(host.clone());
+    if auth.host_key.is_some() {
+        ensure_auth_support(host, &fabrics)?;
+    }
+    let options = path_options(config, nqn, &identity, &local, &auth)?;
+    let results = attach(host, &fabrics, user, &options)?;
     let mut failures = Vec::new();
     for (option, result) in options.iter().zip(&results) {
         if let Err(error) = result {

@@ -188,6 +188,35 @@ expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}"
 "#,
             ),
         ),
+        Scenario::script(
+            "sr-host-settings",
+            &script(
+                exe,
+                r#"
+nqn=$TB_NQN_PREFIX:secured
+tb_modules; tb_net_up 10.99.0.1; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 32; tb_port 1 10.99.0.1; tb_link 1 "$nqn"
+host=$(cat /etc/nvme/hostnqn)
+key=$(nvme gen-dhchap-key --nqn "$host"); ctrl=$(nvme gen-dhchap-key --nqn "$nqn")
+tb_allow_host "$nqn" "$host" "$key" "$ctrl"
+create="{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"n\",\"description\":\"\"}"
+expect_err NVMETCP_NO_PATH SR.create "$create" | grep -q 'authentication failed'
+mkdir -p /etc/nvmetcp/dhchap
+printf '%s\n' "$key" >"/etc/nvmetcp/dhchap/$nqn.key"
+printf '%s\n' "$ctrl" >"/etc/nvmetcp/dhchap/$nqn.ctrl-key"
+chmod 644 "/etc/nvmetcp/dhchap/$nqn.key"
+expect_err NVMETCP_HOST_NOT_READY SR.create "$create" | grep -q 'run chmod 600'
+chmod 600 /etc/nvmetcp/dhchap/*
+stored=$(expect_ok SR.create "$create")
+printf 'host_iface = %s\n' "$TB_LINK" >/etc/nvmetcp/host.conf
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+grep -q "host_iface=$TB_LINK" /sys/class/nvme/nvme*/address || tb_fail "host.conf's host_iface not applied"
+stat_sr | grep -q '1/1 paths live'
+expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
+if grep -qF -- "${key#DHHC-1:??:}" calls.log; then tb_fail "a key reached a reply"; fi
+rm -rf /etc/nvmetcp
+"#,
+            ),
+        ),
         // Last: it changes this host's pool role.
         Scenario::script(
             "sr-pool-member",
