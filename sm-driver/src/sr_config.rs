@@ -10,7 +10,8 @@
 //! DH-HMAC-CHAP keys: device-config keys ending in `password` are moved by
 //! xapi into secrets, so the plugin receives `dhchap_password_secret` (a
 //! secret UUID) and must resolve it through XAPI. Until the XAPI client
-//! exists such configuration is refused with an error that says so.
+//! exists such configuration is refused with an error that says so, and keys
+//! come from host-local files ([`crate::host_config`]).
 
 use std::collections::BTreeMap;
 
@@ -77,8 +78,8 @@ pub enum ConfigError {
     /// DH-HMAC-CHAP keys held as XAPI secrets cannot be resolved yet.
     #[error(
         "device-config:{key} holds a DH-HMAC-CHAP key, which xapi keeps as a secret that this version of nvmetcp \
-             cannot resolve yet (it needs the XAPI client); remove the key, or wait for a version with XAPI secret \
-             support"
+             cannot resolve yet (it needs the XAPI client); remove the key from device-config and put the keys on \
+             every host in /etc/nvmetcp/dhchap/<subsystem NQN>.key (and .ctrl-key), mode 600"
     )]
     SecretUnsupported {
         /// The key.
@@ -337,7 +338,7 @@ mod tests {
         let typo = with("portal", "10.0.0.2");
         assert!(typo.starts_with("device-config:portal is not an nvmetcp setting (did you mean portals?)"), "{typo}");
         let secret = with("dhchap_password_secret", "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11");
-        assert!(secret.contains("cannot resolve yet") && secret.contains("XAPI client"), "{secret}");
+        assert!(secret.contains("cannot resolve yet") && secret.contains("/etc/nvmetcp/dhchap/"), "{secret}");
     }
 
     #[test]
