@@ -397,8 +397,19 @@ fn attached(ctx: &Context, params: &Params) -> Result<(SrState, SrLock), SrError
     Ok((state::load(&ctx.host, &uuid)?, lock))
 }
 
-/// LVM on the SR's namespace, resolved anew.
+/// Fails at once when no path is live: LVM I/O would only queue until
+/// `fast_io_fail_tmo`.
+fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), SrError> {
+    let paths = health(&ctx.host, &state.paths)?;
+    if paths.live() == 0 {
+        return Err(SrError::NoPath { nqn: state.nqn.clone(), why: paths.summary() });
+    }
+    Ok(())
+}
+
+/// LVM on the SR's namespace, resolved anew; only while a path is live.
 fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, SrError> {
+    require_live_path(ctx, state)?;
     let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
         SrError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
     })?;

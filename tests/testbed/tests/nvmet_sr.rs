@@ -82,6 +82,7 @@ tb_wait 20 "no path" tb_has_live_paths "$nqn" 0
 stat=$(stat_sr)
 echo "$stat" | grep -q '"health":\["Unreachable","no path live: 0/2'
 echo "$stat" | grep -q '"total_space":1[0-9]\{8\}'
+expect_err NVMETCP_NO_PATH SR.ls "{\"dbg\":\"l\",\"sr\":\"nvmetcp://sr/$SR\"}" | grep -q 'no path live' || tb_fail "SR.ls must fail, not list nothing"
 tb_target_up
 tb_wait 30 "both paths back" tb_has_live_paths "$nqn" 2
 expect_ok SR.set_name "{\"dbg\":\"n\",\"sr\":\"nvmetcp://sr/$SR\",\"new_name\":\"renamed, with = and ✓\"}"
@@ -95,9 +96,13 @@ expect_ok SR.detach "{\"dbg\":\"d2\",\"sr\":\"nvmetcp://sr/$SR\"}"
 expect_err Sr_not_attached SR.stat "{\"dbg\":\"s\",\"sr\":\"nvmetcp://sr/$SR\"}"
 # xapi's destroy: attach, then destroy without detach
 expect_ok SR.attach "{\"dbg\":\"a3\",\"configuration\":$stored}"
+vg=nvmetcp_$(echo "$SR" | tr -d -)
+lvcreate -q -y -n stray -L 4M "$vg"
+expect_err NVMETCP_SR_NOT_EMPTY SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" | grep -q 'still holds 1 volume'
+lvremove -q -y "$vg/stray"
 expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}"
 [ -z "$(ls /sys/class/nvme)" ] || tb_fail "SR.destroy left controllers"
-head -c 1M "/srv/testbed/sr-ns1.img" | tr -d '\0' | wc -c | grep -qx 0 || tb_log "namespace still has LVM remnants after destroy"
+if blkid -p /srv/testbed/sr-ns1.img; then tb_fail "SR.destroy left a signature on the namespace"; fi
 tb_log "SR lifecycle complete"
 "#,
             ),
