@@ -355,13 +355,19 @@ mod tests {
     }
 
     #[test]
-    fn reports_of_lvm2_2_02_decode() {
-        // The 2.02 layout (hand-written, see tests/fixtures/lvm/README.md).
-        let rows: Vec<VgRow> = parse_report(&fixture("2.02-format/vgs.json"), "vg").unwrap();
-        let vg = rows.into_iter().next().unwrap().decode().unwrap();
-        assert_eq!((vg.name.as_str(), vg.size, vg.tags.len()), ("nvmetcp_3f1c6d0e", 10_733_223_936, 2));
-        let empty: Vec<VgRow> = parse_report(&fixture("2.03.16/vgs-missing.json"), "vg").unwrap();
-        assert!(empty.is_empty());
+    fn reports_of_lvm2_2_02_180_decode() {
+        let runner = FakeRunner::new()
+            .then_stdout(&fixture("2.02.180/vgs.json"))
+            .then_stdout(&fixture("2.02.180/lvs.json"))
+            .then_stdout(&fixture("2.02.180/vgs-none.json"));
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), false).unwrap();
+        let vgs = lvm.vgs().unwrap();
+        assert_eq!((vgs[0].size, vgs[0].free, vgs[0].extent_size), (62_914_560, 54_525_952, 4_194_304));
+        assert!(vgs[0].tags.contains(&"nvmetcp.name=66617374".to_owned()), "'=' in tags survives 2.02");
+        let lvs = lvm.lvs("nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11").unwrap();
+        assert_eq!((lvs[0].name.as_str(), lvs[0].size, lvs[0].active), ("vol-1", 8_388_608, true));
+        assert!(lvm.vgs().unwrap().is_empty());
+        assert!(fixture("2.02.180/readonly-write.txt").contains("prohibited while global/metadata_read_only is set"));
     }
 
     #[test]
