@@ -513,7 +513,15 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if !role::is_master(&ctx.host) {
             return Err(SrError::NotMaster("SR.destroy"));
         }
-        let (state, _lock) = attached(ctx, params)?;
+        let (state, _lock) = match attached(ctx, params) {
+            Ok(found) => found,
+            // Destroyed already (xapi retried): nothing left to do.
+            Err(SrError::State(StateError::NotAttached(uuid))) => {
+                tracing::info!(sr = %uuid, "SR.destroy: not attached here; nothing to destroy");
+                return Ok(Value::Null);
+            }
+            Err(error) => return Err(error),
+        };
         let lvm = lvm_for(ctx, &state, true)?;
         if our_vg(&lvm, &state)?.is_some() {
             let volumes = lvm.lvs(&state.vg)?;

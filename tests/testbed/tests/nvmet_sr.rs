@@ -75,6 +75,8 @@ echo "$stat" | grep -q '"total_space":1[0-9]\{8\}'
 tb_unlink 2 "$nqn"
 tb_wait 15 "a path to drop" tb_has_live_paths "$nqn" 1
 stat_sr | grep -q '"health":\["Healthy","degraded: 1/2 paths live (10.99.0.2:4420 connecting)"\]'
+head=$(tb_head "$nqn")
+dd if="$head" of=/dev/null bs=1M count=4 iflag=direct status=none || tb_fail "I/O stopped on 1/2 paths"
 tb_link 2 "$nqn"
 tb_wait 30 "both paths back" tb_has_live_paths "$nqn" 2
 tb_target_down
@@ -102,6 +104,7 @@ expect_err NVMETCP_SR_NOT_EMPTY SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr
 lvremove -q -y "$vg/stray"
 expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}"
 [ -z "$(ls /sys/class/nvme)" ] || tb_fail "SR.destroy left controllers"
+expect_ok SR.destroy "{\"dbg\":\"x2\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
 if blkid -p /srv/testbed/sr-ns1.img; then tb_fail "SR.destroy left a signature on the namespace"; fi
 tb_log "SR lifecycle complete"
 "#,
