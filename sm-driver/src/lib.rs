@@ -29,6 +29,7 @@ pub mod entry;
 pub mod error;
 pub mod host;
 pub mod host_config;
+pub mod lock;
 pub mod lvm;
 pub mod nvme;
 pub mod plugin;

@@ -11,15 +11,15 @@
 //! `flock`, with a deadline, because xapi runs plugin calls concurrently.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::time::{Duration, Instant};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostRoot;
+use crate::lock::{FileLock, LockError};
 
 use super::connect::{connect_path, disconnect_path, ConnectedPath, PathOrigin, PROBE_TIMEOUT};
 use super::fabrics::Fabrics;
@@ -66,7 +66,7 @@ type Users = BTreeMap<String, Vec<PathUse>>;
 
 /// Holds the host-wide fabric lock while alive.
 pub struct HostLock {
-    _lock: Flock<File>,
+    _lock: FileLock,
 }
 
 impl HostLock {
@@ -75,30 +75,10 @@ impl HostLock {
     /// # Errors
     /// [`RegistryError`] if the lock file cannot be opened or the wait times out.
     pub fn acquire(host: &HostRoot, timeout: Duration) -> Result<Self, RegistryError> {
-        let io = |path: &str| {
-            let path = path.to_owned();
-            move |source| RegistryError::Io { path, source }
-        };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(host.path(RUN_DIR)).map_err(io(RUN_DIR))?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(host.path(LOCK_FILE))
-            .map_err(io(LOCK_FILE))?;
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Self { _lock: lock }),
-                Err((returned, _)) if Instant::now() < deadline => {
-                    file = returned;
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
-                Err(_) => return Err(RegistryError::LockTimeout(timeout)),
-            }
+        match FileLock::acquire(host, LOCK_FILE, timeout) {
+            Ok(lock) => Ok(Self { _lock: lock }),
+            Err(LockError::Timeout { timeout, .. }) => Err(RegistryError::LockTimeout(timeout)),
+            Err(LockError::Io { path, source }) => Err(RegistryError::Io { path, source }),
         }
     }
 }

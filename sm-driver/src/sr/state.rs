@@ -8,15 +8,15 @@
 //! Concurrent calls on one SR serialize on `/run/nvmetcp/sr-<uuid>.lock`,
 //! with a deadline.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostRoot;
+use crate::lock::{FileLock, LockError};
 use crate::nvme::options::PathKey;
 use crate::nvme::users::RUN_DIR;
 
@@ -148,7 +148,7 @@ pub fn remove(host: &HostRoot, uuid: &str) -> Result<(), StateError> {
 
 /// Holds SR `uuid`'s lock while alive.
 pub struct SrLock {
-    _lock: Flock<File>,
+    _lock: FileLock,
 }
 
 impl SrLock {
@@ -157,27 +157,10 @@ impl SrLock {
     /// # Errors
     /// [`StateError`] if the lock file cannot be opened or the wait times out.
     pub fn acquire(host: &HostRoot, uuid: &str, timeout: Duration) -> Result<Self, StateError> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(host.path(RUN_DIR)).map_err(io(RUN_DIR))?;
-        let path = format!("{RUN_DIR}/sr-{uuid}.lock");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(host.path(&path))
-            .map_err(io(&path))?;
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Self { _lock: lock }),
-                Err((returned, _)) if Instant::now() < deadline => {
-                    file = returned;
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
-                Err(_) => return Err(StateError::LockTimeout(uuid.to_owned(), timeout)),
-            }
+        match FileLock::acquire(host, &format!("{RUN_DIR}/sr-{uuid}.lock"), timeout) {
+            Ok(lock) => Ok(Self { _lock: lock }),
+            Err(LockError::Timeout { timeout, .. }) => Err(StateError::LockTimeout(uuid.to_owned(), timeout)),
+            Err(LockError::Io { path, source }) => Err(StateError::Io { path, source }),
         }
     }
 }

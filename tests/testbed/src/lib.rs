@@ -217,3 +217,36 @@ fn read_result(dir: &Path, name: &str) -> ScenarioResult {
         files: base.join("files"),
     }
 }
+
+/// Runs `scenarios` in one boot as a test program (a `harness = false` test)
+/// and reports each like libtest does, ending with `N passed, M failed`.
+/// Returns the process exit code: failure if anything failed or the test bed
+/// could not run.
+#[must_use]
+pub fn run_suite(label: &str, scenarios: &[Scenario]) -> std::process::ExitCode {
+    #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program's report
+    let outcome = match run(label, scenarios) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("{error}");
+            println!("0 passed, {} failed", scenarios.len());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for scenario in scenarios {
+        let name = scenario.name();
+        if std::panic::catch_unwind(|| outcome.assert_passed(name)).is_ok() {
+            println!("test {name} ... ok");
+        } else {
+            println!("test {name} ... FAILED");
+            failed += 1;
+        }
+    }
+    println!("{} passed, {failed} failed", scenarios.len() - failed);
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nvmetcp_testbed::{run, Scenario};
+use nvmetcp_testbed::{run_suite, Scenario};
 use sm_driver::cmd::SystemRunner;
 use sm_driver::host::HostRoot;
 use sm_driver::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
@@ -201,33 +201,7 @@ $T malicious
 
 fn host_side() -> ExitCode {
     let exe = std::env::current_exe().unwrap().display().to_string();
-    let scenarios = scenarios(&exe);
-    let names: Vec<String> = scenarios.iter().map(|s| s.name().to_owned()).collect();
-    let outcome = match run("fabric", &scenarios) {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            eprintln!("{error}");
-            println!("0 passed, {} failed", names.len());
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut failed = 0;
-    for name in &names {
-        let result = std::panic::catch_unwind(|| outcome.assert_passed(name));
-        match result {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("{} passed, {failed} failed", names.len() - failed);
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    run_suite("fabric", &scenarios(&exe))
 }
 
 fn guest_step(args: &[String]) -> Result<(), String> {

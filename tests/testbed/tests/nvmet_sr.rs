@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nvmetcp_testbed::{run, Scenario};
+use nvmetcp_testbed::{run_suite, Scenario};
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
@@ -264,31 +264,7 @@ fn host_side() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let exe = std::env::current_exe().unwrap().display().to_string();
-    let scenarios = scenarios(&exe);
-    let names: Vec<String> = scenarios.iter().map(|s| s.name().to_owned()).collect();
-    let outcome = match run("sr", &scenarios) {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            eprintln!("{error}");
-            println!("0 passed, {} failed", names.len());
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut failed = 0;
-    for name in &names {
-        if std::panic::catch_unwind(|| outcome.assert_passed(name)).is_ok() {
-            println!("test {name} ... ok");
-        } else {
-            println!("test {name} ... FAILED");
-            failed += 1;
-        }
-    }
-    println!("{} passed, {failed} failed", names.len() - failed);
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    run_suite("sr", &scenarios(&exe))
 }
 
 /// `call METHOD JSON`: one call through the method links, one line out.
