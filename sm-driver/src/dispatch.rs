@@ -17,6 +17,7 @@ use crate::plugin;
 use crate::smapi::method::{Interface, Method, PluginKind, CATALOGUE};
 use crate::smapi::params::Params;
 use crate::sr;
+use crate::{datapath, volume};
 
 /// What handlers reach the host through.
 pub struct Context {
@@ -43,6 +44,18 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
     (Interface::Sr, "ls", |ctx, _, params| sr::ls(ctx, params)),
     (Interface::Sr, "set_name", |ctx, _, params| sr::set_name(ctx, params)),
     (Interface::Sr, "set_description", |ctx, _, params| sr::set_description(ctx, params)),
+    (Interface::Volume, "create", |ctx, _, params| volume::create(ctx, params)),
+    (Interface::Volume, "destroy", |ctx, _, params| volume::destroy(ctx, params)),
+    (Interface::Volume, "set_name", |ctx, _, params| volume::set_name(ctx, params)),
+    (Interface::Volume, "set_description", |ctx, _, params| volume::set_description(ctx, params)),
+    (Interface::Volume, "set", |ctx, _, params| volume::set(ctx, params)),
+    (Interface::Volume, "unset", |ctx, _, params| volume::unset(ctx, params)),
+    (Interface::Volume, "resize", |ctx, _, params| volume::resize(ctx, params)),
+    (Interface::Volume, "stat", |ctx, _, params| volume::stat(ctx, params)),
+    (Interface::Datapath, "attach", |ctx, _, params| datapath::attach(ctx, params)),
+    (Interface::Datapath, "activate", |ctx, _, params| datapath::activate(ctx, params)),
+    (Interface::Datapath, "deactivate", |ctx, _, params| datapath::deactivate(ctx, params)),
+    (Interface::Datapath, "detach", |ctx, _, params| datapath::detach(ctx, params)),
 ];
 
 /// Runs the handler of `params.method()` for the plugin of `kind`.
@@ -96,9 +109,27 @@ mod tests {
                 "SR.stat",
                 "SR.ls",
                 "SR.set_name",
-                "SR.set_description"
+                "SR.set_description",
+                "Volume.create",
+                "Volume.destroy",
+                "Volume.set_name",
+                "Volume.set_description",
+                "Volume.set",
+                "Volume.unset",
+                "Volume.resize",
+                "Volume.stat"
             ]
         );
-        assert_eq!(names(PluginKind::Datapath), ["Plugin.Query", "Plugin.diagnostics"]);
+        assert_eq!(
+            names(PluginKind::Datapath),
+            [
+                "Plugin.Query",
+                "Plugin.diagnostics",
+                "Datapath.attach",
+                "Datapath.activate",
+                "Datapath.deactivate",
+                "Datapath.detach"
+            ]
+        );
     }
 }

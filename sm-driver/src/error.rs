@@ -120,6 +120,7 @@ pub fn to_error_record(failure: &Failure) -> ErrorRecord {
 fn sr_code(error: &crate::sr::SrError) -> &'static str {
     use crate::sr::state::StateError;
     use crate::sr::SrError;
+    use crate::volume::VolumeError;
     match error {
         SrError::Config(_) | SrError::LabelTooLong { .. } | SrError::BadUuid(_) => "NVMETCP_INVALID_CONFIG",
         SrError::Host(_) | SrError::Identity(_) | SrError::HostConfig(_) => "NVMETCP_HOST_NOT_READY",
@@ -133,6 +134,10 @@ fn sr_code(error: &crate::sr::SrError) -> &'static str {
         SrError::NotEmpty { .. } => "NVMETCP_SR_NOT_EMPTY",
         SrError::Lvm(_) | SrError::Inspect { .. } => "NVMETCP_LVM_FAILED",
         SrError::State(StateError::NotAttached(_)) => "Sr_not_attached",
+        SrError::Volume(VolumeError::NotFound { .. }) => "Volume_does_not_exist",
+        SrError::Volume(VolumeError::Active { .. }) => "NVMETCP_VOLUME_ACTIVE",
+        SrError::Volume(_) => "NVMETCP_VOLUME_INVALID",
+        SrError::Read(_) => "NVMETCP_HOST_STATE",
         SrError::State(_) => "NVMETCP_HOST_STATE",
     }
 }
@@ -201,12 +206,15 @@ mod tests {
             "NVMETCP_LVM_FAILED",
             "NVMETCP_HOST_STATE",
             "Sr_not_attached",
+            "Volume_does_not_exist",
+            "NVMETCP_VOLUME_ACTIVE",
+            "NVMETCP_VOLUME_INVALID",
         ] {
             codes.push(code.to_owned());
         }
         let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error.rs")).unwrap();
         let mapped = source.matches("=> \"NVMETCP_").count() + source.matches("=> \"Sr_not_attached\"").count();
-        assert!(mapped >= 12, "the SR codes listed here are the ones sr_code maps");
+        assert!(mapped >= 15, "the SR codes listed here are the ones sr_code maps");
         for code in codes {
             assert!(docs.contains(&format!("| `{code}` |")), "{code} is missing from docs/errors.md");
         }

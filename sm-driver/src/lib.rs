@@ -22,6 +22,7 @@
 //! both with a temporary tree and a recording fake.
 
 pub mod cmd;
+pub mod datapath;
 pub mod device_config;
 pub mod diagnostics;
 pub mod dispatch;
@@ -36,3 +37,4 @@ pub mod plugin;
 pub mod smapi;
 pub mod sr;
 pub mod sr_config;
+pub mod volume;

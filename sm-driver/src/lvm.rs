@@ -226,6 +226,85 @@ impl<'a> Lvm<'a> {
         Ok(())
     }
 
+    /// Creates LV `vg/lv` of at least `bytes` (LVM rounds up to whole
+    /// extents), inactive, with `tags` — one metadata commit, so a killed call
+    /// leaves either no LV or the complete one.
+    ///
+    /// # Errors
+    /// [`LvmError`] if a name or tag is unsafe or `lvcreate` fails.
+    pub fn lvcreate(&self, vg: &str, lv: &str, bytes: u64, tags: &[String]) -> Result<(), LvmError> {
+        check_name("volume group", vg)?;
+        check_name("logical volume", lv)?;
+        let size = format!("{}b", sectors_up(bytes) * 512);
+        let mut command = self.command("lvcreate").args(["-y", "-an", "-Zn", "-n", lv, "-L", &size]);
+        for tag in tags {
+            check_tag(tag)?;
+            command = command.arg("--addtag").arg(tag);
+        }
+        self.runner.run(&command.arg(vg))?;
+        Ok(())
+    }
+
+    /// Removes LV `vg/lv`.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `lvremove` fails.
+    pub fn lvremove(&self, vg: &str, lv: &str) -> Result<(), LvmError> {
+        check_name("volume group", vg)?;
+        check_name("logical volume", lv)?;
+        self.runner.run(&self.command("lvremove").args(["-f", &format!("{vg}/{lv}")]))?;
+        Ok(())
+    }
+
+    /// Grows LV `vg/lv` to at least `bytes`.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `lvextend` fails.
+    pub fn lvextend(&self, vg: &str, lv: &str, bytes: u64) -> Result<(), LvmError> {
+        check_name("volume group", vg)?;
+        check_name("logical volume", lv)?;
+        let size = format!("{}b", sectors_up(bytes) * 512);
+        self.runner.run(&self.command("lvextend").args(["-L", &size, &format!("{vg}/{lv}")]))?;
+        Ok(())
+    }
+
+    /// Replaces tags of LV `vg/lv` in one metadata commit.
+    ///
+    /// # Errors
+    /// [`LvmError`] if a tag is unsafe or `lvchange` fails.
+    pub fn lv_retag(&self, vg: &str, lv: &str, remove: &[String], add: &[String]) -> Result<(), LvmError> {
+        check_name("volume group", vg)?;
+        check_name("logical volume", lv)?;
+        let mut command = self.command("lvchange");
+        for tag in remove {
+            check_tag(tag)?;
+            command = command.arg("--deltag").arg(tag);
+        }
+        for tag in add {
+            check_tag(tag)?;
+            command = command.arg("--addtag").arg(tag);
+        }
+        self.runner.run(&command.arg(format!("{vg}/{lv}")))?;
+        Ok(())
+    }
+
+    /// Activates (`true`) or deactivates LV `vg/lv` on this host. Activation
+    /// also refreshes the mapping, so a member host picks up what the master
+    /// changed (a resize) since.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `lvchange` fails.
+    pub fn lv_activate(&self, vg: &str, lv: &str, active: bool) -> Result<(), LvmError> {
+        check_name("volume group", vg)?;
+        check_name("logical volume", lv)?;
+        let name = format!("{vg}/{lv}");
+        self.runner.run(&self.command("lvchange").args([if active { "-ay" } else { "-an" }, &name]))?;
+        if active {
+            self.runner.run(&self.command("lvchange").args(["--refresh", &name]))?;
+        }
+        Ok(())
+    }
+
     /// Removes `vg` and the PV label, leaving the device clean.
     ///
     /// # Errors
@@ -236,6 +315,12 @@ impl<'a> Lvm<'a> {
         self.runner.run(&self.command("pvremove").args(["-y", &self.device]))?;
         Ok(())
     }
+}
+
+/// Whole 512-byte sectors holding `bytes` (lvm2 takes byte sizes only in
+/// sectors; it then rounds up to whole extents itself).
+fn sectors_up(bytes: u64) -> u64 {
+    bytes.div_ceil(512)
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), LvmError> {

@@ -104,7 +104,19 @@ mod tests {
     fn features_follow_the_implemented_methods() {
         assert_eq!(
             super::features(PluginKind::Volume),
-            ["SR_PROBE", "SR_CREATE", "SR_ATTACH", "SR_DETACH", "SR_DELETE", "SR_UPDATE", "SR_SCAN"]
+            [
+                "SR_PROBE",
+                "SR_CREATE",
+                "SR_ATTACH",
+                "SR_DETACH",
+                "SR_DELETE",
+                "SR_UPDATE",
+                "SR_SCAN",
+                "VDI_CREATE",
+                "VDI_DELETE",
+                "VDI_RESIZE",
+                "VDI_UPDATE"
+            ]
         );
         assert!(super::features(PluginKind::Datapath).is_empty());
     }

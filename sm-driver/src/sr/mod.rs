@@ -174,6 +174,12 @@ pub enum SrError {
     /// The fabric layer failed.
     #[error(transparent)]
     Nvme(#[from] crate::nvme::NvmeError),
+    /// A volume call failed.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
+    /// The host's state could not be read.
+    #[error(transparent)]
+    Read(#[from] crate::host::HostError),
 }
 
 impl From<SrError> for DriverError {
@@ -215,7 +221,10 @@ fn is_uuid(text: &str) -> bool {
 }
 
 /// Runs `f` as an SR operation, mapping its error.
-fn sr_call<T: serde::Serialize>(params: &Params, f: impl FnOnce() -> Result<T, SrError>) -> Result<Value, Failure> {
+pub(crate) fn sr_call<T: serde::Serialize>(
+    params: &Params,
+    f: impl FnOnce() -> Result<T, SrError>,
+) -> Result<Value, Failure> {
     let value = f().map_err(DriverError::from)?;
     serde_json::to_value(value)
         .map_err(|source| DriverError::Encode { method: params.method().call_name(), source }.into())
@@ -390,7 +399,7 @@ pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
 }
 
 /// The attachment state behind a handle, locked.
-fn attached(ctx: &Context, params: &Params) -> Result<(SrState, SrLock), SrError> {
+pub(crate) fn attached(ctx: &Context, params: &Params) -> Result<(SrState, SrLock), SrError> {
     let handle: String = params.get("sr").map_err(|e| SrError::State(StateError::BadHandle(e.to_string())))?;
     let uuid = uuid_of_handle(&handle)?;
     let lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
@@ -408,7 +417,7 @@ fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), SrError> {
 }
 
 /// LVM on the SR's namespace, resolved anew; only while a path is live.
-fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, SrError> {
+pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, SrError> {
     require_live_path(ctx, state)?;
     let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
         SrError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
@@ -475,10 +484,7 @@ pub fn ls(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
         let (state, _lock) = attached(ctx, params)?;
         let lvm = lvm_for(ctx, &state, false)?;
-        // Volumes arrive with the Volume.* methods; until then the list is
-        // empty, but only once LVM has confirmed the VG is readable.
-        let _ = lvm.lvs(&state.vg)?;
-        Ok(Vec::<crate::smapi::types::Volume>::new())
+        crate::volume::list(&lvm, &state)
     })
 }
 

@@ -225,6 +225,71 @@ rm -rf /etc/nvmetcp
 "#,
             ),
         ),
+        Scenario::script(
+            "volume-datapath",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target vol 128 10.99.0.1 10.99.0.2)
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"n\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+# xapi's VDI.create: Volume.create, then Volume.set vdi-type
+vol=$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"disk ✓\",\"description\":\"d\",\"size\":10000000,\"sharable\":false}")
+key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+uri=$(echo "$vol" | sed 's/.*"uri":\["\([^"]*\)".*/\1/')
+echo "$vol" | grep -q '"virtual_size":12582912' || tb_fail "10 MB should be rounded up to 3 extents: $vol"
+echo "$uri" | grep -q "^nvmetcp://$SR/vol-"
+v="$sr,\"key\":\"$key\""
+expect_ok Volume.set "{\"dbg\":\"s\",$v,\"k\":\"vdi-type\",\"v\":\"user\"}" >/dev/null
+expect_ok Volume.stat "{\"dbg\":\"st\",$v}" | grep -q '"vdi-type":"user"'
+# every datapath call is preceded by Volume.stat, as xapi-storage-script does
+dp="\"uri\":\"$uri\",\"domain\":\"5\""
+expect_ok Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null
+backend=$(expect_ok Datapath.attach "{\"dbg\":\"da\",$dp}")
+echo "$backend" | grep -q '\["XenDisk",{"backend_type":"vbd"'
+path=$(echo "$backend" | sed 's/.*"BlockDevice",{"path":"\([^"]*\)".*/\1/')
+expect_ok Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null
+expect_ok Datapath.activate "{\"dbg\":\"dv\",$dp}" >/dev/null
+[ -b "$(readlink -f "$path")" ] || tb_fail "$path is not a block device"
+head -c 4M /dev/urandom >pattern
+dd if=pattern of="$path" bs=1M oflag=direct status=none
+expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
+expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+expect_ok Datapath.detach "{\"dbg\":\"dt2\",$dp}" >/dev/null
+[ ! -e "$path" ] || tb_fail "$path still there after deactivate"
+expect_ok Datapath.attach "{\"dbg\":\"da2\",\"uri\":\"$uri\",\"domain\":\"\"}" >/dev/null
+expect_ok Datapath.activate "{\"dbg\":\"dv2\",\"uri\":\"$uri\",\"domain\":\"\"}" >/dev/null
+dd if="$path" of=readback bs=1M count=4 iflag=direct status=none
+cmp pattern readback
+tb_log "pattern written through the datapath device read back after detach and re-attach"
+expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"x\",$v}" >/dev/null
+expect_err NVMETCP_VOLUME_ACTIVE Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":20000000}" >/dev/null
+expect_ok Datapath.deactivate "{\"dbg\":\"dd2\",$dp}" >/dev/null
+expect_ok Datapath.detach "{\"dbg\":\"dt3\",$dp}" >/dev/null
+expect_ok Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":20000000}" >/dev/null
+expect_ok Volume.stat "{\"dbg\":\"st\",$v}" | grep -q '"virtual_size":20971520'
+expect_err NVMETCP_VOLUME_INVALID Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":4194304}" | grep -q 'shrinking'
+big=$(printf 'é%.0s' $(seq 1 2100))
+expect_ok Volume.set "{\"dbg\":\"s\",$v,\"k\":\"a=b\nc ✓\",\"v\":\"v=1\n2\"}" >/dev/null
+expect_ok Volume.set "{\"dbg\":\"s\",$v,\"k\":\"big\",\"v\":\"$big\"}" >/dev/null
+expect_ok Volume.set_name "{\"dbg\":\"s\",$v,\"new_name\":\"renamed ✓\"}" >/dev/null
+listed=$(expect_ok SR.ls "{\"dbg\":\"l\",$sr}")
+echo "$listed" | grep -qF '"a=b\nc ✓":"v=1\n2"'
+echo "$listed" | grep -qF "\"big\":\"$big\""
+echo "$listed" | grep -q '"name":"renamed ✓"'
+echo "$listed" | grep -q '"vdi-type":"user"'
+expect_ok Volume.unset "{\"dbg\":\"u\",$v,\"k\":\"big\"}" >/dev/null
+expect_ok Volume.unset "{\"dbg\":\"u\",$v,\"k\":\"big\"}" >/dev/null
+if expect_ok Volume.stat "{\"dbg\":\"st\",$v}" | grep -q '"big"'; then tb_fail "unset key still there"; fi
+expect_ok Volume.destroy "{\"dbg\":\"x\",$v}" >/dev/null
+expect_ok Volume.destroy "{\"dbg\":\"x2\",$v}" >/dev/null
+expect_err Volume_does_not_exist Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null
+[ "$(expect_ok SR.ls "{\"dbg\":\"l\",$sr}")" = "[]" ]
+expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+"#,
+            ),
+        ),
         // Last: it changes this host's pool role.
         Scenario::script(
             "sr-pool-member",
@@ -274,9 +339,10 @@ fn guest_call(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     };
     assert_eq!(step, "call");
-    let tree = PluginTree::new(Path::new(&plugin_binary()), &[method.as_str()], &[]).unwrap();
+    let tree = PluginTree::new(Path::new(&plugin_binary()), &[method.as_str()], &[method.as_str()]).unwrap();
     let params: serde_json::Value = serde_json::from_str(params).unwrap();
-    match Caller::new().call(&tree.volume_dir(), method, &params) {
+    let dir = if method.starts_with("Datapath.") { tree.datapath_dir() } else { tree.volume_dir() };
+    match Caller::new().call(&dir, method, &params) {
         Ok(reply) => match reply.outcome {
             Outcome::Success(value) => println!("OK {value}"),
             Outcome::Failure { code, params, .. } => println!("ERR {code} {}", serde_json::to_string(&params).unwrap()),
