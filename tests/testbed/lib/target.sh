@@ -184,6 +184,9 @@ tb_reset() {
         [ -e "$c/delete_controller" ] && timeout 30 sh -c "echo 1 >$c/delete_controller" 2>/dev/null
     done
     command -v dmsetup >/dev/null && timeout 30 dmsetup remove_all --force >/dev/null 2>&1
+    # LVM's /dev/<vg>/ nodes of what is gone, and the driver's host state.
+    command -v vgscan >/dev/null && timeout 30 vgscan --mknodes >/dev/null 2>&1
+    rm -rf /run/nvmetcp /etc/nvmetcp /etc/xensource/pool.conf
     if [ -d "$TB_CFG" ]; then
         for link in "$TB_CFG"/ports/*/subsystems/* "$TB_CFG"/subsystems/*/allowed_hosts/*; do
             [ -L "$link" ] && rm "$link"
@@ -202,3 +205,11 @@ tb_reset() {
     rm -f /srv/testbed/*.img
     true
 }
+
+# --- two guests ----------------------------------------------------------------
+
+# tb_signal NAME: tells the other guest NAME happened (a file in /shared).
+tb_signal() { date +%s.%N >"/shared/$1" && tb_log "signalled $1"; }
+
+# tb_await NAME SECONDS: waits for the other guest's signal NAME.
+tb_await() { tb_wait "$2" "the other host to signal $1" test -e "/shared/$1" && tb_log "got $1"; }

@@ -36,26 +36,36 @@ pub struct Scenario {
     name: String,
     body: Option<String>,
     timeout_secs: u32,
+    peer: bool,
 }
 
 impl Scenario {
     /// A scenario of `tests/testbed/scenarios/` by name (without `.sh`).
     #[must_use]
     pub fn named(name: &str) -> Self {
-        Self { spec: name.to_owned(), name: name.to_owned(), body: None, timeout_secs: 300 }
+        Self { spec: name.to_owned(), name: name.to_owned(), body: None, timeout_secs: 300, peer: false }
     }
 
     /// A scenario whose bash body is given here. It runs with `bash -eu -o
     /// pipefail` after sourcing `lib/target.sh`, like the named ones.
     #[must_use]
     pub fn script(name: &str, body: &str) -> Self {
-        Self { spec: String::new(), name: name.to_owned(), body: Some(body.to_owned()), timeout_secs: 300 }
+        Self { spec: String::new(), name: name.to_owned(), body: Some(body.to_owned()), timeout_secs: 300, peer: false }
     }
 
     /// The scenario's name.
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Runs the scenario in a second guest booted alongside the first (its
+    /// own kernel: a second pool host). Guests reach each other at 10.98.0.1
+    /// and 10.98.0.2 and synchronise with `tb_signal`/`tb_await`.
+    #[must_use]
+    pub fn on_peer(mut self) -> Self {
+        self.peer = true;
+        self
     }
 
     /// Sets the scenario's own time limit.
@@ -188,7 +198,8 @@ pub fn run(label: &str, scenarios: &[Scenario]) -> Result<Run, TestbedError> {
             }
             None => scenario.spec.clone(),
         };
-        specs.push(format!("{spec}:{}", scenario.timeout_secs));
+        let prefix = if scenario.peer { "b:" } else { "" };
+        specs.push(format!("{prefix}{spec}:{}", scenario.timeout_secs));
     }
     #[allow(clippy::disallowed_methods)] // test tooling: runs the test-bed script
     let output = Command::new(scripts_dir().join("run"))
@@ -202,7 +213,8 @@ pub fn run(label: &str, scenarios: &[Scenario]) -> Result<Run, TestbedError> {
     if exit_code == 3 {
         return Err(TestbedError::NotPrepared(summary.trim().to_owned()));
     }
-    let scenarios = scenarios.iter().map(|s| read_result(&dir, &s.name)).collect();
+    let scenarios =
+        scenarios.iter().map(|s| read_result(&if s.peer { dir.join("peer") } else { dir.clone() }, &s.name)).collect();
     Ok(Run { dir, exit_code, summary, scenarios })
 }
 
