@@ -367,6 +367,51 @@ expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
 "#,
             ),
         ),
+        Scenario::script(
+            "volume-kills",
+            &script(
+                exe,
+                r#"
+# Kill the plugin (and the lvm it runs) at many points inside mutating calls:
+# afterwards SR.ls must succeed, every value must be the old or the new one, and
+# every LV must be a listed volume (nothing orphaned).
+nqn=$(tb_simple_target kill 256 10.99.0.1)
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"n\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+vg=nvmetcp_$(echo "$SR" | tr -d -)
+vol=$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"target\",\"description\":\"\",\"size\":4194304,\"sharable\":false}")
+key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+v="$sr,\"key\":\"$key\""
+value() { printf 'marker-%s-' "$1"; printf 'x%.0s' $(seq 1 3000); }
+expect_ok Volume.set "{\"dbg\":\"s0\",$v,\"k\":\"payload\",\"v\":\"$(value 0)\"}" >/dev/null
+killer() { sleep "$1"; pkill -9 -f 'org.xen.xapi.storage.nvmetcp/Volume' ; pkill -9 -x lvm; true; }
+prev=0
+interrupted=0
+for i in $(seq 1 16); do
+    delay=$(awk -v i="$i" 'BEGIN { printf "%.3f", i * 0.05 }')
+    killer "$delay" &
+    out=$(call Volume.set "{\"dbg\":\"k$i\",$v,\"k\":\"payload\",\"v\":\"$(value "$i")\"}")
+    wait
+    case $out in "OK "*) ;; *) interrupted=$((interrupted + 1)) ;; esac
+    listed=$(expect_ok SR.ls "{\"dbg\":\"l$i\",$sr}")
+    now=$(echo "$listed" | grep -o 'marker-[0-9]*-' | head -1)
+    [ "$now" = "marker-$i-" ] || [ "$now" = "marker-$prev-" ] || tb_fail "after a kill at ${delay}s the value is '$now', neither marker-$prev- nor marker-$i-"
+    [ "$(echo "$listed" | grep -o 'xxxxxxxxxx' | wc -l)" -ge 300 ] || tb_fail "a torn value after a kill at ${delay}s"
+    prev=${now#marker-}; prev=${prev%-}
+    killer "$delay" &
+    call Volume.create "{\"dbg\":\"c$i\",$sr,\"name\":\"v$i\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null
+    wait
+    listed=$(expect_ok SR.ls "{\"dbg\":\"m$i\",$sr}")
+    lvs_count=$(lvs --noheadings -o lv_name "$vg" | grep -c 'vol-')
+    listed_count=$(echo "$listed" | grep -o '"key":"vol-' | wc -l)
+    [ "$lvs_count" = "$listed_count" ] || tb_fail "after a kill at ${delay}s: $lvs_count LVs but $listed_count volumes listed"
+done
+tb_log "16 kills inside Volume.set ($interrupted interrupted) and 16 inside Volume.create: always old or new, nothing orphaned"
+[ "$interrupted" -gt 0 ] || tb_fail "no call was ever interrupted: the kill test tested nothing"
+"#,
+            ),
+        ),
         // Last: it changes this host's pool role.
         Scenario::script(
             "sr-pool-member",
