@@ -320,30 +320,30 @@ echo "$uri" | grep -q "^nvmetcp://$SR/vol-"
 v="$sr,\"key\":\"$key\""
 expect_ok Volume.set "{\"dbg\":\"s\",$v,\"k\":\"vdi-type\",\"v\":\"user\"}" >/dev/null
 expect_ok Volume.stat "{\"dbg\":\"st\",$v}" | grep -q '"vdi-type":"user"'
+# xapi-storage-script runs Volume.stat before every datapath call
+dp_call() { expect_ok Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null && expect_ok "$@"; }
 # every datapath call is preceded by Volume.stat, as xapi-storage-script does
 dp="\"uri\":\"$uri\",\"domain\":\"5\""
-expect_ok Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null
-backend=$(expect_ok Datapath.attach "{\"dbg\":\"da\",$dp}")
+backend=$(dp_call Datapath.attach "{\"dbg\":\"da\",$dp}")
 echo "$backend" | grep -q '\["XenDisk",{"backend_type":"vbd"'
 path=$(echo "$backend" | sed 's/.*"BlockDevice",{"path":"\([^"]*\)".*/\1/')
-expect_ok Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null
-expect_ok Datapath.activate "{\"dbg\":\"dv\",$dp}" >/dev/null
+dp_call Datapath.activate "{\"dbg\":\"dv\",$dp}" >/dev/null
 [ -b "$(readlink -f "$path")" ] || tb_fail "$path is not a block device"
 head -c 4M /dev/urandom >pattern
 dd if=pattern of="$path" bs=1M oflag=direct status=none
-expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
-expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
-expect_ok Datapath.detach "{\"dbg\":\"dt2\",$dp}" >/dev/null
+dp_call Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
+dp_call Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+dp_call Datapath.detach "{\"dbg\":\"dt2\",$dp}" >/dev/null
 [ ! -e "$path" ] || tb_fail "$path still there after deactivate"
-expect_ok Datapath.attach "{\"dbg\":\"da2\",\"uri\":\"$uri\",\"domain\":\"\"}" >/dev/null
-expect_ok Datapath.activate "{\"dbg\":\"dv2\",\"uri\":\"$uri\",\"domain\":\"\"}" >/dev/null
+dp_call Datapath.attach "{\"dbg\":\"da2\",\"uri\":\"$uri\",\"domain\":\"\"}" >/dev/null
+dp_call Datapath.activate "{\"dbg\":\"dv2\",\"uri\":\"$uri\",\"domain\":\"\"}" >/dev/null
 dd if="$path" of=readback bs=1M count=4 iflag=direct status=none
 cmp pattern readback
 tb_log "pattern written through the datapath device read back after detach and re-attach"
 expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"x\",$v}" >/dev/null
 expect_err NVMETCP_VOLUME_ACTIVE Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":20000000}" >/dev/null
-expect_ok Datapath.deactivate "{\"dbg\":\"dd2\",$dp}" >/dev/null
-expect_ok Datapath.detach "{\"dbg\":\"dt3\",$dp}" >/dev/null
+dp_call Datapath.deactivate "{\"dbg\":\"dd2\",$dp}" >/dev/null
+dp_call Datapath.detach "{\"dbg\":\"dt3\",$dp}" >/dev/null
 expect_ok Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":20000000}" >/dev/null
 expect_ok Volume.stat "{\"dbg\":\"st\",$v}" | grep -q '"virtual_size":20971520'
 expect_err NVMETCP_VOLUME_INVALID Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":4194304}" | grep -q 'shrinking'
