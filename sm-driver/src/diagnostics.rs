@@ -65,6 +65,11 @@ pub fn report(kind: PluginKind, host: &HostRoot, runner: &dyn Runner) -> String 
 
     let _ = writeln!(out, "\nNVMe subsystems:");
     write_subsystems(&mut out, host);
+
+    let _ = writeln!(out, "\nnvmetcp on this host:");
+    let settings = host.read_trimmed(crate::host_config::HOST_CONF);
+    let _ = writeln!(out, "  {}: {}", crate::host_config::HOST_CONF, show(&settings));
+    write_attached_srs(&mut out, host);
     out
 }
 
@@ -125,6 +130,33 @@ fn write_subsystems(out: &mut String, host: &HostRoot) {
     }
 }
 
+fn write_attached_srs(out: &mut String, host: &HostRoot) {
+    let dir = format!("{}/srs", crate::nvme::users::RUN_DIR);
+    let names = host.list_dir(&dir).unwrap_or_default();
+    let attached: Vec<&String> = names.iter().filter(|n| n.ends_with(".json")).collect();
+    if attached.is_empty() {
+        let _ = writeln!(out, "  no SR attached");
+    }
+    for name in attached {
+        let uuid = name.trim_end_matches(".json");
+        match crate::sr::state::load(host, uuid) {
+            Ok(state) => {
+                let _ = writeln!(
+                    out,
+                    "  SR {uuid}: VG {}, subsystem {}, namespace {}, {} path(s) expected",
+                    state.vg,
+                    state.nqn,
+                    state.namespace,
+                    state.paths.len()
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(out, "  SR {uuid}: {error}");
+            }
+        }
+    }
+}
+
 /// `nvme3` is a controller; `nvme3n1` or `nvme3c1n1` are not.
 fn is_controller_name(name: &str) -> bool {
     name.strip_prefix("nvme").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -168,6 +200,8 @@ mod tests {
         assert!(text.contains("lvm version: LVM version:     2.02.180(2)-RHEL7"), "{text}");
         assert!(text.contains("nvme  nvme is not installed"), "{text}");
         assert!(text.contains("NVMe subsystems:\n  none"), "{text}");
+        assert!(text.contains("nvmetcp on this host:\n  /etc/nvmetcp/host.conf: unavailable"), "{text}");
+        assert!(text.contains("  no SR attached"), "{text}");
     }
 
     #[test]

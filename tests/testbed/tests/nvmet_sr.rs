@@ -144,6 +144,7 @@ handle=$(expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}")
 [ "$handle" = "\"nvmetcp://sr/$SR\"" ]
 [ "$(expect_ok SR.attach "{\"dbg\":\"a2\",\"configuration\":$stored}")" = "$handle" ]
 [ "$(tb_live_paths "$nqn")" = 2 ]
+expect_ok Plugin.diagnostics '{"dbg":"diag"}' | grep -q "SR $SR: VG nvmetcp_" || tb_fail "diagnostics does not show the attached SR"
 stat=$(stat_sr)
 echo "$stat" | grep -q '"health":\["Healthy","2/2 paths live"\]'
 echo "$stat" | grep -q '"name":"fast ✓"'
