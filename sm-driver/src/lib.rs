@@ -28,6 +28,7 @@ pub mod diagnostics;
 pub mod dispatch;
 pub mod entry;
 pub mod error;
+pub mod hex;
 pub mod host;
 pub mod host_config;
 pub mod lock;

@@ -203,16 +203,7 @@ impl<'a> Lvm<'a> {
     /// [`LvmError`] if a tag is unsafe or `vgchange` fails.
     pub fn retag(&self, vg: &str, remove: &[String], add: &[String]) -> Result<(), LvmError> {
         check_name("volume group", vg)?;
-        let mut command = self.command("vgchange");
-        for tag in remove {
-            check_tag(tag)?;
-            command = command.arg("--deltag").arg(tag);
-        }
-        for tag in add {
-            check_tag(tag)?;
-            command = command.arg("--addtag").arg(tag);
-        }
-        self.runner.run(&command.arg(vg))?;
+        self.runner.run(&with_tag_changes(self.command("vgchange"), remove, add)?.arg(vg))?;
         Ok(())
     }
 
@@ -275,16 +266,7 @@ impl<'a> Lvm<'a> {
     pub fn lv_retag(&self, vg: &str, lv: &str, remove: &[String], add: &[String]) -> Result<(), LvmError> {
         check_name("volume group", vg)?;
         check_name("logical volume", lv)?;
-        let mut command = self.command("lvchange");
-        for tag in remove {
-            check_tag(tag)?;
-            command = command.arg("--deltag").arg(tag);
-        }
-        for tag in add {
-            check_tag(tag)?;
-            command = command.arg("--addtag").arg(tag);
-        }
-        self.runner.run(&command.arg(format!("{vg}/{lv}")))?;
+        self.runner.run(&with_tag_changes(self.command("lvchange"), remove, add)?.arg(format!("{vg}/{lv}")))?;
         Ok(())
     }
 
@@ -315,6 +297,17 @@ impl<'a> Lvm<'a> {
         self.runner.run(&self.command("pvremove").args(["-y", &self.device]))?;
         Ok(())
     }
+}
+
+/// Adds `--deltag`/`--addtag` arguments, checking every tag.
+fn with_tag_changes(mut command: Command, remove: &[String], add: &[String]) -> Result<Command, LvmError> {
+    for (option, tags) in [("--deltag", remove), ("--addtag", add)] {
+        for tag in tags {
+            check_tag(tag)?;
+            command = command.arg(option).arg(tag);
+        }
+    }
+    Ok(command)
 }
 
 /// Whole 512-byte sectors holding `bytes` (lvm2 takes byte sizes only in

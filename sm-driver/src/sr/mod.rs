@@ -189,23 +189,11 @@ impl From<SrError> for DriverError {
     }
 }
 
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> String {
-    let bytes: Vec<u8> = (0..text.len() / 2)
-        .filter_map(|i| text.get(2 * i..2 * i + 2))
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 fn label_tag(prefix: &str, what: &'static str, text: &str) -> Result<String, SrError> {
     if text.len() > MAX_LABEL_BYTES {
         return Err(SrError::LabelTooLong { what, bytes: text.len() });
     }
-    Ok(format!("{prefix}{}", hex(text)))
+    Ok(format!("{prefix}{}", crate::hex::encode(text)))
 }
 
 fn tag_value<'a>(vg: &'a Vg, prefix: &str) -> Option<&'a str> {
@@ -461,7 +449,7 @@ pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
 }
 
 fn stat_record(handle: &str, state: &SrState, vg: Option<&Vg>, health: Health) -> SrStat {
-    let label = |prefix| vg.and_then(|vg| tag_value(vg, prefix)).map(unhex).unwrap_or_default();
+    let label = |prefix| vg.and_then(|vg| tag_value(vg, prefix)).map(crate::hex::decode).unwrap_or_default();
     SrStat {
         sr: handle.to_owned(),
         name: label(NAME_TAG),
@@ -716,14 +704,14 @@ pub fn set_description(ctx: &Context, params: &Params) -> Result<Value, Failure>
 
 #[cfg(test)]
 mod tests {
-    use super::{hex, label_tag, unhex, SrError, MAX_LABEL_BYTES, NAME_TAG};
+    use super::{label_tag, SrError, MAX_LABEL_BYTES, NAME_TAG};
 
     #[test]
     fn labels_survive_any_utf8_through_tags() {
         for text in ["", "fast NVMe", "données ✓ 日本語", "a,b=c\nd"] {
             let tag = label_tag(NAME_TAG, "name", text).unwrap();
             assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '='), "{tag}");
-            assert_eq!(unhex(&hex(text)), text);
+            assert_eq!(crate::hex::decode(&crate::hex::encode(text)), text);
         }
         let long = "x".repeat(MAX_LABEL_BYTES + 1);
         assert!(matches!(label_tag(NAME_TAG, "name", &long), Err(SrError::LabelTooLong { .. })));

@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::hex::{decode as unhex, encode as hex};
+
 /// The tag every nvmetcp volume carries.
 pub const VOLUME_TAG: &str = "nvmetcp_vol";
 /// Hex characters per tag chunk: with the longest key prefix a tag stays
@@ -51,18 +53,6 @@ pub struct TooLong {
     pub bytes: usize,
     /// The limit.
     pub limit: usize,
-}
-
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> String {
-    let bytes: Vec<u8> = (0..text.len() / 2)
-        .filter_map(|i| text.get(2 * i..2 * i + 2))
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn check(what: &str, text: &str, limit: usize) -> Result<(), TooLong> {
