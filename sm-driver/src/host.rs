@@ -85,6 +85,28 @@ impl HostRoot {
         Ok(names)
     }
 
+    /// Replaces the file at `absolute` with `data` atomically: a temporary
+    /// file beside it, fsync, rename. Its directory is created if missing;
+    /// `mode` applies to the file. A crash leaves the old or the new content.
+    ///
+    /// # Errors
+    /// The I/O error of whichever step failed.
+    pub fn write_atomically(&self, absolute: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(absolute);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut temporary = path.clone().into_os_string();
+        temporary.push(".nvmetcp-tmp");
+        let mut file =
+            std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(&temporary)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)
+    }
+
     /// The root itself.
     #[must_use]
     pub fn root(&self) -> &Path {
@@ -107,5 +129,8 @@ mod tests {
         let err = host.read_trimmed("/etc/nvme/hostnqn").unwrap_err();
         assert!(err.to_string().contains("etc/nvme/hostnqn"), "{err}");
         assert_eq!(HostRoot::system().path("/sys/class"), std::path::Path::new("/sys/class"));
+        host.write_atomically("/run/x/state.json", b"new", 0o600).unwrap();
+        assert_eq!(host.read_trimmed("/run/x/state.json").unwrap(), "new");
+        assert_eq!(host.list_dir("/run/x").unwrap(), ["state.json"], "no temporary file left");
     }
 }

@@ -8,9 +8,6 @@
 //! `nqn.2014-08.org.nvmexpress:uuid:<uuid>` form and the host ID equal to that
 //! UUID, so the kernel's 1:1 NQN↔ID pairing holds.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-
 use crate::host::HostRoot;
 
 use super::names::{HostId, Nqn};
@@ -61,16 +58,11 @@ fn read(host: &HostRoot, file: &'static str) -> Result<Option<String>, IdentityE
 }
 
 fn write(host: &HostRoot, file: &'static str, value: &str) -> Result<(), IdentityError> {
-    let io = |source| IdentityError::Io { action: "write", file, source };
-    let path = host.path(file);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let temporary = path.with_extension("nvmetcp-tmp");
-    let mut out =
-        std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(&temporary).map_err(io)?;
-    out.write_all(format!("{value}\n").as_bytes()).and_then(|()| out.sync_all()).map_err(io)?;
-    std::fs::rename(&temporary, &path).map_err(io)
+    host.write_atomically(file, format!("{value}\n").as_bytes(), 0o644).map_err(|source| IdentityError::Io {
+        action: "write",
+        file,
+        source,
+    })
 }
 
 fn is_zero_uuid(text: &str) -> bool {

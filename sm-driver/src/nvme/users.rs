@@ -11,9 +11,6 @@
 //! `flock`, with a deadline, because xapi runs plugin calls concurrently.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -95,11 +92,7 @@ fn load(host: &HostRoot) -> Result<Users, RegistryError> {
 fn save(host: &HostRoot, users: &Users) -> Result<(), RegistryError> {
     let io = |source| RegistryError::Io { path: USERS_FILE.to_owned(), source };
     let text = serde_json::to_string_pretty(users).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-    let temporary = host.path(&format!("{USERS_FILE}.tmp"));
-    let mut file =
-        OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(io)?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
-    std::fs::rename(&temporary, host.path(USERS_FILE)).map_err(io)
+    host.write_atomically(USERS_FILE, text.as_bytes(), 0o600).map_err(io)
 }
 
 /// The outcome of reconciling one path.

@@ -8,9 +8,6 @@
 //! Concurrent calls on one SR serialize on `/run/nvmetcp/sr-<uuid>.lock`,
 //! with a deadline.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -123,15 +120,9 @@ pub fn load(host: &HostRoot, uuid: &str) -> Result<SrState, StateError> {
 /// [`StateError::Io`] if it cannot be written.
 pub fn save(host: &HostRoot, state: &SrState) -> Result<(), StateError> {
     let path = state_file(&state.sr_uuid);
-    let dir = format!("{RUN_DIR}/srs");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(host.path(&dir)).map_err(io(&dir))?;
     let text = serde_json::to_string_pretty(state)
         .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
-    let temporary = host.path(&format!("{path}.tmp"));
-    let mut file =
-        OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(io(&path))?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io(&path))?;
-    std::fs::rename(&temporary, host.path(&path)).map_err(io(&path))
+    host.write_atomically(&path, text.as_bytes(), 0o600).map_err(io(&path))
 }
 
 /// Forgets the state (idempotent).
