@@ -251,6 +251,8 @@ pub enum CmdError {
         command: String,
         /// `exit status N` or `killed by signal N`.
         status: String,
+        /// The exit code, when it exited (not when it was killed).
+        code: Option<i32>,
         /// Its stdout (trimmed to the last few KiB).
         stdout: String,
         /// Its stderr (trimmed to the last few KiB).
@@ -397,6 +399,7 @@ impl Runner for SystemRunner {
             Err(CmdError::Failed {
                 command: shown,
                 status: describe_status(status),
+                code: status.code(),
                 stdout: tail(&stdout),
                 stderr: tail(&stderr),
             })
@@ -533,6 +536,7 @@ impl Runner for FakeRunner {
             Err(CmdError::Failed {
                 command: command.to_string(),
                 status: "exit status 127".to_owned(),
+                code: Some(127),
                 stdout: String::new(),
                 stderr: "FakeRunner: no scripted response".to_owned(),
             })

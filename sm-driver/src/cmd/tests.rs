@@ -44,9 +44,9 @@ fn child_gets_a_pinned_environment_and_captured_output() {
 fn non_zero_exit_is_an_error_carrying_command_status_and_stderr() {
     let fake = stand_in_lvm("echo '  Volume group \"vg0\" not found' >&2; exit 5");
     let err = fake.runner.run(&Command::new(Program::Lvm).args(["vgs", "vg0"])).unwrap_err();
-    let CmdError::Failed { command, status, stderr, .. } = &err else { panic!("{err:?}") };
+    let CmdError::Failed { command, status, code, stderr, .. } = &err else { panic!("{err:?}") };
     assert_eq!(command, "lvm vgs vg0");
-    assert_eq!(status, "exit status 5");
+    assert_eq!((status.as_str(), *code), ("exit status 5", Some(5)));
     assert!(stderr.contains("not found"));
     assert_eq!(err.to_string(), "'lvm vgs vg0' failed (exit status 5): Volume group \"vg0\" not found");
 }

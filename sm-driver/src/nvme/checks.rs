@@ -116,6 +116,7 @@ mod tests {
         CmdError::Failed {
             command: "modprobe nvme_tcp".into(),
             status: "exit status 1".into(),
+            code: Some(1),
             stdout: String::new(),
             stderr: "modprobe: FATAL: Module nvme_tcp not found".into(),
         }

@@ -316,7 +316,7 @@ fn existing_data(ctx: &Context, device: &str) -> Result<Option<String>, SrError>
             }
         }
         // blkid exits 2 when it finds nothing.
-        Err(crate::cmd::CmdError::Failed { status, .. }) if status == "exit status 2" => {}
+        Err(crate::cmd::CmdError::Failed { code: Some(2), .. }) => {}
         Err(error) => return Err(SrError::Lvm(LvmError::Command(error))),
     }
     use std::io::Read;
