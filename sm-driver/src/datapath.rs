@@ -45,7 +45,7 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, SrError>
     let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = state::load(&ctx.host, &sr_uuid)?;
     let lvm = lvm_for(ctx, &state, false)?;
-    if !lvm.lvs(&state.vg)?.iter().any(|l| l.name == lv) {
+    if lvm.lv(&state.vg, &lv)?.is_none() {
         return Err(VolumeError::NotFound { key: lv, sr_uuid }.into());
     }
     lvm.lv_activate(&state.vg, &lv, active)?;

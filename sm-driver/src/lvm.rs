@@ -150,19 +150,34 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `lvs` fails or its report is unreadable.
     pub fn lvs(&self, vg: &str) -> Result<Vec<Lv>, LvmError> {
+        self.lv_report(vg, None)
+    }
+
+    /// LV `vg/lv`, if it exists: one row selected by LVM, however many
+    /// volumes the VG holds.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `lvs` fails or its report is unreadable.
+    pub fn lv(&self, vg: &str, lv: &str) -> Result<Option<Lv>, LvmError> {
+        check_name("logical volume", lv)?;
+        Ok(self.lv_report(vg, Some(lv))?.into_iter().find(|found| found.name == lv))
+    }
+
+    fn lv_report(&self, vg: &str, only: Option<&str>) -> Result<Vec<Lv>, LvmError> {
         check_name("volume group", vg)?;
-        let command = self
-            .command("lvs")
-            .args([
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                "lv_name,vg_name,lv_size,lv_tags,lv_active",
-            ])
-            .arg(vg);
+        let mut command = self.command("lvs").args([
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "lv_name,vg_name,lv_size,lv_tags,lv_active",
+        ]);
+        if let Some(lv) = only {
+            command = command.arg("--select").arg(format!("lv_name=\"{lv}\""));
+        }
+        let command = command.arg(vg);
         let rows: Vec<LvRow> = self.report(&command, "lv")?;
         rows.into_iter()
             .map(|r| r.decode().map_err(|detail| LvmError::Report { command: command.to_string(), detail }))
@@ -446,6 +461,22 @@ mod tests {
         assert_eq!((lvs[0].name.as_str(), lvs[0].size, lvs[0].active), ("vol-1", 8_388_608, true));
         assert!(lvm.vgs().unwrap().is_empty());
         assert!(fixture("2.02.180/readonly-write.txt").contains("prohibited while global/metadata_read_only is set"));
+    }
+
+    #[test]
+    fn one_volume_is_looked_up_by_selection() {
+        let runner = FakeRunner::new()
+            .then_stdout(&fixture("2.02.180/lvs.json"))
+            .then_stdout(&fixture("2.02.180/vgs-none.json").replace("\"vg\"", "\"lv\""));
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), false).unwrap();
+        let vg = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11";
+        assert_eq!(lvm.lv(vg, "vol-1").unwrap().map(|lv| lv.size), Some(8_388_608));
+        assert_eq!(lvm.lv(vg, "vol-2").unwrap(), None);
+        assert!(
+            runner.calls()[0].shown.ends_with(&format!("--select lv_name=\"vol-1\" {vg}")),
+            "{}",
+            runner.calls()[0].shown
+        );
     }
 
     #[test]

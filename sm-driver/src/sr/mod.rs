@@ -407,6 +407,11 @@ fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), SrError> {
 /// LVM on the SR's namespace, resolved anew; only while a path is live.
 pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, SrError> {
     require_live_path(ctx, state)?;
+    lvm_on_namespace(ctx, state, writable)
+}
+
+/// LVM on the SR's namespace, for callers that checked the paths already.
+fn lvm_on_namespace<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, SrError> {
     let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
         SrError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
     })?;
@@ -435,7 +440,7 @@ pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if paths.live() == 0 {
             return Ok(stat_record(&handle, &state, None, Health::Unreachable(summary)));
         }
-        let lvm = lvm_for(ctx, &state, false)?;
+        let lvm = lvm_on_namespace(ctx, &state, false)?;
         let vg = our_vg(&lvm, &state)?.ok_or_else(|| SrError::NotThisSr {
             namespace: state.namespace.clone(),
             sr_uuid: state.sr_uuid.clone(),

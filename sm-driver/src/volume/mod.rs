@@ -109,7 +109,7 @@ fn find(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Option<Lv>, SrError
     if !is_volume_name(key) {
         return Ok(None);
     }
-    Ok(lvm.lvs(&state.vg)?.into_iter().find(|lv| lv.name == key && lv.tags.iter().any(|t| t == VOLUME_TAG)))
+    Ok(lvm.lv(&state.vg, key)?.filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG)))
 }
 
 fn existing(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Lv, SrError> {
