@@ -1,8 +1,14 @@
-//! `xapi-client`: a small, correct XAPI client (XML-RPC over the dom0 unix
-//! socket or HTTPS).
+//! `xapi-client`: a small, correct XAPI (XenAPI) client.
 //!
 //! The driver needs XAPI to resolve DH-HMAC-CHAP secrets and the admin
 //! command needs it to create the SR across the pool. The existing XML-RPC
 //! crates mishandle XAPI's encoding (untyped string values, 64-bit integers as
-//! strings), so this crate will carry its own codec, transports and typed
-//! calls. It is an empty crate until that work lands: see ARCHITECTURE.md.
+//! strings, dash-less datetimes), so this crate carries its own codec
+//! ([`codec`]), a minimal HTTP/1.1 client over the dom0 unix socket or TLS
+//! ([`transport`]), sessions that always log out and follow `HOST_IS_SLAVE`
+//! ([`session`]), and typed calls for the classes nvmetcp uses ([`api`]).
+
+pub mod codec;
+pub mod value;
+
+pub use value::{Fields, TypeError, Value};
