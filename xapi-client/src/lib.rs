@@ -12,3 +12,16 @@ pub mod codec;
 pub mod value;
 
 pub use value::{Fields, TypeError, Value};
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod http;
+pub mod secret;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
+
+pub use client::{Client, Credentials, Session};
+pub use error::{Error, Result, XapiError};
+pub use secret::Secret;
+pub use transport::{Endpoint, Fingerprint, Timeouts, TlsVerify};

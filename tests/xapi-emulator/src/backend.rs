@@ -1,0 +1,108 @@
+//! What storage does on each host, decided by the test.
+
+use std::collections::BTreeMap;
+
+use xapi_client::Value;
+
+/// An XAPI error: a code and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The code.
+    pub code: String,
+    /// The parameters.
+    pub params: Vec<String>,
+}
+
+impl Failure {
+    /// A failure with `code` and `params`.
+    #[must_use]
+    pub fn new(code: &str, params: &[&str]) -> Self {
+        Self { code: code.to_owned(), params: params.iter().map(|p| (*p).to_owned()).collect() }
+    }
+}
+
+/// A host of the emulated pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// UUID.
+    pub uuid: String,
+    /// Name.
+    pub name_label: String,
+    /// Management address.
+    pub address: String,
+}
+
+/// The storage side of the emulated pool. Every method has the behaviour of
+/// a plugin that accepts everything.
+pub trait Backend: Send + Sync {
+    /// The plugin's `SR.create` on the master: returns the device-config to
+    /// store in every PBD.
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn sr_create(
+        &self,
+        _master: &HostInfo,
+        _sr_uuid: &str,
+        device_config: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Failure> {
+        Ok(device_config.clone())
+    }
+
+    /// The plugin's `SR.probe` on `host`: `probe_result` records.
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn sr_probe(&self, _host: &HostInfo, _device_config: &BTreeMap<String, String>) -> Result<Vec<Value>, Failure> {
+        Ok(Vec::new())
+    }
+
+    /// The plugin's `SR.attach` on `host` (a `PBD.plug`).
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn pbd_plug(
+        &self,
+        _host: &HostInfo,
+        _sr_uuid: &str,
+        _device_config: &BTreeMap<String, String>,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// The plugin's `SR.detach` on `host` (a `PBD.unplug`).
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn pbd_unplug(&self, _host: &HostInfo, _sr_uuid: &str) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// The plugin's `SR.destroy`.
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn sr_destroy(&self, _host: &HostInfo, _sr_uuid: &str) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// `host.call_plugin`: by default no plugin is installed.
+    ///
+    /// # Errors
+    /// `XENAPI_MISSING_PLUGIN`, or the plugin's failure.
+    fn call_plugin(
+        &self,
+        _host: &HostInfo,
+        plugin: &str,
+        _function: &str,
+        _args: &BTreeMap<String, String>,
+    ) -> Result<String, Failure> {
+        Err(Failure::new("XENAPI_MISSING_PLUGIN", &[plugin]))
+    }
+}
+
+/// A backend where every storage operation succeeds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptAll;
+
+impl Backend for AcceptAll {}
