@@ -124,6 +124,7 @@ fn sr_code(error: &crate::sr::SrError) -> &'static str {
     match error {
         SrError::Config(_) | SrError::LabelTooLong { .. } | SrError::BadUuid(_) => "NVMETCP_INVALID_CONFIG",
         SrError::Host(_) | SrError::Identity(_) | SrError::HostConfig(_) => "NVMETCP_HOST_NOT_READY",
+        SrError::Secret(_) => "NVMETCP_SECRET",
         SrError::Discovery { .. } => "NVMETCP_DISCOVERY_FAILED",
         SrError::NoPath { .. } | SrError::Nvme(_) => "NVMETCP_NO_PATH",
         SrError::Registry(_) | SrError::Release(_) => "NVMETCP_HOST_STATE",

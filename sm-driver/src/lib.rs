@@ -35,6 +35,7 @@ pub mod lock;
 pub mod lvm;
 pub mod nvme;
 pub mod plugin;
+pub mod secrets;
 pub mod smapi;
 pub mod sr;
 pub mod sr_config;

@@ -9,15 +9,15 @@
 //!
 //! DH-HMAC-CHAP keys: device-config keys ending in `password` are moved by
 //! xapi into secrets, so the plugin receives `dhchap_password_secret` (a
-//! secret UUID) and must resolve it through XAPI. Until the XAPI client
-//! exists such configuration is refused with an error that says so, and keys
-//! come from host-local files ([`crate::host_config`]).
+//! secret UUID) and resolves it through XAPI when it connects
+//! ([`crate::secrets`]). Host-local key files ([`crate::host_config`]) take
+//! precedence, for targets that give each host its own key.
 
 use std::collections::BTreeMap;
 
 use crate::device_config::KEYS;
 use crate::nvme::health::IoPolicy;
-use crate::nvme::names::{Nqn, Portal, Transport};
+use crate::nvme::names::{DhchapKey, Nqn, Portal, Transport};
 use crate::nvme::options::Timers;
 use crate::nvme::sysfs::NamespaceIdentity;
 
@@ -75,17 +75,28 @@ pub enum ConfigError {
         /// Why it is needed and what to put there.
         why: &'static str,
     },
-    /// DH-HMAC-CHAP keys held as XAPI secrets cannot be resolved yet.
-    #[error(
-        "device-config:{key} holds a DH-HMAC-CHAP key, which xapi keeps as a secret that this version of nvmetcp \
-             cannot resolve yet (it needs the XAPI client); remove the key from device-config and put the keys on \
-             every host in /etc/nvmetcp/dhchap/<subsystem NQN>.key (and .ctrl-key), mode 600"
-    )]
-    SecretUnsupported {
-        /// The key.
-        key: String,
-    },
 }
+
+/// Where a DH-HMAC-CHAP key of the SR comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An XAPI secret, by UUID (what xapi stores for `dhchap_password`).
+    Secret(String),
+    /// The key itself (only when the plugin is called without xapi).
+    Inline(DhchapKey),
+}
+
+/// The SR's DH-HMAC-CHAP keys, as device-config names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySources {
+    /// The host key (`dhchap_password`).
+    pub host_key: Option<KeySource>,
+    /// The controller key (`dhchap_ctrl_password`).
+    pub ctrl_key: Option<KeySource>,
+}
+
+/// The suffix xapi gives a `*password` key once it moved it into a secret.
+pub const SECRET_SUFFIX: &str = "_secret";
 
 /// A validated nvmetcp device-config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +119,8 @@ pub struct SrConfig {
     pub iopolicy: IoPolicy,
     /// The xapi SR uuid, once `SR.create` stored it.
     pub sr_uuid: Option<String>,
+    /// DH-HMAC-CHAP keys from device-config.
+    pub keys: KeySources,
 }
 
 impl SrConfig {
@@ -117,10 +130,8 @@ impl SrConfig {
     /// The first [`ConfigError`] found, naming the key.
     pub fn parse(config: &BTreeMap<String, String>, purpose: Purpose) -> Result<Self, ConfigError> {
         for key in config.keys() {
-            if key.ends_with("password_secret") || key.ends_with("password") && key.starts_with("dhchap") {
-                return Err(ConfigError::SecretUnsupported { key: key.clone() });
-            }
-            if key != SR_UUID_KEY && !KEYS.iter().any(|k| k.name == key) {
+            let base = key.strip_suffix(SECRET_SUFFIX).filter(|b| b.ends_with("password")).unwrap_or(key);
+            if key != SR_UUID_KEY && !KEYS.iter().any(|k| k.name == base) {
                 return Err(unknown(key));
             }
         }
@@ -172,8 +183,47 @@ impl SrConfig {
             Some(v) => v.parse().map_err(|e: crate::nvme::names::InvalidValue| invalid("iopolicy", v, &e.why))?,
         };
         let sr_uuid = get(SR_UUID_KEY).map(str::to_owned);
-        Ok(Self { transport, discovery, portals, nqn, namespace, force, timers, iopolicy, sr_uuid })
+        let keys = KeySources {
+            host_key: key_source(config, "dhchap_password")?,
+            ctrl_key: key_source(config, "dhchap_ctrl_password")?,
+        };
+        if keys.ctrl_key.is_some() && keys.host_key.is_none() {
+            return Err(ConfigError::Missing {
+                key: "dhchap_password",
+                why: "bidirectional authentication (dhchap_ctrl_password) also needs the host key",
+            });
+        }
+        Ok(Self { transport, discovery, portals, nqn, namespace, force, timers, iopolicy, sr_uuid, keys })
     }
+}
+
+/// A DH-HMAC-CHAP key given as `name` (inline) or `name_secret` (a secret
+/// UUID, as xapi stores it).
+fn key_source(config: &BTreeMap<String, String>, name: &'static str) -> Result<Option<KeySource>, ConfigError> {
+    let secret_key = format!("{name}{SECRET_SUFFIX}");
+    if let Some(uuid) = config.get(&secret_key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let valid = uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if !valid {
+            return Err(ConfigError::Invalid {
+                key: name,
+                value: uuid.to_owned(),
+                why: format!("{secret_key} must be the UUID of the XAPI secret that holds the key"),
+            });
+        }
+        return Ok(Some(KeySource::Secret(uuid.to_owned())));
+    }
+    config
+        .get(name)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse().map(KeySource::Inline).map_err(|e: crate::nvme::names::InvalidValue| ConfigError::Invalid {
+                key: name,
+                value: "<redacted>".into(),
+                why: e.why,
+            })
+        })
+        .transpose()
 }
 
 /// The `&'static str` spelling of a known key.
@@ -273,7 +323,7 @@ fn parse_namespace(value: &str, purpose: Purpose) -> Result<NamespaceRef, Config
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::{ConfigError, NamespaceRef, Purpose, SrConfig};
+    use super::{ConfigError, KeySource, KeySources, NamespaceRef, Purpose, SrConfig};
     use crate::nvme::health::IoPolicy;
     use crate::nvme::names::Transport;
 
@@ -337,8 +387,26 @@ mod tests {
         assert!(with("iopolicy", "fastest").contains("device-config:iopolicy"));
         let typo = with("portal", "10.0.0.2");
         assert!(typo.starts_with("device-config:portal is not an nvmetcp setting (did you mean portals?)"), "{typo}");
-        let secret = with("dhchap_password_secret", "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11");
-        assert!(secret.contains("cannot resolve yet") && secret.contains("/etc/nvmetcp/dhchap/"), "{secret}");
+        let secret = with("dhchap_password_secret", "not-a-uuid");
+        assert!(secret.contains("dhchap_password_secret must be the UUID of the XAPI secret"), "{secret}");
+        let inline = with("dhchap_password", "DHHC-1:00:short:");
+        assert!(inline.starts_with("device-config:dhchap_password=\"<redacted>\""), "{inline}");
+        let one_way = with("dhchap_ctrl_password_secret", "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11");
+        assert!(one_way.contains("device-config:dhchap_password is required"), "{one_way}");
+    }
+
+    #[test]
+    fn dhchap_keys_come_as_secret_uuids_or_inline() {
+        const KEY: &str = "DHHC-1:00:ia6zGodOr5SEG2U6ZlzCNX3CoGKlUcO+aHF2Ypw6lSGGKBUq:";
+        const SECRET: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+        let base = [("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID)];
+        let mut c = config(&base);
+        c.insert("dhchap_password_secret".into(), SECRET.into());
+        c.insert("dhchap_ctrl_password".into(), KEY.into());
+        let parsed = SrConfig::parse(&c, Purpose::Attach).unwrap();
+        assert_eq!(parsed.keys.host_key, Some(KeySource::Secret(SECRET.into())));
+        assert_eq!(parsed.keys.ctrl_key, Some(KeySource::Inline(KEY.parse().unwrap())));
+        assert_eq!(SrConfig::parse(&config(&base), Purpose::Attach).unwrap().keys, KeySources::default());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! strings, dash-less datetimes), so this crate carries its own codec
 //! ([`codec`]), a minimal HTTP/1.1 client over the dom0 unix socket or TLS
 //! ([`transport`]), sessions that always log out and follow `HOST_IS_SLAVE`
-//! ([`session`]), and typed calls for the classes nvmetcp uses ([`api`]).
+//! ([`client`]), and typed calls for the classes nvmetcp uses ([`api`]).
 
 pub mod codec;
 pub mod value;

@@ -64,6 +64,9 @@ pub enum SrError {
     /// A host-local setting is unusable.
     #[error(transparent)]
     HostConfig(#[from] crate::host_config::HostConfigError),
+    /// A DH-HMAC-CHAP key held by XAPI could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     /// Discovery found nothing usable.
     #[error("subsystem {nqn} was not found by discovery: {why}")]
     Discovery {

@@ -94,7 +94,7 @@ pub fn connect(
     ensure_multipath(host)?;
     let identity = load_or_create(host)?;
     let local = HostConfig::load(host)?;
-    let auth = authentication(host, nqn)?;
+    let auth = crate::secrets::authentication(host, authentication(host, nqn)?, &config.keys)?;
     let fabrics = KernelFabrics::new(host.clone());
     if auth.host_key.is_some() {
         ensure_auth_support(host, &fabrics)?;
