@@ -27,6 +27,9 @@ fn plugin_binary() -> PathBuf {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
+        if args.first().is_some_and(|a| a == "serve-xapi") {
+            return serve_xapi(&args[1..]);
+        }
         return guest_call(&args);
     }
     if args.iter().any(|a| a == "--list") {
@@ -298,8 +301,24 @@ expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
 grep -q "host_iface=$TB_LINK" /sys/class/nvme/nvme*/address || tb_fail "host.conf's host_iface not applied"
 stat_sr | grep -q '1/1 paths live'
 expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
-if grep -qF -- "${key#DHHC-1:??:}" calls.log; then tb_fail "a key reached a reply"; fi
 rm -rf /etc/nvmetcp
+# The same keys as XAPI secrets named by device-config, read over the dom0 socket.
+mkdir -p /var/lib/xcp
+"$T" serve-xapi /var/lib/xcp/xapi "$key" "$ctrl" >secrets.txt &
+xapi=$!
+for _ in $(seq 100); do [ -s secrets.txt ] && break; sleep 0.1; done
+read -r key_uuid ctrl_uuid <secrets.txt
+with_secrets="${stored%\}},\"dhchap_password_secret\":\"$key_uuid\",\"dhchap_ctrl_password_secret\":\"$ctrl_uuid\"}"
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$with_secrets}" >/dev/null
+stat_sr | grep -q '1/1 paths live'
+expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
+wrong="${stored%\}},\"dhchap_password_secret\":\"00000000-0000-4000-8000-000000000000\"}"
+expect_err NVMETCP_SECRET SR.attach "{\"dbg\":\"a\",\"configuration\":$wrong}" | grep -q 'UUID_INVALID'
+kill "$xapi"; wait "$xapi" 2>/dev/null || true; rm -f /var/lib/xcp/xapi
+expect_err NVMETCP_SECRET SR.attach "{\"dbg\":\"a\",\"configuration\":$with_secrets}" | grep -q 'cannot connect to XAPI'
+[ "$(tb_live_paths "$nqn")" = 0 ] || tb_fail "a failed attach left paths behind"
+if grep -qF -- "${key#DHHC-1:??:}" calls.log; then tb_fail "a key reached a reply"; fi
+if grep -qF -- "${ctrl#DHHC-1:??:}" calls.log; then tb_fail "a key reached a reply"; fi
 "#,
             ),
         ),
@@ -453,6 +472,33 @@ fn host_side() -> ExitCode {
     }
     let exe = std::env::current_exe().unwrap().display().to_string();
     run_suite("sr", &scenarios(&exe))
+}
+
+/// `serve-xapi SOCKET VALUE…`: an emulated XAPI on the dom0 socket holding
+/// each VALUE as a secret; prints their UUIDs on one line, then serves until
+/// killed.
+fn serve_xapi(args: &[String]) -> ExitCode {
+    let [socket, values @ ..] = args else {
+        eprintln!("usage: serve-xapi SOCKET VALUE...");
+        return ExitCode::FAILURE;
+    };
+    let emulator = xapi_emulator::Emulator::new(xapi_emulator::Config::default(), xapi_emulator::AcceptAll);
+    let _ = std::fs::remove_file(socket);
+    emulator.listen_unix(Path::new(socket)).unwrap();
+    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
+    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
+    let uuids: Vec<String> = values
+        .iter()
+        .map(|value| {
+            let secret = xapi_client::api::secret::create(&session, &xapi_client::Secret::new(value.as_str())).unwrap();
+            xapi_client::api::secret::get_uuid(&session, &secret).unwrap()
+        })
+        .collect();
+    drop(session);
+    println!("{}", uuids.join(" "));
+    loop {
+        std::thread::park();
+    }
 }
 
 /// `call METHOD JSON`: one call through the method links, one line out.
