@@ -14,6 +14,7 @@ use std::path::Path;
 
 use crate::dispatch::{dispatch, implemented, Context};
 use crate::error::{to_error_record, DriverError, Failure};
+use crate::host_plugin::PLUGINS_DIR;
 use crate::plugin::{DATAPATH_SCHEME, VERSION, VOLUME_PLUGIN_DIR};
 use crate::smapi::method::{Interface, Method, PluginKind};
 use crate::smapi::params::{Params, RequestError};
@@ -30,6 +31,14 @@ pub enum Invocation {
     Help,
     /// Print the version.
     Version,
+    /// Answer one XAPI host-plugin call (run as `/etc/xapi.d/plugins/nvmetcp`
+    /// with the XML-RPC request as the only argument).
+    HostPlugin(String),
+    /// The package's post-install steps (`--post-install`).
+    PostInstall,
+    /// List the method links to install, one `<plugin dir> <file>` per line
+    /// (`--list-links`, for packaging).
+    ListLinks,
 }
 
 /// One method call as requested on the command line.
@@ -63,6 +72,9 @@ pub enum UsageError {
     /// An option that does not exist.
     #[error("unknown option '{0}'; try '{BINARY_NAME} --help'")]
     UnknownOption(String),
+    /// The host plugin takes exactly one argument.
+    #[error("as an XAPI host plugin, nvmetcp takes one argument: the XML-RPC request xapi passes")]
+    HostPluginArgs,
     /// `--json` together with `name=value` words.
     #[error("--json reads the parameters from stdin; do not also give name=value arguments")]
     JsonAndWords,
@@ -78,6 +90,17 @@ pub fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, UsageError
     let path = Path::new(argv0);
     let invoked_as = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let directory = path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+    if directory.as_deref() == Path::new(PLUGINS_DIR).file_name().and_then(|n| n.to_str()) {
+        return match args {
+            [request] => Ok(Invocation::HostPlugin(request.clone())),
+            _ => Err(UsageError::HostPluginArgs),
+        };
+    }
+    match args.first().map(String::as_str) {
+        Some("--post-install") => return Ok(Invocation::PostInstall),
+        Some("--list-links") => return Ok(Invocation::ListLinks),
+        _ => {}
+    }
     let mut method = (invoked_as.contains('.') && invoked_as != BINARY_NAME).then_some(invoked_as);
     let mut kind = match directory.as_deref() {
         Some(VOLUME_PLUGIN_DIR) => Some(PluginKind::Volume),
@@ -196,6 +219,22 @@ fn read_params(request: &CallRequest, stdin: &mut dyn Read) -> Result<Params, Fa
     Ok(params)
 }
 
+/// The `--list-links` output: every method link to install, as
+/// `volume/<dir> <file>` or `datapath/<dir> <file>` lines.
+#[must_use]
+pub fn links() -> String {
+    let mut out = String::new();
+    for (kind, dir) in [
+        (PluginKind::Volume, format!("volume/{VOLUME_PLUGIN_DIR}")),
+        (PluginKind::Datapath, format!("datapath/{DATAPATH_SCHEME}")),
+    ] {
+        for method in implemented(kind) {
+            out.push_str(&format!("{dir} {}\n", method.file_name()));
+        }
+    }
+    out
+}
+
 /// The `--help` text.
 #[must_use]
 pub fn usage() -> String {
@@ -209,6 +248,10 @@ USAGE
   {BINARY_NAME} <Method> [name=value ...] [--datapath] [--verbose]
                                       for people: parameters as words (dbg defaults to cli)
   {BINARY_NAME} --help | --version
+  {BINARY_NAME} --post-install          the package's post-install steps (host identity,
+                                      whether xapi knows the SR type yet); safe to repeat
+  {BINARY_NAME} --list-links            the method links a package installs
+  {PLUGINS_DIR}/nvmetcp <XML-RPC call>  as xapi runs it for host.call_plugin
 
 OPTIONS
   --json        read the parameters from stdin (the SMAPIv3 protocol)

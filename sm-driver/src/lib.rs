@@ -31,6 +31,8 @@ pub mod error;
 pub mod hex;
 pub mod host;
 pub mod host_config;
+pub mod host_plugin;
+pub mod install;
 pub mod lock;
 pub mod lvm;
 pub mod nvme;

@@ -123,3 +123,25 @@ fn people_get_pretty_json_and_dbg_defaults() {
     let value: serde_json::Value = serde_json::from_str(&reply.stdout).unwrap();
     assert_eq!(value["plugin"], "nvmetcp");
 }
+
+#[test]
+fn the_xapi_plugins_directory_makes_it_the_host_plugin() {
+    let plugin = "/etc/xapi.d/plugins/nvmetcp";
+    assert_eq!(parse_args(plugin, &args(&["<methodCall/>"])), Ok(Invocation::HostPlugin("<methodCall/>".into())));
+    assert_eq!(parse_args(plugin, &args(&[])), Err(UsageError::HostPluginArgs));
+    assert_eq!(
+        parse_args("/usr/libexec/nvmetcp/nvmetcp-plugin", &args(&["--post-install"])),
+        Ok(Invocation::PostInstall)
+    );
+    assert_eq!(parse_args("nvmetcp-plugin", &args(&["--list-links"])), Ok(Invocation::ListLinks));
+}
+
+#[test]
+fn the_link_list_is_the_implemented_methods_of_each_plugin() {
+    let links = super::links();
+    assert!(links.lines().any(|l| l == "volume/org.xen.xapi.storage.nvmetcp Plugin.Query"), "{links}");
+    assert!(links.lines().any(|l| l == "datapath/nvmetcp Datapath.activate"), "{links}");
+    let count = |kind| crate::dispatch::implemented(kind).len();
+    assert_eq!(links.lines().count(), count(PluginKind::Volume) + count(PluginKind::Datapath));
+    assert!(!links.contains("Volume.snapshot") && !links.contains("Volume.clone"));
+}

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use sm_driver::cmd::SystemRunner;
 use sm_driver::dispatch::Context;
-use sm_driver::entry::{execute, parse_args, usage, Invocation, BINARY_NAME};
+use sm_driver::entry::{execute, links, parse_args, usage, Invocation, BINARY_NAME};
 use sm_driver::host::HostRoot;
 use sm_driver::plugin::VERSION;
 
@@ -23,6 +23,18 @@ fn main() -> ExitCode {
         Ok(Invocation::Call(request)) => request,
         Ok(Invocation::Help) => return print(&usage(), ExitCode::SUCCESS),
         Ok(Invocation::Version) => return print(&format!("{BINARY_NAME} {VERSION}\n"), ExitCode::SUCCESS),
+        Ok(Invocation::ListLinks) => return print(&links(), ExitCode::SUCCESS),
+        Ok(Invocation::PostInstall) => {
+            logging::init(false);
+            // Never fails the package transaction: it reports what is left to do.
+            let (report, _ready) = sm_driver::install::post_install(&HostRoot::system());
+            return print(&report, ExitCode::SUCCESS);
+        }
+        Ok(Invocation::HostPlugin(request)) => {
+            logging::init(false);
+            let reply = sm_driver::host_plugin::run(&HostRoot::system(), &SystemRunner::new(), &request);
+            return print(&reply, ExitCode::SUCCESS);
+        }
         Err(error) => {
             #[allow(clippy::print_stderr)] // a command-line mistake, for the person who typed it
             {

@@ -1,0 +1,134 @@
+//! The XAPI host plugin `/etc/xapi.d/plugins/nvmetcp`, reached with
+//! `host.call_plugin(host, "nvmetcp", <function>, args)` so one tool on the
+//! pool master can ask every host about itself (the admin command's
+//! `doctor --pool` and `status`).
+//!
+//! xapi runs the plugin with one argument, an XML-RPC `methodCall` whose
+//! method is the function and whose parameters are the session ref and a
+//! struct of string arguments; the plugin prints one XML-RPC
+//! `methodResponse` holding XAPI's envelope: `Success` with a string value, or
+//! `Failure` with `[code, params…]`, which xapi raises as an API error. The
+//! session ref is never used or logged.
+
+use std::collections::BTreeMap;
+
+use xapi_client::codec::{failure, parse_call, success, write_response, Encoding};
+use xapi_client::Value;
+
+use crate::cmd::Runner;
+use crate::diagnostics;
+use crate::host::HostRoot;
+use crate::nvme::identity::load_or_create;
+use crate::plugin::VERSION;
+use crate::smapi::method::PluginKind;
+
+/// The plugin's file name under `/etc/xapi.d/plugins/`.
+pub const PLUGIN_NAME: &str = "nvmetcp";
+/// The directory xapi runs plugins from (its last component is how the
+/// binary knows it was run as the host plugin).
+pub const PLUGINS_DIR: &str = "/etc/xapi.d/plugins";
+
+/// The functions, with what each returns.
+const FUNCTIONS: &[(&str, &str)] = &[
+    ("host_identity", "JSON {\"hostnqn\", \"hostid\", \"version\"}: this host's NVMe identity, created if missing"),
+    ("diagnostics", "text: the Plugin.diagnostics report of this host"),
+];
+
+fn identity(host: &HostRoot) -> Result<String, (String, Vec<String>)> {
+    let identity = load_or_create(host).map_err(|e| ("NVMETCP_HOST_NOT_READY".to_owned(), vec![e.to_string()]))?;
+    let json = serde_json::json!({
+        "hostnqn": identity.nqn.as_str(),
+        "hostid": identity.id.to_string(),
+        "version": VERSION,
+    });
+    Ok(json.to_string())
+}
+
+fn answer(host: &HostRoot, runner: &dyn Runner, function: &str) -> Result<String, (String, Vec<String>)> {
+    match function {
+        "host_identity" => identity(host),
+        "diagnostics" => Ok(diagnostics::report(PluginKind::Volume, host, runner)),
+        other => {
+            let known: Vec<String> = FUNCTIONS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
+            Err((
+                "NVMETCP_UNKNOWN_FUNCTION".to_owned(),
+                vec![format!("the nvmetcp host plugin has no function {other:?}; it has: {}", known.join("; "))],
+            ))
+        }
+    }
+}
+
+/// Answers one plugin call: `request` is the `methodCall` xapi passed as the
+/// only argument. Returns the `methodResponse` document to print.
+#[must_use]
+pub fn run(host: &HostRoot, runner: &dyn Runner, request: &str) -> String {
+    let outcome = match parse_call(request) {
+        Err(e) => Err(("NVMETCP_BAD_PLUGIN_CALL".to_owned(), vec![format!("the request is not an XML-RPC call: {e}")])),
+        Ok((function, params)) => {
+            let args: BTreeMap<String, String> =
+                params.get(1).and_then(|v| v.as_string_map("args").ok()).unwrap_or_default();
+            let span = tracing::info_span!("host_plugin", function = %function, args = args.len());
+            let _entered = span.enter();
+            let outcome = answer(host, runner, &function);
+            if let Err((code, _)) = &outcome {
+                tracing::error!(%code, "host plugin call failed");
+            }
+            outcome
+        }
+    };
+    let envelope = match outcome {
+        Ok(text) => success(Value::String(text)),
+        Err((code, params)) => failure(&code, &params),
+    };
+    write_response(&envelope, Encoding::Xapi)
+}
+
+#[cfg(test)]
+mod tests {
+    use xapi_client::codec::{decode_envelope, parse_response, write_call, MethodResponse};
+    use xapi_client::Value;
+
+    use super::run;
+    use crate::cmd::FakeRunner;
+    use crate::host::HostRoot;
+
+    fn call(host: &HostRoot, function: &str) -> Result<Value, (String, Vec<String>)> {
+        let request = write_call(function, &[Value::from("OpaqueRef:session"), Value::record::<&str>([])]);
+        let reply = run(host, &FakeRunner::new(), &request);
+        let MethodResponse::Value(envelope) = parse_response(&reply).unwrap() else { panic!("{reply}") };
+        decode_envelope(envelope).map_err(|f| {
+            let f = f.unwrap();
+            (f.code, f.params)
+        })
+    }
+
+    #[test]
+    fn host_identity_is_created_once_and_reported_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        std::fs::create_dir_all(host.path("/proc/sys/kernel/random")).unwrap();
+        std::fs::write(host.path("/proc/sys/kernel/random/uuid"), "5c1e5c1e-0000-4000-8000-00000000a11e\n").unwrap();
+        let first = call(&host, "host_identity").unwrap();
+        let json: serde_json::Value = serde_json::from_str(first.as_str("r").unwrap()).unwrap();
+        assert!(json["hostnqn"].as_str().unwrap().starts_with("nqn.2014-08.org.nvmexpress:uuid:"), "{json}");
+        assert_eq!(call(&host, "host_identity").unwrap(), first, "a second call keeps the identity");
+    }
+
+    #[test]
+    fn unknown_functions_and_garbage_are_failures_that_say_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let (code, params) = call(&host, "format_disks").unwrap_err();
+        assert_eq!(code, "NVMETCP_UNKNOWN_FUNCTION");
+        assert!(params[0].contains("host_identity") && params[0].contains("diagnostics"), "{params:?}");
+        let reply = run(&host, &FakeRunner::new(), "<not xml");
+        assert!(reply.contains("NVMETCP_BAD_PLUGIN_CALL"), "{reply}");
+    }
+
+    #[test]
+    fn diagnostics_is_the_plugin_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = call(&HostRoot::at(dir.path()), "diagnostics").unwrap();
+        assert!(text.as_str("r").unwrap().contains("kernel modules:"), "{text:?}");
+    }
+}
