@@ -60,6 +60,10 @@ pub enum Program {
     Modprobe,
     /// util-linux blkid, to see whether a namespace holds a signature.
     Blkid,
+    /// iproute2, for `nvmetcp doctor` (routes and addresses, never changed).
+    Ip,
+    /// iputils ping, for `nvmetcp doctor`'s don't-fragment MTU check.
+    Ping,
 }
 
 impl Program {
@@ -71,6 +75,8 @@ impl Program {
             Self::Nvme => "nvme",
             Self::Modprobe => "modprobe",
             Self::Blkid => "blkid",
+            Self::Ip => "ip",
+            Self::Ping => "ping",
         }
     }
 }

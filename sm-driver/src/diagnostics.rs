@@ -81,7 +81,8 @@ fn show<E: std::fmt::Display>(value: &Result<String, E>) -> String {
     }
 }
 
-fn module_state(host: &HostRoot, release: Option<&str>, module: &str, file: &str) -> String {
+/// Whether `module` is loaded, built in, available or absent, in words.
+pub(crate) fn module_state(host: &HostRoot, release: Option<&str>, module: &str, file: &str) -> String {
     if host.exists(&format!("/sys/module/{module}")) {
         return "loaded".to_owned();
     }

@@ -19,6 +19,7 @@ use crate::cmd::Runner;
 use crate::diagnostics;
 use crate::host::HostRoot;
 use crate::nvme::identity::load_or_create;
+use crate::nvme::names::{Portal, Transport};
 use crate::plugin::VERSION;
 use crate::smapi::method::PluginKind;
 
@@ -32,6 +33,8 @@ pub const PLUGINS_DIR: &str = "/etc/xapi.d/plugins";
 const FUNCTIONS: &[(&str, &str)] = &[
     ("host_identity", "JSON {\"hostnqn\", \"hostid\", \"version\"}: this host's NVMe identity, created if missing"),
     ("diagnostics", "text: the Plugin.diagnostics report of this host"),
+    ("doctor", "JSON [check…]: nvmetcp doctor's checks on this host; args transport=tcp|rdma, portals=a[:p],…"),
+    ("status", "JSON: every nvmetcp SR attached on this host with each path's state"),
 ];
 
 fn identity(host: &HostRoot) -> Result<String, (String, Vec<String>)> {
@@ -44,10 +47,40 @@ fn identity(host: &HostRoot) -> Result<String, (String, Vec<String>)> {
     Ok(json.to_string())
 }
 
-fn answer(host: &HostRoot, runner: &dyn Runner, function: &str) -> Result<String, (String, Vec<String>)> {
+fn doctor(
+    host: &HostRoot,
+    runner: &dyn Runner,
+    args: &BTreeMap<String, String>,
+) -> Result<String, (String, Vec<String>)> {
+    let bad = |why: String| ("NVMETCP_BAD_PLUGIN_CALL".to_owned(), vec![why]);
+    let transport = match args.get("transport").map(String::as_str) {
+        None | Some("") => Transport::Tcp,
+        Some(t) => t.parse().map_err(|_| bad(format!("transport={t:?}: use tcp or rdma")))?,
+    };
+    let portals = args
+        .get("portals")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| Portal::parse(p.trim(), Portal::IO_PORT).map_err(|e| bad(format!("portals: {}", e.why))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let checks = crate::doctor::run(host, runner, &crate::doctor::DoctorInput { transport, portals });
+    serde_json::to_string(&checks).map_err(|e| ("NVMETCP_INTERNAL_ERROR".to_owned(), vec![e.to_string()]))
+}
+
+fn answer(
+    host: &HostRoot,
+    runner: &dyn Runner,
+    function: &str,
+    args: &BTreeMap<String, String>,
+) -> Result<String, (String, Vec<String>)> {
     match function {
         "host_identity" => identity(host),
         "diagnostics" => Ok(diagnostics::report(PluginKind::Volume, host, runner)),
+        "doctor" => doctor(host, runner, args),
+        "status" => serde_json::to_string(&crate::status::report(host))
+            .map_err(|e| ("NVMETCP_INTERNAL_ERROR".to_owned(), vec![e.to_string()])),
         other => {
             let known: Vec<String> = FUNCTIONS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
             Err((
@@ -69,7 +102,7 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, request: &str) -> String {
                 params.get(1).and_then(|v| v.as_string_map("args").ok()).unwrap_or_default();
             let span = tracing::info_span!("host_plugin", function = %function, args = args.len());
             let _entered = span.enter();
-            let outcome = answer(host, runner, &function);
+            let outcome = answer(host, runner, &function, &args);
             if let Err((code, _)) = &outcome {
                 tracing::error!(%code, "host plugin call failed");
             }
@@ -120,9 +153,33 @@ mod tests {
         let host = HostRoot::at(dir.path());
         let (code, params) = call(&host, "format_disks").unwrap_err();
         assert_eq!(code, "NVMETCP_UNKNOWN_FUNCTION");
-        assert!(params[0].contains("host_identity") && params[0].contains("diagnostics"), "{params:?}");
+        assert!(params[0].contains("host_identity") && params[0].contains("status"), "{params:?}");
         let reply = run(&host, &FakeRunner::new(), "<not xml");
         assert!(reply.contains("NVMETCP_BAD_PLUGIN_CALL"), "{reply}");
+    }
+
+    #[test]
+    fn doctor_and_status_answer_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let request = write_call(
+            "doctor",
+            &[
+                Value::from("OpaqueRef:s"),
+                Value::record([("transport", Value::from("rdma")), ("portals", Value::from("192.0.2.1"))]),
+            ],
+        );
+        let reply = run(&host, &FakeRunner::new(), &request);
+        let MethodResponse::Value(envelope) = parse_response(&reply).unwrap() else { panic!() };
+        let text = decode_envelope(envelope).unwrap();
+        let checks: Vec<crate::doctor::Check> = serde_json::from_str(text.as_str("r").unwrap()).unwrap();
+        assert!(checks.iter().any(|c| c.name == "kernel module nvme_rdma"), "{checks:?}");
+        assert!(checks.iter().any(|c| c.name == "portal 192.0.2.1:4420 reachable"), "{checks:?}");
+        let status = call(&host, "status").unwrap();
+        let report: crate::status::HostReport = serde_json::from_str(status.as_str("r").unwrap()).unwrap();
+        assert!(report.srs.is_empty());
+        let bad = write_call("doctor", &[Value::from("s"), Value::record([("transport", Value::from("fc"))])]);
+        assert!(run(&host, &FakeRunner::new(), &bad).contains("use tcp or rdma"));
     }
 
     #[test]

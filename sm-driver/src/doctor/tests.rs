@@ -1,0 +1,116 @@
+use std::net::TcpListener;
+
+use super::{run, DoctorInput, Verdict};
+use crate::cmd::{CmdError, FakeRunner, Output};
+use crate::host::HostRoot;
+use crate::nvme::names::{Portal, Transport};
+
+fn write(host: &HostRoot, path: &str, text: &str) {
+    let full = host.path(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, text).unwrap();
+}
+
+fn ok(stdout: &str) -> Result<Output, CmdError> {
+    Ok(Output { stdout: stdout.to_owned(), stderr: String::new() })
+}
+
+fn failed(what: &str) -> Result<Output, CmdError> {
+    Err(CmdError::Failed {
+        command: what.to_owned(),
+        status: "exit status 1".into(),
+        code: Some(1),
+        stdout: String::new(),
+        stderr: "ping: local error: message too long, mtu=1500".into(),
+    })
+}
+
+/// A healthy XCP-ng 9 host with the RPM installed.
+fn healthy_host() -> (tempfile::TempDir, HostRoot) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostRoot::at(dir.path());
+    write(&host, "/proc/sys/kernel/osrelease", "6.12.0-xcpng\n");
+    write(&host, "/lib/modules/6.12.0-xcpng/modules.dep", "kernel/drivers/nvme/host/nvme-tcp.ko.xz: nvme-fabrics.ko\n");
+    write(&host, "/sys/module/nvme_core/parameters/multipath", "Y\n");
+    write(&host, "/etc/nvme/hostnqn", "nqn.2014-08.org.nvmexpress:uuid:5c1e5c1e-0000-4000-8000-00000000a11e\n");
+    write(&host, "/etc/nvme/hostid", "5c1e5c1e-0000-4000-8000-00000000a11e\n");
+    for link in [
+        "/usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.nvmetcp/Plugin.Query",
+        "/usr/libexec/xapi-storage-script/datapath/nvmetcp/Plugin.Query",
+        "/etc/xapi.d/plugins/nvmetcp",
+    ] {
+        write(&host, link, "");
+    }
+    write(&host, "/proc/812/comm", "xapi-storage-sc\n");
+    write(&host, "/sys/class/net/eth1/mtu", "9000\n");
+    write(&host, "/proc/sys/net/ipv4/conf/all/arp_ignore", "2\n");
+    write(&host, "/proc/sys/net/ipv4/conf/all/arp_announce", "2\n");
+    (dir, host)
+}
+
+const TWO_NICS_ONE_SUBNET: &str = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+    3: eth1    inet 10.0.0.5/24 brd 10.0.0.255 scope global eth1\\       valid_lft forever\n\
+    4: eth2    inet 10.0.0.6/24 brd 10.0.0.255 scope global eth2\\       valid_lft forever\n";
+
+#[test]
+fn a_healthy_host_passes_every_check_and_says_why() {
+    let (_dir, host) = healthy_host();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let portal = Portal::parse(&listener.local_addr().unwrap().to_string(), 4420).unwrap();
+    let runner = FakeRunner::new()
+        .then(ok(TWO_NICS_ONE_SUBNET))
+        .then(ok("127.0.0.1 dev eth1 src 10.0.0.5 uid 0\n    cache\n"))
+        .then(ok("2 packets transmitted, 2 received\n"));
+    let checks = run(&host, &runner, &DoctorInput { transport: Transport::Tcp, portals: vec![portal] });
+    for check in &checks {
+        assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
+        assert!(!check.detail.is_empty(), "{check:?}");
+    }
+    assert_eq!(checks.len(), 8);
+    let calls: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
+    assert!(calls[2].contains("ping -M do -c 2 -W 1 -s 8972 127.0.0.1"), "{calls:?}");
+}
+
+#[test]
+fn linux_4_19_is_told_plainly_that_it_has_no_nvme_tcp() {
+    let (_dir, host) = healthy_host();
+    write(&host, "/proc/sys/kernel/osrelease", "4.19.0+1\n");
+    write(&host, "/lib/modules/4.19.0+1/modules.dep", "kernel/drivers/nvme/host/nvme-rdma.ko: nvme-fabrics.ko\n");
+    let checks =
+        run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Tcp, portals: vec![] });
+    let tcp = checks.iter().find(|c| c.name == "kernel module nvme_tcp").unwrap();
+    assert_eq!(tcp.verdict, Verdict::Fail);
+    assert!(
+        tcp.fix.contains("arrived in Linux 5.0") && tcp.fix.contains("transport=rdma") && tcp.fix.contains("XCP-ng 9"),
+        "{tcp:?}"
+    );
+    let rdma =
+        run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Rdma, portals: vec![] });
+    assert_eq!(rdma[0].verdict, Verdict::Pass, "{:?}", rdma[0]);
+}
+
+#[test]
+fn each_problem_fails_its_own_check_with_a_fix() {
+    let (_dir, host) = healthy_host();
+    write(&host, "/sys/module/nvme_core/parameters/multipath", "N\n");
+    write(&host, "/etc/nvme/hostnqn", "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000000\n");
+    std::fs::remove_file(host.path("/proc/812/comm")).unwrap();
+    std::fs::remove_file(host.path("/etc/xapi.d/plugins/nvmetcp")).unwrap();
+    write(&host, "/proc/sys/net/ipv4/conf/all/arp_ignore", "0\n");
+    let closed =
+        Portal::parse(&TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string(), 4420).unwrap();
+    let runner = FakeRunner::new()
+        .then(ok(TWO_NICS_ONE_SUBNET))
+        .then(ok("127.0.0.1 dev eth1 src 10.0.0.5\n"))
+        .then(failed("ping"));
+    let checks = run(&host, &runner, &DoctorInput { transport: Transport::Tcp, portals: vec![closed] });
+    let failing: Vec<&str> = checks.iter().filter(|c| c.verdict == Verdict::Fail).map(|c| c.name.as_str()).collect();
+    assert_eq!(failing.len(), 7, "{checks:#?}");
+    for check in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
+        assert!(!check.fix.is_empty(), "{check:?}");
+    }
+    let arp = checks.iter().find(|c| c.name == "ARP on shared subnets").unwrap();
+    assert!(arp.detail.contains("eth1 and eth2") && arp.fix.contains("host-setup"), "{arp:?}");
+    let mtu = checks.iter().find(|c| c.name.starts_with("MTU")).unwrap();
+    assert!(mtu.detail.contains("MTU 9000") && mtu.detail.contains("message too long"), "{mtu:?}");
+}
