@@ -64,6 +64,8 @@ pub enum Program {
     Ip,
     /// iputils ping, for `nvmetcp doctor`'s don't-fragment MTU check.
     Ping,
+    /// procps sysctl, for `nvmetcp host-setup --apply`.
+    Sysctl,
 }
 
 impl Program {
@@ -77,6 +79,7 @@ impl Program {
             Self::Blkid => "blkid",
             Self::Ip => "ip",
             Self::Ping => "ping",
+            Self::Sysctl => "sysctl",
         }
     }
 }

@@ -666,6 +666,19 @@ fn probe_subsystem(
         let vgs = if subsystem_given { Lvm::new(ctx.runner.as_ref(), &device, false)?.vgs()? } else { Vec::new() };
         let ours: Vec<&Vg> = vgs.iter().filter(|vg| vg.tags.iter().any(|t| t == SR_TAG)).collect();
         if ours.is_empty() {
+            // What is on a namespace that is not an SR, so a tool can refuse
+            // it before SR.create does.
+            if subsystem_given {
+                match existing_data(ctx, &device.display().to_string()) {
+                    Ok(Some(holds)) => {
+                        extra_info.insert("holds".to_owned(), holds);
+                    }
+                    Ok(None) => {
+                        extra_info.insert("holds".to_owned(), "nothing: empty".to_owned());
+                    }
+                    Err(error) => tracing::warn!(%error, "could not inspect the namespace"),
+                }
+            }
             results.push(ProbeResult {
                 configuration: configuration.clone(),
                 complete: subsystem_given,

@@ -1,0 +1,113 @@
+//! `nvmetcp status`: every nvmetcp SR, on every host, with every path.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sm_driver::status::{HostReport, SrReport};
+use xapi_client::api::{pbd, sr};
+use xapi_client::Session;
+
+use crate::cli::StatusArgs;
+use crate::console::Console;
+use crate::error::{AdminError, Exit};
+use crate::pool::{host_plugin, PoolView};
+
+/// One SR on one host.
+#[derive(Debug, Serialize)]
+struct OnHost {
+    host: String,
+    attached: bool,
+    report: Option<SrReport>,
+    error: Option<String>,
+}
+
+/// One SR across the pool.
+#[derive(Debug, Serialize)]
+struct SrStatus {
+    uuid: String,
+    name_label: String,
+    hosts: Vec<OnHost>,
+}
+
+fn healthy(on: &OnHost) -> bool {
+    on.attached && on.report.as_ref().is_some_and(|r| !r.paths.is_empty() && r.paths.iter().all(|p| p.live))
+}
+
+/// Runs `status`.
+///
+/// # Errors
+/// XAPI failures.
+pub fn run(args: &StatusArgs, session: &Session, console: &mut Console) -> Result<Exit, AdminError> {
+    let view = PoolView::read(session)?;
+    let srs: Vec<_> =
+        sr::get_all_records(session)?.into_iter().filter(|(_, r)| r.sr_type == sm_driver::plugin::SR_TYPE).collect();
+    // One host-plugin call per host, for all SRs.
+    let mut reports: BTreeMap<String, Result<HostReport, String>> = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for (_, record) in &srs {
+        let mut hosts = Vec::new();
+        for pbd_ref in &record.pbds {
+            let pbd_record = pbd::get_record(session, pbd_ref)?;
+            let name = view.name(&pbd_record.host);
+            if !pbd_record.currently_attached {
+                hosts.push(OnHost { host: name, attached: false, report: None, error: None });
+                continue;
+            }
+            let report = reports
+                .entry(pbd_record.host.0.clone())
+                .or_insert_with(|| {
+                    host_plugin::<HostReport>(session, &pbd_record.host, "status", &BTreeMap::new())
+                        .map_err(|e| e.to_string())
+                })
+                .clone();
+            let (report, error) = match report {
+                Ok(report) => (report.srs.into_iter().find(|s| s.sr_uuid == record.uuid), None),
+                Err(e) => (None, Some(e)),
+            };
+            hosts.push(OnHost { host: name, attached: true, report, error });
+        }
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        statuses.push(SrStatus { uuid: record.uuid.clone(), name_label: record.name_label.clone(), hosts });
+    }
+    let all_healthy = statuses.iter().all(|s| s.hosts.iter().all(healthy));
+    if args.json {
+        console.json(&serde_json::json!({"srs": statuses, "healthy": all_healthy}));
+    } else if statuses.is_empty() {
+        console.line("no nvmetcp SR in this pool (nvmetcp sr-create makes one)");
+    }
+    if !args.json {
+        for status in &statuses {
+            console.line(&format!("SR '{}' {}", status.name_label, status.uuid));
+            for on in &status.hosts {
+                show_host(console, on);
+            }
+        }
+    }
+    Ok(if all_healthy { Exit::Ok } else { Exit::Partial })
+}
+
+fn show_host(console: &mut Console, on: &OnHost) {
+    if !on.attached {
+        let unplugged = console.alert("not attached");
+        console.line(&format!(
+            "  {:<20} {unplugged} (xe pbd-plug on this host's PBD; nvmetcp doctor --pool says why it may fail)",
+            on.host
+        ));
+        return;
+    }
+    let Some(report) = &on.report else {
+        let why = on.error.clone().unwrap_or_else(|| "the host does not report this SR attached".into());
+        console.line(&format!("  {:<20} {}", on.host, console.alert(&format!("unknown: {why}"))));
+        return;
+    };
+    let summary =
+        if healthy(on) { console.good(&report.summary) } else { console.alert(&report.summary.to_uppercase()) };
+    let policy = report.iopolicy.clone().unwrap_or_else(|| "?".into());
+    console.line(&format!("  {:<20} {summary}  iopolicy {policy}", on.host));
+    for path in &report.paths {
+        let state = format!("{}{}", path.state, path.ana_state.as_ref().map(|a| format!(" {a}")).unwrap_or_default());
+        let state = if path.live { state } else { console.alert(&state) };
+        let controller = path.controller.clone().unwrap_or_else(|| "-".into());
+        console.line(&format!("    {} {:<22} {controller:<8} {state}", path.transport, path.portal));
+    }
+}
