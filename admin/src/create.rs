@@ -100,9 +100,13 @@ fn refuse_data(chosen: &ProbeResult, force: bool) -> Result<(), AdminError> {
 }
 
 /// Follows the create task, printing each host's PBD as it appears and plugs.
-fn follow(session: &Session, view: &PoolView, task_ref: &TaskRef, console: &mut Console) -> Result<SrRef, AdminError> {
-    let (pool_ref, _) = pool::the_pool(session)?;
-    let mut token = event::inject(session, "pool", &pool_ref.0).unwrap_or_default();
+fn follow(
+    session: &Session,
+    view: &PoolView,
+    task_ref: &TaskRef,
+    mut token: String,
+    console: &mut Console,
+) -> Result<SrRef, AdminError> {
     let started = Instant::now();
     loop {
         if let Ok(batch) = event::from(session, &["pbd"], &token, 1.0) {
@@ -214,8 +218,11 @@ pub fn run(args: &CreateArgs, session: &Session, console: &mut Console, interact
         shared: true,
         sm_config: BTreeMap::new(),
     };
+    // Events from before the create starts, so every PBD is seen being made.
+    let (pool_ref, _) = pool::the_pool(session)?;
+    let token = event::inject(session, "pool", &pool_ref.0).unwrap_or_default();
     let task_ref = sr::create_async(session, &create)?;
-    let sr_ref = follow(session, &view, &task_ref, console).map_err(|e| {
+    let sr_ref = follow(session, &view, &task_ref, token, console).map_err(|e| {
         AdminError::Failed(format!("SR.create failed, and xapi removed what it had made (no SR, no PBD): {e}"))
     })?;
     let record = sr::get_record(session, &sr_ref)?;

@@ -45,12 +45,15 @@ pub fn probe(session: &Session, config: &BTreeMap<String, String>) -> Result<Vec
 pub fn size(text: &str) -> String {
     let Ok(bytes) = text.parse::<u64>() else { return text.to_owned() };
     #[allow(clippy::cast_precision_loss)] // display only
-    let gib = bytes as f64 / f64::from(1u32 << 30);
-    if gib >= 1024.0 {
-        format!("{:.1} TiB", gib / 1024.0)
-    } else {
-        format!("{gib:.1} GiB")
+    let bytes = bytes as f64;
+    let units = [("TiB", 40), ("GiB", 30), ("MiB", 20)];
+    for (unit, shift) in units {
+        let scale = f64::from(1u32 << (shift - 20)) * f64::from(1u32 << 20);
+        if bytes >= scale {
+            return format!("{:.1} {unit}", bytes / scale);
+        }
     }
+    format!("{bytes} bytes")
 }
 
 /// One line per namespace.
@@ -110,4 +113,18 @@ pub fn run(args: &TargetArgs, session: &Session, console: &mut Console) -> Resul
         }
     }
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes_read_like_an_array_ui() {
+        assert_eq!(size(&(64u64 << 20).to_string()), "64.0 MiB");
+        assert_eq!(size(&(64u64 << 30).to_string()), "64.0 GiB");
+        assert_eq!(size(&(3u64 << 40).to_string()), "3.0 TiB");
+        assert_eq!(size("512"), "512 bytes");
+        assert_eq!(size("n/a"), "n/a");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use xapi_client::api::{event, host, message, pbd, pool, secret, sm, sr, task};
 use xapi_client::{Client, Credentials, Endpoint, Secret, Timeouts, TlsVerify};
-use xapi_emulator::{AcceptAll, Backend, Config, Emulator, Failure, HostInfo};
+use xapi_emulator::{AcceptAll, Backend, Config, Emulator, Failure, HostInfo, NewSr};
 
 fn client(url: &str) -> Client {
     Client::new(Endpoint::parse(url, TlsVerify::SystemRoots).unwrap(), Timeouts::default())
@@ -101,15 +101,10 @@ struct Recording {
 }
 
 impl Backend for Recording {
-    fn sr_create(
-        &self,
-        master: &HostInfo,
-        sr_uuid: &str,
-        device_config: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, Failure> {
-        self.calls.lock().unwrap().push(format!("create on {} keys {:?}", master.name_label, device_config.keys()));
-        let mut stored = device_config.clone();
-        stored.insert("sr_uuid".into(), sr_uuid.into());
+    fn sr_create(&self, master: &HostInfo, sr: &NewSr) -> Result<BTreeMap<String, String>, Failure> {
+        self.calls.lock().unwrap().push(format!("create on {} keys {:?}", master.name_label, sr.device_config.keys()));
+        let mut stored = sr.device_config.clone();
+        stored.insert("sr_uuid".into(), sr.uuid.clone());
         Ok(stored)
     }
 

@@ -270,8 +270,10 @@ fn mtu(host: &HostRoot, runner: &dyn Runner, portal: &Portal) -> Check {
     else {
         return Check::warn(name, format!("the MTU of {device} is unknown"), "check ip link show");
     };
-    // 20 bytes of IPv4 header and 8 of ICMP header ride on the payload.
-    let payload = mtu.saturating_sub(28).to_string();
+    // 20 bytes of IPv4 header and 8 of ICMP header ride on the payload, and
+    // an IPv4 packet is at most 65535 bytes (loopback's MTU is 65536).
+    let packet = mtu.min(65_535);
+    let payload = packet.saturating_sub(28).to_string();
     let ping = runner.run(&Command::new(Program::Ping).args([
         "-M",
         "do",
@@ -284,12 +286,16 @@ fn mtu(host: &HostRoot, runner: &dyn Runner, portal: &Portal) -> Check {
         address.as_str(),
     ]));
     match ping {
-        Ok(_) => {
-            Check::pass(name, format!("{device} MTU {mtu}: a {mtu}-byte packet with don't-fragment reached the portal"))
-        }
+        Ok(_) => Check::pass(
+            name,
+            format!("{device} MTU {mtu}: a {packet}-byte packet with don't-fragment reached the portal"),
+        ),
         Err(e) => Check::fail(
             name,
-            format!("{device} has MTU {mtu} but a {mtu}-byte don't-fragment ping to {address} failed ({e})"),
+            format!(
+                "{device} has MTU {mtu} but a {packet}-byte don't-fragment ping to {address} failed ({})",
+                e.to_string().trim().replace('\n', "; ")
+            ),
             "make the MTU the same end to end (NIC, switch ports, array), or lower this NIC's MTU to what the path \
              carries",
         ),

@@ -237,6 +237,17 @@ fn read_result(dir: &Path, name: &str) -> ScenarioResult {
 #[must_use]
 pub fn run_suite(label: &str, scenarios: &[Scenario]) -> std::process::ExitCode {
     #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program's report
+                                                          // NVMETCP_TESTBED_ONLY=a,b runs only those scenarios (while developing one).
+    let only = std::env::var("NVMETCP_TESTBED_ONLY").ok();
+    let chosen: Vec<Scenario> = scenarios
+        .iter()
+        .filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == s.name())))
+        .cloned()
+        .collect();
+    if let Some(only) = &only {
+        eprintln!("{label}: NVMETCP_TESTBED_ONLY={only}: running {} of {} scenarios", chosen.len(), scenarios.len());
+    }
+    let scenarios = chosen.as_slice();
     let outcome = match run(label, scenarios) {
         Ok(outcome) => outcome,
         Err(error) => {

@@ -19,6 +19,10 @@ use smapi_harness::{Caller, Outcome, PluginTree};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
+fn admin_binary() -> PathBuf {
+    plugin_binary().with_file_name("nvmetcp")
+}
+
 fn plugin_binary() -> PathBuf {
     // target/debug/deps/nvmet_sr-… → target/debug/nvmetcp-plugin
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
@@ -29,6 +33,9 @@ fn main() -> ExitCode {
     if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
         if args.first().is_some_and(|a| a == "serve-xapi") {
             return serve_xapi(&args[1..]);
+        }
+        if args.first().is_some_and(|a| a == "serve-pool") {
+            return serve_pool(&args[1..]);
         }
         return guest_call(&args);
     }
@@ -49,7 +56,7 @@ stat_sr() { expect_ok SR.stat "{\"dbg\":\"stat\",\"sr\":\"nvmetcp://sr/$SR\"}"; 
 "#;
 
 fn script(exe: &str, body: &str) -> String {
-    format!("T={exe}\nSR={SR}\n{PRELUDE}\n{body}")
+    format!("T={exe}\nSR={SR}\nNVMETCP={}\n{PRELUDE}\n{body}", admin_binary().display())
 }
 
 fn scenarios(exe: &str) -> Vec<Scenario> {
@@ -322,6 +329,49 @@ if grep -qF -- "${ctrl#DHHC-1:??:}" calls.log; then tb_fail "a key reached a rep
 "#,
             ),
         ),
+        // The admin command on a pool of one host whose XAPI is the emulator and
+        // whose storage calls run the real plugin on the real kernel target.
+        Scenario::script(
+            "admin-command",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target admin 64 10.99.0.1 10.99.0.2)
+"$T" serve-pool /tmp/pool.sock &
+pool=$!
+tb_wait 10 "the emulated pool" test -S /tmp/pool.sock
+A="$NVMETCP --host unix:/tmp/pool.sock"
+$A doctor --pool --portals 10.99.0.1,10.99.0.2 >doctor.txt || true
+cat doctor.txt
+grep -Eq 'PASS +kernel module nvme_tcp +loaded' doctor.txt || tb_fail "doctor: transport"
+grep -Eq 'PASS +native multipath' doctor.txt || tb_fail "doctor: multipath"
+grep -Eq 'PASS +portal 10.99.0.2:4420 reachable +TCP connection in [0-9]+ ms' doctor.txt || tb_fail "doctor: portal"
+grep -Eq 'PASS +MTU towards 10.99.0.1 +[a-z0-9]+ MTU [0-9]+' doctor.txt || tb_fail "doctor: MTU"
+grep -Eq 'PASS +SR type registered' doctor.txt || tb_fail "doctor: SM record"
+$A probe --portals 10.99.0.1 --nqn "$nqn" >probe.txt
+cat probe.txt
+grep -q "subsystem $nqn" probe.txt && grep -q 'nothing: empty' probe.txt && grep -q '64.0 MiB' probe.txt || tb_fail "probe"
+$A sr-create --name "admin ✓" --portals 10.99.0.1,10.99.0.2 --nqn "$nqn" >create.txt || tb_fail "sr-create exited $?"
+cat create.txt
+grep -q "SR 'admin ✓'" create.txt && grep -q '2/2 paths live' create.txt || tb_fail "sr-create summary"
+sr=$(awk '/^SR / {print $(NF-1)}' create.txt)
+$A status >status.txt || tb_fail "status of a healthy SR exited $?"
+grep -q 'tcp 10.99.0.2:4420' status.txt && grep -q '2/2 paths live' status.txt || tb_fail "status"
+tb_unlink 2 "$nqn"
+tb_wait 10 "path 2 to drop" sh -c "! $A status >/dev/null"
+rc=0; $A status >degraded.txt || rc=$?
+cat degraded.txt
+[ "$rc" = 3 ] && grep -q 'DEGRADED: 1/2 PATHS LIVE' degraded.txt || tb_fail "status of a degraded SR (exit $rc)"
+tb_link 2 "$nqn"
+tb_wait 30 "path 2 to return" $A status
+$A probe --portals 10.99.0.1 --nqn "$nqn" | grep -q "nvmetcp SR 'admin ✓' ($sr)" || tb_fail "probe does not show the new SR"
+rc=0; $A sr-create --name again --portals 10.99.0.1 --nqn "$nqn" 2>again.txt || rc=$?
+[ "$rc" = 1 ] && grep -q 'already holds the nvmetcp SR' again.txt || tb_fail "a second create on the same namespace (exit $rc)"
+expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$sr\"}" >/dev/null
+kill "$pool"
+"#,
+            ),
+        ),
         Scenario::script(
             "volume-datapath",
             &script(
@@ -463,9 +513,10 @@ fn host_side() -> ExitCode {
     // The plugin binary must be current: build it, as xapi would find it installed.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
-    let built =
-        std::process::Command::new(cargo).args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin"]).status();
-    if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() {
+    let built = std::process::Command::new(cargo)
+        .args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin", "-p", "nvmetcp-admin", "--bin", "nvmetcp"])
+        .status();
+    if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() || !admin_binary().exists() {
         eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
@@ -496,6 +547,148 @@ fn serve_xapi(args: &[String]) -> ExitCode {
         .collect();
     drop(session);
     println!("{}", uuids.join(" "));
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A pool backend that runs the real plugin on this host: what xapi would
+/// do with the plugin's queue and `/etc/xapi.d/plugins/nvmetcp`.
+struct PluginPool {
+    tree: PluginTree,
+    host_plugin: PathBuf,
+}
+
+impl PluginPool {
+    fn call(&self, method: &str, params: &serde_json::Value) -> Result<serde_json::Value, xapi_emulator::Failure> {
+        let dir = self.tree.volume_dir();
+        let reply = Caller::new()
+            .call(&dir, method, params)
+            .map_err(|v| xapi_emulator::Failure::new("PROTOCOL", &[&v.to_string()]))?;
+        match reply.outcome {
+            Outcome::Success(value) => Ok(value),
+            Outcome::Failure { code, params, .. } => Err(xapi_emulator::Failure { code, params }),
+        }
+    }
+}
+
+fn string_map(value: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default()
+}
+
+impl xapi_emulator::Backend for PluginPool {
+    fn sr_create(
+        &self,
+        _master: &xapi_emulator::HostInfo,
+        sr: &xapi_emulator::NewSr,
+    ) -> Result<std::collections::BTreeMap<String, String>, xapi_emulator::Failure> {
+        let params = serde_json::json!({"dbg": "xapi", "uuid": sr.uuid, "configuration": sr.device_config,
+            "name": sr.name_label, "description": sr.name_description});
+        self.call("SR.create", &params).map(|v| string_map(&v))
+    }
+
+    fn sr_probe(
+        &self,
+        _host: &xapi_emulator::HostInfo,
+        config: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<xapi_client::Value>, xapi_emulator::Failure> {
+        use xapi_client::Value;
+        let results = self.call("SR.probe", &serde_json::json!({"dbg": "xapi", "configuration": config}))?;
+        // What xapi does with SMAPIv3 probe results: sr_stat records.
+        Ok(results
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let mut fields = vec![
+                    ("configuration", Value::map(&string_map(&r["configuration"]))),
+                    ("complete", Value::Bool(r["complete"].as_bool().unwrap_or(false))),
+                    ("extra_info", Value::map(&string_map(&r["extra_info"]))),
+                ];
+                if let Some(sr) = r.get("sr").filter(|s| s.is_object()) {
+                    let mut stat = vec![
+                        ("name_label", Value::from(sr["name"].as_str().unwrap_or_default())),
+                        ("name_description", Value::from(sr["description"].as_str().unwrap_or_default())),
+                        ("free_space", Value::Int(sr["free_space"].as_i64().unwrap_or(0))),
+                        ("total_space", Value::Int(sr["total_space"].as_i64().unwrap_or(0))),
+                        ("clustered", Value::Bool(false)),
+                        ("health", Value::from("healthy")),
+                    ];
+                    if let Some(uuid) = sr["uuid"].as_str() {
+                        stat.push(("uuid", Value::from(uuid)));
+                    }
+                    fields.push(("sr", Value::record(stat)));
+                }
+                Value::record(fields)
+            })
+            .collect())
+    }
+
+    fn pbd_plug(
+        &self,
+        _host: &xapi_emulator::HostInfo,
+        _sr_uuid: &str,
+        config: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), xapi_emulator::Failure> {
+        self.call("SR.attach", &serde_json::json!({"dbg": "xapi", "configuration": config})).map(drop)
+    }
+
+    fn pbd_unplug(&self, _host: &xapi_emulator::HostInfo, sr_uuid: &str) -> Result<(), xapi_emulator::Failure> {
+        self.call("SR.detach", &serde_json::json!({"dbg": "xapi", "sr": format!("nvmetcp://sr/{sr_uuid}")})).map(drop)
+    }
+
+    fn call_plugin(
+        &self,
+        _host: &xapi_emulator::HostInfo,
+        plugin: &str,
+        function: &str,
+        args: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, xapi_emulator::Failure> {
+        use xapi_client::codec::{decode_envelope, parse_response, write_call, MethodResponse};
+        use xapi_client::Value;
+        if plugin != "nvmetcp" {
+            return Err(xapi_emulator::Failure::new("XENAPI_MISSING_PLUGIN", &[plugin]));
+        }
+        let request = write_call(function, &[Value::from("OpaqueRef:session"), Value::map(args)]);
+        #[allow(clippy::disallowed_methods)] // xapi runs host plugins itself; so does this stand-in
+        let output = std::process::Command::new(&self.host_plugin).arg(request).output();
+        let failure = |why: String| xapi_emulator::Failure { code: "XENAPI_PLUGIN_FAILURE".into(), params: vec![why] };
+        let output = output.map_err(|e| failure(e.to_string()))?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let Ok(MethodResponse::Value(envelope)) = parse_response(&text) else { return Err(failure(text)) };
+        match decode_envelope(envelope) {
+            Ok(value) => Ok(value.as_str("result").unwrap_or_default().to_owned()),
+            Err(Some(f)) => Err(xapi_emulator::Failure { code: f.code, params: f.params }),
+            Err(None) => Err(failure(text)),
+        }
+    }
+}
+
+/// `serve-pool SOCKET`: an emulated XAPI for a pool of this one host, whose
+/// storage calls run the real plugin; serves until killed.
+fn serve_pool(args: &[String]) -> ExitCode {
+    let [socket] = args else {
+        eprintln!("usage: serve-pool SOCKET");
+        return ExitCode::FAILURE;
+    };
+    let all = |kind| sm_driver::dispatch::implemented(kind).iter().map(|m| m.file_name()).collect::<Vec<_>>();
+    let volume = all(sm_driver::smapi::method::PluginKind::Volume);
+    let datapath = all(sm_driver::smapi::method::PluginKind::Datapath);
+    let volume: Vec<&str> = volume.iter().map(String::as_str).collect();
+    let datapath: Vec<&str> = datapath.iter().map(String::as_str).collect();
+    let tree = PluginTree::new(&plugin_binary(), &volume, &datapath).unwrap();
+    let plugins = std::env::temp_dir().join(format!("xapi.d-{}", std::process::id())).join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let host_plugin = plugins.join("nvmetcp");
+    let _ = std::fs::remove_file(&host_plugin);
+    std::os::unix::fs::symlink(plugin_binary(), &host_plugin).unwrap();
+    let config = xapi_emulator::Config { hosts: vec!["testbed".into()], ..xapi_emulator::Config::default() };
+    let emulator = xapi_emulator::Emulator::new(config, PluginPool { tree, host_plugin });
+    let _ = std::fs::remove_file(socket);
+    emulator.listen_unix(Path::new(socket)).unwrap();
     loop {
         std::thread::park();
     }

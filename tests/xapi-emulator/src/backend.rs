@@ -32,6 +32,19 @@ pub struct HostInfo {
     pub address: String,
 }
 
+/// What `SR.create` passes to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSr {
+    /// The SR's UUID.
+    pub uuid: String,
+    /// Its name.
+    pub name_label: String,
+    /// Its description.
+    pub name_description: String,
+    /// device-config (secrets already moved).
+    pub device_config: BTreeMap<String, String>,
+}
+
 /// The storage side of the emulated pool. Every method has the behaviour of
 /// a plugin that accepts everything.
 pub trait Backend: Send + Sync {
@@ -40,13 +53,8 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// The plugin's failure.
-    fn sr_create(
-        &self,
-        _master: &HostInfo,
-        _sr_uuid: &str,
-        device_config: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, Failure> {
-        Ok(device_config.clone())
+    fn sr_create(&self, _master: &HostInfo, sr: &NewSr) -> Result<BTreeMap<String, String>, Failure> {
+        Ok(sr.device_config.clone())
     }
 
     /// The plugin's `SR.probe` on `host`: `probe_result` records.

@@ -373,13 +373,14 @@ fn sr_create(shared: &Arc<Shared>, args: &[Value]) -> Reply {
     let content_type = text(args, 6, METHOD)?;
     let shared_sr = arg(args, 7, METHOD)?.as_bool(METHOD).map_err(|_| Failure::new("FIELD_TYPE_ERROR", &["shared"]))?;
     let sm_config = args.get(8).map(|v| v.as_string_map(METHOD)).transpose().ok().flatten().unwrap_or_default();
-    let (sr, sr_uuid, pbds, master_info) = {
+    let (names, sr, sr_uuid, pbds, master_info) = {
         let mut model = shared.lock();
         exists(&model, "host", &host)?;
         if model.find("SM", "type", &sr_type).is_empty() {
             return Err(Failure::new("SR_UNKNOWN_DRIVER", &[&sr_type]));
         }
         let device_config = move_passwords_to_secrets(&mut model, device_config);
+        let names = (name_label.clone(), name_description.clone());
         let sr = model.add(
             "SR",
             [
@@ -406,10 +407,11 @@ fn sr_create(shared: &Arc<Shared>, args: &[Value]) -> Reply {
         let pbds: Vec<String> = hosts.iter().map(|h| add_pbd(&mut model, h, &sr, &device_config)).collect();
         let runs_on = if shared_sr { model.master() } else { host };
         let sr_uuid = model.text("SR", &sr, "uuid");
-        (sr, sr_uuid, pbds, (model.host_info(&runs_on), device_config))
+        (names, sr, sr_uuid, pbds, (model.host_info(&runs_on), device_config))
     };
     let (runs_on, device_config) = master_info;
-    match shared.backend.sr_create(&runs_on, &sr_uuid, &device_config) {
+    let new_sr = crate::backend::NewSr { uuid: sr_uuid, name_label: names.0, name_description: names.1, device_config };
+    match shared.backend.sr_create(&runs_on, &new_sr) {
         Ok(stored) => {
             let mut model = shared.lock();
             for pbd in &pbds {

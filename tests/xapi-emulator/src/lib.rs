@@ -26,6 +26,6 @@ mod handlers;
 mod model;
 mod server;
 
-pub use backend::{AcceptAll, Backend, Failure, HostInfo};
+pub use backend::{AcceptAll, Backend, Failure, HostInfo, NewSr};
 pub use model::{Config, SmType};
 pub use server::Emulator;
