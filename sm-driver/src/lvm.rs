@@ -74,6 +74,16 @@ pub struct Lv {
     pub active: bool,
 }
 
+/// The metadata area of the SR's PV.
+pub const PV_METADATA_SIZE: &str = "8m";
+
+/// The size `lvcreate` allocates for `bytes`: whole sectors, rounded up to
+/// whole extents; `None` when the extent size is unknown (0).
+#[must_use]
+pub fn allocated_size(bytes: u64, extent_size: u64) -> Option<u64> {
+    (extent_size > 0).then(|| (sectors_up(bytes) * 512).div_ceil(extent_size) * extent_size)
+}
+
 /// LVM confined to one device.
 pub struct Lvm<'a> {
     runner: &'a dyn Runner,
@@ -189,7 +199,11 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `pvcreate` fails.
     pub fn pvcreate(&self, force: bool) -> Result<(), LvmError> {
-        let mut command = self.command("pvcreate");
+        // Every volume's metadata lives in its LV's tags, and LVM keeps the
+        // whole VG description (twice, while committing) in this area: the
+        // 2.02 default of about 128 KiB fills up after a few hundred volumes.
+        // 8 MiB holds several thousand.
+        let mut command = self.command("pvcreate").args(["--metadatasize", PV_METADATA_SIZE]);
         if force {
             command = command.args(["-ff", "-y"]);
         }
@@ -490,5 +504,16 @@ mod tests {
         assert!(Lvm::new(&runner, Path::new("/dev/nvme0n1$|\", \"a|.*"), true).is_err(), "no filter injection");
         let err = parse_report::<VgRow>("{\"report\":[{\"vg\":[{\"vg_name\":1}]}]}", "vg").unwrap_err();
         assert!(err.contains("unexpected vg row"), "{err}");
+    }
+
+    #[test]
+    fn allocated_sizes_round_to_sectors_then_extents() {
+        use super::allocated_size;
+        let extent = 4 << 20;
+        assert_eq!(allocated_size(1, extent), Some(extent));
+        assert_eq!(allocated_size(extent, extent), Some(extent));
+        assert_eq!(allocated_size(extent + 1, extent), Some(2 * extent));
+        assert_eq!(allocated_size(10 << 30, extent), Some(10 << 30));
+        assert_eq!(allocated_size(1, 0), None);
     }
 }

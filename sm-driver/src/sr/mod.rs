@@ -370,6 +370,7 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, SrError
         configuration: configuration.clone(),
         total_space: vg.size,
         free_space: vg.free,
+        extent_size: vg.extent_size,
     })
 }
 
@@ -699,6 +700,7 @@ fn probe_subsystem(
                 configuration: configuration.clone(),
                 total_space: vg.size,
                 free_space: vg.free,
+                extent_size: vg.extent_size,
             };
             let stat = stat_record(&handle_of(uuid), &state, Some(vg), Health::Healthy(path_health.summary()));
             results.push(ProbeResult { configuration, complete: true, sr: Some(stat), extra_info: extra_info.clone() });

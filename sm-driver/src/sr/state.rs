@@ -42,6 +42,10 @@ pub struct SrState {
     pub total_space: u64,
     /// Last known free bytes.
     pub free_space: u64,
+    /// The VG's extent size, so `Volume.create` knows the rounded size
+    /// without reading it back (0 in state written by older versions).
+    #[serde(default)]
+    pub extent_size: u64,
 }
 
 /// Why the state or lock could not be used.
@@ -187,6 +191,7 @@ mod tests {
             configuration: Default::default(),
             total_space: 1,
             free_space: 1,
+            extent_size: 4 << 20,
         };
         save(&host, &state).unwrap();
         assert_eq!(load(&host, UUID).unwrap(), state);

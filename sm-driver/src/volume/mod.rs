@@ -153,7 +153,13 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             .map_err(VolumeError::from)?;
         lvm.lvcreate(&state.vg, &lv, size, &tags)?;
         tracing::info!(volume = %lv, size, "volume created");
-        Ok(record(&state, &existing(&lvm, &state, &lv)?))
+        // One LVM call per create: the size LVM chose follows from the
+        // extent size (state from older versions lacks it: read it back).
+        let created = match crate::lvm::allocated_size(size, state.extent_size) {
+            Some(allocated) => Lv { name: lv, vg: state.vg.clone(), size: allocated, tags, active: false },
+            None => existing(&lvm, &state, &lv)?,
+        };
+        Ok(record(&state, &created))
     })
 }
 

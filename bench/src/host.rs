@@ -1,0 +1,251 @@
+//! The host side: plugin-call overhead against its floors, then the test-bed
+//! scenarios, then the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nvmetcp_testbed::Scenario;
+use smapi_harness::{Caller, PluginTree};
+
+use crate::report::{self, Measures};
+use crate::stats::Samples;
+
+/// How much to measure.
+pub struct Plan {
+    /// Whole-process calls timed per measure.
+    pub calls: usize,
+    /// Repetitions of slow operations (attach, create).
+    pub repeat: usize,
+    /// Volume counts at which `SR.ls` is timed.
+    pub sizes: Vec<usize>,
+    /// Seconds per fio job.
+    pub runtime: u32,
+    /// Seconds of writes around each path cut.
+    pub stall_seconds: u32,
+}
+
+impl Plan {
+    fn new(short: bool) -> Self {
+        if short {
+            Self { calls: 20, repeat: 3, sizes: vec![10, 30], runtime: 2, stall_seconds: 18 }
+        } else {
+            Self { calls: 200, repeat: 10, sizes: vec![10, 100, 1000], runtime: 10, stall_seconds: 22 }
+        }
+    }
+}
+
+fn env_path(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os(name).map(PathBuf::from).ok_or_else(|| format!("{name} is not set: run bench/run"))?;
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{name}={} does not exist: run bench/run", path.display()))
+    }
+}
+
+fn time_dir(dir: &Path, n: usize) -> Result<Samples, String> {
+    let params = serde_json::json!({"dbg": "bench"});
+    let mut samples = Samples::default();
+    for _ in 0..n {
+        let started = Instant::now();
+        let reply = Caller::new().call(dir, "Plugin.Query", &params).map_err(|e| e.to_string())?;
+        samples.push(started.elapsed());
+        if reply.exit_code != 0 {
+            return Err(format!("Plugin.Query in {} failed: {}", dir.display(), reply.stdout));
+        }
+    }
+    Ok(samples)
+}
+
+/// A directory whose `Plugin.Query` is a minimal Python 3 entry point doing
+/// the same JSON in and out.
+fn python_entry(work: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = work.join("python-plugin");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let script = dir.join("Plugin.Query");
+    let query = serde_json::to_string(&sm_driver::plugin::query(sm_driver::smapi::method::PluginKind::Volume))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env python3\nimport json, sys\nparams = json.load(sys.stdin)\n\
+             assert isinstance(params.get('dbg'), str)\nsys.stdout.write(json.dumps(json.loads({query:?})))\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+fn rss_of(bench: &Path, plugin: &Path, method: &str, params: &str) -> Result<i64, String> {
+    #[allow(clippy::disallowed_methods)] // the bench runs itself as an isolated child
+    let output = std::process::Command::new(bench)
+        .args(["rss", method, params])
+        .env("NVMETCP_GUEST_STEP", "1")
+        .env("NVMETCP_PLUGIN", plugin)
+        .output()
+        .map_err(|e| e.to_string())?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().map_err(|_| String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn scenario(name: &str, prelude: &str, body: &str, timeout: u32) -> Scenario {
+    Scenario::script(name, &format!("{prelude}\n{}\n{body}", include_str!("scenarios.sh"))).timeout_secs(timeout)
+}
+
+const CONTROL: &str = r#"
+nqn=$(tb_simple_target bench 192 10.99.0.1 10.99.0.2)
+sr_up "$nqn" 10.99.0.1,10.99.0.2
+attach="{\"dbg\":\"a\",\"configuration\":$STORED}"
+detach="{\"dbg\":\"d\",\"sr\":\"$H\"}"
+: >"$SCENARIO_OUT/attach.txt"
+for _ in $(seq "$REPEAT"); do
+    call SR.detach "$detach" >/dev/null; no_paths "$nqn"
+    t0=$EPOCHREALTIME; call SR.attach "$attach" >/dev/null; t1=$EPOCHREALTIME
+    call SR.detach "$detach" >/dev/null; no_paths "$nqn"
+    t2=$EPOCHREALTIME
+    nvme connect -t tcp -a 10.99.0.1 -s 4420 -n "$nqn" >/dev/null
+    nvme connect -t tcp -a 10.99.0.2 -s 4420 -n "$nqn" >/dev/null
+    t3=$EPOCHREALTIME
+    nvme disconnect -n "$nqn" >/dev/null; no_paths "$nqn"
+    echo "$(ms "$t0" "$t1") $(ms "$t2" "$t3")" >>"$SCENARIO_OUT/attach.txt"
+done
+call SR.attach "$attach" >/dev/null
+stat="{\"dbg\":\"s\",\"sr\":\"$H\"}"
+"$B" time-calls SR.stat "$stat" "$CALLS" >"$SCENARIO_OUT/sr_stat.json"
+"$B" rss SR.stat "$stat" >"$SCENARIO_OUT/sr_stat_rss.json"
+NVMETCP_PLUGIN=$NOOP "$B" time-calls Plugin.Query '{"dbg":"b"}' "$CALLS" >"$SCENARIO_OUT/noop.json"
+"$B" time-calls Plugin.Query '{"dbg":"b"}' "$CALLS" >"$SCENARIO_OUT/query.json"
+volume="{\"dbg\":\"v\",\"sr\":\"$H\",\"name\":\"b\",\"description\":\"\",\"size\":4194304,\"sharable\":false}"
+"$B" time-calls Volume.create "$volume" "$REPEAT" >"$SCENARIO_OUT/volume_create.json"
+: >"$SCENARIO_OUT/lvcreate.txt"
+for i in $(seq "$REPEAT"); do
+    t0=$EPOCHREALTIME; lvm lvcreate -q -L 4m -n "bare$i" "$VG" >/dev/null; t1=$EPOCHREALTIME
+    ms "$t0" "$t1" >>"$SCENARIO_OUT/lvcreate.txt"
+done
+for i in $(seq "$REPEAT"); do lvm lvremove -q -f "$VG/bare$i" >/dev/null; done
+have=$REPEAT
+for size in $SIZES; do
+    "$B" time-calls Volume.create "$volume" $((size - have)) >/dev/null
+    have=$size
+    "$B" time-calls SR.ls "{\"dbg\":\"l\",\"sr\":\"$H\"}" 5 >"$SCENARIO_OUT/sr_ls_$size.json"
+    "$B" count-lvm SR.ls "{\"dbg\":\"l\",\"sr\":\"$H\"}" >"$SCENARIO_OUT/sr_ls_lvm_$size.json"
+    : >"$SCENARIO_OUT/lvs_$size.txt"
+    for _ in 1 2 3 4 5; do
+        t0=$EPOCHREALTIME; lvm lvs "$VG" >/dev/null; t1=$EPOCHREALTIME
+        ms "$t0" "$t1" >>"$SCENARIO_OUT/lvs_$size.txt"
+    done
+done
+"#;
+
+const DATA: &str = r#"
+nqn=$(tb_simple_target bench 96 10.99.0.1 10.99.0.2)
+raw=$TB_NQN_PREFIX:raw; single=$TB_NQN_PREFIX:single
+tb_subsystem "$raw"; tb_namespace "$raw" 1 64; tb_link 1 "$raw"; tb_link 2 "$raw"
+tb_subsystem "$single"; tb_namespace "$single" 1 64; tb_link 1 "$single"
+sr_up "$nqn" 10.99.0.1,10.99.0.2
+volume=$(volume_device 50331648)
+nvme connect -t tcp -a 10.99.0.1 -s 4420 -n "$raw" >/dev/null
+nvme connect -t tcp -a 10.99.0.2 -s 4420 -n "$raw" >/dev/null
+nvme connect -t tcp -a 10.99.0.1 -s 4420 -n "$single" >/dev/null
+tb_wait 10 "the raw heads" test -n "$(tb_head "$raw" 1 2>/dev/null)"
+tb_wait 10 "the single-path head" test -n "$(tb_head "$single" 1 2>/dev/null)"
+head=$(tb_head "$raw" 1); one=$(tb_head "$single" 1)
+for target in volume:$volume head:$head single:$one; do
+    name=${target%%:*}; dev=${target#*:}
+    for job in read:1m write:1m randread:4k randwrite:4k; do
+        rw=${job%%:*}; bs=${job#*:}
+        fio --name=bench --filename="$dev" --direct=1 --ioengine=libaio --iodepth=16 --rw="$rw" --bs="$bs" \
+            --size=40m --runtime="$RUNTIME" --time_based --output-format=json >"$SCENARIO_OUT/fio_${name}_$rw.json"
+    done
+done
+"#;
+
+const STALL: &str = r#"
+nqn=$(tb_simple_target bench 96 10.99.0.1 10.99.0.2)
+sr_up "$nqn" 10.99.0.1,10.99.0.2
+dev=$(volume_device 33554432)
+for cut in port address; do
+    "$B" io-stall "$dev" "$STALL_SECONDS" >"$SCENARIO_OUT/stall_$cut.json" &
+    writer=$!
+    sleep 2
+    t0=$EPOCHREALTIME
+    if [ "$cut" = port ]; then tb_unlink 2 "$nqn"; else tb_addr_del 10.99.0.2; fi
+    tb_wait 30 "the cut to be noticed" tb_has_live_paths "$nqn" 1
+    t1=$EPOCHREALTIME
+    sleep 2
+    if [ "$cut" = port ]; then tb_link 2 "$nqn"; else tb_addr_add 10.99.0.2; fi
+    t2=$EPOCHREALTIME
+    tb_wait 60 "the path to be live again" tb_has_live_paths "$nqn" 2
+    t3=$EPOCHREALTIME
+    wait "$writer"
+    echo "{\"noticed_ms\": $(ms "$t0" "$t1"), \"live_again_ms\": $(ms "$t2" "$t3")}" >"$SCENARIO_OUT/path_$cut.json"
+done
+"#;
+
+/// Runs everything and writes the report.
+///
+/// # Errors
+/// A missing prerequisite or a failed scenario.
+pub fn run(short: bool) -> Result<(), String> {
+    let plan = Plan::new(short);
+    let plugin = env_path("NVMETCP_BENCH_PLUGIN")?;
+    let noop = env_path("NVMETCP_BENCH_NOOP")?;
+    let bench = std::env::current_exe().map_err(|e| e.to_string())?;
+    let work = std::env::temp_dir().join(format!("nvmetcp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+
+    eprintln!("bench: plugin call overhead on the host ({} calls each)", plan.calls);
+    let plugin_tree = PluginTree::new(&plugin, &["Plugin.Query"], &[]).map_err(|e| e.to_string())?;
+    let noop_tree = PluginTree::new(&noop, &["Plugin.Query"], &[]).map_err(|e| e.to_string())?;
+    let python = python_entry(&work)?;
+    // Interleaved rounds, so drift on a noisy machine hits all three alike.
+    let (mut query, mut floor, mut py) = (Samples::default(), Samples::default(), Samples::default());
+    let rounds = 5;
+    for _ in 0..rounds {
+        query.0.extend(time_dir(&plugin_tree.volume_dir(), plan.calls / rounds)?.0);
+        floor.0.extend(time_dir(&noop_tree.volume_dir(), plan.calls / rounds)?.0);
+        py.0.extend(time_dir(&python, (plan.calls / rounds / 4).max(2))?.0);
+    }
+    let query_rss = rss_of(&bench, &plugin, "Plugin.Query", r#"{"dbg":"bench"}"#)?;
+
+    eprintln!("bench: the test bed ({} mode)", if short { "short" } else { "full" });
+    let sizes: Vec<String> = plan.sizes.iter().map(ToString::to_string).collect();
+    let prelude = format!(
+        "B={}\nPLUGIN={}\nNOOP={}\nREPEAT={}\nCALLS={}\nSIZES=\"{}\"\nRUNTIME={}\nSTALL_SECONDS={}",
+        bench.display(),
+        plugin.display(),
+        noop.display(),
+        plan.repeat,
+        plan.calls,
+        sizes.join(" "),
+        plan.runtime,
+        plan.stall_seconds
+    );
+    let control_timeout = if short { 600 } else { 7200 };
+    let scenarios = [
+        scenario("control-plane", &prelude, CONTROL, control_timeout),
+        scenario("data-path", &prelude, DATA, 900),
+        scenario("path-cut", &prelude, STALL, 300),
+    ];
+    let run = nvmetcp_testbed::run("bench", &scenarios).map_err(|e| e.to_string())?;
+    for s in &scenarios {
+        let result = run.scenario(s.name());
+        if !result.passed() {
+            return Err(format!("scenario {} failed; its log:\n{}", s.name(), result.log));
+        }
+    }
+    let measures = Measures {
+        short,
+        plan,
+        query,
+        noop: floor,
+        python: py,
+        query_rss_kib: query_rss,
+        control: run.scenario("control-plane").clone(),
+        data: run.scenario("data-path").clone(),
+        stall: run.scenario("path-cut").clone(),
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    report::write(&measures)
+}
