@@ -94,10 +94,10 @@ impl TransportArg {
 /// Where the storage is.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// I/O ports, address[:port] separated by commas (port 4420 by default).
+    /// I/O ports, ADDR or ADDR:PORT separated by commas (port 4420 by default).
     #[arg(long, value_name = "ADDR,…")]
     pub portals: Option<String>,
-    /// Discovery controllers, address[:port] separated by commas (port 8009 by default).
+    /// Discovery controllers, ADDR or ADDR:PORT separated by commas (port 8009 by default).
     #[arg(long, value_name = "ADDR,…")]
     pub discovery: Option<String>,
     /// The subsystem NQN.
