@@ -20,7 +20,11 @@ fn tree(plugin: &Path) -> PluginTree {
 }
 
 fn dir(tree: &PluginTree, method: &str) -> PathBuf {
-    if method.starts_with("Datapath.") { tree.datapath_dir() } else { tree.volume_dir() }
+    if method.starts_with("Datapath.") {
+        tree.datapath_dir()
+    } else {
+        tree.volume_dir()
+    }
 }
 
 /// Calls `method` `n` times as whole processes and returns each duration;
@@ -67,7 +71,8 @@ pub fn count_lvm(plugin: &Path, method: &str, params: &str) -> Result<usize, Str
 /// else, so its children's peak is the call's.
 pub fn rss(plugin: &Path, method: &str, params: &str) -> Result<i64, String> {
     time_calls(plugin, method, params, 1)?;
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).map_err(|e| e.to_string())?;
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).map_err(|e| e.to_string())?;
     Ok(usage.max_rss())
 }
 

@@ -86,7 +86,10 @@ fn rss_of(bench: &Path, plugin: &Path, method: &str, params: &str) -> Result<i64
         .env("NVMETCP_PLUGIN", plugin)
         .output()
         .map_err(|e| e.to_string())?;
-    String::from_utf8_lossy(&output.stdout).trim().parse().map_err(|_| String::from_utf8_lossy(&output.stderr).into_owned())
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 fn scenario(name: &str, prelude: &str, body: &str, timeout: u32) -> Scenario {

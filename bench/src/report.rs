@@ -207,7 +207,13 @@ fn rows(m: &Measures) -> Result<Vec<Row>, String> {
 
 fn machine() -> serde_json::Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim().to_owned();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     let cores = read("/proc/cpuinfo").lines().filter(|l| l.starts_with("processor")).count();
     let memory = read("/proc/meminfo").lines().next().unwrap_or_default().to_owned();
     let kvm = std::path::Path::new("/dev/kvm").exists();
@@ -243,7 +249,8 @@ pub fn write(m: &Measures) -> Result<(), String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path = dir.join(if m.short { "results-short.json" } else { "results.json" });
-    std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     println!("\nresults written to {}", path.display());
     Ok(())
 }
