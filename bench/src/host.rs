@@ -190,6 +190,7 @@ done
 ///
 /// # Errors
 /// A missing prerequisite or a failed scenario.
+#[allow(clippy::print_stderr)] // progress of a long command-line run
 pub fn run(short: bool) -> Result<(), String> {
     let plan = Plan::new(short);
     let plugin = env_path("NVMETCP_BENCH_PLUGIN")?;
