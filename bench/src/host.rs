@@ -139,6 +139,9 @@ for size in $SIZES; do
         ms "$t0" "$t1" >>"$SCENARIO_OUT/lvs_$size.txt"
     done
 done
+"$B" count-lvm Volume.create "$volume" >"$SCENARIO_OUT/volume_create_lvm.json"
+call SR.detach "$detach" >/dev/null; no_paths "$nqn"
+"$B" count-lvm SR.attach "$attach" >"$SCENARIO_OUT/sr_attach_lvm.json"
 "#;
 
 const DATA: &str = r#"

@@ -108,20 +108,26 @@ fn rows(m: &Measures) -> Result<Vec<Row>, String> {
         met: None,
         json: serde_json::json!({"value": stat.json(), "floor": guest_noop.json(), "plugin_query_in_guest": guest_query.json()}),
     });
-    rows.push(compare(
-        "SR.attach, 2 portals, fresh host (guest)",
+    let attach_lvm = json_file(c, "sr_attach_lvm.json")?.as_u64().unwrap_or(0);
+    let mut attach = compare(
+        &format!("SR.attach, 2 portals, fresh host (guest) [{attach_lvm} LVM call(s)]"),
         &lines(c, "attach.txt", 0)?,
         "2× nvme connect",
         &lines(c, "attach.txt", 1)?,
         1.2,
-    ));
-    rows.push(compare(
-        "Volume.create (guest)",
+    );
+    attach.json["lvm_calls"] = serde_json::json!(attach_lvm);
+    rows.push(attach);
+    let create_lvm = json_file(c, "volume_create_lvm.json")?.as_u64().unwrap_or(0);
+    let mut create = compare(
+        &format!("Volume.create (guest) [{create_lvm} LVM call(s)]"),
         &Samples::from_list(&json_file(c, "volume_create.json")?),
         "bare lvcreate",
         &lines(c, "lvcreate.txt", 0)?,
         1.2,
-    ));
+    );
+    create.json["lvm_calls"] = serde_json::json!(create_lvm);
+    rows.push(create);
     let mut lvm_calls = Vec::new();
     for size in &m.plan.sizes {
         let mut row = compare(
