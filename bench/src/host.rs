@@ -97,7 +97,8 @@ fn scenario(name: &str, prelude: &str, body: &str, timeout: u32) -> Scenario {
 }
 
 const CONTROL: &str = r#"
-nqn=$(tb_simple_target bench 192 10.99.0.1 10.99.0.2)
+# 8 GiB, sparse on tmpfs: room for a thousand 4 MiB volumes, only metadata is written.
+nqn=$(tb_simple_target bench 8192 10.99.0.1 10.99.0.2)
 sr_up "$nqn" 10.99.0.1,10.99.0.2
 attach="{\"dbg\":\"a\",\"configuration\":$STORED}"
 detach="{\"dbg\":\"d\",\"sr\":\"$H\"}"

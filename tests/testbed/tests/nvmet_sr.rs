@@ -552,121 +552,6 @@ fn serve_xapi(args: &[String]) -> ExitCode {
     }
 }
 
-/// A pool backend that runs the real plugin on this host: what xapi would
-/// do with the plugin's queue and `/etc/xapi.d/plugins/nvmetcp`.
-struct PluginPool {
-    tree: PluginTree,
-    host_plugin: PathBuf,
-}
-
-impl PluginPool {
-    fn call(&self, method: &str, params: &serde_json::Value) -> Result<serde_json::Value, xapi_emulator::Failure> {
-        let dir = self.tree.volume_dir();
-        let reply = Caller::new()
-            .call(&dir, method, params)
-            .map_err(|v| xapi_emulator::Failure::new("PROTOCOL", &[&v.to_string()]))?;
-        match reply.outcome {
-            Outcome::Success(value) => Ok(value),
-            Outcome::Failure { code, params, .. } => Err(xapi_emulator::Failure { code, params }),
-        }
-    }
-}
-
-fn string_map(value: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    value
-        .as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
-        .unwrap_or_default()
-}
-
-impl xapi_emulator::Backend for PluginPool {
-    fn sr_create(
-        &self,
-        _master: &xapi_emulator::HostInfo,
-        sr: &xapi_emulator::NewSr,
-    ) -> Result<std::collections::BTreeMap<String, String>, xapi_emulator::Failure> {
-        let params = serde_json::json!({"dbg": "xapi", "uuid": sr.uuid, "configuration": sr.device_config,
-            "name": sr.name_label, "description": sr.name_description});
-        self.call("SR.create", &params).map(|v| string_map(&v))
-    }
-
-    fn sr_probe(
-        &self,
-        _host: &xapi_emulator::HostInfo,
-        config: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Vec<xapi_client::Value>, xapi_emulator::Failure> {
-        use xapi_client::Value;
-        let results = self.call("SR.probe", &serde_json::json!({"dbg": "xapi", "configuration": config}))?;
-        // What xapi does with SMAPIv3 probe results: sr_stat records.
-        Ok(results
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let mut fields = vec![
-                    ("configuration", Value::map(&string_map(&r["configuration"]))),
-                    ("complete", Value::Bool(r["complete"].as_bool().unwrap_or(false))),
-                    ("extra_info", Value::map(&string_map(&r["extra_info"]))),
-                ];
-                if let Some(sr) = r.get("sr").filter(|s| s.is_object()) {
-                    let mut stat = vec![
-                        ("name_label", Value::from(sr["name"].as_str().unwrap_or_default())),
-                        ("name_description", Value::from(sr["description"].as_str().unwrap_or_default())),
-                        ("free_space", Value::Int(sr["free_space"].as_i64().unwrap_or(0))),
-                        ("total_space", Value::Int(sr["total_space"].as_i64().unwrap_or(0))),
-                        ("clustered", Value::Bool(false)),
-                        ("health", Value::from("healthy")),
-                    ];
-                    if let Some(uuid) = sr["uuid"].as_str() {
-                        stat.push(("uuid", Value::from(uuid)));
-                    }
-                    fields.push(("sr", Value::record(stat)));
-                }
-                Value::record(fields)
-            })
-            .collect())
-    }
-
-    fn pbd_plug(
-        &self,
-        _host: &xapi_emulator::HostInfo,
-        _sr_uuid: &str,
-        config: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), xapi_emulator::Failure> {
-        self.call("SR.attach", &serde_json::json!({"dbg": "xapi", "configuration": config})).map(drop)
-    }
-
-    fn pbd_unplug(&self, _host: &xapi_emulator::HostInfo, sr_uuid: &str) -> Result<(), xapi_emulator::Failure> {
-        self.call("SR.detach", &serde_json::json!({"dbg": "xapi", "sr": format!("nvmetcp://sr/{sr_uuid}")})).map(drop)
-    }
-
-    fn call_plugin(
-        &self,
-        _host: &xapi_emulator::HostInfo,
-        plugin: &str,
-        function: &str,
-        args: &std::collections::BTreeMap<String, String>,
-    ) -> Result<String, xapi_emulator::Failure> {
-        use xapi_client::codec::{decode_envelope, parse_response, write_call, MethodResponse};
-        use xapi_client::Value;
-        if plugin != "nvmetcp" {
-            return Err(xapi_emulator::Failure::new("XENAPI_MISSING_PLUGIN", &[plugin]));
-        }
-        let request = write_call(function, &[Value::from("OpaqueRef:session"), Value::map(args)]);
-        #[allow(clippy::disallowed_methods)] // xapi runs host plugins itself; so does this stand-in
-        let output = std::process::Command::new(&self.host_plugin).arg(request).output();
-        let failure = |why: String| xapi_emulator::Failure { code: "XENAPI_PLUGIN_FAILURE".into(), params: vec![why] };
-        let output = output.map_err(|e| failure(e.to_string()))?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let Ok(MethodResponse::Value(envelope)) = parse_response(&text) else { return Err(failure(text)) };
-        match decode_envelope(envelope) {
-            Ok(value) => Ok(value.as_str("result").unwrap_or_default().to_owned()),
-            Err(Some(f)) => Err(xapi_emulator::Failure { code: f.code, params: f.params }),
-            Err(None) => Err(failure(text)),
-        }
-    }
-}
-
 /// `serve-pool SOCKET`: an emulated XAPI for a pool of this one host, whose
 /// storage calls run the real plugin; serves until killed.
 fn serve_pool(args: &[String]) -> ExitCode {
@@ -674,19 +559,9 @@ fn serve_pool(args: &[String]) -> ExitCode {
         eprintln!("usage: serve-pool SOCKET");
         return ExitCode::FAILURE;
     };
-    let all = |kind| sm_driver::dispatch::implemented(kind).iter().map(|m| m.file_name()).collect::<Vec<_>>();
-    let volume = all(sm_driver::smapi::method::PluginKind::Volume);
-    let datapath = all(sm_driver::smapi::method::PluginKind::Datapath);
-    let volume: Vec<&str> = volume.iter().map(String::as_str).collect();
-    let datapath: Vec<&str> = datapath.iter().map(String::as_str).collect();
-    let tree = PluginTree::new(&plugin_binary(), &volume, &datapath).unwrap();
-    let plugins = std::env::temp_dir().join(format!("xapi.d-{}", std::process::id())).join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let host_plugin = plugins.join("nvmetcp");
-    let _ = std::fs::remove_file(&host_plugin);
-    std::os::unix::fs::symlink(plugin_binary(), &host_plugin).unwrap();
+    let backend = xapi_emulator::PluginBackend::new(&plugin_binary()).unwrap();
     let config = xapi_emulator::Config { hosts: vec!["testbed".into()], ..xapi_emulator::Config::default() };
-    let emulator = xapi_emulator::Emulator::new(config, PluginPool { tree, host_plugin });
+    let emulator = xapi_emulator::Emulator::new(config, backend);
     let _ = std::fs::remove_file(socket);
     emulator.listen_unix(Path::new(socket)).unwrap();
     loop {

@@ -86,11 +86,17 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
-    /// The plugin's `SR.destroy`.
+    /// The plugin's `SR.destroy`, which xapi runs with the SR attached on
+    /// one host for the call (`device_config` is that host's PBD's).
     ///
     /// # Errors
     /// The plugin's failure.
-    fn sr_destroy(&self, _host: &HostInfo, _sr_uuid: &str) -> Result<(), Failure> {
+    fn sr_destroy(
+        &self,
+        _host: &HostInfo,
+        _sr_uuid: &str,
+        _device_config: &BTreeMap<String, String>,
+    ) -> Result<(), Failure> {
         Ok(())
     }
 

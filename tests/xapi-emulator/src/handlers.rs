@@ -529,7 +529,7 @@ fn sr_probe(shared: &Arc<Shared>, args: &[Value]) -> Reply {
 
 fn sr_forget(shared: &Arc<Shared>, args: &[Value], destroy: bool) -> Reply {
     let sr = text(args, 0, if destroy { "SR.destroy" } else { "SR.forget" })?;
-    let (pbds, info, sr_uuid) = {
+    let (pbds, info, sr_uuid, device_config) = {
         let model = shared.lock();
         exists(&model, "SR", &sr)?;
         let pbds = model.find("PBD", "SR", &sr);
@@ -539,10 +539,16 @@ fn sr_forget(shared: &Arc<Shared>, args: &[Value], destroy: bool) -> Reply {
         {
             return Err(Failure::new("SR_HAS_PBD", &[&sr]));
         }
-        (pbds, model.host_info(&model.master()), model.text("SR", &sr, "uuid"))
+        let config = pbds
+            .first()
+            .and_then(|p| model.get("PBD", p))
+            .and_then(|r| r.get("device_config"))
+            .and_then(|v| v.as_string_map("device_config").ok())
+            .unwrap_or_default();
+        (pbds, model.host_info(&model.master()), model.text("SR", &sr, "uuid"), config)
     };
     if destroy {
-        shared.backend.sr_destroy(&info, &sr_uuid)?;
+        shared.backend.sr_destroy(&info, &sr_uuid, &device_config)?;
     }
     let mut model = shared.lock();
     for pbd in pbds {

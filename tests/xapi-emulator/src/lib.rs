@@ -24,8 +24,10 @@
 mod backend;
 mod handlers;
 mod model;
+mod plugin_backend;
 mod server;
 
 pub use backend::{AcceptAll, Backend, Failure, HostInfo, NewSr};
 pub use model::{Config, SmType};
+pub use plugin_backend::PluginBackend;
 pub use server::Emulator;

@@ -1,20 +1,70 @@
 //! `xapi-emulator`: serves an emulated pool until killed, for driving real
-//! XAPI clients by hand. Prints its URL on the first line of stdout.
+//! XAPI clients and the `nvmetcp` command by hand and in the demo.
 //!
-//! Usage: `xapi-emulator [HOSTS]` (default 2 hosts).
+//! ```text
+//! xapi-emulator [--hosts N] [--unix PATH] [--plugin BINARY]
+//! ```
+//!
+//! Serves HTTP on 127.0.0.1 (its URL is the first line on stdout) and, with
+//! `--unix`, the unix socket PATH (callers there are root, as on dom0). With
+//! `--plugin`, storage calls run that nvmetcp plugin binary on this machine
+//! (a pool of one real host); without it every storage call succeeds.
 
-use xapi_emulator::{AcceptAll, Config, Emulator};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-fn main() -> std::io::Result<()> {
-    let hosts: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(2);
-    let config = Config { hosts: (1..=hosts).map(|i| format!("xcp-ng-{i}")).collect(), ..Config::default() };
-    let emulator = Emulator::new(config, AcceptAll);
-    let url = emulator.listen_http()?;
-    #[allow(clippy::print_stdout)] // the one line a caller reads
-    {
-        println!("{url}");
+use xapi_emulator::{AcceptAll, Config, Emulator, PluginBackend};
+
+#[allow(clippy::print_stdout, clippy::print_stderr)] // a command-line program
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mut hosts, mut unix, mut plugin) = (1usize, None::<PathBuf>, None::<PathBuf>);
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match (word.as_str(), words.next()) {
+            ("--hosts", Some(n)) => hosts = n.parse().unwrap_or(1),
+            ("--unix", Some(path)) => unix = Some(path.into()),
+            ("--plugin", Some(path)) => plugin = Some(path.into()),
+            _ => {
+                eprintln!("usage: xapi-emulator [--hosts N] [--unix PATH] [--plugin BINARY]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let names: Vec<String> = match (&plugin, hosts) {
+        (Some(_), _) => vec![hostname()],
+        (None, n) => (1..=n).map(|i| format!("xcp-ng-{i}")).collect(),
+    };
+    let config = Config { hosts: names, ..Config::default() };
+    let emulator = match &plugin {
+        Some(binary) => match PluginBackend::new(binary) {
+            Ok(backend) => Emulator::new(config, backend),
+            Err(e) => {
+                eprintln!("xapi-emulator: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Emulator::new(config, AcceptAll),
+    };
+    let served = emulator.listen_http().and_then(|url| {
+        if let Some(path) = &unix {
+            let _ = std::fs::remove_file(path);
+            emulator.listen_unix(path)?;
+        }
+        Ok(url)
+    });
+    match served {
+        Ok(url) => println!("{url}"),
+        Err(e) => {
+            eprintln!("xapi-emulator: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     loop {
         std::thread::park();
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_owned())
 }
