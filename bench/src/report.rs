@@ -222,7 +222,9 @@ fn machine() -> serde_json::Value {
         .to_owned();
     let cores = read("/proc/cpuinfo").lines().filter(|l| l.starts_with("processor")).count();
     let memory = read("/proc/meminfo").lines().next().unwrap_or_default().to_owned();
-    let kvm = std::path::Path::new("/dev/kvm").exists();
+    // As tests/testbed/run decides: /dev/kvm writable and the CPU shows vmx/svm.
+    let virt = read("/proc/cpuinfo").split_whitespace().any(|w| w == "vmx" || w == "svm");
+    let kvm = virt && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     serde_json::json!({"cpu": cpu, "cores": cores, "memory": memory.trim(), "kernel": read("/proc/sys/kernel/osrelease").trim(),
         "guest_cpu": if kvm { "KVM" } else { "TCG (emulated: guest timings are far slower than real hardware)" }})
 }
