@@ -66,6 +66,9 @@ pub enum Program {
     Ping,
     /// procps sysctl, for `nvmetcp host-setup --apply`.
     Sysctl,
+    /// device-mapper's dmsetup, to remove a volume's mapping when no path
+    /// is live (LVM itself would block reading the unreachable device).
+    Dmsetup,
 }
 
 impl Program {
@@ -80,6 +83,7 @@ impl Program {
             Self::Ip => "ip",
             Self::Ping => "ping",
             Self::Sysctl => "sysctl",
+            Self::Dmsetup => "dmsetup",
         }
     }
 }

@@ -372,6 +372,40 @@ kill "$pool"
 "#,
             ),
         ),
+        // A VM must be able to shut down while the array is unreachable: its
+        // volume is deactivated and detached with no path live at all.
+        Scenario::script(
+            "datapath-outage",
+            &script(
+                exe,
+                r#"
+nqn=$(tb_simple_target outage 64 10.99.0.1 10.99.0.2)
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\",\"namespace\":\"1\",\"fast_io_fail_tmo\":\"5\"},\"name\":\"n\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+volume=$(expect_ok Volume.create "{\"dbg\":\"v\",\"sr\":\"nvmetcp://sr/$SR\",\"name\":\"vm disk\",\"description\":\"\",\"size\":8388608,\"sharable\":false}")
+uri=$(echo "$volume" | python3 -c 'import json, sys; print(json.load(sys.stdin)["uri"][0])')
+dp="{\"dbg\":\"p\",\"uri\":\"$uri\",\"domain\":\"0\"}"
+expect_ok Datapath.attach "$dp" >/dev/null
+expect_ok Datapath.activate "$dp" >/dev/null
+mapping=$(ls /dev/mapper | grep -- '-vol--')
+tb_unlink 1 "$nqn"; tb_unlink 2 "$nqn"
+tb_wait 30 "every path to be down" tb_has_live_paths "$nqn" 0
+started=$(date +%s)
+expect_ok Datapath.deactivate "$dp" >/dev/null
+expect_ok Datapath.detach "$dp" >/dev/null
+[ $(($(date +%s) - started)) -le 10 ] || tb_fail "deactivate and detach took more than 10 s with no path"
+if dmsetup info "$mapping" >/dev/null 2>&1; then tb_fail "the volume's mapping is still there"; fi
+expect_ok Datapath.detach "$dp" >/dev/null
+tb_link 1 "$nqn"; tb_link 2 "$nqn"
+tb_wait 60 "the paths to return" tb_has_live_paths "$nqn" 2
+stat_sr | grep -q '2/2 paths live'
+expect_ok Datapath.attach "$dp" >/dev/null
+expect_ok Datapath.deactivate "$dp" >/dev/null
+expect_ok Volume.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\",\"key\":\"$(echo "$volume" | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')\"}" >/dev/null
+expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
+"#,
+            ),
+        ),
         Scenario::script(
             "volume-datapath",
             &script(
