@@ -31,6 +31,18 @@ fn endpoint(args: &ConnectionArgs, host: &HostRoot) -> Result<Endpoint, AdminErr
 
 fn password(args: &ConnectionArgs, endpoint: &Endpoint, interactive: bool) -> Result<Secret, AdminError> {
     if let Some(file) = &args.password_file {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file)
+            .map_err(|e| AdminError::Usage(format!("cannot read the password file {}: {e}", file.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(AdminError::Usage(format!(
+                "the password file {} can be read by others (mode {:o}): run chmod 600 {0}",
+                file.display(),
+                mode & 0o777
+            )));
+        }
         let text = std::fs::read_to_string(file)
             .map_err(|e| AdminError::Usage(format!("cannot read the password file {}: {e}", file.display())))?;
         return Ok(Secret::new(text.lines().next().unwrap_or_default()));

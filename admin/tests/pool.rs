@@ -314,6 +314,11 @@ fn remote_logins_take_the_password_from_a_file_never_argv() {
     assert!(err.contains("--password-file"), "{err}");
     let file = pool.local.host.path("/pw");
     std::fs::write(&file, "wrong\n").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (status, _, err) = nvmetcp(&pool, &["--host", &url, "--password-file", file.to_str().unwrap(), "status"]);
+    assert_eq!(status, 2, "{err}");
+    assert!(err.contains("can be read by others (mode 644): run chmod 600"), "{err}");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (status, _, err) = nvmetcp(&pool, &["--host", &url, "--password-file", file.to_str().unwrap(), "status"]);
     assert_eq!(status, 4, "{err}");
     assert!(err.contains("SESSION_AUTHENTICATION_FAILED") && !err.contains("wrong"), "{err}");
