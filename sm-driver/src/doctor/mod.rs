@@ -211,30 +211,44 @@ fn subnet(addr: std::net::Ipv4Addr, prefix: u8) -> (u32, u8) {
 
 fn arp(host: &HostRoot, addresses: &[(String, std::net::Ipv4Addr, u8)]) -> Check {
     const NAME: &str = "ARP on shared subnets";
-    let mut shared: Vec<String> = Vec::new();
+    let mut pairs: Vec<String> = Vec::new();
+    let mut nics: Vec<&str> = Vec::new();
     for (i, (a, addr_a, pa)) in addresses.iter().enumerate() {
         for (b, addr_b, pb) in &addresses[i + 1..] {
             if a != b && subnet(*addr_a, *pa) == subnet(*addr_b, *pb) {
-                shared.push(format!("{a} and {b}"));
+                pairs.push(format!("{a} and {b}"));
+                for nic in [a.as_str(), b.as_str()] {
+                    if !nics.contains(&nic) {
+                        nics.push(nic);
+                    }
+                }
             }
         }
     }
-    if shared.is_empty() {
+    if pairs.is_empty() {
         return Check::pass(NAME, "no two interfaces share a subnet");
     }
-    let value = |key: &str| {
-        host.read_trimmed(&format!("/proc/sys/net/ipv4/conf/all/{key}")).ok().and_then(|v| v.parse::<u8>().ok())
+    // The kernel applies the larger of the `all` and the interface's value.
+    let value = |scope: &str, key: &str| {
+        host.read_trimmed(&format!("/proc/sys/net/ipv4/conf/{scope}/{key}")).ok().and_then(|v| v.parse::<u8>().ok())
     };
-    let (ignore, announce) = (value("arp_ignore").unwrap_or(0), value("arp_announce").unwrap_or(0));
-    if ignore >= 1 && announce == 2 {
-        Check::pass(NAME, format!("{} share a subnet; arp_ignore={ignore}, arp_announce={announce}", shared.join(", ")))
+    let effective = |nic: &str, key: &str| value("all", key).unwrap_or(0).max(value(nic, key).unwrap_or(0));
+    let wrong: Vec<String> = nics
+        .iter()
+        .filter_map(|nic| {
+            let (ignore, announce) = (effective(nic, "arp_ignore"), effective(nic, "arp_announce"));
+            (ignore < 1 || announce != 2).then(|| format!("{nic}: arp_ignore={ignore}, arp_announce={announce}"))
+        })
+        .collect();
+    if wrong.is_empty() {
+        Check::pass(NAME, format!("{} share a subnet; ARP answers stay on each NIC", pairs.join(", ")))
     } else {
         Check::fail(
             NAME,
             format!(
-                "{} share a subnet but arp_ignore={ignore}, arp_announce={announce}: replies may leave by the wrong \
-                 NIC and one path carries both",
-                shared.join(", ")
+                "{} share a subnet but {}: replies may leave by the wrong NIC and one path carries both",
+                pairs.join(", "),
+                wrong.join("; ")
             ),
             "nvmetcp host-setup --apply (sets net.ipv4.conf.all.arp_ignore=2 and arp_announce=2 in \
              /etc/sysctl.d/90-nvmetcp.conf)",

@@ -111,6 +111,22 @@ fn each_problem_fails_its_own_check_with_a_fix() {
     }
     let arp = checks.iter().find(|c| c.name == "ARP on shared subnets").unwrap();
     assert!(arp.detail.contains("eth1 and eth2") && arp.fix.contains("host-setup"), "{arp:?}");
+    assert!(arp.detail.contains("eth1: arp_ignore=0, arp_announce=2"), "{arp:?}");
     let mtu = checks.iter().find(|c| c.name.starts_with("MTU")).unwrap();
     assert!(mtu.detail.contains("MTU 9000") && mtu.detail.contains("message too long"), "{mtu:?}");
+}
+
+#[test]
+fn per_interface_arp_settings_count_as_the_kernel_counts_them() {
+    let (_dir, host) = healthy_host();
+    write(&host, "/proc/sys/net/ipv4/conf/all/arp_ignore", "0\n");
+    write(&host, "/proc/sys/net/ipv4/conf/eth1/arp_ignore", "2\n");
+    write(&host, "/proc/sys/net/ipv4/conf/eth2/arp_ignore", "1\n");
+    let checks = run(
+        &host,
+        &FakeRunner::new().then(ok(TWO_NICS_ONE_SUBNET)),
+        &DoctorInput { transport: Transport::Tcp, portals: vec![] },
+    );
+    let arp = checks.iter().find(|c| c.name == "ARP on shared subnets").unwrap();
+    assert_eq!(arp.verdict, Verdict::Pass, "{arp:?}");
 }
