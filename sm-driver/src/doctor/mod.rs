@@ -7,7 +7,6 @@
 //! every host through the XAPI host plugin (`host.call_plugin(…, "doctor")`),
 //! so the checks and their wording are the same everywhere.
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -85,7 +84,9 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Che
     let addresses = interface_addresses(runner);
     checks.push(arp(host, &addresses));
     for portal in &input.portals {
-        checks.push(reachable(portal));
+        if input.transport == Transport::Tcp {
+            checks.push(reachable(portal));
+        }
         checks.push(mtu(host, runner, portal));
     }
     checks
@@ -259,12 +260,18 @@ fn arp(host: &HostRoot, addresses: &[(String, std::net::Ipv4Addr, u8)]) -> Check
 fn reachable(portal: &Portal) -> Check {
     let name = format!("portal {portal} reachable");
     let started = Instant::now();
-    match TcpStream::connect_timeout(&portal.socket_addr(), CONNECT_TIMEOUT) {
-        Ok(_) => Check::pass(name, format!("TCP connection in {} ms", started.elapsed().as_millis())),
-        Err(e) => Check::fail(
+    // The same ICReq/ICResp exchange the plugin makes before each connect.
+    match crate::nvme::discovery::probe(*portal, CONNECT_TIMEOUT) {
+        Ok(()) => Check::pass(name, format!("answers as NVMe/TCP in {} ms", started.elapsed().as_millis())),
+        Err(crate::nvme::discovery::DiscoveryError::Unreachable { source, .. }) => Check::fail(
             name,
-            format!("no TCP connection within {CONNECT_TIMEOUT:?}: {e}"),
+            format!("no TCP connection within {CONNECT_TIMEOUT:?}: {source}"),
             "check the storage network, the portal address and port, and the array's firewall",
+        ),
+        Err(other) => Check::fail(
+            name,
+            format!("accepts TCP but does not answer as NVMe/TCP: {other}"),
+            "check the port number (I/O ports are usually 4420, discovery 8009)",
         ),
     }
 }

@@ -55,8 +55,7 @@ const TWO_NICS_ONE_SUBNET: &str = "1: lo    inet 127.0.0.1/8 scope host lo\\    
 #[test]
 fn a_healthy_host_passes_every_check_and_says_why() {
     let (_dir, host) = healthy_host();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let portal = Portal::parse(&listener.local_addr().unwrap().to_string(), 4420).unwrap();
+    let portal = crate::nvme::connect::nvme_tcp_port();
     let runner = FakeRunner::new()
         .then(ok(TWO_NICS_ONE_SUBNET))
         .then(ok("127.0.0.1 dev eth1 src 10.0.0.5 uid 0\n    cache\n"))

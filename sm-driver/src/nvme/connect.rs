@@ -8,7 +8,6 @@
 //! connect can block for minutes on an address that does not answer; the
 //! probe turns that into a clear, prompt error naming the portal.
 
-use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::host::HostRoot;
@@ -70,14 +69,24 @@ pub fn connect_path(
         return Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused });
     }
     if options.transport == Transport::Tcp {
-        TcpStream::connect_timeout(&options.portal.socket_addr(), probe_timeout).map_err(|source| {
-            NvmeError::Unreachable {
-                portal: options.portal.to_string(),
-                nqn: key.subsysnqn.clone(),
-                timeout: probe_timeout,
-                source,
+        match crate::nvme::discovery::probe(options.portal, probe_timeout) {
+            Ok(()) => {}
+            Err(crate::nvme::discovery::DiscoveryError::Unreachable { source, .. }) => {
+                return Err(NvmeError::Unreachable {
+                    portal: options.portal.to_string(),
+                    nqn: key.subsysnqn.clone(),
+                    timeout: probe_timeout,
+                    source,
+                })
             }
-        })?;
+            Err(other) => {
+                return Err(NvmeError::NotNvmeTcp {
+                    portal: options.portal.to_string(),
+                    nqn: key.subsysnqn.clone(),
+                    why: other.to_string(),
+                })
+            }
+        }
     }
     let rendered = options.render();
     tracing::info!(path = %key, options = %rendered, "connecting");
@@ -131,25 +140,69 @@ pub fn disconnect_path(host: &HostRoot, key: &PathKey) -> Result<Vec<String>, Nv
 #[cfg(test)]
 pub(crate) mod fake;
 
+/// A local port that answers each connection's ICReq with an ICResp, as an
+/// NVMe/TCP port does (enough for the probe; no queue behind it).
+#[cfg(test)]
+pub(crate) fn nvme_tcp_port() -> crate::nvme::names::Portal {
+    nvme_tcp_listen(std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}")))
+}
+
+/// Answers ICReqs on `listener` from now on (see [`nvme_tcp_port`]).
+#[cfg(test)]
+pub(crate) fn nvme_tcp_listen(listener: std::net::TcpListener) -> crate::nvme::names::Portal {
+    use std::io::{Read, Write};
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 128];
+            if stream.read_exact(&mut request).is_ok() && request[0] == 0x00 {
+                let mut response = [0u8; 128];
+                response[0] = 0x01;
+                response[2] = 128;
+                response[4..8].copy_from_slice(&128u32.to_le_bytes());
+                let _ = stream.write_all(&response);
+            }
+        }
+    });
+    crate::nvme::names::Portal { addr: address.ip(), port: address.port() }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
     use std::time::{Duration, Instant};
 
     use super::fake::FakeFabrics;
-    use super::{connect_path, disconnect_path, PathOrigin};
+    use super::{connect_path, disconnect_path, nvme_tcp_port, PathOrigin};
     use crate::nvme::fabrics::FabricsError;
     use crate::nvme::names::Portal;
     use crate::nvme::options::tests::options;
     use crate::nvme::sysfs::fixture::SysfsTree;
     use crate::nvme::NvmeError;
 
-    /// Options whose portal is a local listener, so the TCP probe succeeds.
-    fn reachable() -> (TcpListener, crate::nvme::options::ConnectOptions) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// Options whose portal answers as an NVMe/TCP port, so the probe succeeds.
+    fn reachable() -> ((), crate::nvme::options::ConnectOptions) {
         let mut opts = options();
-        opts.portal = Portal { addr: listener.local_addr().unwrap().ip(), port: listener.local_addr().unwrap().port() };
-        (listener, opts)
+        opts.portal = nvme_tcp_port();
+        ((), opts)
+    }
+
+    #[test]
+    fn a_port_that_is_not_nvme_tcp_is_named_as_such() {
+        let tree = SysfsTree::new();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                use std::io::Write;
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            }
+        });
+        let mut opts = options();
+        opts.portal = Portal { addr: address.ip(), port: address.port() };
+        let err = connect_path(&tree.host(), &FakeFabrics::new(&tree), &opts, Duration::from_secs(2)).unwrap_err();
+        assert!(matches!(err, NvmeError::NotNvmeTcp { .. }), "{err}");
+        assert!(err.to_string().contains("does not answer as an NVMe/TCP port"), "{err}");
     }
 
     #[test]

@@ -185,6 +185,23 @@ pub fn discover(endpoints: &[Portal], host: &HostIdentity, timeout: Duration) ->
     result
 }
 
+/// Checks that `portal` answers as an NVMe/TCP port: connects and exchanges
+/// ICReq/ICResp, then closes. Before asking the kernel to connect, this fails
+/// fast (the kernel may wait far longer) and says when something other than
+/// NVMe/TCP listens there; unlike a bare TCP connect closed at once, it does
+/// not make the target log a failed queue.
+///
+/// # Errors
+/// [`DiscoveryError::Unreachable`] when no TCP connection is made; another
+/// [`DiscoveryError`] when the port does not answer as NVMe/TCP.
+pub fn probe(portal: Portal, timeout: Duration) -> Result<(), DiscoveryError> {
+    let stream = TcpStream::connect_timeout(&portal.socket_addr(), timeout)
+        .map_err(|source| DiscoveryError::Unreachable { portal, source })?;
+    let mut session = Session { stream, portal, next_cid: 0 };
+    session.configure(timeout)?;
+    session.initialize()
+}
+
 /// Reads the discovery log of one discovery controller.
 ///
 /// # Errors

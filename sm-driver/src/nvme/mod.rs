@@ -73,6 +73,19 @@ pub enum NvmeError {
         #[source]
         source: std::io::Error,
     },
+    /// Something answers on the portal, but not as NVMe/TCP.
+    #[error(
+        "{portal} accepts TCP connections but does not answer as an NVMe/TCP port ({why}) for subsystem {nqn}; check \
+         the port number (I/O ports are usually 4420, discovery 8009)"
+    )]
+    NotNvmeTcp {
+        /// The portal.
+        portal: String,
+        /// The subsystem.
+        nqn: String,
+        /// What went wrong in the exchange.
+        why: String,
+    },
     /// The kernel did not create the controller.
     #[error("cannot connect to subsystem {nqn} at {portal}: {source}")]
     Connect {

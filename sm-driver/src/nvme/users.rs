@@ -195,27 +195,26 @@ pub enum ReleaseError {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
     use std::time::Duration;
 
     use super::{attach, release, HostLock, RegistryError};
     use crate::nvme::connect::fake::FakeFabrics;
+    use crate::nvme::connect::{nvme_tcp_listen, nvme_tcp_port};
     use crate::nvme::names::Portal;
     use crate::nvme::options::tests::options;
     use crate::nvme::options::ConnectOptions;
     use crate::nvme::sysfs::fixture::SysfsTree;
 
-    fn two_paths() -> (Vec<TcpListener>, Vec<ConnectOptions>) {
-        let listeners: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let paths = listeners
-            .iter()
-            .map(|l| {
+    /// Two paths whose portals answer as NVMe/TCP ports.
+    fn two_paths() -> ((), Vec<ConnectOptions>) {
+        let paths = (0..2)
+            .map(|_| {
                 let mut opts = options();
-                opts.portal = Portal { addr: l.local_addr().unwrap().ip(), port: l.local_addr().unwrap().port() };
+                opts.portal = nvme_tcp_port();
                 opts
             })
             .collect();
-        (listeners, paths)
+        ((), paths)
     }
 
     fn live(tree: &SysfsTree) -> Vec<String> {
@@ -256,17 +255,17 @@ mod tests {
     #[test]
     fn each_path_is_reconciled_on_its_own() {
         let tree = SysfsTree::new();
-        let (listeners, mut paths) = two_paths();
-        drop(listeners); // nothing listens any more: both probes fail
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        paths[0].portal =
-            Portal { addr: listener.local_addr().unwrap().ip(), port: listener.local_addr().unwrap().port() };
+        let (_, mut paths) = two_paths();
+        // Bound and closed again: nothing listens on the second portal.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        paths[1].portal = Portal { addr: closed.local_addr().unwrap().ip(), port: closed.local_addr().unwrap().port() };
+        drop(closed);
         let fabrics = FakeFabrics::new(&tree);
         let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
         assert!(results[0].is_ok(), "one live path is connected");
         assert!(results[1].as_ref().unwrap_err().to_string().contains("unreachable"), "the other is reported");
         // The path comes back: a second attach connects it, the first is reused.
-        let _back = TcpListener::bind(paths[1].portal.socket_addr()).unwrap();
+        nvme_tcp_listen(std::net::TcpListener::bind(paths[1].portal.socket_addr()).unwrap());
         let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(fabrics.writes().len(), 2);

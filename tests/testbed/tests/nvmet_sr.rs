@@ -345,7 +345,7 @@ $A doctor --pool --portals 10.99.0.1,10.99.0.2 >doctor.txt || true
 cat doctor.txt
 grep -Eq 'PASS +kernel module nvme_tcp +loaded' doctor.txt || tb_fail "doctor: transport"
 grep -Eq 'PASS +native multipath' doctor.txt || tb_fail "doctor: multipath"
-grep -Eq 'PASS +portal 10.99.0.2:4420 reachable +TCP connection in [0-9]+ ms' doctor.txt || tb_fail "doctor: portal"
+grep -Eq 'PASS +portal 10.99.0.2:4420 reachable +answers as NVMe/TCP in [0-9]+ ms' doctor.txt || tb_fail "doctor: portal"
 grep -Eq 'PASS +MTU towards 10.99.0.1 +[a-z0-9]+ MTU [0-9]+' doctor.txt || tb_fail "doctor: MTU"
 grep -Eq 'PASS +SR type registered' doctor.txt || tb_fail "doctor: SM record"
 $A probe --portals 10.99.0.1 --nqn "$nqn" >probe.txt
