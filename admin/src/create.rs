@@ -143,11 +143,10 @@ fn follow(
 }
 
 /// Each host's outcome: plugged or why not, and its paths.
-fn outcomes(session: &Session, view: &PoolView, sr_ref: &SrRef, sr_uuid: &str) -> Result<Vec<HostOutcome>, AdminError> {
-    let record = sr::get_record(session, sr_ref)?;
+fn outcomes(session: &Session, view: &PoolView, record: &sr::Sr) -> Result<Vec<HostOutcome>, AdminError> {
+    let pbds: BTreeMap<_, _> = pbd::get_all_records(session)?.into_iter().collect();
     let mut outcomes = Vec::new();
-    for pbd_ref in &record.pbds {
-        let pbd_record = pbd::get_record(session, pbd_ref)?;
+    for (pbd_ref, pbd_record) in record.pbds.iter().filter_map(|r| pbds.get(r).map(|p| (r, p))) {
         let host = view.name(&pbd_record.host);
         let mut error = None;
         if !pbd_record.currently_attached {
@@ -162,7 +161,7 @@ fn outcomes(session: &Session, view: &PoolView, sr_ref: &SrRef, sr_uuid: &str) -
                 Ok(report) => report
                     .srs
                     .iter()
-                    .find(|s| s.sr_uuid == sr_uuid)
+                    .find(|s| s.sr_uuid == record.uuid)
                     .map_or_else(|| "unknown".into(), |s| s.summary.clone()),
                 Err(e) => format!("unknown ({e})"),
             }
@@ -227,7 +226,7 @@ pub fn run(args: &CreateArgs, session: &Session, console: &mut Console, interact
     })?;
     let record = sr::get_record(session, &sr_ref)?;
     console.note("3/3 checking every host …");
-    let hosts = outcomes(session, &view, &sr_ref, &record.uuid)?;
+    let hosts = outcomes(session, &view, &record)?;
     let attached = hosts.iter().filter(|h| h.attached).count();
     let healthy = hosts.iter().all(|h| h.attached && !h.paths.contains("degraded") && !h.paths.starts_with("no path"));
     if args.target.json {

@@ -23,10 +23,6 @@ struct HostChecks {
     checks: Vec<Check>,
 }
 
-fn check(name: &str, verdict: Verdict, detail: String, fix: &str) -> Check {
-    Check { name: name.to_owned(), verdict, detail, fix: fix.to_owned() }
-}
-
 /// The portals to check: those given, else those of existing nvmetcp SRs
 /// (their I/O portals and discovery endpoints).
 fn portals(args: &DoctorArgs, session: Option<&Session>) -> Result<Vec<Portal>, AdminError> {
@@ -70,16 +66,15 @@ fn sm_record(session: &Session) -> Check {
     const NAME: &str = "SR type registered";
     match sm::get_all_records(session) {
         Ok(records) => match records.iter().find(|(_, r)| r.sr_type == sm_driver::plugin::SR_TYPE) {
-            Some((_, record)) => check(NAME, Verdict::Pass, format!("xe sm-list shows nvmetcp {}", record.version), ""),
-            None => check(
+            Some((_, record)) => Check::pass(NAME, format!("xe sm-list shows nvmetcp {}", record.version)),
+            None => Check::fail(
                 NAME,
-                Verdict::Fail,
-                "xapi has no nvmetcp SM record: xe sr-create type=nvmetcp would fail and Xen Orchestra does not offer it".into(),
+                "xapi has no nvmetcp SM record: xe sr-create type=nvmetcp would fail and Xen Orchestra does not offer it",
                 "install the nvmetcp RPM on every host, then run xe-toolstack-restart on each host (xapi registers \
                  SR types when it starts)",
             ),
         },
-        Err(e) => check(NAME, Verdict::Fail, format!("cannot read the SM records: {e}"), "check that xapi runs"),
+        Err(e) => Check::fail(NAME, format!("cannot read the SM records: {e}"), "check that xapi runs"),
     }
 }
 
@@ -98,11 +93,10 @@ fn unique_nqns(identities: &[(String, String)]) -> Check {
         .map(|(nqn, hosts)| format!("{} share {nqn}", hosts.join(" and ")))
         .collect();
     if shared.is_empty() {
-        check(NAME, Verdict::Pass, format!("{} hosts, {} distinct NQNs", identities.len(), by_nqn.len()), "")
+        Check::pass(NAME, format!("{} hosts, {} distinct NQNs", identities.len(), by_nqn.len()))
     } else {
-        check(
+        Check::fail(
             NAME,
-            Verdict::Fail,
             format!("{} (cloned hosts keep the NQN of their image)", shared.join("; ")),
             "on all but one of those hosts: rm /etc/nvme/hostnqn /etc/nvme/hostid, then run \
              /usr/libexec/nvmetcp/nvmetcp-plugin --post-install, and update the target's allow-list",
@@ -137,27 +131,20 @@ pub fn run(
             console.note(&format!("checking {} …", record.name_label));
             let live = xapi_client::api::host::is_live(&session, &record.metrics).unwrap_or(false);
             let checks = if !live {
-                vec![check(
+                vec![Check::fail(
                     "host reachable",
-                    Verdict::Fail,
-                    "the host is not live in XAPI".into(),
+                    "the host is not live in XAPI",
                     "start the host or remove it from the pool",
                 )]
             } else {
                 match host_plugin::<Vec<Check>>(&session, reference, "doctor", &plugin_args) {
                     Ok(checks) => checks,
-                    Err(PluginError::Missing) => vec![check(
+                    Err(PluginError::Missing) => vec![Check::fail(
                         "plugin installed",
-                        Verdict::Fail,
-                        "the nvmetcp XAPI host plugin is missing".into(),
+                        "the nvmetcp XAPI host plugin is missing",
                         "install the nvmetcp RPM on this host",
                     )],
-                    Err(e) => vec![check(
-                        "nvmetcp host plugin",
-                        Verdict::Fail,
-                        e.to_string(),
-                        "see /var/log/SMlog on the host",
-                    )],
+                    Err(e) => vec![Check::fail("nvmetcp host plugin", e.to_string(), "see /var/log/SMlog on the host")],
                 }
             };
             if live {
@@ -177,13 +164,12 @@ pub fn run(
         let session = session.ok();
         let portals = portals(args, session.as_ref())?;
         let checks = sm_driver::doctor::run(&local.host, local.runner.as_ref(), &DoctorInput { transport, portals });
-        hosts.push(HostChecks { host: "this host".into(), checks });
+        hosts.push(HostChecks { host: "this host".to_owned(), checks });
         pool_checks.push(match &session {
             Some(session) => sm_record(session),
-            None => check(
+            None => Check::warn(
                 "SR type registered",
-                Verdict::Warn,
-                "XAPI cannot be reached on this host, so the SM record was not checked".into(),
+                "XAPI cannot be reached on this host, so the SM record was not checked",
                 "run doctor on a host whose xapi runs",
             ),
         });

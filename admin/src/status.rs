@@ -41,13 +41,13 @@ pub fn run(args: &StatusArgs, session: &Session, console: &mut Console) -> Resul
     let view = PoolView::read(session)?;
     let srs: Vec<_> =
         sr::get_all_records(session)?.into_iter().filter(|(_, r)| r.sr_type == sm_driver::plugin::SR_TYPE).collect();
-    // One host-plugin call per host, for all SRs.
+    // One read of every PBD, and one host-plugin call per host, for all SRs.
+    let pbds: BTreeMap<_, _> = pbd::get_all_records(session)?.into_iter().collect();
     let mut reports: BTreeMap<String, Result<HostReport, String>> = BTreeMap::new();
     let mut statuses = Vec::new();
     for (_, record) in &srs {
         let mut hosts = Vec::new();
-        for pbd_ref in &record.pbds {
-            let pbd_record = pbd::get_record(session, pbd_ref)?;
+        for pbd_record in record.pbds.iter().filter_map(|r| pbds.get(r)) {
             let name = view.name(&pbd_record.host);
             if !pbd_record.currently_attached {
                 hosts.push(OnHost { host: name, attached: false, report: None, error: None });

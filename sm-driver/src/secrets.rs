@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use xapi_client::api::secret;
-use xapi_client::{Client, Credentials, Endpoint, Timeouts};
+use xapi_client::{Client, Credentials, Endpoint, Session, Timeouts};
 
 use crate::host::HostRoot;
 use crate::nvme::names::DhchapKey;
@@ -41,44 +41,59 @@ pub struct SecretError {
     pub why: String,
 }
 
-fn fetch(host: &HostRoot, key: &'static str, uuid: &str) -> Result<DhchapKey, SecretError> {
-    let fail = |why: String| SecretError { key, uuid: uuid.to_owned(), why };
-    let endpoint = Endpoint::Unix(host.path(XAPI_SOCKET));
-    let timeouts = Timeouts { connect: Duration::from_secs(5), call: Duration::from_secs(30) };
-    let session = Client::new(endpoint, timeouts)
-        .login(&Credentials::local_root(), ORIGINATOR)
-        .map_err(|e| fail(e.to_string()))?;
-    let reference = secret::get_by_uuid(&session, uuid).map_err(|e| fail(e.to_string()))?;
-    let value = secret::get_value(&session, &reference).map_err(|e| fail(e.to_string()))?;
-    drop(session);
-    value
-        .expose()
-        .parse()
-        .map_err(|e: crate::nvme::names::InvalidValue| fail(format!("the secret is not a DH-HMAC-CHAP key: {}", e.why)))
+/// A lazily opened XAPI session: at most one login per call, and none when
+/// no key needs XAPI.
+struct Xapi<'h> {
+    host: &'h HostRoot,
+    session: Option<Session>,
 }
 
-fn resolve(host: &HostRoot, key: &'static str, source: Option<&KeySource>) -> Result<Option<DhchapKey>, SecretError> {
-    match source {
-        None => Ok(None),
-        Some(KeySource::Inline(value)) => Ok(Some(value.clone())),
-        Some(KeySource::Secret(uuid)) => fetch(host, key, uuid).map(Some),
+impl Xapi<'_> {
+    fn fetch(&mut self, key: &'static str, uuid: &str) -> Result<DhchapKey, SecretError> {
+        let fail = |why: String| SecretError { key, uuid: uuid.to_owned(), why };
+        let session = match &mut self.session {
+            Some(session) => session,
+            empty => {
+                let endpoint = Endpoint::Unix(self.host.path(XAPI_SOCKET));
+                let timeouts = Timeouts { connect: Duration::from_secs(5), call: Duration::from_secs(30) };
+                let opened = Client::new(endpoint, timeouts)
+                    .login(&Credentials::local_root(), ORIGINATOR)
+                    .map_err(|e| fail(e.to_string()))?;
+                empty.insert(opened)
+            }
+        };
+        let reference = secret::get_by_uuid(session, uuid).map_err(|e| fail(e.to_string()))?;
+        let value = secret::get_value(session, &reference).map_err(|e| fail(e.to_string()))?;
+        value.expose().parse().map_err(|e: crate::nvme::names::InvalidValue| {
+            fail(format!("the secret is not a DH-HMAC-CHAP key: {}", e.why))
+        })
+    }
+
+    /// The key from this host's file if any, else from the SR's device-config.
+    fn key(
+        &mut self,
+        local: Option<DhchapKey>,
+        name: &'static str,
+        source: Option<&KeySource>,
+    ) -> Result<Option<DhchapKey>, SecretError> {
+        match (local, source) {
+            (Some(key), _) => Ok(Some(key)),
+            (None, None) => Ok(None),
+            (None, Some(KeySource::Inline(value))) => Ok(Some(value.clone())),
+            (None, Some(KeySource::Secret(uuid))) => self.fetch(name, uuid).map(Some),
+        }
     }
 }
 
 /// The keys to connect with: this host's key files where present, otherwise
-/// the SR's keys (read from XAPI only when needed).
+/// the SR's keys (read from XAPI, in one session, only when needed).
 ///
 /// # Errors
 /// [`SecretError`] when a needed secret cannot be read or is not a key.
 pub fn authentication(host: &HostRoot, local: Authentication, sr: &KeySources) -> Result<Authentication, SecretError> {
-    let host_key = match local.host_key {
-        Some(key) => Some(key),
-        None => resolve(host, "dhchap_password", sr.host_key.as_ref())?,
-    };
-    let ctrl_key = match local.ctrl_key {
-        Some(key) => Some(key),
-        None => resolve(host, "dhchap_ctrl_password", sr.ctrl_key.as_ref())?,
-    };
+    let mut xapi = Xapi { host, session: None };
+    let host_key = xapi.key(local.host_key, "dhchap_password", sr.host_key.as_ref())?;
+    let ctrl_key = xapi.key(local.ctrl_key, "dhchap_ctrl_password", sr.ctrl_key.as_ref())?;
     Ok(Authentication { host_key, ctrl_key })
 }
 

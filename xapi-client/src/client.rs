@@ -97,19 +97,17 @@ impl Client {
                 })
             }
         };
-        let result = decode_envelope(value).map_err(|failure| match failure {
-            Some(f) => XapiError { code: f.code, params: f.params },
-            None => XapiError { code: "NOT_AN_ENVELOPE".into(), params: vec![] },
-        });
-        if let Err(e) = &result {
-            if e.code == "NOT_AN_ENVELOPE" {
+        let result = match decode_envelope(value) {
+            Ok(value) => Ok(value),
+            Err(Some(f)) => Err(XapiError { code: f.code, params: f.params }),
+            Err(None) => {
                 return Err(Error::Transport {
                     endpoint,
                     method: method.to_owned(),
                     why: "the reply lacks XAPI's Status/Value envelope".into(),
-                });
+                })
             }
-        }
+        };
         Ok(Reply { result, master_thumbprint: reply.head.header(THUMBPRINT_REPLY).map(str::to_owned) })
     }
 

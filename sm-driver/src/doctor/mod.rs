@@ -49,15 +49,18 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// A check that passed.
+    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
         Self { name: name.into(), verdict: Verdict::Pass, detail: detail.into(), fix: String::new() }
     }
 
-    fn warn(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    /// A check that works, but not as recommended.
+    pub fn warn(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { name: name.into(), verdict: Verdict::Warn, detail: detail.into(), fix: fix.into() }
     }
 
-    fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    /// A check that failed.
+    pub fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { name: name.into(), verdict: Verdict::Fail, detail: detail.into(), fix: fix.into() }
     }
 }

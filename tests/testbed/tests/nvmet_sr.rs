@@ -311,7 +311,7 @@ expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
 rm -rf /etc/nvmetcp
 # The same keys as XAPI secrets named by device-config, read over the dom0 socket.
 mkdir -p /var/lib/xcp
-"$T" serve-xapi /var/lib/xcp/xapi "$key" "$ctrl" >secrets.txt &
+printf '%s\n%s\n' "$key" "$ctrl" | "$T" serve-xapi /var/lib/xcp/xapi >secrets.txt &
 xapi=$!
 for _ in $(seq 100); do [ -s secrets.txt ] && break; sleep 0.1; done
 read -r key_uuid ctrl_uuid <secrets.txt
@@ -559,14 +559,15 @@ fn host_side() -> ExitCode {
     run_suite("sr", &scenarios(&exe))
 }
 
-/// `serve-xapi SOCKET VALUE…`: an emulated XAPI on the dom0 socket holding
-/// each VALUE as a secret; prints their UUIDs on one line, then serves until
-/// killed.
+/// `serve-xapi SOCKET` with one value per line on stdin (keys stay out of
+/// argv): an emulated XAPI on the dom0 socket holding each value as a secret;
+/// prints their UUIDs on one line, then serves until killed.
 fn serve_xapi(args: &[String]) -> ExitCode {
-    let [socket, values @ ..] = args else {
-        eprintln!("usage: serve-xapi SOCKET VALUE...");
+    let [socket] = args else {
+        eprintln!("usage: serve-xapi SOCKET <values");
         return ExitCode::FAILURE;
     };
+    let values: Vec<String> = std::io::stdin().lines().map_while(Result::ok).filter(|l| !l.is_empty()).collect();
     let emulator = xapi_emulator::Emulator::new(xapi_emulator::Config::default(), xapi_emulator::AcceptAll);
     let _ = std::fs::remove_file(socket);
     emulator.listen_unix(Path::new(socket)).unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{all_records, string_map, HostMetricsRef, HostRef};
+use crate::api::{all_records, HostMetricsRef, HostRef};
 use crate::client::Session;
 use crate::error::Result;
 use crate::value::{Fields, TypeError, Value};
@@ -72,7 +72,7 @@ pub fn call_plugin(
 ) -> Result<String> {
     session.call_as(
         "host.call_plugin",
-        vec![host.into(), Value::from(plugin), Value::from(function), string_map(args)],
+        vec![host.into(), Value::from(plugin), Value::from(function), Value::map(args)],
         |v| v.as_str("host.call_plugin result").map(str::to_owned),
     )
 }

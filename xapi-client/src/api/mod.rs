@@ -2,8 +2,6 @@
 //! fields it reads. Refs are opaque typed strings: never parsed, never kept
 //! across sessions (UUIDs are the stable names).
 
-use std::collections::BTreeMap;
-
 use crate::value::{TypeError, Value};
 
 pub mod event;
@@ -93,9 +91,4 @@ where
         .collect::<Result<Vec<_>, TypeError>>()?;
     records.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(records)
-}
-
-/// A `(string -> string) map` parameter.
-pub(crate) fn string_map(map: &BTreeMap<String, String>) -> Value {
-    Value::map(map)
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{all_records, string_map, HostRef, PbdRef, SrRef, TaskRef};
+use crate::api::{all_records, HostRef, PbdRef, SrRef, TaskRef};
 use crate::client::Session;
 use crate::error::Result;
 use crate::value::{Fields, TypeError, Value};
@@ -51,7 +51,7 @@ pub fn create(
     let record = Value::record([
         ("host", host.into()),
         ("SR", sr.into()),
-        ("device_config", string_map(device_config)),
+        ("device_config", Value::map(device_config)),
         ("other_config", Value::record::<&str>([])),
     ]);
     session.call_as("PBD.create", vec![record], |v| PbdRef::decode(v, "PBD ref"))

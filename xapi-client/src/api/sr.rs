@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{all_records, string_map, HostRef, PbdRef, SrRef, TaskRef};
+use crate::api::{all_records, HostRef, PbdRef, SrRef, TaskRef};
 use crate::client::Session;
 use crate::error::Result;
 use crate::value::{Fields, TypeError, Value};
@@ -79,14 +79,14 @@ impl SrCreate {
     fn params(&self) -> Vec<Value> {
         vec![
             (&self.host).into(),
-            string_map(&self.device_config),
+            Value::map(&self.device_config),
             Value::Int(self.physical_size),
             Value::from(self.name_label.as_str()),
             Value::from(self.name_description.as_str()),
             Value::from(self.sr_type.as_str()),
             Value::from(self.content_type.as_str()),
             Value::Bool(self.shared),
-            string_map(&self.sm_config),
+            Value::map(&self.sm_config),
         ]
     }
 }
@@ -181,7 +181,7 @@ pub fn probe_ext(
 ) -> Result<Vec<ProbeResult>> {
     session.call_as(
         "SR.probe_ext",
-        vec![host.into(), string_map(device_config), Value::from(sr_type), string_map(sm_config)],
+        vec![host.into(), Value::map(device_config), Value::from(sr_type), Value::map(sm_config)],
         decode_probe,
     )
 }
