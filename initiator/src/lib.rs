@@ -1,0 +1,14 @@
+//! `nvmetcp-initiator`: nvmetcp's own NVMe/TCP host, for dom0 kernels without
+//! `nvme_tcp` (XCP-ng 8.2 and 8.3 run Linux 4.19).
+//!
+//! The room has two halves that meet at [`block::BlockDevice`]:
+//!
+//! * the NVMe/TCP side (the PDU codec, queues, controllers and the multipath
+//!   engine) turns "this subsystem, these portals" into one `BlockDevice`;
+//! * the serving side exposes a `BlockDevice` to the host kernel as an NBD
+//!   device, run by one supervised daemon per SR per host.
+//!
+//! `sm-driver` reaches this crate only through its narrow door (start, stop,
+//! state of the initiator for one SR on this host).
+
+pub mod block;
