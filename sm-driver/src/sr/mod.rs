@@ -137,9 +137,9 @@ pub enum SrError {
         /// What it holds instead.
         found: String,
     },
-    /// An operation that only the pool master may do.
-    #[error("{0} writes LVM metadata and runs on the pool master only; this host is a pool member")]
-    NotMaster(&'static str),
+    /// An operation that only the pool master may do, on a host that must not write.
+    #[error(transparent)]
+    NotMaster(#[from] role::NotWriter),
     /// The SR still has volumes.
     #[error("SR {sr_uuid} still holds {count} volume(s); destroy them first")]
     NotEmpty {
@@ -234,9 +234,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if !is_uuid(&uuid) {
             return Err(SrError::BadUuid(uuid.clone()));
         }
-        if !role::is_master(&ctx.host) {
-            return Err(SrError::NotMaster("SR.create"));
-        }
+        role::require_master(&ctx.host, "SR.create")?;
         let config = SrConfig::parse(&configuration, Purpose::Create)?;
         let nqn = required_nqn(&config)?;
         let reference =
@@ -513,9 +511,7 @@ pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
 /// Every failure, as the SMAPI error record.
 pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
-        if !role::is_master(&ctx.host) {
-            return Err(SrError::NotMaster("SR.destroy"));
-        }
+        role::require_master(&ctx.host, "SR.destroy")?;
         let (state, _lock) = match attached(ctx, params) {
             Ok(found) => found,
             // Destroyed already (xapi retried): nothing left to do.
@@ -550,9 +546,7 @@ fn relabel(
 ) -> Result<Value, Failure> {
     let text: String = params.get(param)?;
     sr_call(params, || {
-        if !role::is_master(&ctx.host) {
-            return Err(SrError::NotMaster(if what == "name" { "SR.set_name" } else { "SR.set_description" }));
-        }
+        role::require_master(&ctx.host, if what == "name" { "SR.set_name" } else { "SR.set_description" })?;
         let new_tag = label_tag(prefix, what, &text)?;
         let (state, _lock) = attached(ctx, params)?;
         let lvm = lvm_for(ctx, &state, true)?;

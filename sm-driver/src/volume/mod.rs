@@ -118,11 +118,7 @@ fn existing(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Lv, SrError> {
 }
 
 fn require_master(ctx: &Context, what: &'static str) -> Result<(), SrError> {
-    if role::is_master(&ctx.host) {
-        Ok(())
-    } else {
-        Err(SrError::NotMaster(what))
-    }
+    Ok(role::require_master(&ctx.host, what)?)
 }
 
 fn size_param(params: &Params, name: &'static str) -> Result<u64, Failure> {

@@ -186,7 +186,7 @@ tb_reset() {
     command -v dmsetup >/dev/null && timeout 30 dmsetup remove_all --force >/dev/null 2>&1
     # LVM's /dev/<vg>/ nodes of what is gone, and the driver's host state.
     command -v vgscan >/dev/null && timeout 30 vgscan --mknodes >/dev/null 2>&1
-    rm -rf /run/nvmetcp /etc/nvmetcp /etc/xensource/pool.conf
+    rm -rf /run/nvmetcp /etc/nvmetcp /etc/xensource/pool.conf /etc/xensource-inventory
     if [ -d "$TB_CFG" ]; then
         for link in "$TB_CFG"/ports/*/subsystems/* "$TB_CFG"/subsystems/*/allowed_hosts/*; do
             [ -L "$link" ] && rm "$link"

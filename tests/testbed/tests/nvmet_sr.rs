@@ -535,6 +535,21 @@ echo master >/etc/xensource/pool.conf
 expect_ok SR.set_name "{\"dbg\":\"n\",\"sr\":\"nvmetcp://sr/$SR\",\"new_name\":\"after\"}" >/dev/null
 echo "slave:10.0.0.1" >/etc/xensource/pool.conf
 stat_sr | grep -q '"name":"after"' || tb_fail "the member does not see the master's change"
+# A role that cannot be trusted writes nothing: 'broken', empty, missing on an XCP-ng host.
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+before=$(lvm lvs --noheadings -o lv_name,lv_tags 2>/dev/null | md5sum)
+for role in broken "" missing; do
+    if [ "$role" = missing ]; then
+        rm -f /etc/xensource/pool.conf; echo "INSTALLATION_UUID='tb'" >/etc/xensource-inventory
+    else
+        printf '%s\n' "$role" >/etc/xensource/pool.conf
+    fi
+    expect_err NVMETCP_POOL_ROLE_UNKNOWN Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"lost\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" | grep -q 'Nothing was written' || tb_fail "role '$role': no clear refusal"
+    expect_err NVMETCP_POOL_ROLE_UNKNOWN SR.set_name "{\"dbg\":\"n\",$sr,\"new_name\":\"lost\"}" >/dev/null
+done
+rm -f /etc/xensource-inventory
+[ "$(lvm lvs --noheadings -o lv_name,lv_tags 2>/dev/null | md5sum)" = "$before" ] || tb_fail "a host of unknown role wrote LVM metadata"
+stat_sr | grep -q '"name":"after"' || tb_fail "a host of unknown role renamed the SR"
 rm -f /etc/xensource/pool.conf
 expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
 "#,
