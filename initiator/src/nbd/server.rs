@@ -1,0 +1,392 @@
+//! One NBD connection, server side: read requests from the kernel, submit
+//! them to the block device without waiting (many in flight per
+//! connection), and write each reply when its completion arrives, in
+//! whatever order completions come. A request larger than the device's
+//! largest transfer is split and its parts joined.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::budget::{Budget, Lease};
+use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
+use crate::block::{BlockDevice, Geometry, IoError, Outcome, Request};
+
+/// The largest request the kernel sends (its `max_hw_sectors`, 65536
+/// sectors, in `drivers/block/nbd.c` `nbd_dev_add`); more is a broken stream.
+pub const MAX_REQUEST_BYTES: u32 = 32 << 20;
+
+/// Counters of one export, shared by its connections.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+    /// Requests submitted and not yet answered.
+    pub in_flight: AtomicU64,
+    /// Bytes read from the device.
+    pub bytes_read: AtomicU64,
+    /// Bytes written to the device.
+    pub bytes_written: AtomicU64,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionEnd {
+    /// The kernel sent NBD_CMD_DISC (the device is being disconnected).
+    #[error("the kernel disconnected the device")]
+    Disconnected,
+    /// The kernel closed or shut down its end (it marked the connection dead).
+    #[error("the kernel closed the connection")]
+    Closed,
+    /// The stream broke.
+    #[error("connection I/O failed: {0}")]
+    Io(io::Error),
+    /// The kernel sent something that is not NBD.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// A request larger than any the kernel sends.
+    #[error("request of {0} bytes is larger than the kernel ever sends ({MAX_REQUEST_BYTES})")]
+    Oversized(u32),
+}
+
+/// A reply on its way to the writer, with the memory it holds.
+struct Reply {
+    handle: u64,
+    error: u32,
+    data: Vec<u8>,
+    _lease: Option<Lease>,
+}
+
+/// Serves one connection until it ends; replies still owed are written as
+/// their completions arrive, after this returns.
+pub fn serve(
+    device: &Arc<dyn BlockDevice>,
+    stream: UnixStream,
+    budget: &Arc<Budget>,
+    counters: &Arc<Counters>,
+) -> ConnectionEnd {
+    let writer = match stream.try_clone() {
+        Ok(writer) => writer,
+        Err(error) => return ConnectionEnd::Io(error),
+    };
+    let (replies, queue) = mpsc::channel::<Reply>();
+    let counters_for_writer = Arc::clone(counters);
+    let spawned = std::thread::Builder::new().name("nbd-reply".into()).spawn(move || {
+        let mut writer = io::BufWriter::with_capacity(256 * 1024, writer);
+        let mut broken = false;
+        while let Ok(first) = queue.recv() {
+            // Write what is ready, then flush once: many replies per syscall.
+            let mut next = Some(first);
+            while let Some(reply) = next.take() {
+                if !broken {
+                    broken = write_reply(&mut writer, &reply).is_err();
+                }
+                counters_for_writer.in_flight.fetch_sub(1, Ordering::Relaxed);
+                next = queue.try_recv().ok();
+            }
+            if !broken {
+                broken = writer.flush().is_err();
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        return ConnectionEnd::Io(error);
+    }
+    read_loop(device, stream, budget, counters, &replies)
+}
+
+fn write_reply(writer: &mut impl Write, reply: &Reply) -> io::Result<()> {
+    writer.write_all(&proto::encode_reply(reply.handle, reply.error))?;
+    if reply.error == 0 {
+        writer.write_all(&reply.data)?;
+    }
+    Ok(())
+}
+
+fn read_loop(
+    device: &Arc<dyn BlockDevice>,
+    mut stream: UnixStream,
+    budget: &Arc<Budget>,
+    counters: &Arc<Counters>,
+    replies: &Sender<Reply>,
+) -> ConnectionEnd {
+    let geometry = device.geometry();
+    loop {
+        let mut raw = [0u8; REQUEST_LEN];
+        match stream.read_exact(&mut raw) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return ConnectionEnd::Closed,
+            Err(error) => return ConnectionEnd::Io(error),
+        }
+        let header = match RequestHeader::decode(&raw) {
+            Ok(header) => header,
+            Err(error) => return error.into(),
+        };
+        if header.command == Command::Disconnect {
+            return ConnectionEnd::Disconnected;
+        }
+        if header.len > MAX_REQUEST_BYTES && matches!(header.command, Command::Read | Command::Write) {
+            return ConnectionEnd::Oversized(header.len);
+        }
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let len = usize::try_from(header.len).unwrap_or(usize::MAX);
+        let lease = matches!(header.command, Command::Read | Command::Write).then(|| budget.lease(len));
+        let request = match header.command {
+            Command::Read => Request::Read { offset: header.offset, len: header.len },
+            Command::Write => {
+                let mut data = vec![0u8; len];
+                if let Err(error) = stream.read_exact(&mut data) {
+                    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    return ConnectionEnd::Io(error);
+                }
+                Request::Write { offset: header.offset, data, fua: header.fua }
+            }
+            Command::Flush => Request::Flush,
+            Command::Trim => Request::Discard { offset: header.offset, len: u64::from(header.len) },
+            Command::WriteZeroes => Request::WriteZeroes { offset: header.offset, len: u64::from(header.len) },
+            Command::Disconnect => return ConnectionEnd::Disconnected,
+        };
+        let reply_to = replies.clone();
+        let counters = Arc::clone(counters);
+        let handle = header.handle;
+        let done = move |outcome: Outcome| {
+            let reply = match outcome {
+                Ok(data) => {
+                    match header.command {
+                        Command::Read => counters.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed),
+                        Command::Write => counters.bytes_written.fetch_add(u64::from(header.len), Ordering::Relaxed),
+                        _ => 0,
+                    };
+                    Reply { handle, error: 0, data, _lease: lease }
+                }
+                Err(error) => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    Reply { handle, error: proto::error_value(&error), data: Vec::new(), _lease: lease }
+                }
+            };
+            // The writer is gone only when the connection is: nothing to answer.
+            let _ = reply_to.send(reply);
+        };
+        match check(&geometry, &request) {
+            Ok(()) => submit_split(device, &geometry, request, Box::new(done)),
+            Err(error) => done(Err(error)),
+        }
+    }
+}
+
+/// Range and alignment, before anything reaches the device.
+fn check(geometry: &Geometry, request: &Request) -> Result<(), IoError> {
+    let (offset, len) = match request {
+        Request::Read { offset, len } => (*offset, u64::from(*len)),
+        Request::Write { offset, data, .. } => (*offset, data.len() as u64),
+        Request::Discard { offset, len } | Request::WriteZeroes { offset, len } => (*offset, *len),
+        Request::Flush => return Ok(()),
+    };
+    let block = u64::from(geometry.block_size.max(1));
+    if offset % block != 0 || len % block != 0 {
+        return Err(IoError::Invalid(format!("{len} bytes at {offset} not aligned to {block}-byte blocks")));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > geometry.size_bytes()) {
+        return Err(IoError::Invalid(format!("{len} bytes at {offset} past the end ({})", geometry.size_bytes())));
+    }
+    Ok(())
+}
+
+/// The largest piece the device takes, in whole blocks.
+fn piece_len(geometry: &Geometry) -> u32 {
+    let block = geometry.block_size.max(1);
+    match geometry.max_transfer {
+        0 => u32::MAX,
+        max => (max / block).max(1) * block,
+    }
+}
+
+/// Submits a request, split into pieces the device accepts; the completion
+/// sees one outcome (the first error, or the joined data of a read).
+fn submit_split(
+    device: &Arc<dyn BlockDevice>,
+    geometry: &Geometry,
+    request: Request,
+    done: Box<dyn FnOnce(Outcome) + Send>,
+) {
+    let piece = piece_len(geometry);
+    match request {
+        Request::Read { offset, len } if len > piece => {
+            let parts = len.div_ceil(piece);
+            let join = Join::new(parts, Some(len), done);
+            for part in 0..parts {
+                let start = part * piece;
+                let this = piece.min(len - start);
+                let join = Arc::clone(&join);
+                device.submit(
+                    Request::Read { offset: offset + u64::from(start), len: this },
+                    Box::new(move |outcome| join.part(start, outcome)),
+                );
+            }
+        }
+        Request::Write { offset, data, fua } if data.len() > piece as usize => {
+            let chunks: Vec<Vec<u8>> = data.chunks(piece as usize).map(<[u8]>::to_vec).collect();
+            drop(data);
+            let join = Join::new(u32::try_from(chunks.len()).unwrap_or(u32::MAX), None, done);
+            let mut start = 0u64;
+            for chunk in chunks {
+                let len = chunk.len() as u64;
+                let join = Arc::clone(&join);
+                device.submit(
+                    Request::Write { offset: offset + start, data: chunk, fua },
+                    Box::new(move |outcome| join.part(0, outcome.map(|_| Vec::new()))),
+                );
+                start += len;
+            }
+        }
+        request => device.submit(request, done),
+    }
+}
+
+/// Joins the completions of a split request.
+struct Join {
+    state: Mutex<JoinState>,
+}
+
+struct JoinState {
+    left: u32,
+    data: Option<Vec<u8>>,
+    error: Option<IoError>,
+    done: Option<Box<dyn FnOnce(Outcome) + Send>>,
+}
+
+impl Join {
+    fn new(parts: u32, read_len: Option<u32>, done: Box<dyn FnOnce(Outcome) + Send>) -> Arc<Self> {
+        let data = read_len.map(|len| vec![0u8; len as usize]);
+        Arc::new(Self { state: Mutex::new(JoinState { left: parts, data, error: None, done: Some(done) }) })
+    }
+
+    fn part(&self, start: u32, outcome: Outcome) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(bytes) => {
+                if let Some(data) = state.data.as_mut() {
+                    let start = start as usize;
+                    let end = (start + bytes.len()).min(data.len());
+                    data[start..end].copy_from_slice(&bytes[..end - start]);
+                }
+            }
+            Err(error) => {
+                state.error.get_or_insert(error);
+            }
+        }
+        state.left -= 1;
+        if state.left == 0 {
+            let outcome = match state.error.take() {
+                Some(error) => Err(error),
+                None => Ok(state.data.take().unwrap_or_default()),
+            };
+            if let Some(done) = state.done.take() {
+                drop(state);
+                done(outcome);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryDevice;
+
+    fn header(command: Command, handle: u64, offset: u64, len: u32) -> [u8; REQUEST_LEN] {
+        RequestHeader { command, fua: false, handle, offset, len }.encode()
+    }
+
+    fn reply(stream: &mut UnixStream) -> (u64, u32) {
+        let mut raw = [0u8; proto::REPLY_LEN];
+        stream.read_exact(&mut raw).unwrap();
+        proto::decode_reply(&raw).unwrap()
+    }
+
+    fn start(device: Arc<dyn BlockDevice>, budget: usize) -> (UnixStream, std::thread::JoinHandle<ConnectionEnd>) {
+        let (client, server) = UnixStream::pair().unwrap();
+        let budget = Budget::new(budget);
+        let counters = Arc::new(Counters::default());
+        let thread = std::thread::spawn(move || serve(&device, server, &budget, &counters));
+        (client, thread)
+    }
+
+    #[test]
+    fn writes_read_back_and_disc_ends_the_connection() {
+        let device: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(512, 64, 1024));
+        let (mut client, thread) = start(device, 1 << 20);
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&header(Command::Write, 1, 1024, 4096)).unwrap();
+        client.write_all(&data).unwrap();
+        assert_eq!(reply(&mut client), (1, 0));
+        // Read of 4096 with a 1024-byte max transfer: split in four, joined.
+        client.write_all(&header(Command::Read, 2, 1024, 4096)).unwrap();
+        assert_eq!(reply(&mut client), (2, 0));
+        let mut back = vec![0u8; 4096];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(back, data);
+        client.write_all(&header(Command::Flush, 3, 0, 0)).unwrap();
+        assert_eq!(reply(&mut client), (3, 0));
+        client.write_all(&header(Command::Disconnect, 4, 0, 0)).unwrap();
+        assert!(matches!(thread.join().unwrap(), ConnectionEnd::Disconnected));
+    }
+
+    #[test]
+    fn out_of_range_and_misaligned_requests_get_einval_and_the_stream_stays_in_step() {
+        let device: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(512, 8, 0));
+        let (mut client, thread) = start(device, 1 << 20);
+        client.write_all(&header(Command::Write, 1, 4096, 512)).unwrap();
+        client.write_all(&[0u8; 512]).unwrap();
+        assert_eq!(reply(&mut client), (1, proto::errno::EINVAL));
+        client.write_all(&header(Command::Read, 2, 100, 512)).unwrap();
+        assert_eq!(reply(&mut client), (2, proto::errno::EINVAL));
+        client.write_all(&header(Command::Trim, 3, 0, 1024)).unwrap();
+        assert_eq!(reply(&mut client), (3, 0));
+        drop(client);
+        assert!(matches!(thread.join().unwrap(), ConnectionEnd::Closed));
+    }
+
+    #[test]
+    fn many_requests_in_flight_complete_out_of_order_within_the_budget() {
+        // The device completes requests in reverse order of arrival, in batches
+        // of four; a budget of two 4 KiB buffers still lets every request through.
+        let device = Arc::new(MemoryDevice::new(512, 256, 0).holding(4));
+        let (mut client, thread) = start(device.clone(), 8192 * 4);
+        for handle in 0..16u64 {
+            client.write_all(&header(Command::Read, handle, handle * 4096, 4096)).unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..16 {
+            let (handle, error) = reply(&mut client);
+            assert_eq!(error, 0);
+            let mut data = vec![0u8; 4096];
+            client.read_exact(&mut data).unwrap();
+            seen.push(handle);
+        }
+        assert_ne!(seen, (0..16).collect::<Vec<_>>(), "completions must be allowed out of order");
+        seen.sort_unstable();
+        assert_eq!(seen, (0..16).collect::<Vec<_>>());
+        client.write_all(&header(Command::Disconnect, 99, 0, 0)).unwrap();
+        assert!(matches!(thread.join().unwrap(), ConnectionEnd::Disconnected));
+    }
+
+    #[test]
+    fn garbage_ends_the_connection() {
+        let device: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(512, 8, 0));
+        let (mut client, thread) = start(device, 1 << 20);
+        client.write_all(&[0xffu8; REQUEST_LEN]).unwrap();
+        assert!(matches!(thread.join().unwrap(), ConnectionEnd::Protocol(ProtocolError::Magic(_))));
+        let (mut client, thread) = {
+            let device: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::new(512, 8, 0));
+            start(device, 1 << 20)
+        };
+        client.write_all(&header(Command::Write, 1, 0, MAX_REQUEST_BYTES + 512)).unwrap();
+        assert!(matches!(thread.join().unwrap(), ConnectionEnd::Oversized(_)));
+    }
+}
