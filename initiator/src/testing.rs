@@ -25,7 +25,10 @@ pub struct MemoryDevice {
 
 impl std::fmt::Debug for MemoryDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryDevice").field("geometry", &self.geometry).field("hold", &self.hold).finish_non_exhaustive()
+        f.debug_struct("MemoryDevice")
+            .field("geometry", &self.geometry)
+            .field("hold", &self.hold)
+            .finish_non_exhaustive()
     }
 }
 

@@ -81,7 +81,8 @@ impl NbdNetlink {
         let socket =
             socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkGeneric)
                 .map_err(|errno| NetlinkError::Socket { op: "socket", errno })?;
-        bind(socket.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|errno| NetlinkError::Socket { op: "bind", errno })?;
+        bind(socket.as_raw_fd(), &NetlinkAddr::new(0, 0))
+            .map_err(|errno| NetlinkError::Socket { op: "bind", errno })?;
         setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &TimeVal::new(ANSWER_TIMEOUT_SECS, 0))
             .map_err(|errno| NetlinkError::Socket { op: "SO_RCVTIMEO", errno })?;
         let mut this = Self { socket, family: 0, seq: AtomicU32::new(1) };
@@ -145,7 +146,13 @@ impl NbdNetlink {
     ///
     /// # Errors
     /// A bad value, or the kernel refused (wrong backend, not set up by netlink).
-    pub fn reconfigure(&self, index: u32, backend: &str, dead_conn_timeout_secs: u64, fds: &[u32]) -> Result<(), NetlinkError> {
+    pub fn reconfigure(
+        &self,
+        index: u32,
+        backend: &str,
+        dead_conn_timeout_secs: u64,
+        fds: &[u32],
+    ) -> Result<(), NetlinkError> {
         let seq = self.next_seq();
         let message = netlink::reconfigure(self.family, seq, index, backend, dead_conn_timeout_secs, fds)?;
         self.transact("reconfigure", seq, &message).map(drop)

@@ -350,9 +350,7 @@ pub fn decode_replies(mut buf: &[u8]) -> Result<Vec<Reply>, DecodeError> {
                 }
             }
             NLMSG_DONE => Reply::Other { seq },
-            _ if body.len() >= GENL_HDRLEN => {
-                Reply::Data { seq, cmd: body[0], attrs: body[GENL_HDRLEN..].to_vec() }
-            }
+            _ if body.len() >= GENL_HDRLEN => Reply::Data { seq, cmd: body[0], attrs: body[GENL_HDRLEN..].to_vec() },
             _ => Reply::Other { seq },
         });
         buf = &buf[align4(len).min(buf.len())..];
