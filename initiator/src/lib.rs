@@ -12,9 +12,13 @@
 //! state of the initiator for one SR on this host).
 
 pub mod block;
-pub mod block;
 pub mod config;
 pub mod multipath;
 pub mod nbd;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use config::{
+    AuthKeys, DhchapSecret, HostIdentity, IoPolicy, MultipathConfig, NamespaceIdentity, TransportOptions,
+};
+pub use multipath::{AnaState, DeviceState, Multipath, OpenError, PathState, PathStatus};
