@@ -12,9 +12,15 @@
 //! state of the initiator for one SR on this host).
 
 pub mod block;
+pub mod command;
 pub mod config;
+pub mod discovery;
+#[cfg(test)]
+mod fake_target;
 pub mod multipath;
 pub mod nbd;
+pub mod pdu;
+pub mod queue;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -51,7 +51,31 @@ pub fn find_controller(host: &HostRoot, key: &PathKey) -> Result<Option<Controll
     Ok(controllers(host)?.into_iter().find(|c| c.is_alive() && c.matches(key)))
 }
 
-/// Connects one path, or reuses its existing controller.
+/// Probes a TCP path's portal (ICReq/ICResp within `timeout`); other
+/// transports are not probed. Callers run this outside the host-wide fabric
+/// lock: a portal that does not answer must not hold every other call up.
+///
+/// # Errors
+/// [`NvmeError::Unreachable`] when nothing answers in time,
+/// [`NvmeError::NotNvmeTcp`] when something other than NVMe/TCP does.
+pub fn probe_path(options: &ConnectOptions, timeout: Duration) -> Result<(), NvmeError> {
+    if options.transport != Transport::Tcp {
+        return Ok(());
+    }
+    let nqn = || options.subsystem.as_str().to_owned();
+    match crate::nvme::discovery::probe(options.portal, timeout) {
+        Ok(()) => Ok(()),
+        Err(crate::nvme::discovery::DiscoveryError::Unreachable { source, .. }) => {
+            Err(NvmeError::Unreachable { portal: options.portal.to_string(), nqn: nqn(), timeout, source })
+        }
+        Err(other) => {
+            Err(NvmeError::NotNvmeTcp { portal: options.portal.to_string(), nqn: nqn(), why: other.to_string() })
+        }
+    }
+}
+
+/// Connects one path, or reuses its existing controller, probing a TCP
+/// portal first (see [`probe_path`]).
 ///
 /// # Errors
 /// [`NvmeError::Unreachable`] when a TCP portal does not answer within
@@ -63,31 +87,27 @@ pub fn connect_path(
     options: &ConnectOptions,
     probe_timeout: Duration,
 ) -> Result<ConnectedPath, NvmeError> {
+    connect_probed(host, fabrics, options, || probe_path(options, probe_timeout))
+}
+
+/// Connects one path, or reuses its existing controller; `probed` gives the
+/// portal's probe outcome (run earlier, outside the lock), consulted only
+/// when a controller must be created.
+///
+/// # Errors
+/// As [`connect_path`].
+pub fn connect_probed(
+    host: &HostRoot,
+    fabrics: &dyn Fabrics,
+    options: &ConnectOptions,
+    probed: impl FnOnce() -> Result<(), NvmeError>,
+) -> Result<ConnectedPath, NvmeError> {
     let key = options.key();
     if let Some(existing) = find_controller(host, &key)? {
         tracing::debug!(path = %key, controller = %existing.name, state = %existing.state, "reusing controller");
         return Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused });
     }
-    if options.transport == Transport::Tcp {
-        match crate::nvme::discovery::probe(options.portal, probe_timeout) {
-            Ok(()) => {}
-            Err(crate::nvme::discovery::DiscoveryError::Unreachable { source, .. }) => {
-                return Err(NvmeError::Unreachable {
-                    portal: options.portal.to_string(),
-                    nqn: key.subsysnqn.clone(),
-                    timeout: probe_timeout,
-                    source,
-                })
-            }
-            Err(other) => {
-                return Err(NvmeError::NotNvmeTcp {
-                    portal: options.portal.to_string(),
-                    nqn: key.subsysnqn.clone(),
-                    why: other.to_string(),
-                })
-            }
-        }
-    }
+    probed()?;
     let rendered = options.render();
     tracing::info!(path = %key, options = %rendered, "connecting");
     match fabrics.create_controller(&rendered) {
@@ -160,6 +180,7 @@ pub(crate) fn nvme_tcp_listen(listener: std::net::TcpListener) -> crate::nvme::n
                 response[0] = 0x01;
                 response[2] = 128;
                 response[4..8].copy_from_slice(&128u32.to_le_bytes());
+                response[12..16].copy_from_slice(&0x4_0000u32.to_le_bytes()); // MAXH2CDATA, as nvmet
                 let _ = stream.write_all(&response);
             }
         }

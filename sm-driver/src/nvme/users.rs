@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::HostRoot;
 use crate::lock::{FileLock, LockError};
 
-use super::connect::{connect_path, disconnect_path, ConnectedPath, PathOrigin, PROBE_TIMEOUT};
+use super::connect::{connect_probed, disconnect_path, probe_path, ConnectedPath, PathOrigin, PROBE_TIMEOUT};
 use super::fabrics::Fabrics;
 use super::options::{ConnectOptions, PathKey};
 use super::NvmeError;
@@ -111,9 +111,18 @@ pub fn attach(
     user: &str,
     paths: &[ConnectOptions],
 ) -> Result<Vec<PathResult>, RegistryError> {
+    // Portals are probed first, all at once and outside the host-wide lock:
+    // one that does not answer costs this call its probe timeout, never
+    // every other call waiting for the lock.
+    let probes: Vec<Result<(), NvmeError>> = std::thread::scope(|scope| {
+        let running: Vec<_> = paths.iter().map(|p| scope.spawn(move || probe_path(p, PROBE_TIMEOUT))).collect();
+        // A probe thread that panicked leaves the decision to the kernel's connect.
+        running.into_iter().map(|h| h.join().unwrap_or(Ok(()))).collect()
+    });
     let _lock = HostLock::acquire(host, LOCK_TIMEOUT)?;
     let mut users = load(host)?;
-    let results: Vec<PathResult> = paths.iter().map(|p| connect_path(host, fabrics, p, PROBE_TIMEOUT)).collect();
+    let results: Vec<PathResult> =
+        paths.iter().zip(probes).map(|(p, probed)| connect_probed(host, fabrics, p, || probed)).collect();
     let previous = users.remove(user).unwrap_or_default();
     let mut uses: Vec<PathUse> = Vec::new();
     for connected in results.iter().flatten() {
@@ -285,6 +294,24 @@ mod tests {
         let released = release(&tree.host(), "sr").unwrap();
         assert!(released.disconnected.is_empty(), "{released:?}");
         assert_eq!(tree.read("/sys/class/nvme/nvme0/delete_controller"), "\n", "someone else's nvme0 untouched");
+    }
+
+    #[test]
+    fn a_silent_portal_is_probed_outside_the_host_lock() {
+        let tree = SysfsTree::new();
+        let (_, mut paths) = two_paths();
+        // Accepts TCP connections (the backlog) but never answers ICReq.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        paths[1].portal = Portal { addr: silent.local_addr().unwrap().ip(), port: silent.local_addr().unwrap().port() };
+        let host = tree.host();
+        let meanwhile = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            HostLock::acquire(&host, Duration::from_secs(1)).is_ok()
+        });
+        let results = attach(&tree.host(), &FakeFabrics::new(&tree), "sr", &paths).unwrap();
+        assert!(meanwhile.join().unwrap(), "the lock was held while a portal was being probed");
+        assert!(results[0].is_ok());
+        assert!(results[1].as_ref().unwrap_err().to_string().contains("NVMe/TCP"), "{:?}", results[1]);
     }
 
     #[test]

@@ -1,0 +1,488 @@
+//! One NVMe/TCP queue: one TCP connection, a bounded set of command slots,
+//! and a reader thread that matches what the controller sends (C2HData,
+//! R2T, CapsuleResp) to the slot of its command identifier.
+//!
+//! Submitters block when every slot is taken, so a queue never holds more
+//! than its depth of commands and buffers. When the connection breaks or the
+//! controller sends something the protocol does not allow, the queue dies:
+//! every command in it completes with [`QueueError::Transport`] (the
+//! multipath layer retries those on another path) and later submissions fail
+//! at once.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::command::{self, Sqe};
+use crate::pdu::{self, kind, Digests, PduError, PduReader, Received, FLAG_LAST, FLAG_SUCCESS};
+
+/// How a queue failed a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The connection is gone or the controller broke the protocol; the
+    /// command may be retried on another path.
+    #[error("{0}")]
+    Transport(String),
+    /// No answer within the deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What a finished command gives back: its completion (or why none came),
+/// and its buffers, so the caller can reuse or resend them.
+#[derive(Debug)]
+pub struct Finished {
+    /// The controller's completion.
+    pub outcome: Result<pdu::Completion, QueueError>,
+    /// Data the controller returned (reads), `expect` bytes.
+    pub data_in: Vec<u8>,
+    /// Data the host sent (writes).
+    pub data_out: Vec<u8>,
+}
+
+/// Called once when a command finishes, on the queue's reader thread (or the
+/// submitter's, when the queue is already dead).
+pub type OnFinish = Box<dyn FnOnce(Finished) + Send>;
+
+/// Negotiated parameters of a connected queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueParams {
+    /// Queue ID (0: admin).
+    pub qid: u16,
+    /// Commands in flight at most.
+    pub slots: u16,
+    /// Digests negotiated at ICResp.
+    pub digests: Digests,
+    /// Controller PDU data alignment (bytes).
+    pub cpda: usize,
+    /// Largest H2CData payload.
+    pub maxh2cdata: u32,
+    /// Largest in-capsule data for a command.
+    pub in_capsule: usize,
+    /// Largest data of one command (bounds the reader's allocations).
+    pub max_data: usize,
+    /// Most data PDUs the controller may send for one command before the
+    /// queue is declared broken: a target that splits data absurdly finely
+    /// cannot keep the reader busy forever.
+    pub max_pdus: u32,
+}
+
+struct Pending {
+    sqe: Sqe,
+    data_out: Vec<u8>,
+    data_in: Vec<u8>,
+    received: usize,
+    pdus: u32,
+    r2t_ok: bool,
+    started: Instant,
+    done: OnFinish,
+}
+
+struct Slots {
+    free: Vec<u16>,
+    pending: Vec<Option<Pending>>,
+    dead: Option<String>,
+}
+
+struct Shared {
+    portal: SocketAddr,
+    params: QueueParams,
+    writer: Mutex<(TcpStream, Vec<u8>)>,
+    /// A handle on the socket to shut it down while a writer blocks.
+    control: TcpStream,
+    slots: Mutex<Slots>,
+    space: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connected queue; dropping it closes the connection.
+pub struct Queue {
+    shared: Arc<Shared>,
+}
+
+/// Opens a TCP connection within `deadline`.
+///
+/// # Errors
+/// The socket error.
+pub fn connect_tcp(portal: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&portal, remaining(deadline)?)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Exchanges ICReq/ICResp within `deadline` (one deadline for the whole
+/// exchange: a peer sending one byte at a time cannot stretch it).
+///
+/// # Errors
+/// [`PduError`] naming what failed.
+pub fn initialize(stream: &TcpStream, digests: Digests, deadline: Instant) -> Result<pdu::IcResp, PduError> {
+    let mut timed = DeadlineStream { stream, deadline };
+    timed.write_all(&pdu::ic_req(digests, 0))?;
+    let mut reader = PduReader::new(&mut timed, 0);
+    let received = reader.next_pdu()?;
+    let resp = pdu::parse_ic_resp(&received, digests)?;
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
+    Ok(resp)
+}
+
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "the exchange's deadline passed"));
+    }
+    Ok(left)
+}
+
+/// A stream whose every read and write is bounded by one fixed deadline.
+pub struct DeadlineStream<'a> {
+    /// The socket.
+    pub stream: &'a TcpStream,
+    /// When the exchange must be over.
+    pub deadline: Instant,
+}
+
+impl Read for DeadlineStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(remaining(self.deadline)?))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
+
+impl Write for DeadlineStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(remaining(self.deadline)?))?;
+        let mut s = self.stream;
+        s.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// Starts a queue on an initialized connection; its reader thread runs
+    /// until the connection ends.
+    ///
+    /// # Errors
+    /// An I/O error if the socket cannot be duplicated or the thread not started.
+    pub fn start(portal: SocketAddr, stream: TcpStream, params: QueueParams) -> io::Result<Self> {
+        let reader = stream.try_clone()?;
+        let control = stream.try_clone()?;
+        let slots = params.slots.max(1);
+        let shared = Arc::new(Shared {
+            portal,
+            params,
+            writer: Mutex::new((stream, Vec::new())),
+            control,
+            slots: Mutex::new(Slots {
+                free: (0..slots).rev().collect(),
+                pending: (0..slots).map(|_| None).collect(),
+                dead: None,
+            }),
+            space: Condvar::new(),
+        });
+        let for_thread = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("nvme-q{}-{portal}", params.qid))
+            .spawn(move || for_thread.read_loop(reader))?;
+        Ok(Self { shared })
+    }
+
+    /// The queue's parameters.
+    #[must_use]
+    pub fn params(&self) -> QueueParams {
+        self.shared.params
+    }
+
+    /// Why the queue died, if it did.
+    #[must_use]
+    pub fn dead(&self) -> Option<String> {
+        lock(&self.shared.slots).dead.clone()
+    }
+
+    /// Commands in flight now.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        let slots = lock(&self.shared.slots);
+        slots.pending.len() - slots.free.len()
+    }
+
+    /// Age of the oldest command in flight that is not in `except` (opcodes
+    /// that legitimately wait forever, like Asynchronous Event Requests).
+    #[must_use]
+    pub fn oldest(&self, except: u8) -> Option<Duration> {
+        let slots = lock(&self.shared.slots);
+        slots.pending.iter().flatten().filter(|p| p.sqe[0] != except).map(|p| p.started.elapsed()).max()
+    }
+
+    /// Kills the queue: the connection is shut down and every command in it
+    /// fails with [`QueueError::Transport`] carrying `why`.
+    pub fn kill(&self, why: &str) {
+        self.shared.fail(why.to_owned());
+    }
+
+    /// Submits a command: `data_out` is sent in the capsule when it fits,
+    /// else on R2T; `expect` bytes are read back by C2HData. Blocks while
+    /// every slot is taken.
+    pub fn submit(&self, mut sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
+        let shared = &self.shared;
+        let in_capsule = !data_out.is_empty() && data_out.len() <= shared.params.in_capsule;
+        let length = u32::try_from(data_out.len().max(expect)).unwrap_or(u32::MAX);
+        if in_capsule {
+            command::set_sgl_in_capsule(&mut sqe, length);
+        } else if length > 0 {
+            command::set_sgl_transport(&mut sqe, length);
+        }
+        let cid = {
+            let mut slots = lock(&shared.slots);
+            loop {
+                if let Some(why) = &slots.dead {
+                    let why = why.clone();
+                    drop(slots);
+                    done(Finished { outcome: Err(QueueError::Transport(why)), data_in: Vec::new(), data_out });
+                    return;
+                }
+                if let Some(cid) = slots.free.pop() {
+                    break cid;
+                }
+                slots = shared.space.wait(slots).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        command::set_cid(&mut sqe, cid);
+        let capsule_data = if in_capsule { data_out.as_slice() } else { &[] };
+        let mut writer = lock(&shared.writer);
+        let (stream, buf) = &mut *writer;
+        buf.clear();
+        pdu::encode(buf, kind::CAPSULE_CMD, 0, &sqe, capsule_data, shared.params.digests, shared.params.cpda);
+        {
+            let mut slots = lock(&shared.slots);
+            if slots.dead.is_some() {
+                slots.free.push(cid);
+                drop(slots);
+                drop(writer);
+                self.submit_after_death(data_out, done);
+                return;
+            }
+            slots.pending[usize::from(cid)] = Some(Pending {
+                sqe,
+                data_out,
+                data_in: vec![0u8; expect],
+                received: 0,
+                pdus: 0,
+                r2t_ok: !in_capsule && length > 0 && expect == 0,
+                started: Instant::now(),
+                done,
+            });
+        }
+        if let Err(e) = stream.write_all(buf) {
+            drop(writer);
+            shared.fail(format!("sending a command to {}: {e}", shared.portal));
+        }
+    }
+
+    fn submit_after_death(&self, data_out: Vec<u8>, done: OnFinish) {
+        let why = self.dead().unwrap_or_default();
+        done(Finished { outcome: Err(QueueError::Transport(why)), data_in: Vec::new(), data_out });
+    }
+
+    /// Runs one command and waits for it, at most until `deadline`; the queue
+    /// is killed when the deadline passes.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue died or the deadline passed.
+    pub fn call(
+        &self,
+        sqe: Sqe,
+        data_out: Vec<u8>,
+        expect: usize,
+        deadline: Instant,
+    ) -> Result<(pdu::Completion, Vec<u8>), QueueError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            sqe,
+            data_out,
+            expect,
+            Box::new(move |finished| {
+                let _ = tx.send(finished);
+            }),
+        );
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(finished) => finished.outcome.map(|c| (c, finished.data_in)),
+            Err(_) => {
+                self.kill("a command timed out");
+                Err(QueueError::Timeout(wait))
+            }
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.shared.fail("the queue was closed".to_owned());
+    }
+}
+
+impl Shared {
+    fn fail(&self, why: String) {
+        let pending: Vec<Pending> = {
+            let mut slots = lock(&self.slots);
+            if slots.dead.is_none() {
+                slots.dead = Some(why.clone());
+            }
+            let taken: Vec<Pending> = slots.pending.iter_mut().filter_map(Option::take).collect();
+            taken
+        };
+        let _ = self.control.shutdown(Shutdown::Both);
+        self.space.notify_all();
+        for p in pending {
+            (p.done)(Finished {
+                outcome: Err(QueueError::Transport(why.clone())),
+                data_in: p.data_in,
+                data_out: p.data_out,
+            });
+        }
+    }
+
+    fn read_loop(self: Arc<Self>, stream: TcpStream) {
+        let mut reader = PduReader::new(stream, self.params.max_data.max(4096));
+        reader.set_digests(self.params.digests);
+        loop {
+            let step = reader.next_pdu().and_then(|received| self.handle(&mut reader, &received));
+            if let Err(e) = step {
+                let why = match e {
+                    PduError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        format!("the connection to {} was closed", self.portal)
+                    }
+                    other => format!("queue {} to {}: {other}", self.params.qid, self.portal),
+                };
+                self.fail(why);
+                return;
+            }
+        }
+    }
+
+    fn protocol(detail: impl Into<String>) -> PduError {
+        PduError::Protocol(detail.into())
+    }
+
+    /// Takes the pending command `cid` out of its slot (for completion).
+    fn take(&self, cid: u16) -> Option<Pending> {
+        let mut slots = lock(&self.slots);
+        let p = slots.pending.get_mut(usize::from(cid))?.take()?;
+        slots.free.push(cid);
+        drop(slots);
+        self.space.notify_one();
+        Some(p)
+    }
+
+    fn handle(&self, reader: &mut PduReader<TcpStream>, received: &Received) -> Result<(), PduError> {
+        match received.kind {
+            kind::CAPSULE_RESP => {
+                let cqe = pdu::parse_completion(received);
+                let p = self.take(cqe.cid).ok_or_else(|| {
+                    Self::protocol(format!("a completion for command {} that is not in flight", cqe.cid))
+                })?;
+                (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: p.data_out });
+                Ok(())
+            }
+            kind::C2H_DATA => self.c2h_data(reader, received),
+            kind::R2T => self.r2t(received),
+            other => Err(Self::protocol(format!("unexpected PDU type {other:#x} from the controller"))),
+        }
+    }
+
+    fn c2h_data(&self, reader: &mut PduReader<TcpStream>, received: &Received) -> Result<(), PduError> {
+        let header = pdu::parse_data_header(received);
+        let (offset, length) = (header.offset as usize, header.length as usize);
+        if length != received.data_len {
+            return Err(Self::protocol(format!("C2HData announces {length} bytes but carries {}", received.data_len)));
+        }
+        // Take the buffer out of the slot while reading into it, so the slot
+        // lock is not held across a socket read.
+        let mut buffer = {
+            let mut slots = lock(&self.slots);
+            let p =
+                slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut).ok_or_else(|| {
+                    Self::protocol(format!("C2HData for command {} that is not in flight", header.cid))
+                })?;
+            p.pdus += 1;
+            if p.pdus > self.params.max_pdus {
+                return Err(Self::protocol(format!("more than {} data PDUs for one command", self.params.max_pdus)));
+            }
+            if offset != p.received || offset + length > p.data_in.len() {
+                return Err(Self::protocol(format!(
+                    "C2HData at {offset}+{length} for a command of {} bytes ({} received)",
+                    p.data_in.len(),
+                    p.received
+                )));
+            }
+            std::mem::take(&mut p.data_in)
+        };
+        let read = reader.read_data(received, &mut buffer[offset..offset + length]);
+        let mut slots = lock(&self.slots);
+        let p = slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut);
+        let Some(p) = p else { return Err(Self::protocol("a command vanished while its data was read")) };
+        p.data_in = buffer;
+        read?;
+        p.received += length;
+        let last = received.flags & FLAG_LAST != 0;
+        if received.flags & FLAG_SUCCESS != 0 {
+            if !last || p.received != p.data_in.len() {
+                return Err(Self::protocol("C2HData with SUCCESS before all the data"));
+            }
+            drop(slots);
+            let p = self.take(header.cid).ok_or_else(|| Self::protocol("a command vanished"))?;
+            let cqe = pdu::Completion { result: 0, result_hi: 0, cid: header.cid, status: 0 };
+            (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: p.data_out });
+        }
+        Ok(())
+    }
+
+    fn r2t(&self, received: &Received) -> Result<(), PduError> {
+        let header = pdu::parse_data_header(received);
+        let maxh2c = self.params.maxh2cdata as usize;
+        let mut writer = lock(&self.writer);
+        let slots = lock(&self.slots);
+        let p = slots
+            .pending
+            .get(usize::from(header.cid))
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Self::protocol(format!("R2T for command {} that is not in flight", header.cid)))?;
+        let (offset, length) = (header.offset as usize, header.length as usize);
+        if !p.r2t_ok || length == 0 || offset + length > p.data_out.len() {
+            return Err(Self::protocol(format!(
+                "R2T for {offset}+{length} of a command with {} bytes to send",
+                if p.r2t_ok { p.data_out.len() } else { 0 }
+            )));
+        }
+        // The data is copied into the writer's buffer, so the slot lock can
+        // be released before the socket write.
+        let (stream, buf) = &mut *writer;
+        buf.clear();
+        let mut sent = 0;
+        while sent < length {
+            let n = (length - sent).min(maxh2c);
+            let piece = &p.data_out[offset + sent..offset + sent + n];
+            let psh = pdu::h2c_data_psh(pdu::DataHeader {
+                cid: header.cid,
+                ttag: header.ttag,
+                offset: u32::try_from(offset + sent).unwrap_or(u32::MAX),
+                length: u32::try_from(n).unwrap_or(u32::MAX),
+            });
+            let flags = if sent + n == length { FLAG_LAST } else { 0 };
+            pdu::encode(buf, kind::H2C_DATA, flags, &psh, piece, self.params.digests, self.params.cpda);
+            sent += n;
+        }
+        drop(slots);
+        stream.write_all(buf)?;
+        Ok(())
+    }
+}
