@@ -61,7 +61,7 @@ pub fn host_plugin<T: DeserializeOwned>(
     function: &str,
     args: &BTreeMap<String, String>,
 ) -> Result<T, PluginError> {
-    match host::call_plugin(session, host, sm_driver::host_plugin::PLUGIN_NAME, function, args) {
+    match host::call_plugin(session, host, sm_driver::plugin::HOST_PLUGIN_NAME, function, args) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| PluginError::Call(format!("unexpected answer: {e}"))),
         Err(e) if e.xapi().is_some_and(|x| x.code == "XENAPI_MISSING_PLUGIN") => Err(PluginError::Missing),
         Err(e) => Err(PluginError::Call(e.to_string())),

@@ -64,7 +64,7 @@ fn python_entry(work: &Path) -> Result<PathBuf, String> {
     let dir = work.join("python-plugin");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let script = dir.join("Plugin.Query");
-    let query = serde_json::to_string(&sm_driver::plugin::query(sm_driver::smapi::method::PluginKind::Volume))
+    let query = serde_json::to_string(&sm_driver::dispatch::query(sm_driver::smapi::method::PluginKind::Volume))
         .map_err(|e| e.to_string())?;
     std::fs::write(
         &script,

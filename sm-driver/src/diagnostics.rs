@@ -140,7 +140,7 @@ fn write_attached_srs(out: &mut String, host: &HostRoot) {
     }
     for name in attached {
         let uuid = name.trim_end_matches(".json");
-        match crate::sr::state::load(host, uuid) {
+        match crate::sr_state::load(host, uuid) {
             Ok(state) => {
                 let _ = writeln!(
                     out,

@@ -9,29 +9,18 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cmd::Runner;
-use crate::diagnostics;
+use crate::context::Context;
 use crate::error::{DriverError, Failure};
-use crate::host::HostRoot;
-use crate::plugin;
 use crate::smapi::method::{Interface, Method, PluginKind, CATALOGUE};
 use crate::smapi::params::Params;
-use crate::sr;
-use crate::{datapath, volume};
-
-/// What handlers reach the host through.
-pub struct Context {
-    /// The host filesystem (sysfs, /dev, /etc).
-    pub host: HostRoot,
-    /// The runner of external programs.
-    pub runner: Box<dyn Runner>,
-}
+use crate::smapi::types::QueryResult;
+use crate::{datapath, diagnostics, plugin, sr, volume};
 
 type Handler = fn(&Context, PluginKind, &Params) -> Result<Value, Failure>;
 
 /// Implemented methods: interface, IDL method name, handler.
 const HANDLERS: &[(Interface, &str, Handler)] = &[
-    (Interface::Plugin, "query", |_, kind, params| encode(params, &plugin::query(kind))),
+    (Interface::Plugin, "query", |_, kind, params| encode(params, &query(kind))),
     (Interface::Plugin, "diagnostics", |ctx, kind, params| {
         encode(params, &diagnostics::report(kind, &ctx.host, ctx.runner.as_ref()))
     }),
@@ -83,6 +72,12 @@ pub fn implemented(kind: PluginKind) -> Vec<&'static Method> {
         .collect()
 }
 
+/// The answer of `Plugin.Query` for the plugin of `kind`.
+#[must_use]
+pub fn query(kind: PluginKind) -> QueryResult {
+    plugin::query(kind, &implemented(kind))
+}
+
 fn encode<T: Serialize>(params: &Params, value: &T) -> Result<Value, Failure> {
     serde_json::to_value(value)
         .map_err(|source| DriverError::Encode { method: params.method().call_name(), source }.into())
@@ -90,8 +85,29 @@ fn encode<T: Serialize>(params: &Params, value: &T) -> Result<Value, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::implemented;
+    use super::{implemented, query};
     use crate::smapi::method::PluginKind;
+
+    #[test]
+    fn features_follow_the_implemented_methods() {
+        assert_eq!(
+            query(PluginKind::Volume).features,
+            [
+                "SR_PROBE",
+                "SR_CREATE",
+                "SR_ATTACH",
+                "SR_DETACH",
+                "SR_DELETE",
+                "SR_UPDATE",
+                "SR_SCAN",
+                "VDI_CREATE",
+                "VDI_DELETE",
+                "VDI_RESIZE",
+                "VDI_UPDATE"
+            ]
+        );
+        assert!(query(PluginKind::Datapath).features.is_empty());
+    }
 
     #[test]
     fn implemented_methods_per_plugin() {

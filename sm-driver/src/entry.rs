@@ -12,10 +12,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::dispatch::{dispatch, implemented, Context};
+use crate::context::Context;
+use crate::dispatch::{dispatch, implemented};
 use crate::error::{to_error_record, DriverError, Failure};
-use crate::host_plugin::PLUGINS_DIR;
-use crate::plugin::{DATAPATH_SCHEME, VERSION, VOLUME_PLUGIN_DIR};
+use crate::plugin::{DATAPATH_SCHEME, HOST_PLUGINS_DIR, VERSION, VOLUME_PLUGIN_DIR};
 use crate::smapi::method::{Interface, Method, PluginKind};
 use crate::smapi::params::{Params, RequestError};
 
@@ -90,7 +90,7 @@ pub fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, UsageError
     let path = Path::new(argv0);
     let invoked_as = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let directory = path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
-    if directory.as_deref() == Path::new(PLUGINS_DIR).file_name().and_then(|n| n.to_str()) {
+    if directory.as_deref() == Path::new(HOST_PLUGINS_DIR).file_name().and_then(|n| n.to_str()) {
         return match args {
             [request] => Ok(Invocation::HostPlugin(request.clone())),
             _ => Err(UsageError::HostPluginArgs),
@@ -251,7 +251,7 @@ USAGE
   {BINARY_NAME} --post-install          the package's post-install steps (host identity,
                                       whether xapi knows the SR type yet); safe to repeat
   {BINARY_NAME} --list-links            the method links a package installs
-  {PLUGINS_DIR}/nvmetcp <XML-RPC call>  as xapi runs it for host.call_plugin
+  {HOST_PLUGINS_DIR}/nvmetcp <XML-RPC call>  as xapi runs it for host.call_plugin
 
 OPTIONS
   --json        read the parameters from stdin (the SMAPIv3 protocol)

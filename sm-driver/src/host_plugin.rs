@@ -23,12 +23,6 @@ use crate::nvme::names::{Portal, Transport};
 use crate::plugin::VERSION;
 use crate::smapi::method::PluginKind;
 
-/// The plugin's file name under `/etc/xapi.d/plugins/`.
-pub const PLUGIN_NAME: &str = "nvmetcp";
-/// The directory xapi runs plugins from (its last component is how the
-/// binary knows it was run as the host plugin).
-pub const PLUGINS_DIR: &str = "/etc/xapi.d/plugins";
-
 /// The functions, with what each returns.
 const FUNCTIONS: &[(&str, &str)] = &[
     ("host_identity", "JSON {\"hostnqn\", \"hostid\", \"version\"}: this host's NVMe identity, created if missing"),

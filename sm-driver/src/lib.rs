@@ -22,6 +22,7 @@
 //! both with a temporary tree and a recording fake.
 
 pub mod cmd;
+pub mod context;
 pub mod datapath;
 pub mod device_config;
 pub mod diagnostics;
@@ -38,9 +39,13 @@ pub mod lock;
 pub mod lvm;
 pub mod nvme;
 pub mod plugin;
+pub mod pool_role;
 pub mod secrets;
 pub mod smapi;
 pub mod sr;
+pub mod sr_access;
 pub mod sr_config;
+pub mod sr_paths;
+pub mod sr_state;
 pub mod status;
 pub mod volume;

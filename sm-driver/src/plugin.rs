@@ -8,7 +8,7 @@
 //! packaging installs links only for implemented methods.
 
 use crate::device_config;
-use crate::smapi::method::PluginKind;
+use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::types::QueryResult;
 
 /// The SR type, as typed in `xe sr-create type=`.
@@ -19,6 +19,14 @@ pub const VOLUME_PLUGIN_DIR: &str = "org.xen.xapi.storage.nvmetcp";
 
 /// The datapath plugin directory name, which is also the URI scheme it serves.
 pub const DATAPATH_SCHEME: &str = "nvmetcp";
+
+/// The XAPI host plugin's file name under [`HOST_PLUGINS_DIR`]
+/// (`host.call_plugin(host, "nvmetcp", …)`).
+pub const HOST_PLUGIN_NAME: &str = "nvmetcp";
+
+/// The directory xapi runs host plugins from (its last component is how the
+/// binary knows it was run as the host plugin).
+pub const HOST_PLUGINS_DIR: &str = "/etc/xapi.d/plugins";
 
 /// The SMAPI version spoken.
 pub const API_VERSION: &str = "5.0";
@@ -45,18 +53,19 @@ const FEATURE_OF_METHOD: &[(&str, &str)] = &[
     ("Volume.stat", "VDI_UPDATE"),
 ];
 
-/// The features of the plugin of `kind`, from what it implements.
+/// The features of a plugin that implements `methods`.
 #[must_use]
-pub fn features(kind: PluginKind) -> Vec<String> {
-    crate::dispatch::implemented(kind)
+pub fn features(methods: &[&Method]) -> Vec<String> {
+    methods
         .iter()
         .filter_map(|m| FEATURE_OF_METHOD.iter().find(|(name, _)| *name == m.call_name()).map(|(_, f)| (*f).to_owned()))
         .collect()
 }
 
-/// The answer of `Plugin.Query` for `kind`.
+/// The answer of `Plugin.Query` for the plugin of `kind`, which implements
+/// `methods` (the dispatch table's list).
 #[must_use]
-pub fn query(kind: PluginKind) -> QueryResult {
+pub fn query(kind: PluginKind, methods: &[&Method]) -> QueryResult {
     let (plugin, name, description, configuration) = match kind {
         PluginKind::Volume => (
             SR_TYPE,
@@ -80,7 +89,7 @@ pub fn query(kind: PluginKind) -> QueryResult {
         copyright: "Copyright (C) the nvmetcp developers; GPL-2.0-only".to_owned(),
         version: VERSION.to_owned(),
         required_api_version: API_VERSION.to_owned(),
-        features: features(kind),
+        features: features(methods),
         configuration,
         required_cluster_stack: Vec::new(),
     }
@@ -95,35 +104,14 @@ mod tests {
     #[test]
     fn plugin_names_match_their_directories() {
         assert_eq!(VOLUME_PLUGIN_DIR.rsplit('.').next(), Some(SR_TYPE));
-        assert_eq!(query(PluginKind::Volume).plugin, SR_TYPE);
-        assert_eq!(query(PluginKind::Datapath).plugin, DATAPATH_SCHEME);
+        assert_eq!(query(PluginKind::Volume, &[]).plugin, SR_TYPE);
+        assert_eq!(query(PluginKind::Datapath, &[]).plugin, DATAPATH_SCHEME);
         assert!(!SR_TYPE.contains('.') && SR_TYPE == SR_TYPE.to_ascii_lowercase());
     }
 
     #[test]
-    fn features_follow_the_implemented_methods() {
-        assert_eq!(
-            super::features(PluginKind::Volume),
-            [
-                "SR_PROBE",
-                "SR_CREATE",
-                "SR_ATTACH",
-                "SR_DETACH",
-                "SR_DELETE",
-                "SR_UPDATE",
-                "SR_SCAN",
-                "VDI_CREATE",
-                "VDI_DELETE",
-                "VDI_RESIZE",
-                "VDI_UPDATE"
-            ]
-        );
-        assert!(super::features(PluginKind::Datapath).is_empty());
-    }
-
-    #[test]
     fn volume_query_documents_every_device_config_key() {
-        let result = query(PluginKind::Volume);
+        let result = query(PluginKind::Volume, &[]);
         assert_eq!(result.required_api_version, "5.0");
         assert_eq!(result.configuration.len(), KEYS.len());
         for key in KEYS {

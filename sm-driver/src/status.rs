@@ -63,7 +63,7 @@ pub fn report(host: &HostRoot) -> HostReport {
     let srs = names
         .iter()
         .filter_map(|n| n.strip_suffix(".json"))
-        .map(|uuid| match crate::sr::state::load(host, uuid) {
+        .map(|uuid| match crate::sr_state::load(host, uuid) {
             Ok(state) => match health(host, &state.paths) {
                 Ok(health) => SrReport {
                     sr_uuid: state.sr_uuid,

@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::cmd::{Command, Program, Runner};
 use crate::diagnostics::module_state;
 use crate::host::HostRoot;
-use crate::host_plugin::{PLUGINS_DIR, PLUGIN_NAME};
 use crate::nvme::names::{Portal, Transport};
-use crate::plugin::{DATAPATH_SCHEME, VOLUME_PLUGIN_DIR};
+use crate::plugin::{DATAPATH_SCHEME, HOST_PLUGINS_DIR, HOST_PLUGIN_NAME, VOLUME_PLUGIN_DIR};
 
 /// Where the RPM installs the plugin directories.
 pub const PLUGIN_ROOT: &str = "/usr/libexec/xapi-storage-script";
@@ -165,7 +164,7 @@ fn plugin_installed(host: &HostRoot) -> Check {
     const NAME: &str = "plugin installed";
     let volume = format!("{PLUGIN_ROOT}/volume/{VOLUME_PLUGIN_DIR}/Plugin.Query");
     let datapath = format!("{PLUGIN_ROOT}/datapath/{DATAPATH_SCHEME}/Plugin.Query");
-    let host_plugin = format!("{PLUGINS_DIR}/{PLUGIN_NAME}");
+    let host_plugin = format!("{HOST_PLUGINS_DIR}/{HOST_PLUGIN_NAME}");
     let missing: Vec<&String> = [&volume, &datapath, &host_plugin].into_iter().filter(|p| !host.exists(p)).collect();
     if missing.is_empty() {
         Check::pass(NAME, "volume, datapath and XAPI host plugins are in place")

@@ -2,7 +2,7 @@
 
 use super::{execute, parse_args, CallRequest, Input, Invocation, UsageError};
 use crate::cmd::FakeRunner;
-use crate::dispatch::Context;
+use crate::context::Context;
 use crate::host::HostRoot;
 use crate::smapi::method::PluginKind;
 

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::TooLong;
 use crate::hex::{decode as unhex, encode as hex};
 
 /// The tag every nvmetcp volume carries.
@@ -41,18 +42,6 @@ pub struct VolumeMeta {
     pub sharable: bool,
     /// Keys stored by `Volume.set`.
     pub keys: BTreeMap<String, String>,
-}
-
-/// A value too large for the metadata.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the {what} is {bytes} bytes long; nvmetcp stores at most {limit}")]
-pub struct TooLong {
-    /// What it is.
-    pub what: String,
-    /// Its length.
-    pub bytes: usize,
-    /// The limit.
-    pub limit: usize,
 }
 
 fn check(what: &str, text: &str, limit: usize) -> Result<(), TooLong> {

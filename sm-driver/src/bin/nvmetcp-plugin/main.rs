@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use sm_driver::cmd::SystemRunner;
-use sm_driver::dispatch::Context;
+use sm_driver::context::Context;
 use sm_driver::entry::{execute, links, parse_args, usage, Invocation, BINARY_NAME};
 use sm_driver::host::HostRoot;
 use sm_driver::plugin::VERSION;

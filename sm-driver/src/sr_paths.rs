@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cmd::Runner;
+use crate::error::CallError;
 use crate::host::HostRoot;
 use crate::host_config::{authentication, HostConfig};
 use crate::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
@@ -22,12 +23,10 @@ use crate::nvme::sysfs::namespace_devices;
 use crate::nvme::users::attach;
 use crate::sr_config::{NamespaceRef, SrConfig};
 
-use super::SrError;
-
 /// Every path of the subsystem: configured portals and discovered ports.
 ///
 /// # Errors
-/// [`SrError::Discovery`] when discovery was asked for, found nothing for the
+/// [`CallError::Discovery`] when discovery was asked for, found nothing for the
 /// subsystem, and no portal is configured either.
 pub fn path_options(
     config: &SrConfig,
@@ -35,7 +34,7 @@ pub fn path_options(
     host: &HostIdentity,
     local: &HostConfig,
     auth: &Authentication,
-) -> Result<Vec<ConnectOptions>, SrError> {
+) -> Result<Vec<ConnectOptions>, CallError> {
     let mut ports: Vec<(Transport, Portal)> = config.portals.iter().map(|p| (config.transport, *p)).collect();
     if !config.discovery.is_empty() {
         let found = discover(&config.discovery, host, DISCOVERY_TIMEOUT);
@@ -58,7 +57,7 @@ pub fn path_options(
                         host.nqn
                     ));
                 }
-                return Err(SrError::Discovery { nqn: nqn.to_string(), why: why.join("; ") });
+                return Err(CallError::Discovery { nqn: nqn.to_string(), why: why.join("; ") });
             }
             None => {}
         }
@@ -82,14 +81,14 @@ pub fn path_options(
 /// one path is up (the others are reported in the log and in health).
 ///
 /// # Errors
-/// [`SrError`] for an unusable host or when no path at all could be connected.
+/// [`CallError`] for an unusable host or when no path at all could be connected.
 pub fn connect(
     host: &HostRoot,
     runner: &dyn Runner,
     config: &SrConfig,
     nqn: &Nqn,
     user: &str,
-) -> Result<Vec<PathKey>, SrError> {
+) -> Result<Vec<PathKey>, CallError> {
     ensure_transport(host, runner, config.transport)?;
     ensure_multipath(host)?;
     let identity = load_or_create(host)?;
@@ -109,7 +108,7 @@ pub fn connect(
         }
     }
     if failures.len() == options.len() {
-        return Err(SrError::NoPath { nqn: nqn.to_string(), why: failures.join("; ") });
+        return Err(CallError::NoPath { nqn: nqn.to_string(), why: failures.join("; ") });
     }
     if let Err(error) = set_iopolicy(host, nqn.as_str(), config.iopolicy) {
         tracing::warn!(%error, "multipath I/O policy not set");
@@ -120,20 +119,20 @@ pub fn connect(
 /// Finds and verifies the namespace on this host.
 ///
 /// # Errors
-/// [`SrError::Namespace`] when it does not appear or is not what it should be.
+/// [`CallError::Namespace`] when it does not appear or is not what it should be.
 pub fn namespace(
     host: &HostRoot,
     nqn: &Nqn,
     reference: &NamespaceRef,
     timeout: Duration,
-) -> Result<ResolvedNamespace, SrError> {
+) -> Result<ResolvedNamespace, CallError> {
     match reference {
         NamespaceRef::Nsid(nsid) => Ok(resolve_head(host, nqn, *nsid, None, timeout)?),
         NamespaceRef::Identity(identity) => {
             let started = Instant::now();
             loop {
                 let nsid = namespace_devices(host)
-                    .map_err(|e| SrError::Namespace(e.into()))?
+                    .map_err(|e| CallError::Namespace(e.into()))?
                     .into_iter()
                     .find(|d| d.subsysnqn == nqn.as_str() && d.identity.as_ref() == Some(identity))
                     .map(|d| d.nsid);
@@ -141,7 +140,7 @@ pub fn namespace(
                     return Ok(resolve_head(host, nqn, nsid, Some(identity), timeout)?);
                 }
                 if started.elapsed() >= timeout {
-                    return Err(SrError::NamespaceMissing { nqn: nqn.to_string(), namespace: identity.canonical() });
+                    return Err(CallError::NamespaceMissing { nqn: nqn.to_string(), namespace: identity.canonical() });
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

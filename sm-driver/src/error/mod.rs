@@ -8,12 +8,18 @@
 //! reads in `xe` or Xen Orchestra; further params carry machine-usable detail
 //! (the method, the parameter). Codes are documented in `docs/errors.md`.
 
+mod call;
+
 use std::error::Error as _;
 use std::panic::Location;
 
+use crate::pool_role::NotWriter;
 use crate::smapi::error_record::{Backtrace, ErrorRecord};
 use crate::smapi::method::PluginKind;
 use crate::smapi::params::RequestError;
+use crate::sr_state::StateError;
+
+pub use self::call::{CallError, TooLong, VolumeError};
 
 /// Everything that can make a call fail.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +57,7 @@ pub enum DriverError {
         host: String,
         /// What failed.
         #[source]
-        source: Box<crate::sr::SrError>,
+        source: Box<CallError>,
     },
     /// A bug: the call panicked.
     #[error("internal error in {method}: {message}; please report it with /var/log/SMlog")]
@@ -61,6 +67,13 @@ pub enum DriverError {
         /// The panic message.
         message: String,
     },
+}
+
+impl From<CallError> for DriverError {
+    fn from(error: CallError) -> Self {
+        let host = crate::host::HostRoot::system().read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default();
+        Self::Sr { host, source: Box::new(error) }
+    }
 }
 
 /// A [`DriverError`] with the source location where it was raised, which
@@ -116,31 +129,29 @@ pub fn to_error_record(failure: &Failure) -> ErrorRecord {
     }
 }
 
-/// The XenAPI error code of an SR failure.
-fn sr_code(error: &crate::sr::SrError) -> &'static str {
-    use crate::sr::state::StateError;
-    use crate::sr::SrError;
-    use crate::volume::VolumeError;
+/// The XenAPI error code of a handler's failure.
+fn sr_code(error: &CallError) -> &'static str {
     match error {
-        SrError::Config(_) | SrError::LabelTooLong { .. } | SrError::BadUuid(_) => "NVMETCP_INVALID_CONFIG",
-        SrError::Host(_) | SrError::Identity(_) | SrError::HostConfig(_) => "NVMETCP_HOST_NOT_READY",
-        SrError::Secret(_) => "NVMETCP_SECRET",
-        SrError::Discovery { .. } => "NVMETCP_DISCOVERY_FAILED",
-        SrError::NoPath { .. } | SrError::Nvme(_) => "NVMETCP_NO_PATH",
-        SrError::Registry(_) | SrError::Release(_) => "NVMETCP_HOST_STATE",
-        SrError::Namespace(_) | SrError::NamespaceMissing { .. } | SrError::NoIdentity { .. } => "NVMETCP_NAMESPACE",
-        SrError::InUse { .. } => "NVMETCP_NAMESPACE_IN_USE",
-        SrError::NotThisSr { .. } => "NVMETCP_SR_NOT_FOUND",
-        SrError::NotMaster(crate::sr::role::NotWriter::Member { .. }) => "NVMETCP_NOT_MASTER",
-        SrError::NotMaster(crate::sr::role::NotWriter::RoleUnknown { .. }) => "NVMETCP_POOL_ROLE_UNKNOWN",
-        SrError::NotEmpty { .. } => "NVMETCP_SR_NOT_EMPTY",
-        SrError::Lvm(_) | SrError::Inspect { .. } => "NVMETCP_LVM_FAILED",
-        SrError::State(StateError::NotAttached(_)) => "Sr_not_attached",
-        SrError::Volume(VolumeError::NotFound { .. }) => "Volume_does_not_exist",
-        SrError::Volume(VolumeError::Active { .. }) => "NVMETCP_VOLUME_ACTIVE",
-        SrError::Volume(_) => "NVMETCP_VOLUME_INVALID",
-        SrError::Read(_) => "NVMETCP_HOST_STATE",
-        SrError::State(_) => "NVMETCP_HOST_STATE",
+        CallError::Config(_) | CallError::LabelTooLong { .. } | CallError::BadUuid(_) => "NVMETCP_INVALID_CONFIG",
+        CallError::Host(_) | CallError::Identity(_) | CallError::HostConfig(_) => "NVMETCP_HOST_NOT_READY",
+        CallError::Secret(_) => "NVMETCP_SECRET",
+        CallError::Discovery { .. } => "NVMETCP_DISCOVERY_FAILED",
+        CallError::NoPath { .. } | CallError::Nvme(_) => "NVMETCP_NO_PATH",
+        CallError::Registry(_) | CallError::Release(_) => "NVMETCP_HOST_STATE",
+        CallError::Namespace(_) => "NVMETCP_NAMESPACE",
+        CallError::NamespaceMissing { .. } | CallError::NoIdentity { .. } => "NVMETCP_NAMESPACE",
+        CallError::InUse { .. } => "NVMETCP_NAMESPACE_IN_USE",
+        CallError::NotThisSr { .. } => "NVMETCP_SR_NOT_FOUND",
+        CallError::NotMaster(NotWriter::Member { .. }) => "NVMETCP_NOT_MASTER",
+        CallError::NotMaster(NotWriter::RoleUnknown { .. }) => "NVMETCP_POOL_ROLE_UNKNOWN",
+        CallError::NotEmpty { .. } => "NVMETCP_SR_NOT_EMPTY",
+        CallError::Lvm(_) | CallError::Inspect { .. } => "NVMETCP_LVM_FAILED",
+        CallError::State(StateError::NotAttached(_)) => "Sr_not_attached",
+        CallError::Volume(VolumeError::NotFound { .. }) => "Volume_does_not_exist",
+        CallError::Volume(VolumeError::Active { .. }) => "NVMETCP_VOLUME_ACTIVE",
+        CallError::Volume(_) => "NVMETCP_VOLUME_INVALID",
+        CallError::Read(_) => "NVMETCP_HOST_STATE",
+        CallError::State(_) => "NVMETCP_HOST_STATE",
     }
 }
 
@@ -186,7 +197,7 @@ mod tests {
     #[test]
     fn every_code_is_documented_and_every_documented_code_exists() {
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md")).unwrap();
-        let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error.rs")).unwrap();
+        let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error/mod.rs")).unwrap();
         let mapping = &source[..source.find("#[cfg(test)]").unwrap()];
         // Codes are the literals the mapping returns: `=> "CODE"` and `("CODE", …)`.
         let mut produced: Vec<&str> = Vec::new();

@@ -1,0 +1,86 @@
+//! `Datapath.deactivate` and `Datapath.detach`: the volume deactivated on
+//! this host, also with no live path (the mapping removed directly).
+
+use serde_json::Value;
+
+use crate::cmd::{Command, Program};
+use crate::context::Context;
+use crate::error::{CallError, Failure};
+use crate::smapi::params::Params;
+use crate::sr_access::{lvm_for, sr_call};
+use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
+use crate::volume::uri::parse_uri;
+
+/// The device-mapper name LVM gives `vg/lv`: dashes doubled, joined by one.
+fn dm_name(vg: &str, lv: &str) -> String {
+    format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
+}
+
+/// Whether the kernel has a device-mapper device named `name` (sysfs is the
+/// truth: `/dev/mapper` nodes can outlive their device where udev does not
+/// run).
+fn mapping_active(host: &crate::host::HostRoot, name: &str) -> bool {
+    host.list_dir("/sys/block")
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| d.starts_with("dm-"))
+        .any(|d| host.read_trimmed(&format!("/sys/block/{d}/dm/name")).is_ok_and(|n| n == name))
+}
+
+/// Deactivates the volume on this host: a no-op when it is not active here,
+/// LVM while a path is live, the mapping removed directly when none is.
+fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), CallError> {
+    let (sr_uuid, lv) = parse_uri(uri)?;
+    let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
+    let state = match sr_state::load(&ctx.host, &sr_uuid) {
+        Ok(state) => state,
+        // The SR is not attached here, so nothing of it is active either.
+        Err(sr_state::StateError::NotAttached(_)) => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    let mapping = dm_name(&state.vg, &lv);
+    if !mapping_active(&ctx.host, &mapping) {
+        return Ok(());
+    }
+    match lvm_for(ctx, &state, false) {
+        Ok(lvm) => lvm.lv_activate(&state.vg, &lv, false)?,
+        Err(CallError::NoPath { why, .. }) => {
+            tracing::warn!(volume = %lv, paths = %why, "no path is live; removing the volume's mapping directly");
+            ctx.runner
+                .run(&Command::new(Program::Dmsetup).args(["remove", &mapping]))
+                .map_err(|e| CallError::Lvm(crate::lvm::LvmError::Command(e)))?;
+        }
+        Err(error) => return Err(error),
+    }
+    tracing::info!(volume = %lv, "volume deactivated");
+    Ok(())
+}
+
+/// `Datapath.deactivate`: works with no live path too.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn deactivate(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let uri: String = params.get("uri")?;
+    sr_call(params, || deactivate_volume(ctx, &uri).map(|()| Value::Null))
+}
+
+/// `Datapath.detach`: never fails for a volume that is gone already or not
+/// active here, nor for want of a live path.
+///
+/// # Errors
+/// Every other failure (the mapping is still open), as the SMAPI error record.
+pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let uri: String = params.get("uri")?;
+    sr_call(params, || deactivate_volume(ctx, &uri).map(|()| Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dm_name;
+
+    #[test]
+    fn mapping_names_double_the_dashes_as_lvm_does() {
+        assert_eq!(dm_name("nvmetcp_3f1c6d0e8a8f", "vol-0f3c6d0e-8a8f"), "nvmetcp_3f1c6d0e8a8f-vol--0f3c6d0e--8a8f");
+    }
+}

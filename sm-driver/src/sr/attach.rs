@@ -1,0 +1,76 @@
+//! `SR.attach` (every host, each `PBD.plug`): connects every path, finds the
+//! namespace by its identity, checks it holds this SR, and records the
+//! attachment ([`crate::sr_state`]); the handle is `nvmetcp://sr/<uuid>`.
+
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::{CallError, Failure};
+use crate::lvm::Lvm;
+use crate::nvme::sysfs::NamespaceIdentity;
+use crate::pool_role;
+use crate::smapi::params::Params;
+use crate::smapi::types::StringMap;
+use crate::sr_access::sr_call;
+use crate::sr_config::{ConfigError, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
+use crate::sr_state::{self, handle_of, SrLock, SrState, SR_LOCK_TIMEOUT};
+
+use super::create::{is_uuid, required_nqn};
+use super::vg::{is_sr, tag_value, UUID_TAG};
+
+/// `SR.attach`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let configuration: StringMap = params.get("configuration")?;
+    sr_call(params, || {
+        let uuid = configuration.get(SR_UUID_KEY).cloned().unwrap_or_default();
+        let _lock = if is_uuid(&uuid) { Some(SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?) } else { None };
+        let state = bring_up(ctx, &configuration)?;
+        sr_state::save(&ctx.host, &state)?;
+        tracing::info!(sr = %state.sr_uuid, vg = %state.vg, "SR attached");
+        Ok(handle_of(&state.sr_uuid))
+    })
+}
+
+/// Reconnects and resolves an SR from its device-config, and checks the
+/// namespace holds it. Returns the state to record.
+fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, CallError> {
+    let config = SrConfig::parse(configuration, Purpose::Attach)?;
+    let nqn = required_nqn(&config)?;
+    let uuid = config.sr_uuid.clone().ok_or(ConfigError::Missing {
+        key: "sr_uuid",
+        why: "this device-config was not returned by SR.create; create the SR with xe sr-create",
+    })?;
+    if !is_uuid(&uuid) {
+        return Err(CallError::BadUuid(uuid));
+    }
+    let reference =
+        config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
+    let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &uuid)?;
+    let resolved = sr_paths::namespace(&ctx.host, &nqn, &reference, NAMESPACE_TIMEOUT)?;
+    let namespace = resolved.namespace.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
+    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, pool_role::is_master(&ctx.host))?;
+    let vgs = lvm.vgs()?;
+    let vg = vgs.iter().find(|vg| is_sr(vg) && tag_value(vg, UUID_TAG) == Some(uuid.as_str()));
+    let Some(vg) = vg.cloned() else {
+        let found = match vgs.first() {
+            Some(other) => format!(" (it holds volume group {})", other.name),
+            None => " (it holds no volume group)".to_owned(),
+        };
+        return Err(CallError::NotThisSr { namespace, sr_uuid: uuid, found });
+    };
+    Ok(SrState {
+        sr_uuid: uuid,
+        vg: vg.name,
+        nqn: nqn.to_string(),
+        namespace,
+        paths: expected,
+        configuration: configuration.clone(),
+        total_space: vg.size,
+        free_space: vg.free,
+        extent_size: vg.extent_size,
+    })
+}

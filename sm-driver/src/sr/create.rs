@@ -1,0 +1,111 @@
+//! `SR.create` (pool master, once): connects, resolves the namespace, refuses
+//! one that holds any signature unless `force=true`, creates the PV and the
+//! VG with its tags ([`super::vg`]), releases the connections it made, and
+//! returns the device-config to store with `sr_uuid` and the namespace's
+//! stable identity.
+
+use serde_json::Value;
+
+use crate::cmd::{Command, Program};
+use crate::context::Context;
+use crate::error::{CallError, Failure};
+use crate::lvm::Lvm;
+use crate::nvme::names::Nqn;
+use crate::nvme::sysfs::NamespaceIdentity;
+use crate::nvme::users::release;
+use crate::smapi::params::Params;
+use crate::smapi::types::StringMap;
+use crate::sr_access::{require_master, sr_call};
+use crate::sr_config::{ConfigError, NamespaceRef, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
+use crate::sr_state::{SrLock, SR_LOCK_TIMEOUT};
+
+use super::inspect::existing_data;
+use super::vg::{label_tag, tag_value, vg_name, DESCRIPTION_TAG, NAME_TAG, SR_TAG, UUID_TAG};
+
+/// `SR.create`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let uuid: String = params.get("uuid")?;
+    let configuration: StringMap = params.get("configuration")?;
+    let name: String = params.get("name")?;
+    let description: String = params.get("description")?;
+    sr_call(params, || {
+        if !is_uuid(&uuid) {
+            return Err(CallError::BadUuid(uuid.clone()));
+        }
+        require_master(ctx, "SR.create")?;
+        let config = SrConfig::parse(&configuration, Purpose::Create)?;
+        let nqn = required_nqn(&config)?;
+        let reference =
+            config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
+        let tags = vec![
+            SR_TAG.to_owned(),
+            format!("{UUID_TAG}{uuid}"),
+            label_tag(NAME_TAG, "name", &name)?,
+            label_tag(DESCRIPTION_TAG, "description", &description)?,
+        ];
+        let _lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+        let user = format!("create-{uuid}");
+        sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &user)?;
+        let outcome = create_on_namespace(ctx, &config, &nqn, &reference, &uuid, &tags);
+        // Leave no connection behind that create made; PBD.plug attaches.
+        release(&ctx.host, &user)?;
+        let identity = outcome?;
+        let mut stored = configuration.clone();
+        stored.insert("namespace".to_owned(), identity.canonical());
+        stored.insert(SR_UUID_KEY.to_owned(), uuid.clone());
+        stored.remove("force");
+        Ok(stored)
+    })
+}
+
+/// Whether `text` is a UUID.
+pub(super) fn is_uuid(text: &str) -> bool {
+    text.parse::<crate::nvme::names::HostId>().is_ok()
+}
+
+/// The subsystem of a create or attach device-config.
+pub(super) fn required_nqn(config: &SrConfig) -> Result<Nqn, CallError> {
+    config.nqn.clone().ok_or(CallError::Config(ConfigError::Missing { key: "nqn", why: "name the subsystem" }))
+}
+
+fn create_on_namespace(
+    ctx: &Context,
+    config: &SrConfig,
+    nqn: &Nqn,
+    reference: &NamespaceRef,
+    uuid: &str,
+    tags: &[String],
+) -> Result<NamespaceIdentity, CallError> {
+    let resolved = sr_paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
+    let identity = resolved
+        .namespace
+        .identity
+        .clone()
+        .ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid: resolved.namespace.nsid })?;
+    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?;
+    // Already created by an earlier attempt of this very call: done.
+    if lvm.vgs()?.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
+        return Ok(identity);
+    }
+    let device = resolved.device.display().to_string();
+    if let Some(found) = existing_data(ctx, &device)? {
+        if !config.force {
+            return Err(CallError::InUse { namespace: identity.canonical(), device, found });
+        }
+        tracing::warn!(%device, %found, "force=true: overwriting the namespace");
+    }
+    lvm.pvcreate(config.force)?;
+    if let Err(error) = lvm.vgcreate(&vg_name(uuid), tags) {
+        let undo = ctx.runner.run(&Command::new(Program::Lvm).args(["pvremove", "-y", &device]));
+        if let Err(undo) = undo {
+            tracing::error!(%device, %undo, "rollback of pvcreate failed");
+        }
+        return Err(error.into());
+    }
+    tracing::info!(sr = %uuid, vg = %vg_name(uuid), %device, "SR created");
+    Ok(identity)
+}

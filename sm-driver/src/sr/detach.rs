@@ -1,0 +1,33 @@
+//! `SR.detach` (every host, each `PBD.unplug`): deactivates the SR's LVs on
+//! this host and releases its paths (only the ones nvmetcp connected and
+//! nobody else uses); idempotent.
+
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::Failure;
+use crate::nvme::users::release;
+use crate::smapi::params::Params;
+use crate::sr_access::{handle_uuid, lvm_for, sr_call};
+use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
+
+/// `SR.detach`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    sr_call(params, || {
+        let uuid = handle_uuid(params)?;
+        let _lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+        if let Ok(state) = sr_state::load(&ctx.host, &uuid) {
+            match lvm_for(ctx, &state, false) {
+                Ok(lvm) => lvm.deactivate(&state.vg)?,
+                Err(error) => tracing::warn!(%error, "namespace not reachable; nothing to deactivate"),
+            }
+        }
+        let released = release(&ctx.host, &uuid)?;
+        sr_state::remove(&ctx.host, &uuid)?;
+        tracing::info!(sr = %uuid, disconnected = ?released.disconnected, "SR detached");
+        Ok(Value::Null)
+    })
+}

@@ -1,0 +1,162 @@
+//! `SR.probe`: with endpoints only, every subsystem they list and its
+//! namespaces (incomplete results); with `nqn`, that subsystem's namespaces,
+//! what each holds, and every nvmetcp SR on them as a complete result with
+//! `sr_uuid` and its `sr_stat`. Connections probe made are released before it
+//! returns.
+
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::{CallError, Failure};
+use crate::lvm::{Lvm, Vg};
+use crate::nvme::health::health;
+use crate::nvme::names::Nqn;
+use crate::nvme::users::release;
+use crate::smapi::params::Params;
+use crate::smapi::types::{Health, ProbeResult, StringMap};
+use crate::sr_access::sr_call;
+use crate::sr_config::{ConfigError, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_paths;
+use crate::sr_state::{handle_of, SrState};
+
+use super::inspect::existing_data;
+use super::stat::stat_record;
+use super::vg::{is_sr, tag_value, UUID_TAG};
+
+/// `SR.probe`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    let configuration: StringMap = params.get("configuration")?;
+    sr_call(params, || {
+        let config = SrConfig::parse(&configuration, Purpose::Probe)?;
+        let nqns: Vec<Nqn> = match &config.nqn {
+            Some(nqn) => vec![nqn.clone()],
+            None => {
+                if config.discovery.is_empty() {
+                    return Err(ConfigError::Missing {
+                        key: "nqn",
+                        why: "without discovery endpoints, probe needs the subsystem NQN (or give discovery= to list \
+                              subsystems)",
+                    }
+                    .into());
+                }
+                ensure_fabric(ctx, &config)?;
+                let identity = crate::nvme::identity::load_or_create(&ctx.host)?;
+                let found = crate::nvme::discovery::discover(
+                    &config.discovery,
+                    &identity,
+                    crate::nvme::discovery::DISCOVERY_TIMEOUT,
+                );
+                if found.subsystems.is_empty() && !found.failures.is_empty() {
+                    let why = found.failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    return Err(CallError::Discovery { nqn: "(any)".to_owned(), why });
+                }
+                found.subsystems.iter().filter_map(|s| s.nqn.parse().ok()).collect()
+            }
+        };
+        let user = format!("probe-{}", std::process::id());
+        let mut results = Vec::new();
+        let mut outcome = Ok(());
+        for nqn in &nqns {
+            let mut one = config.clone();
+            one.nqn = Some(nqn.clone());
+            match probe_subsystem(ctx, &one, &configuration, nqn, &user, config.nqn.is_some()) {
+                Ok(found) => results.extend(found),
+                // Listing several subsystems: one failing is reported, not fatal.
+                Err(error) if config.nqn.is_none() => tracing::warn!(%nqn, %error, "subsystem not probed"),
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+        }
+        release(&ctx.host, &user)?;
+        outcome.map(|()| results)
+    })
+}
+
+fn ensure_fabric(ctx: &Context, config: &SrConfig) -> Result<(), CallError> {
+    crate::nvme::checks::ensure_transport(&ctx.host, ctx.runner.as_ref(), config.transport)?;
+    Ok(crate::nvme::checks::ensure_multipath(&ctx.host)?)
+}
+
+fn probe_subsystem(
+    ctx: &Context,
+    config: &SrConfig,
+    given: &StringMap,
+    nqn: &Nqn,
+    user: &str,
+    subsystem_given: bool,
+) -> Result<Vec<ProbeResult>, CallError> {
+    let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), config, nqn, user)?;
+    let path_health = health(&ctx.host, &expected)?;
+    // Give the namespaces of a fresh connection a moment to show up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let heads = loop {
+        let heads: Vec<_> = crate::nvme::sysfs::namespace_devices(&ctx.host)
+            .map_err(|e| CallError::Namespace(e.into()))?
+            .into_iter()
+            .filter(|d| d.subsysnqn == nqn.as_str() && d.is_multipath_head)
+            .collect();
+        if !heads.is_empty() || std::time::Instant::now() >= deadline {
+            break heads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut results = Vec::new();
+    for head in heads {
+        let Some(identity) = head.identity.clone() else { continue };
+        let mut configuration = given.clone();
+        configuration.insert("nqn".to_owned(), nqn.to_string());
+        configuration.insert("namespace".to_owned(), identity.canonical());
+        let mut extra_info = StringMap::new();
+        extra_info.insert("nsid".to_owned(), head.nsid.to_string());
+        extra_info.insert("size".to_owned(), head.size_bytes.to_string());
+        extra_info.insert("paths".to_owned(), path_health.summary());
+        let device = std::path::PathBuf::from(format!("/dev/{}", head.name));
+        let vgs = if subsystem_given { Lvm::new(ctx.runner.as_ref(), &device, false)?.vgs()? } else { Vec::new() };
+        let ours: Vec<&Vg> = vgs.iter().filter(|vg| is_sr(vg)).collect();
+        if ours.is_empty() {
+            // What is on a namespace that is not an SR, so a tool can refuse
+            // it before SR.create does.
+            if subsystem_given {
+                match existing_data(ctx, &device.display().to_string()) {
+                    Ok(Some(holds)) => {
+                        extra_info.insert("holds".to_owned(), holds);
+                    }
+                    Ok(None) => {
+                        extra_info.insert("holds".to_owned(), "nothing: empty".to_owned());
+                    }
+                    Err(error) => tracing::warn!(%error, "could not inspect the namespace"),
+                }
+            }
+            results.push(ProbeResult {
+                configuration: configuration.clone(),
+                complete: subsystem_given,
+                sr: None,
+                extra_info: extra_info.clone(),
+            });
+        }
+        for vg in ours {
+            let Some(uuid) = tag_value(vg, UUID_TAG) else { continue };
+            let mut configuration = configuration.clone();
+            configuration.insert(SR_UUID_KEY.to_owned(), uuid.to_owned());
+            let state = SrState {
+                sr_uuid: uuid.to_owned(),
+                vg: vg.name.clone(),
+                nqn: nqn.to_string(),
+                namespace: identity.canonical(),
+                paths: expected.clone(),
+                configuration: configuration.clone(),
+                total_space: vg.size,
+                free_space: vg.free,
+                extent_size: vg.extent_size,
+            };
+            let stat = stat_record(&handle_of(uuid), &state, Some(vg), Health::Healthy(path_health.summary()));
+            results.push(ProbeResult { configuration, complete: true, sr: Some(stat), extra_info: extra_info.clone() });
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,63 @@
+//! `SR.stat` (the master's PBD): sizes and health from the paths ("2/2 paths
+//! live", "degraded: …"); `Unreachable` with the last known sizes when no
+//! path is live.
+
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::{CallError, Failure};
+use crate::lvm::Vg;
+use crate::nvme::health::health;
+use crate::smapi::params::Params;
+use crate::smapi::types::{Health, SrStat};
+use crate::sr_access::{attached, lvm_on_namespace, our_vg, sr_call};
+use crate::sr_state::{self, handle_of, SrState};
+
+use super::vg::{tag_value, DESCRIPTION_TAG, NAME_TAG};
+
+/// `SR.stat`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    sr_call(params, || {
+        let (mut state, _lock) = attached(ctx, params)?;
+        let paths = health(&ctx.host, &state.paths)?;
+        let summary = paths.summary();
+        let handle = handle_of(&state.sr_uuid);
+        if paths.live() == 0 {
+            return Ok(stat_record(&handle, &state, None, Health::Unreachable(summary)));
+        }
+        let lvm = lvm_on_namespace(ctx, &state, false)?;
+        let vg = our_vg(&lvm, &state)?.ok_or_else(|| vg_gone(&state))?;
+        state.total_space = vg.size;
+        state.free_space = vg.free;
+        sr_state::save(&ctx.host, &state)?;
+        Ok(stat_record(&handle, &state, Some(&vg), Health::Healthy(summary)))
+    })
+}
+
+/// The error for an attached SR whose VG has disappeared.
+pub(super) fn vg_gone(state: &SrState) -> CallError {
+    CallError::NotThisSr {
+        namespace: state.namespace.clone(),
+        sr_uuid: state.sr_uuid.clone(),
+        found: " (its volume group is gone)".to_owned(),
+    }
+}
+
+/// The `sr_stat` record of an SR, its name and description from `vg`.
+pub(super) fn stat_record(handle: &str, state: &SrState, vg: Option<&Vg>, health: Health) -> SrStat {
+    let label = |prefix| vg.and_then(|vg| tag_value(vg, prefix)).map(crate::hex::decode).unwrap_or_default();
+    SrStat {
+        sr: handle.to_owned(),
+        name: label(NAME_TAG),
+        uuid: Some(state.sr_uuid.clone()),
+        description: label(DESCRIPTION_TAG),
+        free_space: i64::try_from(state.free_space).unwrap_or(i64::MAX),
+        total_space: i64::try_from(state.total_space).unwrap_or(i64::MAX),
+        datasources: Vec::new(),
+        clustered: false,
+        health,
+    }
+}

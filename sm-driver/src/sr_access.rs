@@ -1,0 +1,80 @@
+//! The plumbing every SR, Volume and Datapath handler shares: the call
+//! wrapper, the attached SR behind a handle (locked), LVM on its namespace
+//! while a path is live, and the pool-master check.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::{CallError, DriverError, Failure};
+use crate::lvm::{Lvm, Vg};
+use crate::nvme::health::health;
+use crate::nvme::names::Nqn;
+use crate::nvme::sysfs::NamespaceIdentity;
+use crate::pool_role;
+use crate::smapi::params::Params;
+use crate::sr_config::NamespaceRef;
+use crate::sr_paths;
+use crate::sr_state::{self, uuid_of_handle, SrLock, SrState, StateError, SR_LOCK_TIMEOUT};
+
+/// Runs `f` as an SR operation, mapping its error.
+pub(crate) fn sr_call<T: serde::Serialize>(
+    params: &Params,
+    f: impl FnOnce() -> Result<T, CallError>,
+) -> Result<Value, Failure> {
+    let value = f().map_err(DriverError::from)?;
+    serde_json::to_value(value)
+        .map_err(|source| DriverError::Encode { method: params.method().call_name(), source }.into())
+}
+
+/// The uuid of the SR handle in `params`.
+pub(crate) fn handle_uuid(params: &Params) -> Result<String, CallError> {
+    let handle: String = params.get("sr").map_err(|e| CallError::State(StateError::BadHandle(e.to_string())))?;
+    Ok(uuid_of_handle(&handle)?)
+}
+
+/// The attachment state behind a handle, locked.
+pub(crate) fn attached(ctx: &Context, params: &Params) -> Result<(SrState, SrLock), CallError> {
+    let uuid = handle_uuid(params)?;
+    let lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+    Ok((sr_state::load(&ctx.host, &uuid)?, lock))
+}
+
+/// Refuses `what` unless this host is the pool master.
+pub(crate) fn require_master(ctx: &Context, what: &'static str) -> Result<(), CallError> {
+    Ok(pool_role::require_master(&ctx.host, what)?)
+}
+
+/// Fails at once when no path is live: LVM I/O would only queue until
+/// `fast_io_fail_tmo`.
+fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), CallError> {
+    let paths = health(&ctx.host, &state.paths)?;
+    if paths.live() == 0 {
+        return Err(CallError::NoPath { nqn: state.nqn.clone(), why: paths.summary() });
+    }
+    Ok(())
+}
+
+/// LVM on the SR's namespace, resolved anew; only while a path is live.
+pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, CallError> {
+    require_live_path(ctx, state)?;
+    lvm_on_namespace(ctx, state, writable)
+}
+
+/// LVM on the SR's namespace, for callers that checked the paths already.
+pub(crate) fn lvm_on_namespace<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, CallError> {
+    let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
+        CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
+    })?;
+    let identity = NamespaceIdentity::parse(&state.namespace).ok_or_else(|| {
+        CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: "namespace identity".to_owned() })
+    })?;
+    let resolved = sr_paths::namespace(&ctx.host, &nqn, &NamespaceRef::Identity(identity), Duration::from_secs(2))?;
+    Ok(Lvm::new(ctx.runner.as_ref(), &resolved.device, writable)?)
+}
+
+/// The SR's VG as LVM reports it, if it still exists.
+pub(crate) fn our_vg(lvm: &Lvm<'_>, state: &SrState) -> Result<Option<Vg>, CallError> {
+    Ok(lvm.vgs()?.into_iter().find(|vg| vg.name == state.vg))
+}

@@ -1,0 +1,57 @@
+//! A volume as LVM reports it: the LVs nvmetcp owns, found by key, and their
+//! SMAPI records.
+
+use crate::error::{CallError, VolumeError};
+use crate::lvm::{Lv, Lvm};
+use crate::smapi::types::Volume;
+use crate::sr_state::SrState;
+
+use super::meta::{from_tags, VOLUME_TAG};
+use super::uri::{is_volume_name, uri};
+
+/// The SMAPI record of an LV.
+pub(super) fn record(state: &SrState, lv: &Lv) -> Volume {
+    let meta = from_tags(&lv.tags);
+    let size = i64::try_from(lv.size).unwrap_or(i64::MAX);
+    Volume {
+        key: lv.name.clone(),
+        uuid: (!meta.uuid.is_empty()).then_some(meta.uuid),
+        name: meta.name,
+        description: meta.description,
+        read_write: true,
+        sharable: meta.sharable,
+        virtual_size: size,
+        physical_utilisation: size,
+        uri: vec![uri(&state.sr_uuid, &lv.name)],
+        keys: meta.keys,
+        volume_type: None,
+        cbt_enabled: None,
+    }
+}
+
+/// Every volume of the SR, or an error — never a partial list.
+///
+/// # Errors
+/// [`CallError`] if LVM cannot list the VG.
+pub fn list(lvm: &Lvm<'_>, state: &SrState) -> Result<Vec<Volume>, CallError> {
+    Ok(lvm
+        .lvs(&state.vg)?
+        .iter()
+        .filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG) && is_volume_name(&lv.name))
+        .map(|lv| record(state, lv))
+        .collect())
+}
+
+/// The volume `key`, if it exists and is nvmetcp's.
+pub(super) fn find(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Option<Lv>, CallError> {
+    if !is_volume_name(key) {
+        return Ok(None);
+    }
+    Ok(lvm.lv(&state.vg, key)?.filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG)))
+}
+
+/// The volume `key`, or [`VolumeError::NotFound`].
+pub(super) fn existing(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Lv, CallError> {
+    find(lvm, state, key)?
+        .ok_or_else(|| VolumeError::NotFound { key: key.to_owned(), sr_uuid: state.sr_uuid.clone() }.into())
+}
