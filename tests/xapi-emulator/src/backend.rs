@@ -45,6 +45,52 @@ pub struct NewSr {
     pub device_config: BTreeMap<String, String>,
 }
 
+/// One volume as `SR.scan` and `VDI.create` report it (the plugin's
+/// `Volume` record, as xapi turns it into a VDI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The key: the VDI's `location`.
+    pub key: String,
+    /// The UUID the plugin gives, which xapi uses as the VDI's.
+    pub uuid: Option<String>,
+    /// Name.
+    pub name_label: String,
+    /// Description.
+    pub name_description: String,
+    /// Size seen by the VM, in bytes.
+    pub virtual_size: i64,
+    /// Space used, in bytes.
+    pub physical_utilisation: i64,
+    /// Whether several hosts may attach it at once.
+    pub sharable: bool,
+    /// Whether it is read-only.
+    pub read_only: bool,
+}
+
+/// What `SR.scan` learns from the plugin (`SR.stat` and `SR.ls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Total bytes.
+    pub total_space: i64,
+    /// Free bytes.
+    pub free_space: i64,
+    /// Every volume of the SR.
+    pub volumes: Vec<Volume>,
+}
+
+/// What `VDI.create` asks the plugin for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVolume {
+    /// Name.
+    pub name_label: String,
+    /// Description.
+    pub name_description: String,
+    /// Size in bytes.
+    pub virtual_size: i64,
+    /// Whether several hosts may attach it at once.
+    pub sharable: bool,
+}
+
 /// The storage side of the emulated pool. Every method has the behaviour of
 /// a plugin that accepts everything.
 pub trait Backend: Send + Sync {
@@ -98,6 +144,24 @@ pub trait Backend: Send + Sync {
         _device_config: &BTreeMap<String, String>,
     ) -> Result<(), Failure> {
         Ok(())
+    }
+
+    /// The plugin's `SR.stat` and `SR.ls` on `host` (an `SR.scan`), or
+    /// `None` when this backend keeps no volumes (the records stay as they are).
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn sr_scan(&self, _host: &HostInfo, _sr_uuid: &str) -> Result<Option<Scan>, Failure> {
+        Ok(None)
+    }
+
+    /// The plugin's `Volume.create` on `host` (a `VDI.create`), or `None`
+    /// when this backend keeps no volumes (the emulator makes up the record).
+    ///
+    /// # Errors
+    /// The plugin's failure.
+    fn volume_create(&self, _host: &HostInfo, _sr_uuid: &str, _volume: &NewVolume) -> Result<Option<Volume>, Failure> {
+        Ok(None)
     }
 
     /// `host.call_plugin`: by default no plugin is installed.

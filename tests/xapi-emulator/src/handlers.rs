@@ -13,13 +13,13 @@ use crate::server::Shared;
 
 type Reply = Result<Value, Failure>;
 
-fn arg<'a>(params: &'a [Value], index: usize, method: &str) -> Result<&'a Value, Failure> {
+pub(crate) fn arg<'a>(params: &'a [Value], index: usize, method: &str) -> Result<&'a Value, Failure> {
     params.get(index).ok_or_else(|| {
         Failure::new("MESSAGE_PARAMETER_COUNT_MISMATCH", &[method, &(index + 1).to_string(), &params.len().to_string()])
     })
 }
 
-fn text(params: &[Value], index: usize, method: &str) -> Result<String, Failure> {
+pub(crate) fn text(params: &[Value], index: usize, method: &str) -> Result<String, Failure> {
     match arg(params, index, method)? {
         Value::String(s) => Ok(s.clone()),
         Value::Int(i) => Ok(i.to_string()),
@@ -38,7 +38,7 @@ fn class_of(name: &str) -> Option<&'static str> {
 }
 
 /// Answers one call. `local` is true on the unix socket.
-pub fn handle(shared: &Arc<Shared>, local: bool, method: &str, params: Vec<Value>) -> Reply {
+pub(crate) fn handle(shared: &Arc<Shared>, local: bool, method: &str, params: Vec<Value>) -> Reply {
     match method {
         "session.login_with_password" => return login(shared, local, &params),
         "system.listMethods" => return Ok(list_methods()),
@@ -66,11 +66,11 @@ pub fn handle(shared: &Arc<Shared>, local: bool, method: &str, params: Vec<Value
         "SR.probe_ext" => sr_probe(shared, args),
         "SR.destroy" => sr_forget(shared, args, true),
         "SR.forget" => sr_forget(shared, args, false),
-        "SR.scan" => {
-            let sr = text(args, 0, method)?;
-            exists(&shared.lock(), "SR", &sr)?;
-            Ok(Value::from(""))
-        }
+        "SR.introduce" => sr_introduce(shared, args),
+        "SR.scan" => crate::volumes::sr_scan(shared, &text(args, 0, method)?),
+        "SR.add_to_other_config" => map_entry(shared, "SR", "other_config", method, args, true),
+        "SR.remove_from_other_config" => map_entry(shared, "SR", "other_config", method, args, false),
+        "VDI.create" => crate::volumes::vdi_create(shared, args),
         "PBD.create" => pbd_create(shared, args),
         "PBD.plug" => pbd_plug(shared, &text(args, 0, method)?),
         "PBD.unplug" => pbd_unplug(shared, &text(args, 0, method)?),
@@ -177,7 +177,11 @@ fn list_methods() -> Value {
         "SR.probe_ext",
         "SR.destroy",
         "SR.forget",
+        "SR.introduce",
         "SR.scan",
+        "SR.add_to_other_config",
+        "SR.remove_from_other_config",
+        "VDI.create",
         "PBD.create",
         "PBD.plug",
         "PBD.unplug",
@@ -199,7 +203,7 @@ fn list_methods() -> Value {
     Value::Array(methods)
 }
 
-fn exists(model: &Model, class: &str, reference: &str) -> Result<(), Failure> {
+pub(crate) fn exists(model: &Model, class: &str, reference: &str) -> Result<(), Failure> {
     if model.get(class, reference).is_some() {
         Ok(())
     } else {
@@ -381,27 +385,18 @@ fn sr_create(shared: &Arc<Shared>, args: &[Value]) -> Reply {
         }
         let device_config = move_passwords_to_secrets(&mut model, device_config);
         let names = (name_label.clone(), name_description.clone());
-        let sr = model.add(
-            "SR",
-            [
-                ("name_label", Value::String(name_label)),
-                ("name_description", Value::String(name_description)),
-                ("type", Value::String(sr_type)),
-                ("content_type", Value::String(content_type)),
-                ("shared", Value::Bool(shared_sr)),
-                ("PBDs", Value::Array(vec![])),
-                ("VDIs", Value::Array(vec![])),
-                ("physical_size", Value::Int(physical_size)),
-                ("physical_utilisation", Value::Int(0)),
-                ("virtual_allocation", Value::Int(0)),
-                ("sm_config", Value::map(&sm_config)),
-                ("other_config", Value::Struct(BTreeMap::new())),
-                ("tags", Value::Array(vec![])),
-                ("allowed_operations", Value::Array(vec![])),
-                ("current_operations", Value::Struct(BTreeMap::new())),
-                ("clustered", Value::Bool(false)),
-                ("is_tools_sr", Value::Bool(false)),
-            ],
+        let sr = add_sr(
+            &mut model,
+            None,
+            NewSrRecord {
+                name_label,
+                name_description,
+                sr_type,
+                content_type,
+                shared: shared_sr,
+                sm_config,
+                physical_size,
+            },
         );
         let hosts = if shared_sr { model.hosts_master_first() } else { vec![host.clone()] };
         let pbds: Vec<String> = hosts.iter().map(|h| add_pbd(&mut model, h, &sr, &device_config)).collect();
@@ -437,6 +432,102 @@ fn sr_create(shared: &Arc<Shared>, args: &[Value]) -> Reply {
     }
     shared.changed.notify_all();
     Ok(Value::String(sr))
+}
+
+/// The fields of a new SR record, from `SR.create` or `SR.introduce`.
+struct NewSrRecord {
+    name_label: String,
+    name_description: String,
+    sr_type: String,
+    content_type: String,
+    shared: bool,
+    sm_config: BTreeMap<String, String>,
+    physical_size: i64,
+}
+
+fn add_sr(model: &mut Model, uuid: Option<String>, sr: NewSrRecord) -> String {
+    let uuid = uuid.unwrap_or_else(|| model.new_uuid());
+    model.add_with_uuid(
+        "SR",
+        uuid,
+        [
+            ("name_label", Value::String(sr.name_label)),
+            ("name_description", Value::String(sr.name_description)),
+            ("type", Value::String(sr.sr_type)),
+            ("content_type", Value::String(sr.content_type)),
+            ("shared", Value::Bool(sr.shared)),
+            ("PBDs", Value::Array(vec![])),
+            ("VDIs", Value::Array(vec![])),
+            ("physical_size", Value::Int(sr.physical_size)),
+            ("physical_utilisation", Value::Int(0)),
+            ("virtual_allocation", Value::Int(0)),
+            ("sm_config", Value::map(&sr.sm_config)),
+            ("other_config", Value::Struct(BTreeMap::new())),
+            ("tags", Value::Array(vec![])),
+            ("allowed_operations", Value::Array(vec![])),
+            ("current_operations", Value::Struct(BTreeMap::new())),
+            ("clustered", Value::Bool(false)),
+            ("is_tools_sr", Value::Bool(false)),
+        ],
+    )
+}
+
+/// `SR.introduce(uuid, name_label, name_description, type, content_type,
+/// shared, sm_config)`: a database record only, no PBD, nothing attached
+/// (xapi's `Xapi_sr.introduce`); `SR_UUID_EXISTS` when the UUID is taken.
+fn sr_introduce(shared: &Arc<Shared>, args: &[Value]) -> Reply {
+    const METHOD: &str = "SR.introduce";
+    let uuid = text(args, 0, METHOD)?;
+    let name_label = text(args, 1, METHOD)?;
+    let name_description = text(args, 2, METHOD)?;
+    let sr_type = text(args, 3, METHOD)?;
+    let content_type = text(args, 4, METHOD)?;
+    let shared_sr = arg(args, 5, METHOD)?.as_bool(METHOD).map_err(|_| Failure::new("FIELD_TYPE_ERROR", &["shared"]))?;
+    let sm_config = args.get(6).map(|v| v.as_string_map(METHOD)).transpose().ok().flatten().unwrap_or_default();
+    let mut model = shared.lock();
+    if !model.find("SR", "uuid", &uuid).is_empty() {
+        return Err(Failure::new("SR_UUID_EXISTS", &[&uuid]));
+    }
+    let sr = add_sr(
+        &mut model,
+        Some(uuid),
+        NewSrRecord {
+            name_label,
+            name_description,
+            sr_type,
+            content_type,
+            shared: shared_sr,
+            sm_config,
+            physical_size: 0,
+        },
+    );
+    shared.changed.notify_all();
+    Ok(Value::String(sr))
+}
+
+/// `<class>.add_to_<field>(ref, key, value)` (`MAP_DUPLICATE_KEY` when the
+/// key is there) and `remove_from_<field>(ref, key)` (no error when absent).
+fn map_entry(shared: &Arc<Shared>, class: &'static str, field: &str, method: &str, args: &[Value], add: bool) -> Reply {
+    let reference = text(args, 0, method)?;
+    let key = text(args, 1, method)?;
+    let mut model = shared.lock();
+    exists(&model, class, &reference)?;
+    let mut map = model
+        .get(class, &reference)
+        .and_then(|r| r.get(field))
+        .and_then(|v| v.as_string_map(field).ok())
+        .unwrap_or_default();
+    if add {
+        if map.contains_key(&key) {
+            return Err(Failure::new("MAP_DUPLICATE_KEY", &[class, field, &reference, &key]));
+        }
+        map.insert(key, text(args, 2, method)?);
+    } else if map.remove(&key).is_none() {
+        return Ok(Value::from(""));
+    }
+    model.set(class, &reference, field, Value::map(&map));
+    shared.changed.notify_all();
+    Ok(Value::from(""))
 }
 
 fn add_pbd(model: &mut Model, host: &str, sr: &str, device_config: &BTreeMap<String, String>) -> String {
@@ -555,6 +646,10 @@ fn sr_forget(shared: &Arc<Shared>, args: &[Value], destroy: bool) -> Reply {
         let host = model.text("PBD", &pbd, "host");
         model.pull("host", &host, "PBDs", &pbd);
         model.remove("PBD", &pbd);
+    }
+    // xapi's `really_forget` drops the SR's VDI records with it.
+    for vdi in model.find("VDI", "SR", &sr) {
+        model.remove("VDI", &vdi);
     }
     model.remove("SR", &sr);
     shared.changed.notify_all();

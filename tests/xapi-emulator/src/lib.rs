@@ -13,6 +13,10 @@
 //!   `<key>_secret` and holding the secret's UUID;
 //! * a login over TCP on an instance configured as a pool member fails with
 //!   `HOST_IS_SLAVE [master]`, and calls on the unix socket are root;
+//! * `SR.introduce` makes a database record only (`SR_UUID_EXISTS` for a
+//!   UUID already known), `PBD.create` + `PBD.plug` attach it host by host,
+//!   `SR.forget` drops the SR with its PBDs and VDIs, and `SR.scan` rebuilds
+//!   the VDI records and sizes from the backend's `SR.ls` and `SR.stat`;
 //! * `SR_UNKNOWN_DRIVER` for types without an SM record, `SR_HAS_PBD`,
 //!   `PBD_EXISTS`, `SESSION_INVALID`, `HANDLE_INVALID`, `UUID_INVALID`.
 //!
@@ -26,8 +30,9 @@ mod handlers;
 mod model;
 mod plugin_backend;
 mod server;
+mod volumes;
 
-pub use backend::{AcceptAll, Backend, Failure, HostInfo, NewSr};
+pub use backend::{AcceptAll, Backend, Failure, HostInfo, NewSr, NewVolume, Scan, Volume};
 pub use model::{Config, SmType};
 pub use plugin_backend::PluginBackend;
 pub use server::Emulator;

@@ -70,7 +70,7 @@ pub struct Change {
 }
 
 /// The classes the model holds, with their wire names.
-pub const CLASSES: &[&str] = &["pool", "host", "host_metrics", "SM", "SR", "PBD", "secret", "message", "task"];
+pub const CLASSES: &[&str] = &["pool", "host", "host_metrics", "SM", "SR", "PBD", "VDI", "secret", "message", "task"];
 
 /// Objects and events.
 #[derive(Debug, Default)]
@@ -175,8 +175,18 @@ impl Model {
 
     /// Adds an object (a UUID is added) and returns its ref.
     pub fn add<'a>(&mut self, class: &'static str, fields: impl IntoIterator<Item = (&'a str, Value)>) -> String {
-        let reference = self.new_ref();
         let uuid = self.new_uuid();
+        self.add_with_uuid(class, uuid, fields)
+    }
+
+    /// Adds an object with the given UUID and returns its ref.
+    pub fn add_with_uuid<'a>(
+        &mut self,
+        class: &'static str,
+        uuid: String,
+        fields: impl IntoIterator<Item = (&'a str, Value)>,
+    ) -> String {
+        let reference = self.new_ref();
         let mut record: BTreeMap<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         record.insert("uuid".into(), Value::String(uuid));
         self.objects.entry(class).or_default().insert(reference.clone(), record);

@@ -12,7 +12,7 @@ use smapi_harness::{Caller, Outcome, PluginTree};
 use xapi_client::codec::{decode_envelope, parse_response, write_call, MethodResponse};
 use xapi_client::Value;
 
-use crate::backend::{Backend, Failure, HostInfo, NewSr};
+use crate::backend::{Backend, Failure, HostInfo, NewSr, NewVolume, Scan, Volume};
 
 /// The real plugin behind the emulated pool.
 pub struct PluginBackend {
@@ -104,6 +104,25 @@ fn probe_result(r: &serde_json::Value) -> Value {
     Value::record(fields)
 }
 
+/// What xapi makes of one SMAPIv3 `Volume` record.
+fn volume(v: &serde_json::Value) -> Volume {
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    Volume {
+        key: text("key"),
+        uuid: v["uuid"].as_str().map(str::to_owned),
+        name_label: text("name"),
+        name_description: text("description"),
+        virtual_size: v["virtual_size"].as_i64().unwrap_or(0),
+        physical_utilisation: v["physical_utilisation"].as_i64().unwrap_or(0),
+        sharable: v["sharable"].as_bool().unwrap_or(false),
+        read_only: !v["read_write"].as_bool().unwrap_or(true),
+    }
+}
+
+fn handle(sr_uuid: &str) -> String {
+    format!("nvmetcp://sr/{sr_uuid}")
+}
+
 impl Backend for PluginBackend {
     fn sr_create(&self, _master: &HostInfo, sr: &NewSr) -> Result<BTreeMap<String, String>, Failure> {
         let params = serde_json::json!({"dbg": "xapi", "uuid": sr.uuid, "configuration": sr.device_config,
@@ -121,13 +140,30 @@ impl Backend for PluginBackend {
     }
 
     fn pbd_unplug(&self, _host: &HostInfo, sr_uuid: &str) -> Result<(), Failure> {
-        self.call("SR.detach", &serde_json::json!({"dbg": "xapi", "sr": format!("nvmetcp://sr/{sr_uuid}")})).map(drop)
+        self.call("SR.detach", &serde_json::json!({"dbg": "xapi", "sr": handle(sr_uuid)})).map(drop)
     }
 
     fn sr_destroy(&self, _host: &HostInfo, sr_uuid: &str, config: &BTreeMap<String, String>) -> Result<(), Failure> {
         // As xapi: attach for the call, then destroy (which leaves it detached).
         self.call("SR.attach", &serde_json::json!({"dbg": "xapi", "configuration": config}))?;
-        self.call("SR.destroy", &serde_json::json!({"dbg": "xapi", "sr": format!("nvmetcp://sr/{sr_uuid}")})).map(drop)
+        self.call("SR.destroy", &serde_json::json!({"dbg": "xapi", "sr": handle(sr_uuid)})).map(drop)
+    }
+
+    fn sr_scan(&self, _host: &HostInfo, sr_uuid: &str) -> Result<Option<Scan>, Failure> {
+        let sr = serde_json::json!({"dbg": "xapi", "sr": handle(sr_uuid)});
+        let stat = self.call("SR.stat", &sr)?;
+        let listed = self.call("SR.ls", &sr)?;
+        Ok(Some(Scan {
+            total_space: stat["total_space"].as_i64().unwrap_or(0),
+            free_space: stat["free_space"].as_i64().unwrap_or(0),
+            volumes: listed.as_array().into_iter().flatten().map(volume).collect(),
+        }))
+    }
+
+    fn volume_create(&self, _host: &HostInfo, sr_uuid: &str, new: &NewVolume) -> Result<Option<Volume>, Failure> {
+        let params = serde_json::json!({"dbg": "xapi", "sr": handle(sr_uuid), "name": new.name_label,
+            "description": new.name_description, "size": new.virtual_size, "sharable": new.sharable});
+        self.call("Volume.create", &params).map(|v| Some(volume(&v)))
     }
 
     fn call_plugin(
