@@ -34,6 +34,9 @@ const EXERCISED: &[(&str, &str, &str)] = &[
     ("yum install ./nvmetcp-", "rpm/check", "--install --nodeps --noscripts"),
     ("xe-toolstack-restart", "sm-driver/src/install.rs", "run xe-toolstack-restart on each host"),
     ("xe sm-list type=nvmetcp", "sm-driver/src/install.rs", "fn registration_is_read_from_xapi"),
+    // The Xen Orchestra plugin's install, from its tarball into a scratch prefix.
+    ("npm pack ./xo/xo-server-nvmetcp", "xo/xo-server-nvmetcp/test/package.test.mjs", "npm('pack', packageDir)"),
+    ("npm install --global ./xo-server-nvmetcp-", "xo/xo-server-nvmetcp/test/package.test.mjs", "npm('install', '--global'"),
 ];
 
 fn commands(document: &str) -> Vec<String> {
