@@ -372,6 +372,11 @@ kill "$pool"
 "#,
             ),
         ),
+        // Xen Orchestra's plugin (xo/xo-server-nvmetcp) through the real
+        // `xen-api` client, against the emulated XAPI whose storage calls run
+        // the real plugin on the kernel target: probe, create, forget and
+        // reattach, bad portals.
+        Scenario::script("xo-plugin", &xo_plugin_script()),
         // A VM must be able to shut down while the array is unreachable: its
         // volume is deactivated and detached with no path live at all.
         Scenario::script(
@@ -564,14 +569,49 @@ fn host_side() -> ExitCode {
     #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
     let built = std::process::Command::new(cargo)
         .args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin", "-p", "nvmetcp-admin", "--bin", "nvmetcp"])
+        .args(["-p", "xapi-emulator", "--bin", "xapi-emulator"])
         .status();
     if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() || !admin_binary().exists() {
         eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
     }
+
     let exe = std::env::current_exe().unwrap().display().to_string();
     run_suite("sr", &scenarios(&exe))
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Where `tests/xapi-peers/prepare` installed the `xen-api` client.
+fn peers_dir() -> PathBuf {
+    std::env::var_os("NVMETCP_PEERS_DIR")
+        .map_or_else(|| repository_root().join(".testbed-cache/xapi-peers"), PathBuf::from)
+}
+
+fn xo_plugin_script() -> String {
+    format!(
+        r#"
+[ -d "{peers}/node/node_modules/xen-api" ] || tb_fail "xen-api is not installed in {peers}: run tests/xapi-peers/prepare"
+nqn=$(tb_simple_target xo 64 10.99.0.1 10.99.0.2)
+"{emulator}" --plugin "{plugin}" >emulator.url 2>emulator.log &
+emulator=$!
+tb_wait 10 "the emulated pool" test -s emulator.url
+rc=0
+NVMETCP_XAPI_URL=$(head -n 1 emulator.url) NVMETCP_XO_NQN=$nqn NVMETCP_XO_PORTALS=10.99.0.1,10.99.0.2 \
+    NVMETCP_PEERS_DIR="{peers}" node --test --test-reporter=spec "{root}/xo/xo-server-nvmetcp/test/testbed/storage.test.mjs" \
+    >node.log 2>&1 || rc=$?
+cat node.log
+kill "$emulator"
+[ "$rc" = 0 ] || tb_fail "the Xen Orchestra plugin's test-bed tests failed (exit $rc)"
+"#,
+        emulator = plugin_binary().with_file_name("xapi-emulator").display(),
+        plugin = plugin_binary().display(),
+        peers = peers_dir().display(),
+        root = repository_root().display(),
+    )
 }
 
 /// `serve-xapi SOCKET` with one value per line on stdin (keys stay out of
