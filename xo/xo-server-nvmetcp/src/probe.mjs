@@ -20,7 +20,7 @@ export async function probeExt(xapi, host, config) {
 
 const number = value => (value === undefined || value === '' ? undefined : Number(value))
 
-// One namespace: the driver's extra_info (sm-driver/src/sr/mod.rs
+// One namespace: the driver's extra_info (sm-driver/src/sr/probe.rs
 // `probe_subsystem`: nsid, size, paths, holds) and the SR on it, if any.
 function namespaceOf(result, srUuidsInPool) {
   const info = result.extra_info ?? {}
