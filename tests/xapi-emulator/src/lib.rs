@@ -26,6 +26,7 @@
 //! true to XAPI.
 
 mod backend;
+mod fixture_backend;
 mod handlers;
 mod model;
 mod plugin_backend;
@@ -33,6 +34,7 @@ mod server;
 mod volumes;
 
 pub use backend::{AcceptAll, Backend, Failure, HostInfo, NewSr, NewVolume, Scan, Volume};
+pub use fixture_backend::FixtureBackend;
 pub use model::{Config, SmType};
 pub use plugin_backend::PluginBackend;
 pub use server::Emulator;

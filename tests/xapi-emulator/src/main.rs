@@ -2,7 +2,7 @@
 //! XAPI clients and the `nvmetcp` command by hand and in the demo.
 //!
 //! ```text
-//! xapi-emulator [--hosts N] [--unix PATH] [--plugin BINARY]
+//! xapi-emulator [--hosts N] [--unix PATH] [--plugin BINARY | --probe-fixture FILE]
 //! ```
 //!
 //! Serves HTTP on 127.0.0.1 (its URL is the first line on stdout) and, with
@@ -13,20 +13,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use xapi_emulator::{AcceptAll, Config, Emulator, PluginBackend};
+use xapi_emulator::{AcceptAll, Config, Emulator, FixtureBackend, PluginBackend};
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // a command-line program
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut hosts, mut unix, mut plugin) = (1usize, None::<PathBuf>, None::<PathBuf>);
+    let (mut hosts, mut unix, mut plugin, mut fixture) = (1usize, None::<PathBuf>, None::<PathBuf>, None::<PathBuf>);
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match (word.as_str(), words.next()) {
             ("--hosts", Some(n)) => hosts = n.parse().unwrap_or(1),
             ("--unix", Some(path)) => unix = Some(path.into()),
             ("--plugin", Some(path)) => plugin = Some(path.into()),
+            ("--probe-fixture", Some(path)) => fixture = Some(path.into()),
             _ => {
-                eprintln!("usage: xapi-emulator [--hosts N] [--unix PATH] [--plugin BINARY]");
+                eprintln!("usage: xapi-emulator [--hosts N] [--unix PATH] [--plugin BINARY | --probe-fixture FILE]");
                 return ExitCode::from(2);
             }
         }
@@ -36,15 +37,17 @@ fn main() -> ExitCode {
         (None, n) => (1..=n).map(|i| format!("xcp-ng-{i}")).collect(),
     };
     let config = Config { hosts: names, ..Config::default() };
-    let emulator = match &plugin {
-        Some(binary) => match PluginBackend::new(binary) {
-            Ok(backend) => Emulator::new(config, backend),
-            Err(e) => {
-                eprintln!("xapi-emulator: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Emulator::new(config, AcceptAll),
+    let emulator = match (&plugin, &fixture) {
+        (Some(binary), _) => PluginBackend::new(binary).map(|backend| Emulator::new(config, backend)),
+        (None, Some(file)) => FixtureBackend::from_file(file).map(|backend| Emulator::new(config, backend)),
+        (None, None) => Ok(Emulator::new(config, AcceptAll)),
+    };
+    let emulator = match emulator {
+        Ok(emulator) => emulator,
+        Err(e) => {
+            eprintln!("xapi-emulator: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let served = emulator.listen_http().and_then(|url| {
         if let Some(path) = &unix {

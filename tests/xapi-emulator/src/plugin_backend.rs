@@ -81,7 +81,7 @@ fn string_map(value: &serde_json::Value) -> BTreeMap<String, String> {
 }
 
 /// What xapi makes of one SMAPIv3 probe result: a `probe_result` record.
-fn probe_result(r: &serde_json::Value) -> Value {
+pub(crate) fn probe_result(r: &serde_json::Value) -> Value {
     let mut fields = vec![
         ("configuration", Value::map(&string_map(&r["configuration"]))),
         ("complete", Value::Bool(r["complete"].as_bool().unwrap_or(false))),

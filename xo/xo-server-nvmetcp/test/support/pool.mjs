@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '../../../..')
+export const root = join(dirname(fileURLToPath(import.meta.url)), '../../../..')
 
 async function xenApi() {
   const peers = process.env.NVMETCP_PEERS_DIR ?? join(root, '.testbed-cache/xapi-peers')
@@ -37,13 +37,14 @@ async function startEmulator(args) {
   return { url, stop: () => child.kill() }
 }
 
-// Connects to an emulated pool of `hosts` hosts; `close()` disconnects and
-// stops what was started here.
-export async function emulatedPool({ hosts = 3 } = {}) {
+// Connects to an emulated pool of `hosts` hosts (whose storage answers
+// probes from `probeFixture`, a file of the driver's probe results, if
+// given); `close()` disconnects and stops what was started here.
+export async function emulatedPool({ hosts = 3, probeFixture } = {}) {
   const { createClient } = await xenApi()
   const emulator = process.env.NVMETCP_XAPI_URL
     ? { url: process.env.NVMETCP_XAPI_URL, stop() {} }
-    : await startEmulator(['--hosts', String(hosts)])
+    : await startEmulator(['--hosts', String(hosts), ...(probeFixture ? ['--probe-fixture', probeFixture] : [])])
   const xapi = createClient({
     url: emulator.url,
     auth: { user: 'root', password: 'xenroot' },
