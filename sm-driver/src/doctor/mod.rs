@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::cmd::{Command, Program, Runner};
 use crate::diagnostics::module_state;
 use crate::host::HostRoot;
+use crate::nvme::fabrics::KernelFabrics;
+use crate::nvme::kernel_options::KernelOptions;
 use crate::nvme::names::{Portal, Transport};
 use crate::plugin::{DATAPATH_SCHEME, HOST_PLUGINS_DIR, HOST_PLUGIN_NAME, VOLUME_PLUGIN_DIR};
 
@@ -78,6 +80,7 @@ pub struct DoctorInput {
 pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Check> {
     let mut checks = vec![
         transport(host, input.transport),
+        connect_options(host),
         multipath(host),
         identity(host),
         plugin_installed(host),
@@ -115,6 +118,31 @@ fn transport(host: &HostRoot, transport: Transport) -> Check {
     } else {
         Check::pass(name, format!("{state} (Linux {release})"))
     }
+}
+
+/// Which connect options this kernel does not take, and what that changes
+/// (the plugin leaves them out and logs the same in SMlog).
+fn connect_options(host: &HostRoot) -> Check {
+    const NAME: &str = "connect options";
+    let kernel = KernelOptions::detect(host, &KernelFabrics::new(host.clone()));
+    let how = if kernel.listed.is_some() { "it lists them" } else { "judged by its release" };
+    let missing = kernel.missing();
+    if missing.is_empty() {
+        return Check::pass(NAME, format!("Linux {} takes every connect option nvmetcp sends ({how})", kernel.release));
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|(option, sure)| {
+            let certainty = if *sure { "not taken" } else { "expected missing (tried first: backports exist)" };
+            format!("{} (Linux {}.{}) {certainty}: {}", option.name, option.since.0, option.since.1, option.without)
+        })
+        .collect();
+    Check::warn(
+        NAME,
+        format!("Linux {}: {}", kernel.release, lines.join("; ")),
+        "connections still work: nvmetcp leaves out what this kernel does not take and says so in SMlog. For \
+         every option, use a kernel that has them (XCP-ng 9, Linux 6.12)",
+    )
 }
 
 fn multipath(host: &HostRoot) -> Check {

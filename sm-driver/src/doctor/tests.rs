@@ -65,7 +65,7 @@ fn a_healthy_host_passes_every_check_and_says_why() {
         assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
         assert!(!check.detail.is_empty(), "{check:?}");
     }
-    assert_eq!(checks.len(), 8);
+    assert_eq!(checks.len(), 9);
     let calls: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
     assert!(calls[2].contains("ping -M do -c 2 -W 1 -s 8972 127.0.0.1"), "{calls:?}");
 }
@@ -86,6 +86,17 @@ fn linux_4_19_is_told_plainly_that_it_has_no_nvme_tcp() {
     let rdma =
         run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Rdma, portals: vec![] });
     assert_eq!(rdma[0].verdict, Verdict::Pass, "{:?}", rdma[0]);
+    // What 4.19 may not take is said, with what it changes.
+    let options = rdma.iter().find(|c| c.name == "connect options").unwrap();
+    assert_eq!(options.verdict, Verdict::Warn, "{options:?}");
+    assert!(options.detail.contains("fast_io_fail_tmo (Linux 5.10) expected missing"), "{options:?}");
+    assert!(options.detail.contains("host_iface (Linux 5.14)") && options.fix.contains("SMlog"), "{options:?}");
+    // Once a connect learned that the kernel rejects it, doctor says so for sure.
+    write(&host, crate::nvme::kernel_options::LEARNED, "4.19.0+1\nfast_io_fail_tmo\n");
+    let learned =
+        run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Rdma, portals: vec![] });
+    let options = learned.iter().find(|c| c.name == "connect options").unwrap();
+    assert!(options.detail.contains("fast_io_fail_tmo (Linux 5.10) not taken: I/O is not failed"), "{options:?}");
 }
 
 #[test]

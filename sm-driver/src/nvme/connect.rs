@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use crate::host::HostRoot;
 
-use super::fabrics::{Fabrics, FabricsError};
+use super::fabrics::{Created, Fabrics, FabricsError};
+use super::kernel_options::KernelOptions;
 use super::names::Transport;
-use super::options::{ConnectOptions, PathKey};
+use super::options::{ConnectOptions, OptionString, PathKey};
 use super::sysfs::{controller, controllers, Controller};
 use super::NvmeError;
 
@@ -108,9 +109,7 @@ pub fn connect_probed(
         return Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused });
     }
     probed()?;
-    let rendered = options.render();
-    tracing::info!(path = %key, options = %rendered, "connecting");
-    match fabrics.create_controller(&rendered) {
+    match create(host, fabrics, options) {
         Ok(created) => {
             let name = format!("nvme{}", created.instance);
             let found = controller(host, &name).map_err(|_| NvmeError::ControllerVanished {
@@ -133,6 +132,51 @@ pub fn connect_probed(
         Err(source) => {
             Err(NvmeError::Connect { portal: options.portal.to_string(), nqn: key.subsysnqn.clone(), source })
         }
+    }
+}
+
+/// errno `EINVAL`: the kernel rejected the option string.
+const EINVAL: i32 = 22;
+
+/// Writes the options the kernel takes. A kernel that does not list its
+/// options and answers `EINVAL` is asked once more without the options its
+/// release predates; if that works, they are remembered for this boot (see
+/// [`super::kernel_options`]).
+fn create(host: &HostRoot, fabrics: &dyn Fabrics, options: &ConnectOptions) -> Result<Created, FabricsError> {
+    let key = options.key();
+    let mut kernel = KernelOptions::detect(host, fabrics);
+    let rendered = options.render(&kernel);
+    report_left_out(&key, &rendered);
+    tracing::info!(path = %key, options = %rendered, "connecting");
+    let first = fabrics.create_controller(&rendered);
+    let suspects: Vec<String> =
+        rendered.sent_optional().iter().filter(|o| kernel.predates(o)).map(|o| (*o).to_owned()).collect();
+    match first {
+        Err(FabricsError::Refused { errno: EINVAL, .. }) if kernel.listed.is_none() && !suspects.is_empty() => {
+            tracing::warn!(
+                path = %key,
+                kernel = %kernel.release,
+                options = %suspects.join(","),
+                "the kernel rejected the connect options; retrying without the ones its release predates"
+            );
+            let mut trial = kernel.clone();
+            trial.rejected.extend(suspects.iter().cloned());
+            let reduced = options.render(&trial);
+            let second = fabrics.create_controller(&reduced);
+            if second.is_ok() || matches!(second, Err(FabricsError::AlreadyConnected)) {
+                kernel.learn(host, &suspects);
+                report_left_out(&key, &reduced);
+            }
+            second
+        }
+        other => other,
+    }
+}
+
+/// Says in SMlog what was left out of a connect and what that changes.
+fn report_left_out(key: &PathKey, rendered: &OptionString) {
+    for left in rendered.left_out() {
+        tracing::warn!(path = %key, option = left.option, "connect option left out: {}", left.why);
     }
 }
 
@@ -240,6 +284,49 @@ mod tests {
         assert_eq!((again.origin, again.controller.as_str()), (PathOrigin::Reused, "nvme0"));
         assert_eq!(fabrics.writes().len(), 1, "the second call never reaches the kernel");
         assert!(fabrics.writes()[0].contains(&format!("trsvcid={}", opts.portal.port)));
+    }
+
+    #[test]
+    fn a_4_19_kernel_is_sent_only_what_it_takes_and_that_is_remembered() {
+        let tree = SysfsTree::new();
+        tree.write("/proc/sys/kernel/osrelease", "4.19.0+1\n");
+        let (_listener, mut opts) = reachable();
+        opts.host_iface = Some("eth1".parse().unwrap());
+        let fabrics = super::fake::Kernel419::plain(&tree);
+        let path = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!(path.origin, PathOrigin::Created);
+        let writes = fabrics.writes();
+        assert_eq!(writes.len(), 2, "tried once with everything, once without what 4.19 predates: {writes:?}");
+        assert!(writes[0].contains("fast_io_fail_tmo=60") && writes[0].contains("host_iface=eth1"));
+        assert!(!writes[1].contains("fast_io_fail_tmo") && !writes[1].contains("host_iface"), "{}", writes[1]);
+        assert!(writes[1].contains("ctrl_loss_tmo=-1,") || writes[1].ends_with("ctrl_loss_tmo=-1"));
+        // The next connect on this boot sends the accepted string at once.
+        std::fs::remove_dir_all(tree.host().path("/sys/class/nvme/nvme0")).unwrap();
+        connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!(fabrics.writes().len(), 3);
+        assert_eq!(fabrics.writes()[2], writes[1]);
+    }
+
+    #[test]
+    fn xcp_ng_s_4_19_keeps_its_backported_fast_io_fail_tmo() {
+        let tree = SysfsTree::new();
+        tree.write("/proc/sys/kernel/osrelease", "4.19.0+1\n");
+        let (_listener, opts) = reachable();
+        let fabrics = super::fake::Kernel419::xcp_ng(&tree);
+        connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!(fabrics.writes().len(), 1);
+        assert!(fabrics.writes()[0].contains("fast_io_fail_tmo=60"));
+    }
+
+    #[test]
+    fn an_einval_that_is_not_about_options_is_not_retried() {
+        let tree = SysfsTree::new();
+        tree.write("/proc/sys/kernel/osrelease", "6.12.0\n");
+        let (_listener, opts) = reachable();
+        let fabrics = FakeFabrics::new(&tree).then_errno(22);
+        assert!(connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).is_err());
+        assert_eq!(fabrics.writes().len(), 1);
+        assert!(!tree.host().exists(crate::nvme::kernel_options::LEARNED));
     }
 
     #[test]

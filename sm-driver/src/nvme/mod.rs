@@ -9,6 +9,8 @@
 //! * [`names`]: validated values (NQN, host ID, portal, interface, keys);
 //! * [`options`]: connect parameters, their defaults, and the one renderer of
 //!   the kernel option string;
+//! * [`kernel_options`]: which options the running kernel takes (listed,
+//!   learned, or judged by its release), so a 4.19 host still connects;
 //! * [`sysfs`]: controllers, subsystems and namespace devices as the kernel
 //!   shows them;
 //! * [`fabrics`]: the fabrics device that creates controllers;
@@ -28,6 +30,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod health;
 pub mod identity;
+pub mod kernel_options;
 pub mod names;
 pub mod options;
 pub mod resolve;

@@ -20,6 +20,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use super::kernel_options::{self, KernelOptions};
 use super::names::{DhchapKey, HostId, InterfaceName, InvalidValue, Nqn, Portal, Transport};
 
 /// Reconnect and queue tuning.
@@ -163,10 +164,21 @@ impl fmt::Display for PathKey {
     }
 }
 
+/// An option the running kernel does not take, and what its absence changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// The option's name.
+    pub option: &'static str,
+    /// Why it was left out and what that changes.
+    pub why: String,
+}
+
 /// A rendered option string: shown redacted, exposed only to the fabrics device.
 pub struct OptionString {
     text: String,
     shown: String,
+    sent_optional: Vec<&'static str>,
+    left_out: Vec<LeftOut>,
 }
 
 impl OptionString {
@@ -174,6 +186,18 @@ impl OptionString {
     #[must_use]
     pub fn expose(&self) -> &str {
         &self.text
+    }
+
+    /// Options wanted but not sent, because the kernel does not take them.
+    #[must_use]
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
+    }
+
+    /// The options sent that a kernel may not know ([`kernel_options::OPTIONAL`]).
+    #[must_use]
+    pub fn sent_optional(&self) -> &[&'static str] {
+        &self.sent_optional
     }
 }
 
@@ -204,9 +228,10 @@ impl ConnectOptions {
         }
     }
 
-    /// Renders the kernel option string: the only place it is built.
+    /// Renders the kernel option string: the only place it is built. Options
+    /// `kernel` does not take are left out, each with what that changes.
     #[must_use]
-    pub fn render(&self) -> OptionString {
+    pub fn render(&self, kernel: &KernelOptions) -> OptionString {
         let mut plain: Vec<String> = vec![
             format!("transport={}", self.transport),
             format!("traddr={}", self.portal.addr),
@@ -215,8 +240,39 @@ impl ConnectOptions {
             format!("hostnqn={}", self.host.nqn),
             format!("hostid={}", self.host.id),
         ];
+        let mut sent_optional = Vec::new();
+        let mut left_out = Vec::new();
+        let optional = |name: &'static str,
+                        value: String,
+                        plain: &mut Vec<String>,
+                        sent_optional: &mut Vec<&'static str>,
+                        left_out: &mut Vec<LeftOut>| {
+            if kernel.accepts(name) {
+                sent_optional.push(name);
+                plain.push(format!("{name}={value}"));
+            } else if let Some(known) = kernel_options::optional(name) {
+                let why = format!(
+                    "kernel {} does not take {name} (Linux {}.{}, commit {}): {}",
+                    kernel.release, known.since.0, known.since.1, known.commit, known.without
+                );
+                left_out.push(LeftOut { option: name, why });
+            }
+        };
         if let Some(iface) = &self.host_iface {
-            plain.push(format!("host_iface={}", iface.as_str()));
+            if self.transport == Transport::Tcp {
+                optional("host_iface", iface.as_str().to_owned(), &mut plain, &mut sent_optional, &mut left_out);
+            } else {
+                // Only nvme-tcp lists host_iface among its allowed options.
+                left_out.push(LeftOut {
+                    option: "host_iface",
+                    why: format!(
+                        "host_iface binds NVMe/TCP connections only; this {} connection is not bound to {} (use \
+                         host_traddr in /etc/nvmetcp/host.conf)",
+                        self.transport,
+                        iface.as_str()
+                    ),
+                });
+            }
         }
         if let Some(addr) = self.host_traddr {
             plain.push(format!("host_traddr={addr}"));
@@ -226,7 +282,7 @@ impl ConnectOptions {
         plain.push(format!("reconnect_delay={}", t.reconnect_delay));
         plain.push(format!("ctrl_loss_tmo={}", t.ctrl_loss_tmo));
         if t.fast_io_fail_tmo >= 0 {
-            plain.push(format!("fast_io_fail_tmo={}", t.fast_io_fail_tmo));
+            optional("fast_io_fail_tmo", t.fast_io_fail_tmo.to_string(), &mut plain, &mut sent_optional, &mut left_out);
         }
         if let Some(queues) = t.nr_io_queues {
             plain.push(format!("nr_io_queues={queues}"));
@@ -239,14 +295,20 @@ impl ConnectOptions {
                 shown.push_str(&format!(",{name}=<redacted>"));
             }
         }
-        OptionString { text, shown }
+        OptionString { text, shown, sent_optional, left_out }
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::{Authentication, ConnectOptions, HostIdentity, Timers};
+    use crate::nvme::kernel_options::KernelOptions;
     use crate::nvme::names::{Portal, Transport};
+
+    /// A kernel that takes every option.
+    pub(crate) fn current() -> KernelOptions {
+        KernelOptions { release: "6.12.0".to_owned(), listed: None, rejected: vec![] }
+    }
 
     pub(crate) fn options() -> ConnectOptions {
         ConnectOptions {
@@ -268,7 +330,7 @@ pub(crate) mod tests {
     fn renders_every_field_in_one_place() {
         let mut opts = options();
         assert_eq!(
-            opts.render().expose(),
+            opts.render(&current()).expose(),
             "transport=tcp,traddr=10.0.0.1,trsvcid=4420,nqn=nqn.2024-01.io.example:array,\
              hostnqn=nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427,\
              hostid=1b4e28ba-2fa1-11d2-883f-0016d3cca427,keep_alive_tmo=5,reconnect_delay=5,ctrl_loss_tmo=-1,\
@@ -279,7 +341,7 @@ pub(crate) mod tests {
         opts.host_traddr = Some("fd00::1".parse().unwrap());
         opts.timers.set("nr_io_queues", "4").unwrap();
         opts.timers.set("fast_io_fail_tmo", "-1").unwrap();
-        let text = opts.render().expose().to_owned();
+        let text = opts.render(&current()).expose().to_owned();
         assert!(text.contains(",traddr=fd00::7,trsvcid=4421,"), "{text}");
         assert!(text.contains(",host_iface=eth1,host_traddr=fd00::1,"), "{text}");
         assert!(text.ends_with(",ctrl_loss_tmo=-1,nr_io_queues=4"), "{text}");
@@ -291,7 +353,7 @@ pub(crate) mod tests {
         let key = "DHHC-1:00:ia6zGodOr5SEG2U6ZlzCNX3CoGKlUcO+aHF2Ypw6lSGGKBUq:";
         opts.auth.host_key = Some(key.parse().unwrap());
         opts.auth.ctrl_key = Some(key.parse().unwrap());
-        let rendered = opts.render();
+        let rendered = opts.render(&current());
         assert!(rendered.expose().ends_with(&format!(",dhchap_secret={key},dhchap_ctrl_secret={key}")));
         let shown = format!("{rendered} {rendered:?} {opts:?}");
         assert!(!shown.contains("ia6z"), "{shown}");
@@ -320,7 +382,7 @@ pub(crate) mod tests {
             "dhchap_secret",
             "dhchap_ctrl_secret",
         ];
-        let rendered = opts.render();
+        let rendered = opts.render(&current());
         let tokens: Vec<&str> = rendered.expose().split(',').collect();
         assert!(!rendered.expose().contains('\n'));
         for token in &tokens {
@@ -353,5 +415,38 @@ pub(crate) mod tests {
         timers.set("ctrl_loss_tmo", "600").unwrap();
         let err = timers.set("fast_io_fail_tmo", "900").unwrap_err();
         assert!(err.to_string().contains("must not exceed ctrl_loss_tmo (600)"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::tests::options;
+    use crate::nvme::kernel_options::KernelOptions;
+    use crate::nvme::names::Transport;
+
+    #[test]
+    fn options_the_kernel_does_not_take_are_left_out_and_explained() {
+        let mut opts = options();
+        opts.host_iface = Some("eth1".parse().unwrap());
+        let old = KernelOptions {
+            release: "4.19.0+1".to_owned(),
+            listed: None,
+            rejected: vec!["fast_io_fail_tmo".to_owned(), "host_iface".to_owned()],
+        };
+        let rendered = opts.render(&old);
+        assert!(!rendered.expose().contains("fast_io_fail_tmo") && !rendered.expose().contains("host_iface"));
+        assert!(rendered.expose().contains(",ctrl_loss_tmo=-1"), "{rendered}");
+        let why: Vec<&str> = rendered.left_out().iter().map(|l| l.why.as_str()).collect();
+        assert_eq!(rendered.left_out().len(), 2, "{why:?}");
+        assert!(
+            why[0].contains("kernel 4.19.0+1 does not take host_iface (Linux 5.14, commit 3ede8f72a9a2"),
+            "{why:?}"
+        );
+        assert!(why[1].contains("fast_io_fail_tmo (Linux 5.10") && why[1].contains("waits until a path returns"));
+        assert!(rendered.sent_optional().is_empty());
+        // host_iface is an nvme-tcp option: never sent on RDMA.
+        opts.transport = Transport::Rdma;
+        let rdma = opts.render(&super::tests::current());
+        assert!(!rdma.expose().contains("host_iface") && rdma.left_out()[0].why.contains("NVMe/TCP connections only"));
     }
 }

@@ -345,6 +345,7 @@ $A doctor --pool --portals 10.99.0.1,10.99.0.2 >doctor.txt || true
 cat doctor.txt
 grep -Eq 'PASS +kernel module nvme_tcp +loaded' doctor.txt || tb_fail "doctor: transport"
 grep -Eq 'PASS +native multipath' doctor.txt || tb_fail "doctor: multipath"
+grep -Eq 'PASS +connect options +Linux [^ ]+ takes every connect option nvmetcp sends \(it lists them\)' doctor.txt || tb_fail "doctor: connect options"
 grep -Eq 'PASS +portal 10.99.0.2:4420 reachable +answers as NVMe/TCP in [0-9]+ ms' doctor.txt || tb_fail "doctor: portal"
 grep -Eq 'PASS +MTU towards 10.99.0.1 +[a-z0-9]+ MTU [0-9]+' doctor.txt || tb_fail "doctor: MTU"
 grep -Eq 'PASS +SR type registered' doctor.txt || tb_fail "doctor: SM record"

@@ -62,3 +62,65 @@ impl Fabrics for FakeFabrics<'_> {
         Some(vec!["transport".into(), "dhchap_secret".into()])
     }
 }
+
+/// The option tokens of v4.19's `opt_tokens` (`drivers/nvme/host/fabrics.c`).
+const V4_19_TOKENS: [&str; 13] = [
+    "transport",
+    "traddr",
+    "trsvcid",
+    "nqn",
+    "queue_size",
+    "nr_io_queues",
+    "reconnect_delay",
+    "ctrl_loss_tmo",
+    "keep_alive_tmo",
+    "hostnqn",
+    "host_traddr",
+    "hostid",
+    "duplicate_connect",
+];
+
+/// A fabrics device that behaves like Linux 4.19's: it does not list its
+/// options (a read without a write is `EINVAL`) and fails the whole connect
+/// with `EINVAL` on any token outside its table, as `nvmf_parse_options`
+/// does. XCP-ng's 4.19 also carries the `fast_io_fail_tmo` backport.
+pub(crate) struct Kernel419<'a> {
+    inner: FakeFabrics<'a>,
+    extra: Vec<&'static str>,
+}
+
+impl<'a> Kernel419<'a> {
+    /// Mainline 4.19.
+    pub(crate) fn plain(tree: &'a SysfsTree) -> Self {
+        Self { inner: FakeFabrics::new(tree), extra: vec![] }
+    }
+
+    /// XCP-ng 8.x's 4.19, with `nvme-fabrics-reject-I-O-to-offline-device`.
+    pub(crate) fn xcp_ng(tree: &'a SysfsTree) -> Self {
+        Self { inner: FakeFabrics::new(tree), extra: vec!["fast_io_fail_tmo"] }
+    }
+
+    /// Every option string written, accepted or not.
+    pub(crate) fn writes(&self) -> Vec<String> {
+        self.inner.writes()
+    }
+}
+
+impl Fabrics for Kernel419<'_> {
+    fn create_controller(&self, options: &OptionString) -> Result<Created, FabricsError> {
+        let unknown = options
+            .expose()
+            .split(',')
+            .map(|t| t.split('=').next().unwrap_or_default())
+            .find(|name| !V4_19_TOKENS.contains(name) && !self.extra.contains(name));
+        if unknown.is_some() {
+            self.inner.writes.borrow_mut().push(options.expose().to_owned());
+            return Err(FabricsError::Refused { errno: 22, source: std::io::Error::from_raw_os_error(22) });
+        }
+        self.inner.create_controller(options)
+    }
+
+    fn supported_options(&self) -> Option<Vec<String>> {
+        None
+    }
+}
