@@ -57,8 +57,8 @@ pub const KEYS: &[ConfigKey] = &[
     },
     ConfigKey {
         name: "fast_io_fail_tmo",
-        description: "seconds after which I/O fails instead of waiting while no path is live (default 60): \
-                      long outages are survived without hanging I/O forever",
+        description: "seconds after which I/O fails instead of waiting while no path is live (default 90): a \
+                      60-second outage passes with no I/O error, a longer one fails cleanly instead of hanging",
     },
     ConfigKey {
         name: "nr_io_queues",

@@ -15,7 +15,7 @@ use crate::host::HostRoot;
 use super::fabrics::{Created, Fabrics, FabricsError};
 use super::kernel_options::KernelOptions;
 use super::names::Transport;
-use super::options::{ConnectOptions, OptionString, PathKey};
+use super::options::{ConnectOptions, OptionString, PathKey, Timers};
 use super::sysfs::{controller, controllers, Controller};
 use super::NvmeError;
 
@@ -106,6 +106,7 @@ pub fn connect_probed(
     let key = options.key();
     if let Some(existing) = find_controller(host, &key)? {
         tracing::debug!(path = %key, controller = %existing.name, state = %existing.state, "reusing controller");
+        align_timers(host, &existing.name, &options.timers, &key);
         return Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused });
     }
     probed()?;
@@ -133,6 +134,52 @@ pub fn connect_probed(
             Err(NvmeError::Connect { portal: options.portal.to_string(), nqn: key.subsysnqn.clone(), source })
         }
     }
+}
+
+/// Gives a reused controller our timers. A controller made by hand (or by an
+/// older nvmetcp) keeps its own: nvme-cli's `ctrl_loss_tmo=600` removes the
+/// namespace under running VMs after a 10-minute outage, and a missing
+/// `fast_io_fail_tmo` hangs I/O for as long as an outage lasts. Kernels since
+/// 5.10 let `reconnect_delay`, `ctrl_loss_tmo` and (5.13) `fast_io_fail_tmo`
+/// be rewritten in sysfs; what cannot be checked or changed is logged.
+/// Returns what was changed, as `name: old -> new`.
+pub fn align_timers(host: &HostRoot, controller: &str, timers: &Timers, key: &PathKey) -> Vec<String> {
+    let shown = |n: i32| if n < 0 { "off".to_owned() } else { n.to_string() };
+    // reconnect_delay first: the kernel derives the reconnect count from
+    // ctrl_loss_tmo / reconnect_delay when ctrl_loss_tmo is written.
+    let wanted = [
+        ("reconnect_delay", timers.reconnect_delay.to_string(), i64::from(timers.reconnect_delay).to_string()),
+        ("ctrl_loss_tmo", shown(timers.ctrl_loss_tmo), timers.ctrl_loss_tmo.to_string()),
+        ("fast_io_fail_tmo", shown(timers.fast_io_fail_tmo), timers.fast_io_fail_tmo.to_string()),
+    ];
+    let mut changed = Vec::new();
+    for (name, expected, to_write) in wanted {
+        let attribute = format!("/sys/class/nvme/{controller}/{name}");
+        let Ok(current) = host.read_trimmed(&attribute) else {
+            tracing::warn!(path = %key, controller, timer = name, "reused controller: this kernel does not show its {name}; it keeps what it was created with");
+            continue;
+        };
+        if current == expected {
+            continue;
+        }
+        match std::fs::write(host.path(&attribute), &to_write) {
+            Ok(()) => {
+                tracing::warn!(path = %key, controller, "reused controller had {name}={current}; set to {expected}");
+                changed.push(format!("{name}: {current} -> {expected}"));
+            }
+            Err(error) => tracing::warn!(
+                path = %key, controller, %error,
+                "reused controller has {name}={current}, not {expected}, and it cannot be changed; reconnect it \
+                 (nvme disconnect, then re-attach the SR) to get nvmetcp's timers"
+            ),
+        }
+    }
+    if let Ok(kato) = host.read_trimmed(&format!("/sys/class/nvme/{controller}/kato")) {
+        if kato != timers.keep_alive_tmo.to_string() {
+            tracing::warn!(path = %key, controller, "reused controller has keep_alive_tmo={kato}, not {} (fixed at creation)", timers.keep_alive_tmo);
+        }
+    }
+    changed
 }
 
 /// errno `EINVAL`: the kernel rejected the option string.
@@ -297,7 +344,7 @@ mod tests {
         assert_eq!(path.origin, PathOrigin::Created);
         let writes = fabrics.writes();
         assert_eq!(writes.len(), 2, "tried once with everything, once without what 4.19 predates: {writes:?}");
-        assert!(writes[0].contains("fast_io_fail_tmo=60") && writes[0].contains("host_iface=eth1"));
+        assert!(writes[0].contains("fast_io_fail_tmo=90") && writes[0].contains("host_iface=eth1"));
         assert!(!writes[1].contains("fast_io_fail_tmo") && !writes[1].contains("host_iface"), "{}", writes[1]);
         assert!(writes[1].contains("ctrl_loss_tmo=-1,") || writes[1].ends_with("ctrl_loss_tmo=-1"));
         // The next connect on this boot sends the accepted string at once.
@@ -315,7 +362,7 @@ mod tests {
         let fabrics = super::fake::Kernel419::xcp_ng(&tree);
         connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
         assert_eq!(fabrics.writes().len(), 1);
-        assert!(fabrics.writes()[0].contains("fast_io_fail_tmo=60"));
+        assert!(fabrics.writes()[0].contains("fast_io_fail_tmo=90"));
     }
 
     #[test]
@@ -327,6 +374,28 @@ mod tests {
         assert!(connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).is_err());
         assert_eq!(fabrics.writes().len(), 1);
         assert!(!tree.host().exists(crate::nvme::kernel_options::LEARNED));
+    }
+
+    #[test]
+    fn a_reused_controller_made_by_hand_gets_our_timers() {
+        let tree = SysfsTree::new();
+        let (_listener, opts) = reachable();
+        let fabrics = FakeFabrics::new(&tree);
+        connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        // As nvme-cli leaves it: ctrl_loss_tmo=600, reconnect_delay=10, no failfast.
+        for (name, value) in [("ctrl_loss_tmo", "600"), ("reconnect_delay", "10"), ("fast_io_fail_tmo", "off")] {
+            tree.write(&format!("/sys/class/nvme/nvme0/{name}"), &format!("{value}\n"));
+        }
+        let again = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap();
+        assert_eq!(again.origin, PathOrigin::Reused);
+        assert_eq!(tree.read("/sys/class/nvme/nvme0/ctrl_loss_tmo").trim(), "-1");
+        assert_eq!(tree.read("/sys/class/nvme/nvme0/reconnect_delay").trim(), "5");
+        assert_eq!(tree.read("/sys/class/nvme/nvme0/fast_io_fail_tmo").trim(), "90");
+        // Already right (the kernel shows -1 as "off"): nothing is written.
+        tree.write("/sys/class/nvme/nvme0/ctrl_loss_tmo", "off\n");
+        tree.write("/sys/class/nvme/nvme0/fast_io_fail_tmo", "90\n");
+        let changed = super::align_timers(&tree.host(), "nvme0", &opts.timers, &opts.key());
+        assert!(changed.is_empty(), "{changed:?}");
     }
 
     #[test]

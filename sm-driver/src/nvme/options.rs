@@ -7,12 +7,25 @@
 //! * `ctrl_loss_tmo=-1`: a controller whose path is lost keeps reconnecting
 //!   forever, so the namespace never disappears under running VMs (the kernel
 //!   default of 600 s removes it after a 10-minute outage);
-//! * `fast_io_fail_tmo=60`: but I/O does not hang forever either: once no path
-//!   has been usable for 60 s, I/O fails back to the guests, like dm-multipath's
-//!   `no_path_retry` in XCP-ng's other SRs;
 //! * `keep_alive_tmo=5`, `reconnect_delay=5`: a silent path is noticed within
 //!   seconds and retried often, so a restored path is back quickly;
+//! * `fast_io_fail_tmo=90`: I/O does not hang forever either (like
+//!   dm-multipath's `no_path_retry` in XCP-ng's other SRs), but it waits long
+//!   enough that an outage of [`DOCUMENTED_OUTAGE`] seconds (an array
+//!   controller failover, a switch reboot) ends with no error at all;
 //! * `nr_io_queues`: the kernel's choice (one per CPU) unless configured.
+//!
+//! The outage arithmetic ([`Timers::survived_outage`]): the failfast timer
+//! starts when the controller starts reconnecting, at the earliest the moment
+//! the path drops (a reset connection is noticed at once; silence within
+//! `keep_alive_tmo`), and fails queued I/O `fast_io_fail_tmo` seconds later.
+//! A path that returns at second D is back after the next reconnect attempt
+//! (at most `reconnect_delay` later) has completed; an attempt that was
+//! already waiting on an unreachable address needs a TCP retransmission and
+//! the queue set-up, which [`RECONNECT_MARGIN`] covers. So an outage of D
+//! seconds passes without error when
+//! `D + reconnect_delay + RECONNECT_MARGIN <= fast_io_fail_tmo`: with the
+//! defaults, 60 + 5 + 25 = 90. The old default of 60 raced a 60 s outage.
 //!
 //! The host NQN and host ID are always passed (the kernel's default identity is
 //! random per module load), identically on every connect.
@@ -38,13 +51,31 @@ pub struct Timers {
     pub nr_io_queues: Option<u32>,
 }
 
+/// The outage (seconds with no path at all) the defaults survive with no
+/// I/O error, as documented.
+pub const DOCUMENTED_OUTAGE: u32 = 60;
+
+/// Seconds a reconnect may take once the target is back: a TCP SYN
+/// retransmission from an attempt that started while the address was
+/// unreachable, plus the admin and I/O queues' connect.
+pub const RECONNECT_MARGIN: u32 = 25;
+
 impl Default for Timers {
     fn default() -> Self {
-        Self { ctrl_loss_tmo: -1, reconnect_delay: 5, keep_alive_tmo: 5, fast_io_fail_tmo: 60, nr_io_queues: None }
+        Self { ctrl_loss_tmo: -1, reconnect_delay: 5, keep_alive_tmo: 5, fast_io_fail_tmo: 90, nr_io_queues: None }
     }
 }
 
 impl Timers {
+    /// The longest outage (seconds with no path) survived with no I/O
+    /// error; `None` when I/O never fails (it waits for as long as the outage
+    /// lasts, or until `ctrl_loss_tmo` removes the controller).
+    #[must_use]
+    pub fn survived_outage(&self) -> Option<u32> {
+        let fail = u32::try_from(self.fast_io_fail_tmo).ok()?;
+        Some(fail.saturating_sub(self.reconnect_delay + RECONNECT_MARGIN))
+    }
+
     /// The names [`Timers::set`] accepts (they are also device-config keys).
     pub const NAMES: [&'static str; 5] =
         ["ctrl_loss_tmo", "reconnect_delay", "keep_alive_tmo", "fast_io_fail_tmo", "nr_io_queues"];
@@ -334,7 +365,7 @@ pub(crate) mod tests {
             "transport=tcp,traddr=10.0.0.1,trsvcid=4420,nqn=nqn.2024-01.io.example:array,\
              hostnqn=nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427,\
              hostid=1b4e28ba-2fa1-11d2-883f-0016d3cca427,keep_alive_tmo=5,reconnect_delay=5,ctrl_loss_tmo=-1,\
-             fast_io_fail_tmo=60"
+             fast_io_fail_tmo=90"
         );
         opts.portal = Portal::parse("[fd00::7]:4421", 4420).unwrap();
         opts.host_iface = Some("eth1".parse().unwrap());
@@ -393,6 +424,18 @@ pub(crate) mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), tokens.len(), "no option twice");
+    }
+
+    #[test]
+    fn the_defaults_survive_the_documented_outage() {
+        let defaults = Timers::default();
+        let survived = defaults.survived_outage().unwrap();
+        assert!(survived >= super::DOCUMENTED_OUTAGE, "defaults survive only {survived} s");
+        // The arithmetic, spelled out: 60 s outage + 5 s to the next attempt + 25 s margin.
+        assert_eq!(super::DOCUMENTED_OUTAGE + defaults.reconnect_delay + super::RECONNECT_MARGIN, 90);
+        let old = Timers { fast_io_fail_tmo: 60, ..defaults };
+        assert!(old.survived_outage().unwrap() < super::DOCUMENTED_OUTAGE, "the old default raced a 60 s outage");
+        assert_eq!(Timers { fast_io_fail_tmo: -1, ..defaults }.survived_outage(), None);
     }
 
     #[test]
