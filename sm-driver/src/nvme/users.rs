@@ -9,6 +9,13 @@
 //! record lives in `/run/nvmetcp/` (it must not survive a reboot, like the
 //! controllers themselves) and every change happens under one host-wide
 //! `flock`, with a deadline, because xapi runs plugin calls concurrently.
+//!
+//! Users that belong to one call rather than to an attached SR (`create-…`
+//! while `SR.create` works, `probe-<pid>` while `SR.probe` does) also record
+//! their owner process (pid and start time, so a recycled pid is not taken
+//! for it). A call killed before it released its paths leaves such a user
+//! behind, which would keep its controllers connected forever; every attach
+//! and release collects the users whose owner is gone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +34,43 @@ use super::NvmeError;
 pub const RUN_DIR: &str = "/run/nvmetcp";
 const LOCK_FILE: &str = "/run/nvmetcp/fabric.lock";
 const USERS_FILE: &str = "/run/nvmetcp/fabric-users.json";
+const OWNERS_FILE: &str = "/run/nvmetcp/fabric-owners.json";
+
+/// Prefixes of users that live only as long as the call that made them.
+pub const CALL_USER_PREFIXES: [&str; 2] = ["create-", "probe-"];
+
+fn is_call_user(user: &str) -> bool {
+    CALL_USER_PREFIXES.iter().any(|p| user.starts_with(p))
+}
+
+/// The process that owns a call's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Owner {
+    pid: u32,
+    /// Clock ticks after boot when it started (`/proc/<pid>/stat` field 22).
+    start: Option<u64>,
+}
+
+impl Owner {
+    fn current(host: &HostRoot) -> Self {
+        let pid = std::process::id();
+        Self { pid, start: start_time(host, pid) }
+    }
+
+    fn alive(self, host: &HostRoot) -> bool {
+        host.exists(&format!("/proc/{}", self.pid))
+            && (self.start.is_none() || start_time(host, self.pid) == self.start)
+    }
+}
+
+/// A process's start time, from `/proc/<pid>/stat` (after the command name,
+/// which may hold spaces and parentheses, field 22 is the 20th).
+fn start_time(host: &HostRoot, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(host.path(&format!("/proc/{pid}/stat"))).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+type Owners = BTreeMap<String, Owner>;
 
 /// How long a call waits for another one holding the host lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,6 +132,48 @@ fn load(host: &HostRoot) -> Result<Users, RegistryError> {
     }
 }
 
+fn load_owners(host: &HostRoot) -> Result<Owners, RegistryError> {
+    match std::fs::read_to_string(host.path(OWNERS_FILE)) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| RegistryError::Corrupt(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Owners::new()),
+        Err(source) => Err(RegistryError::Io { path: OWNERS_FILE.to_owned(), source }),
+    }
+}
+
+fn save_owners(host: &HostRoot, owners: &Owners) -> Result<(), RegistryError> {
+    let io = |source| RegistryError::Io { path: OWNERS_FILE.to_owned(), source };
+    let text = serde_json::to_string_pretty(owners).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+    host.write_atomically(OWNERS_FILE, text.as_bytes(), 0o600).map_err(io)
+}
+
+/// Releases every call user whose owner process is gone (a killed
+/// `SR.create` or `SR.probe`), except `current`. A call user with no owner
+/// record is judged by the pid in its name (`probe-<pid>`), else collected.
+fn collect_orphans(host: &HostRoot, users: &mut Users, owners: &mut Owners, current: &str) {
+    let orphans: Vec<String> = users
+        .keys()
+        .filter(|u| is_call_user(u) && u.as_str() != current)
+        .filter(|u| match owners.get(u.as_str()) {
+            Some(owner) => !owner.alive(host),
+            None => u
+                .strip_prefix("probe-")
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_none_or(|pid| !host.exists(&format!("/proc/{pid}"))),
+        })
+        .cloned()
+        .collect();
+    for orphan in orphans {
+        match release_user(host, users, &orphan) {
+            Ok(released) => {
+                owners.remove(&orphan);
+                tracing::info!(user = %orphan, disconnected = ?released.disconnected, "collected the paths of a call that died before releasing them");
+            }
+            Err(error) => tracing::warn!(user = %orphan, %error, "cannot release the paths of a call that died"),
+        }
+    }
+    owners.retain(|user, _| users.contains_key(user));
+}
+
 /// Writes the users file atomically (temporary file, fsync, rename).
 fn save(host: &HostRoot, users: &Users) -> Result<(), RegistryError> {
     let io = |source| RegistryError::Io { path: USERS_FILE.to_owned(), source };
@@ -121,6 +207,12 @@ pub fn attach(
     });
     let _lock = HostLock::acquire(host, LOCK_TIMEOUT)?;
     let mut users = load(host)?;
+    let mut owners = load_owners(host)?;
+    collect_orphans(host, &mut users, &mut owners, user);
+    if is_call_user(user) {
+        owners.insert(user.to_owned(), Owner::current(host));
+    }
+    save_owners(host, &owners)?;
     let results: Vec<PathResult> =
         paths.iter().zip(probes).map(|(p, probed)| connect_probed(host, fabrics, p, || probed)).collect();
     let previous = users.remove(user).unwrap_or_default();
@@ -164,9 +256,24 @@ pub struct Released {
 pub fn release(host: &HostRoot, user: &str) -> Result<Released, ReleaseError> {
     let _lock = HostLock::acquire(host, LOCK_TIMEOUT)?;
     let mut users = load(host)?;
+    let mut owners = load_owners(host)?;
+    collect_orphans(host, &mut users, &mut owners, user);
+    let result = release_user(host, &mut users, user);
+    if result.is_ok() {
+        owners.remove(user);
+    }
+    save(host, &users)?;
+    save_owners(host, &owners)?;
+    Ok(result?)
+}
+
+/// Forgets `user` in `users` and disconnects what only it used and nvmetcp
+/// created. On a failed disconnect the path stays listed, so a retry works.
+fn release_user(host: &HostRoot, users: &mut Users, user: &str) -> Result<Released, NvmeError> {
     let Some(uses) = users.remove(user) else { return Ok(Released::default()) };
     let mut released = Released::default();
-    for path in uses {
+    let mut uses = uses.into_iter();
+    while let Some(path) = uses.next() {
         let others: Vec<&mut PathUse> = users.values_mut().flatten().filter(|u| u.key == path.key).collect();
         if !others.is_empty() {
             // Whoever still uses the path inherits the duty to clean it up.
@@ -178,16 +285,16 @@ pub fn release(host: &HostRoot, user: &str) -> Result<Released, ReleaseError> {
             match disconnect_path(host, &path.key) {
                 Ok(names) => released.disconnected.extend(names),
                 Err(error) => {
-                    users.entry(user.to_owned()).or_default().push(path);
-                    save(host, &users)?;
-                    return Err(error.into());
+                    let kept = users.entry(user.to_owned()).or_default();
+                    kept.push(path);
+                    kept.extend(uses);
+                    return Err(error);
                 }
             }
         } else {
             released.not_ours.push(path.key);
         }
     }
-    save(host, &users)?;
     Ok(released)
 }
 
@@ -312,6 +419,32 @@ mod tests {
         assert!(meanwhile.join().unwrap(), "the lock was held while a portal was being probed");
         assert!(results[0].is_ok());
         assert!(results[1].as_ref().unwrap_err().to_string().contains("NVMe/TCP"), "{:?}", results[1]);
+    }
+
+    #[test]
+    fn a_call_killed_before_releasing_its_paths_is_collected() {
+        let tree = SysfsTree::new();
+        let (_listeners, paths) = two_paths();
+        let fabrics = FakeFabrics::new(&tree);
+        // This test process owns these users and is alive: /proc/<pid>/stat as the kernel writes it.
+        let me = std::process::id();
+        tree.write(&format!("/proc/{me}/stat"), &format!("{me} (nvmetcp-plugin) S 1 {} 0\n", "0 ".repeat(17) + "4242"));
+        attach(&tree.host(), &fabrics, "create-a", &paths[..1]).unwrap();
+        attach(&tree.host(), &fabrics, "probe-999999", &paths[1..]).unwrap();
+        attach(&tree.host(), &fabrics, "sr-b", &paths[1..]).unwrap();
+        assert_eq!(live(&tree), ["nvme0", "nvme1"]);
+        // Nobody died: another call collects nothing.
+        release(&tree.host(), "nobody").unwrap();
+        assert_eq!(live(&tree), ["nvme0", "nvme1"]);
+        // SIGKILL: the owner is gone (a recycled pid with another start time counts as gone too).
+        tree.write(&format!("/proc/{me}/stat"), &format!("{me} (bash) S 1 {} 0\n", "0 ".repeat(17) + "7777"));
+        attach(&tree.host(), &fabrics, "sr-c", &[]).unwrap();
+        assert_eq!(live(&tree), ["nvme1"], "create-a's controller is deleted, sr-b's path kept");
+        let users = super::load(&tree.host()).unwrap();
+        assert_eq!(users.keys().map(String::as_str).collect::<Vec<_>>(), ["sr-b", "sr-c"], "{users:?}");
+        assert!(super::load_owners(&tree.host()).unwrap().is_empty());
+        // sr-b inherited the duty to delete what the dead probe created.
+        assert_eq!(release(&tree.host(), "sr-b").unwrap().disconnected, ["nvme1"]);
     }
 
     #[test]
