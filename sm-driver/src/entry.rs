@@ -151,7 +151,8 @@ pub fn execute(ctx: &Context, request: &CallRequest, stdin: &mut dyn Read) -> Re
     let (value, exit_code) = match result {
         Ok(value) => (value, 0),
         Err(failure) => {
-            let record = to_error_record(&failure);
+            let host = ctx.host.read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default();
+            let record = to_error_record(&failure, &host);
             (serde_json::to_value(record).unwrap_or_default(), 1)
         }
     };

@@ -323,6 +323,14 @@ impl<'a> Lvm<'a> {
     pub fn remove_vg_and_pv(&self, vg: &str) -> Result<(), LvmError> {
         check_name("volume group", vg)?;
         self.runner.run(&self.command("vgremove").args(["-f", vg]))?;
+        self.pvremove()
+    }
+
+    /// Removes the PV label from the device (no VG on it any more).
+    ///
+    /// # Errors
+    /// [`LvmError`] if `pvremove` fails.
+    pub fn pvremove(&self) -> Result<(), LvmError> {
         self.runner.run(&self.command("pvremove").args(["-y", &self.device]))?;
         Ok(())
     }

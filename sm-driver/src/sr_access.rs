@@ -18,12 +18,13 @@ use crate::sr_config::NamespaceRef;
 use crate::sr_paths;
 use crate::sr_state::{self, uuid_of_handle, SrLock, SrState, StateError, SR_LOCK_TIMEOUT};
 
-/// Runs `f` as an SR operation, mapping its error.
+/// Runs `f`, a handler's body, and encodes its result. `f` returns a
+/// [`Failure`], so each `?` in it records where its error was raised.
 pub(crate) fn sr_call<T: serde::Serialize>(
     params: &Params,
-    f: impl FnOnce() -> Result<T, CallError>,
+    f: impl FnOnce() -> Result<T, Failure>,
 ) -> Result<Value, Failure> {
-    let value = f().map_err(DriverError::from)?;
+    let value = f()?;
     serde_json::to_value(value)
         .map_err(|source| DriverError::Encode { method: params.method().call_name(), source }.into())
 }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::context::Context;
-use crate::error::{CallError, Failure, VolumeError};
+use crate::error::{Failure, VolumeError};
 use crate::smapi::params::Params;
 use crate::smapi::types::{Backend, Implementation, XenDisk};
 use crate::sr_access::{lvm_for, sr_call};
@@ -13,7 +13,7 @@ use crate::volume::uri::parse_uri;
 
 /// Locks the SR and activates or deactivates the volume's LV on this host;
 /// returns its device path.
-fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, CallError> {
+fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, Failure> {
     let (sr_uuid, lv) = parse_uri(uri)?;
     let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = sr_state::load(&ctx.host, &sr_uuid)?;

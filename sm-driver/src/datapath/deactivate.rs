@@ -29,7 +29,7 @@ fn mapping_active(host: &crate::host::HostRoot, name: &str) -> bool {
 
 /// Deactivates the volume on this host: a no-op when it is not active here,
 /// LVM while a path is live, the mapping removed directly when none is.
-fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), CallError> {
+fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), Failure> {
     let (sr_uuid, lv) = parse_uri(uri)?;
     let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = match sr_state::load(&ctx.host, &sr_uuid) {
@@ -46,11 +46,9 @@ fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), CallError> {
         Ok(lvm) => lvm.lv_activate(&state.vg, &lv, false)?,
         Err(CallError::NoPath { why, .. }) => {
             tracing::warn!(volume = %lv, paths = %why, "no path is live; removing the volume's mapping directly");
-            ctx.runner
-                .run(&Command::new(Program::Dmsetup).args(["remove", &mapping]))
-                .map_err(|e| CallError::Lvm(crate::lvm::LvmError::Command(e)))?;
+            ctx.runner.run(&Command::new(Program::Dmsetup).args(["remove", &mapping])).map_err(CallError::Tool)?;
         }
-        Err(error) => return Err(error),
+        Err(error) => return Err(error.into()),
     }
     tracing::info!(volume = %lv, "volume deactivated");
     Ok(())

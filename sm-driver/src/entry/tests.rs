@@ -84,7 +84,7 @@ fn unreadable_stdin_is_an_invalid_request() {
 fn a_panicking_handler_becomes_an_internal_error() {
     let method = crate::smapi::method::Method::lookup("SR.stat").unwrap();
     let failure = super::contain_panics(method, || panic!("index out of bounds")).unwrap_err();
-    let record = crate::error::to_error_record(&failure);
+    let record = crate::error::to_error_record(&failure, "h1");
     assert_eq!(record.code, "NVMETCP_INTERNAL_ERROR");
     assert_eq!(
         record.params[0],
@@ -144,4 +144,30 @@ fn the_link_list_is_the_implemented_methods_of_each_plugin() {
     let count = |kind| crate::dispatch::implemented(kind).len();
     assert_eq!(links.lines().count(), count(PluginKind::Volume) + count(PluginKind::Datapath));
     assert!(!links.contains("Volume.snapshot") && !links.contains("Volume.clone"));
+}
+
+/// A handler's error record names this host (read through the injected
+/// root, not the real one) and the line where the error was raised, not one
+/// shared line of the plumbing.
+#[test]
+fn handler_errors_name_this_host_and_where_they_were_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
+    std::fs::write(dir.path().join("proc/sys/kernel/hostname"), "xcp-a\n").unwrap();
+    let ctx = Context { host: HostRoot::at(dir.path()), runner: Box::new(FakeRunner::new()) };
+    let run = |method: &str, body: &str| {
+        let request =
+            CallRequest { kind: PluginKind::Volume, method: method.into(), input: Input::JsonOnStdin, verbose: false };
+        let reply = execute(&ctx, &request, &mut body.as_bytes());
+        assert_eq!(reply.exit_code, 1, "{}", reply.stdout);
+        serde_json::from_str::<serde_json::Value>(&reply.stdout).unwrap()
+    };
+    let attach = run("SR.attach", r#"{"dbg":"d","uuid":"u","configuration":{"nqn":"bad nqn"}}"#);
+    let stat = run("SR.stat", r#"{"dbg":"d","sr":"not-a-handle"}"#);
+    for record in [&attach, &stat] {
+        assert!(record["params"][0].as_str().unwrap().starts_with("on host xcp-a: "), "{record}");
+        assert!(record["backtrace"]["error"].as_str().unwrap().starts_with("on host xcp-a: "), "{record}");
+    }
+    assert_eq!(attach["backtrace"]["files"][0], "sm-driver/src/sr/attach.rs", "{attach}");
+    assert_eq!(stat["backtrace"]["files"][0], "sm-driver/src/sr/stat.rs", "{stat}");
 }

@@ -2,6 +2,7 @@
 //! handler returns. [`super::to_error_record`] is the one place it becomes a
 //! record.
 
+use crate::cmd::CmdError;
 use crate::host_config::HostConfigError;
 use crate::lvm::LvmError;
 use crate::nvme::checks::CheckError;
@@ -128,6 +129,23 @@ pub enum CallError {
     /// LVM failed.
     #[error(transparent)]
     Lvm(#[from] LvmError),
+    /// Another program (blkid, dmsetup) failed.
+    #[error(transparent)]
+    Tool(CmdError),
+    /// Creating the VG failed, and removing the PV made for it failed too.
+    #[error(
+        "the volume group could not be created on {device}, and removing the physical volume made for it failed \
+         too ({undo}); run 'pvremove {device}' before retrying"
+    )]
+    CreateRolledBackBadly {
+        /// The device.
+        device: String,
+        /// Why the removal failed.
+        undo: Box<LvmError>,
+        /// Why the VG was not created.
+        #[source]
+        source: Box<LvmError>,
+    },
     /// Probing the namespace for data failed.
     #[error("cannot check {device} for existing data")]
     Inspect {

@@ -50,15 +50,9 @@ pub enum DriverError {
         #[source]
         source: serde_json::Error,
     },
-    /// An SR operation failed on this host.
-    #[error("on host {host}: {source}")]
-    Sr {
-        /// This host's name.
-        host: String,
-        /// What failed.
-        #[source]
-        source: Box<CallError>,
-    },
+    /// An SR, Volume or Datapath call failed on this host.
+    #[error(transparent)]
+    Sr(Box<CallError>),
     /// A bug: the call panicked.
     #[error("internal error in {method}: {message}; please report it with /var/log/SMlog")]
     Panicked {
@@ -69,10 +63,12 @@ pub enum DriverError {
     },
 }
 
-impl From<CallError> for DriverError {
-    fn from(error: CallError) -> Self {
-        let host = crate::host::HostRoot::system().read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default();
-        Self::Sr { host, source: Box::new(error) }
+/// Every error a handler meets becomes the call-level [`CallError`], and
+/// through it a [`DriverError`]; with [`Failure`]'s conversion this lets `?`
+/// in a handler record where each error was raised.
+impl<E: Into<CallError>> From<E> for DriverError {
+    fn from(error: E) -> Self {
+        Self::Sr(Box::new(error.into()))
     }
 }
 
@@ -93,11 +89,17 @@ impl<E: Into<DriverError>> From<E> for Failure {
     }
 }
 
-/// The error record for `failure`: the only mapping from errors to XenAPI codes.
+/// The error record for `failure` on host `host` (named in the message of a
+/// handler's failure, since xapi may show it far from this host): the only
+/// mapping from errors to XenAPI codes.
 #[must_use]
-pub fn to_error_record(failure: &Failure) -> ErrorRecord {
+pub fn to_error_record(failure: &Failure, host: &str) -> ErrorRecord {
     let error = &failure.error;
-    let message = error.to_string();
+    let on_host = |text: String| match error {
+        DriverError::Sr(_) => format!("on host {host}: {text}"),
+        _ => text,
+    };
+    let message = on_host(error.to_string());
     let (code, detail): (&str, Vec<String>) = match error {
         DriverError::Request(request) => match request {
             RequestError::MissingParam { method, name, .. } | RequestError::IllTypedParam { method, name, .. } => {
@@ -111,7 +113,7 @@ pub fn to_error_record(failure: &Failure) -> ErrorRecord {
         },
         DriverError::UnknownMethod { method, .. } => ("NVMETCP_UNKNOWN_METHOD", vec![method.clone()]),
         DriverError::Unimplemented { method } => ("Unimplemented", vec![method.clone()]),
-        DriverError::Sr { source, .. } => (sr_code(source), vec![]),
+        DriverError::Sr(source) => (sr_code(source), vec![]),
         DriverError::Encode { method, .. } | DriverError::Panicked { method, .. } => {
             ("NVMETCP_INTERNAL_ERROR", vec![method.clone()])
         }
@@ -122,7 +124,7 @@ pub fn to_error_record(failure: &Failure) -> ErrorRecord {
         code: code.to_owned(),
         params,
         backtrace: Backtrace {
-            error: full_chain(error),
+            error: on_host(full_chain(error)),
             files: vec![failure.at.file().to_owned()],
             lines: vec![i64::from(failure.at.line())],
         },
@@ -145,7 +147,9 @@ fn sr_code(error: &CallError) -> &'static str {
         CallError::NotMaster(NotWriter::Member { .. }) => "NVMETCP_NOT_MASTER",
         CallError::NotMaster(NotWriter::RoleUnknown { .. }) => "NVMETCP_POOL_ROLE_UNKNOWN",
         CallError::NotEmpty { .. } => "NVMETCP_SR_NOT_EMPTY",
-        CallError::Lvm(_) | CallError::Inspect { .. } => "NVMETCP_LVM_FAILED",
+        CallError::Lvm(_) | CallError::CreateRolledBackBadly { .. } => "NVMETCP_LVM_FAILED",
+        CallError::Tool(_) => "NVMETCP_TOOL_FAILED",
+        CallError::Inspect { .. } => "NVMETCP_NAMESPACE",
         CallError::State(StateError::NotAttached(_)) => "Sr_not_attached",
         CallError::Volume(VolumeError::NotFound { .. }) => "Volume_does_not_exist",
         CallError::Volume(VolumeError::Active { .. }) => "NVMETCP_VOLUME_ACTIVE",
@@ -176,7 +180,7 @@ mod tests {
     #[test]
     fn records_carry_code_message_detail_and_location() {
         let failure: Failure = DriverError::Unimplemented { method: "Volume.snapshot".to_owned() }.into();
-        let record = to_error_record(&failure);
+        let record = to_error_record(&failure, "h1");
         assert_eq!(record.code, "Unimplemented");
         assert_eq!(record.params[1], "Volume.snapshot");
         assert!(record.params[0].starts_with("Volume.snapshot is not implemented by nvmetcp "));
@@ -189,7 +193,7 @@ mod tests {
             kind: ParamKind::StringMap,
         }
         .into();
-        let record = to_error_record(&failure);
+        let record = to_error_record(&failure, "h1");
         assert_eq!(record.code, "NVMETCP_INVALID_PARAMETER");
         assert_eq!(record.params[1..], ["SR.attach", "configuration"]);
     }
@@ -232,13 +236,16 @@ mod tests {
             assert!(produced.contains(&code), "docs/errors.md documents {code}, which nvmetcp never returns");
         }
         let sample: Failure = RequestError::MalformedJson { detail: String::new() }.into();
-        assert!(produced.contains(&to_error_record(&sample).code.as_str()), "the scan sees what the mapping returns");
+        assert!(
+            produced.contains(&to_error_record(&sample, "h1").code.as_str()),
+            "the scan sees what the mapping returns"
+        );
     }
 
     #[test]
     fn backtrace_error_includes_the_causes() {
         let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
-        let record = to_error_record(&RequestError::Stdin(io).into());
+        let record = to_error_record(&RequestError::Stdin(io).into(), "h1");
         assert_eq!(record.code, "NVMETCP_INVALID_REQUEST");
         assert_eq!(record.backtrace.error, "cannot read the parameters from stdin: pipe closed");
     }

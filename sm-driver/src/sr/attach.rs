@@ -37,7 +37,7 @@ pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
 
 /// Reconnects and resolves an SR from its device-config, and checks the
 /// namespace holds it. Returns the state to record.
-fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, CallError> {
+fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure> {
     let config = SrConfig::parse(configuration, Purpose::Attach)?;
     let nqn = required_nqn(&config)?;
     let uuid = config.sr_uuid.clone().ok_or(ConfigError::Missing {
@@ -45,7 +45,7 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, CallErr
         why: "this device-config was not returned by SR.create; create the SR with xe sr-create",
     })?;
     if !is_uuid(&uuid) {
-        return Err(CallError::BadUuid(uuid));
+        return Err(CallError::BadUuid(uuid).into());
     }
     let reference =
         config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
@@ -60,7 +60,7 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, CallErr
             Some(other) => format!(" (it holds volume group {})", other.name),
             None => " (it holds no volume group)".to_owned(),
         };
-        return Err(CallError::NotThisSr { namespace, sr_uuid: uuid, found });
+        return Err(CallError::NotThisSr { namespace, sr_uuid: uuid, found }.into());
     };
     Ok(SrState {
         sr_uuid: uuid,

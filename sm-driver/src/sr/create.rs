@@ -6,7 +6,6 @@
 
 use serde_json::Value;
 
-use crate::cmd::{Command, Program};
 use crate::context::Context;
 use crate::error::{CallError, Failure};
 use crate::lvm::Lvm;
@@ -34,7 +33,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     let description: String = params.get("description")?;
     sr_call(params, || {
         if !is_uuid(&uuid) {
-            return Err(CallError::BadUuid(uuid.clone()));
+            return Err(CallError::BadUuid(uuid.clone()).into());
         }
         require_master(ctx, "SR.create")?;
         let config = SrConfig::parse(&configuration, Purpose::Create)?;
@@ -79,7 +78,7 @@ fn create_on_namespace(
     reference: &NamespaceRef,
     uuid: &str,
     tags: &[String],
-) -> Result<NamespaceIdentity, CallError> {
+) -> Result<NamespaceIdentity, Failure> {
     let resolved = sr_paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
     let identity = resolved
         .namespace
@@ -94,18 +93,72 @@ fn create_on_namespace(
     let device = resolved.device.display().to_string();
     if let Some(found) = existing_data(ctx, &device)? {
         if !config.force {
-            return Err(CallError::InUse { namespace: identity.canonical(), device, found });
+            return Err(CallError::InUse { namespace: identity.canonical(), device, found }.into());
         }
         tracing::warn!(%device, %found, "force=true: overwriting the namespace");
     }
     lvm.pvcreate(config.force)?;
-    if let Err(error) = lvm.vgcreate(&vg_name(uuid), tags) {
-        let undo = ctx.runner.run(&Command::new(Program::Lvm).args(["pvremove", "-y", &device]));
-        if let Err(undo) = undo {
-            tracing::error!(%device, %undo, "rollback of pvcreate failed");
-        }
-        return Err(error.into());
-    }
+    create_vg(&lvm, &vg_name(uuid), tags)?;
     tracing::info!(sr = %uuid, vg = %vg_name(uuid), %device, "SR created");
     Ok(identity)
+}
+
+/// Creates the VG on the fresh PV; if that fails, removes the PV again (the
+/// namespace is left as it was found), and says so when that fails too.
+fn create_vg(lvm: &Lvm<'_>, vg: &str, tags: &[String]) -> Result<(), CallError> {
+    let Err(source) = lvm.vgcreate(vg, tags) else { return Ok(()) };
+    match lvm.pvremove() {
+        Ok(()) => Err(source.into()),
+        Err(undo) => {
+            tracing::error!(device = lvm.device(), %undo, "rollback of pvcreate failed");
+            Err(CallError::CreateRolledBackBadly {
+                device: lvm.device().to_owned(),
+                undo: Box::new(undo),
+                source: Box::new(source),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::create_vg;
+    use crate::cmd::{CmdError, FakeRunner, Program};
+    use crate::error::CallError;
+    use crate::lvm::Lvm;
+
+    fn failed(command: &str) -> CmdError {
+        CmdError::Failed {
+            command: command.to_owned(),
+            status: "exit status 5".to_owned(),
+            code: Some(5),
+            stdout: String::new(),
+            stderr: format!("{command}: no"),
+        }
+    }
+
+    #[test]
+    fn a_failed_vgcreate_removes_the_pv_through_the_device_filter() {
+        let runner = FakeRunner::new().then(Err(failed("vgcreate"))).then_stdout("");
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
+        let error = create_vg(&lvm, "nvmetcp_x", &[]).unwrap_err();
+        assert!(matches!(error, CallError::Lvm(_)), "{error:?}");
+        let calls = runner.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1].program, Program::Lvm);
+        let undo = &calls[1].shown;
+        assert!(undo.contains("pvremove") && undo.contains("--config") && undo.contains("/dev/nvme0n1"), "{undo}");
+    }
+
+    #[test]
+    fn a_failed_rollback_is_reported_not_only_logged() {
+        let runner = FakeRunner::new().then(Err(failed("vgcreate"))).then(Err(failed("pvremove")));
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
+        let error = create_vg(&lvm, "nvmetcp_x", &[]).unwrap_err();
+        let CallError::CreateRolledBackBadly { device, .. } = &error else { panic!("{error:?}") };
+        assert_eq!(device, "/dev/nvme0n1");
+        assert!(error.to_string().contains("run 'pvremove /dev/nvme0n1'"), "{error}");
+    }
 }

@@ -24,13 +24,13 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
                 tracing::info!(sr = %uuid, "SR.destroy: not attached here; nothing to destroy");
                 return Ok(Value::Null);
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         let lvm = lvm_for(ctx, &state, true)?;
         if our_vg(&lvm, &state)?.is_some() {
             let volumes = lvm.lvs(&state.vg)?;
             if !volumes.is_empty() {
-                return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() });
+                return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() }.into());
             }
             lvm.deactivate(&state.vg)?;
             lvm.remove_vg_and_pv(&state.vg)?;

@@ -6,7 +6,6 @@ use std::io::Read;
 use crate::cmd::{CmdError, Command, Program};
 use crate::context::Context;
 use crate::error::CallError;
-use crate::lvm::LvmError;
 
 /// What the device holds, if anything: a signature blkid knows, or any
 /// non-zero byte in its first MiB.
@@ -24,7 +23,7 @@ pub(super) fn existing_data(ctx: &Context, device: &str) -> Result<Option<String
         }
         // blkid exits 2 when it finds nothing.
         Err(CmdError::Failed { code: Some(2), .. }) => {}
-        Err(error) => return Err(CallError::Lvm(LvmError::Command(error))),
+        Err(error) => return Err(CallError::Tool(error)),
     }
     let mut head = vec![0u8; 1 << 20];
     let mut file = std::fs::File::open(ctx.host.path(device))
@@ -34,4 +33,29 @@ pub(super) fn existing_data(ctx: &Context, device: &str) -> Result<Option<String
         return Ok(Some("its first MiB holds data".to_owned()));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::existing_data;
+    use crate::cmd::{CmdError, FakeRunner};
+    use crate::context::Context;
+    use crate::error::{to_error_record, CallError, Failure};
+    use crate::host::HostRoot;
+
+    #[test]
+    fn a_failing_blkid_is_a_tool_failure_not_an_lvm_one() {
+        let runner = FakeRunner::new().then(Err(CmdError::Failed {
+            command: "blkid -p -o export /dev/nvme0n1".to_owned(),
+            status: "exit status 4".to_owned(),
+            code: Some(4),
+            stdout: String::new(),
+            stderr: "blkid: usage".to_owned(),
+        }));
+        let ctx = Context { host: HostRoot::at("/nonexistent"), runner: Box::new(runner) };
+        let error = existing_data(&ctx, "/dev/nvme0n1").unwrap_err();
+        assert!(matches!(error, CallError::Tool(_)), "{error:?}");
+        let failure: Failure = error.into();
+        assert_eq!(to_error_record(&failure, "h1").code, "NVMETCP_TOOL_FAILED");
+    }
 }

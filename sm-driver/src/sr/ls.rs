@@ -16,6 +16,6 @@ pub fn ls(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
         let (state, _lock) = attached(ctx, params)?;
         let lvm = lvm_for(ctx, &state, false)?;
-        crate::volume::list(&lvm, &state)
+        Ok(crate::volume::list(&lvm, &state)?)
     })
 }

@@ -51,7 +51,7 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
                 );
                 if found.subsystems.is_empty() && !found.failures.is_empty() {
                     let why = found.failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-                    return Err(CallError::Discovery { nqn: "(any)".to_owned(), why });
+                    return Err(CallError::Discovery { nqn: "(any)".to_owned(), why }.into());
                 }
                 found.subsystems.iter().filter_map(|s| s.nqn.parse().ok()).collect()
             }
@@ -65,7 +65,9 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             match probe_subsystem(ctx, &one, &configuration, nqn, &user, config.nqn.is_some()) {
                 Ok(found) => results.extend(found),
                 // Listing several subsystems: one failing is reported, not fatal.
-                Err(error) if config.nqn.is_none() => tracing::warn!(%nqn, %error, "subsystem not probed"),
+                Err(error) if config.nqn.is_none() => {
+                    tracing::warn!(%nqn, error = %error.error, "subsystem not probed")
+                }
                 Err(error) => {
                     outcome = Err(error);
                     break;
@@ -89,7 +91,7 @@ fn probe_subsystem(
     nqn: &Nqn,
     user: &str,
     subsystem_given: bool,
-) -> Result<Vec<ProbeResult>, CallError> {
+) -> Result<Vec<ProbeResult>, Failure> {
     let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), config, nqn, user)?;
     let path_health = health(&ctx.host, &expected)?;
     // Give the namespaces of a fresh connection a moment to show up.

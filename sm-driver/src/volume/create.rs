@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::context::Context;
-use crate::error::{CallError, DriverError, Failure, VolumeError};
+use crate::error::{Failure, VolumeError};
 use crate::lvm::Lv;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
@@ -44,8 +44,5 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
 /// A size parameter, which must be positive.
 pub(super) fn size_param(params: &Params, name: &'static str) -> Result<u64, Failure> {
     let size: i64 = params.get(name)?;
-    u64::try_from(size)
-        .ok()
-        .filter(|s| *s > 0)
-        .ok_or_else(|| DriverError::from(CallError::Volume(VolumeError::BadSize(size))).into())
+    u64::try_from(size).ok().filter(|s| *s > 0).ok_or_else(|| VolumeError::BadSize(size).into())
 }
