@@ -4,9 +4,11 @@
 //! path (see [`super::sysfs::Controller::matches`]) is reused whatever its
 //! state, because the kernel keeps reconnecting it; otherwise a new one is
 //! created through the fabrics device. For TCP the portal is first probed
-//! with a plain TCP connect bounded by a timeout, because the kernel's own
-//! connect can block for minutes on an address that does not answer; the
-//! probe turns that into a clear, prompt error naming the portal.
+//! with an NVMe/TCP ICReq/ICResp exchange bounded by a timeout (the
+//! discovery client's, see [`probe_path`]), because the kernel's own connect
+//! can block for minutes on an address that does not answer; the probe turns
+//! that into a clear, prompt error naming the portal, and names a port that
+//! answers but is not NVMe/TCP as such.
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use super::options::{ConnectOptions, OptionString, PathKey, Timers};
 use super::sysfs::{controller, controllers, Controller};
 use super::NvmeError;
 
-/// How long the TCP reachability probe waits for a portal.
+/// How long the NVMe/TCP probe (ICReq/ICResp) waits for a portal.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a path came to be connected.
