@@ -42,6 +42,8 @@ pub struct Script {
     pub uuid: [u8; 16],
     /// Refuse Connect with this status.
     pub refuse: Option<u16>,
+    /// A disk shared with another target (two paths to one namespace).
+    pub disk: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 impl Default for Script {
@@ -60,6 +62,7 @@ impl Default for Script {
             ana_state: Arc::new(Mutex::new(1)),
             uuid: [7; 16],
             refuse: None,
+            disk: None,
         }
     }
 }
@@ -83,7 +86,10 @@ impl FakeTarget {
     pub fn start(script: Script) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let disk = Arc::new(Mutex::new(vec![0u8; (script.blocks << script.lbads) as usize]));
+        let disk = script
+            .disk
+            .clone()
+            .unwrap_or_else(|| Arc::new(Mutex::new(vec![0u8; (script.blocks << script.lbads) as usize])));
         let io_commands = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let l = listener.try_clone().unwrap();

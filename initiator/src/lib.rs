@@ -14,6 +14,7 @@
 pub mod block;
 pub mod command;
 pub mod config;
+pub mod controller;
 pub mod discovery;
 #[cfg(test)]
 mod fake_target;

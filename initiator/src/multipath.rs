@@ -1,11 +1,28 @@
 //! One namespace over every portal of its subsystem, with the kernel's
-//! native-multipath semantics, as a [`BlockDevice`].
+//! native-multipath semantics (`drivers/nvme/host/multipath.c`), as a
+//! [`BlockDevice`]:
+//!
+//! * every portal is a path with its own controller, reconnected every
+//!   `reconnect_delay` while lost and given up after `ctrl_loss_tmo`;
+//! * I/O goes to optimized paths, else non-optimized ones (ANA), never to
+//!   inaccessible or persistent-loss ones; among them by `iopolicy`;
+//! * a command whose path fails is retried on another live path, and the
+//!   caller never sees the failure;
+//! * with no live path, commands wait, and fail only after
+//!   `fast_io_fail_tmo` (or when every path is given up).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use crate::block::{BlockDevice, Completion, Geometry, IoError, Request};
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request};
+use crate::command::{self, opcode};
 use crate::config::{ConfigError, IoPolicy, MultipathConfig};
+use crate::controller::{Controller, ControllerError, Event, Identity};
+use crate::queue::{Finished, QueueError};
 
 /// Why the device could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +86,18 @@ pub enum AnaState {
     Change,
 }
 
+impl AnaState {
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Optimized,
+            2 => Self::NonOptimized,
+            3 => Self::Inaccessible,
+            4 => Self::PersistentLoss,
+            _ => Self::Change,
+        }
+    }
+}
+
 /// One path, as `status` and diagnostics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathState {
@@ -111,9 +140,74 @@ pub struct DeviceState {
     pub paths: Vec<PathState>,
 }
 
+struct PathInner {
+    status: PathStatus,
+    controller: Option<Arc<Controller>>,
+    ana: Option<AnaState>,
+    since: Instant,
+    lost_at: Option<Instant>,
+    losses: u64,
+    last_error: Option<String>,
+    recheck_ana: bool,
+}
+
+struct Path {
+    portal: SocketAddr,
+    inner: Mutex<PathInner>,
+    errors: AtomicU64,
+}
+
+/// What a command does, in blocks.
+enum Op {
+    Read { lba: u64, blocks: u32 },
+    Write { lba: u64, blocks: u32, data: Vec<u8>, fua: bool },
+    Flush,
+    Zeroes { lba: u64, blocks: u32 },
+    Discard { lba: u64, blocks: u32 },
+}
+
+struct IoCmd {
+    op: Op,
+    done: Completion,
+    queued_at: Instant,
+}
+
+struct Inner {
+    config: MultipathConfig,
+    geometry: Geometry,
+    paths: Vec<Path>,
+    waiting: Mutex<VecDeque<IoCmd>>,
+    rr: AtomicUsize,
+    closing: AtomicBool,
+    failed_no_path: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A multipath namespace.
 pub struct Multipath {
-    config: MultipathConfig,
+    inner: Arc<Inner>,
+}
+
+/// How often path threads look at the closing flag and waiting commands.
+const TICK: Duration = Duration::from_millis(100);
+/// Largest transfer of one command, whatever MDTS allows (bounds buffers).
+const MAX_TRANSFER: u32 = 1 << 20;
+
+fn geometry_of(identity: &Identity) -> Geometry {
+    let mdts = if identity.max_transfer == 0 { MAX_TRANSFER } else { identity.max_transfer.min(MAX_TRANSFER) };
+    let max_blocks = identity.block_size.saturating_mul(0x1_0000);
+    Geometry {
+        block_size: identity.block_size,
+        blocks: identity.blocks,
+        max_transfer: mdts.min(max_blocks),
+        flush: identity.vwc,
+        fua: true,
+        discard: identity.dsm,
+        write_zeroes: identity.write_zeroes,
+    }
 }
 
 impl Multipath {
@@ -126,44 +220,556 @@ impl Multipath {
     /// a path reaches another namespace.
     pub fn open(config: MultipathConfig) -> Result<Self, OpenError> {
         config.validate()?;
-        Err(OpenError::NoPath {
-            nqn: config.subsystem_nqn.clone(),
-            nsid: config.namespace.nsid,
-            failures: config.portals.iter().map(|p| (*p, "not implemented yet".to_owned())).collect(),
-        })
+        let attempts: Vec<(SocketAddr, Attempt)> = std::thread::scope(|scope| {
+            let running: Vec<_> = config
+                .portals
+                .iter()
+                .map(|p| {
+                    let config = &config;
+                    scope.spawn(move || {
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        (*p, Controller::connect(*p, config, tx).map(|c| (c, rx)))
+                    })
+                })
+                .collect();
+            running.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        let nqn = config.subsystem_nqn.clone();
+        let nsid = config.namespace.nsid;
+        let mut geometry: Option<(SocketAddr, Geometry)> = None;
+        let mut failures = Vec::new();
+        for (portal, attempt) in &attempts {
+            match attempt {
+                Ok((c, _)) => {
+                    let g = geometry_of(&c.identity);
+                    if let Some((first, seen)) = geometry {
+                        if (seen.block_size, seen.blocks) != (g.block_size, g.blocks) {
+                            return Err(OpenError::WrongNamespace {
+                                nqn,
+                                nsid,
+                                portal: *portal,
+                                why: format!("it shows {g}, {first} shows {seen}"),
+                            });
+                        }
+                    } else {
+                        geometry = Some((*portal, g));
+                    }
+                }
+                Err(ControllerError::Namespace { why, .. }) => {
+                    return Err(OpenError::WrongNamespace { nqn, nsid, portal: *portal, why: why.clone() })
+                }
+                Err(e) => failures.push((*portal, e.to_string())),
+            }
+        }
+        let Some((_, geometry)) = geometry else { return Err(OpenError::NoPath { nqn, nsid, failures }) };
+        let now = Instant::now();
+        let mut receivers = Vec::new();
+        let mut paths = Vec::new();
+        for (portal, attempt) in attempts {
+            let (status, controller, ana, last_error, lost_at) = match attempt {
+                Ok((c, rx)) => {
+                    let ana = c.ana_state().ok().flatten().map(AnaState::from_code);
+                    receivers.push(Some(rx));
+                    (PathStatus::Live, Some(c), ana, None, None)
+                }
+                Err(e) => {
+                    receivers.push(None);
+                    (PathStatus::Connecting, None, None, Some(e.to_string()), Some(now))
+                }
+            };
+            paths.push(Path {
+                portal,
+                inner: Mutex::new(PathInner {
+                    status,
+                    controller,
+                    ana,
+                    since: now,
+                    lost_at,
+                    losses: 0,
+                    last_error,
+                    recheck_ana: false,
+                }),
+                errors: AtomicU64::new(0),
+            });
+        }
+        let inner = Arc::new(Inner {
+            config,
+            geometry,
+            paths,
+            waiting: Mutex::new(VecDeque::new()),
+            rr: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            failed_no_path: AtomicU64::new(0),
+        });
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let inner = Arc::clone(&inner);
+            let portal = inner.paths[i].portal;
+            let name = format!("nvme-path-{portal}");
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || inner.run_path(i, rx))
+                .map_err(|e| OpenError::NoPath { nqn: nqn.clone(), nsid, failures: vec![(portal, e.to_string())] })?;
+        }
+        Ok(Self { inner })
     }
 
     /// Every path's state now.
     #[must_use]
     pub fn state(&self) -> DeviceState {
+        let inner = &self.inner;
         DeviceState {
-            nqn: self.config.subsystem_nqn.clone(),
-            nsid: self.config.namespace.nsid,
-            iopolicy: self.config.iopolicy,
-            queued: 0,
-            failed_no_path: 0,
-            paths: Vec::new(),
+            nqn: inner.config.subsystem_nqn.clone(),
+            nsid: inner.config.namespace.nsid,
+            iopolicy: inner.config.iopolicy,
+            queued: lock(&inner.waiting).len(),
+            failed_no_path: inner.failed_no_path.load(Ordering::Relaxed),
+            paths: inner
+                .paths
+                .iter()
+                .map(|p| {
+                    let s = lock(&p.inner);
+                    PathState {
+                        portal: p.portal,
+                        status: s.status,
+                        ana: s.ana,
+                        cntlid: s.controller.as_ref().map(|c| c.identity.cntlid),
+                        io_queues: s.controller.as_ref().map_or(0, |c| c.io_queues()),
+                        in_flight: s.controller.as_ref().map_or(0, |c| c.in_flight()),
+                        errors: p.errors.load(Ordering::Relaxed),
+                        losses: s.losses,
+                        last_error: s.last_error.clone(),
+                        since: s.since.elapsed(),
+                    }
+                })
+                .collect(),
         }
     }
 
     /// Fails waiting requests with [`IoError::Closing`] and disconnects every path.
-    pub fn close(&self) {}
+    pub fn close(&self) {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        let waiting: Vec<IoCmd> = lock(&inner.waiting).drain(..).collect();
+        for cmd in waiting {
+            (cmd.done)(Err(IoError::Closing));
+        }
+        for p in &inner.paths {
+            let controller = {
+                let mut s = lock(&p.inner);
+                s.status = PathStatus::Deleted;
+                s.controller.take()
+            };
+            if let Some(c) = controller {
+                c.shutdown("the device was closed");
+            }
+        }
+    }
+}
+
+impl Drop for Multipath {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Inner {
+    /// The path thread: reconnects a lost path, follows its events, gives
+    /// it up after `ctrl_loss_tmo`, and fails waiting commands past
+    /// `fast_io_fail_tmo` (path 0's thread does that for the device).
+    fn run_path(self: Arc<Self>, i: usize, mut events: Option<Receiver<Event>>) {
+        let path = &self.paths[i];
+        let mut next_attempt = Instant::now() + self.config.transport.reconnect_delay;
+        loop {
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            if i == 0 {
+                self.expire_waiting();
+            }
+            let Some(rx) = &events else {
+                if lock(&path.inner).status == PathStatus::Deleted {
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+                if Instant::now() < next_attempt {
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+                events = self.reconnect(path);
+                next_attempt = Instant::now() + self.config.transport.reconnect_delay;
+                continue;
+            };
+            let event = match rx.recv_timeout(TICK) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Event::Lost("the controller went away".into())),
+            };
+            let dead = {
+                let s = lock(&path.inner);
+                match &s.controller {
+                    Some(c) => c.dead(),
+                    // Lost by a failed command meanwhile.
+                    None => Some(s.last_error.clone().unwrap_or_default()),
+                }
+            };
+            let recheck = std::mem::take(&mut lock(&path.inner).recheck_ana);
+            match (event, dead) {
+                (Some(Event::Lost(why)), _) | (_, Some(why)) => {
+                    if lock(&path.inner).controller.is_some() {
+                        Self::lose(path, why);
+                    }
+                    events = None;
+                    next_attempt = Instant::now() + self.config.transport.reconnect_delay;
+                }
+                (Some(Event::AnaChange | Event::NamespaceChange), None) => self.refresh_ana(path),
+                (None, None) if recheck => self.refresh_ana(path),
+                (None, None) => {}
+            }
+        }
+    }
+
+    fn lose(path: &Path, why: String) {
+        let controller = {
+            let mut s = lock(&path.inner);
+            s.status = PathStatus::Connecting;
+            s.since = Instant::now();
+            s.lost_at.get_or_insert_with(Instant::now);
+            s.losses += 1;
+            s.last_error = Some(why);
+            s.controller.take()
+        };
+        if let Some(c) = controller {
+            c.shutdown("the path was lost");
+        }
+    }
+
+    fn reconnect(self: &Arc<Self>, path: &Path) -> Option<Receiver<Event>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        match Controller::connect(path.portal, &self.config, tx) {
+            Ok(c) => {
+                let g = geometry_of(&c.identity);
+                if (g.block_size, g.blocks) != (self.geometry.block_size, self.geometry.blocks) {
+                    let mut s = lock(&path.inner);
+                    s.last_error = Some(format!("the namespace changed: it shows {g}, it was {}", self.geometry));
+                    return None;
+                }
+                let ana = c.ana_state().ok().flatten().map(AnaState::from_code);
+                {
+                    let mut s = lock(&path.inner);
+                    s.status = PathStatus::Live;
+                    s.since = Instant::now();
+                    s.lost_at = None;
+                    s.controller = Some(c);
+                    s.ana = ana;
+                }
+                self.kick();
+                Some(rx)
+            }
+            Err(e) => {
+                let mut s = lock(&path.inner);
+                s.last_error = Some(e.to_string());
+                if let (Some(lost), Some(limit)) = (s.lost_at, self.config.transport.ctrl_loss_tmo) {
+                    if lost.elapsed() >= limit {
+                        s.status = PathStatus::Deleted;
+                        s.since = Instant::now();
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn refresh_ana(self: &Arc<Self>, path: &Path) {
+        let controller = lock(&path.inner).controller.clone();
+        if let Some(c) = controller {
+            if let Ok(state) = c.ana_state() {
+                lock(&path.inner).ana = state.map(AnaState::from_code);
+            }
+        }
+        self.kick();
+    }
+
+    /// Resubmits waiting commands (a path came back or changed state).
+    fn kick(self: &Arc<Self>) {
+        let waiting: Vec<IoCmd> = lock(&self.waiting).drain(..).collect();
+        for cmd in waiting {
+            self.dispatch(cmd);
+        }
+    }
+
+    fn expire_waiting(self: &Arc<Self>) {
+        let all_gone = self.paths.iter().all(|p| lock(&p.inner).status == PathStatus::Deleted);
+        let limit = self.config.transport.fast_io_fail_tmo;
+        let expired: Vec<IoCmd> = {
+            let mut waiting = lock(&self.waiting);
+            let (expired, kept): (Vec<IoCmd>, Vec<IoCmd>) =
+                waiting.drain(..).partition(|c| all_gone || limit.is_some_and(|l| c.queued_at.elapsed() >= l));
+            waiting.extend(kept);
+            expired
+        };
+        if !expired.is_empty() && !all_gone && self.select().is_some() {
+            // A path came back meanwhile.
+            for cmd in expired {
+                self.dispatch(cmd);
+            }
+            return;
+        }
+        for cmd in expired {
+            self.failed_no_path.fetch_add(1, Ordering::Relaxed);
+            let why = if all_gone {
+                "every path was given up after ctrl_loss_tmo".to_owned()
+            } else {
+                format!("no path came back within fast_io_fail_tmo ({:?})", limit.unwrap_or_default())
+            };
+            (cmd.done)(Err(IoError::NoPath(why)));
+        }
+    }
+
+    /// The path to use now, by ANA state and policy.
+    fn select(&self) -> Option<(usize, Arc<Controller>)> {
+        let mut optimized = Vec::new();
+        let mut non_optimized = Vec::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            let s = lock(&p.inner);
+            let Some(c) = s.controller.as_ref().filter(|c| c.dead().is_none() && s.status == PathStatus::Live) else {
+                continue;
+            };
+            match s.ana {
+                None | Some(AnaState::Optimized) => optimized.push((i, Arc::clone(c))),
+                Some(AnaState::NonOptimized) => non_optimized.push((i, Arc::clone(c))),
+                Some(_) => {}
+            }
+        }
+        let mut set = if optimized.is_empty() { non_optimized } else { optimized };
+        if set.is_empty() {
+            return None;
+        }
+        let pick = match self.config.iopolicy {
+            IoPolicy::Numa => 0,
+            IoPolicy::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % set.len(),
+            IoPolicy::QueueDepth => {
+                set.iter().enumerate().min_by_key(|(_, (_, c))| c.in_flight()).map_or(0, |(k, _)| k)
+            }
+        };
+        Some(set.swap_remove(pick))
+    }
+
+    fn dispatch(self: &Arc<Self>, cmd: IoCmd) {
+        if self.closing.load(Ordering::SeqCst) {
+            (cmd.done)(Err(IoError::Closing));
+            return;
+        }
+        let Some((i, controller)) = self.select() else {
+            lock(&self.waiting).push_back(cmd);
+            return;
+        };
+        let nsid = controller.nsid();
+        let bs = self.geometry.block_size as usize;
+        let IoCmd { op, done, queued_at } = cmd;
+        let (sqe, data_out, expect) = match &op {
+            Op::Read { lba, blocks } => {
+                (command::read_write(opcode::READ, nsid, *lba, *blocks, false), Vec::new(), *blocks as usize * bs)
+            }
+            Op::Write { lba, blocks, fua, .. } => {
+                (command::read_write(opcode::WRITE, nsid, *lba, *blocks, *fua), Vec::new(), 0)
+            }
+            Op::Flush => (command::flush(nsid), Vec::new(), 0),
+            Op::Zeroes { lba, blocks } => (command::write_zeroes(nsid, *lba, *blocks), Vec::new(), 0),
+            Op::Discard { lba, blocks } => (command::deallocate(nsid), command::dsm_range(*lba, *blocks), 0),
+        };
+        let (op, data_out) = match op {
+            Op::Write { lba, blocks, data, fua } => (Op::Write { lba, blocks, data: Vec::new(), fua }, data),
+            other => (other, data_out),
+        };
+        let retry = RetryState { op, done, queued_at, path: i };
+        let me = Arc::clone(self);
+        controller.submit(sqe, data_out, expect, Box::new(move |finished| me.finished(retry, finished)));
+    }
+
+    fn finished(self: &Arc<Self>, retry: RetryState, finished: Finished) {
+        let RetryState { op, done, queued_at, path } = retry;
+        let restore = |op: Op, data: Vec<u8>| match op {
+            Op::Write { lba, blocks, fua, .. } => Op::Write { lba, blocks, data, fua },
+            other => other,
+        };
+        match finished.outcome {
+            Ok(cqe) if cqe.code() == 0 => done(Ok(finished.data_in)),
+            Ok(cqe) if is_path_error(cqe.code()) && !cqe.dnr() => {
+                self.paths[path].errors.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut s = lock(&self.paths[path].inner);
+                    s.ana = Some(AnaState::Change);
+                    s.recheck_ana = true;
+                }
+                self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at });
+            }
+            Ok(cqe) => {
+                self.paths[path].errors.fetch_add(1, Ordering::Relaxed);
+                done(Err(IoError::Media(format!("NVMe status {:#x}", cqe.code()))));
+            }
+            Err(e @ (QueueError::Transport(_) | QueueError::Timeout(_))) => {
+                let why = e.to_string();
+                let p = &self.paths[path];
+                p.errors.fetch_add(1, Ordering::Relaxed);
+                // Take the path out of service now, before the retry picks a path.
+                let lost = lock(&p.inner).controller.as_ref().is_some_and(|c| c.dead().is_some());
+                if lost {
+                    Self::lose(p, why);
+                }
+                self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at });
+            }
+        }
+    }
+}
+
+/// Path-related status (SCT 3: ANA inaccessible, persistent loss,
+/// transition; path errors) and "namespace not ready": retried elsewhere.
+fn is_path_error(code: u16) -> bool {
+    code >> 8 == 3 || code == 0x82
+}
+
+/// A first connection attempt: the controller and its event stream.
+type Attempt = Result<(Arc<Controller>, Receiver<Event>), ControllerError>;
+
+struct RetryState {
+    op: Op,
+    done: Completion,
+    queued_at: Instant,
+    path: usize,
+}
+
+impl Multipath {
+    fn check_range(&self, offset: u64, len: u64) -> Result<(u64, u64), IoError> {
+        let g = &self.inner.geometry;
+        let bs = u64::from(g.block_size);
+        if offset % bs != 0 || len % bs != 0 {
+            return Err(IoError::Invalid(format!("{offset}+{len} is not aligned to {bs}-byte blocks")));
+        }
+        let end = offset.checked_add(len).ok_or_else(|| IoError::Invalid("range overflows".into()))?;
+        if end > g.size_bytes() {
+            return Err(IoError::Invalid(format!("{offset}+{len} is past the end ({} bytes)", g.size_bytes())));
+        }
+        Ok((offset / bs, len / bs))
+    }
+}
+
+/// Gathers the pieces of a request split at the maximum transfer size.
+struct Split {
+    remaining: AtomicUsize,
+    data: Mutex<Vec<u8>>,
+    error: Mutex<Option<IoError>>,
+    done: Mutex<Option<Completion>>,
+}
+
+impl Split {
+    fn piece(self: &Arc<Self>, at: usize) -> Completion {
+        let me = Arc::clone(self);
+        Box::new(move |outcome: Outcome| {
+            match outcome {
+                Ok(bytes) if !bytes.is_empty() => lock(&me.data)[at..at + bytes.len()].copy_from_slice(&bytes),
+                Ok(_) => {}
+                Err(e) => {
+                    lock(&me.error).get_or_insert(e);
+                }
+            }
+            if me.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(done) = lock(&me.done).take() {
+                    match lock(&me.error).take() {
+                        Some(e) => done(Err(e)),
+                        None => done(Ok(std::mem::take(&mut *lock(&me.data)))),
+                    }
+                }
+            }
+        })
+    }
 }
 
 impl BlockDevice for Multipath {
     fn geometry(&self) -> Geometry {
-        Geometry {
-            block_size: 512,
-            blocks: 0,
-            max_transfer: 0,
-            flush: false,
-            fua: false,
-            discard: false,
-            write_zeroes: false,
-        }
+        self.inner.geometry
     }
 
-    fn submit(&self, _request: Request, done: Completion) {
-        done(Err(IoError::Closing));
+    fn submit(&self, request: Request, done: Completion) {
+        let g = self.inner.geometry;
+        let bs = u64::from(g.block_size);
+        let max_blocks = u64::from(g.max_transfer) / bs;
+        let now = Instant::now();
+        let ranges = |lba: u64, blocks: u64, limit: u64| -> Vec<(u64, u32)> {
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < blocks {
+                let n = (blocks - at).min(limit);
+                out.push((lba + at, u32::try_from(n).unwrap_or(u32::MAX)));
+                at += n;
+            }
+            out
+        };
+        let ops: Vec<(usize, Op)> = match request {
+            Request::Flush => vec![(0, Op::Flush)],
+            Request::Read { offset, len } => match self.check_range(offset, u64::from(len)) {
+                Ok((lba, blocks)) => ranges(lba, blocks, max_blocks)
+                    .into_iter()
+                    .map(|(l, n)| (usize::try_from((l - lba) * bs).unwrap_or(0), Op::Read { lba: l, blocks: n }))
+                    .collect(),
+                Err(e) => return done(Err(e)),
+            },
+            Request::Write { offset, data, fua } => match self.check_range(offset, data.len() as u64) {
+                Ok((lba, blocks)) => {
+                    let pieces = ranges(lba, blocks, max_blocks);
+                    if pieces.len() == 1 {
+                        vec![(0, Op::Write { lba, blocks: pieces[0].1, data, fua })]
+                    } else {
+                        pieces
+                            .into_iter()
+                            .map(|(l, n)| {
+                                let at = usize::try_from((l - lba) * bs).unwrap_or(0);
+                                let end = at + n as usize * g.block_size as usize;
+                                (0, Op::Write { lba: l, blocks: n, data: data[at..end].to_vec(), fua })
+                            })
+                            .collect()
+                    }
+                }
+                Err(e) => return done(Err(e)),
+            },
+            Request::WriteZeroes { offset, len } => match self.check_range(offset, len) {
+                Ok(_) if !g.write_zeroes => return done(Err(IoError::NotSupported("write zeroes"))),
+                Ok((lba, blocks)) => ranges(lba, blocks, 0x1_0000)
+                    .into_iter()
+                    .map(|(l, n)| (0, Op::Zeroes { lba: l, blocks: n }))
+                    .collect(),
+                Err(e) => return done(Err(e)),
+            },
+            Request::Discard { offset, len } => match self.check_range(offset, len) {
+                Ok(_) if !g.discard => return done(Err(IoError::NotSupported("discard"))),
+                Ok((lba, blocks)) => ranges(lba, blocks, u64::from(u32::MAX))
+                    .into_iter()
+                    .map(|(l, n)| (0, Op::Discard { lba: l, blocks: n }))
+                    .collect(),
+                Err(e) => return done(Err(e)),
+            },
+        };
+        if ops.is_empty() {
+            return done(Ok(Vec::new()));
+        }
+        if ops.len() == 1 {
+            let Some((_, op)) = ops.into_iter().next() else { return };
+            return self.inner.dispatch(IoCmd { op, done, queued_at: now });
+        }
+        let read_len: usize = ops
+            .iter()
+            .map(|(_, op)| if let Op::Read { blocks, .. } = op { *blocks as usize * g.block_size as usize } else { 0 })
+            .sum();
+        let split = Arc::new(Split {
+            remaining: AtomicUsize::new(ops.len()),
+            data: Mutex::new(vec![0u8; read_len]),
+            error: Mutex::new(None),
+            done: Mutex::new(Some(done)),
+        });
+        for (at, op) in ops {
+            self.inner.dispatch(IoCmd { op, done: split.piece(at), queued_at: now });
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

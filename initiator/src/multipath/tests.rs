@@ -1,0 +1,180 @@
+//! The multipath device against scripted fake targets: the data path
+//! (in-capsule and R2T writes, split C2H data, digests, SUCCESS, reordered
+//! completions), path failure with retry, ANA selection and fail-fast.
+
+#![allow(clippy::cast_possible_truncation)] // test data: sizes here are small and known
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{AnaState, Multipath, PathStatus};
+use crate::block::{BlockDevice, IoError, Outcome, Request};
+use crate::config::{HostIdentity, IoPolicy, MultipathConfig, NamespaceIdentity, TransportOptions};
+use crate::fake_target::{FakeTarget, Script};
+
+fn config(targets: &[&FakeTarget]) -> MultipathConfig {
+    MultipathConfig {
+        subsystem_nqn: "nqn.2024-01.io.example:fake".into(),
+        namespace: NamespaceIdentity { nsid: 1, uuid: Some([7; 16]) },
+        portals: targets.iter().map(|t| t.addr).collect(),
+        host: HostIdentity::parse(
+            "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+        )
+        .unwrap(),
+        auth: None,
+        iopolicy: IoPolicy::Numa,
+        transport: TransportOptions {
+            nr_io_queues: Some(2),
+            queue_size: 8,
+            reconnect_delay: Duration::from_secs(1),
+            ..TransportOptions::default()
+        },
+    }
+}
+
+fn run(dev: &Multipath, request: Request) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    dev.submit(request, Box::new(move |o| tx.send(o).unwrap()));
+    rx.recv_timeout(Duration::from_secs(20)).expect("the request completed")
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn data_round_trips_in_capsule_on_r2t_split_and_with_digests() {
+    let scripts = [
+        ("plain", Script::default(), false),
+        ("r2t in pieces, c2h split", Script { r2t_piece: 16 * 1024, c2h_piece: 512, ..Script::default() }, false),
+        ("digests", Script { c2h_piece: 4096, r2t_piece: 8192, ..Script::default() }, true),
+        ("4k blocks", Script { lbads: 12, blocks: 256, ..Script::default() }, false),
+    ];
+    for (name, script, digests) in scripts {
+        let target = FakeTarget::start(script);
+        let mut cfg = config(&[&target]);
+        cfg.transport.hdr_digest = digests;
+        cfg.transport.data_digest = digests;
+        let dev = Multipath::open(cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let g = dev.geometry();
+        assert_eq!(g.max_transfer, 128 * 1024, "{name}: MDTS 5 is 128 KiB");
+        let bs = g.block_size as usize;
+        // Small write: in the capsule. Large: R2T/H2CData, and split at MDTS.
+        for (offset, len, seed) in [(0u64, bs, 1u8), (bs as u64 * 3, 64 * 1024, 2), (0, 300 * 1024, 3)] {
+            let data = pattern(len, seed);
+            run(&dev, Request::Write { offset, data: data.clone(), fua: false }).unwrap();
+            let back = run(&dev, Request::Read { offset, len: u32::try_from(len).unwrap() }).unwrap();
+            assert!(back == data, "{name}: {len} bytes at {offset} read back differently");
+            assert!(
+                target.disk.lock().unwrap()[offset as usize..offset as usize + len] == data[..],
+                "{name}: on the target"
+            );
+        }
+        run(&dev, Request::Flush).unwrap();
+        run(&dev, Request::WriteZeroes { offset: 0, len: bs as u64 }).unwrap();
+        run(&dev, Request::Discard { offset: bs as u64, len: bs as u64 }).unwrap();
+        let back = run(&dev, Request::Read { offset: 0, len: u32::try_from(2 * bs).unwrap() }).unwrap();
+        assert!(back.iter().all(|b| *b == 0), "{name}: zeroed and deallocated");
+        assert_eq!(
+            run(&dev, Request::Read { offset: 1, len: 512 }).unwrap_err(),
+            IoError::Invalid(format!("1+512 is not aligned to {bs}-byte blocks"))
+        );
+        dev.close();
+    }
+}
+
+#[test]
+fn reordered_completions_reach_their_own_requests() {
+    let target = FakeTarget::start(Script { reorder: true, ..Script::default() });
+    let mut cfg = config(&[&target]);
+    cfg.transport.nr_io_queues = Some(1);
+    let dev = Multipath::open(cfg).unwrap();
+    for (block, seed) in [(0u64, 10u8), (1, 20)] {
+        target.disk.lock().unwrap()[block as usize * 512..(block as usize + 1) * 512]
+            .copy_from_slice(&pattern(512, seed));
+    }
+    let (tx, rx) = mpsc::channel();
+    for block in [0u64, 1] {
+        let tx = tx.clone();
+        dev.submit(Request::Read { offset: block * 512, len: 512 }, Box::new(move |o| tx.send((block, o)).unwrap()));
+    }
+    let mut got: Vec<(u64, Vec<u8>)> =
+        (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).map(|(b, o)| (b, o.unwrap())).unwrap()).collect();
+    assert_eq!(got[0].0, 1, "the second read completed first");
+    got.sort();
+    assert_eq!(got[0].1, pattern(512, 10));
+    assert_eq!(got[1].1, pattern(512, 20));
+}
+
+#[test]
+fn a_bad_pdu_fails_the_path_and_the_command_is_retried_on_another() {
+    let disk = Arc::new(Mutex::new(vec![0u8; 2048 * 512]));
+    let bad = FakeTarget::start(Script { bad_pdu_after: Some(0), disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let good = FakeTarget::start(Script { disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let dev = Multipath::open(config(&[&bad, &good])).unwrap();
+    let data = pattern(4096, 5);
+    run(&dev, Request::Write { offset: 8192, data: data.clone(), fua: true }).expect("no error reaches the caller");
+    assert_eq!(run(&dev, Request::Read { offset: 8192, len: 4096 }).unwrap(), data);
+    let state = dev.state();
+    assert_eq!(state.paths[0].status, PathStatus::Connecting, "{state:?}");
+    assert!(state.paths[0].last_error.as_deref().unwrap_or("").contains("unknown PDU type 0x42"), "{state:?}");
+    assert!(state.paths[0].errors >= 1);
+    assert_eq!(state.paths[1].status, PathStatus::Live);
+    assert!(good.io_commands.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn optimized_paths_are_preferred_and_round_robin_spreads_over_them() {
+    let disk = Arc::new(Mutex::new(vec![0u8; 2048 * 512]));
+    let non_optimized = FakeTarget::start(Script {
+        ana_state: Arc::new(Mutex::new(2)),
+        disk: Some(Arc::clone(&disk)),
+        ..Script::default()
+    });
+    let optimized = FakeTarget::start(Script { disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let dev = Multipath::open(config(&[&non_optimized, &optimized])).unwrap();
+    let state = dev.state();
+    assert_eq!(state.paths[0].ana, Some(AnaState::NonOptimized));
+    assert_eq!(state.paths[1].ana, Some(AnaState::Optimized));
+    for _ in 0..10 {
+        run(&dev, Request::Read { offset: 0, len: 512 }).unwrap();
+    }
+    assert_eq!(non_optimized.io_commands.load(Ordering::SeqCst), 0);
+    assert_eq!(optimized.io_commands.load(Ordering::SeqCst), 10);
+    drop(dev);
+
+    let a = FakeTarget::start(Script { disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let b = FakeTarget::start(Script { disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let mut cfg = config(&[&a, &b]);
+    cfg.iopolicy = IoPolicy::RoundRobin;
+    let dev = Multipath::open(cfg).unwrap();
+    for _ in 0..10 {
+        run(&dev, Request::Read { offset: 0, len: 512 }).unwrap();
+    }
+    assert_eq!((a.io_commands.load(Ordering::SeqCst), b.io_commands.load(Ordering::SeqCst)), (5, 5));
+}
+
+#[test]
+fn with_no_usable_path_io_waits_then_fails_after_fast_io_fail_tmo() {
+    let target = FakeTarget::start(Script { ana_state: Arc::new(Mutex::new(3)), ..Script::default() });
+    let mut cfg = config(&[&target]);
+    cfg.transport.fast_io_fail_tmo = Some(Duration::from_secs(1));
+    let dev = Multipath::open(cfg).unwrap();
+    assert_eq!(dev.state().paths[0].ana, Some(AnaState::Inaccessible));
+    let start = Instant::now();
+    let err = run(&dev, Request::Read { offset: 0, len: 512 }).unwrap_err();
+    let waited = start.elapsed();
+    assert!(matches!(err, IoError::NoPath(_)), "{err}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "waited {waited:?}");
+    assert_eq!(target.io_commands.load(Ordering::SeqCst), 0, "never sent to an inaccessible path");
+    assert_eq!(dev.state().failed_no_path, 1);
+}
+
+#[test]
+fn a_namespace_with_another_identity_is_refused() {
+    let target = FakeTarget::start(Script { uuid: [9; 16], ..Script::default() });
+    let err = Multipath::open(config(&[&target])).err().unwrap();
+    assert!(err.to_string().contains("another namespace sits at this NSID"), "{err}");
+}
