@@ -17,6 +17,7 @@ use xapi_client::Value;
 
 use crate::cmd::Runner;
 use crate::diagnostics;
+use crate::error::ErrorCode;
 use crate::host::HostRoot;
 use crate::nvme::identity::load_or_create;
 use crate::nvme::names::{Portal, Transport};
@@ -31,8 +32,8 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("status", "JSON: every nvmetcp SR attached on this host with each path's state"),
 ];
 
-fn identity(host: &HostRoot) -> Result<String, (String, Vec<String>)> {
-    let identity = load_or_create(host).map_err(|e| ("NVMETCP_HOST_NOT_READY".to_owned(), vec![e.to_string()]))?;
+fn identity(host: &HostRoot) -> Result<String, (ErrorCode, Vec<String>)> {
+    let identity = load_or_create(host).map_err(|e| (ErrorCode::HostNotReady, vec![e.to_string()]))?;
     let json = serde_json::json!({
         "hostnqn": identity.nqn.as_str(),
         "hostid": identity.id.to_string(),
@@ -45,8 +46,8 @@ fn doctor(
     host: &HostRoot,
     runner: &dyn Runner,
     args: &BTreeMap<String, String>,
-) -> Result<String, (String, Vec<String>)> {
-    let bad = |why: String| ("NVMETCP_BAD_PLUGIN_CALL".to_owned(), vec![why]);
+) -> Result<String, (ErrorCode, Vec<String>)> {
+    let bad = |why: String| (ErrorCode::BadPluginCall, vec![why]);
     let transport = match args.get("transport").map(String::as_str) {
         None | Some("") => Transport::Tcp,
         Some(t) => t.parse().map_err(|_| bad(format!("transport={t:?}: use tcp or rdma")))?,
@@ -60,7 +61,7 @@ fn doctor(
         .map(|p| Portal::parse(p.trim(), Portal::IO_PORT).map_err(|e| bad(format!("portals: {}", e.why))))
         .collect::<Result<Vec<_>, _>>()?;
     let checks = crate::doctor::run(host, runner, &crate::doctor::DoctorInput { transport, portals });
-    serde_json::to_string(&checks).map_err(|e| ("NVMETCP_INTERNAL_ERROR".to_owned(), vec![e.to_string()]))
+    serde_json::to_string(&checks).map_err(|e| (ErrorCode::InternalError, vec![e.to_string()]))
 }
 
 fn answer(
@@ -68,17 +69,17 @@ fn answer(
     runner: &dyn Runner,
     function: &str,
     args: &BTreeMap<String, String>,
-) -> Result<String, (String, Vec<String>)> {
+) -> Result<String, (ErrorCode, Vec<String>)> {
     match function {
         "host_identity" => identity(host),
         "diagnostics" => Ok(diagnostics::report(PluginKind::Volume, host, runner)),
         "doctor" => doctor(host, runner, args),
         "status" => serde_json::to_string(&crate::status::report(host))
-            .map_err(|e| ("NVMETCP_INTERNAL_ERROR".to_owned(), vec![e.to_string()])),
+            .map_err(|e| (ErrorCode::InternalError, vec![e.to_string()])),
         other => {
             let known: Vec<String> = FUNCTIONS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
             Err((
-                "NVMETCP_UNKNOWN_FUNCTION".to_owned(),
+                ErrorCode::UnknownFunction,
                 vec![format!("the nvmetcp host plugin has no function {other:?}; it has: {}", known.join("; "))],
             ))
         }
@@ -90,7 +91,7 @@ fn answer(
 #[must_use]
 pub fn run(host: &HostRoot, runner: &dyn Runner, request: &str) -> String {
     let outcome = match parse_call(request) {
-        Err(e) => Err(("NVMETCP_BAD_PLUGIN_CALL".to_owned(), vec![format!("the request is not an XML-RPC call: {e}")])),
+        Err(e) => Err((ErrorCode::BadPluginCall, vec![format!("the request is not an XML-RPC call: {e}")])),
         Ok((function, params)) => {
             let args: BTreeMap<String, String> =
                 params.get(1).and_then(|v| v.as_string_map("args").ok()).unwrap_or_default();
@@ -105,7 +106,7 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, request: &str) -> String {
     };
     let envelope = match outcome {
         Ok(text) => success(Value::String(text)),
-        Err((code, params)) => failure(&code, &params),
+        Err((code, params)) => failure(code.as_str(), &params),
     };
     write_response(&envelope, Encoding::Xapi)
 }
