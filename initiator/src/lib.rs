@@ -15,6 +15,7 @@ pub mod block;
 pub mod command;
 pub mod config;
 pub mod controller;
+pub mod daemon;
 pub mod discovery;
 #[cfg(test)]
 mod fake_target;

@@ -162,3 +162,9 @@ impl BlockDevice for FileDevice {
         done(self.run(request));
     }
 }
+
+impl crate::daemon::Served for FileDevice {
+    fn report(&self) -> crate::daemon::state::DeviceReport {
+        crate::daemon::state::DeviceReport { nqn: "file".into(), ..Default::default() }
+    }
+}

@@ -36,6 +36,9 @@ pub enum Invocation {
     HostPlugin(String),
     /// The package's post-install steps (`--post-install`).
     PostInstall,
+    /// The userspace initiator's daemon for one SR (`--initiator-daemon
+    /// <sr-uuid>`, as its systemd template unit runs it).
+    InitiatorDaemon(String),
     /// List the method links to install, one `<plugin dir> <file>` per line
     /// (`--list-links`, for packaging).
     ListLinks,
@@ -75,6 +78,9 @@ pub enum UsageError {
     /// The host plugin takes exactly one argument.
     #[error("as an XAPI host plugin, nvmetcp takes one argument: the XML-RPC request xapi passes")]
     HostPluginArgs,
+    /// `--initiator-daemon` takes the SR's UUID and nothing else.
+    #[error("--initiator-daemon takes one argument: the SR's UUID")]
+    InitiatorDaemonArgs,
     /// `--json` together with `name=value` words.
     #[error("--json reads the parameters from stdin; do not also give name=value arguments")]
     JsonAndWords,
@@ -99,6 +105,12 @@ pub fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, UsageError
     match args.first().map(String::as_str) {
         Some("--post-install") => return Ok(Invocation::PostInstall),
         Some("--list-links") => return Ok(Invocation::ListLinks),
+        Some("--initiator-daemon") => {
+            return match args {
+                [_, sr] => Ok(Invocation::InitiatorDaemon(sr.clone())),
+                _ => Err(UsageError::InitiatorDaemonArgs),
+            }
+        }
         _ => {}
     }
     let mut method = (invoked_as.contains('.') && invoked_as != BINARY_NAME).then_some(invoked_as);
@@ -252,6 +264,9 @@ USAGE
   {BINARY_NAME} --post-install          the package's post-install steps (host identity,
                                       whether xapi knows the SR type yet); safe to repeat
   {BINARY_NAME} --list-links            the method links a package installs
+  {BINARY_NAME} --initiator-daemon <SR uuid>
+                                      the userspace NVMe/TCP initiator of one SR, served as
+                                      /dev/nbdN (run by nvmetcp-initiator@<SR uuid>.service)
   {HOST_PLUGINS_DIR}/nvmetcp <XML-RPC call>  as xapi runs it for host.call_plugin
 
 OPTIONS

@@ -105,6 +105,8 @@ pub struct ExportStats {
     pub in_flight: u64,
     /// Bytes of buffers held.
     pub buffer_bytes: usize,
+    /// Their bound.
+    pub buffer_limit: usize,
 }
 
 struct Shared {
@@ -249,6 +251,7 @@ impl Export {
             errors: s.counters.errors.load(Ordering::Relaxed),
             in_flight: s.counters.in_flight.load(Ordering::Relaxed),
             buffer_bytes: s.budget.in_use(),
+            buffer_limit: s.budget.limit(),
         }
     }
 
@@ -262,6 +265,13 @@ impl Export {
         self.shared.netlink.lock().unwrap_or_else(PoisonError::into_inner).disconnect(self.shared.index)?;
         self.wait();
         Ok(())
+    }
+
+    /// Whether every connection has ended for good (the device was
+    /// disconnected).
+    #[must_use]
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
     }
 
     /// Blocks until every connection has ended for good (the device was

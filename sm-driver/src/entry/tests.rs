@@ -137,6 +137,15 @@ fn the_xapi_plugins_directory_makes_it_the_host_plugin() {
 }
 
 #[test]
+fn the_initiator_daemon_takes_exactly_the_sr_uuid() {
+    let binary = "/usr/libexec/nvmetcp/nvmetcp-plugin";
+    let sr = "0c9b6a43-6f3e-4bd4-9c3e-5e0d0c1a2b3c";
+    assert_eq!(parse_args(binary, &args(&["--initiator-daemon", sr])), Ok(Invocation::InitiatorDaemon(sr.to_owned())));
+    assert_eq!(parse_args(binary, &args(&["--initiator-daemon"])), Err(UsageError::InitiatorDaemonArgs));
+    assert_eq!(parse_args(binary, &args(&["--initiator-daemon", sr, "x"])), Err(UsageError::InitiatorDaemonArgs));
+}
+
+#[test]
 fn the_link_list_is_the_implemented_methods_of_each_plugin() {
     let links = super::links();
     assert!(links.lines().any(|l| l == "volume/org.xen.xapi.storage.nvmetcp Plugin.Query"), "{links}");

@@ -1,7 +1,9 @@
 //! The NBD serving side on the real kernel NBD driver, in the test bed: a
 //! file-backed block device (on the guest's tmpfs, so it survives the
 //! serving process) exported as `/dev/nbdN` through generic netlink, checked
-//! with `fio --verify=crc32c`, the server SIGKILLed and restarted under I/O.
+//! with `fio --verify=crc32c`, the server SIGKILLed and restarted under I/O;
+//! then the per-SR daemon (the same library the plugin binary's
+//! `--initiator-daemon` runs, started without systemd) and the door.
 //!
 //! Same two-role design as `nvmet_fabric.rs`: on the host it boots the guest;
 //! in the guest the scenario runs this binary with `NVMETCP_GUEST_STEP=1`.
@@ -13,6 +15,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use nvmetcp_initiator::block::BlockDevice;
+use nvmetcp_initiator::daemon::config::SrId;
+use nvmetcp_initiator::daemon::run::run;
+use nvmetcp_initiator::daemon::{door, Layout};
 use nvmetcp_initiator::nbd::export::{limit_request_size, Export, ExportConfig};
 use nvmetcp_initiator::nbd::kernel::NbdNetlink;
 use nvmetcp_initiator::testing::FileDevice;
@@ -38,10 +43,11 @@ fn main() -> ExitCode {
 }
 
 fn scenarios(exe: &str) -> Vec<Scenario> {
-    vec![Scenario::script(
-        "nbd-export-restart",
-        &format!(
-            r#"
+    vec![
+        Scenario::script(
+            "nbd-export-restart",
+            &format!(
+                r#"
 export NVMETCP_GUEST_STEP=1
 T="{exe}"
 modprobe nbd nbds_max=4
@@ -99,9 +105,75 @@ cp serve1.log serve2.log "$SCENARIO_OUT/" || true
 cp fio.log "$SCENARIO_OUT/"
 tb_log "disconnected; server exited 0"
 "#
-        ),
-    )
-    .timeout_secs(400)]
+            ),
+        )
+        .timeout_secs(400),
+        Scenario::script(
+            "nbd-daemon",
+            &format!(
+                r#"
+export NVMETCP_GUEST_STEP=1
+T="{exe}"
+modprobe nbd nbds_max=4
+sr=0c9b6a43-6f3e-4bd4-9c3e-5e0d0c1a2b3c
+dir=/run/nvmetcp/initiator
+state=$dir/$sr.json
+mkdir -p "$dir"
+cat >"$dir/$sr.conf" <<CONF
+sr = $sr
+subsystem_nqn = nqn.2014-08.org.example:file
+nsid = 1
+portal = 127.0.0.1:4420
+host_nqn = $(cat /etc/nvme/hostnqn)
+host_id = $(cat /etc/nvme/hostid)
+dhchap_secret = DHHC-1:00:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0:
+nbd_connections = 3
+nbd_io_timeout = 5
+nbd_dead_conn_timeout = 60
+CONF
+chmod 644 "$dir/$sr.conf"
+if $T daemon "$sr" 2>refused.log; then tb_fail "a configuration others can read was accepted"; fi
+grep -q "mode 0600" refused.log
+grep -q '"phase": "failed"' "$state"
+if grep -q c2VjcmV0 "$state" refused.log; then tb_fail "the key leaked"; fi
+chmod 600 "$dir/$sr.conf"
+export NVMETCP_TEST_IMAGE=/srv/testbed/daemon.img
+$T daemon "$sr" >daemon1.log 2>&1 &
+daemon=$!
+tb_wait 10 "the daemon to serve" grep -q '"phase": "serving"' "$state"
+dev=$($T device "$sr")
+tb_log "the daemon serves $dev"
+[ "$(cat "/sys/block/${{dev#/dev/}}/pid")" = "$daemon" ]
+tb_wait 5 "three live connections in the state" grep -q '"live_connections": 3' "$state"
+dd if=/dev/urandom of=data bs=1M count=4 status=none
+dd if=data of="$dev" bs=1M oflag=direct status=none
+# SIGKILL under I/O; the restarted daemon picks the same device back up.
+dd if=/dev/urandom of="$dev" bs=64k count=300 seek=128 oflag=direct status=none &
+writer=$!
+sleep 1
+kill -9 "$daemon"
+$T daemon "$sr" >daemon2.log 2>&1 &
+daemon=$!
+tb_wait 10 "the restarted daemon to serve" grep -q "\"daemon_pid\": $daemon," "$state"
+wait "$writer" || tb_fail "writes failed across the daemon's restart"
+[ "$($T device "$sr")" = "$dev" ]
+dd if="$dev" of=back bs=1M count=4 iflag=direct status=none
+cmp data back
+tb_wait 5 "the replaced connections in the state" grep -q '"live_connections": 3' "$state"
+cp "$state" "$SCENARIO_OUT/state.json"
+if dmesg | grep -E "I/O error, dev ${{dev#/dev/}}"; then tb_fail "the host saw I/O errors"; fi
+# SR.detach: the supervisor stops the daemon, the door tears the device down.
+kill "$daemon"; wait "$daemon" || true
+$T tear-down "$sr"
+tb_wait 10 "the device to empty" sh -c "! test -e /sys/block/${{dev#/dev/}}/pid"
+[ ! -e "$state" ] && [ ! -e "$dir/$sr.conf" ]
+$T tear-down "$sr"
+tb_log "torn down; safe to repeat"
+"#
+            ),
+        )
+        .timeout_secs(200),
+    ]
 }
 
 const BLOCK: u32 = 4096;
@@ -152,6 +224,22 @@ fn guest_step(args: &[String]) -> Result<(), String> {
                 Ok(_) => return Err("another SR's device was adopted".into()),
                 Err(error) => println!("{error}"),
             }
+        }
+        ("daemon", [sr]) => {
+            let sr = SrId::parse(sr).map_err(|e| e.to_string())?;
+            let image = std::env::var("NVMETCP_TEST_IMAGE").unwrap_or_default();
+            run(&sr, &Layout::system(), 0, |_config| {
+                FileDevice::open(Path::new(&image), BLOCK, 8192, MAX_TRANSFER).map(Arc::new).map_err(|e| e.to_string())
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        ("device", [sr]) => {
+            let sr = SrId::parse(sr).map_err(|e| e.to_string())?;
+            println!("{}", door::device(&Layout::system(), &sr).map_err(|e| e.to_string())?.path);
+        }
+        ("tear-down", [sr]) => {
+            let sr = SrId::parse(sr).map_err(|e| e.to_string())?;
+            door::tear_down(&Layout::system(), &sr).map_err(|e| e.to_string())?;
         }
         ("status", [index]) => {
             let netlink = NbdNetlink::open().map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@ mod logging;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use sm_driver::cmd::SystemRunner;
 use sm_driver::context::Context;
@@ -30,6 +31,10 @@ fn main() -> ExitCode {
             let (report, _ready) = sm_driver::install::post_install(&HostRoot::system());
             return print(&report, ExitCode::SUCCESS);
         }
+        Ok(Invocation::InitiatorDaemon(sr)) => {
+            logging::init(false);
+            return initiator_daemon(&sr);
+        }
         Ok(Invocation::HostPlugin(request)) => {
             logging::init(false);
             let reply = sm_driver::host_plugin::run(&HostRoot::system(), &SystemRunner::new(), &request);
@@ -48,6 +53,29 @@ fn main() -> ExitCode {
     let reply = execute(&context, &request, &mut std::io::stdin().lock());
     let status = if reply.exit_code == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     print(&reply.stdout, status)
+}
+
+/// The userspace initiator of one SR until its NBD device is disconnected;
+/// a failure is logged (SMlog, and the journal through stderr) and recorded
+/// in its state file, and its supervisor restarts it.
+fn initiator_daemon(sr: &str) -> ExitCode {
+    use nvmetcp_initiator::daemon::{config::SrId, run::run, Layout};
+    let result = SrId::parse(sr).map_err(|e| e.to_string()).and_then(|sr| {
+        run(&sr, &Layout::system(), 0, |config| {
+            nvmetcp_initiator::Multipath::open(config.multipath.clone()).map(Arc::new).map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            #[allow(clippy::print_stderr)] // the journal's copy; stdout is never written
+            {
+                eprintln!("{BINARY_NAME} --initiator-daemon {sr}: {error}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The one place that writes stdout.

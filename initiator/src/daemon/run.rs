@@ -1,0 +1,162 @@
+//! One daemon's life: read the configuration, open the device, set up or
+//! pick back up the SR's NBD device, then keep the state file current until
+//! the device is disconnected.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::config::{self, DaemonConfig, SrId};
+use super::state::{self, DaemonState, ExportReport, NbdRecord, Phase};
+use super::{Layout, Served};
+use crate::block::BlockDevice;
+use crate::nbd::export::{limit_request_size, Export, ExportError};
+
+/// How often the state file is rewritten.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a daemon stopped with an error (its supervisor restarts it).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration file.
+    #[error(transparent)]
+    Config(#[from] config::ConfigFileError),
+    /// The namespace could not be opened.
+    #[error("cannot open the namespace: {0}")]
+    Open(String),
+    /// The NBD device could not be set up.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// The state file could not be written.
+    #[error("cannot write the state file {path}: {error}")]
+    State {
+        /// The file.
+        path: String,
+        /// The system's error.
+        error: std::io::Error,
+    },
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+struct Reporter {
+    path: std::path::PathBuf,
+    sr: String,
+}
+
+impl Reporter {
+    fn write(&self, state: &DaemonState) -> Result<(), DaemonError> {
+        state::write(&self.path, state)
+            .map_err(|error| DaemonError::State { path: self.path.display().to_string(), error })
+    }
+
+    fn state(&self, phase: Phase) -> DaemonState {
+        DaemonState {
+            sr: self.sr.clone(),
+            phase,
+            daemon_pid: std::process::id(),
+            error: None,
+            nbd: None,
+            export: None,
+            device: None,
+            updated_unix: now(),
+        }
+    }
+
+    fn failed(&self, previous: Option<NbdRecord>, error: &DaemonError) {
+        let state = DaemonState { error: Some(error.to_string()), nbd: previous, ..self.state(Phase::Failed) };
+        // Best effort: the error also goes to the log.
+        let _ = self.write(&state);
+    }
+}
+
+/// Runs the daemon of `sr` until its device is disconnected. `open` opens
+/// the namespace (the multipath device in dom0, a file in test beds);
+/// `owner_uid` is who must own the configuration file (root in dom0).
+///
+/// # Errors
+/// What kept it from serving; the state file says the same.
+pub fn run<S, F>(sr: &SrId, layout: &Layout, owner_uid: u32, open: F) -> Result<(), DaemonError>
+where
+    S: Served + 'static,
+    F: FnOnce(&DaemonConfig) -> Result<Arc<S>, String>,
+{
+    std::fs::create_dir_all(layout.run_dir())
+        .map_err(|error| DaemonError::State { path: layout.run_dir().display().to_string(), error })?;
+    let reporter = Reporter { path: layout.state_file(sr), sr: sr.to_string() };
+    let previous = state::read(&reporter.path).ok().flatten().and_then(|s| s.nbd);
+    let result = serve(sr, layout, owner_uid, open, &reporter, previous.clone());
+    if let Err(error) = &result {
+        tracing::error!(sr = %sr, %error, "the initiator daemon stops");
+        reporter.failed(previous, error);
+    }
+    result
+}
+
+fn serve<S, F>(
+    sr: &SrId,
+    layout: &Layout,
+    owner_uid: u32,
+    open: F,
+    reporter: &Reporter,
+    previous: Option<NbdRecord>,
+) -> Result<(), DaemonError>
+where
+    S: Served + 'static,
+    F: FnOnce(&DaemonConfig) -> Result<Arc<S>, String>,
+{
+    let config = config::load(&layout.config_file(sr), owner_uid)?;
+    reporter.write(&DaemonState { nbd: previous.clone(), ..reporter.state(Phase::Starting) })?;
+    let served = open(&config).map_err(DaemonError::Open)?;
+    let device: Arc<dyn BlockDevice> = served.clone();
+    let geometry = device.geometry();
+    let sys = layout.sys();
+    let (export, kernel_pid) = match previous.filter(|p| p.backend == config.export.backend) {
+        Some(record) => {
+            match Export::adopt(Arc::clone(&device), config.export.clone(), record.index, record.kernel_pid, &sys) {
+                Ok(export) => (export, record.kernel_pid),
+                Err(ExportError::NotOurs { index, reason }) => {
+                    // Never touch a device that is not (or no longer) ours.
+                    tracing::warn!(index, %reason, "the recorded NBD device is not ours any more; setting up a new one");
+                    (Export::create(device, config.export.clone())?, std::process::id())
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        None => (Export::create(device, config.export.clone())?, std::process::id()),
+    };
+    limit_request_size(&sys, export.index(), geometry.max_transfer);
+    let record = NbdRecord {
+        index: export.index(),
+        kernel_pid,
+        backend: config.export.backend.clone(),
+        connections: config.export.connections,
+        size_bytes: geometry.size_bytes(),
+        block_size: geometry.block_size,
+    };
+    tracing::info!(sr = %sr, device = %record.device(), "serving");
+    loop {
+        let stats = export.stats();
+        let finished = export.finished();
+        reporter.write(&DaemonState {
+            nbd: Some(record.clone()),
+            export: Some(ExportReport {
+                live_connections: stats.live,
+                replaced_connections: stats.replaced,
+                requests: stats.requests,
+                errors: stats.errors,
+                in_flight: stats.in_flight,
+                buffer_bytes: stats.buffer_bytes,
+                buffer_limit: stats.buffer_limit,
+            }),
+            device: Some(served.report()),
+            ..reporter.state(if finished { Phase::Stopped } else { Phase::Serving })
+        })?;
+        if finished {
+            tracing::info!(sr = %sr, device = %record.device(), "the NBD device was disconnected");
+            return Ok(());
+        }
+        std::thread::sleep(REPORT_EVERY);
+    }
+}
