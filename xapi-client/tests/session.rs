@@ -276,3 +276,34 @@ fn host_plugins_and_messages() {
     assert_eq!(secret::get_value(&session, &created).unwrap().expose(), "s3cret");
     assert!(!secret::get_uuid(&session, &created).unwrap().is_empty());
 }
+
+#[test]
+fn map_keys_of_pbds_and_srs_are_set_one_at_a_time_and_recorded() {
+    let emulator = Emulator::new(pool_of(2), Recording::default());
+    let url = emulator.listen_http().unwrap();
+    let session = client(&url).login(&root(), "nvmetcp-test").unwrap();
+    let sr_ref = sr::create(&session, &create_args(&session, BTreeMap::new())).unwrap();
+    let uuid = sr::get_record(&session, &sr_ref).unwrap().uuid;
+    assert_eq!(sr::get_by_uuid(&session, &uuid).unwrap(), sr_ref);
+    let (pbd_ref, _) = pbd::get_all_records(&session).unwrap().remove(0);
+    pbd::set_other_config_key(&session, &pbd_ref, "mpath-x", "[1, 2]").unwrap();
+    pbd::set_other_config_key(&session, &pbd_ref, "mpath-x", "[2, 2]").unwrap();
+    let duplicate = pbd::add_to_other_config(&session, &pbd_ref, "mpath-x", "[0, 2]").unwrap_err();
+    assert_eq!(duplicate.xapi().unwrap().code, "MAP_DUPLICATE_KEY");
+    assert_eq!(pbd::get_record(&session, &pbd_ref).unwrap().other_config["mpath-x"], "[2, 2]");
+    sr::set_sm_config_key(&session, &sr_ref, "multipathable", "true").unwrap();
+    assert_eq!(sr::get_sm_config(&session, &sr_ref).unwrap()["multipathable"], "true");
+    let added: Vec<(String, String)> =
+        emulator.map_updates().into_iter().filter_map(|u| u.value.map(|v| (u.key, v))).collect();
+    assert_eq!(
+        added,
+        [
+            ("mpath-x".to_owned(), "[1, 2]".to_owned()),
+            ("mpath-x".to_owned(), "[2, 2]".to_owned()),
+            ("multipathable".to_owned(), "true".to_owned())
+        ]
+    );
+    let hosts = host::get_all_records(&session).unwrap();
+    assert_eq!(host::get_by_uuid(&session, &hosts[0].1.uuid).unwrap(), hosts[0].0);
+    assert_eq!(host::get_name_label(&session, &hosts[0].0).unwrap(), hosts[0].1.name_label);
+}

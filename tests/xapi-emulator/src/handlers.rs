@@ -8,7 +8,7 @@ use xapi_client::codec::{write_value, Encoding};
 use xapi_client::Value;
 
 use crate::backend::Failure;
-use crate::model::{Model, CLASSES};
+use crate::model::{MapUpdate, Model, CLASSES};
 use crate::server::Shared;
 
 type Reply = Result<Value, Failure>;
@@ -141,8 +141,47 @@ pub(crate) fn handle(shared: &Arc<Shared>, local: bool, method: &str, params: Ve
             )?;
             Ok(Value::String(result))
         }
+        _ if method.contains(".add_to_") || method.contains(".remove_from_") => map_field(shared, method, args),
         _ => generic(&shared.lock(), method, args),
     }
+}
+
+/// `<class>.add_to_<field>` (`MAP_DUPLICATE_KEY` if the key is there) and
+/// `<class>.remove_from_<field>` (a missing key is fine), as XAPI applies
+/// them to map fields; every change is also kept in the update log.
+fn map_field(shared: &Arc<Shared>, method: &str, args: &[Value]) -> Reply {
+    let unknown = || Failure::new("MESSAGE_METHOD_UNKNOWN", &[method]);
+    let (class, call) = method.split_once('.').ok_or_else(unknown)?;
+    let class = class_of(class).ok_or_else(unknown)?;
+    let (field, add) = match (call.strip_prefix("add_to_"), call.strip_prefix("remove_from_")) {
+        (Some(field), _) => (field, true),
+        (_, Some(field)) => (field, false),
+        _ => return Err(unknown()),
+    };
+    let reference = text(args, 0, method)?;
+    let key = text(args, 1, method)?;
+    let mut model = shared.lock();
+    exists(&model, class, &reference)?;
+    let Some(Value::Struct(mut map)) = model.get(class, &reference).and_then(|r| r.get(field)).cloned() else {
+        return Err(unknown());
+    };
+    let value = if add {
+        let value = text(args, 2, method)?;
+        if map.contains_key(&key) {
+            return Err(Failure::new("MAP_DUPLICATE_KEY", &[class, field, &reference, &key]));
+        }
+        map.insert(key.clone(), Value::String(value.clone()));
+        Some(value)
+    } else {
+        if map.remove(&key).is_none() {
+            return Ok(Value::from(""));
+        }
+        None
+    };
+    model.set(class, &reference, field, Value::Struct(map));
+    model.map_updates.push(MapUpdate { class, reference, field: field.to_owned(), key, value });
+    shared.changed.notify_all();
+    Ok(Value::from(""))
 }
 
 fn login(shared: &Arc<Shared>, local: bool, params: &[Value]) -> Reply {
@@ -191,6 +230,10 @@ fn list_methods() -> Value {
         "task.cancel",
         "task.destroy",
         "host.call_plugin",
+        "PBD.add_to_other_config",
+        "PBD.remove_from_other_config",
+        "SR.add_to_sm_config",
+        "SR.remove_from_sm_config",
     ]
     .into_iter()
     .map(Value::from)

@@ -35,6 +35,6 @@ mod volumes;
 
 pub use backend::{AcceptAll, Backend, Failure, HostInfo, NewSr, NewVolume, Scan, Volume};
 pub use fixture_backend::FixtureBackend;
-pub use model::{Config, SmType};
+pub use model::{Config, MapUpdate, SmType};
 pub use plugin_backend::PluginBackend;
 pub use server::Emulator;

@@ -69,6 +69,22 @@ pub struct Change {
     pub snapshot: Option<Value>,
 }
 
+/// One change of a map field (`other_config`, `sm_config`) made by
+/// `add_to_<field>` or `remove_from_<field>`, in the order they came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapUpdate {
+    /// `PBD`, `SR`, …
+    pub class: &'static str,
+    /// The object.
+    pub reference: String,
+    /// `other_config`, …
+    pub field: String,
+    /// The key.
+    pub key: String,
+    /// The value added, or `None` for a removal.
+    pub value: Option<String>,
+}
+
 /// The classes the model holds, with their wire names.
 pub const CLASSES: &[&str] = &["pool", "host", "host_metrics", "SM", "SR", "PBD", "VDI", "secret", "message", "task"];
 
@@ -78,6 +94,7 @@ pub struct Model {
     pub objects: BTreeMap<&'static str, BTreeMap<String, BTreeMap<String, Value>>>,
     pub sessions: BTreeMap<String, bool>,
     pub changes: Vec<Change>,
+    pub map_updates: Vec<MapUpdate>,
     counter: u64,
 }
 

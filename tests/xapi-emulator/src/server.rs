@@ -222,6 +222,12 @@ impl Emulator {
             .unwrap_or_default()
     }
 
+    /// Every `add_to_<field>` and `remove_from_<field>` change so far, in order.
+    #[must_use]
+    pub fn map_updates(&self) -> Vec<crate::model::MapUpdate> {
+        self.shared.lock().map_updates.clone()
+    }
+
     /// How many sessions are logged in.
     #[must_use]
     pub fn open_sessions(&self) -> usize {

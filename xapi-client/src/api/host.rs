@@ -76,3 +76,19 @@ pub fn call_plugin(
         |v| v.as_str("host.call_plugin result").map(str::to_owned),
     )
 }
+
+/// `host.get_by_uuid`.
+///
+/// # Errors
+/// [`crate::Error`]; `UUID_INVALID` when there is none.
+pub fn get_by_uuid(session: &Session, uuid: &str) -> Result<HostRef> {
+    session.call_as("host.get_by_uuid", vec![Value::from(uuid)], |v| HostRef::decode(v, "host ref"))
+}
+
+/// `host.get_name_label`.
+///
+/// # Errors
+/// [`crate::Error`].
+pub fn get_name_label(session: &Session, host: &HostRef) -> Result<String> {
+    session.call_as("host.get_name_label", vec![host.into()], |v| v.as_str("host.name_label").map(str::to_owned))
+}

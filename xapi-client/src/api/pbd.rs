@@ -104,3 +104,29 @@ pub fn get_all_records(session: &Session) -> Result<Vec<(PbdRef, Pbd)>> {
 pub fn get_record(session: &Session, pbd: &PbdRef) -> Result<Pbd> {
     session.call_as("PBD.get_record", vec![pbd.into()], Pbd::decode)
 }
+
+/// `PBD.add_to_other_config`.
+///
+/// # Errors
+/// [`crate::Error`]; `MAP_DUPLICATE_KEY` when `key` is already there.
+pub fn add_to_other_config(session: &Session, pbd: &PbdRef, key: &str, value: &str) -> Result<()> {
+    session.call("PBD.add_to_other_config", vec![pbd.into(), Value::from(key), Value::from(value)]).map(drop)
+}
+
+/// `PBD.remove_from_other_config` (a key that is not there is no error).
+///
+/// # Errors
+/// [`crate::Error`].
+pub fn remove_from_other_config(session: &Session, pbd: &PbdRef, key: &str) -> Result<()> {
+    session.call("PBD.remove_from_other_config", vec![pbd.into(), Value::from(key)]).map(drop)
+}
+
+/// Sets `other_config:key` to `value`: XAPI has no single call for one key,
+/// so remove then add, as `xe pbd-param-set other-config:key=value` does.
+///
+/// # Errors
+/// [`crate::Error`].
+pub fn set_other_config_key(session: &Session, pbd: &PbdRef, key: &str, value: &str) -> Result<()> {
+    remove_from_other_config(session, pbd, key)?;
+    add_to_other_config(session, pbd, key, value)
+}

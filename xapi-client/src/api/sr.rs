@@ -234,3 +234,20 @@ pub fn get_record(session: &Session, sr: &SrRef) -> Result<Sr> {
 pub fn get_by_uuid(session: &Session, uuid: &str) -> Result<SrRef> {
     session.call_as("SR.get_by_uuid", vec![Value::from(uuid)], |v| SrRef::decode(v, "SR ref"))
 }
+
+/// `SR.get_sm_config`.
+///
+/// # Errors
+/// [`crate::Error`].
+pub fn get_sm_config(session: &Session, sr: &SrRef) -> Result<BTreeMap<String, String>> {
+    session.call_as("SR.get_sm_config", vec![sr.into()], |v| v.as_string_map("SR.sm_config"))
+}
+
+/// Sets `sm_config:key` to `value` (remove, then `SR.add_to_sm_config`).
+///
+/// # Errors
+/// [`crate::Error`].
+pub fn set_sm_config_key(session: &Session, sr: &SrRef, key: &str, value: &str) -> Result<()> {
+    session.call("SR.remove_from_sm_config", vec![sr.into(), Value::from(key)])?;
+    session.call("SR.add_to_sm_config", vec![sr.into(), Value::from(key), Value::from(value)]).map(drop)
+}
