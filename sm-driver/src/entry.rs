@@ -42,6 +42,8 @@ pub enum Invocation {
     /// List the method links to install, one `<plugin dir> <file>` per line
     /// (`--list-links`, for packaging).
     ListLinks,
+    /// Run the host agent (invoked as `nvmetcp-agent`, see [`crate::agent`]).
+    Agent,
 }
 
 /// One method call as requested on the command line.
@@ -100,6 +102,14 @@ pub fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, UsageError
         return match args {
             [request] => Ok(Invocation::HostPlugin(request.clone())),
             _ => Err(UsageError::HostPluginArgs),
+        };
+    }
+    if invoked_as == crate::agent::LINK_NAME {
+        return match args.first().map(String::as_str) {
+            None => Ok(Invocation::Agent),
+            Some("-h" | "--help") => Ok(Invocation::Help),
+            Some("-V" | "--version") => Ok(Invocation::Version),
+            Some(other) => Err(UsageError::UnknownOption(other.to_owned())),
         };
     }
     match args.first().map(String::as_str) {
@@ -268,6 +278,8 @@ USAGE
                                       the userspace NVMe/TCP initiator of one SR, served as
                                       /dev/nbdN (run by nvmetcp-initiator@<SR uuid>.service)
   {HOST_PLUGINS_DIR}/nvmetcp <XML-RPC call>  as xapi runs it for host.call_plugin
+  /usr/libexec/nvmetcp/nvmetcp-agent   the host agent (systemd unit nvmetcp-agent): path
+                                      counts and alerts to XAPI, SR I/O to xcp-rrdd
 
 OPTIONS
   --json        read the parameters from stdin (the SMAPIv3 protocol)

@@ -21,6 +21,7 @@
 //! `/etc`) and [`cmd::Runner`] (external programs), so unit tests replace
 //! both with a temporary tree and a recording fake.
 
+pub mod agent;
 pub mod cmd;
 pub mod context;
 pub mod datapath;

@@ -180,3 +180,12 @@ fn handler_errors_name_this_host_and_where_they_were_raised() {
     assert_eq!(attach["backtrace"]["files"][0], "sm-driver/src/sr/attach.rs", "{attach}");
     assert_eq!(stat["backtrace"]["files"][0], "sm-driver/src/sr/stat.rs", "{stat}");
 }
+
+#[test]
+fn the_agent_link_runs_the_agent_and_takes_no_arguments() {
+    let agent = "/usr/libexec/nvmetcp/nvmetcp-agent";
+    assert_eq!(parse_args(agent, &[]), Ok(Invocation::Agent));
+    assert_eq!(parse_args(agent, &args(&["--help"])), Ok(Invocation::Help));
+    assert_eq!(parse_args(agent, &args(&["SR.stat"])), Err(UsageError::UnknownOption("SR.stat".into())));
+    assert!(super::usage().contains("nvmetcp-agent"));
+}

@@ -40,6 +40,17 @@ fn main() -> ExitCode {
             let reply = sm_driver::host_plugin::run(&HostRoot::system(), &SystemRunner::new(), &request);
             return print(&reply, ExitCode::SUCCESS);
         }
+        Ok(Invocation::Agent) => {
+            logging::init(false);
+            // Runs until killed; returns only when it cannot run at all.
+            let Err(error) = sm_driver::agent::run(&HostRoot::system());
+            tracing::error!(%error, "nvmetcp agent stopped");
+            #[allow(clippy::print_stderr)] // for systemd's journal and the person who started it
+            {
+                eprintln!("{}: {error}", sm_driver::agent::LINK_NAME);
+            }
+            return ExitCode::FAILURE;
+        }
         Err(error) => {
             #[allow(clippy::print_stderr)] // a command-line mistake, for the person who typed it
             {

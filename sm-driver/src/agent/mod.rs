@@ -1,0 +1,265 @@
+//! `nvmetcp-agent`: the host agent, one per host (a systemd unit), the same
+//! static binary reached through the link name `nvmetcp-agent`.
+//!
+//! It watches the paths of every nvmetcp SR attached on its host and makes
+//! them visible where administrators already look:
+//!
+//! * **path counts** in XAPI — PBD `other_config:mpath-<namespace identity>` =
+//!   `[live, total]`, `multipathed`, SR `sm_config:multipathable` — which Xen
+//!   Orchestra shows as it does for lvmoiscsi ([`publish`]);
+//! * **alerts** — `message.create` on the SR when this host loses a path, its
+//!   last path, or gets them back, deduplicated and rate-limited ([`alerts`]);
+//! * **I/O statistics** as an xcp-rrdd plugin (protocol v2, [`rrd`]): per SR
+//!   the data sources XO graphs, from the block device's counters
+//!   ([`iostat`], [`sources`]).
+//!
+//! The door into the rest of `sm-driver` is narrow: it reads what `SR.attach`
+//! records and `nvme::health`, never takes a plugin lock, and runs nothing
+//! ([`srs`]). Paths are read every [`POLL`]: the kernel sends no uevent when
+//! an NVMe controller goes from `live` to `connecting` or back (only when a
+//! controller or namespace appears or goes), and sysfs's `state` attribute
+//! is not pollable, so a 250 ms poll of a few sysfs files is what reacts
+//! within a second on every kernel, 4.19 included. What it last announced and
+//! published is kept in [`status::STATUS_FILE`], so a restarted agent neither
+//! repeats nor forgets an alert; a restarted xapi gets the pending updates
+//! once it answers again.
+
+pub mod alerts;
+pub mod iostat;
+pub mod publish;
+pub mod rrd;
+pub mod sources;
+pub mod srs;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::host::HostRoot;
+use crate::nvme::names::Portal;
+
+use alerts::{PathView, SrAlerts};
+use iostat::{Rates, Sampler};
+use publish::{mpath_key, LocalXapi, PathCounts, Pool, Publisher};
+use rrd::{RrdPlugin, READING_INTERVAL};
+use srs::AttachedSr;
+use status::{AgentStatus, SrStatus};
+
+/// The link name that runs the agent.
+pub const LINK_NAME: &str = "nvmetcp-agent";
+/// How often paths are read.
+pub const POLL: Duration = Duration::from_millis(250);
+/// This host's identity in XAPI.
+pub const INVENTORY: &str = "/etc/xensource-inventory";
+
+/// Why the agent cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Not a XAPI host (or the inventory is unreadable).
+    #[error("{INVENTORY} has no INSTALLATION_UUID: the agent runs on XCP-ng hosts only")]
+    NoHostUuid,
+}
+
+/// This host's UUID from the XAPI inventory (`INSTALLATION_UUID='…'`).
+///
+/// # Errors
+/// [`AgentError::NoHostUuid`].
+pub fn host_uuid(host: &HostRoot) -> Result<String, AgentError> {
+    let text = std::fs::read_to_string(host.path(INVENTORY)).map_err(|_| AgentError::NoHostUuid)?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("INSTALLATION_UUID="))
+        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .find(|v| !v.is_empty())
+        .ok_or(AgentError::NoHostUuid)
+}
+
+fn path_views(sr: &AttachedSr) -> Vec<PathView> {
+    let Some(health) = &sr.health else { return Vec::new() };
+    health
+        .paths
+        .iter()
+        .map(|p| PathView {
+            portal: Portal { addr: p.key.traddr, port: p.key.trsvcid }.to_string(),
+            controller: p.controller.clone(),
+            state: match &p.ana_state {
+                Some(ana) if p.state == "live" && !p.is_live() => format!("live, ANA {ana}"),
+                _ => p.state.clone(),
+            },
+            live: p.is_live(),
+        })
+        .collect()
+}
+
+/// The agent's state between two observations.
+#[derive(Debug)]
+pub struct Agent {
+    host: HostRoot,
+    host_name: String,
+    alerts: BTreeMap<String, SrAlerts>,
+    counts: BTreeMap<String, (usize, usize)>,
+    samplers: BTreeMap<String, Sampler>,
+    rrd: RrdPlugin,
+    publisher: Publisher,
+    status: AgentStatus,
+}
+
+impl Agent {
+    /// An agent on `host` (named `host_name` in alerts) publishing to `pool`,
+    /// resuming from the status file if a previous run left one.
+    #[must_use]
+    pub fn new(host: &HostRoot, host_name: &str, pool: Box<dyn Pool>) -> Self {
+        let previous = status::load(host);
+        let now = Instant::now();
+        let alerts = previous
+            .as_ref()
+            .map(|p| {
+                p.srs
+                    .iter()
+                    .map(|(uuid, s)| (uuid.clone(), SrAlerts::new(uuid, s.announced.iter().cloned().collect(), now)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let status = AgentStatus {
+            pid: std::process::id(),
+            started: status::unix_seconds(SystemTime::now()),
+            ..AgentStatus::default()
+        };
+        Self {
+            host: host.clone(),
+            host_name: host_name.to_owned(),
+            alerts,
+            counts: BTreeMap::new(),
+            samplers: BTreeMap::new(),
+            rrd: RrdPlugin::new(host),
+            publisher: Publisher::spawn(pool),
+            status,
+        }
+    }
+
+    /// One look at the paths: alerts and counts for what changed. Returns the
+    /// SRs seen.
+    pub fn watch(&mut self, now: Instant) -> Vec<AttachedSr> {
+        let attached = srs::attached(&self.host);
+        let mut changed = false;
+        for sr in &attached {
+            let uuid = &sr.state.sr_uuid;
+            let views = path_views(sr);
+            let expected: BTreeSet<String> = views.iter().map(|v| v.portal.clone()).collect();
+            let alerts = self.alerts.entry(uuid.clone()).or_insert_with(|| SrAlerts::new(uuid, expected, now));
+            if let Some(alert) = alerts.observe(now, &self.host_name, &views) {
+                tracing::warn!(name = alert.name, sr = %uuid, "{}", alert.body);
+                self.publisher.alert(alert);
+                changed = true;
+            }
+            let counts = sr.counts();
+            if self.counts.get(uuid) != Some(&counts) {
+                self.counts.insert(uuid.clone(), counts);
+                self.publisher.paths(PathCounts {
+                    sr_uuid: uuid.clone(),
+                    key: mpath_key(&sr.state.namespace),
+                    live: counts.0,
+                    total: counts.1,
+                });
+                changed = true;
+            }
+        }
+        let present: BTreeSet<&String> = attached.iter().map(|s| &s.state.sr_uuid).collect();
+        let before = self.alerts.len();
+        self.alerts.retain(|uuid, _| present.contains(uuid));
+        self.counts.retain(|uuid, _| present.contains(uuid));
+        if changed || before != self.alerts.len() {
+            self.save();
+        }
+        attached
+    }
+
+    /// One xcp-rrdd reading of every SR's data sources, written to the
+    /// plugin file.
+    pub fn read(&mut self, now: Instant, attached: &[AttachedSr]) {
+        let mut sources = Vec::new();
+        for sr in attached {
+            let uuid = &sr.state.sr_uuid;
+            let device = srs::block_device(&self.host, &sr.state);
+            let rates = match device {
+                Some(device) => {
+                    let sampler = self.samplers.entry(uuid.clone()).or_insert_with(|| Sampler::new(&device));
+                    if sampler.device() != device {
+                        *sampler = Sampler::new(&device);
+                    }
+                    sampler.sample(&self.host, now)
+                }
+                None => Rates::default(),
+            };
+            sources.extend(sources::sr_sources(uuid, &rates, sr.counts().0));
+        }
+        self.samplers.retain(|uuid, _| attached.iter().any(|s| &s.state.sr_uuid == uuid));
+        let wall = SystemTime::now();
+        match self.rrd.write(&rrd::v2::encode(status::unix_seconds(wall), &sources)) {
+            Ok(()) => self.status.last_rrd_write = Some(status::unix_seconds(wall)),
+            Err(e) => tracing::warn!(error = %e, "RRD reading not written"),
+        }
+        self.save();
+    }
+
+    /// Registers with xcp-rrdd; the time until its next reading (a full
+    /// interval when xcp-rrdd is not there: the file is written anyway).
+    pub fn register(&mut self) -> Duration {
+        match self.rrd.register() {
+            Ok(next) => {
+                self.status.rrdd_registered = true;
+                next
+            }
+            Err(e) => {
+                if self.status.rrdd_registered {
+                    tracing::warn!(error = %e, "xcp-rrdd registration lost");
+                }
+                self.status.rrdd_registered = false;
+                READING_INTERVAL
+            }
+        }
+    }
+
+    fn save(&mut self) {
+        let shown = self.publisher.status();
+        self.status.last_xapi_publish = shown.last_published.map(status::unix_seconds);
+        self.status.xapi_error = shown.last_error;
+        self.status.updated = status::unix_seconds(SystemTime::now());
+        self.status.srs = self
+            .alerts
+            .iter()
+            .map(|(uuid, a)| {
+                let (live, total) = self.counts.get(uuid).copied().unwrap_or_default();
+                (uuid.clone(), SrStatus { live, total, announced: a.announced().iter().cloned().collect() })
+            })
+            .collect();
+        if let Err(e) = status::save(&self.host, &self.status) {
+            tracing::warn!(error = %e, "agent status not saved");
+        }
+    }
+}
+
+/// Runs the agent on `host` until killed.
+///
+/// # Errors
+/// [`AgentError`] when this is not a XAPI host.
+pub fn run(host: &HostRoot) -> Result<std::convert::Infallible, AgentError> {
+    let uuid = host_uuid(host)?;
+    let host_name = host.read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|_| uuid.clone());
+    let mut agent = Agent::new(host, &host_name, Box::new(LocalXapi::new(host, &uuid)));
+    tracing::info!(host = %host_name, "nvmetcp agent started");
+    let mut next_reading = Instant::now() + agent.register().saturating_sub(Duration::from_millis(500));
+    loop {
+        let now = Instant::now();
+        let attached = agent.watch(now);
+        if now >= next_reading {
+            agent.read(now, &attached);
+            // Write just before xcp-rrdd reads, as rrdd.py's plugins do.
+            let until = agent.register();
+            next_reading = now + until.saturating_sub(Duration::from_millis(500)).max(Duration::from_secs(1));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests;
