@@ -8,7 +8,7 @@ use crate::host::HostRoot;
 use crate::nvme::health::{health, Health};
 use crate::nvme::sysfs::namespace_devices;
 use crate::nvme::users::RUN_DIR;
-use crate::sr::state::{load, SrState};
+use crate::sr_state::{load, SrState};
 
 /// One attached SR as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]

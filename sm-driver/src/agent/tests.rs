@@ -12,7 +12,7 @@ use super::{host_uuid, status, Agent};
 use crate::host::HostRoot;
 use crate::nvme::options::tests::options;
 use crate::nvme::sysfs::fixture::SysfsTree;
-use crate::sr::state::{save, SrState};
+use crate::sr_state::{save, SrState};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 const NS: &str = "uuid.8d30ade900c54fe69fbcbe2c924ffcdc";

@@ -68,8 +68,6 @@ pub(crate) fn handle(shared: &Arc<Shared>, local: bool, method: &str, params: Ve
         "SR.forget" => sr_forget(shared, args, false),
         "SR.introduce" => sr_introduce(shared, args),
         "SR.scan" => crate::volumes::sr_scan(shared, &text(args, 0, method)?),
-        "SR.add_to_other_config" => map_entry(shared, "SR", "other_config", method, args, true),
-        "SR.remove_from_other_config" => map_entry(shared, "SR", "other_config", method, args, false),
         "VDI.create" => crate::volumes::vdi_create(shared, args),
         "PBD.create" => pbd_create(shared, args),
         "PBD.plug" => pbd_plug(shared, &text(args, 0, method)?),
@@ -146,9 +144,8 @@ pub(crate) fn handle(shared: &Arc<Shared>, local: bool, method: &str, params: Ve
     }
 }
 
-/// `<class>.add_to_<field>` (`MAP_DUPLICATE_KEY` if the key is there) and
-/// `<class>.remove_from_<field>` (a missing key is fine), as XAPI applies
-/// them to map fields; every change is also kept in the update log.
+/// `<class>.add_to_<field>` and `<class>.remove_from_<field>` for any map
+/// field, through [`map_entry`].
 fn map_field(shared: &Arc<Shared>, method: &str, args: &[Value]) -> Reply {
     let unknown = || Failure::new("MESSAGE_METHOD_UNKNOWN", &[method]);
     let (class, call) = method.split_once('.').ok_or_else(unknown)?;
@@ -159,29 +156,10 @@ fn map_field(shared: &Arc<Shared>, method: &str, args: &[Value]) -> Reply {
         _ => return Err(unknown()),
     };
     let reference = text(args, 0, method)?;
-    let key = text(args, 1, method)?;
-    let mut model = shared.lock();
-    exists(&model, class, &reference)?;
-    let Some(Value::Struct(mut map)) = model.get(class, &reference).and_then(|r| r.get(field)).cloned() else {
+    if !matches!(shared.lock().get(class, &reference).and_then(|r| r.get(field)), Some(Value::Struct(_))) {
         return Err(unknown());
-    };
-    let value = if add {
-        let value = text(args, 2, method)?;
-        if map.contains_key(&key) {
-            return Err(Failure::new("MAP_DUPLICATE_KEY", &[class, field, &reference, &key]));
-        }
-        map.insert(key.clone(), Value::String(value.clone()));
-        Some(value)
-    } else {
-        if map.remove(&key).is_none() {
-            return Ok(Value::from(""));
-        }
-        None
-    };
-    model.set(class, &reference, field, Value::Struct(map));
-    model.map_updates.push(MapUpdate { class, reference, field: field.to_owned(), key, value });
-    shared.changed.notify_all();
-    Ok(Value::from(""))
+    }
+    map_entry(shared, class, field, method, args, add)
 }
 
 fn login(shared: &Arc<Shared>, local: bool, params: &[Value]) -> Reply {
@@ -560,15 +538,20 @@ fn map_entry(shared: &Arc<Shared>, class: &'static str, field: &str, method: &st
         .and_then(|r| r.get(field))
         .and_then(|v| v.as_string_map(field).ok())
         .unwrap_or_default();
-    if add {
+    let value = if add {
         if map.contains_key(&key) {
             return Err(Failure::new("MAP_DUPLICATE_KEY", &[class, field, &reference, &key]));
         }
-        map.insert(key, text(args, 2, method)?);
+        let value = text(args, 2, method)?;
+        map.insert(key.clone(), value.clone());
+        Some(value)
     } else if map.remove(&key).is_none() {
         return Ok(Value::from(""));
-    }
+    } else {
+        None
+    };
     model.set(class, &reference, field, Value::map(&map));
+    model.map_updates.push(MapUpdate { class, reference, field: field.to_owned(), key, value });
     shared.changed.notify_all();
     Ok(Value::from(""))
 }
