@@ -1,0 +1,93 @@
+//! The recording runner for unit tests: records every command and replays
+//! scripted responses. Built only for tests and with the `testing` feature,
+//! so it is no part of the dom0 binary.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use super::{CmdError, Command, Output, Program, Runner};
+
+/// A call recorded by [`FakeRunner`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCall {
+    /// The program.
+    pub program: Program,
+    /// The command line as it would be logged (secrets redacted).
+    pub shown: String,
+    /// Whether secret data was fed on stdin.
+    pub had_stdin: bool,
+}
+
+/// A scripted response of [`FakeRunner`].
+pub type FakeResponse = Result<Output, CmdError>;
+
+/// Records every command and replays scripted responses, in order.
+#[derive(Debug, Default)]
+pub struct FakeRunner {
+    responses: Mutex<VecDeque<FakeResponse>>,
+    calls: Mutex<Vec<RecordedCall>>,
+    missing: Vec<Program>,
+}
+
+impl FakeRunner {
+    /// A fake with no scripted responses and every program "installed".
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Scripts the response to the next unanswered command.
+    #[must_use]
+    pub fn then(self, response: FakeResponse) -> Self {
+        self.responses.lock().unwrap_or_else(PoisonError::into_inner).push_back(response);
+        self
+    }
+
+    /// Scripts a successful response printing `stdout`.
+    #[must_use]
+    pub fn then_stdout(self, stdout: &str) -> Self {
+        self.then(Ok(Output { stdout: stdout.to_owned(), stderr: String::new() }))
+    }
+
+    /// Makes `program` look uninstalled.
+    #[must_use]
+    pub fn without(mut self, program: Program) -> Self {
+        self.missing.push(program);
+        self
+    }
+
+    /// Every command run so far.
+    #[must_use]
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Runner for FakeRunner {
+    fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
+        if self.missing.contains(&program) {
+            Err(CmdError::NotFound { program, searched: "(fake)".to_owned() })
+        } else {
+            Ok(Path::new("/usr/sbin").join(program.name()))
+        }
+    }
+
+    fn run(&self, command: &Command) -> Result<Output, CmdError> {
+        self.resolve(command.program)?;
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedCall {
+            program: command.program,
+            shown: command.to_string(),
+            had_stdin: command.stdin.is_some(),
+        });
+        self.responses.lock().unwrap_or_else(PoisonError::into_inner).pop_front().unwrap_or_else(|| {
+            Err(CmdError::Failed {
+                command: command.to_string(),
+                status: "exit status 127".to_owned(),
+                code: Some(127),
+                stdout: String::new(),
+                stderr: "FakeRunner: no scripted response".to_owned(),
+            })
+        })
+    }
+}
