@@ -29,8 +29,43 @@ const CREATE_LIMIT: Duration = Duration::from_secs(900);
 struct HostOutcome {
     host: String,
     attached: bool,
+    /// The path summary as the host gave it, or why it is unknown.
     paths: String,
+    /// What the host's path states add up to.
+    health: PathsHealth,
     error: Option<String>,
+}
+
+/// What a host's paths to the new SR add up to, from the typed path states
+/// of its status report (never from the summary's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum PathsHealth {
+    /// Every path is live.
+    AllLive,
+    /// Some path is not live.
+    Degraded,
+    /// No path is live.
+    NoPath,
+    /// The host's report could not be had or does not list the SR.
+    Unknown,
+    /// Not attached: no paths.
+    None,
+}
+
+impl PathsHealth {
+    fn of(report: &sm_driver::status::SrReport) -> Self {
+        let live = report.paths.iter().filter(|p| p.live).count();
+        if report.error.is_some() || report.paths.is_empty() {
+            Self::Unknown
+        } else if live == report.paths.len() {
+            Self::AllLive
+        } else if live == 0 {
+            Self::NoPath
+        } else {
+            Self::Degraded
+        }
+    }
 }
 
 fn choose<'a>(
@@ -156,19 +191,18 @@ fn outcomes(session: &Session, view: &PoolView, record: &sr::Sr) -> Result<Vec<H
             }
         }
         let attached = error.is_none();
-        let paths = if attached {
+        let (paths, health) = if attached {
             match host_plugin::<sm_driver::status::HostReport>(session, &pbd_record.host, "status", &BTreeMap::new()) {
-                Ok(report) => report
-                    .srs
-                    .iter()
-                    .find(|s| s.sr_uuid == record.uuid)
-                    .map_or_else(|| "unknown".into(), |s| s.summary.clone()),
-                Err(e) => format!("unknown ({e})"),
+                Ok(report) => report.srs.iter().find(|s| s.sr_uuid == record.uuid).map_or_else(
+                    || ("unknown".into(), PathsHealth::Unknown),
+                    |s| (s.summary.clone(), PathsHealth::of(s)),
+                ),
+                Err(e) => (format!("unknown ({e})"), PathsHealth::Unknown),
             }
         } else {
-            "none".into()
+            ("none".into(), PathsHealth::None)
         };
-        outcomes.push(HostOutcome { host, attached, paths, error });
+        outcomes.push(HostOutcome { host, attached, paths, health, error });
     }
     Ok(outcomes)
 }
@@ -228,7 +262,7 @@ pub fn run(args: &CreateArgs, session: &Session, console: &mut Console, interact
     console.note("3/3 checking every host …");
     let hosts = outcomes(session, &view, &record)?;
     let attached = hosts.iter().filter(|h| h.attached).count();
-    let healthy = hosts.iter().all(|h| h.attached && !h.paths.contains("degraded") && !h.paths.starts_with("no path"));
+    let healthy = hosts.iter().all(|h| h.attached && h.health == PathsHealth::AllLive);
     if args.target.json {
         console
             .json(&serde_json::json!({"sr": {"uuid": record.uuid, "name_label": record.name_label}, "hosts": hosts}));

@@ -247,6 +247,24 @@ fn sr_create_without_the_sm_record_says_to_restart_the_toolstack() {
     assert!(err.contains("xe-toolstack-restart"), "{err}");
 }
 
+/// A host whose paths cannot be read is not counted healthy: the command
+/// decides from the typed path states, never from the summary's words.
+#[test]
+fn sr_create_with_a_host_whose_paths_are_unknown_is_partial() {
+    let unreadable = || HostBehaviour { no_plugin: true, ..healthy("nqn.a:2") };
+    let two_hosts = || pool(&[("xcp-ng-1", healthy("nqn.a:1")), ("xcp-ng-2", unreadable())], "nothing: empty", true);
+    let (status, out, err) = nvmetcp(&two_hosts(), CREATE);
+    assert_eq!(status, 3, "{out}\n{err}");
+    let line = out.lines().find(|l| l.trim_start().starts_with("xcp-ng-2")).unwrap_or_default();
+    assert!(line.contains("attached") && line.contains("unknown ("), "{out}");
+    let mut json = CREATE.to_vec();
+    json.push("--json");
+    let (_, out, _) = nvmetcp(&two_hosts(), &json);
+    let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let health: Vec<&str> = parsed["hosts"].as_array().unwrap().iter().map(|h| h["health"].as_str().unwrap()).collect();
+    assert_eq!(health, ["all_live", "unknown"], "{out}");
+}
+
 #[test]
 fn doctor_pool_finds_duplicate_nqns_missing_plugins_and_registration() {
     let missing = HostBehaviour { no_plugin: true, ..healthy("nqn.a:3") };
