@@ -44,9 +44,9 @@ fn portals(args: &DoctorArgs, session: Option<&Session>) -> Result<Vec<Portal>, 
     }
     let mut portals = Vec::new();
     for (list, default_port) in &lists {
-        for item in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let portal = Portal::parse(item, *default_port)
-                .map_err(|e| AdminError::Usage(format!("--portals {item}: {}", e.why)))?;
+        let listed = sm_driver::nvme::names::portal_list(list, *default_port)
+            .map_err(|e| AdminError::Usage(format!("--portals {}: {}", e.value, e.why)))?;
+        for portal in listed {
             if !portals.contains(&portal) {
                 portals.push(portal);
             }

@@ -52,14 +52,9 @@ fn doctor(
         None | Some("") => Transport::Tcp,
         Some(t) => t.parse().map_err(|_| bad(format!("transport={t:?}: use tcp or rdma")))?,
     };
-    let portals = args
-        .get("portals")
-        .map(String::as_str)
-        .unwrap_or_default()
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| Portal::parse(p.trim(), Portal::IO_PORT).map_err(|e| bad(format!("portals: {}", e.why))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let portals =
+        crate::nvme::names::portal_list(args.get("portals").map(String::as_str).unwrap_or_default(), Portal::IO_PORT)
+            .map_err(|e| bad(format!("portals: {}", e.why)))?;
     let checks = crate::doctor::run(host, runner, &crate::doctor::DoctorInput { transport, portals });
     serde_json::to_string(&checks).map_err(|e| (ErrorCode::InternalError, vec![e.to_string()]))
 }

@@ -263,33 +263,7 @@ fn distance(a: &str, b: &str) -> usize {
 
 fn portal_list(value: Option<&str>, key: &'static str, default_port: u16) -> Result<Vec<Portal>, ConfigError> {
     let Some(value) = value else { return Ok(Vec::new()) };
-    let mut portals = Vec::new();
-    for item in split_list(value) {
-        let portal = Portal::parse(item, default_port).map_err(|e| invalid(key, item, &e.why))?;
-        if !portals.contains(&portal) {
-            portals.push(portal);
-        }
-    }
-    Ok(portals)
-}
-
-/// Splits on commas outside IPv6 brackets.
-fn split_list(value: &str) -> Vec<&str> {
-    let mut items = Vec::new();
-    let (mut depth, mut start) = (0usize, 0usize);
-    for (i, c) in value.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                items.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(value[start..].trim());
-    items.into_iter().filter(|s| !s.is_empty()).collect()
+    crate::nvme::names::portal_list(value, default_port).map_err(|e| invalid(key, &e.value, &e.why))
 }
 
 fn parse_namespace(value: &str, purpose: Purpose) -> Result<NamespaceRef, ConfigError> {

@@ -163,47 +163,43 @@ impl Portal {
     /// The discovery port by convention.
     pub const DISCOVERY_PORT: u16 = 8009;
 
-    /// Parses `address[:port]` (`[v6]:port` for IPv6), resolving a host name
-    /// to its first address. `default_port` applies when none is given.
+    /// Parses a numeric `address[:port]` (`[v6]:port` for IPv6); no name
+    /// lookup happens here (see [`Portal::resolve`]). `default_port` applies
+    /// when none is given.
     ///
     /// # Errors
-    /// [`InvalidValue`] naming the text and the expected form, or the
-    /// resolution failure.
+    /// [`InvalidValue`] naming the text and the expected form; a host name is
+    /// refused here.
     pub fn parse(text: &str, default_port: u16) -> Result<Self, InvalidValue> {
-        const WHAT: &str = "portal";
-        let text = text.trim();
-        let form = "use address[:port], e.g. 10.0.0.1:4420 or [fd00::1]:4420";
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(|| invalid(WHAT, text, form))?;
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| invalid(WHAT, text, form))?),
-            };
-            (host, port)
-        } else if text.matches(':').count() > 1 {
-            (text, None) // a bare IPv6 address
-        } else {
-            match text.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (text, None),
-            }
-        };
-        let port = match port {
-            None => default_port,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid(WHAT, text, "the port must be 1-65535"))?,
-        };
-        if host.is_empty() {
-            return Err(invalid(WHAT, text, form));
+        let (host, port) = split_portal(text, default_port)?;
+        match host.parse::<IpAddr>() {
+            Ok(addr) => Ok(Self { addr, port }),
+            Err(_) => Err(invalid(
+                "portal",
+                text.trim(),
+                format!("{host:?} is not an IP address (host names are resolved by Portal::resolve); {PORTAL_FORM}"),
+            )),
         }
+    }
+
+    /// Like [`Portal::parse`], and resolves a host name to its first address:
+    /// the one explicit DNS step.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] naming the text, or the resolution failure.
+    pub fn resolve(text: &str, default_port: u16) -> Result<Self, InvalidValue> {
+        const WHAT: &str = "portal";
+        let (host, port) = split_portal(text, default_port)?;
         if let Ok(addr) = host.parse::<IpAddr>() {
             return Ok(Self { addr, port });
         }
+        let text = text.trim();
         if !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-            return Err(invalid(WHAT, text, format!("{host:?} is neither an IP address nor a host name; {form}")));
+            return Err(invalid(
+                WHAT,
+                text,
+                format!("{host:?} is neither an IP address nor a host name; {PORTAL_FORM}"),
+            ));
         }
         let addr = (host, port)
             .to_socket_addrs()
@@ -225,6 +221,75 @@ impl Portal {
     pub fn is_ipv6(&self) -> bool {
         self.addr.is_ipv6()
     }
+}
+
+const PORTAL_FORM: &str = "use address[:port], e.g. 10.0.0.1:4420 or [fd00::1]:4420";
+
+/// `address[:port]` split into the host part and the port.
+fn split_portal(text: &str, default_port: u16) -> Result<(&str, u16), InvalidValue> {
+    const WHAT: &str = "portal";
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| invalid(WHAT, text, PORTAL_FORM))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| invalid(WHAT, text, PORTAL_FORM))?),
+        };
+        (host, port)
+    } else if text.matches(':').count() > 1 {
+        (text, None) // a bare IPv6 address
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => {
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid(WHAT, text, "the port must be 1-65535"))?
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid(WHAT, text, PORTAL_FORM));
+    }
+    Ok((host, port))
+}
+
+/// A comma-separated list of portals (`a[:p],[v6]:p,…`), each resolved with
+/// [`Portal::resolve`], duplicates dropped, in order: the one portal-list
+/// parser of device-config, the host plugin and the admin command.
+///
+/// # Errors
+/// The first item's [`InvalidValue`] (its `value` is the item).
+pub fn portal_list(text: &str, default_port: u16) -> Result<Vec<Portal>, InvalidValue> {
+    let mut portals = Vec::new();
+    for item in split_list(text) {
+        let portal = Portal::resolve(item, default_port)?;
+        if !portals.contains(&portal) {
+            portals.push(portal);
+        }
+    }
+    Ok(portals)
+}
+
+/// Splits at commas outside `[…]`, trimming and dropping empty items.
+fn split_list(value: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in value.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(value[start..].trim());
+    items.into_iter().filter(|s| !s.is_empty()).collect()
 }
 
 impl fmt::Display for Portal {
@@ -357,7 +422,11 @@ mod tests {
         assert_eq!((v6.addr, v6.port), ("fd00::1".parse::<IpAddr>().unwrap(), 4421));
         assert_eq!(Portal::parse("fd00::2", 4420).unwrap().addr, IpAddr::V6("fd00::2".parse::<Ipv6Addr>().unwrap()));
         assert_eq!(v6.to_string(), "[fd00::1]:4421");
-        assert!(Portal::parse("localhost:4420", 1).unwrap().addr.is_loopback(), "names are resolved");
+        assert!(Portal::parse("localhost:4420", 1).is_err(), "parsing does no name lookup");
+        assert!(Portal::resolve("localhost:4420", 1).unwrap().addr.is_loopback(), "resolving does");
+        let list = super::portal_list(" 10.0.0.1, [fd00::1]:4421,,10.0.0.1:4420 ", 4420).unwrap();
+        assert_eq!(list.len(), 2, "split outside brackets, empties and duplicates dropped: {list:?}");
+        assert_eq!(super::portal_list("10.0.0.1,10.0.0.300", 4420).unwrap_err().value, "10.0.0.300");
         for bad in [
             "",
             ":4420",
