@@ -69,6 +69,15 @@ pub enum Program {
     /// device-mapper's dmsetup, to remove a volume's mapping when no path
     /// is live (LVM itself would block reading the unreachable device).
     Dmsetup,
+    /// blktap's control tool, the tapdisk datapath engine (`crate::engine::tapdisk`).
+    TapCtl,
+    /// QEMU's image tool: qcow2 layers (create, measure, check, commit, rebase).
+    QemuImg,
+    /// QEMU's storage daemon, the datapath engine where tapdisk is absent
+    /// (`crate::engine::qsd`, the test bed).
+    QemuStorageDaemon,
+    /// nbd-client, connecting the storage daemon's NBD export to a kernel device.
+    NbdClient,
 }
 
 impl Program {
@@ -84,6 +93,10 @@ impl Program {
             Self::Ping => "ping",
             Self::Sysctl => "sysctl",
             Self::Dmsetup => "dmsetup",
+            Self::TapCtl => "tap-ctl",
+            Self::QemuImg => "qemu-img",
+            Self::QemuStorageDaemon => "qemu-storage-daemon",
+            Self::NbdClient => "nbd-client",
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod device_config;
 pub mod diagnostics;
 pub mod dispatch;
 pub mod doctor;
+pub mod engine;
 pub mod entry;
 pub mod error;
 pub mod hex;
