@@ -44,6 +44,7 @@ pub mod plugin;
 pub mod pool_role;
 pub mod secrets;
 pub mod smapi;
+pub mod snapshot;
 pub mod sr;
 pub mod sr_access;
 pub mod sr_config;

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | open | daemon started with a QMP monitor and an NBD server on unix sockets; `blockdev-add` of the leaf (its backing chain follows the qcow2 header); `block-export-add` type `nbd`; then `nbd-client -unix SOCK /dev/nbdN -name disk` |
 //! | swap | `blockdev-add` of the new leaf with `backing: null`, then `blockdev-snapshot {node, overlay}`: QEMU drains the node's I/O, then appends the overlay, and every user of the old leaf (the export) now writes to the new one |
-//! | merge | `block-commit {job-id, device, top-node, base-node, auto-dismiss: false}`; `query-block-jobs`; a `ready` job (the leaf merged) is completed with `block-job-complete`; a `concluded` job is collected with `job-dismiss` and its `error`, if any, reported |
+//! | merge | `block-commit {job-id: merge-<top node>, device, top-node, base-node, auto-dismiss: false}`; `query-block-jobs`; a `ready` job (the leaf merged) is completed with `block-job-complete`; a `concluded` job is collected with `job-dismiss` and its `error`, if any, reported; the merged node, if this engine added it, is closed with `blockdev-del` (else it would hold its LV open) |
 //! | close | `nbd-client -d /dev/nbdN`, then `quit`, then the daemon is waited for |
 //!
 //! Node names are derived from the image path (`n` + 16 hex digits of its
@@ -28,8 +28,9 @@ use crate::host::HostRoot;
 
 /// The NBD export's name.
 const EXPORT: &str = "disk";
-/// The merge job's id.
-const MERGE_JOB: &str = "merge";
+/// The merge job's id prefix; the top node's name follows it, so the call
+/// that collects the job knows which node to delete.
+const MERGE_JOB: &str = "merge-";
 /// How long the daemon may take to exit after `quit`.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -300,7 +301,7 @@ impl Engine for Qsd<'_> {
         let base_node = Self::find_node(&mut qmp, base)?;
         let device = Self::find_node(&mut qmp, &disk.leaf)?;
         let commit = json!({
-            "job-id": MERGE_JOB,
+            "job-id": format!("{MERGE_JOB}{top_node}"),
             "device": device,
             "top-node": top_node,
             "base-node": base_node,
@@ -315,25 +316,34 @@ impl Engine for Qsd<'_> {
         let mut qmp = Self::qmp(disk, "connecting to QMP")?;
         let jobs = qmp.execute("query-block-jobs", json!({})).map_err(|e| qmp_error(doing, e))?;
         let list = jobs.as_array().ok_or_else(|| unexpected(doing, &jobs))?;
-        let Some(job) = list.iter().find(|j| j.get("device").and_then(Value::as_str) == Some(MERGE_JOB)) else {
+        let merge = |j: &&Value| j.get("device").and_then(Value::as_str).is_some_and(|d| d.starts_with(MERGE_JOB));
+        let Some(job) = list.iter().find(merge) else {
             return Ok(CommitState::Idle);
         };
+        let id = job.get("device").and_then(Value::as_str).unwrap_or_default();
         let number = |k: &str| job.get(k).and_then(Value::as_u64).unwrap_or(0);
         let (done, total) = (number("offset"), number("len"));
         match job.get("status").and_then(Value::as_str) {
             Some("ready") => {
                 // The leaf itself was merged: switch the disk to the base.
-                qmp.execute("block-job-complete", json!({"device": MERGE_JOB}))
+                qmp.execute("block-job-complete", json!({"device": id}))
                     .map_err(|e| qmp_error("completing the merge", e))?;
                 Ok(CommitState::Running { done, total })
             }
             Some("concluded") => {
-                qmp.execute("job-dismiss", json!({"id": MERGE_JOB}))
-                    .map_err(|e| qmp_error("collecting the merge", e))?;
-                Ok(match job.get("error").and_then(Value::as_str) {
-                    Some(error) => CommitState::Failed(error.to_owned()),
-                    None => CommitState::Done,
-                })
+                qmp.execute("job-dismiss", json!({"id": id})).map_err(|e| qmp_error("collecting the merge", e))?;
+                if let Some(error) = job.get("error").and_then(Value::as_str) {
+                    return Ok(CommitState::Failed(error.to_owned()));
+                }
+                // A node this engine added (a swap's overlay, the opened
+                // leaf) stays open, holding its LV, until it is deleted;
+                // nodes QEMU opened from backing links close by themselves.
+                let top = id.trim_start_matches(MERGE_JOB);
+                if top.starts_with('n') {
+                    qmp.execute("blockdev-del", json!({"node-name": top}))
+                        .map_err(|e| qmp_error("closing the merged node", e))?;
+                }
+                Ok(CommitState::Done)
             }
             Some(_) => Ok(CommitState::Running { done, total }),
             None => Err(unexpected(doing, job)),

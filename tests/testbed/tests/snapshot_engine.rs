@@ -122,7 +122,7 @@ fn guest_step(args: &[String]) -> Result<(), String> {
 const PRELUDE: &str = r#"
 export NVMETCP_GUEST_STEP=1
 SIZE=$((64 * 1024 * 1024))
-trap 'for s in *.state; do [ -e "$s" ] && "$T" close "$s"; done' EXIT
+trap 'for s in *.disk; do [ -e "$s" ] && "$T" close "$s"; done' EXIT
 vg_on_target() { # NAME -> the VG name
     local nqn head
     nqn=$(tb_simple_target "$1" 1024 10.99.0.1) || return 1
@@ -158,7 +158,7 @@ grep -qx "qcow2=true online_commit=true" features
 vg=$(vg_on_target swap)
 lvcreate -q -L 64m -n vol-a "$vg"
 base=/dev/$vg/vol-a
-dev=$($T open vol-a raw "$base" a.state)
+dev=$($T open vol-a raw "$base" a.disk)
 tb_log "serving $base on $dev"
 fio --name=fill --filename="$dev" --rw=write --bs=64k --size=64m --direct=1 \
     --verify=crc32c --do_verify=1 --output=fill.log || { cat fill.log; tb_fail "fio fill"; }
@@ -166,7 +166,7 @@ before=$(sum "$dev")
 
 # Quiescent snapshot: the frozen base holds exactly the data at that point.
 layer "$vg" l1 "$base" raw
-$T swap a.state qcow2 "/dev/$vg/l1"
+$T swap a.disk qcow2 "/dev/$vg/l1"
 [ "$(sum "$base")" = "$before" ] || tb_fail "the base differs from the disk at the snapshot point"
 [ "$(sum "$dev")" = "$before" ] || tb_fail "the disk changed across the swap"
 dd if=/dev/urandom of="$dev" bs=64k count=16 seek=100 oflag=direct status=none
@@ -180,7 +180,7 @@ fio --name=live --filename="$dev" --rw=randwrite --bs=16k --size=32m --direct=1 
 fio_pid=$!
 sleep 2
 kill -0 $fio_pid || tb_fail "fio ended before the swap (too fast to prove anything)"
-$T swap a.state qcow2 "/dev/$vg/l2"
+$T swap a.disk qcow2 "/dev/$vg/l2"
 tb_log "swapped to l2 under I/O"
 frozen=$(chain_sum "/dev/$vg/l1")
 wait $fio_pid || { cat live.log; tb_fail "fio --verify failed across the swap"; }
@@ -189,8 +189,8 @@ grep -q "err= 0" live.log || { cat live.log; tb_fail "fio reported errors"; }
 qemu-img check -U -q "/dev/$vg/l1" && qemu-img check -U -q "/dev/$vg/l2"
 qemu-img info -U "/dev/$vg/l2" | tee l2.info
 grep -q "backing file: /dev/$vg/l1" l2.info
-$T close a.state
-rm -f a.state
+$T close a.disk
+rm -f a.disk
 "#,
             ),
         )
@@ -202,12 +202,12 @@ rm -f a.state
 vg=$(vg_on_target chain)
 lvcreate -q -L 64m -n vol-b "$vg"
 base=/dev/$vg/vol-b
-dev=$($T open vol-b raw "$base" b.state)
+dev=$($T open vol-b raw "$base" b.disk)
 dd if=/dev/urandom of="$dev" bs=1M count=64 oflag=direct status=none
 parent=$base parent_format=raw
 for i in $(seq 1 10); do
     layer "$vg" "s$i" "$parent" "$parent_format"
-    $T swap b.state qcow2 "/dev/$vg/s$i"
+    $T swap b.disk qcow2 "/dev/$vg/s$i"
     # Each layer gets its own data: 1 MiB at offset i MiB.
     dd if=/dev/urandom of="$dev" bs=1M count=1 seek="$i" oflag=direct status=none
     parent=/dev/$vg/s$i parent_format=qcow2
@@ -219,19 +219,19 @@ qemu-img info -U --backing-chain "/dev/$vg/s10" | grep -c "^image:" | tee depth
 # intermediate commit; QEMU relinks its child), then the leaf (an active
 # commit: the base becomes the leaf).
 for i in $(seq 1 9); do
-    $T merge b.state qcow2 "/dev/$vg/s$i" raw "$base"
+    $T merge b.disk qcow2 "/dev/$vg/s$i" raw "$base"
     [ "$(sum "$dev")" = "$expected" ] || tb_fail "data changed merging s$i"
     lvremove -q -f "$vg/s$i"
 done
 qemu-img info -U "/dev/$vg/s10" | tee s10.info
 grep -q "backing file: $base" s10.info || tb_fail "s10 was not relinked to the base"
-$T merge b.state qcow2 "/dev/$vg/s10" raw "$base"
+$T merge b.disk qcow2 "/dev/$vg/s10" raw "$base"
 [ "$(sum "$dev")" = "$expected" ] || tb_fail "data changed merging the leaf"
-grep -q "\"path\":\"$base\"" b.state || tb_fail "the disk does not write to the base now"
+grep -q "\"path\":\"$base\"" b.disk || tb_fail "the disk does not write to the base now"
 dd if=/dev/urandom of="$dev" bs=64k count=1 seek=3 oflag=direct status=none
 expected=$(sum "$dev")
-$T close b.state
-rm -f b.state
+$T close b.disk
+rm -f b.disk
 lvremove -q -f "$vg/s10"
 [ "$(sum "$base")" = "$expected" ] || tb_fail "the raw base does not hold the disk's data"
 [ "$(lvs --noheadings -o lv_name "$vg" | wc -l)" = 1 ] || tb_fail "the chain was not collected to one node"

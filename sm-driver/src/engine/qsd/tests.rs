@@ -140,9 +140,9 @@ fn a_merge_names_top_and_base_nodes_and_keeps_the_job_until_collected() {
         dir.path(),
         vec![
             vec![listed(), listed(), listed(), json!({"return": {}})],
-            vec![json!({"return": [{"device": "merge", "status": "running", "offset": 5, "len": 10}]})],
+            vec![json!({"return": [{"device": "merge-#block9", "status": "running", "offset": 5, "len": 10}]})],
             vec![
-                json!({"return": [{"device": "merge", "status": "concluded", "offset": 10, "len": 10}]}),
+                json!({"return": [{"device": "merge-#block9", "status": "concluded", "offset": 10, "len": 10}]}),
                 json!({"return": {}}),
             ],
             vec![json!({"return": []})],
@@ -161,9 +161,10 @@ fn a_merge_names_top_and_base_nodes_and_keeps_the_job_until_collected() {
     assert_eq!(
         seen[3],
         json!({"execute": "block-commit", "arguments": {
-            "job-id": "merge", "device": "nleaf", "top-node": "#block9", "base-node": "#block5", "auto-dismiss": false}})
+            "job-id": "merge-#block9", "device": "nleaf", "top-node": "#block9", "base-node": "#block5", "auto-dismiss": false}})
     );
-    assert_eq!(seen[6], json!({"execute": "job-dismiss", "arguments": {"id": "merge"}}));
+    assert_eq!(seen[6], json!({"execute": "job-dismiss", "arguments": {"id": "merge-#block9"}}));
+    assert!(!seen.iter().any(|r| r["execute"] == "blockdev-del"), "a node QEMU opened itself is not deleted by hand");
 }
 
 #[test]
@@ -173,11 +174,16 @@ fn a_ready_leaf_merge_is_completed_and_a_failed_one_reported() {
         dir.path(),
         vec![
             vec![
-                json!({"return": [{"device": "merge", "status": "ready", "offset": 10, "len": 10}]}),
+                json!({"return": [{"device": "merge-nleaf", "status": "ready", "offset": 10, "len": 10}]}),
                 json!({"return": {}}),
             ],
             vec![
-                json!({"return": [{"device": "merge", "status": "concluded", "offset": 3, "len": 10, "error": "No space left on device"}]}),
+                json!({"return": [{"device": "merge-nleaf", "status": "concluded", "offset": 10, "len": 10}]}),
+                json!({"return": {}}),
+                json!({"return": {}}),
+            ],
+            vec![
+                json!({"return": [{"device": "merge-nleaf", "status": "concluded", "offset": 3, "len": 10, "error": "No space left on device"}]}),
                 json!({"return": {}}),
             ],
         ],
@@ -187,9 +193,12 @@ fn a_ready_leaf_merge_is_completed_and_a_failed_one_reported() {
     let engine = Qsd::new(&fake, &host, dir.path());
     let d = disk(dir.path(), layer(1));
     assert_eq!(engine.commit_state(&d).unwrap(), CommitState::Running { done: 10, total: 10 });
+    assert_eq!(engine.commit_state(&d).unwrap(), CommitState::Done);
     assert_eq!(engine.commit_state(&d).unwrap(), CommitState::Failed("No space left on device".into()));
     server.join().unwrap();
-    assert_eq!(seen.lock().unwrap()[1]["execute"], "block-job-complete");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[1], json!({"execute": "block-job-complete", "arguments": {"device": "merge-nleaf"}}));
+    assert_eq!(seen[4], json!({"execute": "blockdev-del", "arguments": {"node-name": "nleaf"}}), "our leaf is closed");
 }
 
 #[test]

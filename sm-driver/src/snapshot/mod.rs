@@ -1,0 +1,24 @@
+//! The snapshot model on LVM: qcow2 layers in LVs, raw LVs as their bases.
+//!
+//! The room's parts, each usable and tested on its own:
+//!
+//! * [`graph`]: which LV is a node, its format, parent and depth, which
+//!   node each volume refers to (all in LV tags), the chain cap, and the
+//!   collector's plan (unreferenced leaves removed, an unreferenced node
+//!   with one child merged with it);
+//! * [`journal`]: the entry every multi-step operation carries in the tags
+//!   of the LV it creates or merges away, and the replay decision (undo
+//!   before the commit point, finish after it, wait when a host that may be
+//!   writing to the new leaf cannot say);
+//! * [`qemu_img`]: the qcow2 work done from the master on images no host has
+//!   open (create a layer with `-b parent -F raw|qcow2`, measure a leaf,
+//!   find a layer's end, merge offline).
+//!
+//! A running chain is changed only through [`crate::engine`], on the host
+//! that has it open. The SMAPI handlers (`Volume.snapshot`, `Volume.clone`,
+//! the engine-backed datapath, the collector's driver) are not wired yet,
+//! so nothing here is advertised to xapi.
+
+pub mod graph;
+pub mod journal;
+pub mod qemu_img;
