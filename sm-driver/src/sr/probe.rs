@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::context::Context;
 use crate::error::{CallError, Failure};
 use crate::lvm::{Lvm, Vg};
+use crate::nvme::discovery::{discover, DISCOVERY_TIMEOUT};
 use crate::nvme::health::health;
-use crate::nvme::names::Nqn;
+use crate::nvme::names::{Nqn, Portal, Transport};
 use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::smapi::types::{Health, ProbeResult, StringMap};
@@ -34,26 +35,36 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         let nqns: Vec<Nqn> = match &config.nqn {
             Some(nqn) => vec![nqn.clone()],
             None => {
-                if config.discovery.is_empty() {
+                if config.transport == Transport::Rdma {
                     return Err(ConfigError::Missing {
                         key: "nqn",
-                        why: "without discovery endpoints, probe needs the subsystem NQN (or give discovery= to list \
-                              subsystems)",
+                        why: "with transport=rdma probe needs the subsystem NQN (discovery is over TCP only)",
                     }
                     .into());
                 }
                 ensure_fabric(ctx, &config)?;
                 let identity = crate::nvme::identity::load_or_create(&ctx.host)?;
-                let found = crate::nvme::discovery::discover(
-                    &config.discovery,
-                    &identity,
-                    crate::nvme::discovery::DISCOVERY_TIMEOUT,
-                );
-                if found.subsystems.is_empty() && !found.failures.is_empty() {
-                    let why = found.failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-                    return Err(CallError::Discovery { nqn: "(any)".to_owned(), why }.into());
+                let mut nqns: Vec<Nqn> = Vec::new();
+                let mut failures = Vec::new();
+                for candidates in discovery_plan(&config) {
+                    for endpoint in candidates {
+                        let found = discover(&[endpoint], &identity, DISCOVERY_TIMEOUT);
+                        for nqn in found.subsystems.iter().filter_map(|s| s.nqn.parse::<Nqn>().ok()) {
+                            if !nqns.contains(&nqn) {
+                                nqns.push(nqn);
+                            }
+                        }
+                        let answered = found.failures.is_empty();
+                        failures.extend(found.failures.iter().map(ToString::to_string));
+                        if answered {
+                            break;
+                        }
+                    }
                 }
-                found.subsystems.iter().filter_map(|s| s.nqn.parse().ok()).collect()
+                if nqns.is_empty() && !failures.is_empty() {
+                    return Err(CallError::Discovery { nqn: "(any)".to_owned(), why: failures.join("; ") }.into());
+                }
+                nqns
             }
         };
         let user = format!("probe-{}", std::process::id());
@@ -77,6 +88,28 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         release(&ctx.host, &user)?;
         outcome.map(|()| results)
     })
+}
+
+/// Where to ask for the subsystems, each entry a list of alternatives tried
+/// in order until one answers: every discovery endpoint given; or, with only
+/// I/O portals (as an administrator who knows the array's addresses types
+/// them), each portal's own port and then the well-known discovery port, as
+/// `nvme discover -a <portal> -s 4420` does in the manual recipe.
+fn discovery_plan(config: &SrConfig) -> Vec<Vec<Portal>> {
+    if !config.discovery.is_empty() {
+        return config.discovery.iter().map(|e| vec![*e]).collect();
+    }
+    config
+        .portals
+        .iter()
+        .map(|p| {
+            let mut candidates = vec![*p];
+            if p.port != Portal::DISCOVERY_PORT {
+                candidates.push(Portal { port: Portal::DISCOVERY_PORT, ..*p });
+            }
+            candidates
+        })
+        .collect()
 }
 
 fn ensure_fabric(ctx: &Context, config: &SrConfig) -> Result<(), CallError> {
@@ -161,4 +194,45 @@ fn probe_subsystem(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::discovery_plan;
+    use crate::nvme::names::Portal;
+    use crate::sr_config::{Purpose, SrConfig};
+
+    fn config(pairs: &[(&str, &str)]) -> SrConfig {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        SrConfig::parse(&map, Purpose::Probe).unwrap()
+    }
+
+    #[test]
+    fn with_only_portals_probe_asks_each_portal_then_the_discovery_port() {
+        let plan = discovery_plan(&config(&[("portals", "10.0.1.10,10.0.2.10:8009")]));
+        let shown: Vec<Vec<String>> = plan.iter().map(|c| c.iter().map(Portal::to_string).collect()).collect();
+        assert_eq!(shown, [vec!["10.0.1.10:4420", "10.0.1.10:8009"], vec!["10.0.2.10:8009"]]);
+        let plan = discovery_plan(&config(&[("discovery", "10.0.9.9"), ("portals", "10.0.1.10")]));
+        assert_eq!(plan, [vec![Portal::parse("10.0.9.9:8009", 1).unwrap()]], "discovery endpoints win");
+    }
+
+    #[test]
+    fn probe_with_only_portals_is_not_refused() {
+        let ctx = crate::context::Context {
+            host: crate::host::HostRoot::at("/nonexistent"),
+            runner: Box::new(crate::cmd::FakeRunner::new()),
+        };
+        let method = crate::smapi::method::Method::lookup("SR.probe").unwrap();
+        let params = crate::smapi::params::Params::from_json(
+            method,
+            r#"{"dbg": "d", "configuration": {"portals": "10.0.1.10"}}"#,
+        )
+        .unwrap();
+        let failure = super::probe(&ctx, &params).unwrap_err();
+        let record = crate::error::to_error_record(&failure, "h1");
+        // It goes on to the host's fabric (absent in this empty root).
+        assert_eq!(record.code, "NVMETCP_HOST_NOT_READY", "{:?}", record.params);
+    }
 }
