@@ -3,7 +3,9 @@
 //!
 //! * `/etc/nvmetcp/host.conf` — `key = value` lines (`#` comments):
 //!   `host_iface = eth1` binds every NVMe connection of this host to that
-//!   interface; `host_traddr = 10.0.0.5` to that source address.
+//!   interface; `host_traddr = 10.0.0.5` to that source address;
+//!   `initiator = kernel|userspace` chooses the NVMe/TCP initiator (default:
+//!   the kernel's when `nvme_tcp` can be loaded, see [`crate::initiator`]).
 //! * `/etc/nvmetcp/dhchap/<subsystem NQN>.key` and `.ctrl-key` — this host's
 //!   DH-HMAC-CHAP key for a subsystem, and the controller's key for
 //!   bidirectional authentication. They must be readable by root only; a
@@ -68,6 +70,8 @@ pub struct HostConfig {
     pub host_iface: Option<InterfaceName>,
     /// Source address to bind connections to.
     pub host_traddr: Option<IpAddr>,
+    /// The NVMe/TCP initiator this host must use; `None`: chosen by the kernel's abilities.
+    pub initiator: Option<crate::initiator::InitiatorKind>,
 }
 
 fn read_optional(host: &HostRoot, path: &str) -> Result<Option<String>, HostConfigError> {
@@ -108,10 +112,13 @@ impl HostConfig {
                         why: format!("host_traddr {value:?} is not an IP address"),
                     })?);
                 }
+                "initiator" => {
+                    config.initiator = Some(value.parse().map_err(|why| HostConfigError::Line { line, why })?);
+                }
                 other => {
                     return Err(HostConfigError::Line {
                         line,
-                        why: format!("unknown setting {other:?}; known: host_iface, host_traddr"),
+                        why: format!("unknown setting {other:?}; known: host_iface, host_traddr, initiator"),
                     })
                 }
             }
@@ -174,6 +181,11 @@ mod tests {
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "host_iface = eth1\nhost_ifcae = eth2\n").unwrap();
         let err = HostConfig::load(&host).unwrap_err();
         assert!(err.to_string().starts_with("/etc/nvmetcp/host.conf line 2: unknown setting \"host_ifcae\""), "{err}");
+        std::fs::write(host.path("/etc/nvmetcp/host.conf"), "initiator = userspace\n").unwrap();
+        assert_eq!(HostConfig::load(&host).unwrap().initiator, Some(crate::initiator::InitiatorKind::Userspace));
+        std::fs::write(host.path("/etc/nvmetcp/host.conf"), "initiator = spdk\n").unwrap();
+        let err = HostConfig::load(&host).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("kernel or userspace"), "{err}");
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "host_iface = eth1,nqn=x\n").unwrap();
         assert!(matches!(HostConfig::load(&host), Err(HostConfigError::Line { line: 1, .. })));
     }

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod entry;
 pub mod error;
 pub mod hex;
+pub mod initiator;
 pub mod host;
 pub mod host_config;
 pub mod host_plugin;

@@ -1,0 +1,161 @@
+//! Which NVMe/TCP initiator this host uses, and why: the kernel's
+//! (`nvme_tcp`, Linux 5.0 and later) or nvmetcp's own in userspace, served
+//! to the host as an NBD device (`nvmetcp-initiator`, for XCP-ng 8.2 and
+//! 8.3, whose Linux 4.19 has no `nvme_tcp`). Each host decides for itself,
+//! so a pool mixing 8.3 and 9 hosts works with one device-config:
+//!
+//! 1. `initiator = kernel|userspace` in `/etc/nvmetcp/host.conf` decides;
+//! 2. otherwise the kernel's, when `nvme_tcp` is loaded or can be loaded;
+//! 3. otherwise the userspace one.
+//!
+//! NVMe/RDMA always uses the kernel's (4.19 has `nvme_rdma`; the userspace
+//! initiator speaks TCP only). `doctor`, `status`, `Plugin.diagnostics` and
+//! SMlog show the choice with its reason.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::cmd::{Command, Program, Runner};
+use crate::host::HostRoot;
+use crate::nvme::names::Transport;
+
+/// The two initiators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitiatorKind {
+    /// The kernel's `nvme_tcp` with native multipath.
+    Kernel,
+    /// nvmetcp's own, one daemon per SR, as `/dev/nbdN`.
+    Userspace,
+}
+
+impl InitiatorKind {
+    /// The `host.conf` spelling.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
+impl fmt::Display for InitiatorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InitiatorKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "kernel" => Ok(Self::Kernel),
+            "userspace" => Ok(Self::Userspace),
+            other => Err(format!("initiator {other:?}: expected kernel or userspace")),
+        }
+    }
+}
+
+/// The initiator chosen, and the reason, in words for SMlog and doctor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitiatorChoice {
+    /// Which one.
+    pub kind: InitiatorKind,
+    /// Why.
+    pub why: String,
+}
+
+impl fmt::Display for InitiatorChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} initiator ({})", self.kind, self.why)
+    }
+}
+
+/// Chooses this host's initiator for a transport. May load `nvme_tcp`
+/// (that is what "can be loaded" means; the kernel path loads it anyway).
+#[must_use]
+pub fn choose(
+    host: &HostRoot,
+    runner: &dyn Runner,
+    configured: Option<InitiatorKind>,
+    transport: Transport,
+) -> InitiatorChoice {
+    let kernel = host.read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "(unknown)".to_owned());
+    if transport == Transport::Rdma {
+        return InitiatorChoice {
+            kind: InitiatorKind::Kernel,
+            why: "NVMe/RDMA is served by the kernel's nvme_rdma; the userspace initiator speaks TCP only".into(),
+        };
+    }
+    if let Some(kind) = configured {
+        return InitiatorChoice { kind, why: format!("initiator = {kind} in /etc/nvmetcp/host.conf") };
+    }
+    if host.exists("/sys/module/nvme_tcp") {
+        return InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {kernel} has nvme_tcp loaded") };
+    }
+    match runner.run(&Command::new(Program::Modprobe).arg("nvme_tcp")) {
+        Ok(_) => InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {kernel} loads nvme_tcp") },
+        Err(error) => InitiatorChoice {
+            kind: InitiatorKind::Userspace,
+            why: format!(
+                "Linux {kernel} cannot load nvme_tcp ({}); XCP-ng 8.x kernels have none",
+                error.to_string().lines().next().unwrap_or_default()
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::{CmdError, FakeRunner};
+    use crate::nvme::sysfs::fixture::SysfsTree;
+
+    fn no_module() -> CmdError {
+        CmdError::Failed {
+            command: "modprobe nvme_tcp".into(),
+            status: "exit status 1".into(),
+            code: Some(1),
+            stdout: String::new(),
+            stderr: "modprobe: FATAL: Module nvme_tcp not found".into(),
+        }
+    }
+
+    #[test]
+    fn a_4_19_host_gets_the_userspace_initiator_with_the_reason() {
+        let tree = SysfsTree::new();
+        tree.write("/proc/sys/kernel/osrelease", "4.19.0+1\n");
+        let runner = FakeRunner::new().then(Err(no_module()));
+        let choice = choose(&tree.host(), &runner, None, Transport::Tcp);
+        assert_eq!(choice.kind, InitiatorKind::Userspace);
+        assert!(choice.why.contains("Linux 4.19.0+1 cannot load nvme_tcp"), "{choice}");
+        assert_eq!(runner.calls()[0].shown, "modprobe nvme_tcp");
+    }
+
+    #[test]
+    fn a_kernel_with_nvme_tcp_keeps_the_kernel_initiator() {
+        let tree = SysfsTree::new();
+        tree.write("/proc/sys/kernel/osrelease", "6.12.0\n");
+        let runner = FakeRunner::new().then_stdout("");
+        assert_eq!(choose(&tree.host(), &runner, None, Transport::Tcp).kind, InitiatorKind::Kernel);
+        tree.write("/sys/module/nvme_tcp/refcnt", "1\n");
+        let runner = FakeRunner::new();
+        let choice = choose(&tree.host(), &runner, None, Transport::Tcp);
+        assert_eq!(choice.kind, InitiatorKind::Kernel);
+        assert!(choice.why.contains("loaded") && runner.calls().is_empty(), "{choice}");
+    }
+
+    #[test]
+    fn host_conf_overrides_and_rdma_is_always_the_kernel() {
+        let tree = SysfsTree::new();
+        tree.write("/sys/module/nvme_tcp/refcnt", "1\n");
+        let runner = FakeRunner::new();
+        let choice = choose(&tree.host(), &runner, Some(InitiatorKind::Userspace), Transport::Tcp);
+        assert_eq!(choice.kind, InitiatorKind::Userspace);
+        assert_eq!(choice.why, "initiator = userspace in /etc/nvmetcp/host.conf");
+        let choice = choose(&tree.host(), &runner, Some(InitiatorKind::Userspace), Transport::Rdma);
+        assert_eq!(choice.kind, InitiatorKind::Kernel);
+        assert!("spdk".parse::<InitiatorKind>().is_err());
+    }
+}
