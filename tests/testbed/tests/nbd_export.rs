@@ -3,7 +3,11 @@
 //! serving process) exported as `/dev/nbdN` through generic netlink, checked
 //! with `fio --verify=crc32c`, the server SIGKILLed and restarted under I/O;
 //! then the per-SR daemon (the same library the plugin binary's
-//! `--initiator-daemon` runs, started without systemd) and the door.
+//! `--initiator-daemon` runs, started without systemd) and the door; then
+//! the plugin binary's daemon itself with the userspace NVMe/TCP host on the
+//! kernel target, on a guest that cannot load `nvme_tcp` (as XCP-ng 8.x):
+//! fio verifying through `/dev/nbdN` while paths are cut and the daemon is
+//! SIGKILLed, and the kernel initiator reading back what it wrote.
 //!
 //! Same two-role design as `nvmet_fabric.rs`: on the host it boots the guest;
 //! in the guest the scenario runs this binary with `NVMETCP_GUEST_STEP=1`.
@@ -38,11 +42,26 @@ fn main() -> ExitCode {
         println!("nbd_export: test");
         return ExitCode::SUCCESS;
     }
+    // The daemon scenario runs the plugin binary itself: build it, as installed.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
+    let built =
+        std::process::Command::new(cargo).args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin"]).status();
+    if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() {
+        eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
+        println!("0 passed, 1 failed");
+        return ExitCode::FAILURE;
+    }
     let exe = std::env::current_exe().unwrap().display().to_string();
-    run_suite("nbd", &scenarios(&exe))
+    run_suite("nbd", &scenarios(&exe, &plugin_binary().display().to_string()))
 }
 
-fn scenarios(exe: &str) -> Vec<Scenario> {
+fn plugin_binary() -> std::path::PathBuf {
+    // target/debug/deps/nbd_export-… → target/debug/nvmetcp-plugin
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
+}
+
+fn scenarios(exe: &str, plugin: &str) -> Vec<Scenario> {
     vec![
         Scenario::script(
             "nbd-export-restart",
@@ -173,6 +192,101 @@ tb_log "torn down; safe to repeat"
             ),
         )
         .timeout_secs(200),
+    Scenario::script(
+        "nbd-userspace-initiator",
+        &format!(
+            r#"
+export NVMETCP_GUEST_STEP=1
+T="{exe}"
+P="{plugin}"
+modprobe nbd nbds_max=4
+nqn=$(tb_simple_target un 64 10.99.0.1 10.99.0.2)
+uuid=$(cat "$TB_CFG/subsystems/$nqn/namespaces/1/device_uuid")
+# As on XCP-ng 8.2/8.3: this host cannot load nvme_tcp.
+modprobe -r nvme_tcp
+echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
+if modprobe nvme_tcp 2>/dev/null; then tb_fail "nvme_tcp still loads"; fi
+$T choose | tee choice
+grep -q "^userspace initiator (Linux .* cannot load nvme_tcp" choice
+sr=5b0e3c57-1d2f-4a66-9d0e-7c3f1b2a4d10
+dir=/run/nvmetcp/initiator
+state=$dir/$sr.json
+mkdir -p "$dir"
+(umask 077 && cat >"$dir/$sr.conf") <<CONF
+sr = $sr
+subsystem_nqn = $nqn
+nsid = 1
+namespace_uuid = $uuid
+portal = 10.99.0.1:4420
+portal = 10.99.0.2:4420
+host_nqn = $(cat /etc/nvme/hostnqn)
+host_id = $(cat /etc/nvme/hostid)
+iopolicy = round-robin
+keep_alive_tmo = 3
+reconnect_delay = 1
+nbd_connections = 2
+nbd_io_timeout = 15
+CONF
+# The product's own entry: the plugin binary as the systemd unit runs it.
+"$P" --initiator-daemon "$sr" >daemon1.log 2>&1 &
+daemon=$!
+tb_wait 60 "the daemon to serve" grep -q '"phase": "serving"' "$state"
+dev=$($T device "$sr")
+tb_log "the userspace initiator serves $dev"
+live() {{ [ "$(grep -c '"status": "live"' "$state")" = "$1" ]; }}
+tb_wait 30 "both paths live in the state" live 2
+grep -q '"ana": "optimized"' "$state"
+rm -f stop fio.failed
+(
+    while [ ! -e stop ]; do
+        fio --name=verify --filename="$dev" --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite \
+            --bsrange=4k-64k --size=16M --verify=crc32c --verify_fatal=1 >>fio.log 2>&1 || {{ touch fio.failed; break; }}
+    done
+) &
+loop=$!
+sleep 3
+tb_unlink 2 "$nqn"; tb_wait 30 "path 2 to drop" live 1
+tb_link 2 "$nqn"; tb_wait 60 "path 2 back" live 2
+show() {{ cat "$state"; tail -20 daemon*.log; return 1; }}
+tb_addr_del 10.99.0.2; tb_wait 40 "keep-alive to notice address 2 gone" live 1 || show
+tb_addr_add 10.99.0.2; tb_wait 60 "path 2 back" live 2 || show
+[ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed across the path cuts"; }}
+tb_log "SIGKILL of the daemon under I/O"
+kill -9 "$daemon"
+"$P" --initiator-daemon "$sr" >daemon2.log 2>&1 &
+daemon=$!
+tb_wait 60 "the restarted daemon to serve" grep -q "\"daemon_pid\": $daemon," "$state"
+[ "$($T device "$sr")" = "$dev" ]
+sleep 5
+touch stop
+wait "$loop"
+[ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed"; }}
+runs=$(grep -c "err= 0" fio.log)
+tb_log "$runs verified fio runs, 0 errors"
+[ "$runs" -ge 1 ]
+if grep -E "err= *[1-9]|verify: bad" fio.log; then tb_fail "fio saw errors"; fi
+if dmesg | grep -E "I/O error, dev ${{dev#/dev/}}"; then tb_fail "the host saw I/O errors"; fi
+cp "$state" "$SCENARIO_OUT/state.json"
+tb_log "peak RSS of the daemon: $(grep VmHWM /proc/$daemon/status)"
+grep VmHWM "/proc/$daemon/status" >"$SCENARIO_OUT/rss"
+dd if=/dev/urandom of=written bs=1M count=8 status=none
+dd if=written of="$dev" bs=1M seek=32 oflag=direct status=none
+kill "$daemon"; wait "$daemon" || true
+$T tear-down "$sr"
+# The same namespace through the kernel initiator reads what userspace wrote.
+rm /etc/modprobe.d/testbed-no-nvme-tcp.conf
+modprobe nvme_tcp
+tb_connect "$nqn" 10.99.0.1
+has_head() {{ [ -n "$(tb_head "$nqn")" ]; }}
+tb_wait 20 "the kernel's head" has_head
+dd if="$(tb_head "$nqn")" of=kernel-read bs=1M skip=32 count=8 iflag=direct status=none
+cmp written kernel-read
+tb_log "the kernel initiator reads what the userspace initiator wrote"
+nvme disconnect -n "$nqn" >/dev/null
+"#
+        ),
+    )
+    .timeout_secs(400),
     ]
 }
 
@@ -240,6 +354,15 @@ fn guest_step(args: &[String]) -> Result<(), String> {
         ("tear-down", [sr]) => {
             let sr = SrId::parse(sr).map_err(|e| e.to_string())?;
             door::tear_down(&Layout::system(), &sr).map_err(|e| e.to_string())?;
+        }
+        ("choose", []) => {
+            let choice = sm_driver::initiator::choose(
+                &sm_driver::host::HostRoot::system(),
+                &sm_driver::cmd::SystemRunner::new(),
+                None,
+                sm_driver::nvme::names::Transport::Tcp,
+            );
+            println!("{choice}");
         }
         ("status", [index]) => {
             let netlink = NbdNetlink::open().map_err(|e| e.to_string())?;
