@@ -42,6 +42,7 @@ pub mod lock;
 pub mod lvm;
 pub mod nvme;
 pub mod plugin;
+pub mod pool_mappings;
 pub mod pool_role;
 pub mod secrets;
 pub mod smapi;

@@ -74,6 +74,9 @@ pub struct Lv {
     pub active: bool,
 }
 
+/// Metadata archives lvm2 keeps per VG in `/etc/lvm/archive`.
+pub const ARCHIVES_KEPT: u32 = 10;
+
 /// The metadata area of the SR's PV.
 pub const PV_METADATA_SIZE: &str = "8m";
 
@@ -116,11 +119,22 @@ impl<'a> Lvm<'a> {
         &self.device
     }
 
-    /// The `--config` override: the device filter and the metadata policy.
+    /// The `--config` override: the device filter, the metadata policy, the
+    /// archive and discards.
+    ///
+    /// * lvm2 archives the old metadata before every commit into
+    ///   `/etc/lvm/archive`, kept 30 days by default: 110 MB in 30 minutes of
+    ///   volume calls on dom0's small root file system. The SR keeps the last
+    ///   [`ARCHIVES_KEPT`] archives per VG and nothing older
+    ///   (`retain_days = 0`), enough for `vgcfgrestore` after a bad change.
+    /// * `issue_discards`: extents an `lvremove` frees are discarded on the
+    ///   namespace (NVMe Deallocate) when it supports it, so a destroyed
+    ///   volume's data does not reappear in the next volume on its extents.
     fn config(&self) -> String {
         let filter = format!("[ \"a|^{}$|\", \"r|.*|\" ]", self.device);
         format!(
-            "devices {{ filter = {filter} global_filter = {filter} }} global {{ metadata_read_only = {} }}",
+            "devices {{ filter = {filter} global_filter = {filter} issue_discards = 1 }} global {{ \
+             metadata_read_only = {} }} backup {{ backup = 1 archive = 1 retain_min = {ARCHIVES_KEPT} retain_days = 0 }}",
             u8::from(!self.writable)
         )
     }
@@ -512,6 +526,16 @@ mod tests {
         assert!(Lvm::new(&runner, Path::new("/dev/nvme0n1$|\", \"a|.*"), true).is_err(), "no filter injection");
         let err = parse_report::<VgRow>("{\"report\":[{\"vg\":[{\"vg_name\":1}]}]}", "vg").unwrap_err();
         assert!(err.contains("unexpected vg row"), "{err}");
+    }
+
+    #[test]
+    fn every_command_bounds_the_archive_and_discards_what_it_frees() {
+        let runner = FakeRunner::new().then_stdout("");
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme1n2"), true).unwrap();
+        lvm.lvremove("nvmetcp_x", "vol-1").unwrap();
+        let shown = &runner.calls()[0].shown;
+        assert!(shown.contains("issue_discards = 1"), "{shown}");
+        assert!(shown.contains("backup { backup = 1 archive = 1 retain_min = 10 retain_days = 0 }"), "{shown}");
     }
 
     #[test]

@@ -6,26 +6,11 @@ use serde_json::Value;
 use crate::cmd::{Command, Program};
 use crate::context::Context;
 use crate::error::{CallError, Failure};
+use crate::pool_mappings::{dm_name, mapping_active};
 use crate::smapi::params::Params;
 use crate::sr_access::{lvm_for, sr_call};
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 use crate::volume::uri::parse_uri;
-
-/// The device-mapper name LVM gives `vg/lv`: dashes doubled, joined by one.
-fn dm_name(vg: &str, lv: &str) -> String {
-    format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
-}
-
-/// Whether the kernel has a device-mapper device named `name` (sysfs is the
-/// truth: `/dev/mapper` nodes can outlive their device where udev does not
-/// run).
-fn mapping_active(host: &crate::host::HostRoot, name: &str) -> bool {
-    host.list_dir("/sys/block")
-        .unwrap_or_default()
-        .iter()
-        .filter(|d| d.starts_with("dm-"))
-        .any(|d| host.read_trimmed(&format!("/sys/block/{d}/dm/name")).is_ok_and(|n| n == name))
-}
 
 /// Deactivates the volume on this host: a no-op when it is not active here,
 /// LVM while a path is live, the mapping removed directly when none is.

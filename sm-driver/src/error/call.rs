@@ -105,6 +105,9 @@ pub enum CallError {
     /// An operation that only the pool master may do, on a host that must not write.
     #[error(transparent)]
     NotMaster(#[from] NotWriter),
+    /// The pool could not be asked whether a volume is mapped elsewhere.
+    #[error(transparent)]
+    PoolCheck(#[from] crate::pool_mappings::PoolCheckError),
     /// The SR still has volumes.
     #[error("SR {sr_uuid} still holds {count} volume(s); destroy them first")]
     NotEmpty {
@@ -186,6 +189,18 @@ pub enum VolumeError {
         /// The key.
         key: String,
     },
+    /// The volume is mapped on other hosts of the pool.
+    #[error(
+        "volume {key} is mapped on host(s) {}; nothing was changed. Shut down or migrate the VM using it there, \
+         or detach the VDI, then retry",
+        hosts.join(", ")
+    )]
+    ActiveElsewhere {
+        /// The key.
+        key: String,
+        /// The hosts that map it.
+        hosts: Vec<String>,
+    },
     /// A shrink was asked for.
     #[error("volume {key} is {current} bytes; shrinking to {requested} would destroy data, so it is refused")]
     Shrink {
@@ -205,6 +220,22 @@ pub enum VolumeError {
     /// A value too long for the metadata.
     #[error(transparent)]
     TooLong(#[from] TooLong),
+    /// The change would exceed the metadata budget ([`crate::volume::budget`]).
+    #[error(
+        "volume {key}: this change would bring the metadata of {scope} to {bytes} bytes, over its budget of {limit} \
+         (every change of the SR rewrites its LVM metadata, which must stay well inside the 8 MiB area); nothing \
+         was changed. Unset keys or store shorter values"
+    )]
+    MetadataFull {
+        /// The volume.
+        key: String,
+        /// `this volume` or `the SR`.
+        scope: &'static str,
+        /// The size it would reach.
+        bytes: usize,
+        /// The budget.
+        limit: usize,
+    },
 }
 
 /// A value too large for the metadata.

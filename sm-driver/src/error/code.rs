@@ -71,6 +71,10 @@ error_codes! {
     VolumeDoesNotExist = "Volume_does_not_exist",
     /// The volume is active on this host.
     VolumeActive = "NVMETCP_VOLUME_ACTIVE",
+    /// Another host of the pool could not be asked whether it maps a volume.
+    PoolUnreachable = "NVMETCP_POOL_UNREACHABLE",
+    /// A change would exceed the SR's or the volume's metadata budget.
+    MetadataFull = "NVMETCP_METADATA_FULL",
     /// A volume request nvmetcp refuses (shrink, bad size, too long).
     VolumeInvalid = "NVMETCP_VOLUME_INVALID",
     /// The host plugin has no such function.

@@ -4,9 +4,11 @@
 
 use serde_json::Value;
 
+use crate::cmd::{Command, Program};
 use crate::context::Context;
-use crate::error::Failure;
+use crate::error::{CallError, Failure};
 use crate::nvme::users::release;
+use crate::pool_mappings::mappings_of_vg;
 use crate::smapi::params::Params;
 use crate::sr_access::{handle_uuid, lvm_for, sr_call};
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
@@ -22,7 +24,17 @@ pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if let Ok(state) = sr_state::load(&ctx.host, &uuid) {
             match lvm_for(ctx, &state, false) {
                 Ok(lvm) => lvm.deactivate(&state.vg)?,
-                Err(error) => tracing::warn!(%error, "namespace not reachable; nothing to deactivate"),
+                // LVM would block on the unreachable device: remove the
+                // mappings directly, so no volume stays mapped on a host that
+                // no longer has the SR (the master would not know to ask).
+                Err(error) => {
+                    for mapping in mappings_of_vg(&ctx.host, &state.vg) {
+                        tracing::warn!(%error, %mapping, "no live path; removing the volume's mapping directly");
+                        ctx.runner
+                            .run(&Command::new(Program::Dmsetup).args(["remove", &mapping]))
+                            .map_err(CallError::Tool)?;
+                    }
+                }
             }
         }
         let released = release(&ctx.host, &uuid)?;

@@ -9,6 +9,7 @@ use crate::lvm::Lv;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
 
+use super::budget;
 use super::meta::{self, VolumeMeta};
 use super::record::{existing, record};
 
@@ -29,6 +30,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         let lv = format!("vol-{uuid}");
         let tags = meta::to_tags(&VolumeMeta { uuid, name, description, sharable, keys: Default::default() })
             .map_err(VolumeError::from)?;
+        budget::check(&lv, &[], &tags, &lvm.lvs(&state.vg)?)?;
         lvm.lvcreate(&state.vg, &lv, size, &tags)?;
         tracing::info!(volume = %lv, size, "volume created");
         // One LVM call per create: the size LVM chose follows from the

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{Failure, VolumeError};
+use crate::pool_mappings::hosts_mapping;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
 
@@ -26,6 +27,10 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         };
         if lv.active {
             return Err(VolumeError::Active { key }.into());
+        }
+        let elsewhere = hosts_mapping(&ctx.host, &state.vg, &lv.name)?;
+        if !elsewhere.is_empty() {
+            return Err(VolumeError::ActiveElsewhere { key, hosts: elsewhere }.into());
         }
         lvm.lvremove(&state.vg, &lv.name)?;
         tracing::info!(volume = %key, "volume destroyed");

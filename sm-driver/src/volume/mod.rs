@@ -8,6 +8,7 @@
 //! turns them into SMAPI records. The plumbing shared with the SR handlers is
 //! [`crate::sr_access`].
 
+pub mod budget;
 mod create;
 mod destroy;
 pub mod meta;

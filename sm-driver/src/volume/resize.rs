@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{Failure, VolumeError};
+use crate::pool_mappings::hosts_mapping;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
 
@@ -32,6 +33,10 @@ pub fn resize(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         }
         if lv.active {
             return Err(VolumeError::Active { key }.into());
+        }
+        let elsewhere = hosts_mapping(&ctx.host, &state.vg, &lv.name)?;
+        if !elsewhere.is_empty() {
+            return Err(VolumeError::ActiveElsewhere { key, hosts: elsewhere }.into());
         }
         lvm.lvextend(&state.vg, &lv.name, new_size)?;
         Ok(Value::Null)

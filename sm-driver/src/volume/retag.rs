@@ -9,8 +9,8 @@ use crate::error::{Failure, VolumeError};
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
 
-use super::meta;
 use super::record::existing;
+use super::{budget, meta};
 
 /// Replaces some tags of a volume in one commit.
 fn retag(
@@ -28,6 +28,11 @@ fn retag(
         let (remove, add) = change(&lv.tags)?;
         let remove: Vec<String> = remove.into_iter().filter(|t| !add.contains(t)).collect();
         let add: Vec<String> = add.into_iter().filter(|t| !lv.tags.contains(t)).collect();
+        let after: Vec<String> =
+            lv.tags.iter().filter(|t| !remove.contains(t)).cloned().chain(add.iter().cloned()).collect();
+        if budget::tag_bytes(&after) > budget::tag_bytes(&lv.tags) {
+            budget::check(&key, &lv.tags, &after, &lvm.lvs(&state.vg)?)?;
+        }
         if !remove.is_empty() || !add.is_empty() {
             lvm.lv_retag(&state.vg, &lv.name, &remove, &add)?;
         }

@@ -473,6 +473,36 @@ expect_ok Volume.destroy "{\"dbg\":\"x\",$v}" >/dev/null
 expect_ok Volume.destroy "{\"dbg\":\"x2\",$v}" >/dev/null
 expect_err Volume_does_not_exist Volume.stat "{\"dbg\":\"st\",$v}" >/dev/null
 [ "$(expect_ok SR.ls "{\"dbg\":\"l\",$sr}")" = "[]" ]
+# Remanence: the next volume lands on the destroyed one's extents and reads none of its data.
+vol=$(expect_ok Volume.create "{\"dbg\":\"v2\",$sr,\"name\":\"next\",\"description\":\"\",\"size\":20971520,\"sharable\":false}")
+key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+uri=$(echo "$vol" | sed 's/.*"uri":\["\([^"]*\)".*/\1/')
+v="$sr,\"key\":\"$key\""
+dp="\"uri\":\"$uri\",\"domain\":\"6\""
+path=$(dp_call Datapath.attach "{\"dbg\":\"da\",$dp}" | sed 's/.*"BlockDevice",{"path":"\([^"]*\)".*/\1/')
+dp_call Datapath.activate "{\"dbg\":\"dv\",$dp}" >/dev/null
+dd if="$path" of=reused bs=1M count=4 iflag=direct status=none
+[ "$(tr -d '\000' <reused | wc -c)" = 0 ] || tb_fail "a new volume reads data of the destroyed one (no discard on destroy)"
+tb_log "a volume created on a destroyed volume's extents reads zeros"
+dp_call Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
+dp_call Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+# Metadata budget: 64 KiB values on one volume are refused before the SR's metadata area fills.
+value=$(head -c 65536 /dev/zero | tr '\0' 'x')
+refused=0
+for i in $(seq 1 35); do
+    out=$(call Volume.set "{\"dbg\":\"s$i\",$v,\"k\":\"key$i\",\"v\":\"$value\"}")
+    case $out in
+        "OK "*) ;;
+        "ERR NVMETCP_METADATA_FULL "*) refused=$i; break ;;
+        *) tb_fail "Volume.set $i: $out"; break ;;
+    esac
+done
+[ "$refused" -gt 1 ] || tb_fail "the metadata budget never refused a 64 KiB value"
+tb_log "the $refused-th 64 KiB value was refused with NVMETCP_METADATA_FULL"
+expect_ok Volume.set_name "{\"dbg\":\"n\",$v,\"new_name\":\"still writable\"}" >/dev/null
+expect_ok SR.set_name "{\"dbg\":\"n\",$sr,\"new_name\":\"still writable\"}" >/dev/null
+expect_ok Volume.destroy "{\"dbg\":\"x3\",$v}" >/dev/null
+ls /etc/lvm/archive 2>/dev/null | grep -c "^nvmetcp_" | { read -r n; [ "$n" -le 10 ] || tb_fail "$n metadata archives kept for the SR"; }
 expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
 "#,
             ),
