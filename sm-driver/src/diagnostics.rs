@@ -70,7 +70,85 @@ pub fn report(kind: PluginKind, host: &HostRoot, runner: &dyn Runner) -> String 
     let settings = host.read_trimmed(crate::host_config::HOST_CONF);
     let _ = writeln!(out, "  {}: {}", crate::host_config::HOST_CONF, show(&settings));
     write_attached_srs(&mut out, host);
+
+    let _ = writeln!(out, "\nuserspace NVMe/TCP initiator (nvmetcp-initiator@<SR uuid>.service):");
+    write_initiator(&mut out, host, release.as_deref().ok());
     out
+}
+
+/// The initiator this host would choose (without loading anything) and
+/// every userspace initiator daemon's state, its NBD device verified.
+fn write_initiator(out: &mut String, host: &HostRoot, release: Option<&str>) {
+    use nvmetcp_initiator::daemon::{config::SrId, door, Layout};
+    let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
+    let choice = match configured {
+        Some(kind) => format!("{kind} (initiator = {kind} in {})", crate::host_config::HOST_CONF),
+        None => match module_state(host, release, "nvme_tcp", "nvme-tcp.ko") {
+            state if state.starts_with("not in kernel") => format!("userspace (nvme_tcp {state})"),
+            state => format!("kernel (nvme_tcp {state})"),
+        },
+    };
+    let _ = writeln!(out, "  NVMe/TCP initiator this host chooses: {choice}");
+    let layout = Layout::under(&host.path("/"));
+    let names = host.list_dir(nvmetcp_initiator::daemon::RUN_DIR).unwrap_or_default();
+    let daemons: Vec<&String> = names.iter().filter(|n| n.ends_with(".json")).collect();
+    if daemons.is_empty() {
+        let _ = writeln!(out, "  no userspace initiator daemon");
+    }
+    for name in daemons {
+        let Ok(sr) = SrId::parse(name.trim_end_matches(".json")) else { continue };
+        let state = match door::read_state(&layout, &sr) {
+            Ok(Some(state)) => state,
+            Ok(None) => continue,
+            Err(error) => {
+                let _ = writeln!(out, "  SR {sr}: {error}");
+                continue;
+            }
+        };
+        let alive = if door::daemon_alive(&layout, &state) { "running" } else { "not running" };
+        let device = match door::device(&layout, &sr) {
+            Ok(device) => format!("{} (verified)", device.path),
+            Err(error) => format!("no verified device ({error})"),
+        };
+        let _ = writeln!(out, "  SR {sr}: {:?}, daemon pid {} {alive}, {device}", state.phase, state.daemon_pid);
+        if let Some(error) = &state.error {
+            let _ = writeln!(out, "    error: {error}");
+        }
+        if let Some(export) = &state.export {
+            let _ = writeln!(
+                out,
+                "    NBD: {} connection(s) live, {} replaced, {} request(s), {} in flight, {} error(s), buffers {}/{} bytes",
+                export.live_connections,
+                export.replaced_connections,
+                export.requests,
+                export.in_flight,
+                export.errors,
+                export.buffer_bytes,
+                export.buffer_limit
+            );
+        }
+        if let Some(device) = &state.device {
+            let _ = writeln!(
+                out,
+                "    namespace {} of {}, iopolicy {}, {} waiting for a path, {} failed for want of one",
+                device.nsid, device.nqn, device.iopolicy, device.queued, device.failed_no_path
+            );
+            for path in &device.paths {
+                let _ = writeln!(
+                    out,
+                    "    path {}: {} ANA {} queues {} in flight {} errors {} losses {}{}",
+                    path.portal,
+                    path.status,
+                    path.ana.as_deref().unwrap_or("-"),
+                    path.io_queues,
+                    path.in_flight,
+                    path.errors,
+                    path.losses,
+                    path.last_error.as_deref().map(|e| format!(" (last: {e})")).unwrap_or_default()
+                );
+            }
+        }
+    }
 }
 
 fn show<E: std::fmt::Display>(value: &Result<String, E>) -> String {
@@ -166,6 +244,40 @@ fn is_controller_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::report;
+
+    #[test]
+    fn userspace_initiator_daemons_are_shown_with_their_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        write(&host, "/proc/sys/kernel/osrelease", "6.12.0\n");
+        write(&host, "/etc/nvmetcp/host.conf", "initiator = userspace\n");
+        let sr = "5b0e3c57-1d2f-4a66-9d0e-7c3f1b2a4d10";
+        let state = format!(
+            r#"{{"sr":"{sr}","phase":"serving","daemon_pid":4242,"error":null,
+            "nbd":{{"index":1,"kernel_pid":4242,"backend":"nvmetcp:{sr}","connections":2,"size_bytes":1048576,"block_size":4096}},
+            "export":{{"live_connections":2,"replaced_connections":1,"requests":10,"errors":0,"in_flight":3,"buffer_bytes":4096,"buffer_limit":33554432}},
+            "device":{{"nqn":"nqn.2014-08.org.example:a","nsid":1,"iopolicy":"round-robin","queued":0,"failed_no_path":0,
+            "paths":[{{"portal":"10.0.0.1:4420","status":"live","ana":"optimized","cntlid":1,"io_queues":2,"in_flight":3,
+            "errors":0,"losses":1,"last_error":null,"since_secs":5}}]}},"updated_unix":1}}"#
+        );
+        write(&host, &format!("/run/nvmetcp/initiator/{sr}.json"), &state);
+        write(&host, "/sys/block/nbd1/pid", "4242\n");
+        write(&host, "/sys/block/nbd1/size", "2048\n");
+        let text = report(PluginKind::Volume, &host, &FakeRunner::new());
+        assert!(text.contains("chooses: userspace (initiator = userspace in /etc/nvmetcp/host.conf)"), "{text}");
+        assert!(
+            text.contains(&format!("SR {sr}: Serving, daemon pid 4242 not running, /dev/nbd1 (verified)")),
+            "{text}"
+        );
+        assert!(
+            text.contains("NBD: 2 connection(s) live, 1 replaced, 10 request(s), 3 in flight, 0 error(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("path 10.0.0.1:4420: live ANA optimized queues 2 in flight 3 errors 0 losses 1"),
+            "{text}"
+        );
+    }
     use crate::cmd::{FakeRunner, Program};
     use crate::host::HostRoot;
     use crate::smapi::method::PluginKind;
@@ -198,6 +310,11 @@ mod tests {
         assert!(text.contains("native multipath (nvme_core.multipath): Y"), "{text}");
         assert!(text.contains("/dev/nvme-fabrics: absent"), "{text}");
         assert!(text.contains("/etc/nvme/hostid: unavailable (cannot read"), "{text}");
+        assert!(
+            text.contains("NVMe/TCP initiator this host chooses: userspace (nvme_tcp not in kernel 4.19.0+1)"),
+            "{text}"
+        );
+        assert!(text.contains("no userspace initiator daemon"), "{text}");
         assert!(text.contains("lvm version: LVM version:     2.02.180(2)-RHEL7"), "{text}");
         assert!(text.contains("nvme  nvme is not installed"), "{text}");
         assert!(text.contains("NVMe subsystems:\n  none"), "{text}");
