@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use sm_driver::agent::status::AgentReport;
 use sm_driver::status::{HostReport, SrReport};
 use xapi_client::api::{pbd, sr};
 use xapi_client::Session;
@@ -70,8 +71,15 @@ pub fn run(args: &StatusArgs, session: &Session, console: &mut Console) -> Resul
         statuses.push(SrStatus { uuid: record.uuid.clone(), name_label: record.name_label.clone(), hosts });
     }
     let all_healthy = statuses.iter().all(|s| s.hosts.iter().all(healthy));
+    let agents: BTreeMap<String, Option<AgentReport>> = reports
+        .iter()
+        .map(|(host, report)| {
+            let name = view.name(&xapi_client::api::HostRef(host.clone()));
+            (name, report.as_ref().ok().and_then(|r| r.agent.clone()))
+        })
+        .collect();
     if args.json {
-        console.json(&serde_json::json!({"srs": statuses, "healthy": all_healthy}));
+        console.json(&serde_json::json!({"srs": statuses, "agents": agents, "healthy": all_healthy}));
     } else if statuses.is_empty() {
         console.line("no nvmetcp SR in this pool (nvmetcp sr-create makes one)");
     }
@@ -81,6 +89,17 @@ pub fn run(args: &StatusArgs, session: &Session, console: &mut Console) -> Resul
             for on in &status.hosts {
                 show_host(console, on);
             }
+        }
+        if !agents.is_empty() {
+            console.line("Host agents (path counts and alerts to XAPI, SR I/O graphs)");
+        }
+        for (host, agent) in &agents {
+            let shown = match agent {
+                Some(a) if a.running => console.good(&a.summary),
+                Some(a) => console.alert(&a.summary),
+                None => console.alert("unknown: this host's nvmetcp predates the agent"),
+            };
+            console.line(&format!("  {host:<20} {shown}"));
         }
     }
     Ok(if all_healthy { Exit::Ok } else { Exit::Partial })

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use nvmetcp_admin::console::Console;
 use nvmetcp_admin::{run, Local};
+use sm_driver::agent::status::AgentReport;
 use sm_driver::cmd::FakeRunner;
 use sm_driver::doctor::{Check, Verdict};
 use sm_driver::host::HostRoot;
@@ -122,7 +123,19 @@ impl Backend for FakePool {
                         }]
                     })
                     .unwrap_or_default();
-                serde_json::to_value(HostReport { hostnqn: behaviour.nqn.clone(), srs }).unwrap()
+                // The degraded host's agent is stopped.
+                let agent = AgentReport {
+                    running: !behaviour.degraded,
+                    last_xapi_publish: Some(1_764_620_000),
+                    last_rrd_write: Some(1_764_620_000),
+                    rrdd_registered: true,
+                    summary: if behaviour.degraded {
+                        "not running (last seen 90s ago; systemctl status nvmetcp-agent)".into()
+                    } else {
+                        "running (pid 42); published to XAPI 3s ago, RRD written 2s ago".into()
+                    },
+                };
+                serde_json::to_value(HostReport { hostnqn: behaviour.nqn.clone(), srs, agent: Some(agent) }).unwrap()
             }
             other => return Err(Failure::new("NVMETCP_UNKNOWN_FUNCTION", &[other])),
         };
@@ -309,6 +322,11 @@ fn status_shows_every_path_and_flags_a_degraded_host() {
     let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed["healthy"], false);
     assert_eq!(parsed["srs"][0]["hosts"].as_array().unwrap().len(), 2);
+    assert!(out.contains("Host agents"), "{out}");
+    assert!(out.contains("running (pid 42); published to XAPI 3s ago"), "{out}");
+    assert!(out.contains("not running (last seen 90s ago"), "{out}");
+    assert_eq!(parsed["agents"]["xcp-ng-1"]["running"], true);
+    assert_eq!(parsed["agents"]["xcp-ng-2"]["running"], false);
 }
 
 #[test]

@@ -52,6 +52,10 @@ pub struct HostReport {
     pub hostnqn: String,
     /// Attached SRs.
     pub srs: Vec<SrReport>,
+    /// The host agent: running, when it last published (absent from hosts
+    /// with an older nvmetcp).
+    #[serde(default)]
+    pub agent: Option<crate::agent::status::AgentReport>,
 }
 
 /// Reads the state of every SR attached on this host.
@@ -106,7 +110,11 @@ pub fn report(host: &HostRoot) -> HostReport {
             },
         })
         .collect();
-    HostReport { hostnqn: host.read_trimmed("/etc/nvme/hostnqn").unwrap_or_default(), srs }
+    HostReport {
+        hostnqn: host.read_trimmed("/etc/nvme/hostnqn").unwrap_or_default(),
+        srs,
+        agent: Some(crate::agent::status::report(host, std::time::SystemTime::now())),
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Che
         identity(host),
         plugin_installed(host),
         storage_script_running(host),
+        agent_running(host),
     ];
     let addresses = interface_addresses(runner);
     checks.push(arp(host, &addresses));
@@ -199,6 +200,20 @@ fn plugin_installed(host: &HostRoot) -> Check {
     } else {
         let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         Check::fail(NAME, format!("missing: {}", missing.join(", ")), "install the nvmetcp RPM on this host")
+    }
+}
+
+fn agent_running(host: &HostRoot) -> Check {
+    const NAME: &str = "host agent";
+    let report = crate::agent::status::report(host, std::time::SystemTime::now());
+    if report.running {
+        Check::pass(NAME, report.summary)
+    } else {
+        Check::warn(
+            NAME,
+            format!("{}: XO shows no path counts, alerts or SR graphs for this host", report.summary),
+            "systemctl enable --now nvmetcp-agent (journalctl -u nvmetcp-agent says why it stopped)",
+        )
     }
 }
 

@@ -42,6 +42,13 @@ fn healthy_host() -> (tempfile::TempDir, HostRoot) {
         write(&host, link, "");
     }
     write(&host, "/proc/812/comm", "xapi-storage-sc\n");
+    let agent = crate::agent::status::AgentStatus {
+        pid: 913,
+        updated: crate::agent::status::unix_seconds(std::time::SystemTime::now()),
+        ..Default::default()
+    };
+    crate::agent::status::save(&host, &agent).unwrap();
+    write(&host, "/proc/913/comm", "nvmetcp-agent\n");
     write(&host, "/sys/class/net/eth1/mtu", "9000\n");
     write(&host, "/proc/sys/net/ipv4/conf/all/arp_ignore", "2\n");
     write(&host, "/proc/sys/net/ipv4/conf/all/arp_announce", "2\n");
@@ -65,7 +72,7 @@ fn a_healthy_host_passes_every_check_and_says_why() {
         assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
         assert!(!check.detail.is_empty(), "{check:?}");
     }
-    assert_eq!(checks.len(), 9);
+    assert_eq!(checks.len(), 10);
     let calls: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
     assert!(calls[2].contains("ping -M do -c 2 -W 1 -s 8972 127.0.0.1"), "{calls:?}");
 }
@@ -139,4 +146,16 @@ fn per_interface_arp_settings_count_as_the_kernel_counts_them() {
     );
     let arp = checks.iter().find(|c| c.name == "ARP on shared subnets").unwrap();
     assert_eq!(arp.verdict, Verdict::Pass, "{arp:?}");
+}
+
+#[test]
+fn a_stopped_agent_is_a_warning_that_says_how_to_start_it() {
+    let (_dir, host) = healthy_host();
+    std::fs::remove_dir_all(host.path("/proc/913")).unwrap();
+    let runner = FakeRunner::new().then(ok(""));
+    let checks = run(&host, &runner, &DoctorInput { transport: Transport::Tcp, portals: vec![] });
+    let agent = checks.iter().find(|c| c.name == "host agent").unwrap();
+    assert_eq!(agent.verdict, Verdict::Warn, "{agent:?}");
+    assert!(agent.detail.starts_with("not running (last seen"), "{agent:?}");
+    assert!(agent.fix.contains("systemctl enable --now nvmetcp-agent"), "{agent:?}");
 }
