@@ -89,6 +89,12 @@ async function xoObjects(xapi) {
       address: host.address,
       enabled: true,
       power_state: 'Running',
+      // The emulator keeps no metrics: a plausible machine for the pickers.
+      memory: { size: 64 * 2 ** 30, usage: 8 * 2 ** 30 },
+      cpus: { cores: 8, sockets: 1 },
+      CPUs: {},
+      residentVms: [],
+      rebootRequired: false,
       productBrand: 'XCP-ng',
       version: '8.3.0',
       $pool: pool.uuid,
