@@ -270,6 +270,10 @@ echo "$out" | grep -q "\"nqn\":\"$other\""
 echo "$out" | grep -q '"complete":false'
 echo "$out" | grep -q '"nsid":"1"'
 [ -z "$(ls /sys/class/nvme)" ] || tb_fail "probe left connections"
+out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{\"portals\":\"10.99.0.1,10.99.0.2\"}}")
+echo "$out" | grep -q "\"nqn\":\"$nqn\"" || tb_fail "probe with only portals did not list the subsystem: $out"
+echo "$out" | grep -q "\"nqn\":\"$other\"" || tb_fail "probe with only portals missed a subsystem: $out"
+[ -z "$(ls /sys/class/nvme)" ] || tb_fail "probe with only portals left connections"
 out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{$disc,\"nqn\":\"$nqn\"}}")
 echo "$out" | grep -q '"complete":true'
 if echo "$out" | grep -q '"sr":'; then tb_fail "an SR was reported on an empty namespace"; fi
