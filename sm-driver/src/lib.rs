@@ -36,6 +36,7 @@ pub mod hex;
 pub mod host;
 pub mod host_config;
 pub mod host_plugin;
+pub mod ids;
 pub mod initiator;
 pub mod install;
 pub mod lock;

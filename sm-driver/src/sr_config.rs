@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use crate::device_config::KEYS;
+use crate::ids::SrUuid;
 use crate::nvme::health::IoPolicy;
 use crate::nvme::names::{DhchapKey, Nqn, Portal, Transport};
 use crate::nvme::options::Timers;
@@ -118,7 +119,7 @@ pub struct SrConfig {
     /// Multipath I/O policy.
     pub iopolicy: IoPolicy,
     /// The xapi SR uuid, once `SR.create` stored it.
-    pub sr_uuid: Option<String>,
+    pub sr_uuid: Option<SrUuid>,
     /// DH-HMAC-CHAP keys from device-config.
     pub keys: KeySources,
 }
@@ -182,7 +183,13 @@ impl SrConfig {
             None => IoPolicy::RoundRobin,
             Some(v) => v.parse().map_err(|e: crate::nvme::names::InvalidValue| invalid("iopolicy", v, &e.why))?,
         };
-        let sr_uuid = get(SR_UUID_KEY).map(str::to_owned);
+        let sr_uuid = match get(SR_UUID_KEY) {
+            None => None,
+            Some(v) => Some(
+                v.parse::<SrUuid>()
+                    .map_err(|e| invalid("sr_uuid", v, &format!("it must be {}, as SR.create stored it", e.what)))?,
+            ),
+        };
         let keys = KeySources {
             host_key: key_source(config, "dhchap_password")?,
             ctrl_key: key_source(config, "dhchap_ctrl_password")?,
@@ -398,7 +405,9 @@ mod tests {
         let err =
             SrConfig::parse(&config(&[("discovery", "10.0.0.1"), ("transport", "rdma")]), Purpose::Probe).unwrap_err();
         assert!(err.to_string().contains("discovery is over TCP only"));
-        let stored = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID), ("sr_uuid", "3f1c")]);
-        assert_eq!(SrConfig::parse(&stored, Purpose::Attach).unwrap().sr_uuid.as_deref(), Some("3f1c"));
+        let stored = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID), ("sr_uuid", UUID)]);
+        assert_eq!(SrConfig::parse(&stored, Purpose::Attach).unwrap().sr_uuid.unwrap().as_str(), UUID);
+        let bad = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID), ("sr_uuid", "3f1c")]);
+        assert!(SrConfig::parse(&bad, Purpose::Attach).is_err(), "sr_uuid follows the one UUID rule");
     }
 }

@@ -86,7 +86,7 @@ pub enum StateError {
 pub fn uuid_of_handle(handle: &str) -> Result<String, StateError> {
     handle
         .strip_prefix(HANDLE_PREFIX)
-        .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .filter(|u| crate::ids::is_uuid(u))
         .map(str::to_owned)
         .ok_or_else(|| StateError::BadHandle(handle.to_owned()))
 }

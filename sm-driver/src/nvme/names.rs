@@ -83,10 +83,7 @@ impl FromStr for HostId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         const WHAT: &str = "host ID";
         let lower = s.trim().to_ascii_lowercase();
-        let groups: Vec<&str> = lower.split('-').collect();
-        let shape_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-            && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !shape_ok {
+        if !crate::ids::is_uuid(&lower) {
             return Err(invalid(WHAT, s, "a host ID is a UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427"));
         }
         if lower.bytes().all(|b| b == b'0' || b == b'-') {

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{CallError, Failure};
+use crate::ids::SrUuid;
 use crate::lvm::Lvm;
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::pool_role;
@@ -16,7 +17,7 @@ use crate::sr_config::{ConfigError, Purpose, SrConfig, SR_UUID_KEY};
 use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
 use crate::sr_state::{self, handle_of, SrLock, SrState, SR_LOCK_TIMEOUT};
 
-use super::create::{is_uuid, required_nqn};
+use super::create::required_nqn;
 use super::vg::{is_sr, tag_value, UUID_TAG};
 
 /// `SR.attach`.
@@ -26,8 +27,11 @@ use super::vg::{is_sr, tag_value, UUID_TAG};
 pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     let configuration: StringMap = params.get("configuration")?;
     sr_call(params, || {
-        let uuid = configuration.get(SR_UUID_KEY).cloned().unwrap_or_default();
-        let _lock = if is_uuid(&uuid) { Some(SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?) } else { None };
+        let uuid = configuration.get(SR_UUID_KEY).and_then(|u| u.parse::<SrUuid>().ok());
+        let _lock = match &uuid {
+            Some(uuid) => Some(SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?),
+            None => None,
+        };
         let state = bring_up(ctx, &configuration)?;
         sr_state::save(&ctx.host, &state)?;
         tracing::info!(sr = %state.sr_uuid, vg = %state.vg, "SR attached");
@@ -44,12 +48,9 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure
         key: "sr_uuid",
         why: "this device-config was not returned by SR.create; create the SR with xe sr-create",
     })?;
-    if !is_uuid(&uuid) {
-        return Err(CallError::BadUuid(uuid).into());
-    }
     let reference =
         config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
-    let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &uuid)?;
+    let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, uuid.as_str())?;
     let resolved = sr_paths::namespace(&ctx.host, &nqn, &reference, NAMESPACE_TIMEOUT)?;
     let namespace = resolved.namespace.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
     let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, pool_role::is_master(&ctx.host))?;
@@ -60,10 +61,10 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure
             Some(other) => format!(" (it holds volume group {})", other.name),
             None => " (it holds no volume group)".to_owned(),
         };
-        return Err(CallError::NotThisSr { namespace, sr_uuid: uuid, found }.into());
+        return Err(CallError::NotThisSr { namespace, sr_uuid: uuid.to_string(), found }.into());
     };
     Ok(SrState {
-        sr_uuid: uuid,
+        sr_uuid: uuid.to_string(),
         vg: vg.name,
         nqn: nqn.to_string(),
         namespace,

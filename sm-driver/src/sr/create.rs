@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{CallError, Failure};
+use crate::ids::SrUuid;
 use crate::lvm::Lvm;
 use crate::nvme::names::Nqn;
 use crate::nvme::sysfs::NamespaceIdentity;
@@ -32,9 +33,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     let name: String = params.get("name")?;
     let description: String = params.get("description")?;
     sr_call(params, || {
-        if !is_uuid(&uuid) {
-            return Err(CallError::BadUuid(uuid.clone()).into());
-        }
+        let uuid: SrUuid = uuid.parse().map_err(|_| CallError::BadUuid(uuid.clone()))?;
         require_master(ctx, "SR.create")?;
         let config = SrConfig::parse(&configuration, Purpose::Create)?;
         let nqn = required_nqn(&config)?;
@@ -46,24 +45,19 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             label_tag(NAME_TAG, "name", &name)?,
             label_tag(DESCRIPTION_TAG, "description", &description)?,
         ];
-        let _lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
+        let _lock = SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?;
         let user = format!("create-{uuid}");
         sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &user)?;
-        let outcome = create_on_namespace(ctx, &config, &nqn, &reference, &uuid, &tags);
+        let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid.as_str(), &tags);
         // Leave no connection behind that create made; PBD.plug attaches.
         release(&ctx.host, &user)?;
         let identity = outcome?;
         let mut stored = configuration.clone();
         stored.insert("namespace".to_owned(), identity.canonical());
-        stored.insert(SR_UUID_KEY.to_owned(), uuid.clone());
+        stored.insert(SR_UUID_KEY.to_owned(), uuid.to_string());
         stored.remove("force");
         Ok(stored)
     })
-}
-
-/// Whether `text` is a UUID.
-pub(super) fn is_uuid(text: &str) -> bool {
-    text.parse::<crate::nvme::names::HostId>().is_ok()
 }
 
 /// The subsystem of a create or attach device-config.

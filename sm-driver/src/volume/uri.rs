@@ -3,6 +3,7 @@
 //! finds the SR's attachment on its host and nothing else.
 
 use crate::error::VolumeError;
+use crate::ids::is_uuid;
 
 /// The URI scheme of volumes (the datapath plugin's directory name).
 pub const SCHEME: &str = crate::plugin::DATAPATH_SCHEME;
@@ -15,7 +16,7 @@ pub fn uri(sr_uuid: &str, lv: &str) -> String {
 
 /// Whether `name` is an LV name nvmetcp gives volumes.
 pub(super) fn is_volume_name(name: &str) -> bool {
-    name.strip_prefix("vol-").is_some_and(|u| u.len() == 36 && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+    name.strip_prefix("vol-").is_some_and(is_uuid)
 }
 
 /// `(sr uuid, lv name)` of a volume URI.
@@ -26,8 +27,7 @@ pub fn parse_uri(uri: &str) -> Result<(String, String), VolumeError> {
     let bad = || VolumeError::BadUri(uri.to_owned());
     let rest = uri.strip_prefix(SCHEME).and_then(|r| r.strip_prefix("://")).ok_or_else(bad)?;
     let (sr, lv) = rest.split_once('/').ok_or_else(bad)?;
-    let hex_dash = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    if hex_dash(sr) && lv.strip_prefix("vol-").is_some_and(hex_dash) {
+    if is_uuid(sr) && is_volume_name(lv) {
         Ok((sr.to_owned(), lv.to_owned()))
     } else {
         Err(bad())
