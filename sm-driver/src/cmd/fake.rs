@@ -91,3 +91,15 @@ impl Runner for FakeRunner {
         })
     }
 }
+
+/// Shared, so a test can read the calls of the runner it handed to a
+/// `Context`.
+impl Runner for std::sync::Arc<FakeRunner> {
+    fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
+        self.as_ref().resolve(program)
+    }
+
+    fn run(&self, command: &Command) -> Result<Output, CmdError> {
+        self.as_ref().run(command)
+    }
+}

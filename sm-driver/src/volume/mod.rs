@@ -24,3 +24,6 @@ pub use self::record::list;
 pub use self::resize::resize;
 pub use self::retag::{set, set_description, set_name, unset};
 pub use self::stat::stat;
+
+#[cfg(test)]
+mod tests;

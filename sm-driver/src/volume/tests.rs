@@ -1,0 +1,137 @@
+//! The Volume handlers in process: a sysfs tree with one live path and the
+//! namespace's head in a temporary root, the SR's attachment state, and a
+//! recording runner answering LVM.
+
+use std::sync::Arc;
+
+use crate::cmd::{FakeRunner, Program};
+use crate::context::Context;
+use crate::error::to_error_record;
+use crate::nvme::options::PathKey;
+use crate::nvme::sysfs::fixture::SysfsTree;
+use crate::smapi::method::{Method, PluginKind};
+use crate::smapi::params::Params;
+use crate::sr_state::{self, SrState};
+
+const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+const NQN: &str = "nqn.2024-01.io.example:array";
+const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+const VG: &str = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11";
+const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+
+/// An attached SR with one live path, on the pool master.
+fn attached_sr() -> SysfsTree {
+    attached_sr_with_path("live")
+}
+
+/// An attached SR whose one path is in `state`, on the pool master.
+fn attached_sr_with_path(state: &str) -> SysfsTree {
+    let tree = SysfsTree::new();
+    tree.controller("nvme0", "tcp", NQN, "traddr=10.0.0.1,trsvcid=4420", "nqn.h:h", state);
+    tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
+    tree.path_device("nvme0", "nvme0c0n1");
+    tree.write("/etc/xensource/pool.conf", "master\n");
+    let state = SrState {
+        sr_uuid: SR.to_owned(),
+        vg: VG.to_owned(),
+        nqn: NQN.to_owned(),
+        namespace: WWID.to_owned(),
+        paths: vec![PathKey {
+            transport: "tcp".to_owned(),
+            traddr: "10.0.0.1".parse().unwrap(),
+            trsvcid: 4420,
+            subsysnqn: NQN.to_owned(),
+            hostnqn: "nqn.h:h".to_owned(),
+            host_iface: None,
+            host_traddr: None,
+        }],
+        configuration: Default::default(),
+        total_space: 1 << 30,
+        free_space: 1 << 29,
+        extent_size: 4 << 20,
+    };
+    sr_state::save(&tree.host(), &state).unwrap();
+    tree
+}
+
+fn lvs(lvs: &[(&str, &str, &str)]) -> String {
+    let rows: Vec<String> = lvs
+        .iter()
+        .map(|(name, tags, active)| {
+            format!(
+                r#"{{"lv_name":"{name}", "vg_name":"{VG}", "lv_size":"8388608", "lv_tags":"{tags}", "lv_active":"{active}"}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"report": [{{"lv": [{}]}}]}}"#, rows.join(","))
+}
+
+/// Runs `method` in process; returns the result or the error record's code.
+fn call(tree: &SysfsTree, runner: &Arc<FakeRunner>, method: &str, body: &str) -> Result<serde_json::Value, String> {
+    let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(runner)) };
+    let params = Params::from_json(Method::lookup(method).unwrap(), body).unwrap();
+    crate::dispatch::dispatch(&ctx, PluginKind::Volume, &params).map_err(|f| to_error_record(&f, "h1").code)
+}
+
+fn body(extra: &str) -> String {
+    format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}","key":"{KEY}"{extra}}}"#)
+}
+
+fn ran(runner: &FakeRunner, subcommand: &str) -> bool {
+    runner.calls().iter().any(|c| c.program == Program::Lvm && c.shown.contains(&format!(" {subcommand} ")))
+}
+
+#[test]
+fn destroy_refuses_a_volume_active_on_this_host() {
+    let tree = attached_sr();
+    let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    assert_eq!(call(&tree, &runner, "Volume.destroy", &body("")), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
+    assert!(!ran(&runner, "lvremove"), "{:?}", runner.calls());
+}
+
+#[test]
+fn resize_refuses_a_shrink_and_an_active_volume() {
+    let tree = attached_sr();
+    let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "")])));
+    assert_eq!(
+        call(&tree, &runner, "Volume.resize", &body(r#","new_size":4096"#)),
+        Err("NVMETCP_VOLUME_INVALID".to_owned())
+    );
+    let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    let grow = body(r#","new_size":16777216"#);
+    assert_eq!(call(&tree, &runner, "Volume.resize", &grow), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
+    assert!(!ran(&runner, "lvextend"), "{:?}", runner.calls());
+}
+
+#[test]
+fn sr_ls_lists_only_nvmetcp_volumes() {
+    let tree = attached_sr();
+    let listed = lvs(&[
+        (KEY, "nvmetcp_vol", ""),
+        ("vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12", "", ""),
+        ("scratch", "nvmetcp_vol", ""),
+    ]);
+    let runner = Arc::new(FakeRunner::new().then_stdout(&listed));
+    let volumes = call(&tree, &runner, "SR.ls", &format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}"}}"#)).unwrap();
+    let keys: Vec<&str> = volumes.as_array().unwrap().iter().map(|v| v["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, [KEY], "untagged LVs and LVs not named vol-<uuid> are not volumes");
+}
+
+/// With no live path LVM would block on the device, so the volume's mapping
+/// is removed directly (the shared fixture serves the Datapath handlers too).
+#[test]
+fn deactivate_with_no_live_path_removes_the_mapping_directly() {
+    let tree = attached_sr_with_path("connecting");
+    let mapping = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11-vol--0f3c6d0e--8a8f--4e0a--9b5e--2d7c1f0a9e11";
+    tree.write("/sys/block/dm-0/dm/name", &format!("{mapping}\n"));
+    let runner = Arc::new(FakeRunner::new().then_stdout(""));
+    let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(&runner)) };
+    let uri = format!("nvmetcp://{SR}/{KEY}");
+    let body = format!(r#"{{"dbg":"t","uri":"{uri}","domain":"0"}}"#);
+    let params = Params::from_json(Method::lookup("Datapath.deactivate").unwrap(), &body).unwrap();
+    crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap();
+    let calls = runner.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].program, Program::Dmsetup);
+    assert!(calls[0].shown.ends_with(&format!("remove {mapping}")), "{calls:?}");
+}
