@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::auth;
 use crate::command::{self, opcode, property, Sqe};
 use crate::config::{MultipathConfig, NamespaceIdentity};
 use crate::pdu::{self, Digests};
@@ -156,6 +157,41 @@ fn open_queue(
     Queue::start(portal, stream, params).map_err(|e| unreachable(e.to_string()))
 }
 
+/// Connect result: authentication transaction required; secure channel required.
+const AUTHREQ_ATR: u32 = 1 << 17;
+const AUTHREQ_ASCR: u32 = 1 << 18;
+
+/// Runs DH-HMAC-CHAP on a queue when its Connect result asks for it.
+fn authenticate_if_asked(
+    portal: SocketAddr,
+    queue: &Queue,
+    config: &MultipathConfig,
+    result: u32,
+    qid: u16,
+    deadline: Instant,
+) -> Result<(), ControllerError> {
+    let step = "DH-HMAC-CHAP authentication";
+    if result & AUTHREQ_ASCR != 0 {
+        return Err(ControllerError::Step {
+            portal,
+            step,
+            why: "the target requires a secure channel (TLS), which this host does not do".into(),
+        });
+    }
+    if result & AUTHREQ_ATR == 0 {
+        return Ok(());
+    }
+    let Some(keys) = &config.auth else {
+        return Err(ControllerError::Step {
+            portal,
+            step,
+            why: "the target requires DH-HMAC-CHAP: configure the host key (dhchap_secret)".into(),
+        });
+    };
+    auth::authenticate(queue, keys, &config.host.nqn, &config.subsystem_nqn, qid, deadline)
+        .map_err(|why| ControllerError::Step { portal, step, why: format!("queue {qid}: {why}") })
+}
+
 fn check(portal: SocketAddr, step: &'static str, cqe: &pdu::Completion) -> Result<(), ControllerError> {
     if cqe.code() != 0 {
         return Err(ControllerError::Step { portal, step, why: format!("NVMe status {:#x}", cqe.code()) });
@@ -199,21 +235,27 @@ impl Controller {
             return Err(ControllerError::Refused { portal, status: cqe.code(), auth });
         }
         let cntlid = u16::try_from(cqe.result & 0xffff).unwrap_or(0);
-        if cqe.result >> 16 & 0x3 != 0 {
-            return Err(ControllerError::Step {
-                portal,
-                step: "Fabrics Connect of the admin queue",
-                why: "the target requires DH-HMAC-CHAP authentication, which this host does not do yet".into(),
-            });
-        }
+        authenticate_if_asked(
+            portal,
+            &admin,
+            config,
+            cqe.result,
+            0,
+            Instant::now() + config.transport.connect_timeout,
+        )?;
         let call =
             |step: &'static str, sqe: Sqe, expect: usize| -> Result<(pdu::Completion, Vec<u8>), ControllerError> {
-                let (cqe, data) = admin.call(sqe, Vec::new(), expect, deadline).map_err(io_step(portal, step))?;
+                // Each admin command gets its own deadline, as the kernel's do.
+                let limit = Instant::now() + config.transport.connect_timeout;
+                let (cqe, data) = admin.call(sqe, Vec::new(), expect, limit).map_err(io_step(portal, step))?;
                 check(portal, step, &cqe)?;
                 Ok((cqe, data))
             };
         let (cap, _) = call("reading CAP", command::property_get(property::CAP, true), 0)?;
         let mqes = u16::try_from(cap.result & 0xffff).unwrap_or(u16::MAX).saturating_add(1);
+        // CAP.TO: how long the controller may take to become ready, in 500 ms units.
+        let ready_by = Instant::now()
+            + config.transport.connect_timeout.max(Duration::from_millis(500) * (cap.result >> 24 & 0xff));
         call("enabling the controller", command::property_set(property::CC, 0x0046_0001), 0)?;
         loop {
             let (csts, _) = call("waiting for CSTS.RDY", command::property_get(property::CSTS, false), 0)?;
@@ -227,7 +269,7 @@ impl Controller {
             if csts.result & 1 == 1 {
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= ready_by {
                 return Err(ControllerError::Step {
                     portal,
                     step: "enabling the controller",
@@ -260,12 +302,18 @@ impl Controller {
         let max_data = if identity.max_transfer == 0 { 1 << 20 } else { identity.max_transfer as usize }.min(1 << 20);
         let mut io = Vec::new();
         for qid in 1..=count {
+            // Setting a queue up (with authentication, on a slow host) can
+            // take longer than KATO: keep the controller alive meanwhile.
+            call("Keep Alive", command::plain(opcode::KEEP_ALIVE), 0)?;
+            // Each I/O queue gets its own deadline, as each admin step does.
+            let deadline = Instant::now() + config.transport.connect_timeout;
             let q = open_queue(portal, config, qid, depth - 1, deadline, identity.in_capsule as usize, max_data)?;
             let data = command::connect_data(&config.host.id, cntlid, &config.subsystem_nqn, &config.host.nqn);
             let (cqe, _) = q
                 .call(command::connect(qid, depth, kato_ms, true), data, 0, deadline)
                 .map_err(io_step(portal, "Fabrics Connect of an I/O queue"))?;
             check(portal, "Fabrics Connect of an I/O queue", &cqe)?;
+            authenticate_if_asked(portal, &q, config, cqe.result, qid, deadline)?;
             io.push(IoQueue { queue: q });
         }
         // Notices: namespace attribute (bit 8) and ANA change (bit 11).

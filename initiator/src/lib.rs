@@ -11,6 +11,7 @@
 //! `sm-driver` reaches this crate only through its narrow door (start, stop,
 //! state of the initiator for one SR on this host).
 
+pub mod auth;
 pub mod block;
 pub mod command;
 pub mod config;

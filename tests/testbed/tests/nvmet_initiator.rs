@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use nvmetcp_initiator::block::{BlockDevice, Outcome, Request};
 use nvmetcp_initiator::config::parse_uuid;
-use nvmetcp_initiator::{HostIdentity, IoPolicy, Multipath, MultipathConfig, NamespaceIdentity, TransportOptions};
+use nvmetcp_initiator::{
+    AuthKeys, DhchapSecret, HostIdentity, IoPolicy, Multipath, MultipathConfig, NamespaceIdentity, TransportOptions,
+};
 use nvmetcp_testbed::{run_suite, Scenario};
 
 fn main() -> ExitCode {
@@ -75,6 +77,42 @@ cp throughput "$SCENARIO_OUT/throughput"
             ),
         ),
         Scenario::script(
+            "uinit-auth",
+            &format!(
+                r#"
+export NVMETCP_GUEST_STEP=1
+T="{step}"
+nqn=$TB_NQN_PREFIX:ua
+trap '[ $? = 0 ] || dmesg | grep nvmet | tail -20 >&2' EXIT
+tb_modules; tb_net_up 10.99.0.1; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 32; tb_port 1 10.99.0.1; tb_link 1 "$nqn"
+uuid=$(cat "$TB_CFG/subsystems/$nqn/namespaces/1/device_uuid")
+host=$(cat /etc/nvme/hostnqn)
+dir=$TB_CFG/hosts/$host
+# Target hash, host key transformation and length: every hash, with and without a transformed key.
+for case in "sha256 1 32" "sha384 2 48" "sha512 3 64" "sha256 0 32"; do
+    set -- $case
+    key=$(nvme gen-dhchap-key --nqn "$host" --hmac="$2" --key-length="$3")
+    ctrl=$(nvme gen-dhchap-key --nqn "$nqn" --hmac="$2" --key-length="$3")
+    [ -e "$dir" ] || tb_allow_host "$nqn" "$host" "$key" "$ctrl"
+    echo "$key" >"$dir/dhchap_key"; echo "$ctrl" >"$dir/dhchap_ctrl_key"
+    echo "hmac($1)" >"$dir/dhchap_hash"; echo null >"$dir/dhchap_dhgroup"
+    NVMETCP_HOST_KEY=$key $T write "$nqn" "$uuid" 0 1 out 10.99.0.1:4420 | grep -q "Live"
+    NVMETCP_HOST_KEY=$key NVMETCP_CTRL_KEY=$ctrl $T write "$nqn" "$uuid" 1 1 out 10.99.0.1:4420 | grep -q "Live"
+    tb_log "DH-HMAC-CHAP hmac($1), NULL group, key transform $2: host and bidirectional authentication"
+done
+wrong=$(nvme gen-dhchap-key --nqn "$host")
+$T write "$nqn" "$uuid" 0 1 out 10.99.0.1:4420 >nokey 2>&1 && tb_fail "no key was accepted"
+grep -q "the target requires DH-HMAC-CHAP: configure the host key" nokey
+NVMETCP_HOST_KEY=$wrong $T write "$nqn" "$uuid" 0 1 out 10.99.0.1:4420 >wrongkey 2>&1 && tb_fail "a wrong key was accepted"
+grep -q "refused the host's credentials" wrongkey
+NVMETCP_HOST_KEY=$key NVMETCP_CTRL_KEY=$wrong $T write "$nqn" "$uuid" 0 1 out 10.99.0.1:4420 >wrongctrl 2>&1 && tb_fail "a controller with the wrong key was trusted"
+grep -q "the controller failed to prove its key" wrongctrl
+if grep -qF -e "${{key#DHHC-1:}}" -e "${{wrong#DHHC-1:}}" -e "${{ctrl#DHHC-1:}}" nokey wrongkey wrongctrl; then tb_fail "a key reached the output"; fi
+tb_log "missing, wrong host and wrong controller keys refused, no key in the output"
+"#
+            ),
+        ),
+        Scenario::script(
             "uinit-failover",
             &format!(
                 r#"
@@ -82,7 +120,7 @@ export NVMETCP_GUEST_STEP=1
 T="{step}"
 nqn=$(tb_simple_target uf 32 10.99.0.1 10.99.0.2)
 uuid=$(cat "$TB_CFG/subsystems/$nqn/namespaces/1/device_uuid")
-$T soak "$nqn" "$uuid" stop 400 10.99.0.1:4420 10.99.0.2:4420 >soak 2>&1 &
+NVMETCP_KATO=3 $T soak "$nqn" "$uuid" stop 400 10.99.0.1:4420 10.99.0.2:4420 >soak 2>&1 &
 pid=$!
 state() {{ grep '^paths:' soak | tail -n 1; }}
 both_live() {{ state | grep -q "=Live .*=Live$"; }}
@@ -119,11 +157,26 @@ fn open(nqn: &str, uuid: &str, portals: &[String]) -> Result<Multipath, String> 
         namespace: NamespaceIdentity { nsid: 1, uuid: Some(parse_uuid("uuid", uuid).map_err(|e| e.to_string())?) },
         portals: portals.iter().map(|p| p.parse().unwrap()).collect(),
         host,
-        auth: None,
+        auth: match std::env::var("NVMETCP_HOST_KEY") {
+            Ok(key) => Some(AuthKeys {
+                host: DhchapSecret::new("dhchap_secret", &key).map_err(|e| e.to_string())?,
+                ctrl: match std::env::var("NVMETCP_CTRL_KEY") {
+                    Ok(c) => Some(DhchapSecret::new("dhchap_ctrl_secret", &c).map_err(|e| e.to_string())?),
+                    Err(_) => None,
+                },
+            }),
+            Err(_) => None,
+        },
         iopolicy: IoPolicy::RoundRobin,
         transport: TransportOptions {
-            keep_alive_tmo: Duration::from_secs(3),
+            // Short in the path-cut soak (a removed address is noticed by
+            // keep-alive), the kernel's default elsewhere.
+            keep_alive_tmo: Duration::from_secs(
+                std::env::var("NVMETCP_KATO").ok().and_then(|k| k.parse().ok()).unwrap_or(5),
+            ),
             reconnect_delay: Duration::from_secs(1),
+            // The guest is emulated on a shared machine: commands can be slow.
+            connect_timeout: Duration::from_secs(20),
             hdr_digest: digests,
             data_digest: digests,
             ..TransportOptions::default()
