@@ -63,6 +63,8 @@ describe('xo-server-nvmetcp against an array with three namespaces', () => {
     assert.equal(sr.type, 'nvmetcp')
     assert.equal(sr.shared, true)
     assert.equal(sr.other_config['auto-scan'], 'true')
+    assert.equal(Number(sr.physical_size), 2 ** 40, 'scanned: the size the SR reports')
+    assert.equal(back.size, 2 ** 40)
     assert.equal(new Set(pbds.map(p => p.host)).size, 3)
     for (const pbd of pbds) {
       assert.equal(pbd.currently_attached, true)
@@ -71,6 +73,18 @@ describe('xo-server-nvmetcp against an array with three namespaces', () => {
     }
     const [subsystem] = (await xo.call('nvmetcp.probe', { host, portals, nqn: NQN })).subsystems
     assert.equal(subsystem.namespaces[1].sr.inPool, true, 'probe now shows it in use')
+  })
+
+  it('creates on the empty namespace, scanned to its size', async () => {
+    const created = await xo.call('nvmetcp.create', {
+      host,
+      nameLabel: 'new',
+      portals,
+      nqn: NQN,
+      namespace: 'uuid.6f1c2a44-9a3e-4b8e-8c55-0d2f9b1e7a01',
+    })
+    assert.equal(created.size, 2 ** 41)
+    assert.deepEqual(created.warnings, [])
   })
 
   it('names a reattached SR as asked', async () => {
