@@ -155,4 +155,87 @@ mod tests {
         assert_eq!(device, "/dev/nvme0n1");
         assert!(error.to_string().contains("run 'pvremove /dev/nvme0n1'"), "{error}");
     }
+
+    /// `create_on_namespace` in process: the namespace's head in a sysfs
+    /// tree, LVM answered by the recording runner.
+    mod on_namespace {
+        use std::sync::Arc;
+
+        use super::super::create_on_namespace;
+        use crate::cmd::{CmdError, FakeRunner, Program};
+        use crate::context::Context;
+        use crate::error::{to_error_record, Failure};
+        use crate::nvme::sysfs::fixture::SysfsTree;
+        use crate::nvme::sysfs::NamespaceIdentity;
+        use crate::sr_config::{NamespaceRef, Purpose, SrConfig};
+
+        const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+        const NQN: &str = "nqn.2024-01.io.example:array";
+        const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+
+        fn run(runner: &Arc<FakeRunner>) -> Result<NamespaceIdentity, Failure> {
+            let tree = SysfsTree::new();
+            tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
+            let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(runner)) };
+            let map = [("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", "1")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let config = SrConfig::parse(&map, Purpose::Create).unwrap();
+            create_on_namespace(&ctx, &config, &NQN.parse().unwrap(), &NamespaceRef::Nsid(1), SR, &[])
+        }
+
+        fn subcommands(runner: &FakeRunner) -> Vec<String> {
+            runner
+                .calls()
+                .iter()
+                .map(|c| match c.program {
+                    Program::Lvm => c.shown.split_whitespace().nth(1).unwrap_or_default().to_owned(),
+                    other => other.name().to_owned(),
+                })
+                .collect()
+        }
+
+        #[test]
+        fn an_sr_already_created_by_this_call_is_success_and_writes_nothing() {
+            let vgs = format!(
+                r#"{{"report": [{{"vg": [{{"vg_name":"nvmetcp_x", "vg_uuid":"u", "vg_size":"1", "vg_free":"1",
+                "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp_sr"}}]}}]}}"#
+            );
+            let runner = Arc::new(FakeRunner::new().then_stdout(&vgs));
+            assert_eq!(run(&runner).unwrap(), NamespaceIdentity::parse(WWID).unwrap());
+            assert_eq!(subcommands(&runner), ["vgs"], "no pvcreate, no vgcreate");
+        }
+
+        #[test]
+        fn a_failed_create_removes_its_pv_and_reports_the_vgcreate_failure() {
+            let nothing = CmdError::Failed {
+                command: "blkid".to_owned(),
+                status: "exit status 2".to_owned(),
+                code: Some(2),
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+            let refused = CmdError::Failed {
+                command: "lvm vgcreate".to_owned(),
+                status: "exit status 5".to_owned(),
+                code: Some(5),
+                stdout: String::new(),
+                stderr: "vgcreate: no".to_owned(),
+            };
+            let runner = Arc::new(
+                FakeRunner::new()
+                    .then_stdout(r#"{"report": [{"vg": []}]}"#)
+                    .then(Err(nothing))
+                    .then_stdout("")
+                    .then(Err(refused))
+                    .then_stdout(""),
+            );
+            let failure = run(&runner).unwrap_err();
+            assert_eq!(to_error_record(&failure, "h1").code, "NVMETCP_LVM_FAILED");
+            assert_eq!(subcommands(&runner), ["vgs", "blkid", "pvcreate", "vgcreate", "pvremove"]);
+            let undo = runner.calls().last().unwrap().shown.clone();
+            assert!(undo.contains("--config") && undo.ends_with("/dev/nvme0n1"), "the one-device filter: {undo}");
+        }
+    }
 }
