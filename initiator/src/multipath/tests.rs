@@ -178,3 +178,42 @@ fn a_namespace_with_another_identity_is_refused() {
     let err = Multipath::open(config(&[&target])).err().unwrap();
     assert!(err.to_string().contains("another namespace sits at this NSID"), "{err}");
 }
+
+#[test]
+fn a_lost_path_is_reconnected_every_reconnect_delay() {
+    // The first path answers I/O with garbage; its controller is lost, then reconnected.
+    let target = FakeTarget::start(Script { bad_pdu_after: Some(0), ..Script::default() });
+    let good = FakeTarget::start(Script { disk: Some(Arc::clone(&target.disk)), ..Script::default() });
+    let dev = Multipath::open(config(&[&target, &good])).unwrap();
+    run(&dev, Request::Read { offset: 0, len: 512 }).unwrap();
+    assert_eq!(dev.state().paths[0].status, PathStatus::Connecting);
+    let start = Instant::now();
+    while dev.state().paths[0].status != PathStatus::Live {
+        assert!(start.elapsed() < Duration::from_secs(5), "not reconnected: {:?}", dev.state());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(start.elapsed() >= Duration::from_millis(800), "reconnected before reconnect_delay");
+    assert_eq!(dev.state().paths[0].losses, 1);
+}
+
+#[test]
+fn a_path_that_stays_down_is_given_up_after_ctrl_loss_tmo() {
+    let good = FakeTarget::start(Script::default());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let mut cfg = config(&[&good]);
+    cfg.portals.push(gone);
+    cfg.transport.ctrl_loss_tmo = Some(Duration::from_secs(2));
+    let dev = Multipath::open(cfg).unwrap();
+    let state = dev.state();
+    assert_eq!(state.paths[1].status, PathStatus::Connecting);
+    assert!(state.paths[1].last_error.as_deref().unwrap_or("").contains("unreachable"), "{state:?}");
+    let start = Instant::now();
+    while dev.state().paths[1].status != PathStatus::Deleted {
+        assert!(start.elapsed() < Duration::from_secs(6), "not given up: {:?}", dev.state());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(start.elapsed() >= Duration::from_millis(1500), "given up before ctrl_loss_tmo");
+    run(&dev, Request::Read { offset: 0, len: 512 }).expect("the live path still serves");
+}
