@@ -4,12 +4,11 @@
 use serde_json::Value;
 
 use crate::context::Context;
-use crate::error::{Failure, VolumeError};
-use crate::pool_mappings::hosts_mapping;
+use crate::error::Failure;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
 
-use super::record::find;
+use super::record::{find, refuse_in_use};
 
 /// `Volume.destroy`.
 ///
@@ -25,13 +24,7 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             tracing::info!(volume = %key, "already gone");
             return Ok(Value::Null);
         };
-        if lv.active {
-            return Err(VolumeError::Active { key }.into());
-        }
-        let elsewhere = hosts_mapping(&ctx.host, &state.vg, &lv.name)?;
-        if !elsewhere.is_empty() {
-            return Err(VolumeError::ActiveElsewhere { key, hosts: elsewhere }.into());
-        }
+        refuse_in_use(ctx, &state, &lv, key.clone())?;
         lvm.lvremove(&state.vg, &lv.name)?;
         tracing::info!(volume = %key, "volume destroyed");
         Ok(Value::Null)

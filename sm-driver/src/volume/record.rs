@@ -1,8 +1,10 @@
 //! A volume as LVM reports it: the LVs nvmetcp owns, found by key, and their
 //! SMAPI records.
 
+use crate::context::Context;
 use crate::error::{CallError, VolumeError};
 use crate::lvm::{Lv, Lvm};
+use crate::pool_mappings::hosts_mapping;
 use crate::smapi::types::Volume;
 use crate::sr_state::SrState;
 
@@ -54,4 +56,17 @@ pub(super) fn find(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Option<L
 pub(super) fn existing(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Lv, CallError> {
     find(lvm, state, key)?
         .ok_or_else(|| VolumeError::NotFound { key: key.to_owned(), sr_uuid: state.sr_uuid.clone() }.into())
+}
+
+/// Refuses to change `lv` while it is in use: active on this host, or
+/// mapped on another host of the pool.
+pub(super) fn refuse_in_use(ctx: &Context, state: &SrState, lv: &Lv, key: String) -> Result<(), CallError> {
+    if lv.active {
+        return Err(VolumeError::Active { key }.into());
+    }
+    let elsewhere = hosts_mapping(&ctx.host, &state.vg, &lv.name)?;
+    if !elsewhere.is_empty() {
+        return Err(VolumeError::ActiveElsewhere { key, hosts: elsewhere }.into());
+    }
+    Ok(())
 }

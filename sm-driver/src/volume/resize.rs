@@ -6,12 +6,11 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{Failure, VolumeError};
-use crate::pool_mappings::hosts_mapping;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
 
 use super::create::size_param;
-use super::record::existing;
+use super::record::{existing, refuse_in_use};
 
 /// `Volume.resize`.
 ///
@@ -31,13 +30,7 @@ pub fn resize(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if new_size == lv.size {
             return Ok(Value::Null);
         }
-        if lv.active {
-            return Err(VolumeError::Active { key }.into());
-        }
-        let elsewhere = hosts_mapping(&ctx.host, &state.vg, &lv.name)?;
-        if !elsewhere.is_empty() {
-            return Err(VolumeError::ActiveElsewhere { key, hosts: elsewhere }.into());
-        }
+        refuse_in_use(ctx, &state, &lv, key)?;
         lvm.lvextend(&state.vg, &lv.name, new_size)?;
         Ok(Value::Null)
     })
