@@ -109,7 +109,12 @@ pub fn connect_probed(
     if let Some(existing) = find_controller(host, &key)? {
         tracing::debug!(path = %key, controller = %existing.name, state = %existing.state, "reusing controller");
         align_timers(host, &existing.name, &options.timers, &key);
-        return Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused });
+        return Ok(ConnectedPath {
+            key,
+            controller: existing.name,
+            state: existing.state.to_string(),
+            origin: PathOrigin::Reused,
+        });
     }
     probed()?;
     match create(host, fabrics, options) {
@@ -121,7 +126,7 @@ pub fn connect_probed(
                 controller: name.clone(),
             })?;
             tracing::info!(path = %key, controller = %name, state = %found.state, "connected");
-            Ok(ConnectedPath { key, controller: name, state: found.state, origin: PathOrigin::Created })
+            Ok(ConnectedPath { key, controller: name, state: found.state.to_string(), origin: PathOrigin::Created })
         }
         Err(FabricsError::AlreadyConnected) => {
             // Another call connected it meanwhile (or it is being torn down).
@@ -130,7 +135,12 @@ pub fn connect_probed(
                 nqn: key.subsysnqn.clone(),
                 source: FabricsError::AlreadyConnected,
             })?;
-            Ok(ConnectedPath { key, controller: existing.name, state: existing.state, origin: PathOrigin::Reused })
+            Ok(ConnectedPath {
+                key,
+                controller: existing.name,
+                state: existing.state.to_string(),
+                origin: PathOrigin::Reused,
+            })
         }
         Err(source) => {
             Err(NvmeError::Connect { portal: options.portal.to_string(), nqn: key.subsysnqn.clone(), source })

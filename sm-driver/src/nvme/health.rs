@@ -89,7 +89,7 @@ pub fn health(host: &HostRoot, expected: &[PathKey]) -> Result<Health, NvmeError
         let ana_state = controller.as_ref().and_then(|c| ana_state(host, &c.name));
         paths.push(PathStatus {
             key: key.clone(),
-            state: controller.as_ref().map_or_else(|| "absent".to_owned(), |c| c.state.clone()),
+            state: controller.as_ref().map_or_else(|| "absent".to_owned(), |c| c.state.to_string()),
             controller: controller.map(|c| c.name),
             ana_state,
         });

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::host::HostRoot;
 
 use super::names::Nqn;
-use super::sysfs::{controllers, namespace_devices, NamespaceDevice, NamespaceIdentity};
+use super::sysfs::{controllers, namespace_devices, ControllerState, NamespaceDevice, NamespaceIdentity};
 
 /// How long to wait for a namespace to appear after connecting.
 pub const APPEAR_TIMEOUT: Duration = Duration::from_secs(15);
@@ -114,7 +114,7 @@ pub fn resolve_head(
         }
         let live: Vec<String> = controllers(host)?
             .into_iter()
-            .filter(|c| c.subsysnqn == nqn.as_str() && c.state == "live")
+            .filter(|c| c.subsysnqn == nqn.as_str() && c.state == ControllerState::Live)
             .map(|c| c.name)
             .collect();
         if started.elapsed() >= timeout {

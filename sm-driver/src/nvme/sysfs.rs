@@ -64,15 +64,74 @@ pub struct Controller {
     pub address: Address,
     /// The host NQN it connected with (fabrics only).
     pub hostnqn: Option<String>,
-    /// `live`, `connecting`, `resetting`, `deleting`, `deleting (no IO)`, `dead`, `new`.
-    pub state: String,
+    /// Its state, as the kernel reports it.
+    pub state: ControllerState,
+}
+
+/// A controller's state (`/sys/class/nvme/<ctrl>/state`), parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerState {
+    /// `live`: I/O flows.
+    Live,
+    /// `connecting`: (re)connecting after a loss.
+    Connecting,
+    /// `resetting`.
+    Resetting,
+    /// `new`: being set up.
+    New,
+    /// `deleting`: being torn down.
+    Deleting,
+    /// `deleting (no IO)`: being torn down, I/O already failed.
+    DeletingNoIo,
+    /// `dead`.
+    Dead,
+    /// A state this version does not know, as read.
+    Other(String),
+}
+
+impl ControllerState {
+    /// The state named by the sysfs text.
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        match text.trim() {
+            "live" => Self::Live,
+            "connecting" => Self::Connecting,
+            "resetting" => Self::Resetting,
+            "new" => Self::New,
+            "deleting" => Self::Deleting,
+            "deleting (no IO)" => Self::DeletingNoIo,
+            "dead" => Self::Dead,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The state as the kernel writes it.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Live => "live",
+            Self::Connecting => "connecting",
+            Self::Resetting => "resetting",
+            Self::New => "new",
+            Self::Deleting => "deleting",
+            Self::DeletingNoIo => "deleting (no IO)",
+            Self::Dead => "dead",
+            Self::Other(text) => text,
+        }
+    }
+}
+
+impl std::fmt::Display for ControllerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Controller {
     /// Whether the controller exists for good (not being torn down).
     #[must_use]
     pub fn is_alive(&self) -> bool {
-        !(self.state.starts_with("deleting") || self.state == "dead")
+        !matches!(self.state, ControllerState::Deleting | ControllerState::DeletingNoIo | ControllerState::Dead)
     }
 
     /// Whether this controller is the path `key` describes: exact subsystem
@@ -124,7 +183,7 @@ pub fn controller(host: &HostRoot, name: &str) -> Result<Controller, HostError> 
         subsysnqn: read("subsysnqn")?,
         address: Address::parse(&read("address").unwrap_or_default()),
         hostnqn: read("hostnqn").ok(),
-        state: read("state")?,
+        state: ControllerState::parse(&read("state")?),
     })
 }
 
@@ -346,6 +405,10 @@ mod tests {
         }
         let alive: Vec<bool> = controllers(&tree.host()).unwrap().iter().map(|c| c.is_alive()).collect();
         assert_eq!(alive, [true, true, true, true, false, false, false]);
+        for state in ["live", "connecting", "resetting", "new", "deleting", "deleting (no IO)", "dead", "frozen"] {
+            assert_eq!(super::ControllerState::parse(&format!("{state}\n")).as_str(), state);
+        }
+        assert_eq!(super::ControllerState::parse("live"), super::ControllerState::Live);
     }
 
     #[test]
