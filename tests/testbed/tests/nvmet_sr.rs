@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         if args.first().is_some_and(|a| a == "serve-pool") {
             return serve_pool(&args[1..]);
         }
+        if args.first().is_some_and(|a| a == "serve-agent-pool") {
+            return serve_agent_pool(&args[1..]);
+        }
         return guest_call(&args);
     }
     if args.iter().any(|a| a == "--list") {
@@ -53,6 +56,107 @@ call() { "$T" call "$@" | tee -a calls.log; }
 expect_ok() { local out; out=$(call "$@"); case $out in "OK "*) echo "${out#OK }" ;; *) tb_fail "$1 failed: $out"; return 1 ;; esac; }
 expect_err() { local code=$1 out; shift; out=$(call "$@"); case $out in "ERR $code "*) echo "$out" ;; *) tb_fail "$1: expected $code, got: $out"; return 1 ;; esac; }
 stat_sr() { expect_ok SR.stat "{\"dbg\":\"stat\",\"sr\":\"nvmetcp://sr/$SR\"}"; }
+"#;
+
+/// The `host-agent` scenario (see `sm_driver::agent`).
+const HOST_AGENT: &str = r#"
+nqn=$(tb_simple_target agent 64 10.99.0.1 10.99.0.2)
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"agent\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+out=/tmp/agent-xapi
+mkdir -p /var/lib/xcp
+"$T" serve-agent-pool /var/lib/xcp/xapi "$SR" "$out" &
+xapi=$!
+tb_wait 10 "the emulated XAPI" test -e "$out/messages"
+ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /tmp/nvmetcp-agent
+NVMETCP_LOG_STDERR=1 /tmp/nvmetcp-agent 2>agent.log &
+agent=$!
+counts() { grep ' mpath-' "$out/updates" | grep -v '(removed)$' | awk '{print $4 $5}' | tr '\n' ' '; }
+seen() { [ "$(grep -c "$1" "$out/updates")" -ge "$2" ]; }
+said() { [ "$(grep -c "^$1 " "$out/messages")" = "$2" ]; }
+tb_wait 10 "[2, 2] published" seen 'mpath-uuid\..* \[2, 2\]' 1
+grep -q '^PBD other_config multipathed true$' "$out/updates" || tb_fail "multipathed not set"
+grep -q '^SR sm_config multipathable true$' "$out/updates" || tb_fail "multipathable not set"
+# Event 1: the port stops serving the subsystem.
+tb_unlink 2 "$nqn"
+ctrl_of_2() { grep -l 'traddr=10.99.0.2,' /sys/class/nvme/nvme*/address | head -1 | xargs dirname; }
+c2=$(ctrl_of_2)
+tb_wait 30 "the kernel to notice the cut" sh -c "[ \"\$(cat $c2/state)\" != live ]"
+noticed=$(date +%s%N)
+tb_wait 30 "[1, 2] published" seen '\[1, 2\]' 1
+published=$(( ($(date +%s%N) - noticed) / 1000000 ))
+# When the agent saw it: its own log line (RFC 3339, UTC) for the alert.
+seen_at=$(grep -m1 'lost NVMe path 10.99.0.2' agent.log | cut -d' ' -f1)
+reacted=$(( ($(date -d "$seen_at" +%s%N) - noticed) / 1000000 ))
+tb_log "the agent saw the lost path ${reacted} ms after this script did; XAPI had [1, 2] after ${published} ms"
+[ "$reacted" -le 1000 ] || tb_fail "the agent took ${reacted} ms to notice a lost path"
+tb_wait 30 "one path-lost message" said NVMETCP_PATH_LOST 1
+tb_link 2 "$nqn"
+tb_wait 60 "[2, 2] again" seen '\[2, 2\]' 2
+tb_wait 30 "one paths-restored message" said NVMETCP_PATHS_RESTORED 1
+# Event 2: the address goes away (keep-alive notices), then comes back.
+tb_addr_del 10.99.0.2
+tb_wait 40 "[1, 2] for the address cut" seen '\[1, 2\]' 2
+tb_addr_add 10.99.0.2
+tb_wait 60 "[2, 2] after the address returns" seen '\[2, 2\]' 3
+tb_wait 30 "the second restore message" said NVMETCP_PATHS_RESTORED 2
+cat "$out/messages"
+said NVMETCP_PATH_LOST 2 && said NVMETCP_PATHS_RESTORED 2 || tb_fail "not exactly one lost and one restored message per event"
+said NVMETCP_LAST_PATH_LOST 0 || tb_fail "a last-path alert with a path live"
+[ "$(counts)" = "[2,2] [1,2] [2,2] [1,2] [2,2] " ] || tb_fail "PBD other_config updates: $(counts)"
+grep -Eq "^NVMETCP_PATH_LOST 3 SR $SR Host .+ lost NVMe path 10.99.0.2:4420 \(controller nvme[0-9]+: [a-z]+\) to SR $SR; 1/2 paths live.$" "$out/messages" || tb_fail "the path-lost message does not name host, portal and controller state"
+grep -q "^NVMETCP_PATHS_RESTORED 4 SR $SR " "$out/messages" || tb_fail "the restored message's priority or object"
+# A flapping port: 10 cuts in 20 s.
+before=$(wc -l <"$out/messages")
+for _ in $(seq 10); do tb_unlink 2 "$nqn"; sleep 1; tb_link 2 "$nqn"; sleep 1; done
+tb_wait 60 "both paths back after the flapping" tb_has_live_paths "$nqn" 2
+tb_wait 30 "[2, 2] last" sh -c "grep ' mpath-' $out/updates | grep -v removed | tail -1 | grep -q '\[2, 2\]'"
+sleep 1
+flap=$(( $(wc -l <"$out/messages") - before ))
+tb_log "flapping: $flap messages for 10 cuts in 20 s"
+[ "$flap" -le 3 ] || tb_fail "a flapping port sent $flap messages"
+# SR I/O statistics: a read job at a known rate, read back from the plugin file.
+head=$(tb_head "$nqn")
+# 50 IOPS: a rate even a software-emulated guest sustains steadily.
+fio --name=known --filename="$head" --rw=randread --bs=4k --direct=1 --ioengine=psync --rate_iops=50 --time_based --runtime=16 --output-format=json --output=fio.json &
+job=$!
+sleep 13
+python3 - /dev/shm/metrics/nvmetcp >rrd.txt <<'PY'
+# Decodes xcp-rrdd protocol v2 as its design note describes it.
+import json, struct, sys, time, zlib
+b = open(sys.argv[1], "rb").read()
+assert b[:11] == b"DATASOURCES", "header"
+data_crc, meta_crc, n = struct.unpack(">III", b[11:23])
+data = b[23:23 + 8 + 8 * n]
+assert zlib.crc32(data) & 0xFFFFFFFF == data_crc, "data checksum"
+(ts,) = struct.unpack(">Q", data[:8])
+assert abs(time.time() - ts) < 15, "stale reading"
+at = 23 + 8 + 8 * n
+(length,) = struct.unpack(">I", b[at:at + 4])
+meta = b[at + 4:at + 4 + length]
+assert zlib.crc32(meta) & 0xFFFFFFFF == meta_crc, "metadata checksum"
+sources = list(json.loads(meta)["datasources"].items())
+assert len(sources) == n
+for i, (name, m) in enumerate(sources):
+    raw = data[8 + 8 * i:16 + 8 * i]
+    value = struct.unpack(">d", raw)[0] if m["value_type"] == "float" else struct.unpack(">q", raw)[0]
+    print(name, value, m["owner"], m["type"], m["units"])
+PY
+wait "$job"
+cat rrd.txt
+id=${SR:0:8}
+iops=$(awk -v n="iops_read_$id" '$1 == n {print $2}' rrd.txt)
+fio_iops=$(python3 -c 'import json; print(json.load(open("fio.json"))["jobs"][0]["read"]["iops"])')
+tb_log "RRD iops_read_$id = $iops; fio measured $fio_iops read IOPS (job rate 50)"
+awk -v v="$iops" -v f="$fio_iops" 'BEGIN { exit !(v >= 0.9 * f && v <= 1.1 * f) }' || tb_fail "iops_read_$id is $iops, not fio's $fio_iops within 10 %"
+grep -q "^nvmetcp_paths_live_$id 2 host gauge paths$" rrd.txt || tb_fail "nvmetcp_paths_live_$id"
+for ds in iops_write io_throughput_read io_throughput_write read_latency write_latency; do
+    grep -q "^${ds}_$id " rrd.txt || tb_fail "no ${ds}_$id"
+done
+kill "$agent" "$xapi"; wait "$agent" "$xapi" 2>/dev/null || true
+grep -q "WARN" agent.log && cat agent.log >&2
+rm -f /etc/xensource-inventory /run/nvmetcp/agent.json /dev/shm/metrics/nvmetcp /var/lib/xcp/xapi
+expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
 "#;
 
 fn script(exe: &str, body: &str) -> String {
@@ -377,6 +481,10 @@ kill "$pool"
 "#,
             ),
         ),
+        // The host agent on the real kernel with an emulated XAPI on the dom0
+        // socket: a port cut, then an address cut, each restored; a flapping
+        // port; the RRD file against a rate-limited fio job.
+        Scenario::script("host-agent", &script(exe, HOST_AGENT)),
         // Xen Orchestra's plugin (xo/xo-server-nvmetcp) through the real
         // `xen-api` client, against the emulated XAPI whose storage calls run
         // the real plugin on the kernel target: probe, create, forget and
@@ -691,6 +799,66 @@ fn serve_pool(args: &[String]) -> ExitCode {
     emulator.listen_unix(Path::new(socket)).unwrap();
     loop {
         std::thread::park();
+    }
+}
+
+/// `serve-agent-pool SOCKET SR_UUID OUT`: an emulated XAPI on the dom0 socket
+/// for a pool of this one host, holding SR `SR_UUID` (introduced, with this
+/// host's PBD), with this host's UUID written to `/etc/xensource-inventory`
+/// as on dom0. Every 200 ms it writes what the host agent published to
+/// `OUT/updates` (`PBD other_config KEY VALUE` / `SR sm_config KEY VALUE`,
+/// one line per change, in order) and `OUT/messages` (`NAME PRIORITY CLASS
+/// UUID BODY`); serves until killed.
+fn serve_agent_pool(args: &[String]) -> ExitCode {
+    use xapi_client::api::{host, pbd, sr};
+    let [socket, sr_uuid, out] = args else {
+        eprintln!("usage: serve-agent-pool SOCKET SR_UUID OUT");
+        return ExitCode::FAILURE;
+    };
+    let config = xapi_emulator::Config { hosts: vec!["testbed".into()], ..xapi_emulator::Config::default() };
+    let emulator = xapi_emulator::Emulator::new(config, xapi_emulator::AcceptAll);
+    let _ = std::fs::remove_file(socket);
+    emulator.listen_unix(Path::new(socket)).unwrap();
+    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
+    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
+    let (me, record) = host::get_all_records(&session).unwrap().remove(0);
+    let params = [sr_uuid.as_str(), "agent", "", "nvmetcp", "user"].map(xapi_client::Value::from);
+    let mut params: Vec<xapi_client::Value> = params.into();
+    params.push(xapi_client::Value::Bool(true));
+    params.push(xapi_client::Value::map(&std::collections::BTreeMap::new()));
+    let sr_ref =
+        xapi_client::api::SrRef(session.call("SR.introduce", params).unwrap().as_str("SR ref").unwrap().into());
+    pbd::create(&session, &me, &sr_ref, &std::collections::BTreeMap::new()).unwrap();
+    assert_eq!(sr::get_by_uuid(&session, sr_uuid).unwrap(), sr_ref);
+    std::fs::create_dir_all("/etc").unwrap();
+    std::fs::write("/etc/xensource-inventory", format!("INSTALLATION_UUID='{}'\n", record.uuid)).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    loop {
+        let updates: String = emulator
+            .map_updates()
+            .into_iter()
+            .map(|u| format!("{} {} {} {}\n", u.class, u.field, u.key, u.value.unwrap_or_else(|| "(removed)".into())))
+            .collect();
+        let messages: String = emulator
+            .records("message")
+            .into_iter()
+            .map(|(_, m)| {
+                let field = |name: &str| m.as_struct("message").unwrap()[name].as_str(name).unwrap().to_owned();
+                format!(
+                    "{} {} {} {} {}\n",
+                    field("name"),
+                    field("priority"),
+                    field("cls"),
+                    field("obj_uuid"),
+                    field("body")
+                )
+            })
+            .collect();
+        std::fs::write(Path::new(out).join("updates.tmp"), updates).unwrap();
+        std::fs::rename(Path::new(out).join("updates.tmp"), Path::new(out).join("updates")).unwrap();
+        std::fs::write(Path::new(out).join("messages.tmp"), messages).unwrap();
+        std::fs::rename(Path::new(out).join("messages.tmp"), Path::new(out).join("messages")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
