@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 
 use crate::cmd::{Command, Program, Runner};
 use crate::host::HostRoot;
+use crate::nvme::sysfs::is_controller_name;
 use crate::plugin::{SR_TYPE, VERSION};
 use crate::smapi::method::PluginKind;
 
@@ -210,14 +211,11 @@ fn write_subsystems(out: &mut String, host: &HostRoot) {
 }
 
 fn write_attached_srs(out: &mut String, host: &HostRoot) {
-    let dir = format!("{}/srs", crate::nvme::users::RUN_DIR);
-    let names = host.list_dir(&dir).unwrap_or_default();
-    let attached: Vec<&String> = names.iter().filter(|n| n.ends_with(".json")).collect();
+    let attached = crate::sr_state::attached_uuids(host);
     if attached.is_empty() {
         let _ = writeln!(out, "  no SR attached");
     }
-    for name in attached {
-        let uuid = name.trim_end_matches(".json");
+    for uuid in &attached {
         match crate::sr_state::load(host, uuid) {
             Ok(state) => {
                 let _ = writeln!(
@@ -234,11 +232,6 @@ fn write_attached_srs(out: &mut String, host: &HostRoot) {
             }
         }
     }
-}
-
-/// `nvme3` is a controller; `nvme3n1` or `nvme3c1n1` are not.
-fn is_controller_name(name: &str) -> bool {
-    name.strip_prefix("nvme").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

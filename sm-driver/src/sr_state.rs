@@ -97,8 +97,20 @@ pub fn handle_of(uuid: &str) -> String {
     format!("{HANDLE_PREFIX}{uuid}")
 }
 
+/// Where the state files live: `/run/nvmetcp/srs`.
+const STATE_DIR: &str = "srs";
+
 fn state_file(uuid: &str) -> String {
-    format!("{RUN_DIR}/srs/{uuid}.json")
+    format!("{RUN_DIR}/{STATE_DIR}/{uuid}.json")
+}
+
+/// The uuid of every SR with a state file on this host, sorted: the one
+/// reader of the `/run/nvmetcp/srs` layout besides [`load`] and [`save`].
+#[must_use]
+pub fn attached_uuids(host: &HostRoot) -> Vec<String> {
+    let mut names = host.list_dir(&format!("{RUN_DIR}/{STATE_DIR}")).unwrap_or_default();
+    names.sort();
+    names.iter().filter_map(|n| n.strip_suffix(".json")).map(str::to_owned).collect()
 }
 
 fn io(path: &str) -> impl Fn(std::io::Error) -> StateError + '_ {

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::HostRoot;
 use crate::nvme::health::health;
-use crate::nvme::users::RUN_DIR;
 
 /// One path of an attached SR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +60,8 @@ pub struct HostReport {
 /// Reads the state of every SR attached on this host.
 #[must_use]
 pub fn report(host: &HostRoot) -> HostReport {
-    let dir = format!("{RUN_DIR}/srs");
-    let mut names = host.list_dir(&dir).unwrap_or_default();
-    names.sort();
-    let srs = names
+    let srs = crate::sr_state::attached_uuids(host)
         .iter()
-        .filter_map(|n| n.strip_suffix(".json"))
         .map(|uuid| match crate::sr_state::load(host, uuid) {
             Ok(state) => match health(host, &state.paths) {
                 Ok(health) => SrReport {

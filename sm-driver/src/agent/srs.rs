@@ -7,7 +7,6 @@
 use crate::host::HostRoot;
 use crate::nvme::health::{health, Health};
 use crate::nvme::sysfs::namespace_devices;
-use crate::nvme::users::RUN_DIR;
 use crate::sr_state::{load, SrState};
 
 /// One attached SR as it is now.
@@ -31,11 +30,8 @@ impl AttachedSr {
 /// (`nvmetcp status` reports them).
 #[must_use]
 pub fn attached(host: &HostRoot) -> Vec<AttachedSr> {
-    let mut names = host.list_dir(&format!("{RUN_DIR}/srs")).unwrap_or_default();
-    names.sort();
-    names
+    crate::sr_state::attached_uuids(host)
         .iter()
-        .filter_map(|n| n.strip_suffix(".json"))
         .filter_map(|uuid| load(host, uuid).ok())
         .map(|state| {
             let health = health(host, &state.paths).ok();
