@@ -30,6 +30,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("diagnostics", "text: the Plugin.diagnostics report of this host"),
     ("doctor", "JSON [check…]: nvmetcp doctor's checks on this host; args transport=tcp|rdma, portals=a[:p],…"),
     ("status", "JSON: every nvmetcp SR attached on this host with each path's state"),
+    ("pool_role", "text: this host's pool role from pool.conf (master, member, standalone or unknown)"),
     ("volume_mapped", "JSON {\"mapped\"}: whether volume args vg, lv is mapped (device-mapper) on this host"),
 ];
 
@@ -72,6 +73,7 @@ fn answer(
         "doctor" => doctor(host, runner, args),
         "status" => serde_json::to_string(&crate::status::report(host))
             .map_err(|e| (ErrorCode::InternalError, vec![e.to_string()])),
+        crate::writer_guard::ROLE_FUNCTION => Ok(crate::writer_guard::role_answer(host)),
         crate::pool_mappings::FUNCTION => {
             crate::pool_mappings::answer(host, args).map_err(|why| (ErrorCode::BadPluginCall, vec![why]))
         }

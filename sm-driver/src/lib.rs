@@ -55,3 +55,4 @@ pub mod sr_paths;
 pub mod sr_state;
 pub mod status;
 pub mod volume;
+pub mod writer_guard;

@@ -74,6 +74,35 @@ pub struct Lv {
     pub active: bool,
 }
 
+/// A physical volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pv {
+    /// Its LVM UUID.
+    pub uuid: String,
+    /// Its VG; empty for an orphan PV.
+    pub vg: String,
+    /// Where its data area starts, in bytes: before it, the label and the
+    /// metadata area.
+    pub pe_start: u64,
+}
+
+/// The PV UUID nvmetcp gives the PV of SR `sr_uuid`: its 32 hex digits in
+/// LVM's 6-4-4-4-4-4-6 grouping; `None` for a malformed SR uuid.
+#[must_use]
+pub fn pv_uuid_for(sr_uuid: &str) -> Option<String> {
+    let digits: String = sr_uuid.chars().filter(char::is_ascii_hexdigit).collect();
+    if digits.len() != 32 || sr_uuid.chars().any(|c| !c.is_ascii_hexdigit() && c != '-') {
+        return None;
+    }
+    let mut groups = Vec::new();
+    let mut at = 0;
+    for width in [6, 4, 4, 4, 4, 4, 6] {
+        groups.push(&digits[at..at + width]);
+        at += width;
+    }
+    Some(groups.join("-"))
+}
+
 /// Metadata archives lvm2 keeps per VG in `/etc/lvm/archive`.
 pub const ARCHIVES_KEPT: u32 = 10;
 
@@ -212,17 +241,43 @@ impl<'a> Lvm<'a> {
     ///
     /// # Errors
     /// [`LvmError`] if `pvcreate` fails.
-    pub fn pvcreate(&self, force: bool) -> Result<(), LvmError> {
+    pub fn pvcreate(&self, force: bool, uuid: &str) -> Result<(), LvmError> {
         // Every volume's metadata lives in its LV's tags, and LVM keeps the
         // whole VG description (twice, while committing) in this area: the
         // 2.02 default of about 128 KiB fills up after a few hundred volumes.
-        // 8 MiB holds several thousand.
-        let mut command = self.command("pvcreate").args(["--metadatasize", PV_METADATA_SIZE]);
+        // 8 MiB holds several thousand. The PV's UUID is derived from the
+        // SR's ([`pv_uuid_for`]), so a retry of a create killed between
+        // pvcreate and vgcreate recognises the PV it left.
+        check_tag(uuid)?;
+        let mut command =
+            self.command("pvcreate").args(["--metadatasize", PV_METADATA_SIZE, "--uuid", uuid, "--norestorefile"]);
         if force {
             command = command.args(["-ff", "-y"]);
         }
         self.runner.run(&command.arg(&self.device))?;
         Ok(())
+    }
+
+    /// The device's PV, if it is one: its UUID, VG (empty when none) and
+    /// where its data area starts.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `pvs` fails or its report is unreadable.
+    pub fn pv(&self) -> Result<Option<Pv>, LvmError> {
+        let command = self.command("pvs").args([
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "pv_uuid,vg_name,pe_start",
+        ]);
+        let rows: Vec<PvRow> = self.report(&command, "pv")?;
+        rows.into_iter()
+            .next()
+            .map(|r| r.decode().map_err(|detail| LvmError::Report { command: command.to_string(), detail }))
+            .transpose()
     }
 
     /// Creates `vg` on the device with `tags`.
@@ -426,6 +481,19 @@ impl VgRow {
 }
 
 #[derive(Debug, Deserialize)]
+struct PvRow {
+    pv_uuid: String,
+    vg_name: String,
+    pe_start: String,
+}
+
+impl PvRow {
+    fn decode(self) -> Result<Pv, String> {
+        Ok(Pv { pe_start: bytes("pe_start", &self.pe_start)?, uuid: self.pv_uuid, vg: self.vg_name })
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct LvRow {
     lv_name: String,
     vg_name: String,
@@ -536,6 +604,24 @@ mod tests {
         let shown = &runner.calls()[0].shown;
         assert!(shown.contains("issue_discards = 1"), "{shown}");
         assert!(shown.contains("backup { backup = 1 archive = 1 retain_min = 10 retain_days = 0 }"), "{shown}");
+    }
+
+    #[test]
+    fn the_pv_of_an_sr_has_a_uuid_derived_from_the_sr() {
+        use super::pv_uuid_for;
+        assert_eq!(
+            pv_uuid_for("3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11").as_deref(),
+            Some("3f1c6d-0e8a-8f4e-0a9b-5e2d-7c1f-0a9e11")
+        );
+        assert_eq!(pv_uuid_for("not-a-uuid"), None);
+        let runner = FakeRunner::new()
+            .then_stdout("")
+            .then_stdout(r#"{"report":[{"pv":[{"pv_uuid":"3f1c6d-0e8a-8f4e-0a9b-5e2d-7c1f-0a9e11", "vg_name":"", "pe_start":"9437184"}]}]}"#);
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
+        lvm.pvcreate(false, "3f1c6d-0e8a-8f4e-0a9b-5e2d-7c1f-0a9e11").unwrap();
+        assert!(runner.calls()[0].shown.contains("--uuid 3f1c6d-0e8a-8f4e-0a9b-5e2d-7c1f-0a9e11 --norestorefile"));
+        let pv = lvm.pv().unwrap().unwrap();
+        assert_eq!((pv.vg.as_str(), pv.pe_start), ("", 9_437_184));
     }
 
     #[test]

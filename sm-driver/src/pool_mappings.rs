@@ -135,7 +135,7 @@ pub fn hosts_mapping(root: &HostRoot, vg: &str, lv: &str) -> Result<Vec<String>,
 }
 
 /// This host's XAPI uuid (`INSTALLATION_UUID` in the inventory).
-fn this_host_uuid(host: &HostRoot) -> Option<String> {
+pub(crate) fn this_host_uuid(host: &HostRoot) -> Option<String> {
     let inventory = host.read_trimmed(INVENTORY).ok()?;
     inventory.lines().find_map(|line| {
         line.strip_prefix("INSTALLATION_UUID=").map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_owned())

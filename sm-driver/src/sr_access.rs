@@ -58,9 +58,17 @@ fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), CallError> {
 }
 
 /// LVM on the SR's namespace, resolved anew; only while a path is live.
+/// A writable one is for a metadata write: the SR's writer is checked (and
+/// claimed) first ([`crate::writer_guard`]).
 pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, CallError> {
     require_live_path(ctx, state)?;
-    lvm_on_namespace(ctx, state, writable)
+    let lvm = lvm_on_namespace(ctx, state, writable)?;
+    if writable {
+        if let Some(vg) = our_vg(&lvm, state)? {
+            crate::writer_guard::guard(&ctx.host, &lvm, &vg)?;
+        }
+    }
+    Ok(lvm)
 }
 
 /// LVM on the SR's namespace, for callers that checked the paths already.

@@ -99,6 +99,21 @@ pub struct KeySources {
 /// The suffix xapi gives a `*password` key once it moved it into a secret.
 pub const SECRET_SUFFIX: &str = "_secret";
 
+/// device-config keys that carry a DH-HMAC-CHAP key inline.
+pub const INLINE_KEYS: [&str; 2] = ["dhchap_password", "dhchap_ctrl_password"];
+
+/// `configuration` without inline DH-HMAC-CHAP keys: what nvmetcp may echo
+/// in a reply (stdout lands in xapi's logs and records) or keep in a state
+/// file. Through xapi the keys arrive as secrets (`…_secret`), which stay.
+#[must_use]
+pub fn without_inline_keys(configuration: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    configuration
+        .iter()
+        .filter(|(k, _)| !INLINE_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// A validated nvmetcp device-config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SrConfig {
@@ -298,6 +313,24 @@ fn parse_namespace(value: &str, purpose: Purpose) -> Result<NamespaceRef, Config
              at create time its NSID",
         )
     })
+}
+
+#[cfg(test)]
+mod inline_key_tests {
+    #[test]
+    fn inline_keys_never_leave_in_replies_or_state() {
+        let given: std::collections::BTreeMap<String, String> = [
+            ("nqn", "nqn.x"),
+            ("dhchap_password", "DHHC-1:00:secret:"),
+            ("dhchap_ctrl_password", "DHHC-1:00:other:"),
+            ("dhchap_password_secret", "11111111-2222-3333-4444-555555555555"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let kept = super::without_inline_keys(&given);
+        assert_eq!(kept.keys().map(String::as_str).collect::<Vec<_>>(), ["dhchap_password_secret", "nqn"]);
+    }
 }
 
 #[cfg(test)]

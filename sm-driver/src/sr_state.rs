@@ -52,7 +52,7 @@ pub struct SrState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The handle is not one of ours.
-    #[error("{0:?} is not an nvmetcp SR handle")]
+    #[error("parameter sr: {0:?} is not an nvmetcp SR handle (nvmetcp://sr/<uuid>, as SR.attach returns it)")]
     BadHandle(String),
     /// The SR is not attached on this host.
     #[error("SR {0} is not attached on this host (plug its PBD first)")]

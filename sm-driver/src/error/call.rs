@@ -92,6 +92,21 @@ pub enum CallError {
         /// What was found.
         found: String,
     },
+    /// The namespace holds another nvmetcp SR, which `force` never overrides.
+    #[error(
+        "namespace {namespace} ({device}) holds nvmetcp SR {sr_uuid} (volume group {vg}); force never overwrites \
+         an nvmetcp SR, whose volumes may be in use on any host: destroy that SR first (xe sr-destroy)"
+    )]
+    OtherSr {
+        /// Its identity.
+        namespace: String,
+        /// Its device now.
+        device: String,
+        /// The SR found there.
+        sr_uuid: String,
+        /// Its VG.
+        vg: String,
+    },
     /// The namespace does not hold this SR.
     #[error("namespace {namespace} holds no nvmetcp SR {sr_uuid}{found}")]
     NotThisSr {
@@ -105,6 +120,9 @@ pub enum CallError {
     /// An operation that only the pool master may do, on a host that must not write.
     #[error(transparent)]
     NotMaster(#[from] NotWriter),
+    /// Another host may be writing the SR's metadata.
+    #[error(transparent)]
+    SecondWriter(#[from] crate::writer_guard::SecondWriter),
     /// The pool could not be asked whether a volume is mapped elsewhere.
     #[error(transparent)]
     PoolCheck(#[from] crate::pool_mappings::PoolCheckError),
@@ -152,6 +170,18 @@ pub enum CallError {
     /// Probing the namespace for data failed.
     #[error("cannot check {device} for existing data")]
     Inspect {
+        /// The device.
+        device: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Wiping what `SR.destroy` wrote failed (the VG and PV are gone already).
+    #[error(
+        "the SR's volume group was removed but its metadata area on {device} could not be wiped; a new SR there \
+         will need force=true"
+    )]
+    Wipe {
         /// The device.
         device: String,
         /// The cause.

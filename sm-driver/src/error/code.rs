@@ -57,6 +57,8 @@ error_codes! {
     NotMaster = "NVMETCP_NOT_MASTER",
     /// A metadata-writing call on a host whose role cannot be trusted.
     PoolRoleUnknown = "NVMETCP_POOL_ROLE_UNKNOWN",
+    /// Another host may be writing the SR's metadata (the VG's writer tag).
+    SecondWriter = "NVMETCP_SECOND_WRITER",
     /// `SR.destroy` while volumes exist.
     SrNotEmpty = "NVMETCP_SR_NOT_EMPTY",
     /// An lvm2 command failed.

@@ -115,6 +115,10 @@ pub fn to_error_record(failure: &Failure, host: &str) -> ErrorRecord {
         },
         DriverError::UnknownMethod { method, .. } => (ErrorCode::UnknownMethod, vec![method.clone()]),
         DriverError::Unimplemented { method } => (ErrorCode::Unimplemented, vec![method.clone()]),
+        // A handle that is not ours is the caller's mistake, not host state to retry.
+        DriverError::Sr(source) if matches!(**source, CallError::State(StateError::BadHandle(_))) => {
+            (ErrorCode::InvalidParameter, vec![String::new(), "sr".to_owned()])
+        }
         DriverError::Sr(source) => (sr_code(source), vec![]),
         DriverError::Encode { method, .. } | DriverError::Panicked { method, .. } => {
             (ErrorCode::InternalError, vec![method.clone()])
@@ -144,14 +148,15 @@ fn sr_code(error: &CallError) -> ErrorCode {
         CallError::Registry(_) | CallError::Release(_) => ErrorCode::HostState,
         CallError::Namespace(_) => ErrorCode::Namespace,
         CallError::NamespaceMissing { .. } | CallError::NoIdentity { .. } => ErrorCode::Namespace,
-        CallError::InUse { .. } => ErrorCode::NamespaceInUse,
+        CallError::InUse { .. } | CallError::OtherSr { .. } => ErrorCode::NamespaceInUse,
         CallError::NotThisSr { .. } => ErrorCode::SrNotFound,
         CallError::NotMaster(NotWriter::Member { .. }) => ErrorCode::NotMaster,
         CallError::NotMaster(NotWriter::RoleUnknown { .. }) => ErrorCode::PoolRoleUnknown,
+        CallError::SecondWriter(_) => ErrorCode::SecondWriter,
         CallError::NotEmpty { .. } => ErrorCode::SrNotEmpty,
         CallError::Lvm(_) | CallError::CreateRolledBackBadly { .. } => ErrorCode::LvmFailed,
         CallError::Tool(_) => ErrorCode::ToolFailed,
-        CallError::Inspect { .. } => ErrorCode::Namespace,
+        CallError::Inspect { .. } | CallError::Wipe { .. } => ErrorCode::Namespace,
         CallError::State(StateError::NotAttached(_)) => ErrorCode::SrNotAttached,
         CallError::Volume(VolumeError::NotFound { .. }) => ErrorCode::VolumeDoesNotExist,
         CallError::Volume(VolumeError::Active { .. } | VolumeError::ActiveElsewhere { .. }) => ErrorCode::VolumeActive,
@@ -180,6 +185,18 @@ mod tests {
     use super::{to_error_record, DriverError, ErrorCode, Failure};
     use crate::smapi::method::ParamKind;
     use crate::smapi::params::RequestError;
+
+    #[test]
+    fn a_malformed_sr_handle_is_a_parameter_error_not_host_state() {
+        let failure: Failure = DriverError::Sr(Box::new(crate::error::CallError::State(
+            crate::sr_state::StateError::BadHandle("x".into()),
+        )))
+        .into();
+        let record = to_error_record(&failure, "h1");
+        assert_eq!(record.code, "NVMETCP_INVALID_PARAMETER");
+        assert_eq!(record.params[2], "sr");
+        assert!(record.params[0].contains("parameter sr: \"x\" is not an nvmetcp SR handle"), "{}", record.params[0]);
+    }
 
     #[test]
     fn records_carry_code_message_detail_and_location() {

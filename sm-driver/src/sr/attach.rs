@@ -13,7 +13,7 @@ use crate::pool_role;
 use crate::smapi::params::Params;
 use crate::smapi::types::StringMap;
 use crate::sr_access::sr_call;
-use crate::sr_config::{ConfigError, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_config::{without_inline_keys, ConfigError, Purpose, SrConfig, SR_UUID_KEY};
 use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
 use crate::sr_state::{self, handle_of, SrLock, SrState, SR_LOCK_TIMEOUT};
 
@@ -69,7 +69,7 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure
         nqn: nqn.to_string(),
         namespace,
         paths: expected,
-        configuration: configuration.clone(),
+        configuration: without_inline_keys(configuration),
         total_space: vg.size,
         free_space: vg.free,
         extent_size: vg.extent_size,

@@ -9,14 +9,14 @@ use serde_json::Value;
 use crate::context::Context;
 use crate::error::{CallError, Failure};
 use crate::ids::SrUuid;
-use crate::lvm::Lvm;
+use crate::lvm::{pv_uuid_for, Lvm};
 use crate::nvme::names::Nqn;
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::smapi::types::StringMap;
 use crate::sr_access::{require_master, sr_call};
-use crate::sr_config::{ConfigError, NamespaceRef, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_config::{without_inline_keys, ConfigError, NamespaceRef, Purpose, SrConfig, SR_UUID_KEY};
 use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
 use crate::sr_state::{SrLock, SR_LOCK_TIMEOUT};
 
@@ -44,6 +44,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             format!("{UUID_TAG}{uuid}"),
             label_tag(NAME_TAG, "name", &name)?,
             label_tag(DESCRIPTION_TAG, "description", &description)?,
+            crate::writer_guard::tag_for(&crate::writer_guard::this_host(&ctx.host)),
         ];
         let _lock = SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?;
         let user = format!("create-{uuid}");
@@ -52,7 +53,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         // Leave no connection behind that create made; PBD.plug attaches.
         release(&ctx.host, &user)?;
         let identity = outcome?;
-        let mut stored = configuration.clone();
+        let mut stored = without_inline_keys(&configuration);
         stored.insert("namespace".to_owned(), identity.canonical());
         stored.insert(SR_UUID_KEY.to_owned(), uuid.to_string());
         stored.remove("force");
@@ -80,18 +81,38 @@ fn create_on_namespace(
         .clone()
         .ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid: resolved.namespace.nsid })?;
     let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?;
+    let vgs = lvm.vgs()?;
     // Already created by an earlier attempt of this very call: done.
-    if lvm.vgs()?.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
+    if vgs.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
         return Ok(identity);
     }
     let device = resolved.device.display().to_string();
-    if let Some(found) = existing_data(ctx, &device)? {
-        if !config.force {
-            return Err(CallError::InUse { namespace: identity.canonical(), device, found }.into());
+    // Another nvmetcp SR is never overwritten, not even with force: its
+    // volumes may be in use on any host of any pool. SR.destroy removes it.
+    if let Some(other) = vgs.iter().find(|vg| vg.tags.iter().any(|t| t == SR_TAG)) {
+        return Err(CallError::OtherSr {
+            namespace: identity.canonical(),
+            device,
+            sr_uuid: tag_value(other, UUID_TAG).unwrap_or("?").to_owned(),
+            vg: other.name.clone(),
         }
-        tracing::warn!(%device, %found, "force=true: overwriting the namespace");
+        .into());
     }
-    lvm.pvcreate(config.force)?;
+    let pv_uuid = pv_uuid_for(uuid).ok_or_else(|| CallError::BadUuid(uuid.to_owned()))?;
+    // A create of this very SR killed between pvcreate and vgcreate left its
+    // PV (recognised by the UUID derived from the SR's): go on from there.
+    let leftover = lvm.pv()?.is_some_and(|pv| pv.vg.is_empty() && pv.uuid == pv_uuid);
+    if leftover {
+        tracing::info!(%device, "the PV an interrupted SR.create of this SR left: creating its VG");
+    } else {
+        if let Some(found) = existing_data(ctx, &device)? {
+            if !config.force {
+                return Err(CallError::InUse { namespace: identity.canonical(), device, found }.into());
+            }
+            tracing::warn!(%device, %found, "force=true: overwriting the namespace");
+        }
+        lvm.pvcreate(config.force, &pv_uuid)?;
+    }
     create_vg(&lvm, &vg_name(uuid), tags)?;
     tracing::info!(sr = %uuid, vg = %vg_name(uuid), %device, "SR created");
     Ok(identity)
@@ -208,6 +229,28 @@ mod tests {
         }
 
         #[test]
+        fn the_pv_a_killed_create_of_this_sr_left_is_recognised() {
+            let pv = r#"{"report": [{"pv": [{"pv_uuid":"3f1c6d-0e8a-8f4e-0a9b-5e2d-7c1f-0a9e11", "vg_name":"",
+                "pe_start":"9437184"}]}]}"#;
+            let runner =
+                Arc::new(FakeRunner::new().then_stdout(r#"{"report": [{"vg": []}]}"#).then_stdout(pv).then_stdout(""));
+            assert_eq!(run(&runner).unwrap(), NamespaceIdentity::parse(WWID).unwrap());
+            assert_eq!(subcommands(&runner), ["vgs", "pvs", "vgcreate"], "no data check of its own PV, no pvcreate");
+        }
+
+        #[test]
+        fn another_nvmetcp_sr_is_never_overwritten() {
+            let vgs = r#"{"report": [{"vg": [{"vg_name":"nvmetcp_other", "vg_uuid":"u", "vg_size":"1", "vg_free":"1",
+                "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid=11111111-2222-3333-4444-555555555555,nvmetcp_sr"}]}]}"#;
+            let runner = Arc::new(FakeRunner::new().then_stdout(vgs));
+            let failure = run(&runner).unwrap_err();
+            let record = to_error_record(&failure, "h1");
+            assert_eq!(record.code, "NVMETCP_NAMESPACE_IN_USE");
+            assert!(record.params[0].contains("force never overwrites an nvmetcp SR"), "{}", record.params[0]);
+            assert_eq!(subcommands(&runner), ["vgs"]);
+        }
+
+        #[test]
         fn a_failed_create_removes_its_pv_and_reports_the_vgcreate_failure() {
             let nothing = CmdError::Failed {
                 command: "blkid".to_owned(),
@@ -226,6 +269,7 @@ mod tests {
             let runner = Arc::new(
                 FakeRunner::new()
                     .then_stdout(r#"{"report": [{"vg": []}]}"#)
+                    .then_stdout(r#"{"report": [{"pv": []}]}"#)
                     .then(Err(nothing))
                     .then_stdout("")
                     .then(Err(refused))
@@ -233,7 +277,7 @@ mod tests {
             );
             let failure = run(&runner).unwrap_err();
             assert_eq!(to_error_record(&failure, "h1").code, "NVMETCP_LVM_FAILED");
-            assert_eq!(subcommands(&runner), ["vgs", "blkid", "pvcreate", "vgcreate", "pvremove"]);
+            assert_eq!(subcommands(&runner), ["vgs", "pvs", "blkid", "pvcreate", "vgcreate", "pvremove"]);
             let undo = runner.calls().last().unwrap().shown.clone();
             assert!(undo.contains("--config") && undo.ends_with("/dev/nvme0n1"), "the one-device filter: {undo}");
         }

@@ -10,6 +10,25 @@ use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, our_vg, require_master, sr_call};
 use crate::sr_state::{self, StateError};
 
+/// What to wipe when `pvs` did not say where the data area starts: the
+/// label and an 8 MiB metadata area, rounded up.
+const WIPED_WITHOUT_REPORT: u64 = 9 << 20;
+
+/// Zeroes the first `bytes` of `device` (the label and LVM metadata the SR
+/// wrote), so a new SR on the namespace finds it empty and needs no force.
+fn wipe(device: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).open(device)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        file.write_all(&zeros[..chunk])?;
+        left -= chunk as u64;
+    }
+    file.sync_all()
+}
+
 /// `SR.destroy`.
 ///
 /// # Errors
@@ -32,12 +51,32 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             if !volumes.is_empty() {
                 return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() }.into());
             }
+            // What this SR wrote outside its volumes: the PV label and the
+            // metadata area before the first extent.
+            let written = lvm.pv()?.map_or(WIPED_WITHOUT_REPORT, |pv| pv.pe_start);
             lvm.deactivate(&state.vg)?;
             lvm.remove_vg_and_pv(&state.vg)?;
+            wipe(&ctx.host.path(lvm.device()), written)
+                .map_err(|source| CallError::Wipe { device: lvm.device().to_owned(), source })?;
         }
         release(&ctx.host, &state.sr_uuid)?;
         sr_state::remove(&ctx.host, &state.sr_uuid)?;
         tracing::info!(sr = %state.sr_uuid, "SR destroyed");
         Ok(Value::Null)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wipe_zeroes_exactly_what_the_sr_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("ns");
+        std::fs::write(&device, vec![0xa5u8; 3 << 20]).unwrap();
+        super::wipe(&device, (2 << 20) + 512).unwrap();
+        let after = std::fs::read(&device).unwrap();
+        assert_eq!(after.len(), 3 << 20, "never grows the device");
+        assert!(after[..(2 << 20) + 512].iter().all(|b| *b == 0));
+        assert!(after[(2 << 20) + 512..].iter().all(|b| *b == 0xa5), "volumes' extents are not touched");
+    }
 }

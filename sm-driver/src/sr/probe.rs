@@ -16,7 +16,7 @@ use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::smapi::types::{Health, ProbeResult, StringMap};
 use crate::sr_access::sr_call;
-use crate::sr_config::{ConfigError, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_config::{without_inline_keys, ConfigError, Purpose, SrConfig, SR_UUID_KEY};
 use crate::sr_paths;
 use crate::sr_state::{handle_of, SrState};
 
@@ -143,7 +143,7 @@ fn probe_subsystem(
     let mut results = Vec::new();
     for head in heads {
         let Some(identity) = head.identity.clone() else { continue };
-        let mut configuration = given.clone();
+        let mut configuration = without_inline_keys(given);
         configuration.insert("nqn".to_owned(), nqn.to_string());
         configuration.insert("namespace".to_owned(), identity.canonical());
         let mut extra_info = StringMap::new();

@@ -54,6 +54,14 @@ fn attached_sr_with_path(state: &str) -> SysfsTree {
     tree
 }
 
+/// The SR's VG as `vgs` reports it, its writer named `writer`.
+fn vgs(writer: &str) -> String {
+    format!(
+        r#"{{"report": [{{"vg": [{{"vg_name":"{VG}", "vg_uuid":"u", "vg_size":"1073741824", "vg_free":"536870912",
+        "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp.writer={writer},nvmetcp_sr"}}]}}]}}"#
+    )
+}
+
 fn lvs(lvs: &[(&str, &str, &str)]) -> String {
     let rows: Vec<String> = lvs
         .iter()
@@ -84,20 +92,33 @@ fn ran(runner: &FakeRunner, subcommand: &str) -> bool {
 #[test]
 fn destroy_refuses_a_volume_active_on_this_host() {
     let tree = attached_sr();
-    let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
     assert_eq!(call(&tree, &runner, "Volume.destroy", &body("")), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
     assert!(!ran(&runner, "lvremove"), "{:?}", runner.calls());
 }
 
 #[test]
+fn a_vg_another_machine_writes_is_not_written() {
+    let tree = attached_sr();
+    // No pool: nobody can say the other writer stopped.
+    std::fs::remove_file(tree.host().path("/etc/xensource/pool.conf")).unwrap();
+    let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("other-host")));
+    assert_eq!(call(&tree, &runner, "Volume.destroy", &body("")), Err("NVMETCP_SECOND_WRITER".to_owned()));
+    assert_eq!(runner.calls().len(), 1, "nothing but the vgs that found the other writer: {:?}", runner.calls());
+}
+
+#[test]
 fn resize_refuses_a_shrink_and_an_active_volume() {
     let tree = attached_sr();
-    let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "")])));
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "")])));
     assert_eq!(
         call(&tree, &runner, "Volume.resize", &body(r#","new_size":4096"#)),
         Err("NVMETCP_VOLUME_INVALID".to_owned())
     );
-    let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
     let grow = body(r#","new_size":16777216"#);
     assert_eq!(call(&tree, &runner, "Volume.resize", &grow), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
     assert!(!ran(&runner, "lvextend"), "{:?}", runner.calls());

@@ -311,13 +311,38 @@ nqn=$(tb_simple_target full 64 10.99.0.1)
 mkfs.ext4 -q -F /srv/testbed/full-ns1.img
 cfg="\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\""
 out=$(expect_err NVMETCP_NAMESPACE_IN_USE SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg},\"name\":\"n\",\"description\":\"\"}")
-echo "$out" | grep -q 'it holds TYPE=ext4'
 echo "$out" | grep -q 'device-config:force=true'
 [ -z "$(ls /sys/class/nvme)" ] || tb_fail "a refused create left a connection"
+img=/srv/testbed/full-ns1.img
+hash() { md5sum "$img" | cut -d' ' -f1; }
+refused() { # why, then the device-config: refused with the reason, the namespace unchanged
+    local why=$1 before out; shift
+    before=$(hash)
+    out=$(expect_err NVMETCP_NAMESPACE_IN_USE SR.create "{\"dbg\":\"c\",\"uuid\":\"${U:-$SR}\",\"configuration\":{$1},\"name\":\"n\",\"description\":\"\"}") || return 1
+    echo "$out" | grep -q "$why" || tb_fail "refused, but not because '$why': $out"
+    [ "$(hash)" = "$before" ] || tb_fail "a refused create ($why) changed the namespace"
+}
+refused 'it holds TYPE=ext4' "$cfg"
 expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg,\"force\":\"true\"},\"name\":\"n\",\"description\":\"\"}" >/dev/null
-other=11111111-2222-3333-4444-555555555555
-out=$(expect_err NVMETCP_NAMESPACE_IN_USE SR.create "{\"dbg\":\"c\",\"uuid\":\"$other\",\"configuration\":{$cfg},\"name\":\"n\",\"description\":\"\"}")
-echo "$out" | grep -q 'LVM2_member'
+# Another nvmetcp SR is never overwritten, with or without force.
+U=11111111-2222-3333-4444-555555555555 refused "holds nvmetcp SR $SR" "$cfg"
+U=11111111-2222-3333-4444-555555555555 refused 'force never overwrites an nvmetcp SR' "$cfg,\"force\":\"true\""
+# SR.destroy wipes what it wrote: on a clean namespace a re-create needs no force.
+dd if=/dev/zero of="$img" bs=1M count=64 conv=notrunc status=none
+for round in 1 2; do
+    stored=$(expect_ok SR.create "{\"dbg\":\"c$round\",\"uuid\":\"$SR\",\"configuration\":{$cfg},\"name\":\"n\",\"description\":\"\"}") || break
+    expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+    expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
+done
+[ "$(head -c 16M "$img" | tr -d '\000' | wc -c)" = 0 ] || tb_fail "SR.destroy left its metadata on the namespace"
+# Data past the first MiB with no signature, and a lone backup GPT at the end, are found.
+printf 'data' | dd of="$img" bs=1k seek=40960 conv=notrunc status=none
+dd if=/dev/urandom of="$img" bs=256k count=1 seek=160 conv=notrunc status=none
+refused 'a sampled scan found data' "$cfg"
+dd if=/dev/zero of="$img" bs=1M count=64 conv=notrunc status=none
+printf 'EFI PART' | dd of="$img" bs=512 seek=$((64 * 2048 - 1)) conv=notrunc status=none
+refused 'its last MiB' "$cfg"
+tb_log "every refusal left the namespace's hash unchanged"
 "#,
             ),
         ),
