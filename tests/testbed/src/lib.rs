@@ -273,3 +273,40 @@ pub fn run_suite(label: &str, scenarios: &[Scenario]) -> std::process::ExitCode 
         std::process::ExitCode::FAILURE
     }
 }
+
+/// The `main` of a two-role test program (`harness = false`): inside the
+/// guest (`NVMETCP_GUEST_STEP` set) it runs `guest_step` with the arguments
+/// and turns its error into a failed exit; with `--list` it names itself the
+/// way libtest does; otherwise it runs `host_side` with this program's path,
+/// which the scenarios call back in the guest (the host's root is the guest's,
+/// over 9p).
+#[must_use]
+pub fn two_role_main(
+    name: &str,
+    guest_step: fn(&[String]) -> Result<(), String>,
+    host_side: impl FnOnce(&str) -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program's report
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
+        return match guest_step(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("step failed: {message}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if args.iter().any(|a| a == "--list") {
+        println!("{name}: test");
+        return std::process::ExitCode::SUCCESS;
+    }
+    match std::env::current_exe() {
+        Ok(exe) => host_side(&exe.display().to_string()),
+        Err(error) => {
+            eprintln!("{name}: cannot find this test program: {error}");
+            println!("0 passed, 1 failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

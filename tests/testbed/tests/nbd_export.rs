@@ -25,23 +25,13 @@ use nvmetcp_initiator::daemon::{door, Layout};
 use nvmetcp_initiator::nbd::export::{limit_request_size, Export, ExportConfig};
 use nvmetcp_initiator::nbd::kernel::NbdNetlink;
 use nvmetcp_initiator::testing::FileDevice;
-use nvmetcp_testbed::{run_suite, Scenario};
+use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
-        return match guest_step(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("step failed: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.iter().any(|a| a == "--list") {
-        println!("nbd_export: test");
-        return ExitCode::SUCCESS;
-    }
+    two_role_main("nbd_export", guest_step, host_side)
+}
+
+fn host_side(exe: &str) -> ExitCode {
     // The daemon scenario runs the plugin binary itself: build it, as installed.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
@@ -52,8 +42,7 @@ fn main() -> ExitCode {
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
     }
-    let exe = std::env::current_exe().unwrap().display().to_string();
-    run_suite("nbd", &scenarios(&exe, &plugin_binary().display().to_string()))
+    run_suite("nbd", &scenarios(exe, &plugin_binary().display().to_string()))
 }
 
 fn plugin_binary() -> std::path::PathBuf {

@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nvmetcp_testbed::{run_suite, Scenario};
+use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
 use sm_driver::cmd::SystemRunner;
 use sm_driver::host::HostRoot;
 use sm_driver::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
@@ -29,21 +29,7 @@ use sm_driver::nvme::sysfs::{controllers, NamespaceIdentity};
 use sm_driver::nvme::users::{attach, release};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
-        return match guest_step(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("step failed: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.iter().any(|a| a == "--list") {
-        println!("nvmet_fabric: test");
-        return ExitCode::SUCCESS;
-    }
-    host_side()
+    two_role_main("nvmet_fabric", guest_step, |exe| run_suite("fabric", &scenarios(exe)))
 }
 
 /// The scenarios, all in one boot.
@@ -197,11 +183,6 @@ $T malicious
             ),
         ),
     ]
-}
-
-fn host_side() -> ExitCode {
-    let exe = std::env::current_exe().unwrap().display().to_string();
-    run_suite("fabric", &scenarios(&exe))
 }
 
 fn guest_step(args: &[String]) -> Result<(), String> {

@@ -20,25 +20,10 @@ use nvmetcp_initiator::config::parse_uuid;
 use nvmetcp_initiator::{
     AuthKeys, DhchapSecret, HostIdentity, IoPolicy, Multipath, MultipathConfig, NamespaceIdentity, TransportOptions,
 };
-use nvmetcp_testbed::{run_suite, Scenario};
+use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
-        return match guest_step(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("step failed: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.iter().any(|a| a == "--list") {
-        println!("nvmet_initiator: test");
-        return ExitCode::SUCCESS;
-    }
-    let exe = std::env::current_exe().unwrap().display().to_string();
-    run_suite("initiator", &scenarios(&exe))
+    two_role_main("nvmet_initiator", guest_step, |exe| run_suite("initiator", &scenarios(exe)))
 }
 
 fn scenarios(exe: &str) -> Vec<Scenario> {
