@@ -91,14 +91,26 @@ impl Entry {
     }
 }
 
+/// What the engine of a running volume writes to, as replay finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// The new leaf: the swap happened.
+    NewLeaf,
+    /// The old leaf: the swap did not happen, and the disk still writes there.
+    OldLeaf,
+    /// No host has the volume open now: nobody writes either leaf.
+    NotOpen,
+    /// The host could not be asked.
+    Unknown,
+}
+
 /// What replay knows about the world when it looks at an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     /// The volume already refers to the new leaf (the commit point passed).
     pub volume_on_new_leaf: bool,
-    /// What the engine on `active_on` serves: `Some(true)` the new leaf,
-    /// `Some(false)` the old one, `None` it could not be asked.
-    pub engine_on_new_leaf: Option<bool>,
+    /// What the volume's engine writes to (for an entry in `Swapping`).
+    pub serving: Serving,
 }
 
 /// What replay does with an entry.
@@ -122,10 +134,13 @@ pub fn decide(entry: &Entry, facts: Facts) -> Replay {
         (Operation::Snapshot { .. }, Step::Committed) => Replay::Finish,
         (Operation::Snapshot { .. }, _) if facts.volume_on_new_leaf => Replay::Finish,
         (Operation::Snapshot { .. }, Step::Prepared) => Replay::Undo,
-        (Operation::Snapshot { active_on, .. }, Step::Swapping) => match facts.engine_on_new_leaf {
-            Some(true) => Replay::Finish,
-            Some(false) => Replay::Undo,
-            None => Replay::Wait(format!(
+        // Rolling forward is safe whenever nobody writes the old leaf any
+        // more (it becomes the frozen node); undoing is safe only while the
+        // disk still writes the old leaf (the new one holds nothing).
+        (Operation::Snapshot { active_on, .. }, Step::Swapping) => match facts.serving {
+            Serving::NewLeaf | Serving::NotOpen => Replay::Finish,
+            Serving::OldLeaf => Replay::Undo,
+            Serving::Unknown => Replay::Wait(format!(
                 "host {} did not say which leaf it writes to; the snapshot is resolved when it answers",
                 active_on.as_deref().unwrap_or("?")
             )),
@@ -151,7 +166,7 @@ mod tests {
         }
     }
 
-    const NOT_YET: Facts = Facts { volume_on_new_leaf: false, engine_on_new_leaf: Some(false) };
+    const NOT_YET: Facts = Facts { volume_on_new_leaf: false, serving: Serving::OldLeaf };
 
     #[test]
     fn entries_round_trip_through_a_tag_lvm_accepts() {
@@ -174,15 +189,17 @@ mod tests {
     #[test]
     fn a_snapshot_past_its_commit_point_is_finished() {
         assert_eq!(decide(&snapshot(Step::Committed), NOT_YET), Replay::Finish);
-        let committed = Facts { volume_on_new_leaf: true, engine_on_new_leaf: None };
+        let committed = Facts { volume_on_new_leaf: true, serving: Serving::Unknown };
         assert_eq!(decide(&snapshot(Step::Swapping), committed), Replay::Finish);
     }
 
     #[test]
     fn a_swap_the_host_made_is_kept_and_one_it_cannot_confirm_waits() {
-        let swapped = Facts { volume_on_new_leaf: false, engine_on_new_leaf: Some(true) };
+        let swapped = Facts { volume_on_new_leaf: false, serving: Serving::NewLeaf };
         assert_eq!(decide(&snapshot(Step::Swapping), swapped), Replay::Finish);
-        let unknown = Facts { volume_on_new_leaf: false, engine_on_new_leaf: None };
+        let closed = Facts { volume_on_new_leaf: false, serving: Serving::NotOpen };
+        assert_eq!(decide(&snapshot(Step::Swapping), closed), Replay::Finish, "nobody writes the old leaf");
+        let unknown = Facts { volume_on_new_leaf: false, serving: Serving::Unknown };
         let Replay::Wait(why) = decide(&snapshot(Step::Swapping), unknown) else { panic!("guessed") };
         assert!(why.contains("host-2"), "{why}");
     }

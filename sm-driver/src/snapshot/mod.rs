@@ -12,13 +12,20 @@
 //!   writing to the new leaf cannot say);
 //! * [`qemu_img`]: the qcow2 work done from the master on images no host has
 //!   open (create a layer with `-b parent -F raw|qcow2`, measure a leaf,
-//!   find a layer's end, merge offline).
+//!   find a layer's end, commit, relink);
+//! * [`ops`]: the operations on real LVM built from those: snapshot and
+//!   clone (of a volume at rest; a snapshot of a running one through a
+//!   [`ops::Running`] door to its engine, pause first, then swap), destroy
+//!   that removes only the volume's record while another volume or child
+//!   needs its data, the collector, and journal replay.
 //!
 //! A running chain is changed only through [`crate::engine`], on the host
 //! that has it open. The SMAPI handlers (`Volume.snapshot`, `Volume.clone`,
-//! the engine-backed datapath, the collector's driver) are not wired yet,
-//! so nothing here is advertised to xapi.
+//! the engine-backed datapath, the collector's trigger, replay on
+//! `SR.attach`, reaching another host through the XAPI host plugin) are not
+//! wired yet, so nothing here is advertised to xapi.
 
 pub mod graph;
 pub mod journal;
+pub mod ops;
 pub mod qemu_img;

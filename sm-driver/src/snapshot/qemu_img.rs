@@ -140,29 +140,36 @@ impl<'a> QemuImg<'a> {
         Ok(Self::json::<Info>(doing, &out)?.backing_filename)
     }
 
-    /// Offline merge of `top` into its parent `base` (no host has the chain
-    /// open), then `child` (if any) relinked to `base` without copying.
+    /// Writes `top`'s data into its backing file (no host has the chain
+    /// open): idempotent, so a killed merge is simply run again.
     ///
     /// # Errors
     /// [`QemuImgError`].
-    pub fn merge_offline(&self, top: &Image, base: &Image, child: Option<&Image>) -> Result<(), QemuImgError> {
+    pub fn commit(&self, top: &Image) -> Result<(), QemuImgError> {
         self.run("merging a layer into its parent", &["commit", "-q", "-f", "qcow2", "-d", top.path_str()])?;
-        if let Some(child) = child {
-            self.run(
-                "relinking the child to the parent",
-                &[
-                    "rebase",
-                    "-u",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    base.path_str(),
-                    "-F",
-                    base.format().qemu_name(),
-                    child.path_str(),
-                ],
-            )?;
-        }
+        Ok(())
+    }
+
+    /// Points `image`'s header at `backing` without copying anything: only
+    /// right when `backing` holds what the old backing file showed.
+    ///
+    /// # Errors
+    /// [`QemuImgError`].
+    pub fn rebase_unsafe(&self, image: &Image, backing: &Image) -> Result<(), QemuImgError> {
+        self.run(
+            "relinking a layer to its new parent",
+            &[
+                "rebase",
+                "-u",
+                "-f",
+                "qcow2",
+                "-b",
+                backing.path_str(),
+                "-F",
+                backing.format().qemu_name(),
+                image.path_str(),
+            ],
+        )?;
         Ok(())
     }
 }
@@ -228,7 +235,9 @@ mod tests {
     #[test]
     fn an_offline_merge_commits_then_relinks_the_child_without_copying() {
         let fake = FakeRunner::new().then_stdout("").then_stdout("");
-        QemuImg::new(&fake).merge_offline(&layer(1), &raw(), Some(&layer(2))).unwrap();
+        let tool = QemuImg::new(&fake);
+        tool.commit(&layer(1)).unwrap();
+        tool.rebase_unsafe(&layer(2), &raw()).unwrap();
         assert_eq!(
             shown(&fake),
             [

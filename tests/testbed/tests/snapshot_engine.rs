@@ -4,6 +4,10 @@
 //! exactly by the frozen node, ten successive layers merged back into the raw
 //! base with the data intact.
 //!
+//! The chain operations of `sm_driver::snapshot::ops` (snapshot, clone,
+//! destroy, the collector, journal replay) run on the same real LVM, with the
+//! process SIGKILLed at every journal step and replay checked afterwards.
+//!
 //! Same two-role design as `nvmet_fabric.rs`: on the host this binary boots
 //! one guest with the scenarios; in the guest they call it back with
 //! `NVMETCP_GUEST_STEP=1` and a step (`open`, `swap`, `merge`, `close`), which
@@ -19,7 +23,12 @@ use nvmetcp_testbed::{run_suite, Scenario};
 use sm_driver::cmd::SystemRunner;
 use sm_driver::engine::qsd::Qsd;
 use sm_driver::engine::{Access, CommitState, DiskName, Engine, Image, ImageFormat, OpenDisk};
+use sm_driver::engine::{EngineError, EngineKind};
 use sm_driver::host::HostRoot;
+use sm_driver::lvm::Lvm;
+use sm_driver::snapshot::journal::Serving;
+use sm_driver::snapshot::ops::{Chains, Faults, NewNames, NothingOpen, Running, ServingProbe};
+use sm_driver::snapshot::qemu_img::QemuImg;
 
 const RUN_BASE: &str = "/run/nvmetcp/engine";
 
@@ -113,7 +122,95 @@ fn guest_step(args: &[String]) -> Result<(), String> {
             }
         }
         ["close", state] => engine.close(&load(state)?).map_err(|e| chain(&e))?,
+        ["chains", device, vg, rest @ ..] => chains_step(&runner, device, vg, rest)?,
         _ => return Err(format!("unknown step {args:?}")),
+    }
+    Ok(())
+}
+
+/// SIGKILLs this process at the step named by `NVMETCP_FAULT_AT`.
+struct KillAt(Option<String>);
+
+impl Faults for KillAt {
+    fn reached(&self, step: &str) {
+        if self.0.as_deref() == Some(step) {
+            eprintln!("killed at {step}");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The engine serving a volume in this guest, its handle in a state file.
+struct Served<'a> {
+    engine: &'a Qsd<'a>,
+    state: &'a str,
+}
+
+impl Running for Served<'_> {
+    fn swap(&self, new_leaf: &Image) -> Result<(), EngineError> {
+        let state_error = |e: String| EngineError::Io {
+            engine: EngineKind::QemuStorageDaemon,
+            doing: "keeping the disk's handle".to_owned(),
+            source: std::io::Error::other(e),
+        };
+        let disk = load(self.state).map_err(state_error)?;
+        let swapped = self.engine.swap_leaf(&disk, new_leaf)?;
+        save(self.state, &swapped).map_err(state_error)
+    }
+}
+
+impl ServingProbe for Served<'_> {
+    fn serving(&self, _volume: &str, old_leaf: &Image, new_leaf: &Image) -> Serving {
+        match load(self.state) {
+            Err(_) if !std::path::Path::new(self.state).exists() => Serving::NotOpen,
+            Err(_) => Serving::Unknown,
+            Ok(disk) if &disk.leaf == new_leaf => Serving::NewLeaf,
+            Ok(disk) if &disk.leaf == old_leaf => Serving::OldLeaf,
+            Ok(_) => Serving::Unknown,
+        }
+    }
+}
+
+const VOLUME_TAG: &str = "nvmetcp_vol";
+/// The virtual size of the chain scenarios' volumes (small: TCG is slow).
+const SIZE: u64 = 16 << 20;
+
+fn chains_step(runner: &SystemRunner, device: &str, vg: &str, args: &[&str]) -> Result<(), String> {
+    let lvm = Lvm::new(runner, std::path::Path::new(device), true).map_err(|e| chain(&e))?;
+    let faults = KillAt(std::env::var("NVMETCP_FAULT_AT").ok());
+    let chains = Chains::new(&lvm, QemuImg::new(runner), vg, VOLUME_TAG, &faults);
+    let names = |leaf: &str, volume: &str, clone_leaf: Option<&str>| NewNames {
+        leaf: leaf.to_owned(),
+        volume: volume.to_owned(),
+        clone_leaf: clone_leaf.map(str::to_owned),
+    };
+    let host = HostRoot::system();
+    let engine = Qsd::new(runner, &host, RUN_BASE);
+    match args {
+        ["snapshot", volume, snapshot, leaf] => {
+            chains.snapshot(volume, &names(leaf, snapshot, None), SIZE, None).map_err(|e| chain(&e))?;
+        }
+        ["snapshot-running", volume, snapshot, leaf, state] => {
+            let served = Served { engine: &engine, state };
+            chains.snapshot(volume, &names(leaf, snapshot, None), SIZE, Some(&served)).map_err(|e| chain(&e))?;
+        }
+        ["clone", volume, clone, leaf, clone_leaf] => {
+            chains.snapshot(volume, &names(leaf, clone, Some(clone_leaf)), SIZE, None).map_err(|e| chain(&e))?;
+        }
+        ["destroy", volume] => chains.destroy(volume).map_err(|e| chain(&e))?,
+        ["collect"] => println!("{} steps", chains.collect(&NothingOpen).map_err(|e| chain(&e))?),
+        ["replay"] => println!("{} entries", chains.replay(&NothingOpen).map_err(|e| chain(&e))?),
+        ["replay-running", state] => {
+            let served = Served { engine: &engine, state };
+            println!("{} entries", chains.replay(&served).map_err(|e| chain(&e))?);
+        }
+        // The volume's leaf as `FORMAT PATH`, and its chain's length.
+        ["leaf", volume] => {
+            let graph = chains.graph().map_err(|e| chain(&e))?;
+            let nodes = graph.chain(volume).map_err(|e| e.to_string())?;
+            println!("{} /dev/{vg}/{} {}", nodes[0].format.qemu_name(), nodes[0].lv, nodes.len());
+        }
+        _ => return Err(format!("unknown chains step {args:?}")),
     }
     Ok(())
 }
@@ -141,8 +238,27 @@ layer() { # VG NAME PARENT PARENT_FORMAT: an LV holding a qcow2 backed by PARENT
         qemu-img create -q -f qcow2 -o cluster_size=65536 -b "$3" -F "$4" "/dev/$1/$2" "$SIZE"
 }
 sum() { sha256sum <"$1" | cut -d' ' -f1; }
-chain_sum() { # IMAGE: the checksum of the chain ending at IMAGE, read offline
-    qemu-img convert -U -f qcow2 -O raw "$1" /tmp/chain.raw && sum /tmp/chain.raw && rm -f /tmp/chain.raw
+chain_sum() { # IMAGE [FORMAT]: the checksum of the chain ending at IMAGE, read offline
+    qemu-img convert -U -f "${2:-qcow2}" -O raw "$1" /tmp/chain.raw && sum /tmp/chain.raw && rm -f /tmp/chain.raw
+}
+# The chain operations on real LVM: `ops VERB ARGS` on the VG $vg of device $head.
+ops() { "$T" chains "$head" "$vg" "$@"; }
+volume_sum() { # VOLUME: the checksum of the volume's data through its chain
+    local format path depth
+    read -r format path depth < <(ops leaf "$1")
+    chain_sum "$path" "$format"
+}
+depth_of() { local format path depth; read -r format path depth < <(ops leaf "$1"); echo "$depth"; }
+write_volume() { # VOLUME PATTERN OFFSET_MIB: 1 MiB of PATTERN into the volume's leaf
+    local format path depth
+    read -r format path depth < <(ops leaf "$1")
+    qemu-io -f "$format" -c "write -P $2 ${3}M 1M" "$path" >/dev/null
+}
+no_journal() { ! lvs --noheadings -o lv_tags "$vg" | grep -q 'nj='; }
+lv_count() { lvs --noheadings -o lv_name "$vg" | wc -l; }
+killed_at() { # STEP VERB ARGS: the operation must die at STEP
+    if NVMETCP_FAULT_AT=$1 ops "${@:2}"; then tb_fail "not killed at $1"; fi
+    tb_log "killed at $1"
 }
 "#;
 
@@ -239,5 +355,149 @@ lvremove -q -f "$vg/s10"
             ),
         )
         .timeout_secs(500),
+        Scenario::script(
+            "chains-snapshot-clone-killed",
+            &script(
+                r#"
+vg=$(vg_on_target kill)
+head=$(pvs --noheadings -o pv_name | tr -d ' ')
+# A volume from before snapshots: a raw LV with its data.
+lvcreate -q -L 16m -n vol-a --addtag nvmetcp_vol "$vg"
+lvchange -q -ay "$vg/vol-a"
+dd if=/dev/urandom of="/dev/$vg/vol-a" bs=1M count=16 oflag=direct status=none
+a0=$(volume_sum vol-a)
+lvs_before=$(lv_count)
+
+# A snapshot killed before its commit point is undone: nothing left over.
+for step in leaf-created leaf-header volume-created; do
+    killed_at "$step" snapshot vol-a "snap-$step" "leaf-$step"
+    ops replay
+    no_journal || tb_fail "a journal entry survived replay after $step"
+    [ "$(lv_count)" = "$lvs_before" ] || { lvs "$vg"; tb_fail "an LV was orphaned by a kill at $step"; }
+    [ "$(volume_sum vol-a)" = "$a0" ] || tb_fail "vol-a's data changed after a kill at $step"
+done
+# Killed after it: finished, the snapshot holds the snapshot point.
+killed_at committed snapshot vol-a snap-1 leaf-1
+ops replay
+no_journal || tb_fail "a journal entry survived replay after committed"
+[ "$(volume_sum snap-1)" = "$a0" ] || tb_fail "the snapshot does not hold the snapshot point"
+[ "$(depth_of vol-a)" = 2 ] || tb_fail "vol-a is not on its new leaf"
+write_volume vol-a 0x5a 3
+a1=$(volume_sum vol-a)
+[ "$a1" != "$a0" ] || tb_fail "the write did not reach vol-a"
+[ "$(volume_sum snap-1)" = "$a0" ] || tb_fail "a write to vol-a reached its snapshot"
+
+# A clone killed at each step, then one that completes.
+for step in leaf-created clone-leaf volume-created; do
+    before=$(lv_count)
+    killed_at "$step" clone vol-a "clone-$step" "cleaf-$step" "cown-$step"
+    ops replay
+    [ "$(lv_count)" = "$before" ] || { lvs "$vg"; tb_fail "a clone killed at $step orphaned an LV"; }
+done
+ops clone vol-a clone-1 leaf-2 cown-1
+[ "$(volume_sum clone-1)" = "$a1" ] || tb_fail "the clone does not hold vol-a's data"
+write_volume clone-1 0x33 7
+[ "$(volume_sum vol-a)" = "$a1" ] || tb_fail "a write to the clone reached vol-a"
+
+"#,
+            ),
+        )
+        .timeout_secs(600),
+        Scenario::script(
+            "chains-collect-killed",
+            &script(
+                r#"
+vg=$(vg_on_target gc)
+head=$(pvs --noheadings -o pv_name | tr -d ' ')
+lvcreate -q -L 16m -n vol-a --addtag nvmetcp_vol "$vg"
+lvchange -q -ay "$vg/vol-a"
+dd if=/dev/urandom of="/dev/$vg/vol-a" bs=1M count=16 oflag=direct status=none
+# Four snapshots, each followed by a write, a clone in the middle.
+for i in 1 2 3 4; do
+    ops snapshot vol-a "snap-$i" "leaf-$i"
+    write_volume vol-a "0x$((i + 10))" "$i"
+    if [ "$i" = 2 ]; then
+        ops clone vol-a clone-1 leaf-c cown-1
+        write_volume clone-1 0x33 9
+    fi
+done
+expected=$(volume_sum vol-a)
+snap3=$(volume_sum snap-3)
+tb_log "vol-a is $(depth_of vol-a) nodes deep"
+for v in snap-1 snap-2 snap-4 clone-1; do ops destroy "$v"; done
+# The collector killed at each of its steps once; replay finishes each.
+for step in removed merge-journal merge-committed merge-relinked merge-retargeted; do
+    killed_at "$step" collect
+    ops replay
+    [ "$(volume_sum vol-a)" = "$expected" ] || tb_fail "vol-a's data changed after a collector kill at $step"
+    [ "$(volume_sum snap-3)" = "$snap3" ] || tb_fail "snap-3's data changed after a collector kill at $step"
+done
+ops collect
+no_journal || tb_fail "the collector left a journal entry"
+[ "$(volume_sum vol-a)" = "$expected" ] || tb_fail "vol-a's data changed in the collection"
+[ "$(volume_sum snap-3)" = "$snap3" ] || tb_fail "snap-3, still referenced, lost data"
+tb_log "after collection: vol-a $(depth_of vol-a) nodes, snap-3 $(depth_of snap-3) nodes, $(lv_count) LVs"
+ops destroy snap-3
+ops collect
+[ "$(depth_of vol-a)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "the chain was not collected to one node"; }
+[ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "LVs were left after the collection"; }
+[ "$(volume_sum vol-a)" = "$expected" ] || tb_fail "vol-a's data changed in the last merge"
+"#,
+            ),
+        )
+        .timeout_secs(900),
+        Scenario::script(
+            "chains-running-snapshot",
+            &script(
+                r#"
+vg=$(vg_on_target run)
+head=$(pvs --noheadings -o pv_name | tr -d ' ')
+lvcreate -q -L 16m -n vol-a --addtag nvmetcp_vol "$vg"
+lvchange -q -ay "$vg/vol-a"
+dev=$($T open vol-a raw "/dev/$vg/vol-a" a.disk)
+fio --name=fill --filename="$dev" --rw=write --bs=64k --size=16m --direct=1 \
+    --verify=crc32c --do_verify=1 --output=fill.log || { cat fill.log; tb_fail "fio fill"; }
+a0=$(sum "$dev")
+before=$(lv_count)
+
+# Killed with the journal at Swapping, before the engine was asked: the
+# engine still writes the old leaf, so replay undoes.
+killed_at swapping snapshot-running vol-a snap-x leaf-x a.disk
+ops replay-running a.disk
+no_journal || tb_fail "a journal entry survived replay (swapping)"
+[ "$(lv_count)" = "$before" ] || { lvs "$vg"; tb_fail "an LV was orphaned by a kill at swapping"; }
+[ "$(depth_of vol-a)" = 1 ] || tb_fail "vol-a moved off its leaf"
+
+# Killed after the engine switched, before the volume's LV said so: the
+# engine writes the new leaf, so replay finishes.
+killed_at swapped snapshot-running vol-a snap-1 leaf-1 a.disk
+ops replay-running a.disk
+no_journal || tb_fail "a journal entry survived replay (swapped)"
+[ "$(depth_of vol-a)" = 2 ] || tb_fail "vol-a is not on the leaf its engine writes"
+[ "$(volume_sum snap-1)" = "$a0" ] || tb_fail "the snapshot does not hold the snapshot point"
+[ "$(sum "$dev")" = "$a0" ] || tb_fail "the disk changed across the swap"
+
+# A snapshot of the running volume under fio --verify.
+fio --name=live --filename="$dev" --rw=randwrite --bs=4k --size=16m --direct=1 \
+    --verify=crc32c --do_verify=1 --iodepth=4 --ioengine=libaio --output=live.log &
+fio_pid=$!
+sleep 2
+kill -0 $fio_pid || tb_fail "fio ended before the snapshot"
+ops snapshot-running vol-a snap-2 leaf-2 a.disk
+frozen=$(volume_sum snap-2)
+wait $fio_pid || { cat live.log; tb_fail "fio --verify failed across the snapshot"; }
+grep -q "err= 0" live.log || { cat live.log; tb_fail "fio reported errors"; }
+[ "$(volume_sum snap-2)" = "$frozen" ] || tb_fail "the snapshot changed after it was taken"
+[ "$(volume_sum snap-1)" = "$a0" ] || tb_fail "the first snapshot changed"
+# The engine caches qcow2 metadata while open: compare the chain once closed.
+served=$(sum "$dev")
+$T close a.disk
+rm -f a.disk
+[ "$served" = "$(volume_sum vol-a)" ] || tb_fail "the model's chain is not what the disk served"
+no_journal || tb_fail "a journal entry was left"
+"#,
+            ),
+        )
+        .timeout_secs(600),
     ]
 }

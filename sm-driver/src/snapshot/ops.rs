@@ -1,0 +1,474 @@
+//! The chain operations on a volume no host has open, run on the master:
+//! snapshot, clone, destroy, the collector's steps, and journal replay.
+//!
+//! Each multi-step operation follows [`super::journal`]: its first LVM
+//! commit creates an LV carrying the journal entry; its commit point is one
+//! `lvchange` of the volume's LV (`nn=` the new leaf); clean-up removes the
+//! entry. [`Chains::replay`] undoes or finishes whatever a killed call left.
+//! [`Faults`] names every step, so tests can kill the process at each one.
+//!
+//! A running volume (its chain open in an engine) is snapshotted with a
+//! [`Running`] door to that engine: the journal moves to `Swapping`, the
+//! engine pauses, switches to the new leaf and resumes, and only then does
+//! the volume's LV name the new leaf. Replay asks a [`ServingProbe`] which
+//! leaf the engine writes to. Reaching an engine on another host (the XAPI
+//! host plugin) is not written yet.
+
+use crate::engine::{EngineError, Image, ImageFormat};
+use crate::lvm::{Lv, Lvm, LvmError};
+
+use super::graph::{node_tags, volume_node_tag, Collect, Graph, GraphError, Node, NODE_TAG};
+use super::journal::{decide, Entry, Facts, Operation, Replay, Serving, Step, JOURNAL_KEY};
+use super::qemu_img::{QemuImg, QemuImgError};
+
+/// Where a test may stop the process: called with each step's name just
+/// after that step's effect is durable.
+pub trait Faults {
+    /// Reached `step`.
+    fn reached(&self, step: &str);
+}
+
+/// Production: no faults.
+pub struct NoFaults;
+
+impl Faults for NoFaults {
+    fn reached(&self, _step: &str) {}
+}
+
+/// The datapath of a running volume, where its chain is open.
+pub trait Running {
+    /// Pauses the disk, switches it to `new_leaf`, resumes it.
+    ///
+    /// # Errors
+    /// [`EngineError`]; on [`EngineError::SwapReverted`] the disk still
+    /// writes to its old leaf.
+    fn swap(&self, new_leaf: &Image) -> Result<(), EngineError>;
+}
+
+/// For replay: which leaf a running volume's engine writes to.
+pub trait ServingProbe {
+    /// What `volume`'s engine writes to, given the two leaves of an
+    /// interrupted swap.
+    fn serving(&self, volume: &str, old_leaf: &Image, new_leaf: &Image) -> Serving;
+}
+
+/// A world where no volume is open (offline operations, tests).
+pub struct NothingOpen;
+
+impl ServingProbe for NothingOpen {
+    fn serving(&self, _volume: &str, _old: &Image, _new: &Image) -> Serving {
+        Serving::NotOpen
+    }
+}
+
+/// Why a chain operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// LVM failed.
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    /// qemu-img failed.
+    #[error(transparent)]
+    QemuImg(#[from] QemuImgError),
+    /// The graph refused (chain too long, inconsistent metadata).
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Not enough free space in the SR.
+    #[error("the SR has {free} bytes free; this needs {needed}: free space or grow the namespace, then try again")]
+    NoSpace {
+        /// Free bytes.
+        free: u64,
+        /// Needed bytes.
+        needed: u64,
+    },
+    /// A clone of a volume in use (as libcow, XCP-ng's SMAPIv3 library, refuses).
+    #[error("volume {0} is in use; clone it once its VM is shut down, or snapshot it and clone the snapshot")]
+    CloneInUse(String),
+    /// The name is already taken.
+    #[error("an LV named {0} already exists in the SR")]
+    Exists(String),
+    /// A path that is not a usable image path.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+/// Chain operations on one SR's VG, from the master.
+pub struct Chains<'a> {
+    lvm: &'a Lvm<'a>,
+    qemu_img: QemuImg<'a>,
+    vg: &'a str,
+    volume_tag: &'a str,
+    faults: &'a dyn Faults,
+}
+
+/// The names a snapshot or clone creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNames {
+    /// The volume's new leaf.
+    pub leaf: String,
+    /// The snapshot's (or clone's) volume LV.
+    pub volume: String,
+    /// A clone's own leaf.
+    pub clone_leaf: Option<String>,
+}
+
+impl<'a> Chains<'a> {
+    /// Operations on `vg` (volumes marked with `volume_tag`) through `lvm`
+    /// (writable: the master) and `qemu_img`.
+    #[must_use]
+    pub fn new(
+        lvm: &'a Lvm<'a>,
+        qemu_img: QemuImg<'a>,
+        vg: &'a str,
+        volume_tag: &'a str,
+        faults: &'a dyn Faults,
+    ) -> Self {
+        Self { lvm, qemu_img, vg, volume_tag, faults }
+    }
+
+    fn lvs(&self) -> Result<Vec<Lv>, OpError> {
+        Ok(self.lvm.lvs(self.vg)?)
+    }
+
+    /// The graph as LVM has it now.
+    ///
+    /// # Errors
+    /// [`OpError`].
+    pub fn graph(&self) -> Result<Graph, OpError> {
+        Ok(Graph::from_lvs(&self.lvs()?, self.volume_tag)?)
+    }
+
+    fn image(&self, node: &Node) -> Result<Image, OpError> {
+        Ok(Image::new(node.format, format!("/dev/{}/{}", self.vg, node.lv))?)
+    }
+
+    fn qcow2(&self, lv: &str) -> Result<Image, OpError> {
+        Ok(Image::new(ImageFormat::Qcow2, format!("/dev/{}/{lv}", self.vg))?)
+    }
+
+    /// Snapshots (or, with `names.clone_leaf`, clones) `volume`: its leaf
+    /// freezes, it continues on a new qcow2 leaf, and the new volume refers
+    /// to the frozen node (a clone: to a leaf of its own on it). `running`
+    /// is the volume's datapath if it is open (pause first, then swap).
+    /// Returns the new volume's LV.
+    ///
+    /// # Errors
+    /// [`OpError`]; whatever was created is removed again (or by replay).
+    pub fn snapshot(
+        &self,
+        volume: &str,
+        names: &NewNames,
+        virtual_size: u64,
+        running: Option<&dyn Running>,
+    ) -> Result<String, OpError> {
+        if running.is_some() && names.clone_leaf.is_some() {
+            return Err(OpError::CloneInUse(volume.to_owned()));
+        }
+        let lvs = self.lvs()?;
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        let depth = graph.depth_after_snapshot(volume)?;
+        let old = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?.clone();
+        for name in [Some(&names.leaf), Some(&names.volume), names.clone_leaf.as_ref()].into_iter().flatten() {
+            if lvs.iter().any(|l| &l.name == name) {
+                return Err(OpError::Exists(name.clone()));
+            }
+        }
+        let vg = self.lvm.vgs()?.into_iter().find(|v| v.name == self.vg);
+        let (free, extent) = vg.map_or((0, 4 << 20), |v| (v.free, v.extent_size));
+        let leaf_bytes = self.qemu_img.leaf_bytes(virtual_size)?;
+        let leaves = if names.clone_leaf.is_some() { 2 } else { 1 };
+        let needed = leaf_bytes.div_ceil(extent) * extent * leaves + extent;
+        if needed > free {
+            return Err(OpError::NoSpace { free, needed });
+        }
+
+        let entry = Entry {
+            operation: Operation::Snapshot {
+                volume: volume.to_owned(),
+                old_leaf: old.lv.clone(),
+                new_leaf: names.leaf.clone(),
+                snapshot: names.volume.clone(),
+                clone_leaf: names.clone_leaf.clone(),
+                active_on: None,
+            },
+            step: Step::Prepared,
+        };
+        let journal = entry.to_tag();
+        let parent = self.image(&old)?;
+        let leaf_node =
+            Node { lv: names.leaf.clone(), format: ImageFormat::Qcow2, parent: Some(old.lv.clone()), depth };
+        let mut tags = node_tags(&leaf_node);
+        tags.push(journal.clone());
+        self.lvm.lvcreate(self.vg, &names.leaf, leaf_bytes, &tags)?;
+        self.faults.reached("leaf-created");
+        self.lvm.lv_activate(self.vg, &old.lv, true)?;
+        self.lvm.lv_activate(self.vg, &names.leaf, true)?;
+        self.qemu_img.create_layer(&self.qcow2(&names.leaf)?, &parent, virtual_size)?;
+        self.faults.reached("leaf-header");
+
+        let mut volume_tags = vec![self.volume_tag.to_owned(), journal.clone()];
+        if let Some(clone_leaf) = &names.clone_leaf {
+            let node = Node { lv: clone_leaf.clone(), format: ImageFormat::Qcow2, parent: Some(old.lv.clone()), depth };
+            let mut tags = node_tags(&node);
+            tags.push(journal.clone());
+            self.lvm.lvcreate(self.vg, clone_leaf, leaf_bytes, &tags)?;
+            self.lvm.lv_activate(self.vg, clone_leaf, true)?;
+            self.qemu_img.create_layer(&self.qcow2(clone_leaf)?, &parent, virtual_size)?;
+            self.faults.reached("clone-leaf");
+            volume_tags.push(volume_node_tag(clone_leaf));
+        } else {
+            volume_tags.push(volume_node_tag(&old.lv));
+        }
+        self.lvm.lvcreate(self.vg, &names.volume, extent, &volume_tags)?;
+        self.faults.reached("volume-created");
+
+        if let Some(running) = running {
+            let swapping = Entry { step: Step::Swapping, ..entry.clone() }.to_tag();
+            self.lvm.lv_retag(self.vg, &names.leaf, std::slice::from_ref(&journal), std::slice::from_ref(&swapping))?;
+            self.faults.reached("swapping");
+            if let Err(error) = running.swap(&self.qcow2(&names.leaf)?) {
+                if matches!(error, EngineError::SwapReverted { .. }) {
+                    // The disk writes its old leaf: nothing was written to the new one.
+                    for lv in [&names.volume, &names.leaf] {
+                        self.remove_lv(lv)?;
+                    }
+                }
+                // Otherwise replay decides, asking the engine.
+                return Err(error.into());
+            }
+            self.faults.reached("swapped");
+            self.commit_snapshot(&lvs, volume, &old, &names.leaf)?;
+            self.faults.reached("committed");
+            self.clean_journal(&swapping)?;
+            self.clean_journal(&journal)?;
+            self.faults.reached("cleaned");
+            tracing::info!(volume, snapshot = %names.volume, leaf = %names.leaf, "snapshot of a running volume taken");
+            return Ok(names.volume.clone());
+        }
+        self.commit_snapshot(&lvs, volume, &old, &names.leaf)?;
+        self.faults.reached("committed");
+        self.clean_journal(&journal)?;
+        self.faults.reached("cleaned");
+        tracing::info!(volume, snapshot = %names.volume, leaf = %names.leaf, "snapshot taken");
+        Ok(names.volume.clone())
+    }
+
+    /// The commit point: `volume` refers to `new_leaf`; a volume whose own
+    /// LV held its data keeps that LV as the frozen raw node.
+    fn commit_snapshot(&self, lvs: &[Lv], volume: &str, old: &Node, new_leaf: &str) -> Result<(), OpError> {
+        let tags = lvs.iter().find(|l| l.name == volume).map(|l| l.tags.clone()).unwrap_or_default();
+        let remove: Vec<String> = tags.iter().filter(|t| t.starts_with("nn=")).cloned().collect();
+        let mut add = vec![volume_node_tag(new_leaf)];
+        if old.lv == volume && !tags.iter().any(|t| t == NODE_TAG) {
+            add.extend(node_tags(old));
+        }
+        self.lvm.lv_retag(self.vg, volume, &remove, &add)?;
+        Ok(())
+    }
+
+    fn clean_journal(&self, journal: &str) -> Result<(), OpError> {
+        for lv in self.lvs()? {
+            if lv.tags.iter().any(|t| t == journal) {
+                self.lvm.lv_retag(self.vg, &lv.name, &[journal.to_owned()], &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_lv(&self, lv: &str) -> Result<(), OpError> {
+        if self.lvm.lv(self.vg, lv)?.is_some() {
+            self.lvm.lv_activate(self.vg, lv, false)?;
+            self.lvm.lvremove(self.vg, lv)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `volume`: its record goes at once; its data goes only when
+    /// the collector finds no volume and no child needs it.
+    ///
+    /// # Errors
+    /// [`OpError`].
+    pub fn destroy(&self, volume: &str) -> Result<(), OpError> {
+        let Some(lv) = self.lvm.lv(self.vg, volume)? else { return Ok(()) };
+        if lv.tags.iter().any(|t| t == NODE_TAG) {
+            // The LV is also a node: drop only the volume's record (ownership,
+            // node reference, and every metadata tag of volume::meta).
+            let record: Vec<String> = lv
+                .tags
+                .iter()
+                .filter(|t| {
+                    *t == self.volume_tag
+                        || ["nn=", "n.", "d.", "k.", "u="].iter().any(|p| t.starts_with(p))
+                        || t.as_str() == "s"
+                })
+                .cloned()
+                .collect();
+            self.lvm.lv_retag(self.vg, volume, &record, &[])?;
+        } else {
+            self.remove_lv(volume)?;
+        }
+        tracing::info!(volume, "volume destroyed; its data waits for the collector");
+        Ok(())
+    }
+
+    /// Runs the collector until nothing is left to collect; returns how many
+    /// steps it took.
+    ///
+    /// # Errors
+    /// [`OpError`]; a killed run is finished by [`Chains::replay`].
+    pub fn collect(&self, probe: &dyn ServingProbe) -> Result<usize, OpError> {
+        self.replay(probe)?;
+        let mut steps = 0;
+        loop {
+            let plan = self.graph()?.collect_plan();
+            if plan.is_empty() {
+                return Ok(steps);
+            }
+            for step in plan {
+                self.collect_step(&step)?;
+                steps += 1;
+            }
+        }
+    }
+
+    fn collect_step(&self, step: &Collect) -> Result<(), OpError> {
+        match step {
+            Collect::Remove { lv } => {
+                self.remove_lv(lv)?;
+                self.faults.reached("removed");
+            }
+            Collect::Merge { child, into, .. } => {
+                let entry = Entry {
+                    operation: Operation::Merge { child: child.clone(), into: into.clone() },
+                    step: Step::Prepared,
+                };
+                self.lvm.lv_retag(self.vg, child, &[], &[entry.to_tag()])?;
+                self.faults.reached("merge-journal");
+                self.finish_merge(child, into)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `child` into `into`, relinks `child`'s children and volumes to
+    /// `into`, removes `child`. Every step is idempotent.
+    fn finish_merge(&self, child: &str, into: &str) -> Result<(), OpError> {
+        let graph = self.graph()?;
+        let Some(child_node) = graph.node(child).cloned() else { return Ok(()) };
+        let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
+        let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
+        let (child_image, into_image) = (self.image(&child_node)?, self.image(&into_node)?);
+        for lv in [into, child].into_iter().chain(grandchildren.iter().map(|g| g.lv.as_str())) {
+            self.lvm.lv_activate(self.vg, lv, true)?;
+        }
+        self.qemu_img.commit(&child_image)?;
+        self.faults.reached("merge-committed");
+        for grandchild in &grandchildren {
+            self.qemu_img.rebase_unsafe(&self.image(grandchild)?, &into_image)?;
+            let moved =
+                Node { parent: Some(into.to_owned()), depth: grandchild.depth.saturating_sub(1), ..grandchild.clone() };
+            // Only the tags that change: lvchange given the same tag to
+            // delete and to add drops it.
+            let (old_tags, new_tags) = (node_tags(grandchild), node_tags(&moved));
+            let remove: Vec<String> = old_tags.iter().filter(|t| !new_tags.contains(t)).cloned().collect();
+            let add: Vec<String> = new_tags.iter().filter(|t| !old_tags.contains(t)).cloned().collect();
+            self.lvm.lv_retag(self.vg, &grandchild.lv, &remove, &add)?;
+        }
+        self.faults.reached("merge-relinked");
+        for lv in self.lvs()? {
+            if lv.tags.iter().any(|t| t == self.volume_tag) && lv.tags.contains(&volume_node_tag(child)) {
+                self.lvm.lv_retag(self.vg, &lv.name, &[volume_node_tag(child)], &[volume_node_tag(into)])?;
+            }
+        }
+        self.faults.reached("merge-retargeted");
+        self.remove_lv(child)?;
+        tracing::info!(child, into, "node merged");
+        Ok(())
+    }
+
+    /// Undoes or finishes every journalled operation a killed call left,
+    /// asking `probe` which leaf a running volume's engine writes to.
+    /// Returns how many operations it resolved.
+    ///
+    /// # Errors
+    /// [`OpError`].
+    pub fn replay(&self, probe: &dyn ServingProbe) -> Result<usize, OpError> {
+        let lvs = self.lvs()?;
+        // One operation may be journalled on several LVs, at different
+        // steps (the step moves on the new leaf only): keep the furthest.
+        let mut entries: Vec<Entry> = Vec::new();
+        for tag in lvs.iter().flat_map(|l| &l.tags) {
+            let Some(entry) = tag.strip_prefix(JOURNAL_KEY).and_then(|_| Entry::from_tag(tag)) else { continue };
+            match entries.iter_mut().find(|e| e.operation == entry.operation) {
+                Some(known) if step_rank(entry.step) > step_rank(known.step) => known.step = entry.step,
+                Some(_) => {}
+                None => entries.push(entry),
+            }
+        }
+        let mut resolved = 0;
+        for entry in &entries {
+            match &entry.operation {
+                Operation::Merge { child, into } => self.finish_merge(child, into)?,
+                Operation::Snapshot { volume, old_leaf, new_leaf, snapshot, clone_leaf, .. } => {
+                    let on_new = lvs
+                        .iter()
+                        .find(|l| &l.name == volume)
+                        .is_some_and(|l| l.tags.contains(&volume_node_tag(new_leaf)));
+                    let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+                    let old =
+                        graph.node(old_leaf).cloned().ok_or_else(|| GraphError::UnknownVolume(old_leaf.clone()))?;
+                    let serving = if entry.step == Step::Swapping && !on_new {
+                        probe.serving(volume, &self.image(&old)?, &self.qcow2(new_leaf)?)
+                    } else {
+                        Serving::NotOpen
+                    };
+                    match decide(entry, Facts { volume_on_new_leaf: on_new, serving }) {
+                        Replay::Undo => {
+                            for lv in [Some(snapshot), clone_leaf.as_ref(), Some(new_leaf)].into_iter().flatten() {
+                                self.remove_lv(lv)?;
+                            }
+                            tracing::warn!(volume, "an interrupted snapshot was undone");
+                        }
+                        Replay::Finish => {
+                            if !on_new {
+                                self.commit_snapshot(&lvs, volume, &old, new_leaf)?;
+                            }
+                            self.clean_operation(&entry.operation)?;
+                            tracing::warn!(volume, "an interrupted snapshot was finished");
+                        }
+                        Replay::Wait(why) => {
+                            tracing::warn!(volume, why, "an interrupted snapshot waits");
+                            continue;
+                        }
+                    }
+                }
+            }
+            resolved += 1;
+        }
+        Ok(resolved)
+    }
+
+    /// Removes every journal tag of `operation`, at whatever step.
+    fn clean_operation(&self, operation: &Operation) -> Result<(), OpError> {
+        for lv in self.lvs()? {
+            let tags: Vec<String> = lv
+                .tags
+                .iter()
+                .filter(|t| Entry::from_tag(t).is_some_and(|e| &e.operation == operation))
+                .cloned()
+                .collect();
+            if !tags.is_empty() {
+                self.lvm.lv_retag(self.vg, &lv.name, &tags, &[])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const fn step_rank(step: Step) -> u8 {
+    match step {
+        Step::Prepared => 0,
+        Step::Swapping => 1,
+        Step::Committed => 2,
+    }
+}
