@@ -66,8 +66,12 @@ fn counts_and_alerts_reach_this_hosts_pbd_even_when_xapi_comes_late() {
     publisher.paths(counts(1));
     publisher.alert(Alert { name: "NVMETCP_PATH_LOST", priority: 3, sr_uuid: pool.sr_uuid.clone(), body: "b".into() });
     // xapi is down: the update waits, with the reason shown.
-    wait_for("a failure", || publisher.status().last_error.is_some());
-    assert_eq!(publisher.status().pending, 2);
+    // The thread may fail on the counts before it has taken the alert in:
+    // wait until both wait behind a failure.
+    wait_for("a failure with both updates pending", || {
+        let status = publisher.status();
+        status.last_error.is_some() && status.pending == 2
+    });
     pool.emulator.listen_unix(&root.path(XAPI_SOCKET)).unwrap();
     wait_for("the first publication", || publisher.status().last_published.is_some());
     publisher.paths(counts(2));
