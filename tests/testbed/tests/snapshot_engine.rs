@@ -19,7 +19,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nvmetcp_testbed::{run_suite, Scenario};
+use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
 use sm_driver::cmd::SystemRunner;
 use sm_driver::engine::qsd::Qsd;
 use sm_driver::engine::{Access, CommitState, DiskName, Engine, Image, ImageFormat, OpenDisk};
@@ -33,22 +33,7 @@ use sm_driver::snapshot::qemu_img::QemuImg;
 const RUN_BASE: &str = "/run/nvmetcp/engine";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if std::env::var_os("NVMETCP_GUEST_STEP").is_some() {
-        return match guest_step(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("step failed: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.iter().any(|a| a == "--list") {
-        println!("snapshot_engine: test");
-        return ExitCode::SUCCESS;
-    }
-    let exe = std::env::current_exe().unwrap().display().to_string();
-    run_suite("engine", &scenarios(&exe))
+    two_role_main("snapshot_engine", guest_step, |exe| run_suite("engine", &scenarios(exe)))
 }
 
 fn image(format: &str, path: &str) -> Result<Image, String> {
