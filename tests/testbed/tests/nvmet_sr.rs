@@ -689,6 +689,34 @@ tb_log "16 kills inside Volume.set ($interrupted interrupted) and 16 inside Volu
 "#,
             ),
         ),
+        Scenario::script(
+            "sr-create-kills",
+            &script(
+                exe,
+                r#"
+# SR.create killed at many points (between pvcreate and vgcreate among them): the
+# retry without force succeeds, and no registry user of the killed call is left.
+nqn=$(tb_simple_target createkill 64 10.99.0.1)
+other=22222222-3333-4444-5555-666666666666
+cfg2="\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\""
+create2() { call SR.create "{\"dbg\":\"$1\",\"uuid\":\"$other\",\"configuration\":{$cfg2},\"name\":\"k\",\"description\":\"\"}"; }
+killed=0
+for i in $(seq 1 6); do
+    delay=$(awk -v i="$i" 'BEGIN { printf "%.3f", i * 0.15 }')
+    ( sleep "$delay"; pkill -9 -f 'org.xen.xapi.storage.nvmetcp/SR.create'; pkill -9 -x lvm; true ) &
+    out=$(create2 "kc$i")
+    wait
+    case $out in "OK "*) ;; *) killed=$((killed + 1)) ;; esac
+    out=$(create2 "rc$i")
+    case $out in "OK "*) stored2=${out#OK } ;; *) tb_fail "the retry of an SR.create killed at ${delay}s failed: $out"; break ;; esac
+    if grep -q '"create-' /run/nvmetcp/fabric-users.json; then tb_fail "a create's registry user outlived it"; fi
+    expect_ok SR.attach "{\"dbg\":\"a$i\",\"configuration\":$stored2}" >/dev/null
+    expect_ok SR.destroy "{\"dbg\":\"x$i\",\"sr\":\"nvmetcp://sr/$other\"}" >/dev/null
+done
+tb_log "6 kills inside SR.create ($killed interrupted): every retry succeeded without force"
+"#,
+            ),
+        ),
         // Last: it changes this host's pool role.
         Scenario::script(
             "sr-pool-member",
