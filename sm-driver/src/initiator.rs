@@ -15,8 +15,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::cmd::{Command, Program, Runner};
+use crate::cmd::Runner;
 use crate::host::HostRoot;
+use crate::nvme::checks::{kernel, load_module};
 use crate::nvme::names::Transport;
 
 /// The two initiators.
@@ -81,7 +82,7 @@ pub fn choose(
     configured: Option<InitiatorKind>,
     transport: Transport,
 ) -> InitiatorChoice {
-    let kernel = host.read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "(unknown)".to_owned());
+    let kernel = kernel(host);
     if transport == Transport::Rdma {
         return InitiatorChoice {
             kind: InitiatorKind::Kernel,
@@ -91,11 +92,12 @@ pub fn choose(
     if let Some(kind) = configured {
         return InitiatorChoice { kind, why: format!("initiator = {kind} in /etc/nvmetcp/host.conf") };
     }
-    if host.exists("/sys/module/nvme_tcp") {
-        return InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {kernel} has nvme_tcp loaded") };
-    }
-    match runner.run(&Command::new(Program::Modprobe).arg("nvme_tcp")) {
-        Ok(_) => InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {kernel} loads nvme_tcp") },
+    let loaded = host.exists("/sys/module/nvme_tcp");
+    match load_module(host, runner, "nvme_tcp") {
+        Ok(()) if loaded => {
+            InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {kernel} has nvme_tcp loaded") }
+        }
+        Ok(()) => InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {kernel} loads nvme_tcp") },
         Err(error) => InitiatorChoice {
             kind: InitiatorKind::Userspace,
             why: format!(
@@ -109,24 +111,14 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{CmdError, FakeRunner};
+    use crate::cmd::FakeRunner;
     use crate::nvme::sysfs::fixture::SysfsTree;
-
-    fn no_module() -> CmdError {
-        CmdError::Failed {
-            command: "modprobe nvme_tcp".into(),
-            status: "exit status 1".into(),
-            code: Some(1),
-            stdout: String::new(),
-            stderr: "modprobe: FATAL: Module nvme_tcp not found".into(),
-        }
-    }
 
     #[test]
     fn a_4_19_host_gets_the_userspace_initiator_with_the_reason() {
         let tree = SysfsTree::new();
         tree.write("/proc/sys/kernel/osrelease", "4.19.0+1\n");
-        let runner = FakeRunner::new().then(Err(no_module()));
+        let runner = FakeRunner::new().then(Err(crate::nvme::checks::nvme_tcp_not_found()));
         let choice = choose(&tree.host(), &runner, None, Transport::Tcp);
         assert_eq!(choice.kind, InitiatorKind::Userspace);
         assert!(choice.why.contains("Linux 4.19.0+1 cannot load nvme_tcp"), "{choice}");

@@ -5,7 +5,7 @@
 //! has no NVMe/TCP initiator at all (it arrived in 5.0) but does have
 //! NVMe/RDMA; the error says exactly that.
 
-use crate::cmd::{Command, Program, Runner};
+use crate::cmd::{CmdError, Command, Program, Runner};
 use crate::host::HostRoot;
 
 use super::fabrics::{Fabrics, FABRICS_DEVICE};
@@ -46,8 +46,33 @@ pub enum CheckError {
     },
 }
 
-fn kernel(host: &HostRoot) -> String {
+/// The running kernel's release, or `(unknown)`, for messages.
+#[must_use]
+pub fn kernel(host: &HostRoot) -> String {
     host.read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "(unknown)".to_owned())
+}
+
+/// Makes sure a kernel module is loaded: already there, or `modprobe` it.
+///
+/// # Errors
+/// What `modprobe` failed with.
+pub fn load_module(host: &HostRoot, runner: &dyn Runner, module: &str) -> Result<(), CmdError> {
+    if host.exists(&format!("/sys/module/{module}")) {
+        return Ok(());
+    }
+    runner.run(&Command::new(Program::Modprobe).arg(module)).map(drop)
+}
+
+/// `modprobe nvme_tcp` as it fails on a kernel without the module (tests).
+#[cfg(test)]
+pub(crate) fn nvme_tcp_not_found() -> CmdError {
+    CmdError::Failed {
+        command: "modprobe nvme_tcp".into(),
+        status: "exit status 1".into(),
+        code: Some(1),
+        stdout: String::new(),
+        stderr: "modprobe: FATAL: Module nvme_tcp not found".into(),
+    }
 }
 
 /// Makes sure the transport's module and the fabrics device are there,
@@ -57,19 +82,17 @@ fn kernel(host: &HostRoot) -> String {
 /// [`CheckError`] naming the kernel and the way out.
 pub fn ensure_transport(host: &HostRoot, runner: &dyn Runner, transport: Transport) -> Result<(), CheckError> {
     let module = transport.module();
-    if !host.exists(&format!("/sys/module/{module}")) {
-        if let Err(error) = runner.run(&Command::new(Program::Modprobe).arg(module)) {
-            let kernel = kernel(host);
-            let detail = if transport == Transport::Tcp && kernel.starts_with("4.") {
-                format!(
-                    "Linux {kernel} has no {module} module (the NVMe/TCP initiator arrived in Linux 5.0); XCP-ng 8.2 \
-                     and 8.3 run 4.19, so use transport=rdma with RDMA-capable NICs, or XCP-ng 9"
-                )
-            } else {
-                format!("kernel {kernel} cannot load {module} ({error}); install a kernel that has it")
-            };
-            return Err(CheckError::TransportUnavailable { transport, detail });
-        }
+    if let Err(error) = load_module(host, runner, module) {
+        let kernel = kernel(host);
+        let detail = if transport == Transport::Tcp && kernel.starts_with("4.") {
+            format!(
+                "Linux {kernel} has no {module} module (the NVMe/TCP initiator arrived in Linux 5.0); XCP-ng 8.2 \
+                 and 8.3 run 4.19, so use transport=rdma with RDMA-capable NICs, or XCP-ng 9"
+            )
+        } else {
+            format!("kernel {kernel} cannot load {module} ({error}); install a kernel that has it")
+        };
+        return Err(CheckError::TransportUnavailable { transport, detail });
     }
     if !host.exists(FABRICS_DEVICE) {
         // Loading the transport normally pulls nvme_fabrics in; be explicit.
@@ -108,25 +131,15 @@ pub fn ensure_auth_support(host: &HostRoot, fabrics: &dyn Fabrics) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::{ensure_multipath, ensure_transport, CheckError};
-    use crate::cmd::{CmdError, FakeRunner};
+    use crate::cmd::FakeRunner;
     use crate::nvme::names::Transport;
     use crate::nvme::sysfs::fixture::SysfsTree;
-
-    fn modprobe_fails() -> CmdError {
-        CmdError::Failed {
-            command: "modprobe nvme_tcp".into(),
-            status: "exit status 1".into(),
-            code: Some(1),
-            stdout: String::new(),
-            stderr: "modprobe: FATAL: Module nvme_tcp not found".into(),
-        }
-    }
 
     #[test]
     fn xcp_ng_8_without_nvme_tcp_is_explained() {
         let tree = SysfsTree::new();
         tree.write("/proc/sys/kernel/osrelease", "4.19.0+1\n");
-        let runner = FakeRunner::new().then(Err(modprobe_fails()));
+        let runner = FakeRunner::new().then(Err(super::nvme_tcp_not_found()));
         let err = ensure_transport(&tree.host(), &runner, Transport::Tcp).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("Linux 4.19.0+1 has no nvme_tcp module"), "{text}");
