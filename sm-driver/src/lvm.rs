@@ -172,6 +172,11 @@ impl<'a> Lvm<'a> {
         Command::new(Program::Lvm).arg(subcommand).arg("--config").arg(self.config())
     }
 
+    /// A JSON report of `columns` in bytes without suffixes (2.02.158+).
+    fn report_command(&self, subcommand: &str, columns: &str) -> Command {
+        self.command(subcommand).args(["--reportformat", "json", "--units", "b", "--nosuffix", "-o", columns])
+    }
+
     fn report<T: for<'de> Deserialize<'de>>(&self, command: &Command, section: &str) -> Result<Vec<T>, LvmError> {
         let output = self.runner.run(command)?;
         parse_report(&output.stdout, section)
@@ -183,15 +188,7 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `vgs` fails or its report is unreadable.
     pub fn vgs(&self) -> Result<Vec<Vg>, LvmError> {
-        let command = self.command("vgs").args([
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags",
-        ]);
+        let command = self.report_command("vgs", "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags");
         let rows: Vec<VgRow> = self.report(&command, "vg")?;
         rows.into_iter()
             .map(|r| r.decode().map_err(|detail| LvmError::Report { command: command.to_string(), detail }))
@@ -218,15 +215,7 @@ impl<'a> Lvm<'a> {
 
     fn lv_report(&self, vg: &str, only: Option<&str>) -> Result<Vec<Lv>, LvmError> {
         check_name("volume group", vg)?;
-        let mut command = self.command("lvs").args([
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "lv_name,vg_name,lv_size,lv_tags,lv_active",
-        ]);
+        let mut command = self.report_command("lvs", "lv_name,vg_name,lv_size,lv_tags,lv_active");
         if let Some(lv) = only {
             command = command.arg("--select").arg(format!("lv_name=\"{lv}\""));
         }
@@ -264,15 +253,7 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `pvs` fails or its report is unreadable.
     pub fn pv(&self) -> Result<Option<Pv>, LvmError> {
-        let command = self.command("pvs").args([
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "pv_uuid,vg_name,pe_start",
-        ]);
+        let command = self.report_command("pvs", "pv_uuid,vg_name,pe_start");
         let rows: Vec<PvRow> = self.report(&command, "pv")?;
         rows.into_iter()
             .next()
