@@ -52,8 +52,26 @@ pub struct Alert {
     pub priority: i64,
     /// The SR the message is about (class SR).
     pub sr_uuid: String,
-    /// What happened, for administrators.
-    pub body: String,
+    /// This host's hostname, its name until XAPI gives its `name_label`.
+    pub hostname: String,
+    /// What happened, the sentence after "Host <name>".
+    pub what: String,
+}
+
+impl Alert {
+    /// The message body, naming the host by its XAPI `name_label` (what
+    /// administrators see in XO and `xe host-list`), with the hostname
+    /// beside it when the two differ; by its hostname when the label is
+    /// not known.
+    #[must_use]
+    pub fn text(&self, name_label: Option<&str>) -> String {
+        let host = match name_label.map(str::trim).filter(|l| !l.is_empty()) {
+            Some(label) if label == self.hostname => label.to_owned(),
+            Some(label) => format!("{label} ({})", self.hostname),
+            None => self.hostname.clone(),
+        };
+        format!("Host {host}{}", self.what)
+    }
 }
 
 /// The alert state of one SR on this host.
@@ -102,9 +120,9 @@ impl SrAlerts {
         }
     }
 
-    /// One observation of the SR's paths on `host_name` at `now`: the message
+    /// One observation of the SR's paths on `hostname` at `now`: the message
     /// to send, if one is due.
-    pub fn observe(&mut self, now: Instant, host_name: &str, paths: &[PathView]) -> Option<Alert> {
+    pub fn observe(&mut self, now: Instant, hostname: &str, paths: &[PathView]) -> Option<Alert> {
         let live: BTreeSet<String> = paths.iter().filter(|p| p.live).map(|p| p.portal.clone()).collect();
         if self.seen.as_ref() != Some(&live) {
             if self.seen.is_some() && live != self.announced {
@@ -120,13 +138,13 @@ impl SrAlerts {
             return None;
         }
         self.tokens -= 1;
-        let alert = self.compose(host_name, paths, &live);
+        let alert = self.compose(hostname, paths, &live);
         self.announced = live;
         self.held = 0;
         Some(alert)
     }
 
-    fn compose(&self, host: &str, paths: &[PathView], live: &BTreeSet<String>) -> Alert {
+    fn compose(&self, hostname: &str, paths: &[PathView], live: &BTreeSet<String>) -> Alert {
         let total = paths.len();
         let lost: Vec<&PathView> = paths.iter().filter(|p| !p.live && self.announced.contains(&p.portal)).collect();
         let back: Vec<&PathView> = paths.iter().filter(|p| p.live && !self.announced.contains(&p.portal)).collect();
@@ -134,24 +152,24 @@ impl SrAlerts {
         let count = format!("{}/{total} paths live", live.len());
         let sr = &self.sr_uuid;
         let (name, priority, what) = if live.len() == total {
-            ("NVMETCP_PATHS_RESTORED", 4, format!("Host {host}: all NVMe paths to SR {sr} are back ({count})"))
+            ("NVMETCP_PATHS_RESTORED", 4, format!(": all NVMe paths to SR {sr} are back ({count})"))
         } else if live.is_empty() {
             (
                 "NVMETCP_LAST_PATH_LOST",
                 2,
                 format!(
-                    "Host {host} lost its last NVMe path to SR {sr}: {}; {count}. I/O waits until a path returns",
+                    " lost its last NVMe path to SR {sr}: {}; {count}. I/O waits until a path returns",
                     describe(&down)
                 ),
             )
         } else if !lost.is_empty() {
-            ("NVMETCP_PATH_LOST", 3, format!("Host {host} lost NVMe path {} to SR {sr}; {count}", describe(&lost)))
+            ("NVMETCP_PATH_LOST", 3, format!(" lost NVMe path {} to SR {sr}; {count}", describe(&lost)))
         } else {
             (
                 "NVMETCP_PATH_RECOVERED",
                 4,
                 format!(
-                    "Host {host}: NVMe path {} to SR {sr} is back; {count}, still down: {}",
+                    ": NVMe path {} to SR {sr} is back; {count}, still down: {}",
                     back.iter().map(|p| p.portal.as_str()).collect::<Vec<_>>().join(", "),
                     describe(&down)
                 ),
@@ -162,7 +180,13 @@ impl SrAlerts {
         } else {
             String::new()
         };
-        Alert { name, priority, sr_uuid: self.sr_uuid.clone(), body: format!("{what}{held}.") }
+        Alert {
+            name,
+            priority,
+            sr_uuid: self.sr_uuid.clone(),
+            hostname: hostname.to_owned(),
+            what: format!("{what}{held}."),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! It watches the paths of every nvmetcp SR attached on its host and makes
 //! them visible where administrators already look:
 //!
-//! * **path counts** in XAPI — PBD `other_config:mpath-<namespace identity>` =
+//! * **path counts** in XAPI — PBD `other_config:mpath-<device_config:namespace>` =
 //!   `[live, total]`, `multipathed`, SR `sm_config:multipathable` — which Xen
 //!   Orchestra shows as it does for lvmoiscsi ([`publish`]);
 //! * **alerts** — `message.create` on the SR when this host loses a path, its
@@ -40,7 +40,7 @@ use crate::nvme::names::Portal;
 
 use alerts::{PathView, SrAlerts};
 use iostat::{Rates, Sampler};
-use publish::{mpath_key, LocalXapi, PathCounts, Pool, Publisher};
+use publish::{LocalXapi, PathCounts, Pool, Publisher};
 use rrd::{RrdPlugin, READING_INTERVAL};
 use srs::AttachedSr;
 use status::{AgentStatus, SrStatus};
@@ -147,7 +147,7 @@ impl Agent {
             let expected: BTreeSet<String> = views.iter().map(|v| v.portal.clone()).collect();
             let alerts = self.alerts.entry(uuid.clone()).or_insert_with(|| SrAlerts::new(uuid, expected, now));
             if let Some(alert) = alerts.observe(now, &self.host_name, &views) {
-                tracing::warn!(name = alert.name, sr = %uuid, "{}", alert.body);
+                tracing::warn!(name = alert.name, sr = %uuid, "{}", alert.text(None));
                 self.publisher.alert(alert);
                 changed = true;
             }
@@ -156,7 +156,7 @@ impl Agent {
                 self.counts.insert(uuid.clone(), counts);
                 self.publisher.paths(PathCounts {
                     sr_uuid: uuid.clone(),
-                    key: mpath_key(&sr.state.namespace),
+                    namespace: sr.state.namespace.clone(),
                     live: counts.0,
                     total: counts.1,
                 });

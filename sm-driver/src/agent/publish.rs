@@ -6,10 +6,14 @@
 //! `getIscsiPaths`, `xo-app/home/sr-item.js`, `xo-app/host/tab-advanced.js`):
 //! PBD `other_config:mpath-<key>` = `[live, total]`, PBD
 //! `other_config:multipathed` = `true`, SR `sm_config:multipathable` = `true`.
-//! The key of an NVMe namespace is its identity as the kernel reports it
-//! (`mpath-uuid.<32 hex>` or `mpath-eui.<hex>`): the stable name of the
-//! storage behind the PBD, as the SCSI id is for a LUN; no device-config key
-//! is invented for it.
+//! lvmoiscsi's key is `mpath-<device_config:SCSIid>`, the device-config key
+//! that names the LUN. nvmetcp's is `mpath-<device_config:namespace>`, the
+//! device-config key that names the NVMe namespace (its identity,
+//! `uuid.<32 hex>` or `eui.<hex>`, as `SR.create` stores it), taken from the
+//! PBD itself so a reader computes the same key from the same record. No
+//! device-config key is invented (an NVMe namespace has no SCSI id); XO 5
+//! reads this key with `xo/xo-web-nvmetcp`'s patch of `getIscsiPaths`
+//! (ARCHITECTURE.md, "The PBD key").
 //!
 //! The thread keeps the latest counts per SR and a bounded queue of alerts;
 //! when xapi is down (a toolstack restart) it logs in again with a backoff
@@ -39,8 +43,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct PathCounts {
     /// The SR.
     pub sr_uuid: String,
-    /// The `other_config` key (`mpath-<namespace identity>`).
-    pub key: String,
+    /// The namespace identity `SR.attach` recorded: the key's name when the
+    /// PBD's device-config has no `namespace` (it always has one).
+    pub namespace: String,
     /// Usable paths.
     pub live: usize,
     /// Expected paths.
@@ -59,6 +64,12 @@ impl PathCounts {
 #[must_use]
 pub fn mpath_key(namespace: &str) -> String {
     format!("mpath-{namespace}")
+}
+
+/// The `other_config` key of a PBD: `mpath-<device_config:namespace>`.
+#[must_use]
+pub fn pbd_mpath_key(device_config: &BTreeMap<String, String>, recorded: &str) -> String {
+    mpath_key(device_config.get("namespace").map_or(recorded, String::as_str))
 }
 
 /// Why XAPI did not take an update.
@@ -93,8 +104,17 @@ pub trait Pool: Send {
 pub struct LocalXapi {
     endpoint: Endpoint,
     host_uuid: String,
-    session: Option<(Session, HostRef)>,
+    session: Option<Me>,
     multipathable: BTreeMap<String, bool>,
+}
+
+/// A session and who this host is in XAPI.
+#[derive(Debug)]
+struct Me {
+    session: Session,
+    host: HostRef,
+    /// The host's `name_label`, read at each login.
+    name_label: Option<String>,
 }
 
 impl LocalXapi {
@@ -109,12 +129,13 @@ impl LocalXapi {
         }
     }
 
-    fn session(&mut self) -> Result<&(Session, HostRef), PublishError> {
+    fn session(&mut self) -> Result<&Me, PublishError> {
         if self.session.is_none() {
             let timeouts = Timeouts { connect: Duration::from_secs(5), call: Duration::from_secs(30) };
             let session = Client::new(self.endpoint.clone(), timeouts).login(&Credentials::local_root(), ORIGINATOR)?;
-            let me = host::get_by_uuid(&session, &self.host_uuid)?;
-            self.session = Some((session, me));
+            let host = host::get_by_uuid(&session, &self.host_uuid)?;
+            let name_label = host::get_name_label(&session, &host)?;
+            self.session = Some(Me { session, host, name_label: Some(name_label) });
         }
         self.session.as_ref().ok_or_else(|| PublishError::NoPbd(String::new()))
     }
@@ -122,21 +143,22 @@ impl LocalXapi {
 
 impl Pool for LocalXapi {
     fn publish_paths(&mut self, counts: &PathCounts) -> Result<(), PublishError> {
-        let (session, me) = self.session()?;
+        let Me { session, host: me, .. } = self.session()?;
         let sr_ref = sr::get_by_uuid(session, &counts.sr_uuid)?;
         let (pbd_ref, record) = pbd::get_all_records(session)?
             .into_iter()
             .find(|(_, p)| p.sr == sr_ref && p.host == *me)
             .ok_or_else(|| PublishError::NoPbd(counts.sr_uuid.clone()))?;
         let value = counts.value();
-        if record.other_config.get(&counts.key) != Some(&value) {
-            pbd::set_other_config_key(session, &pbd_ref, &counts.key, &value)?;
+        let key = pbd_mpath_key(&record.device_config, &counts.namespace);
+        if record.other_config.get(&key) != Some(&value) {
+            pbd::set_other_config_key(session, &pbd_ref, &key, &value)?;
         }
         if record.other_config.get("multipathed").map(String::as_str) != Some("true") {
             pbd::set_other_config_key(session, &pbd_ref, "multipathed", "true")?;
         }
         if !self.multipathable.contains_key(&counts.sr_uuid) {
-            let (session, _) = self.session()?;
+            let Me { session, .. } = self.session()?;
             if sr::get_sm_config(session, &sr_ref)?.get("multipathable").map(String::as_str) != Some("true") {
                 sr::set_sm_config_key(session, &sr_ref, "multipathable", "true")?;
             }
@@ -146,8 +168,9 @@ impl Pool for LocalXapi {
     }
 
     fn send_alert(&mut self, alert: &Alert) -> Result<(), PublishError> {
-        let (session, _) = self.session()?;
-        message::create(session, alert.name, alert.priority, message::About::Sr, &alert.sr_uuid, &alert.body)?;
+        let Me { session, name_label, .. } = self.session()?;
+        let body = alert.text(name_label.as_deref());
+        message::create(session, alert.name, alert.priority, message::About::Sr, &alert.sr_uuid, &body)?;
         Ok(())
     }
 
@@ -287,7 +310,7 @@ fn flush(
     }
     while let Some(alert) = alerts.front() {
         pool.send_alert(alert)?;
-        tracing::info!(name = alert.name, sr = %alert.sr_uuid, body = %alert.body, "alert sent");
+        tracing::info!(name = alert.name, sr = %alert.sr_uuid, body = %alert.text(None), "alert sent");
         alerts.pop_front();
         sent = true;
     }

@@ -48,11 +48,11 @@ impl Recording {
 
 impl Pool for Recording {
     fn publish_paths(&mut self, counts: &PathCounts) -> Result<(), PublishError> {
-        self.0.lock().unwrap().push(Sent::Paths(counts.key.clone(), counts.value()));
+        self.0.lock().unwrap().push(Sent::Paths(super::publish::mpath_key(&counts.namespace), counts.value()));
         Ok(())
     }
     fn send_alert(&mut self, alert: &Alert) -> Result<(), PublishError> {
-        self.0.lock().unwrap().push(Sent::Alert(alert.name, alert.body.clone()));
+        self.0.lock().unwrap().push(Sent::Alert(alert.name, alert.text(None)));
         Ok(())
     }
     fn reset(&mut self) {}

@@ -50,14 +50,21 @@ fn a_cut_then_its_address_then_a_restore_is_one_loss_and_one_restore() {
     assert_eq!(lost.priority, 3);
     assert_eq!(lost.sr_uuid, SR);
     assert_eq!(
-        lost.body,
+        lost.text(None),
         format!("Host xcp-ng-1 lost NVMe path {B} (controller nvme1: connecting) to SR {SR}; 1/2 paths live.")
     );
     let (at, back) = &sent[1];
     assert_eq!(*at, 9);
     assert_eq!(back.name, "NVMETCP_PATHS_RESTORED");
     assert_eq!(back.priority, 4);
-    assert_eq!(back.body, format!("Host xcp-ng-1: all NVMe paths to SR {SR} are back (2/2 paths live)."));
+    assert_eq!(back.text(None), format!("Host xcp-ng-1: all NVMe paths to SR {SR} are back (2/2 paths live)."));
+    // Sent through XAPI, the host is named by its name_label, the hostname beside it.
+    assert_eq!(
+        lost.text(Some("rack 3, blade 2")),
+        format!("Host rack 3, blade 2 (xcp-ng-1) lost NVMe path {B} (controller nvme1: connecting) to SR {SR}; 1/2 paths live.")
+    );
+    assert!(back.text(Some("xcp-ng-1")).starts_with("Host xcp-ng-1: all NVMe paths"), "same name, said once");
+    assert!(back.text(Some(" ")).starts_with("Host xcp-ng-1: all"), "an empty label is no name");
 }
 
 #[test]
@@ -67,11 +74,15 @@ fn the_last_path_lost_is_more_urgent_and_a_partial_return_is_said_so() {
     let first = alerts.observe(t0, "h", &[path(A, "connecting"), path(B, "absent")]).unwrap();
     assert_eq!(first.name, "NVMETCP_LAST_PATH_LOST");
     assert_eq!(first.priority, 2);
-    assert!(first.body.contains("10.0.0.1:4420 (controller nvme0: connecting)"), "{}", first.body);
-    assert!(first.body.contains("10.0.0.2:4420 (absent)"), "{}", first.body);
+    assert!(first.text(None).contains("10.0.0.1:4420 (controller nvme0: connecting)"), "{}", first.text(None));
+    assert!(first.text(None).contains("10.0.0.2:4420 (absent)"), "{}", first.text(None));
     let partial = alerts.observe(t0 + Duration::from_secs(1), "h", &[path(A, "live"), path(B, "absent")]).unwrap();
     assert_eq!(partial.name, "NVMETCP_PATH_RECOVERED");
-    assert!(partial.body.contains("1/2 paths live, still down: 10.0.0.2:4420 (absent)"), "{}", partial.body);
+    assert!(
+        partial.text(None).contains("1/2 paths live, still down: 10.0.0.2:4420 (absent)"),
+        "{}",
+        partial.text(None)
+    );
     assert!(alerts.observe(t0 + Duration::from_secs(2), "h", &[path(A, "live"), path(B, "absent")]).is_none());
 }
 
@@ -99,7 +110,11 @@ fn a_flapping_port_is_bounded_and_the_last_message_tells_the_truth() {
     assert!(alerts.observe(t0 + Duration::from_secs(31), "h", &down).is_none(), "no token before a refill");
     let late = alerts.observe(t0 + REFILL + Duration::from_secs(1), "h", &down).unwrap();
     assert_eq!(late.name, "NVMETCP_PATH_LOST");
-    assert!(late.body.contains("path changes since the last message; the path is flapping"), "{}", late.body);
+    assert!(
+        late.text(None).contains("path changes since the last message; the path is flapping"),
+        "{}",
+        late.text(None)
+    );
     assert!(alerts.observe(t0 + REFILL + Duration::from_secs(2), "h", &down).is_none());
 }
 

@@ -21,6 +21,11 @@ struct Pool {
     host_uuid: String,
 }
 
+/// The namespace in the PBDs' device-config.
+const SPELLED: &str = "8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+/// The same namespace as `SR.attach` recorded it.
+const RECORDED: &str = "uuid.8d30ade900c54fe69fbcbe2c924ffcdc";
+
 fn pool() -> Pool {
     let emulator =
         Emulator::new(Config { hosts: vec!["xcp-ng-1".into(), "xcp-ng-2".into()], ..Config::default() }, AcceptAll);
@@ -32,7 +37,9 @@ fn pool() -> Pool {
     let hosts = host::get_all_records(&admin).unwrap();
     let args = sr::SrCreate {
         host: hosts[0].0.clone(),
-        device_config: BTreeMap::new(),
+        // The namespace as an administrator may have spelled it (sr-introduce,
+        // pbd-create): the key follows the PBD, not the agent's spelling.
+        device_config: BTreeMap::from([("namespace".to_owned(), SPELLED.to_owned())]),
         physical_size: 0,
         name_label: "nvme".into(),
         name_description: String::new(),
@@ -61,10 +68,17 @@ fn counts_and_alerts_reach_this_hosts_pbd_even_when_xapi_comes_late() {
     let root = HostRoot::at(dir.path());
     std::fs::create_dir_all(root.path("/var/lib/xcp")).unwrap();
     let publisher = Publisher::spawn(Box::new(LocalXapi::new(&root, &pool.host_uuid)));
-    let key = mpath_key("uuid.8d30ade900c54fe69fbcbe2c924ffcdc");
-    let counts = |live| PathCounts { sr_uuid: pool.sr_uuid.clone(), key: key.clone(), live, total: 2 };
+    // XO (with xo-web-nvmetcp's patch) reads mpath-<device_config.namespace>.
+    let key = mpath_key(SPELLED);
+    let counts = |live| PathCounts { sr_uuid: pool.sr_uuid.clone(), namespace: RECORDED.into(), live, total: 2 };
     publisher.paths(counts(1));
-    publisher.alert(Alert { name: "NVMETCP_PATH_LOST", priority: 3, sr_uuid: pool.sr_uuid.clone(), body: "b".into() });
+    publisher.alert(Alert {
+        name: "NVMETCP_PATH_LOST",
+        priority: 3,
+        sr_uuid: pool.sr_uuid.clone(),
+        hostname: "xcp2.example.net".into(),
+        what: " lost NVMe path 10.0.0.2:4420 (controller nvme1: connecting) to SR s; 1/2 paths live.".into(),
+    });
     // xapi is down: the update waits, with the reason shown.
     // The thread may fail on the counts before it has taken the alert in:
     // wait until both wait behind a failure.
@@ -98,6 +112,15 @@ fn counts_and_alerts_reach_this_hosts_pbd_even_when_xapi_comes_late() {
     assert_eq!(record["cls"].as_str("cls").unwrap(), "SR");
     assert_eq!(record["obj_uuid"].as_str("uuid").unwrap(), pool.sr_uuid);
     assert_eq!(record["priority"].as_str("priority").unwrap(), "3");
+    let name_label = host::get_name_label(&pool.admin, &mine).unwrap();
+    assert_eq!(
+        record["body"].as_str("body").unwrap(),
+        format!(
+            "Host {name_label} (xcp2.example.net) lost NVMe path 10.0.0.2:4420 (controller nvme1: connecting) to SR s; \
+             1/2 paths live."
+        ),
+        "the host by its XAPI name_label"
+    );
     assert_eq!(publisher.status().pending, 0);
     assert!(publisher.status().last_error.is_none());
 }
