@@ -27,7 +27,7 @@ fn tree() -> PluginTree {
             "SR.stat",
             "SR.frobnicate",
             "Volume.create",
-            "Volume.snapshot",
+            "Volume.enable_cbt",
         ],
         &["Plugin.Query", "Plugin.diagnostics", "Datapath.attach", "Datapath.open", "SR.attach"],
     )
@@ -172,11 +172,11 @@ fn unknown_and_unimplemented_methods_are_explicit() {
     assert_eq!(reply.failure().1[1], "SR.frobnicate");
     let reply = call(&tree.datapath_dir(), "SR.attach", &json!({"dbg": "d", "configuration": {}}));
     assert_eq!(reply.failure().1[0], "'SR.attach' is not a method of the nvmetcp datapath plugin");
-    let reply = call(&tree.volume_dir(), "Volume.snapshot", &json!({"dbg": "d", "sr": "x", "key": "k"}));
+    let reply = call(&tree.volume_dir(), "Volume.enable_cbt", &json!({"dbg": "d", "sr": "x", "key": "k"}));
     let (code, params) = reply.failure();
     assert_eq!(code, "Unimplemented");
-    assert!(params[0].starts_with("Volume.snapshot is not implemented by nvmetcp"), "{params:?}");
-    assert_eq!(params[1], "Volume.snapshot");
+    assert!(params[0].starts_with("Volume.enable_cbt is not implemented by nvmetcp"), "{params:?}");
+    assert_eq!(params[1], "Volume.enable_cbt");
     let reply =
         call(&tree.datapath_dir(), "Datapath.open", &json!({"dbg": "d", "uri": "nvmetcp://x", "persistent": true}));
     assert_eq!(reply.failure().1[1], "Datapath.open");
@@ -190,7 +190,7 @@ fn unknown_and_unimplemented_methods_are_explicit() {
 #[test]
 fn error_records_carry_a_backtrace() {
     let tree = tree();
-    let reply = call(&tree.volume_dir(), "Volume.snapshot", &json!({"dbg": "d", "sr": "x", "key": "k"}));
+    let reply = call(&tree.volume_dir(), "Volume.enable_cbt", &json!({"dbg": "d", "sr": "x", "key": "k"}));
     let record: Value = serde_json::from_str(&reply.stdout).unwrap();
     let files = record["backtrace"]["files"].as_array().unwrap();
     assert!(files[0].as_str().unwrap().ends_with(".rs"), "{record}");
@@ -221,7 +221,7 @@ fn logs_go_to_syslog_local2_with_the_call_context() {
         assert!(ok.unwrap().stderr.is_empty(), "nothing on stderr when syslog works");
         let failed = caller.call(
             &tree.volume_dir(),
-            "Volume.snapshot",
+            "Volume.enable_cbt",
             &json!({"dbg": "OpaqueRef:43", "sr": "my-sr", "key": "vol-7"}),
         );
         assert_eq!(failed.unwrap().failure().0, "Unimplemented");
@@ -234,7 +234,7 @@ fn logs_go_to_syslog_local2_with_the_call_context() {
     let failed = lines.iter().find(|l| l.contains("call failed")).unwrap();
     assert!(failed.starts_with("<147>"), "LOCAL2 error: {failed}");
     assert!(failed.contains("dbg=OpaqueRef:43") && failed.contains("sr=my-sr"), "{failed}");
-    assert!(failed.contains("Volume.snapshot is not implemented") && failed.contains("volume=vol-7"), "{failed}");
+    assert!(failed.contains("Volume.enable_cbt is not implemented") && failed.contains("volume=vol-7"), "{failed}");
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn people_get_the_same_answers_pretty_printed() {
     assert_eq!(code, 0);
     assert!(stdout.starts_with("{\n  \""), "{stdout}");
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["plugin"], "nvmetcp");
-    let (code, stdout, _) = run_binary(&["Volume.snapshot", "sr=x", "key=k"]);
+    let (code, stdout, _) = run_binary(&["Volume.enable_cbt", "sr=x", "key=k"]);
     assert_eq!(code, 1);
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["code"], "Unimplemented");
     let (code, stdout, _) = run_binary(&["--datapath", "Plugin.Query"]);

@@ -102,7 +102,7 @@ fn unimplemented_and_unknown_methods_are_distinct_errors() {
         assert_eq!(reply.exit_code, 1);
         serde_json::from_str::<serde_json::Value>(&reply.stdout).unwrap()
     };
-    assert_eq!(run(PluginKind::Volume, "Volume.snapshot")["code"], "Unimplemented");
+    assert_eq!(run(PluginKind::Volume, "Volume.enable_cbt")["code"], "Unimplemented");
     assert_eq!(run(PluginKind::Volume, "SR.frobnicate")["code"], "NVMETCP_UNKNOWN_METHOD");
     let wrong_plugin = run(PluginKind::Datapath, "SR.stat");
     assert_eq!(wrong_plugin["code"], "NVMETCP_UNKNOWN_METHOD");

@@ -197,6 +197,9 @@ pub enum CallError {
     /// A volume call failed.
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// A snapshot chain call failed.
+    #[error(transparent)]
+    Chain(#[from] crate::snapshot::calls::ChainCallError),
     /// The host's state could not be read.
     #[error(transparent)]
     Read(#[from] crate::host::HostError),

@@ -79,6 +79,11 @@ error_codes! {
     MetadataFull = "NVMETCP_METADATA_FULL",
     /// A volume request nvmetcp refuses (shrink, bad size, too long).
     VolumeInvalid = "NVMETCP_VOLUME_INVALID",
+    /// A snapshot or clone refused (in use, chain too long, no space), or an
+    /// operation a layered volume cannot have.
+    SnapshotRefused = "NVMETCP_SNAPSHOT_REFUSED",
+    /// The SR's snapshot chain metadata is inconsistent.
+    ChainDamaged = "NVMETCP_CHAIN_DAMAGED",
     /// The host plugin has no such function.
     UnknownFunction = "NVMETCP_UNKNOWN_FUNCTION",
     /// The host plugin's call is malformed.

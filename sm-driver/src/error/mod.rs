@@ -23,6 +23,10 @@ use crate::sr_state::StateError;
 pub use self::call::{CallError, TooLong, VolumeError};
 pub use self::code::ErrorCode;
 
+use crate::snapshot::calls::ChainCallError;
+use crate::snapshot::graph::GraphError;
+use crate::snapshot::ops::OpError;
+
 /// Everything that can make a call fail.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -163,8 +167,24 @@ fn sr_code(error: &CallError) -> ErrorCode {
         CallError::PoolCheck(_) => ErrorCode::PoolUnreachable,
         CallError::Volume(VolumeError::MetadataFull { .. }) => ErrorCode::MetadataFull,
         CallError::Volume(_) => ErrorCode::VolumeInvalid,
+        CallError::Chain(error) => chain_code(error),
         CallError::Read(_) => ErrorCode::HostState,
         CallError::State(_) => ErrorCode::HostState,
+    }
+}
+
+/// The code of a snapshot chain call's failure.
+fn chain_code(error: &ChainCallError) -> ErrorCode {
+    match error {
+        ChainCallError::Op(OpError::Lvm(_)) => ErrorCode::LvmFailed,
+        ChainCallError::Op(OpError::QemuImg(_) | OpError::Engine(_)) => ErrorCode::ToolFailed,
+        ChainCallError::Op(OpError::Graph(GraphError::ChainTooLong { .. } | GraphError::UnknownVolume(_))) => {
+            ErrorCode::SnapshotRefused
+        }
+        ChainCallError::Op(OpError::Graph(_)) => ErrorCode::ChainDamaged,
+        ChainCallError::Op(OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_))
+        | ChainCallError::Running { .. }
+        | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
     }
 }
 
@@ -185,6 +205,19 @@ mod tests {
     use super::{to_error_record, DriverError, ErrorCode, Failure};
     use crate::smapi::method::ParamKind;
     use crate::smapi::params::RequestError;
+
+    #[test]
+    fn snapshot_refusals_and_damaged_chains_have_their_own_codes() {
+        use super::{chain_code, ChainCallError, GraphError, OpError};
+        let too_long = ChainCallError::Op(OpError::Graph(GraphError::ChainTooLong { volume: "v".into(), depth: 30 }));
+        assert_eq!(chain_code(&too_long), ErrorCode::SnapshotRefused);
+        let dangling = ChainCallError::Op(OpError::Graph(GraphError::Dangling { lv: "v".into(), missing: "n".into() }));
+        assert_eq!(chain_code(&dangling), ErrorCode::ChainDamaged);
+        assert_eq!(
+            chain_code(&ChainCallError::Op(OpError::NoSpace { free: 1, needed: 2 })),
+            ErrorCode::SnapshotRefused
+        );
+    }
 
     #[test]
     fn a_malformed_sr_handle_is_a_parameter_error_not_host_state() {

@@ -25,6 +25,7 @@
 //! `SR.attach`, reaching another host through the XAPI host plugin) are not
 //! wired yet, so nothing here is advertised to xapi.
 
+pub mod calls;
 pub mod graph;
 pub mod journal;
 pub mod ops;

@@ -110,6 +110,9 @@ pub struct NewNames {
     pub volume: String,
     /// A clone's own leaf.
     pub clone_leaf: Option<String>,
+    /// The new volume's metadata tags (its record: uuid, name, …), written
+    /// with its LV; the ownership tag is added in any case.
+    pub record: Vec<String>,
 }
 
 impl<'a> Chains<'a> {
@@ -207,6 +210,7 @@ impl<'a> Chains<'a> {
         self.faults.reached("leaf-header");
 
         let mut volume_tags = vec![self.volume_tag.to_owned(), journal.clone()];
+        volume_tags.extend(names.record.iter().filter(|t| *t != self.volume_tag).cloned());
         if let Some(clone_leaf) = &names.clone_leaf {
             let node = Node { lv: clone_leaf.clone(), format: ImageFormat::Qcow2, parent: Some(old.lv.clone()), depth };
             let mut tags = node_tags(&node);

@@ -15,6 +15,7 @@ pub mod meta;
 mod record;
 mod resize;
 mod retag;
+mod snapshot;
 mod stat;
 pub mod uri;
 
@@ -23,6 +24,7 @@ pub use self::destroy::destroy;
 pub use self::record::list;
 pub use self::resize::resize;
 pub use self::retag::{set, set_description, set_name, unset};
+pub use self::snapshot::{clone, snapshot};
 pub use self::stat::stat;
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub fn uri(sr_uuid: &str, lv: &str) -> String {
 }
 
 /// Whether `name` is an LV name nvmetcp gives volumes.
-pub(super) fn is_volume_name(name: &str) -> bool {
+pub(crate) fn is_volume_name(name: &str) -> bool {
     name.strip_prefix("vol-").is_some_and(is_uuid)
 }
 

@@ -168,6 +168,7 @@ fn chains_step(runner: &SystemRunner, device: &str, vg: &str, args: &[&str]) -> 
         leaf: leaf.to_owned(),
         volume: volume.to_owned(),
         clone_leaf: clone_leaf.map(str::to_owned),
+        record: Vec::new(),
     };
     let host = HostRoot::system();
     let engine = Qsd::new(runner, &host, RUN_BASE);

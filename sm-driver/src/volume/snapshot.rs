@@ -1,0 +1,64 @@
+//! `Volume.snapshot` and `Volume.clone` (master), of a volume no host uses:
+//! the chain work is [`crate::snapshot::calls::take`]; the new volume gets
+//! the origin's name, description and sharable flag (not its `Volume.set`
+//! keys: xapi sets the snapshot's own right after).
+
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::{CallError, Failure, VolumeError};
+use crate::smapi::params::Params;
+use crate::snapshot::calls::{self, ChainCallError};
+use crate::sr_access::{attached, lvm_for, require_master, sr_call};
+
+use super::budget;
+use super::meta::{self, VolumeMeta};
+use super::record::{existing, record, refuse_in_use};
+
+/// `Volume.snapshot`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn snapshot(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    take(ctx, params, false)
+}
+
+/// `Volume.clone`.
+///
+/// # Errors
+/// Every failure, as the SMAPI error record.
+pub fn clone(ctx: &Context, params: &Params) -> Result<Value, Failure> {
+    take(ctx, params, true)
+}
+
+fn take(ctx: &Context, params: &Params, clone: bool) -> Result<Value, Failure> {
+    let key: String = params.get("key")?;
+    sr_call(params, || {
+        require_master(ctx, if clone { "Volume.clone" } else { "Volume.snapshot" })?;
+        let (state, _lock) = attached(ctx, params)?;
+        let lvm = lvm_for(ctx, &state, true)?;
+        let origin = existing(&lvm, &state, &key)?;
+        refuse_in_use(ctx, &state, &origin, key.clone()).map_err(|error| match error {
+            CallError::Volume(VolumeError::Active { key }) => {
+                CallError::from(ChainCallError::Running { key, place: " on this host".to_owned() })
+            }
+            CallError::Volume(VolumeError::ActiveElsewhere { key, hosts }) => {
+                CallError::from(ChainCallError::Running { key, place: format!(" on host(s) {}", hosts.join(", ")) })
+            }
+            other => other,
+        })?;
+        let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
+        let old = meta::from_tags(&origin.tags);
+        let new = VolumeMeta { uuid: uuid.clone(), keys: Default::default(), ..old };
+        let tags = meta::to_tags(&new).map_err(VolumeError::from)?;
+        let names = calls::new_names(&uuid, clone, tags);
+        budget::check(&names.volume, &[], &names.record, &lvm.lvs(&state.vg)?)?;
+        let sr = calls::Sr { runner: ctx.runner.as_ref(), lvm: &lvm, state: &state, volume_tag: meta::VOLUME_TAG };
+        let created = calls::take(&sr, &origin, &names)?;
+        tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
+        let lvs = lvm.lvs(&state.vg)?;
+        let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;
+        let lv = existing(&lvm, &state, &created)?;
+        Ok(view.describe(record(&state, &lv), &lv))
+    })
+}
