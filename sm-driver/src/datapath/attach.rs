@@ -18,8 +18,12 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, Failure>
     let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = sr_state::load(&ctx.host, &sr_uuid)?;
     let lvm = lvm_for(ctx, &state, false)?;
-    if lvm.lv(&state.vg, &lv)?.is_none() {
+    let Some(found) = lvm.lv(&state.vg, &lv)? else {
         return Err(VolumeError::NotFound { key: lv, sr_uuid }.into());
+    };
+    if active {
+        // blkback on a layered volume's LV would serve the wrong bytes.
+        crate::snapshot::calls::refuse_layered(&found, "attaching it to a VM")?;
     }
     lvm.lv_activate(&state.vg, &lv, active)?;
     tracing::info!(volume = %lv, active, "volume {}", if active { "activated" } else { "deactivated" });

@@ -180,6 +180,12 @@ fn collect(chains: &Chains<'_>, lvm: &Lvm<'_>, vg: &str) -> Result<(), ChainCall
     Ok(())
 }
 
+/// Whether an SR of these LVs has chains or journal entries at all.
+#[must_use]
+pub fn needs_recovery(lvs: &[Lv]) -> bool {
+    lvs.iter().any(|l| is_layered(l) || l.tags.iter().any(|t| Entry::from_tag(t).is_some()))
+}
+
 /// On `SR.attach` on the master: replays what killed calls left, then runs
 /// the collector. Returns whether there was anything to do.
 ///
@@ -187,9 +193,7 @@ fn collect(chains: &Chains<'_>, lvm: &Lvm<'_>, vg: &str) -> Result<(), ChainCall
 /// [`ChainCallError`].
 pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
     let (lvm, state) = (sr.lvm, sr.state);
-    let lvs = lvm.lvs(&state.vg)?;
-    let chained = lvs.iter().any(|l| is_layered(l) || l.tags.iter().any(|t| Entry::from_tag(t).is_some()));
-    if !chained {
+    if !needs_recovery(&lvm.lvs(&state.vg)?) {
         return Ok(false);
     }
     let chains = sr.chains();

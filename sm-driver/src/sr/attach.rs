@@ -35,8 +35,33 @@ pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         let state = bring_up(ctx, &configuration)?;
         sr_state::save(&ctx.host, &state)?;
         tracing::info!(sr = %state.sr_uuid, vg = %state.vg, "SR attached");
+        if pool_role::is_master(&ctx.host) {
+            recover_chains(ctx, &state);
+        }
         Ok(handle_of(&state.sr_uuid))
     })
+}
+
+/// Replays the snapshot journal and runs the collector (the master only),
+/// when a read-only look finds chains or journal entries: an SR without
+/// snapshots gets no metadata write from attach. A failure leaves the
+/// journal for the next attach and fails nothing else: SR.ls hides what is
+/// in flight, and the volumes outside chains are fine.
+fn recover_chains(ctx: &Context, state: &SrState) {
+    let recovered = (|| -> Result<bool, String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let reader = crate::sr_access::lvm_on_namespace(ctx, state, false).map_err(|e| text(&e))?;
+        if !crate::snapshot::calls::needs_recovery(&reader.lvs(&state.vg).map_err(|e| text(&e))?) {
+            return Ok(false);
+        }
+        let lvm = crate::sr_access::lvm_for(ctx, state, true).map_err(|e| text(&e))?;
+        let volume_tag = crate::volume::meta::VOLUME_TAG;
+        let sr = crate::snapshot::calls::Sr { runner: ctx.runner.as_ref(), lvm: &lvm, state, volume_tag };
+        crate::snapshot::calls::recover(&sr).map_err(|e| text(&e))
+    })();
+    if let Err(error) = recovered {
+        tracing::error!(sr = %state.sr_uuid, %error, "the snapshot journal could not be replayed; the next SR.attach retries");
+    }
 }
 
 /// Reconnects and resolves an SR from its device-config, and checks the

@@ -6,6 +6,7 @@ use crate::error::{CallError, VolumeError};
 use crate::lvm::{Lv, Lvm};
 use crate::pool_mappings::hosts_mapping;
 use crate::smapi::types::Volume;
+use crate::snapshot::calls::ChainView;
 use crate::sr_state::SrState;
 
 use super::meta::{from_tags, VOLUME_TAG};
@@ -31,16 +32,20 @@ pub(super) fn record(state: &SrState, lv: &Lv) -> Volume {
     }
 }
 
-/// Every volume of the SR, or an error — never a partial list.
+/// Every volume of the SR, or an error — never a partial list. Node LVs
+/// of snapshot chains are no volumes, and the new volume of a snapshot in
+/// flight appears once its journal is gone.
 ///
 /// # Errors
 /// [`CallError`] if LVM cannot list the VG.
 pub fn list(lvm: &Lvm<'_>, state: &SrState) -> Result<Vec<Volume>, CallError> {
-    Ok(lvm
-        .lvs(&state.vg)?
+    let lvs = lvm.lvs(&state.vg)?;
+    let chains = ChainView::load(&lvs, VOLUME_TAG)?;
+    Ok(lvs
         .iter()
         .filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG) && is_volume_name(&lv.name))
-        .map(|lv| record(state, lv))
+        .filter(|lv| !ChainView::in_flight(lv))
+        .map(|lv| chains.describe(record(state, lv), lv))
         .collect())
 }
 

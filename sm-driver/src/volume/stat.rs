@@ -1,4 +1,5 @@
-//! `Volume.stat` (any host): one `lvs --select` of that LV.
+//! `Volume.stat` (any host): one `lvs --select` of that LV (and, for a
+//! layered volume, the VG's LVs for its chain).
 
 use serde_json::Value;
 
@@ -18,6 +19,11 @@ pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
         let (state, _lock) = attached(ctx, params)?;
         let lvm = lvm_for(ctx, &state, false)?;
-        Ok(record(&state, &existing(&lvm, &state, &key)?))
+        let lv = existing(&lvm, &state, &key)?;
+        if !crate::snapshot::calls::is_layered(&lv) {
+            return Ok(record(&state, &lv));
+        }
+        let lvs = lvm.lvs(&state.vg)?;
+        Ok(crate::snapshot::calls::ChainView::load(&lvs, super::meta::VOLUME_TAG)?.describe(record(&state, &lv), &lv))
     })
 }

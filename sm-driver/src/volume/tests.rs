@@ -156,3 +156,93 @@ fn deactivate_with_no_live_path_removes_the_mapping_directly() {
     assert_eq!(calls[0].program, Program::Dmsetup);
     assert!(calls[0].shown.ends_with(&format!("remove {mapping}")), "{calls:?}");
 }
+
+const ORIGIN: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e21";
+const SNAP: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e22";
+const IN_FLIGHT: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e23";
+
+/// A volume snapshotted once (its raw LV frozen, a qcow2 leaf on it, the
+/// snapshot referring to the raw node) and a second snapshot in flight.
+fn chained_lvs() -> String {
+    use crate::snapshot::journal::{Entry, Operation, Step};
+    let journal = Entry {
+        operation: Operation::Snapshot {
+            volume: ORIGIN.into(),
+            old_leaf: "node-x".into(),
+            new_leaf: "node-y".into(),
+            snapshot: IN_FLIGHT.into(),
+            clone_leaf: None,
+            active_on: None,
+        },
+        step: Step::Prepared,
+    }
+    .to_tag();
+    lvs(&[
+        (ORIGIN, "nvmetcp_vol,nvmetcp_node,nf=raw,nd=1,nn=node-x", ""),
+        ("node-x", "nvmetcp_node,nf=qcow2,nd=2,np=vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e21", ""),
+        (SNAP, &format!("nvmetcp_vol,nn={ORIGIN}"), ""),
+        ("node-y", &format!("nvmetcp_node,nf=qcow2,nd=3,np=node-x,{journal}"), ""),
+        (IN_FLIGHT, &format!("nvmetcp_vol,nn=node-x,{journal}"), ""),
+    ])
+}
+
+#[test]
+fn sr_ls_shows_chains_for_xo_and_hides_nodes_and_snapshots_in_flight() {
+    let tree = attached_sr();
+    let runner = Arc::new(FakeRunner::new().then_stdout(&chained_lvs()));
+    let volumes = call(&tree, &runner, "SR.ls", &format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}"}}"#)).unwrap();
+    let volumes = volumes.as_array().unwrap();
+    let keys: Vec<&str> = volumes.iter().map(|v| v["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, [ORIGIN, SNAP], "node LVs and the snapshot in flight are no volumes");
+    let (origin, snap) = (&volumes[0], &volumes[1]);
+    assert_eq!(origin["keys"]["_sm_config_image-format"], "qcow2");
+    assert_eq!(origin["keys"]["_sm_config_nvmetcp-parent"], ORIGIN);
+    assert_eq!(origin["keys"]["_sm_config_nvmetcp-chain-length"], "2");
+    assert_eq!(origin["virtual_size"], 8_388_608, "the base's size, not the leaf LV's");
+    assert_eq!(origin["physical_utilisation"], 16_777_216, "its raw LV and its leaf");
+    assert_eq!(snap["keys"]["_sm_config_image-format"], "raw");
+    assert_eq!(snap["virtual_size"], 8_388_608);
+    assert!(snap["keys"].get("_sm_config_nvmetcp-parent").is_none());
+}
+
+#[test]
+fn a_broken_chain_fails_sr_ls_rather_than_listing_part_of_it() {
+    let tree = attached_sr();
+    let broken = lvs(&[(ORIGIN, "nvmetcp_vol,nn=node-gone", ""), (KEY, "nvmetcp_vol", "")]);
+    let runner = Arc::new(FakeRunner::new().then_stdout(&broken));
+    let listed = call(&tree, &runner, "SR.ls", &format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}"}}"#));
+    assert_eq!(listed, Err("NVMETCP_CHAIN_DAMAGED".to_owned()));
+}
+
+#[test]
+fn snapshot_of_a_volume_in_use_is_refused_saying_why() {
+    let tree = attached_sr();
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    assert_eq!(call(&tree, &runner, "Volume.snapshot", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
+    assert!(!ran(&runner, "lvcreate"), "{:?}", runner.calls());
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    assert_eq!(call(&tree, &runner, "Volume.clone", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
+    assert!(!ran(&runner, "lvcreate"), "{:?}", runner.calls());
+}
+
+#[test]
+fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
+    let tree = attached_sr();
+    let layered = lvs(&[(KEY, "nvmetcp_vol,nn=node-x", "")]);
+    let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&layered));
+    let grow = body(r#","new_size":16777216"#);
+    assert_eq!(call(&tree, &runner, "Volume.resize", &grow), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
+    assert!(!ran(&runner, "lvextend"), "{:?}", runner.calls());
+
+    let runner = Arc::new(FakeRunner::new().then_stdout(&layered));
+    let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(&runner)) };
+    let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{KEY}","domain":"0"}}"#);
+    let params = Params::from_json(Method::lookup("Datapath.attach").unwrap(), &body).unwrap();
+    let failure = crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap_err();
+    let record = to_error_record(&failure, "h1");
+    assert_eq!(record.code, "NVMETCP_SNAPSHOT_REFUSED");
+    assert!(record.params[0].contains("attaching it to a VM"), "{}", record.params[0]);
+    assert!(!ran(&runner, "lvchange"), "{:?}", runner.calls());
+}
