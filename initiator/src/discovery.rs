@@ -251,27 +251,7 @@ pub fn read_log(portal: SocketAddr, host: &HostIdentity, timeout: Duration) -> R
     let deadline = Instant::now() + timeout;
     let queue = initialize(portal, deadline)?;
     let session = Session { queue: &queue, portal, deadline };
-    let data = command::connect_data(&host.id, 0xffff, DISCOVERY_NQN, &host.nqn);
-    session.run("connecting to the discovery controller", command::connect(0, 32, 0, false), data, 0)?;
-    session.run("enabling the controller", command::property_set(property::CC, 0x0046_0001), Vec::new(), 0)?;
-    loop {
-        let (csts, _) = session.run(
-            "waiting for the controller to be ready",
-            command::property_get(property::CSTS, false),
-            Vec::new(),
-            0,
-        )?;
-        if csts & 0b10 != 0 {
-            return Err(session.protocol("waiting for the controller to be ready", "controller fatal status"));
-        }
-        if csts & 1 == 1 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(session.protocol("waiting for the controller to be ready", "CSTS.RDY never set"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    session.enable(host, DISCOVERY_NQN, "connecting to the discovery controller")?;
     for _ in 0..MAX_LOG_RETRIES {
         let header = session.get_log(0, 1024)?;
         let (generation, count) =
@@ -295,6 +275,34 @@ pub fn read_log(portal: SocketAddr, host: &HostIdentity, timeout: Duration) -> R
     Err(session.protocol("reading the log", "the log kept changing (generation counter moved)"))
 }
 
+/// The active namespace list (Identify CNS 02h) that subsystem `nqn` at
+/// `portal` reports to this host, in NSID order, all within `timeout`: what
+/// the kernel's namespace scan of a controller for this host will find. The
+/// admin queue is closed again at once; a target that requires DH-HMAC-CHAP
+/// refuses the Identify (the caller then has no list).
+///
+/// # Errors
+/// [`DiscoveryError`] naming the portal and the step that failed.
+pub fn active_namespaces(
+    portal: SocketAddr,
+    nqn: &str,
+    host: &HostIdentity,
+    timeout: Duration,
+) -> Result<Vec<u32>, DiscoveryError> {
+    let deadline = Instant::now() + timeout;
+    let queue = initialize(portal, deadline)?;
+    let session = Session { queue: &queue, portal, deadline };
+    session.enable(host, nqn, "connecting to the subsystem")?;
+    let (_, page) = session.run("reading the active namespace list", command::identify(2, 0), Vec::new(), 4096)?;
+    Ok(parse_namespace_list(&page))
+}
+
+/// The NSIDs of an Identify active namespace list: ascending, ended by the
+/// first zero entry.
+fn parse_namespace_list(page: &[u8]) -> Vec<u32> {
+    page.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).take_while(|&nsid| nsid != 0).collect()
+}
+
 struct Session<'a> {
     queue: &'a Queue,
     portal: SocketAddr,
@@ -304,6 +312,32 @@ struct Session<'a> {
 impl Session<'_> {
     fn protocol(&self, step: &'static str, detail: impl Into<String>) -> DiscoveryError {
         DiscoveryError::Protocol { portal: self.portal, step, detail: detail.into() }
+    }
+
+    /// Connects the admin queue to `nqn` (dynamic controller, no keep-alive)
+    /// and enables the controller.
+    fn enable(&self, host: &HostIdentity, nqn: &str, step: &'static str) -> Result<(), DiscoveryError> {
+        let data = command::connect_data(&host.id, 0xffff, nqn, &host.nqn);
+        self.run(step, command::connect(0, 32, 0, false), data, 0)?;
+        self.run("enabling the controller", command::property_set(property::CC, 0x0046_0001), Vec::new(), 0)?;
+        loop {
+            let (csts, _) = self.run(
+                "waiting for the controller to be ready",
+                command::property_get(property::CSTS, false),
+                Vec::new(),
+                0,
+            )?;
+            if csts & 0b10 != 0 {
+                return Err(self.protocol("waiting for the controller to be ready", "controller fatal status"));
+            }
+            if csts & 1 == 1 {
+                return Ok(());
+            }
+            if Instant::now() >= self.deadline {
+                return Err(self.protocol("waiting for the controller to be ready", "CSTS.RDY never set"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn run(
@@ -406,6 +440,17 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_list_ends_at_its_first_zero() {
+        let mut page = vec![0u8; 4096];
+        for (i, nsid) in [1u32, 2, 7].iter().enumerate() {
+            page[i * 4..i * 4 + 4].copy_from_slice(&nsid.to_le_bytes());
+        }
+        page[20..24].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(super::parse_namespace_list(&page), [1, 2, 7]);
+        assert!(super::parse_namespace_list(&[0u8; 4096]).is_empty());
+    }
+
+    #[test]
     fn log_headers_are_bounds_checked() {
         let mut header = vec![0u8; 1024];
         header[0..8].copy_from_slice(&5u64.to_le_bytes());
@@ -417,7 +462,7 @@ mod tests {
     mod against_the_fake_target {
         use std::time::{Duration, Instant};
 
-        use super::super::{discover, probe, read_log, DiscoveryError, MAX_ENDPOINTS};
+        use super::super::{active_namespaces, discover, probe, read_log, DiscoveryError, MAX_ENDPOINTS};
         use crate::config::HostIdentity;
         use crate::fake_target::{FakeTarget, Script};
 
@@ -427,6 +472,13 @@ mod tests {
                 "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
             )
             .unwrap()
+        }
+
+        #[test]
+        fn the_active_namespace_list_is_read() {
+            let target = FakeTarget::start(Script::default());
+            let nsids = active_namespaces(target.addr, "nqn.2024-01.io.example:fake", &host(), Duration::from_secs(5));
+            assert_eq!(nsids.unwrap(), [1]);
         }
 
         #[test]

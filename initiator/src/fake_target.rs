@@ -369,6 +369,7 @@ impl Conn {
                 page[130] = self.script.lbads;
                 page[92..96].copy_from_slice(&1u32.to_le_bytes());
             }
+            2 => page[0..4].copy_from_slice(&1u32.to_le_bytes()),
             3 => {
                 page[0] = 3;
                 page[1] = 16;

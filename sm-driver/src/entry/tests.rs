@@ -56,7 +56,7 @@ fn people_name_the_method_as_the_first_word() {
 }
 
 fn context() -> Context {
-    Context { host: HostRoot::at("/nonexistent"), runner: Box::new(FakeRunner::new()) }
+    Context::fake(HostRoot::at("/nonexistent"), Box::new(FakeRunner::new()))
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn handler_errors_name_this_host_and_where_they_were_raised() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
     std::fs::write(dir.path().join("proc/sys/kernel/hostname"), "xcp-a\n").unwrap();
-    let ctx = Context { host: HostRoot::at(dir.path()), runner: Box::new(FakeRunner::new()) };
+    let ctx = Context::fake(HostRoot::at(dir.path()), Box::new(FakeRunner::new()));
     let run = |method: &str, body: &str| {
         let request =
             CallRequest { kind: PluginKind::Volume, method: method.into(), input: Input::JsonOnStdin, verbose: false };

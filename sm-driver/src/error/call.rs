@@ -68,6 +68,19 @@ pub enum CallError {
         /// Its identity.
         namespace: String,
     },
+    /// Some namespaces of the subsystem's active list never appeared.
+    #[error(
+        "subsystem {nqn} reports namespace(s) {missing} to this host, but the kernel showed no device for them \
+         within {timeout:?}; check dmesg for the namespace scan, then retry"
+    )]
+    ScanIncomplete {
+        /// The subsystem.
+        nqn: String,
+        /// The NSIDs missing, comma-separated.
+        missing: String,
+        /// How long we waited.
+        timeout: std::time::Duration,
+    },
     /// The namespace has no stable identifier.
     #[error(
         "namespace {nsid} of subsystem {nqn} reports no UUID, NGUID or EUI-64; nvmetcp needs one to find it safely \

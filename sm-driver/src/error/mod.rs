@@ -151,7 +151,9 @@ fn sr_code(error: &CallError) -> ErrorCode {
         CallError::NoPath { .. } | CallError::Nvme(_) => ErrorCode::NoPath,
         CallError::Registry(_) | CallError::Release(_) => ErrorCode::HostState,
         CallError::Namespace(_) => ErrorCode::Namespace,
-        CallError::NamespaceMissing { .. } | CallError::NoIdentity { .. } => ErrorCode::Namespace,
+        CallError::NamespaceMissing { .. } | CallError::NoIdentity { .. } | CallError::ScanIncomplete { .. } => {
+            ErrorCode::Namespace
+        }
         CallError::InUse { .. } | CallError::OtherSr { .. } => ErrorCode::NamespaceInUse,
         CallError::NotThisSr { .. } => ErrorCode::SrNotFound,
         CallError::NotMaster(NotWriter::Member { .. }) => ErrorCode::NotMaster,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::host::HostRoot;
 
+use super::discovery::{Network, TcpNetwork};
 use super::fabrics::{Created, Fabrics, FabricsError};
 use super::kernel_options::KernelOptions;
 use super::names::Transport;
@@ -61,12 +62,12 @@ pub fn find_controller(host: &HostRoot, key: &PathKey) -> Result<Option<Controll
 /// # Errors
 /// [`NvmeError::Unreachable`] when nothing answers in time,
 /// [`NvmeError::NotNvmeTcp`] when something other than NVMe/TCP does.
-pub fn probe_path(options: &ConnectOptions, timeout: Duration) -> Result<(), NvmeError> {
+pub fn probe_path(network: &dyn Network, options: &ConnectOptions, timeout: Duration) -> Result<(), NvmeError> {
     if options.transport != Transport::Tcp {
         return Ok(());
     }
     let nqn = || options.subsystem.as_str().to_owned();
-    match crate::nvme::discovery::probe(options.portal, timeout) {
+    match network.probe(options.portal, timeout) {
         Ok(()) => Ok(()),
         Err(crate::nvme::discovery::DiscoveryError::Unreachable { source, .. }) => {
             Err(NvmeError::Unreachable { portal: options.portal.to_string(), nqn: nqn(), timeout, source })
@@ -90,7 +91,7 @@ pub fn connect_path(
     options: &ConnectOptions,
     probe_timeout: Duration,
 ) -> Result<ConnectedPath, NvmeError> {
-    connect_probed(host, fabrics, options, || probe_path(options, probe_timeout))
+    connect_probed(host, fabrics, options, || probe_path(&TcpNetwork, options, probe_timeout))
 }
 
 /// Connects one path, or reuses its existing controller; `probed` gives the

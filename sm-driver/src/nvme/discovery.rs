@@ -5,6 +5,10 @@
 //! bounds it: one deadline per exchange with an endpoint, a cap on data
 //! PDUs per command and on the endpoints referrals lead to. This module only
 //! converts portals, identities and transports.
+//!
+//! [`Network`] is what handlers reach the storage network through (discovery,
+//! the pre-connect probe, a subsystem's active namespace list), so unit tests
+//! stand in for it; [`TcpNetwork`] is the real one.
 
 use std::time::Duration;
 
@@ -90,3 +94,70 @@ pub fn discover(endpoints: &[Portal], host: &HostIdentity, timeout: Duration) ->
 pub fn probe(portal: Portal, timeout: Duration) -> Result<(), DiscoveryError> {
     wire::probe(portal.socket_addr(), timeout)
 }
+
+/// The storage network as handlers see it.
+pub trait Network: Send + Sync {
+    /// As [`discover`].
+    fn discover(&self, endpoints: &[Portal], host: &HostIdentity, timeout: Duration) -> Discovery;
+
+    /// As [`probe`].
+    ///
+    /// # Errors
+    /// As [`probe`].
+    fn probe(&self, portal: Portal, timeout: Duration) -> Result<(), DiscoveryError>;
+
+    /// As [`active_namespaces`].
+    ///
+    /// # Errors
+    /// As [`active_namespaces`].
+    fn active_namespaces(
+        &self,
+        portal: Portal,
+        nqn: &str,
+        host: &HostIdentity,
+        timeout: Duration,
+    ) -> Result<Vec<u32>, DiscoveryError>;
+}
+
+/// The real network, over TCP sockets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpNetwork;
+
+impl Network for TcpNetwork {
+    fn discover(&self, endpoints: &[Portal], host: &HostIdentity, timeout: Duration) -> Discovery {
+        discover(endpoints, host, timeout)
+    }
+
+    fn probe(&self, portal: Portal, timeout: Duration) -> Result<(), DiscoveryError> {
+        probe(portal, timeout)
+    }
+
+    fn active_namespaces(
+        &self,
+        portal: Portal,
+        nqn: &str,
+        host: &HostIdentity,
+        timeout: Duration,
+    ) -> Result<Vec<u32>, DiscoveryError> {
+        active_namespaces(portal, nqn, host, timeout)
+    }
+}
+
+/// The active namespace list subsystem `nqn` reports to this host at the
+/// NVMe/TCP `portal` (Identify CNS 02h on a short-lived admin queue), in NSID
+/// order: the namespaces the kernel's scan of a new controller will find.
+///
+/// # Errors
+/// [`DiscoveryError`] naming the portal and the step that failed (a target
+/// that requires DH-HMAC-CHAP refuses it).
+pub fn active_namespaces(
+    portal: Portal,
+    nqn: &str,
+    host: &HostIdentity,
+    timeout: Duration,
+) -> Result<Vec<u32>, DiscoveryError> {
+    wire::active_namespaces(portal.socket_addr(), nqn, &wire_host(host), timeout)
+}
+
+#[cfg(test)]
+pub(crate) mod fake;

@@ -7,7 +7,8 @@
 //! Reading the device without writing lists the option tokens the kernel
 //! understands, which tells whether it has DH-HMAC-CHAP at all.
 //!
-//! [`Fabrics`] is a trait so unit tests can stand in for the kernel.
+//! [`Fabrics`] is a trait so unit tests can stand in for the kernel; it is
+//! `Sync` so one call can connect several paths at once.
 
 use std::io::{Read, Write};
 
@@ -73,7 +74,7 @@ pub struct Created {
 }
 
 /// Creates fabrics controllers.
-pub trait Fabrics {
+pub trait Fabrics: Send + Sync {
     /// Writes `options` and returns the new controller's instance.
     ///
     /// # Errors

@@ -26,6 +26,7 @@ use crate::host::HostRoot;
 use crate::lock::{FileLock, LockError};
 
 use super::connect::{connect_probed, disconnect_path, probe_path, ConnectedPath, PathOrigin, PROBE_TIMEOUT};
+use super::discovery::Network;
 use super::fabrics::Fabrics;
 use super::options::{ConnectOptions, PathKey};
 use super::NvmeError;
@@ -194,6 +195,7 @@ pub type PathResult = Result<ConnectedPath, NvmeError>;
 pub fn attach(
     host: &HostRoot,
     fabrics: &dyn Fabrics,
+    network: &dyn Network,
     user: &str,
     paths: &[ConnectOptions],
 ) -> Result<Vec<PathResult>, RegistryError> {
@@ -201,7 +203,8 @@ pub fn attach(
     // one that does not answer costs this call its probe timeout, never
     // every other call waiting for the lock.
     let probes: Vec<Result<(), NvmeError>> = std::thread::scope(|scope| {
-        let running: Vec<_> = paths.iter().map(|p| scope.spawn(move || probe_path(p, PROBE_TIMEOUT))).collect();
+        let running: Vec<_> =
+            paths.iter().map(|p| scope.spawn(move || probe_path(network, p, PROBE_TIMEOUT))).collect();
         // A probe thread that panicked leaves the decision to the kernel's connect.
         running.into_iter().map(|h| h.join().unwrap_or(Ok(()))).collect()
     });
@@ -316,6 +319,7 @@ mod tests {
     use super::{attach, release, HostLock, RegistryError};
     use crate::nvme::connect::fake::FakeFabrics;
     use crate::nvme::connect::{nvme_tcp_listen, nvme_tcp_port};
+    use crate::nvme::discovery::TcpNetwork;
     use crate::nvme::names::Portal;
     use crate::nvme::options::tests::options;
     use crate::nvme::options::ConnectOptions;
@@ -351,9 +355,9 @@ mod tests {
         let address = format!("traddr={},trsvcid={}", manual.portal.addr, manual.portal.port);
         tree.controller("nvme0", "tcp", manual.subsystem.as_str(), &address, manual.host.nqn.as_str(), "live");
         let fabrics = FakeFabrics::new(&tree);
-        let first = attach(&tree.host(), &fabrics, "sr-a", &paths).unwrap();
+        let first = attach(&tree.host(), &fabrics, &TcpNetwork, "sr-a", &paths).unwrap();
         assert!(first.iter().all(Result::is_ok));
-        let second = attach(&tree.host(), &fabrics, "sr-b", &paths).unwrap();
+        let second = attach(&tree.host(), &fabrics, &TcpNetwork, "sr-b", &paths).unwrap();
         assert!(second.iter().all(Result::is_ok));
         assert_eq!(fabrics.writes().len(), 1, "one controller created, everything else reused");
         assert_eq!(live(&tree), ["nvme0", "nvme1"]);
@@ -377,12 +381,12 @@ mod tests {
         paths[1].portal = Portal { addr: closed.local_addr().unwrap().ip(), port: closed.local_addr().unwrap().port() };
         drop(closed);
         let fabrics = FakeFabrics::new(&tree);
-        let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
+        let results = attach(&tree.host(), &fabrics, &TcpNetwork, "sr", &paths).unwrap();
         assert!(results[0].is_ok(), "one live path is connected");
         assert!(results[1].as_ref().unwrap_err().to_string().contains("unreachable"), "the other is reported");
         // The path comes back: a second attach connects it, the first is reused.
         nvme_tcp_listen(std::net::TcpListener::bind(paths[1].portal.socket_addr()).unwrap());
-        let results = attach(&tree.host(), &fabrics, "sr", &paths).unwrap();
+        let results = attach(&tree.host(), &fabrics, &TcpNetwork, "sr", &paths).unwrap();
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(fabrics.writes().len(), 2);
     }
@@ -392,7 +396,7 @@ mod tests {
         let tree = SysfsTree::new();
         let (_listeners, paths) = two_paths();
         let fabrics = FakeFabrics::new(&tree);
-        attach(&tree.host(), &fabrics, "sr", &paths[..1]).unwrap();
+        attach(&tree.host(), &fabrics, &TcpNetwork, "sr", &paths[..1]).unwrap();
         // Our nvme0 goes away; the kernel hands nvme0 to another subsystem's path.
         let other = "nqn.2024-01.io.example:someone-else";
         tree.controller("nvme0", "tcp", other, "traddr=10.9.9.9,trsvcid=4420", paths[0].host.nqn.as_str(), "live");
@@ -415,7 +419,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(500));
             HostLock::acquire(&host, Duration::from_secs(1)).is_ok()
         });
-        let results = attach(&tree.host(), &FakeFabrics::new(&tree), "sr", &paths).unwrap();
+        let results = attach(&tree.host(), &FakeFabrics::new(&tree), &TcpNetwork, "sr", &paths).unwrap();
         assert!(meanwhile.join().unwrap(), "the lock was held while a portal was being probed");
         assert!(results[0].is_ok());
         assert!(results[1].as_ref().unwrap_err().to_string().contains("NVMe/TCP"), "{:?}", results[1]);
@@ -429,16 +433,16 @@ mod tests {
         // This test process owns these users and is alive: /proc/<pid>/stat as the kernel writes it.
         let me = std::process::id();
         tree.write(&format!("/proc/{me}/stat"), &format!("{me} (nvmetcp-plugin) S 1 {} 0\n", "0 ".repeat(17) + "4242"));
-        attach(&tree.host(), &fabrics, "create-a", &paths[..1]).unwrap();
-        attach(&tree.host(), &fabrics, "probe-999999", &paths[1..]).unwrap();
-        attach(&tree.host(), &fabrics, "sr-b", &paths[1..]).unwrap();
+        attach(&tree.host(), &fabrics, &TcpNetwork, "create-a", &paths[..1]).unwrap();
+        attach(&tree.host(), &fabrics, &TcpNetwork, "probe-999999", &paths[1..]).unwrap();
+        attach(&tree.host(), &fabrics, &TcpNetwork, "sr-b", &paths[1..]).unwrap();
         assert_eq!(live(&tree), ["nvme0", "nvme1"]);
         // Nobody died: another call collects nothing.
         release(&tree.host(), "nobody").unwrap();
         assert_eq!(live(&tree), ["nvme0", "nvme1"]);
         // SIGKILL: the owner is gone (a recycled pid with another start time counts as gone too).
         tree.write(&format!("/proc/{me}/stat"), &format!("{me} (bash) S 1 {} 0\n", "0 ".repeat(17) + "7777"));
-        attach(&tree.host(), &fabrics, "sr-c", &[]).unwrap();
+        attach(&tree.host(), &fabrics, &TcpNetwork, "sr-c", &[]).unwrap();
         assert_eq!(live(&tree), ["nvme1"], "create-a's controller is deleted, sr-b's path kept");
         let users = super::load(&tree.host()).unwrap();
         assert_eq!(users.keys().map(String::as_str).collect::<Vec<_>>(), ["sr-b", "sr-c"], "{users:?}");

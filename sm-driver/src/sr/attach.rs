@@ -75,7 +75,7 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure
     })?;
     let reference =
         config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
-    let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, uuid.as_str())?;
+    let expected = sr_paths::connect(ctx, &config, &nqn, uuid.as_str())?;
     let resolved = sr_paths::namespace(&ctx.host, &nqn, &reference, NAMESPACE_TIMEOUT)?;
     let namespace = resolved.namespace.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
     let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, pool_role::is_master(&ctx.host))?;

@@ -48,7 +48,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         ];
         let _lock = SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?;
         let user = format!("create-{uuid}");
-        sr_paths::connect(&ctx.host, ctx.runner.as_ref(), &config, &nqn, &user)?;
+        sr_paths::connect(ctx, &config, &nqn, &user)?;
         let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid.as_str(), &tags);
         // Leave no connection behind that create made; PBD.plug attaches.
         release(&ctx.host, &user)?;
@@ -197,7 +197,7 @@ mod tests {
         fn run(runner: &Arc<FakeRunner>) -> Result<NamespaceIdentity, Failure> {
             let tree = SysfsTree::new();
             tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
-            let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(runner)) };
+            let ctx = Context::fake(tree.host(), Box::new(Arc::clone(runner)));
             let map = [("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", "1")]
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

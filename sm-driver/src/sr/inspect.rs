@@ -114,7 +114,7 @@ mod tests {
             stdout: String::new(),
             stderr: "blkid: usage".to_owned(),
         }));
-        let ctx = Context { host: HostRoot::at("/nonexistent"), runner: Box::new(runner) };
+        let ctx = Context::fake(HostRoot::at("/nonexistent"), Box::new(runner));
         let error = existing_data(&ctx, "/dev/nvme0n1").unwrap_err();
         assert!(matches!(error, CallError::Tool(_)), "{error:?}");
         let failure: Failure = error.into();

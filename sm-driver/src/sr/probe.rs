@@ -1,17 +1,19 @@
 //! `SR.probe`: with endpoints only, every subsystem they list and its
 //! namespaces (incomplete results); with `nqn`, that subsystem's namespaces,
 //! what each holds, and every nvmetcp SR on them as a complete result with
-//! `sr_uuid` and its `sr_stat`. Connections probe made are released before it
-//! returns.
+//! `sr_uuid` and its `sr_stat`. Every namespace of a subsystem is listed, in
+//! NSID order, once the kernel shows all of its active namespace list.
+//! Connections probe made are released before it returns.
 
 use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{CallError, Failure};
 use crate::lvm::{Lvm, Vg};
-use crate::nvme::discovery::{discover, DISCOVERY_TIMEOUT};
+use crate::nvme::discovery::DISCOVERY_TIMEOUT;
 use crate::nvme::health::health;
 use crate::nvme::names::{Nqn, Portal, Transport};
+use crate::nvme::options::{ConnectOptions, PathKey};
 use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::smapi::types::{Health, ProbeResult, StringMap};
@@ -48,7 +50,7 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
                 let mut failures = Vec::new();
                 for candidates in discovery_plan(&config) {
                     for endpoint in candidates {
-                        let found = discover(&[endpoint], &identity, DISCOVERY_TIMEOUT);
+                        let found = ctx.network.discover(&[endpoint], &identity, DISCOVERY_TIMEOUT);
                         for nqn in found.subsystems.iter().filter_map(|s| s.nqn.parse::<Nqn>().ok()) {
                             if !nqns.contains(&nqn) {
                                 nqns.push(nqn);
@@ -125,21 +127,10 @@ fn probe_subsystem(
     user: &str,
     subsystem_given: bool,
 ) -> Result<Vec<ProbeResult>, Failure> {
-    let expected = sr_paths::connect(&ctx.host, ctx.runner.as_ref(), config, nqn, user)?;
+    let paths = sr_paths::connect_options(ctx, config, nqn, user)?;
+    let expected: Vec<PathKey> = paths.iter().map(ConnectOptions::key).collect();
     let path_health = health(&ctx.host, &expected)?;
-    // Give the namespaces of a fresh connection a moment to show up.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let heads = loop {
-        let heads: Vec<_> = crate::nvme::sysfs::namespace_devices(&ctx.host)
-            .map_err(|e| CallError::Namespace(e.into()))?
-            .into_iter()
-            .filter(|d| d.subsysnqn == nqn.as_str() && d.is_multipath_head)
-            .collect();
-        if !heads.is_empty() || std::time::Instant::now() >= deadline {
-            break heads;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let heads = sr_paths::scanned_namespaces(ctx, &paths, nqn, sr_paths::SCAN_TIMEOUT)?;
     let mut results = Vec::new();
     for head in heads {
         let Some(identity) = head.identity.clone() else { continue };
@@ -218,12 +209,116 @@ mod tests {
         assert_eq!(plan, [vec![Portal::parse("10.0.9.9:8009", 1).unwrap()]], "discovery endpoints win");
     }
 
+    /// Probe in process: a host ready for NVMe/TCP, the fabrics device
+    /// creating controllers in the tree, the network listing one subsystem
+    /// at the portal with namespaces 1 and 2.
+    mod in_process {
+        use std::time::Duration;
+
+        use crate::cmd::FakeRunner;
+        use crate::context::Context;
+        use crate::nvme::connect::fake::FakeFabrics;
+        use crate::nvme::discovery::fake::FakeNetwork;
+        use crate::nvme::sysfs::fixture::SysfsTree;
+        use crate::smapi::method::Method;
+        use crate::smapi::params::Params;
+        use crate::smapi::types::ProbeResult;
+
+        const NQN: &str = "nqn.2024-01.io.example:array";
+        const WWID1: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+        const WWID2: &str = "uuid.9e41bef0-11d6-4af7-8acd-cf3da35aaded";
+
+        fn context(tree: &SysfsTree, active: &[u32]) -> Context {
+            tree.fabric_ready();
+            Context {
+                host: tree.host(),
+                runner: Box::new(FakeRunner::new()),
+                fabrics: Box::new(FakeFabrics::new(tree)),
+                network: Box::new(FakeNetwork::new().listing("10.0.1.10", NQN, &["10.0.1.10"]).namespaces(NQN, active)),
+            }
+        }
+
+        fn probe(ctx: &Context) -> Vec<ProbeResult> {
+            let body = r#"{"dbg": "d", "configuration": {"portals": "10.0.1.10"}}"#;
+            let params = Params::from_json(Method::lookup("SR.probe").unwrap(), body).unwrap();
+            serde_json::from_value(super::super::probe(ctx, &params).unwrap()).unwrap()
+        }
+
+        #[test]
+        fn every_namespace_is_listed_in_nsid_order_even_when_the_scan_adds_them_late() {
+            let tree = SysfsTree::new();
+            let ctx = context(&tree, &[1, 2]);
+            // The scan shows namespace 2 first; namespace 1 only later.
+            tree.head("nvme-subsys0", "nvme0n2", NQN, 2, WWID2, 4096);
+            let late = tree.clone();
+            let scan = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                late.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID1, 2048);
+            });
+            let results = probe(&ctx);
+            scan.join().unwrap();
+            let nsids: Vec<&str> = results.iter().map(|r| r.extra_info["nsid"].as_str()).collect();
+            assert_eq!(nsids, ["1", "2"], "{results:?}");
+            let first = crate::nvme::sysfs::NamespaceIdentity::parse(WWID1).unwrap().canonical();
+            assert_eq!(results[0].configuration["namespace"], first);
+            assert!(results.iter().all(|r| r.configuration["nqn"] == NQN && !r.complete));
+            assert!(!tree.read("/run/nvmetcp/fabric-users.json").contains("probe-"), "probe released its paths");
+        }
+
+        #[test]
+        fn a_namespace_the_scan_never_shows_is_named_at_the_deadline() {
+            let tree = SysfsTree::new();
+            let ctx = context(&tree, &[1, 2, 3]);
+            tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID1, 2048);
+            tree.head("nvme-subsys0", "nvme0n2", NQN, 2, WWID2, 4096);
+            let paths = crate::sr_paths::connect_options(
+                &ctx,
+                &super::config(&[("portals", "10.0.1.10"), ("nqn", NQN)]),
+                &NQN.parse().unwrap(),
+                "probe-test",
+            )
+            .unwrap();
+            let started = std::time::Instant::now();
+            let error =
+                crate::sr_paths::scanned_namespaces(&ctx, &paths, &NQN.parse().unwrap(), Duration::from_millis(300))
+                    .unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(3), "bounded by its deadline");
+            let crate::error::CallError::ScanIncomplete { missing, .. } = &error else { panic!("{error:?}") };
+            assert_eq!(missing, "3");
+        }
+
+        #[test]
+        fn without_the_active_list_the_heads_are_taken_once_they_settle() {
+            let tree = SysfsTree::new();
+            let ctx = context(&tree, &[]);
+            let ctx = Context { network: Box::new(FakeNetwork::new()), ..ctx };
+            tree.head("nvme-subsys0", "nvme0n2", NQN, 2, WWID2, 4096);
+            let late = tree.clone();
+            let scan = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                late.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID1, 2048);
+            });
+            let paths = crate::sr_paths::connect_options(
+                &ctx,
+                &super::config(&[("portals", "10.0.1.10"), ("nqn", NQN)]),
+                &NQN.parse().unwrap(),
+                "probe-test",
+            )
+            .unwrap();
+            let heads =
+                crate::sr_paths::scanned_namespaces(&ctx, &paths, &NQN.parse().unwrap(), Duration::from_secs(5))
+                    .unwrap();
+            scan.join().unwrap();
+            assert_eq!(heads.iter().map(|h| h.nsid).collect::<Vec<_>>(), [1, 2]);
+        }
+    }
+
     #[test]
     fn probe_with_only_portals_is_not_refused() {
-        let ctx = crate::context::Context {
-            host: crate::host::HostRoot::at("/nonexistent"),
-            runner: Box::new(crate::cmd::FakeRunner::new()),
-        };
+        let ctx = crate::context::Context::fake(
+            crate::host::HostRoot::at("/nonexistent"),
+            Box::new(crate::cmd::FakeRunner::new()),
+        );
         let method = crate::smapi::method::Method::lookup("SR.probe").unwrap();
         let params = crate::smapi::params::Params::from_json(
             method,

@@ -76,7 +76,7 @@ fn lvs(lvs: &[(&str, &str, &str)]) -> String {
 
 /// Runs `method` in process; returns the result or the error record's code.
 fn call(tree: &SysfsTree, runner: &Arc<FakeRunner>, method: &str, body: &str) -> Result<serde_json::Value, String> {
-    let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(runner)) };
+    let ctx = Context::fake(tree.host(), Box::new(Arc::clone(runner)));
     let params = Params::from_json(Method::lookup(method).unwrap(), body).unwrap();
     crate::dispatch::dispatch(&ctx, PluginKind::Volume, &params).map_err(|f| to_error_record(&f, "h1").code)
 }
@@ -146,7 +146,7 @@ fn deactivate_with_no_live_path_removes_the_mapping_directly() {
     let mapping = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11-vol--0f3c6d0e--8a8f--4e0a--9b5e--2d7c1f0a9e11";
     tree.write("/sys/block/dm-0/dm/name", &format!("{mapping}\n"));
     let runner = Arc::new(FakeRunner::new().then_stdout(""));
-    let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(&runner)) };
+    let ctx = Context::fake(tree.host(), Box::new(Arc::clone(&runner)));
     let uri = format!("nvmetcp://{SR}/{KEY}");
     let body = format!(r#"{{"dbg":"t","uri":"{uri}","domain":"0"}}"#);
     let params = Params::from_json(Method::lookup("Datapath.deactivate").unwrap(), &body).unwrap();
@@ -237,7 +237,7 @@ fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     assert!(!ran(&runner, "lvextend"), "{:?}", runner.calls());
 
     let runner = Arc::new(FakeRunner::new().then_stdout(&layered));
-    let ctx = Context { host: tree.host(), runner: Box::new(Arc::clone(&runner)) };
+    let ctx = Context::fake(tree.host(), Box::new(Arc::clone(&runner)));
     let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{KEY}","domain":"0"}}"#);
     let params = Params::from_json(Method::lookup("Datapath.attach").unwrap(), &body).unwrap();
     let failure = crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap_err();

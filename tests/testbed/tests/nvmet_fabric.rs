@@ -18,7 +18,7 @@ use sm_driver::cmd::SystemRunner;
 use sm_driver::host::HostRoot;
 use sm_driver::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
 use sm_driver::nvme::connect::PathOrigin;
-use sm_driver::nvme::discovery::{discover, DISCOVERY_TIMEOUT};
+use sm_driver::nvme::discovery::{discover, TcpNetwork, DISCOVERY_TIMEOUT};
 use sm_driver::nvme::fabrics::KernelFabrics;
 use sm_driver::nvme::health::{health, set_iopolicy, IoPolicy};
 use sm_driver::nvme::identity::load_or_create;
@@ -234,8 +234,8 @@ fn guest_step(args: &[String]) -> Result<(), String> {
                     auth: auth.clone(),
                 })
                 .collect();
-            let results =
-                attach(&host, &KernelFabrics::new(host.clone()), user, &options).map_err(|e| e.to_string())?;
+            let results = attach(&host, &KernelFabrics::new(host.clone()), &TcpNetwork, user, &options)
+                .map_err(|e| e.to_string())?;
             let mut ok = true;
             for (opts, result) in options.iter().zip(results) {
                 match result {

@@ -391,9 +391,16 @@ expect_ok SR.detach "{\"dbg\":\"d\",\"sr\":\"nvmetcp://sr/$SR\"}"
                 r#"
 nqn=$(tb_simple_target probe 64 10.99.0.1 10.99.0.2)
 other=$TB_NQN_PREFIX:probe-other
-tb_subsystem "$other"; tb_namespace "$other" 1 32; tb_link 1 "$other"
+tb_subsystem "$other"; tb_namespace "$other" 1 32; tb_namespace "$other" 2 16; tb_link 1 "$other"
+# every namespace of a subsystem, in NSID order (a fresh controller's scan adds them one by one)
+both_of_other() {
+    echo "$1" | grep -oE "\"nqn\":\"[^\"]*\"|\"nsid\":\"[0-9]*\"" | tr '\n' ' ' |
+        grep -qF "\"nqn\":\"$other\" \"nsid\":\"1\" \"nqn\":\"$other\" \"nsid\":\"2\"" ||
+        tb_fail "probe did not list namespaces 1 and 2 of $other in order: $1"
+}
 disc="\"discovery\":\"10.99.0.1:4420,10.99.0.2:4420\""
 out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{$disc}}")
+both_of_other "$out"
 echo "$out" | grep -q "\"nqn\":\"$nqn\""
 echo "$out" | grep -q "\"nqn\":\"$other\""
 echo "$out" | grep -q '"complete":false'
@@ -402,6 +409,7 @@ echo "$out" | grep -q '"nsid":"1"'
 out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{\"portals\":\"10.99.0.1,10.99.0.2\"}}")
 echo "$out" | grep -q "\"nqn\":\"$nqn\"" || tb_fail "probe with only portals did not list the subsystem: $out"
 echo "$out" | grep -q "\"nqn\":\"$other\"" || tb_fail "probe with only portals missed a subsystem: $out"
+both_of_other "$out"
 [ -z "$(ls /sys/class/nvme)" ] || tb_fail "probe with only portals left connections"
 out=$(expect_ok SR.probe "{\"dbg\":\"p\",\"configuration\":{$disc,\"nqn\":\"$nqn\"}}")
 echo "$out" | grep -q '"complete":true'

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(request.verbose);
-    let context = Context { host: HostRoot::system(), runner: Box::new(SystemRunner::new()) };
+    let context = Context::system(HostRoot::system(), Box::new(SystemRunner::new()));
     let reply = execute(&context, &request, &mut std::io::stdin().lock());
     let status = if reply.exit_code == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     print(&reply.stdout, status)

@@ -2,44 +2,46 @@
 //! controller in a [`SysfsTree`] (lowest free instance, like the kernel), or
 //! answers with a scripted error.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use crate::nvme::fabrics::{Created, Fabrics, FabricsError};
 use crate::nvme::options::OptionString;
 use crate::nvme::sysfs::fixture::SysfsTree;
 
-pub(crate) struct FakeFabrics<'a> {
-    tree: &'a SysfsTree,
-    scripted: RefCell<VecDeque<FabricsError>>,
-    writes: RefCell<Vec<String>>,
+pub(crate) struct FakeFabrics {
+    tree: SysfsTree,
+    scripted: Mutex<VecDeque<FabricsError>>,
+    writes: Mutex<Vec<String>>,
 }
 
-impl<'a> FakeFabrics<'a> {
-    pub(crate) fn new(tree: &'a SysfsTree) -> Self {
-        Self { tree, scripted: RefCell::default(), writes: RefCell::default() }
+impl FakeFabrics {
+    pub(crate) fn new(tree: &SysfsTree) -> Self {
+        Self { tree: tree.clone(), scripted: Mutex::default(), writes: Mutex::default() }
     }
 
     pub(crate) fn then_already_connected(self) -> Self {
-        self.scripted.borrow_mut().push_back(FabricsError::AlreadyConnected);
+        self.scripted.lock().unwrap().push_back(FabricsError::AlreadyConnected);
         self
     }
 
     pub(crate) fn then_errno(self, errno: i32) -> Self {
         let source = std::io::Error::from_raw_os_error(errno);
-        self.scripted.borrow_mut().push_back(FabricsError::Refused { errno, source });
+        self.scripted.lock().unwrap().push_back(FabricsError::Refused { errno, source });
         self
     }
 
     pub(crate) fn writes(&self) -> Vec<String> {
-        self.writes.borrow().clone()
+        self.writes.lock().unwrap().clone()
     }
 }
 
-impl Fabrics for FakeFabrics<'_> {
+impl Fabrics for FakeFabrics {
     fn create_controller(&self, options: &OptionString) -> Result<Created, FabricsError> {
-        self.writes.borrow_mut().push(options.expose().to_owned());
-        if let Some(error) = self.scripted.borrow_mut().pop_front() {
+        // Held to the end: calls connecting paths at once get distinct instances.
+        let mut writes = self.writes.lock().unwrap();
+        writes.push(options.expose().to_owned());
+        if let Some(error) = self.scripted.lock().unwrap().pop_front() {
             return Err(error);
         }
         let field = |name: &str| {
@@ -84,19 +86,19 @@ const V4_19_TOKENS: [&str; 13] = [
 /// options (a read without a write is `EINVAL`) and fails the whole connect
 /// with `EINVAL` on any token outside its table, as `nvmf_parse_options`
 /// does. XCP-ng's 4.19 also carries the `fast_io_fail_tmo` backport.
-pub(crate) struct Kernel419<'a> {
-    inner: FakeFabrics<'a>,
+pub(crate) struct Kernel419 {
+    inner: FakeFabrics,
     extra: Vec<&'static str>,
 }
 
-impl<'a> Kernel419<'a> {
+impl Kernel419 {
     /// Mainline 4.19.
-    pub(crate) fn plain(tree: &'a SysfsTree) -> Self {
+    pub(crate) fn plain(tree: &SysfsTree) -> Self {
         Self { inner: FakeFabrics::new(tree), extra: vec![] }
     }
 
     /// XCP-ng 8.x's 4.19, with `nvme-fabrics-reject-I-O-to-offline-device`.
-    pub(crate) fn xcp_ng(tree: &'a SysfsTree) -> Self {
+    pub(crate) fn xcp_ng(tree: &SysfsTree) -> Self {
         Self { inner: FakeFabrics::new(tree), extra: vec!["fast_io_fail_tmo"] }
     }
 
@@ -106,7 +108,7 @@ impl<'a> Kernel419<'a> {
     }
 }
 
-impl Fabrics for Kernel419<'_> {
+impl Fabrics for Kernel419 {
     fn create_controller(&self, options: &OptionString) -> Result<Created, FabricsError> {
         let unknown = options
             .expose()
@@ -114,7 +116,7 @@ impl Fabrics for Kernel419<'_> {
             .map(|t| t.split('=').next().unwrap_or_default())
             .find(|name| !V4_19_TOKENS.contains(name) && !self.extra.contains(name));
         if unknown.is_some() {
-            self.inner.writes.borrow_mut().push(options.expose().to_owned());
+            self.inner.writes.lock().unwrap().push(options.expose().to_owned());
             return Err(FabricsError::Refused { errno: 22, source: std::io::Error::from_raw_os_error(22) });
         }
         self.inner.create_controller(options)

@@ -4,43 +4,65 @@
 //! `class/` and `block/` links that point at them, as a 6.x kernel lays them out.
 
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::host::HostRoot;
 
+/// A sysfs tree in a temporary directory; clones share the directory, which
+/// is removed with the last of them.
+#[derive(Clone)]
 pub(crate) struct SysfsTree {
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl SysfsTree {
     pub(crate) fn new() -> Self {
-        let tree = Self { dir: tempfile::tempdir().unwrap() };
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Self { root: dir.path().to_owned(), _dir: Some(Arc::new(dir)) };
         for dir in ["sys/class/nvme", "sys/class/nvme-subsystem", "sys/block", "dev"] {
-            std::fs::create_dir_all(tree.dir.path().join(dir)).unwrap();
+            std::fs::create_dir_all(tree.root.join(dir)).unwrap();
         }
         tree
     }
 
+    /// Writes into the tree of an existing host root (a test's temporary
+    /// directory), which it does not own.
+    pub(crate) fn over(host: &HostRoot) -> Self {
+        Self { root: host.path("/"), _dir: None }
+    }
+
     pub(crate) fn host(&self) -> HostRoot {
-        HostRoot::at(self.dir.path())
+        HostRoot::at(&self.root)
     }
 
     pub(crate) fn write(&self, path: &str, text: &str) {
-        let path = self.dir.path().join(path.trim_start_matches('/'));
+        let path = self.root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
 
     pub(crate) fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(path.trim_start_matches('/'))).unwrap_or_default()
+        std::fs::read_to_string(self.root.join(path.trim_start_matches('/'))).unwrap_or_default()
     }
 
     fn link(&self, link: &str, target: &str) {
-        let link = self.dir.path().join(link.trim_start_matches('/'));
+        let link = self.root.join(link.trim_start_matches('/'));
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         if !link.exists() {
             symlink(Path::new(target), link).unwrap();
         }
+    }
+
+    /// A host ready for NVMe/TCP: `nvme_tcp` loaded, the fabrics device
+    /// present, native multipath on, its NVMe identity written.
+    pub(crate) fn fabric_ready(&self) {
+        self.write("sys/module/nvme_tcp/refcnt", "0\n");
+        self.write("dev/nvme-fabrics", "");
+        self.write("sys/module/nvme_core/parameters/multipath", "Y\n");
+        self.write("etc/nvme/hostnqn", "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427\n");
+        self.write("etc/nvme/hostid", "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n");
     }
 
     /// A fabrics controller.
