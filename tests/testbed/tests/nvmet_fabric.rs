@@ -18,7 +18,7 @@ use sm_driver::cmd::SystemRunner;
 use sm_driver::host::HostRoot;
 use sm_driver::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
 use sm_driver::nvme::connect::PathOrigin;
-use sm_driver::nvme::discovery::{discover, TcpNetwork, DISCOVERY_TIMEOUT};
+use sm_driver::nvme::discovery::{discover, Network, TcpNetwork, DISCOVERY_TIMEOUT};
 use sm_driver::nvme::fabrics::KernelFabrics;
 use sm_driver::nvme::health::{health, set_iopolicy, IoPolicy};
 use sm_driver::nvme::identity::load_or_create;
@@ -97,6 +97,10 @@ echo 1 >"$ref/enable"
 $T discover 10.99.0.1:4420 | tee discovered
 grep -qx "$nqn tcp:10.99.0.1:4420 tcp:10.99.0.2:4420" discovered
 rmdir "$ref"
+# the subsystem's active namespace list, as SR.probe waits for it (NSID order, gaps kept)
+tb_namespace "$nqn" 3 16
+listed=$($T active-namespaces "$nqn" 10.99.0.1:4420)
+[ "$listed" = "1 3" ] || tb_fail "active namespace list: $listed"
 "#
             ),
         ),
@@ -206,6 +210,15 @@ fn guest_step(args: &[String]) -> Result<(), String> {
                 let ports: Vec<String> = subsystem.ports.iter().map(|(t, p)| format!("{t}:{p}")).collect();
                 println!("{} {}", subsystem.nqn, ports.join(" "));
             }
+        }
+        "active-namespaces" => {
+            let [nqn, portal] = rest else { return Err("active-namespaces NQN PORTAL".into()) };
+            let identity = load_or_create(&host).map_err(|e| e.to_string())?;
+            let portal = Portal::parse(portal, Portal::IO_PORT).map_err(|e| e.to_string())?;
+            let nsids =
+                TcpNetwork.active_namespaces(portal, nqn, &identity, DISCOVERY_TIMEOUT).map_err(|e| e.to_string())?;
+            let shown: Vec<String> = nsids.iter().map(ToString::to_string).collect();
+            println!("{}", shown.join(" "));
         }
         "attach" => {
             let [user, nqn, transport, portals @ ..] = rest else {
