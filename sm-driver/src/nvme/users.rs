@@ -216,8 +216,19 @@ pub fn attach(
         owners.insert(user.to_owned(), Owner::current(host));
     }
     save_owners(host, &owners)?;
-    let results: Vec<PathResult> =
-        paths.iter().zip(probes).map(|(p, probed)| connect_probed(host, fabrics, p, || probed)).collect();
+    // Every path is connected at once: each waits for its own portal, and
+    // a slow one does not hold the others up. (Linux serialises the writes
+    // to /dev/nvme-fabrics under one mutex, `nvmf_dev_mutex` in
+    // drivers/nvme/host/fabrics.c; what overlaps is the rest of each path's
+    // work.)
+    let results: Vec<PathResult> = std::thread::scope(|scope| {
+        let running: Vec<_> = paths
+            .iter()
+            .zip(probes)
+            .map(|(p, probed)| scope.spawn(move || connect_probed(host, fabrics, p, || probed)))
+            .collect();
+        running.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
     let previous = users.remove(user).unwrap_or_default();
     let mut uses: Vec<PathUse> = Vec::new();
     for connected in results.iter().flatten() {
@@ -389,6 +400,40 @@ mod tests {
         let results = attach(&tree.host(), &fabrics, &TcpNetwork, "sr", &paths).unwrap();
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(fabrics.writes().len(), 2);
+    }
+
+    /// A fabrics device whose every connect takes `delay`.
+    struct Slow {
+        inner: FakeFabrics,
+        delay: Duration,
+    }
+
+    impl crate::nvme::fabrics::Fabrics for Slow {
+        fn create_controller(
+            &self,
+            options: &crate::nvme::options::OptionString,
+        ) -> Result<crate::nvme::fabrics::Created, crate::nvme::fabrics::FabricsError> {
+            std::thread::sleep(self.delay);
+            self.inner.create_controller(options)
+        }
+
+        fn supported_options(&self) -> Option<Vec<String>> {
+            self.inner.supported_options()
+        }
+    }
+
+    #[test]
+    fn the_paths_are_connected_at_once() {
+        let tree = SysfsTree::new();
+        let (_, paths) = two_paths();
+        let delay = Duration::from_millis(600);
+        let fabrics = Slow { inner: FakeFabrics::new(&tree), delay };
+        let started = std::time::Instant::now();
+        let results = attach(&tree.host(), &fabrics, &TcpNetwork, "sr", &paths).unwrap();
+        let took = started.elapsed();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(took < delay * 2, "two connects of {delay:?} each took {took:?}: one after the other");
+        assert_eq!(live(&tree).len(), 2, "distinct controllers");
     }
 
     #[test]
