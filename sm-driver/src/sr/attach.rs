@@ -100,3 +100,71 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure
         extent_size: vg.extent_size,
     })
 }
+
+/// SR.attach in process: a pool member ready for NVMe/TCP whose fabrics device
+/// creates controllers in a sysfs tree, the namespace's head there, LVM
+/// answered by the recording runner.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::cmd::{FakeRunner, Program};
+    use crate::context::Context;
+    use crate::error::to_error_record;
+    use crate::nvme::sysfs::fixture::SysfsTree;
+    use crate::nvme::sysfs::NamespaceIdentity;
+    use crate::smapi::method::{Method, PluginKind};
+    use crate::smapi::params::Params;
+
+    const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+    const NQN: &str = "nqn.2024-01.io.example:array";
+    const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+
+    fn vgs(sr: &str) -> String {
+        format!(
+            r#"{{"report": [{{"vg": [{{"vg_name":"nvmetcp_x", "vg_uuid":"u", "vg_size":"1073741824",
+            "vg_free":"536870912", "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={sr},nvmetcp_sr"}}]}}]}}"#
+        )
+    }
+
+    fn attach(runner: &Arc<FakeRunner>) -> (SysfsTree, Result<serde_json::Value, String>) {
+        let tree = SysfsTree::new();
+        tree.fabric_ready();
+        tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
+        // A pool member: the master also replays the snapshot journal.
+        tree.write("/etc/xensource/pool.conf", "slave:10.0.0.9\n");
+        let ctx = Context::fake(tree.host(), Box::new(Arc::clone(runner)));
+        let namespace = NamespaceIdentity::parse(WWID).unwrap().canonical();
+        let body = format!(
+            r#"{{"dbg":"a","configuration":{{"portals":"10.0.1.10,10.0.2.10","nqn":"{NQN}",
+            "namespace":"{namespace}","sr_uuid":"{SR}"}}}}"#
+        );
+        let params = Params::from_json(Method::lookup("SR.attach").unwrap(), &body).unwrap();
+        let reply = crate::dispatch::dispatch(&ctx, PluginKind::Volume, &params);
+        (tree, reply.map_err(|f| to_error_record(&f, "h1").code))
+    }
+
+    #[test]
+    fn attach_connects_every_portal_checks_the_vg_and_records_the_sr() {
+        let runner = Arc::new(FakeRunner::new().then_stdout(&vgs(SR)));
+        let (tree, reply) = attach(&runner);
+        assert_eq!(reply.unwrap(), format!("nvmetcp://sr/{SR}"));
+        let controllers = crate::nvme::sysfs::controllers(&tree.host()).unwrap();
+        let mut portals: Vec<String> =
+            controllers.iter().filter_map(|c| c.address.get("traddr")).map(str::to_owned).collect();
+        portals.sort();
+        assert_eq!(portals, ["10.0.1.10", "10.0.2.10"]);
+        let state = crate::sr_state::load(&tree.host(), SR).unwrap();
+        assert_eq!((state.vg.as_str(), state.paths.len()), ("nvmetcp_x", 2));
+        let programs: Vec<Program> = runner.calls().iter().map(|c| c.program).collect();
+        assert_eq!(programs, [Program::Lvm], "one vgs and no other process: {:?}", runner.calls());
+    }
+
+    #[test]
+    fn attach_refuses_a_namespace_holding_another_sr() {
+        let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("11111111-2222-3333-4444-555555555555")));
+        let (tree, reply) = attach(&runner);
+        assert_eq!(reply, Err("NVMETCP_SR_NOT_FOUND".to_owned()));
+        assert!(crate::sr_state::load(&tree.host(), SR).is_err(), "nothing recorded");
+    }
+}
