@@ -205,6 +205,32 @@ fn json_mapping_follows_xapi() {
     assert_eq!(back.as_struct("v").unwrap()["i"], Value::Int(-7));
 }
 
+#[test]
+fn characters_xml_cannot_carry_are_replaced_and_read_leniently() {
+    let text = "a\u{0}b\u{1}c\u{1b}[0m\u{7}\u{8}\u{b}\u{c}\u{1f}\u{fffe}\u{ffff}\t\n\r\u{7f}é";
+    for encoding in [Encoding::Request, Encoding::Xapi] {
+        let xml = write_response(&success(Value::from(text)), encoding);
+        assert!(
+            xml.chars().all(|c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')),
+            "{xml:?}"
+        );
+        assert!(!xml.contains("&#1;") && !xml.contains("&#0;"), "{xml}");
+        let MethodResponse::Value(reply) = parse_response(&xml).unwrap() else { panic!("fault") };
+        let back = decode_envelope(reply).unwrap();
+        assert_eq!(
+            back,
+            Value::from(
+                "a\u{fffd}b\u{fffd}c\u{fffd}[0m\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\t\n\r\u{7f}é"
+            )
+        );
+    }
+    // A peer that does send them (raw, or as references) is still read.
+    for raw in ["<value>a\u{1}b</value>", "<value>a&#1;b</value>", "<value>a&#x1b;b</value>"] {
+        let value = parse_value(raw).unwrap();
+        assert!(matches!(value, Value::String(ref s) if s.starts_with('a') && s.ends_with('b')), "{raw}: {value:?}");
+    }
+}
+
 fn xml_text() -> impl Strategy<Value = String> {
     // Any characters XML 1.0 can carry, including leading and trailing
     // whitespace and the characters that need escaping.

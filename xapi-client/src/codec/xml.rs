@@ -389,11 +389,22 @@ pub fn parse_value(xml: &str) -> Result<Value, CodecError> {
     Ok(value)
 }
 
+/// Whether XML 1.0 can carry `c` at all (its `Char` production): not the C0
+/// controls but tab, LF and CR, nor U+FFFE and U+FFFF. Not even as a
+/// character reference: `&#1;` is as invalid as a raw U+0001, and XAPI's
+/// parser (and Xen Orchestra's) rejects the whole document.
+fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
 /// Appends `text` with the five XML specials escaped (and `\r`, which XML
-/// would otherwise normalise away).
+/// would otherwise normalise away). A character XML 1.0 cannot carry (a C0
+/// control from a device's model string, a log line, a name) becomes U+FFFD:
+/// the reply stays valid and says where something was.
 fn escape(out: &mut String, text: &str) {
     for c in text.chars() {
         match c {
+            c if !xml_char(c) => out.push(char::REPLACEMENT_CHARACTER),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
