@@ -121,6 +121,8 @@ pub struct Lvm<'a> {
     runner: &'a dyn Runner,
     device: String,
     writable: bool,
+    /// The device held open while this lives ([`Lvm::holding`]).
+    pin: Option<std::fs::File>,
 }
 
 /// Characters LVM names and tags may hold (a subset of what lvm2 allows).
@@ -139,7 +141,16 @@ impl<'a> Lvm<'a> {
         if !device.starts_with("/dev/") || !lvm_safe(&device, "/") {
             return Err(LvmError::BadName { what: "device", value: device });
         }
-        Ok(Self { runner, device, writable })
+        Ok(Self { runner, device, writable, pin: None })
+    }
+
+    /// Keeps `pin`, the device opened and verified after opening
+    /// ([`crate::nvme::resolve::pin`]), open as long as this lives: the
+    /// filter's device name then cannot pass to another namespace.
+    #[must_use]
+    pub fn holding(mut self, pin: std::fs::File) -> Self {
+        self.pin = Some(pin);
+        self
     }
 
     /// The device LVM is confined to.

@@ -11,6 +11,7 @@ use crate::error::{CallError, DriverError, Failure};
 use crate::lvm::{Lvm, Vg};
 use crate::nvme::health::health;
 use crate::nvme::names::Nqn;
+use crate::nvme::resolve::pin;
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::pool_role;
 use crate::smapi::params::Params;
@@ -80,7 +81,8 @@ pub(crate) fn lvm_on_namespace<'c>(ctx: &'c Context, state: &SrState, writable: 
         CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: "namespace identity".to_owned() })
     })?;
     let resolved = sr_paths::namespace(&ctx.host, &nqn, &NamespaceRef::Identity(identity), Duration::from_secs(2))?;
-    Ok(Lvm::new(ctx.runner.as_ref(), &resolved.device, writable)?)
+    let pinned = pin(&ctx.host, &nqn, resolved)?;
+    Ok(Lvm::new(ctx.runner.as_ref(), &pinned.resolved.device, writable)?.holding(pinned.file))
 }
 
 /// The SR's VG as LVM reports it, if it still exists.

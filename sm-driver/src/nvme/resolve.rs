@@ -7,7 +7,18 @@
 //! checks its UUID/NGUID/EUI-64 against the expected identity, and requires
 //! the `/dev` node. A namespace that is slow to appear gets one rescan of its
 //! controllers and is polled until a deadline.
+//!
+//! A name checked a moment ago can name another namespace now: the target
+//! swaps the namespace under its NSID, the kernel drops the old head and
+//! gives the new one the freed instance, so `/dev/nvmeXnY` is the new
+//! namespace when LVM opens it. [`pin`] closes that window: it opens the head
+//! (an open head keeps its instance, so its name cannot pass to another
+//! namespace while the file is open) and only then checks the identity
+//! again. LVM's filter names the device while the pin is held (see
+//! [`crate::lvm::Lvm::holding`]), so the filter names a stable identity: this
+//! namespace, or a head that is gone and fails every I/O.
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -68,9 +79,71 @@ pub enum ResolveError {
         /// The expected node.
         device: String,
     },
+    /// The head could not be opened to pin it.
+    #[error("cannot open {device} to hold it while LVM works on it: {source}")]
+    Open {
+        /// The node.
+        device: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Once opened, the name no longer belonged to the namespace.
+    #[error(
+        "{device} stopped being namespace {identity} of subsystem {nqn} while it was opened (now {now}); nothing was \
+         done: retry, and check whether the namespace was replaced on the target"
+    )]
+    Moved {
+        /// The node that was resolved.
+        device: String,
+        /// The subsystem.
+        nqn: String,
+        /// The namespace's identity.
+        identity: String,
+        /// What resolving again found.
+        now: String,
+    },
     /// sysfs could not be read.
     #[error(transparent)]
     Host(#[from] crate::host::HostError),
+}
+
+/// A verified head held open: while the file is open the head keeps its
+/// kernel instance, so its `/dev` name stays this namespace's (or a dead
+/// head's) and never becomes another namespace's.
+#[derive(Debug)]
+pub struct PinnedNamespace {
+    /// The head, verified after it was opened.
+    pub resolved: ResolvedNamespace,
+    /// The open head.
+    pub file: File,
+}
+
+/// Opens `resolved`'s head, then resolves it again by NSID and identity: it
+/// must still be the same node.
+///
+/// # Errors
+/// [`ResolveError::Open`] when the node cannot be opened,
+/// [`ResolveError::Moved`] when, once open, the name belongs to something
+/// else; any error of [`resolve_head`].
+pub fn pin(host: &HostRoot, nqn: &Nqn, resolved: ResolvedNamespace) -> Result<PinnedNamespace, ResolveError> {
+    let device = resolved.device.display().to_string();
+    let file =
+        File::open(host.path(&device)).map_err(|source| ResolveError::Open { device: device.clone(), source })?;
+    let identity = resolved.namespace.identity.as_ref();
+    let described = identity.map_or_else(|| format!("nsid {}", resolved.namespace.nsid), NamespaceIdentity::canonical);
+    let moved = |now: String| ResolveError::Moved {
+        device: device.clone(),
+        nqn: nqn.to_string(),
+        identity: described.clone(),
+        now,
+    };
+    let again =
+        resolve_head(host, nqn, resolved.namespace.nsid, identity, Duration::ZERO).map_err(|e| moved(e.to_string()))?;
+    if again.device != resolved.device {
+        return Err(moved(format!("at {}", again.device.display())));
+    }
+    Ok(PinnedNamespace { resolved: again, file })
 }
 
 /// A verified multipath head.
@@ -172,6 +245,25 @@ mod tests {
 
     fn nqn() -> crate::nvme::names::Nqn {
         NQN.parse().unwrap()
+    }
+
+    #[test]
+    fn a_pin_holds_the_head_and_refuses_a_name_that_changed_namespace() {
+        let tree = SysfsTree::new();
+        tree.head("nvme-subsys1", "nvme1n1", NQN, 1, WWID, 8);
+        let expected = NamespaceIdentity::parse(WWID).unwrap();
+        let resolved = resolve_head(&tree.host(), &nqn(), 1, Some(&expected), Duration::ZERO).unwrap();
+        let pinned = super::pin(&tree.host(), &nqn(), resolved.clone()).unwrap();
+        assert_eq!(pinned.resolved, resolved);
+        // Swapped under the name between the check and the open: refused.
+        tree.head("nvme-subsys1", "nvme1n1", NQN, 1, "uuid.99999999-2222-3333-4444-555555555555", 8);
+        let err = super::pin(&tree.host(), &nqn(), resolved.clone()).unwrap_err();
+        assert!(matches!(err, ResolveError::Moved { .. }), "{err}");
+        assert!(err.to_string().contains("stopped being namespace uuid.8d30ade9"), "{err}");
+        // Gone before the open: refused, naming the node.
+        std::fs::remove_file(tree.host().path("/dev/nvme1n1")).unwrap();
+        let err = super::pin(&tree.host(), &nqn(), resolved).unwrap_err();
+        assert!(matches!(err, ResolveError::Open { .. }), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::error::{CallError, Failure};
 use crate::ids::SrUuid;
 use crate::lvm::{pv_uuid_for, Lvm};
 use crate::nvme::names::Nqn;
+use crate::nvme::resolve::{pin, PinnedNamespace};
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::nvme::users::release;
 use crate::smapi::params::Params;
@@ -75,12 +76,13 @@ fn create_on_namespace(
     tags: &[String],
 ) -> Result<NamespaceIdentity, Failure> {
     let resolved = sr_paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
+    let PinnedNamespace { resolved, file } = pin(&ctx.host, nqn, resolved)?;
     let identity = resolved
         .namespace
         .identity
         .clone()
         .ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid: resolved.namespace.nsid })?;
-    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?;
+    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?.holding(file);
     let vgs = lvm.vgs()?;
     // Already created by an earlier attempt of this very call: done.
     if vgs.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
