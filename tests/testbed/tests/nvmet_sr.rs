@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use nvmetcp_testbed::{run_suite, Scenario};
+
+#[path = "nvmet_sr/faults.rs"]
+mod faults;
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
@@ -726,6 +729,7 @@ tb_log "6 kills inside SR.create ($killed interrupted): every retry succeeded wi
 "#,
             ),
         ),
+        Scenario::script("path-faults", &script(exe, faults::PATH_FAULTS)).timeout_secs(600),
         // Last: it changes this host's pool role.
         Scenario::script(
             "sr-pool-member",

@@ -1,0 +1,118 @@
+//! Fault campaigns of issue 16 on the real kernel target, each proven with
+//! data written by `fio --verify=crc32c` and read back after the fault.
+
+/// `path-faults`: a flap storm, then every path down for 60 s, then an
+/// outage longer than `fast_io_fail_tmo`, all under I/O on a volume reached
+/// through `SR.attach` and `Datapath.attach`.
+///
+/// * Storm: 20 cuts in ~20 s, alternating port removal (the target drops the
+///   path at once) and address removal (only keep-alive would notice),
+///   overlapping so that both paths are cut at the same moment; fio writes and
+///   verifies in a loop throughout, and its last layout is verified again
+///   after the storm: 0 I/O errors, 0 verify failures.
+/// * 60 s with no path at all, I/O in flight: the default timers
+///   (`fast_io_fail_tmo=90`, see `sm_driver::nvme::options`) hold it, and it
+///   completes with no error when the target returns.
+/// * An outage longer than `fast_io_fail_tmo` (5 s here): a write fails with
+///   EIO within a bound (no hang), and when the target returns the SR is
+///   healthy again, the data written before is intact and new I/O works.
+pub const PATH_FAULTS: &str = r#"
+nqn=$(tb_simple_target faults 128 10.99.0.1 10.99.0.2)
+# Removing an address must not take the other one of its subnet with it.
+sysctl -qw "net.ipv4.conf.$TB_LINK.promote_secondaries=1"
+cfg="\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\",\"namespace\":\"1\""
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg},\"name\":\"faults\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+vol=$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"faults\",\"description\":\"\",\"size\":33554432,\"sharable\":false}")
+key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+uri=$(echo "$vol" | sed 's/.*"uri":\["\([^"]*\)".*/\1/')
+dp="\"uri\":\"$uri\",\"domain\":\"9\""
+attach_volume() {
+    local backend
+    backend=$(expect_ok Datapath.attach "{\"dbg\":\"da\",$dp}") || return 1
+    expect_ok Datapath.activate "{\"dbg\":\"dv\",$dp}" >/dev/null || return 1
+    echo "$backend" | sed 's/.*"BlockDevice",{"path":"\([^"]*\)".*/\1/'
+}
+path=$(attach_volume)
+# One layout per job name: the same name, size and seed write and verify the same blocks.
+job() { # NAME OFFSET SIZE extra fio options…
+    local name=$1 offset=$2 size=$3; shift 3
+    fio --name="$name" --filename="$path" --direct=1 --ioengine=libaio --iodepth=4 --rw=randwrite \
+        --bsrange=4k-64k --offset="$offset" --size="$size" --randseed=16 --verify=crc32c --verify_fatal=1 \
+        --output="$name.log" "$@"
+}
+errors_in() { grep -Eo 'err= *[0-9]+' "$1" | grep -Ev 'err= *0$' || true; }
+
+# 1. Flap storm: 20 cuts, fio writing and verifying throughout.
+rm -f stop fio.failed
+( while [ ! -e stop ]; do job storm 0 8M || { cat storm.log >>storm.failed.log; touch fio.failed; break; }; cat storm.log >>storm.all.log; done ) &
+loop=$!
+sleep 2
+cuts=0
+for i in $(seq 1 5); do
+    tb_unlink 2 "$nqn"; sleep 0.5                 # port 2 drops its path
+    tb_addr_del 10.99.0.1; sleep 0.5              # overlapping: both paths cut
+    tb_link 2 "$nqn"; sleep 0.5
+    tb_addr_add 10.99.0.1; sleep 0.5
+    tb_unlink 1 "$nqn"; sleep 0.5                 # the other way round
+    tb_addr_del 10.99.0.2; sleep 0.5
+    tb_link 1 "$nqn"; sleep 0.5
+    tb_addr_add 10.99.0.2; sleep 0.5
+    cuts=$((cuts + 4))
+done
+tb_wait 90 "both paths back after the storm" tb_has_live_paths "$nqn" 2
+touch stop
+wait "$loop"
+[ ! -e fio.failed ] || { cat storm.failed.log; tb_fail "fio failed in the flap storm"; }
+if [ -n "$(errors_in storm.all.log)" ]; then tb_fail "fio reported I/O errors in the storm"; fi
+job storm 0 8M --verify_only || { cat storm.log; tb_fail "the storm's last writes do not read back"; }
+tb_log "flap storm: $cuts cuts (port and address, overlapping), fio rounds written and verified: $(grep -c '^storm:' storm.all.log), 0 errors; read back after it"
+
+# 2. Every path down for 60 s with I/O in flight: held, then completed.
+job held 8M 4M --bsrange=4k-4k --rate_iops=150 &
+fio_pid=$!
+sleep 3
+kill -0 "$fio_pid" || tb_fail "fio ended before the outage (too fast to prove anything)"
+tb_target_down
+tb_wait 30 "no path live" tb_has_live_paths "$nqn" 0
+down=$(date +%s)
+sleep 60
+kill -0 "$fio_pid" || { cat held.log; tb_fail "fio ended while no path was live"; }
+tb_target_up
+outage=$(( $(date +%s) - down ))
+tb_wait 60 "the paths to return" tb_has_live_paths "$nqn" 2
+wait "$fio_pid" || { cat held.log; tb_fail "fio failed across a 60 s outage"; }
+[ -z "$(errors_in held.log)" ] || { cat held.log; tb_fail "I/O errors across a 60 s outage"; }
+job held 8M 4M --bsrange=4k-4k --verify_only || { cat held.log; tb_fail "data written across the outage does not read back"; }
+tb_log "all paths down ${outage} s under I/O: no error, every block verified"
+stat_sr | grep -q '2/2 paths live' || tb_fail "SR not healthy after the outage"
+
+# 3. Longer than fast_io_fail_tmo (5 s): a clean EIO, no hang; the SR recovers.
+expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
+expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+expect_ok SR.detach "{\"dbg\":\"d\",$sr}" >/dev/null
+short="${stored%\}},\"fast_io_fail_tmo\":\"5\"}"
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$short}" >/dev/null
+for t in /sys/class/nvme/nvme*/fast_io_fail_tmo; do [ "$(cat "$t")" = 5 ] || tb_fail "$t is $(cat "$t"), not the 5 configured"; done
+path=$(attach_volume)
+tb_target_down
+started=$(date +%s)
+rc=0; timeout 120 dd if=/dev/urandom of="$path" bs=4k count=1 seek=4096 oflag=direct 2>dd.err || rc=$?
+took=$(( $(date +%s) - started ))
+cat dd.err >&2
+[ "$rc" != 124 ] || tb_fail "a write hung past 120 s with fast_io_fail_tmo=5"
+[ "$rc" != 0 ] || tb_fail "a write succeeded with no path live"
+grep -q 'Input/output error' dd.err || tb_fail "the write did not fail with EIO"
+[ "$took" -le 60 ] || tb_fail "EIO took ${took} s with fast_io_fail_tmo=5"
+tb_target_up
+tb_wait 60 "the paths to return" tb_has_live_paths "$nqn" 2
+stat_sr | grep -q '2/2 paths live' || tb_fail "SR not healthy once the target returned"
+job held 8M 4M --bsrange=4k-4k --verify_only || { cat held.log; tb_fail "data written before the long outage does not read back"; }
+job after 16M 2M || { cat after.log; tb_fail "new I/O fails after the SR recovered"; }
+tb_log "outage past fast_io_fail_tmo=5: EIO after ${took} s; the SR recovered, old data intact, new I/O verified"
+expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
+expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" >/dev/null
+expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+"#;
