@@ -116,3 +116,79 @@ expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
 expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" >/dev/null
 expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
 "#;
+
+/// `call-kills`: SIGKILL (of the plugin and the lvm it runs) inside every
+/// mutating call not killed elsewhere (`volume-kills` kills `Volume.set` and
+/// `Volume.create`, `sr-create-kills` kills `SR.create`), each at two points,
+/// then the retry xapi would make. After every kill and retry: no
+/// device-mapper device left suspended, no controller or registry user of a
+/// dead call leaked; after every method, `SR.ls` lists exactly the LVs there
+/// are and no PV but the SR's exists.
+pub const CALL_KILLS: &str = r#"
+nqn=$(tb_simple_target callkill 128 10.99.0.1)
+cfg="\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\""
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{$cfg},\"name\":\"k\",\"description\":\"\"}")
+attach="{\"dbg\":\"a\",\"configuration\":$stored}"
+expect_ok SR.attach "$attach" >/dev/null
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+vg=nvmetcp_${SR//-/}
+new_volume() {
+    expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"$1\",\"description\":\"\",\"size\":4194304,\"sharable\":false}"
+}
+vol=$(new_volume a); key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/'); uri=$(echo "$vol" | sed 's/.*"uri":\["\([^"]*\)".*/\1/')
+v="$sr,\"key\":\"$key\""
+dp="\"uri\":\"$uri\",\"domain\":\"4\""
+expect_ok Volume.set "{\"dbg\":\"s\",$v,\"k\":\"gone\",\"v\":\"soon\"}" >/dev/null
+kills=0 interrupted=0
+# killed METHOD JSON CONTROLLERS: the call killed at two points, each time
+# retried; CONTROLLERS is how many controllers must exist afterwards.
+killed() {
+    local method=$1 json=$2 controllers=$3 delay out
+    for delay in 0.25 0.7; do
+        ( sleep "$delay"; pkill -9 -f "/$method --json"; pkill -9 -x lvm; true ) &
+        out=$(call "$method" "$json")
+        wait
+        kills=$((kills + 1))
+        case $out in "OK "*) ;; *) interrupted=$((interrupted + 1)) ;; esac
+        out=$(call "$method" "$json")
+        case $out in "OK "*) ;; *) tb_fail "the retry of $method killed at ${delay}s failed: $out"; return 1 ;; esac
+        if dmsetup info -c --noheadings -o name,suspended | grep -q Suspended; then
+            dmsetup info -c -o name,suspended; tb_fail "$method killed at ${delay}s left a device suspended"; return 1
+        fi
+        [ "$(ls /sys/class/nvme | wc -l)" = "$controllers" ] || { tb_fail "$method killed at ${delay}s: controllers $(ls /sys/class/nvme | tr '\n' ' '), not $controllers"; return 1; }
+        if grep -q '"probe-\|"create-' /run/nvmetcp/fabric-users.json 2>/dev/null; then
+            cat /run/nvmetcp/fabric-users.json; tb_fail "$method killed at ${delay}s: a dead call's registry user is left"; return 1
+        fi
+    done
+}
+complete() { # after METHOD: SR.ls lists every LV, no stray PV
+    local listed lvs_count listed_count
+    listed=$(expect_ok SR.ls "{\"dbg\":\"l\",$sr}") || return 1
+    lvs_count=$(lvs --noheadings -o lv_name "$vg" | grep -c 'vol-')
+    listed_count=$(echo "$listed" | grep -o '"key":"vol-' | wc -l)
+    [ "$lvs_count" = "$listed_count" ] || tb_fail "after $1: $lvs_count LVs, $listed_count volumes listed"
+    [ "$(pvs --noheadings -o pv_name | wc -l)" = 1 ] || { pvs; tb_fail "after $1: a PV besides the SR's"; }
+}
+killed Volume.unset "{\"dbg\":\"u\",$v,\"k\":\"gone\"}" 1 && complete Volume.unset
+killed Volume.set_name "{\"dbg\":\"n\",$v,\"new_name\":\"renamed\"}" 1 && complete Volume.set_name
+killed Volume.resize "{\"dbg\":\"r\",$v,\"new_size\":8388608}" 1 && complete Volume.resize
+expect_ok Volume.stat "{\"dbg\":\"st\",$v}" | grep -q '"virtual_size":8388608' || tb_fail "the resize was lost"
+killed Datapath.attach "{\"dbg\":\"da\",$dp}" 1
+killed Datapath.activate "{\"dbg\":\"dv\",$dp}" 1
+dmsetup info -c --noheadings -o name,suspended | grep -q "$(echo "$vg" | sed 's/-/--/g')-.*Active" || tb_fail "no active mapping after Datapath.activate"
+killed Datapath.deactivate "{\"dbg\":\"dd\",$dp}" 1
+expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+complete Datapath
+victim=$(new_volume b | sed 's/.*"key":"\([^"]*\)".*/\1/')
+killed Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$victim\"}" 1 && complete Volume.destroy
+if lvs "$vg/$victim" >/dev/null 2>&1; then tb_fail "Volume.destroy retried, and its LV is still there"; fi
+killed SR.probe "{\"dbg\":\"p\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\"}}" 1 && complete SR.probe
+killed SR.detach "{\"dbg\":\"d\",$sr}" 0
+killed SR.attach "$attach" 1 && complete SR.attach
+expect_ok Volume.destroy "{\"dbg\":\"x\",$v}" >/dev/null
+killed SR.destroy "{\"dbg\":\"x\",$sr}" 0
+[ "$(pvs --noheadings -o pv_name 2>/dev/null | wc -l)" = 0 ] || { pvs; tb_fail "SR.destroy killed and retried left a PV"; }
+if grep -q "$SR" /run/nvmetcp/fabric-users.json 2>/dev/null; then tb_fail "SR.destroy left its registry user"; fi
+tb_log "$kills kills in $((kills / 2)) mutating calls ($interrupted interrupted), each retried: nothing orphaned, leaked or suspended"
+[ "$interrupted" -ge $((kills / 3)) ] || tb_fail "only $interrupted of $kills calls were interrupted: the kills tested little"
+"#;
