@@ -731,6 +731,7 @@ tb_log "6 kills inside SR.create ($killed interrupted): every retry succeeded wi
         ),
         Scenario::script("path-faults", &script(exe, faults::PATH_FAULTS)).timeout_secs(600),
         Scenario::script("call-kills", &script(exe, faults::CALL_KILLS)).timeout_secs(600),
+        Scenario::script("namespace-swap", &script(exe, faults::NAMESPACE_SWAP)),
         // Last: it changes this host's pool role.
         Scenario::script(
             "sr-pool-member",

@@ -192,3 +192,49 @@ if grep -q "$SR" /run/nvmetcp/fabric-users.json 2>/dev/null; then tb_fail "SR.de
 tb_log "$kills kills in $((kills / 2)) mutating calls ($interrupted interrupted), each retried: nothing orphaned, leaked or suspended"
 [ "$interrupted" -ge $((kills / 3)) ] || tb_fail "only $interrupted of $kills calls were interrupted: the kills tested little"
 "#;
+
+/// `namespace-swap`: the target puts another namespace (another backing
+/// file, another UUID) under the SR's NSID while the SR is attached. Every
+/// call that would run LVM fails with `NVMETCP_NAMESPACE`, and no LVM
+/// command runs at all (a wrapper logs each one), so nothing reads or writes
+/// the new namespace; its bytes are unchanged. Swapped back, the SR works.
+pub const NAMESPACE_SWAP: &str = r#"
+nqn=$(tb_simple_target swap 64 10.99.0.1)
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"swap\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+vol=$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"kept\",\"description\":\"\",\"size\":4194304,\"sharable\":false}")
+key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+# Every LVM command from now on is logged.
+mv /usr/sbin/lvm /usr/sbin/lvm.real
+printf '#!/bin/sh\necho "$*" >>/tmp/lvm.calls\nexec /usr/sbin/lvm.real "$@"\n' >/usr/sbin/lvm
+chmod +x /usr/sbin/lvm
+restore_lvm() { mv -f /usr/sbin/lvm.real /usr/sbin/lvm; }
+ns=$TB_CFG/subsystems/$nqn/namespaces/1
+old_path=$(cat "$ns/device_path"); old_uuid=$(cat "$ns/device_uuid"); old_nguid=$(cat "$ns/device_nguid")
+swap_to() { # PATH UUID NGUID
+    echo 0 >"$ns/enable"; echo "$1" >"$ns/device_path"; echo "$2" >"$ns/device_uuid"; echo "$3" >"$ns/device_nguid"
+    echo 1 >"$ns/enable"
+    for c in /sys/class/nvme/nvme*; do echo 1 >"$c/rescan_controller"; done
+    tb_wait 30 "the host to see namespace $2" sh -c "grep -qx '$2' /sys/block/nvme*/uuid"
+}
+new=/srv/testbed/swap-new.img
+head -c 8M /dev/urandom >"$new"; truncate -s 64M "$new"
+new_hash=$(md5sum <"$new")
+new_uuid=$(cat /proc/sys/kernel/random/uuid)
+swap_to "$new" "$new_uuid" "$new_uuid"
+tb_log "namespace 1 of $nqn now holds $new_uuid, at $(grep -lx "$new_uuid" /sys/block/nvme*/uuid | cut -d/ -f4)"
+: >/tmp/lvm.calls
+expect_err NVMETCP_NAMESPACE SR.ls "{\"dbg\":\"l\",$sr}" >/dev/null || { restore_lvm; exit 1; }
+expect_err NVMETCP_NAMESPACE Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"x\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null || { restore_lvm; exit 1; }
+expect_err NVMETCP_NAMESPACE Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" >/dev/null || { restore_lvm; exit 1; }
+expect_err NVMETCP_NAMESPACE SR.set_name "{\"dbg\":\"n\",$sr,\"new_name\":\"x\"}" >/dev/null || { restore_lvm; exit 1; }
+[ ! -s /tmp/lvm.calls ] || { cat /tmp/lvm.calls; restore_lvm; tb_fail "LVM ran while the SR's namespace was swapped"; exit 1; }
+restore_lvm
+[ "$(md5sum <"$new")" = "$new_hash" ] || tb_fail "the swapped-in namespace was written"
+swap_to "$old_path" "$old_uuid" "$old_nguid"
+expect_ok SR.ls "{\"dbg\":\"l\",$sr}" | grep -q "\"key\":\"$key\"" || tb_fail "the SR does not list its volume once its namespace is back"
+tb_log "a namespace swapped under NSID 1: 4 calls refused with NVMETCP_NAMESPACE, no LVM command ran, the new namespace untouched"
+expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" >/dev/null
+expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+"#;
