@@ -3,6 +3,7 @@
 //! connection can keep many commands in flight on one NVMe I/O queue.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What a device is and what it can do, read once after it is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,9 @@ pub enum IoError {
     /// The device is shutting down.
     #[error("the device is closing")]
     Closing,
+    /// A newer copy of the request replaced this one before it was sent.
+    #[error("superseded by a newer copy of the same request")]
+    Superseded,
 }
 
 /// The completion of a request: the data read for `Read`, empty otherwise.
@@ -100,10 +104,157 @@ pub trait BlockDevice: Send + Sync {
     fn geometry(&self) -> Geometry;
     /// Starts a request; `done` is called exactly once when it completes.
     fn submit(&self, request: Request, done: Completion);
+    /// Starts a request that a newer copy may supersede through `ticket`.
+    /// A device that may hold requests before sending them (the multipath
+    /// device, while no path is live) asks [`Ticket::start`] before each
+    /// send and completes the request with [`IoError::Superseded`] when it
+    /// says no; a device that sends at once needs no more than `submit`.
+    fn submit_ticketed(&self, request: Request, ticket: &Arc<Ticket>, done: Completion) {
+        let _ = ticket;
+        self.submit(request, done);
+    }
+}
+
+/// Where a request stands, for ordering it against a newer copy of itself.
+///
+/// The kernel's NBD driver re-sends a request that timed out on another
+/// connection (with the same tag). If the old copy is still held in the
+/// device (every path down), sending both could let the old copy reach the
+/// disk after the new one, putting stale data back. With a ticket per copy,
+/// the new copy [`Ticket::supersede`]s the old: an old copy that was never
+/// sent is dropped, and one that was sent is waited for before the new copy
+/// goes out, so the old copy can never land after the new one.
+#[derive(Default)]
+pub struct Ticket {
+    state: Mutex<TicketState>,
+}
+
+type After = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct TicketState {
+    sent: bool,
+    superseded: bool,
+    finished: bool,
+    after: Vec<After>,
+}
+
+impl Ticket {
+    fn state(&self) -> std::sync::MutexGuard<'_, TicketState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The device is about to send (or resend) the request: `false` when a
+    /// newer copy superseded it, and it must not be sent.
+    #[must_use]
+    pub fn start(&self) -> bool {
+        let mut state = self.state();
+        if state.superseded {
+            return false;
+        }
+        state.sent = true;
+        true
+    }
+
+    /// The request completed (whatever its outcome): whatever waited for it runs.
+    pub fn finish(&self) {
+        let after = {
+            let mut state = self.state();
+            state.finished = true;
+            std::mem::take(&mut state.after)
+        };
+        for then in after {
+            then();
+        }
+    }
+
+    /// A newer copy replaces this request: it will not be sent from now on,
+    /// and `then` (which sends the newer copy) runs at once if this one was
+    /// never sent or has finished, else when it finishes.
+    pub fn supersede(&self, then: After) {
+        let now = {
+            let mut state = self.state();
+            state.superseded = true;
+            if state.sent && !state.finished {
+                state.after.push(then);
+                None
+            } else {
+                Some(then)
+            }
+        };
+        if let Some(then) = now {
+            then();
+        }
+    }
+
+    /// Whether a newer copy superseded this one.
+    #[must_use]
+    pub fn superseded(&self) -> bool {
+        self.state().superseded
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Ticket")
+            .field("sent", &state.sent)
+            .field("superseded", &state.superseded)
+            .field("finished", &state.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Display for Geometry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} blocks of {} bytes", self.blocks, self.block_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counter() -> (Arc<AtomicUsize>, After) {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        (
+            ran,
+            Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+    }
+
+    #[test]
+    fn a_copy_never_sent_is_dropped_and_the_new_one_goes_at_once() {
+        let old = Ticket::default();
+        let (ran, then) = counter();
+        old.supersede(then);
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert!(!old.start(), "the old copy must not be sent any more");
+    }
+
+    #[test]
+    fn a_copy_in_flight_is_waited_for_and_never_resent() {
+        let old = Ticket::default();
+        assert!(old.start());
+        let (ran, then) = counter();
+        old.supersede(then);
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the new copy waits while the old one is in flight");
+        assert!(!old.start(), "a retry of the old copy is not sent");
+        old.finish();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_finished_copy_does_not_hold_the_new_one() {
+        let old = Ticket::default();
+        assert!(old.start());
+        old.finish();
+        let (ran, then) = counter();
+        old.supersede(then);
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }

@@ -7,11 +7,35 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::{HostIdentity, IoPolicy, MultipathConfig, NamespaceIdentity, TransportOptions};
 use crate::pdu::{self, kind, Digests, PduReader, FLAG_LAST, FLAG_SUCCESS};
+
+/// A multipath configuration for namespace 1 of `targets`: two I/O queues
+/// of 8 slots per path, reconnected every second.
+pub fn config(targets: &[&FakeTarget]) -> MultipathConfig {
+    MultipathConfig {
+        subsystem_nqn: "nqn.2024-01.io.example:fake".into(),
+        namespace: NamespaceIdentity { nsid: 1, uuid: Some([7; 16]) },
+        portals: targets.iter().map(|t| t.addr).collect(),
+        host: HostIdentity::parse(
+            "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+        )
+        .unwrap(),
+        auth: None,
+        iopolicy: IoPolicy::Numa,
+        transport: TransportOptions {
+            nr_io_queues: Some(2),
+            queue_size: 8,
+            reconnect_delay: Duration::from_secs(1),
+            ..TransportOptions::default()
+        },
+    }
+}
 
 /// How the target behaves.
 #[derive(Clone)]
@@ -78,6 +102,11 @@ pub struct FakeTarget {
     pub io_commands: Arc<AtomicUsize>,
     /// Connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Every write that reached the disk: its byte offset and its first byte.
+    pub writes: Arc<Mutex<Vec<(usize, u8)>>>,
+    /// While set, the target is unreachable: connections are closed at once.
+    down: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
     listener: Option<TcpListener>,
 }
 
@@ -92,29 +121,52 @@ impl FakeTarget {
             .unwrap_or_else(|| Arc::new(Mutex::new(vec![0u8; (script.blocks << script.lbads) as usize])));
         let io_commands = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
         let l = listener.try_clone().unwrap();
         let (d, n, c) = (Arc::clone(&disk), Arc::clone(&io_commands), Arc::clone(&connections));
+        let (w, is_down, o) = (Arc::clone(&writes), Arc::clone(&down), Arc::clone(&open));
         std::thread::spawn(move || {
             for stream in l.incoming() {
                 let Ok(stream) = stream else { return };
+                if is_down.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
                 c.fetch_add(1, Ordering::SeqCst);
-                let (script, d, n) = (script.clone(), Arc::clone(&d), Arc::clone(&n));
+                o.lock().unwrap().push(stream.try_clone().unwrap());
+                let (script, d, n, w) = (script.clone(), Arc::clone(&d), Arc::clone(&n), Arc::clone(&w));
                 std::thread::spawn(move || {
                     let _ = Conn {
                         stream,
                         script,
                         disk: d,
                         io: n,
+                        writes: w,
                         digests: Digests::default(),
                         qid: 0,
                         held: None,
                         sqflow_disabled: false,
+                        backlog: std::collections::VecDeque::new(),
                     }
                     .serve();
                 });
             }
         });
-        Self { addr, disk, io_commands, connections, listener: Some(listener) }
+        Self { addr, disk, io_commands, connections, writes, down, open, listener: Some(listener) }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 }
 
@@ -131,10 +183,14 @@ struct Conn {
     script: Script,
     disk: Arc<Mutex<Vec<u8>>>,
     io: Arc<AtomicUsize>,
+    writes: Arc<Mutex<Vec<(usize, u8)>>>,
     digests: Digests,
     qid: u16,
     held: Option<Vec<u8>>,
     sqflow_disabled: bool,
+    /// Commands that arrived while the data of another was being collected
+    /// (a host may send capsules between its H2CData PDUs).
+    backlog: std::collections::VecDeque<([u8; 64], Vec<u8>)>,
 }
 
 type R = std::io::Result<()>;
@@ -160,6 +216,10 @@ impl Conn {
         let mut reader = PduReader::new(self.stream.try_clone()?, 1 << 21);
         reader.set_digests(self.digests);
         loop {
+            if let Some((sqe, data)) = self.backlog.pop_front() {
+                self.command(&mut reader, &sqe, data)?;
+                continue;
+            }
             let Ok(r) = reader.next_pdu() else { return Ok(()) };
             if r.kind != kind::CAPSULE_CMD {
                 return Ok(());
@@ -288,6 +348,7 @@ impl Conn {
             0x01 => {
                 let data = if data.is_empty() { self.collect_r2t(reader, sqe, len)? } else { data };
                 self.disk.lock().unwrap()[start..start + len].copy_from_slice(&data[..len]);
+                self.writes.lock().unwrap().push((start, data[0]));
                 self.respond(sqe, 0, 0)
             }
             0x08 => {
@@ -328,6 +389,14 @@ impl Conn {
             let mut got = 0;
             while got < n {
                 let r = reader.next_pdu().map_err(|e| std::io::Error::other(e.to_string()))?;
+                if r.kind == kind::CAPSULE_CMD {
+                    let mut sqe = [0u8; 64];
+                    sqe.copy_from_slice(&r.psh[..64]);
+                    let mut data = vec![0u8; r.data_len];
+                    reader.read_data(&r, &mut data).map_err(|e| std::io::Error::other(e.to_string()))?;
+                    self.backlog.push_back((sqe, data));
+                    continue;
+                }
                 assert_eq!(r.kind, kind::H2C_DATA);
                 let h = pdu::parse_data_header(&r);
                 assert_eq!(h.ttag, ttag);

@@ -18,7 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request};
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
 use crate::command::{self, opcode};
 use crate::config::{ConfigError, IoPolicy, MultipathConfig};
 use crate::controller::{Controller, ControllerError, Event, Identity};
@@ -170,6 +170,15 @@ struct IoCmd {
     op: Op,
     done: Completion,
     queued_at: Instant,
+    /// Asked before every send: a newer copy of the request may have
+    /// superseded this one while it waited (see [`Ticket`]).
+    ticket: Option<Arc<Ticket>>,
+}
+
+impl IoCmd {
+    fn superseded(&self) -> bool {
+        self.ticket.as_ref().is_some_and(|t| t.superseded())
+    }
 }
 
 struct Inner {
@@ -500,13 +509,18 @@ impl Inner {
     fn expire_waiting(self: &Arc<Self>) {
         let all_gone = self.paths.iter().all(|p| lock(&p.inner).status == PathStatus::Deleted);
         let limit = self.config.transport.fast_io_fail_tmo;
-        let expired: Vec<IoCmd> = {
+        let (superseded, expired): (Vec<IoCmd>, Vec<IoCmd>) = {
             let mut waiting = lock(&self.waiting);
+            let (superseded, held): (Vec<IoCmd>, Vec<IoCmd>) = waiting.drain(..).partition(IoCmd::superseded);
             let (expired, kept): (Vec<IoCmd>, Vec<IoCmd>) =
-                waiting.drain(..).partition(|c| all_gone || limit.is_some_and(|l| c.queued_at.elapsed() >= l));
+                held.into_iter().partition(|c| all_gone || limit.is_some_and(|l| c.queued_at.elapsed() >= l));
             waiting.extend(kept);
-            expired
+            (superseded, expired)
         };
+        // Copies a newer copy replaced leave the queue without being sent.
+        for cmd in superseded {
+            (cmd.done)(Err(IoError::Superseded));
+        }
         if !expired.is_empty() && !all_gone && self.select().is_some() {
             // A path came back meanwhile.
             for cmd in expired {
@@ -563,9 +577,15 @@ impl Inner {
             lock(&self.waiting).push_back(cmd);
             return;
         };
+        // The last moment before the command is sent: a copy superseded by a
+        // newer one is never sent (again).
+        if cmd.ticket.as_ref().is_some_and(|t| !t.start()) {
+            (cmd.done)(Err(IoError::Superseded));
+            return;
+        }
         let nsid = controller.nsid();
         let bs = self.geometry.block_size as usize;
-        let IoCmd { op, done, queued_at } = cmd;
+        let IoCmd { op, done, queued_at, ticket } = cmd;
         let (sqe, data_out, expect) = match &op {
             Op::Read { lba, blocks } => {
                 (command::read_write(opcode::READ, nsid, *lba, *blocks, false), Vec::new(), *blocks as usize * bs)
@@ -581,13 +601,13 @@ impl Inner {
             Op::Write { lba, blocks, data, fua } => (Op::Write { lba, blocks, data: Vec::new(), fua }, data),
             other => (other, data_out),
         };
-        let retry = RetryState { op, done, queued_at, path: i };
+        let retry = RetryState { op, done, queued_at, path: i, ticket };
         let me = Arc::clone(self);
         controller.submit(sqe, data_out, expect, Box::new(move |finished| me.finished(retry, finished)));
     }
 
     fn finished(self: &Arc<Self>, retry: RetryState, finished: Finished) {
-        let RetryState { op, done, queued_at, path } = retry;
+        let RetryState { op, done, queued_at, path, ticket } = retry;
         let restore = |op: Op, data: Vec<u8>| match op {
             Op::Write { lba, blocks, fua, .. } => Op::Write { lba, blocks, data, fua },
             other => other,
@@ -601,7 +621,7 @@ impl Inner {
                     s.ana = Some(AnaState::Change);
                     s.recheck_ana = true;
                 }
-                self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at });
+                self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at, ticket });
             }
             Ok(cqe) => {
                 self.paths[path].errors.fetch_add(1, Ordering::Relaxed);
@@ -616,7 +636,7 @@ impl Inner {
                 if lost {
                     Self::lose(p, why);
                 }
-                self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at });
+                self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at, ticket });
             }
         }
     }
@@ -636,6 +656,7 @@ struct RetryState {
     done: Completion,
     queued_at: Instant,
     path: usize,
+    ticket: Option<Arc<Ticket>>,
 }
 
 impl Multipath {
@@ -690,6 +711,16 @@ impl BlockDevice for Multipath {
     }
 
     fn submit(&self, request: Request, done: Completion) {
+        self.submit_with(request, None, done);
+    }
+
+    fn submit_ticketed(&self, request: Request, ticket: &Arc<Ticket>, done: Completion) {
+        self.submit_with(request, Some(ticket), done);
+    }
+}
+
+impl Multipath {
+    fn submit_with(&self, request: Request, ticket: Option<&Arc<Ticket>>, done: Completion) {
         let g = self.inner.geometry;
         let bs = u64::from(g.block_size);
         let max_blocks = u64::from(g.max_transfer) / bs;
@@ -753,7 +784,7 @@ impl BlockDevice for Multipath {
         }
         if ops.len() == 1 {
             let Some((_, op)) = ops.into_iter().next() else { return };
-            return self.inner.dispatch(IoCmd { op, done, queued_at: now });
+            return self.inner.dispatch(IoCmd { op, done, queued_at: now, ticket: ticket.cloned() });
         }
         let read_len: usize = ops
             .iter()
@@ -766,7 +797,7 @@ impl BlockDevice for Multipath {
             done: Mutex::new(Some(done)),
         });
         for (at, op) in ops {
-            self.inner.dispatch(IoCmd { op, done: split.piece(at), queued_at: now });
+            self.inner.dispatch(IoCmd { op, done: split.piece(at), queued_at: now, ticket: ticket.cloned() });
         }
     }
 }

@@ -10,29 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::{AnaState, Multipath, PathStatus};
 use crate::block::{BlockDevice, IoError, Outcome, Request};
-use crate::config::{HostIdentity, IoPolicy, MultipathConfig, NamespaceIdentity, TransportOptions};
-use crate::fake_target::{FakeTarget, Script};
-
-fn config(targets: &[&FakeTarget]) -> MultipathConfig {
-    MultipathConfig {
-        subsystem_nqn: "nqn.2024-01.io.example:fake".into(),
-        namespace: NamespaceIdentity { nsid: 1, uuid: Some([7; 16]) },
-        portals: targets.iter().map(|t| t.addr).collect(),
-        host: HostIdentity::parse(
-            "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427",
-            "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
-        )
-        .unwrap(),
-        auth: None,
-        iopolicy: IoPolicy::Numa,
-        transport: TransportOptions {
-            nr_io_queues: Some(2),
-            queue_size: 8,
-            reconnect_delay: Duration::from_secs(1),
-            ..TransportOptions::default()
-        },
-    }
-}
+use crate::config::IoPolicy;
+use crate::fake_target::{config, FakeTarget, Script};
 
 fn run(dev: &Multipath, request: Request) -> Outcome {
     let (tx, rx) = mpsc::channel();

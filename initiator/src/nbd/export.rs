@@ -25,6 +25,7 @@ use super::budget::Budget;
 use super::kernel::{NbdNetlink, NetlinkError};
 use super::netlink::ConnectSpec;
 use super::proto;
+use super::resend::Resends;
 use super::server::{self, ConnectionEnd, Counters};
 use crate::block::BlockDevice;
 
@@ -116,6 +117,7 @@ struct Shared {
     netlink: Mutex<NbdNetlink>,
     budget: Arc<Budget>,
     counters: Arc<Counters>,
+    resends: Arc<Resends>,
     stopping: AtomicBool,
     live: AtomicUsize,
     replaced: AtomicU64,
@@ -216,6 +218,7 @@ impl Export {
             device,
             netlink: Mutex::new(netlink),
             counters: Arc::new(Counters::default()),
+            resends: Resends::new(),
             stopping: AtomicBool::new(false),
             live: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
@@ -291,7 +294,7 @@ fn connection(shared: &Arc<Shared>, slot: usize, first: UnixStream) {
     loop {
         if let Some(current) = stream.take() {
             shared.live.fetch_add(1, Ordering::Relaxed);
-            let end = server::serve(&shared.device, current, &shared.budget, &shared.counters);
+            let end = server::serve(&shared.device, current, &shared.budget, &shared.counters, &shared.resends);
             shared.live.fetch_sub(1, Ordering::Relaxed);
             match end {
                 ConnectionEnd::Disconnected => {

@@ -8,4 +8,5 @@ pub mod export;
 pub mod kernel;
 pub mod netlink;
 pub mod proto;
+pub mod resend;
 pub mod server;

@@ -190,6 +190,9 @@ pub fn error_value(error: &IoError) -> u32 {
         IoError::NotSupported(_) => errno::ENOTSUP,
         IoError::Media(_) | IoError::NoPath(_) => errno::EIO,
         IoError::Closing => errno::ESHUTDOWN,
+        // Answers an old copy on a connection the kernel already declared
+        // dead (it ignores the reply: its cookie is stale).
+        IoError::Superseded => errno::EIO,
     }
 }
 

@@ -2,7 +2,9 @@
 //! them to the block device without waiting (many in flight per
 //! connection), and write each reply when its completion arrives, in
 //! whatever order completions come. A request larger than the device's
-//! largest transfer is split and its parts joined.
+//! largest transfer is split and its parts joined. A request the kernel
+//! sends again (after its timeout, on another connection) supersedes its
+//! old copy ([`super::resend`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,7 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
-use crate::block::{BlockDevice, Geometry, IoError, Outcome, Request};
+use super::resend::Resends;
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
 
 /// The largest request the kernel sends (its `max_hw_sectors`, 65536
 /// sectors, in `drivers/block/nbd.c` `nbd_dev_add`); more is a broken stream.
@@ -31,6 +34,8 @@ pub struct Counters {
     pub bytes_read: AtomicU64,
     /// Bytes written to the device.
     pub bytes_written: AtomicU64,
+    /// Requests the kernel sent again that superseded an unanswered old copy.
+    pub superseded: AtomicU64,
 }
 
 /// Why a connection ended.
@@ -68,6 +73,7 @@ pub fn serve(
     stream: UnixStream,
     budget: &Arc<Budget>,
     counters: &Arc<Counters>,
+    resends: &Arc<Resends>,
 ) -> ConnectionEnd {
     let writer = match stream.try_clone() {
         Ok(writer) => writer,
@@ -96,7 +102,7 @@ pub fn serve(
     if let Err(error) = spawned {
         return ConnectionEnd::Io(error);
     }
-    read_loop(device, stream, budget, counters, &replies)
+    read_loop(device, stream, budget, counters, resends, &replies)
 }
 
 fn write_reply(writer: &mut impl Write, reply: &Reply) -> io::Result<()> {
@@ -109,11 +115,13 @@ fn write_reply(writer: &mut impl Write, reply: &Reply) -> io::Result<()> {
 
 fn read_loop(
     device: &Arc<dyn BlockDevice>,
-    mut stream: UnixStream,
+    stream: UnixStream,
     budget: &Arc<Budget>,
     counters: &Arc<Counters>,
+    resends: &Arc<Resends>,
     replies: &Sender<Reply>,
 ) -> ConnectionEnd {
+    let mut stream = stream;
     let geometry = device.geometry();
     loop {
         let mut raw = [0u8; REQUEST_LEN];
@@ -152,29 +160,54 @@ fn read_loop(
             Command::Disconnect => return ConnectionEnd::Disconnected,
         };
         let reply_to = replies.clone();
-        let counters = Arc::clone(counters);
+        let counted = Arc::clone(counters);
         let handle = header.handle;
+        let (ticket, older) = resends.arrive(handle);
+        let table = Arc::clone(resends);
+        let mine = Arc::clone(&ticket);
         let done = move |outcome: Outcome| {
+            table.complete(handle, &mine);
+            // A newer copy waiting for this one to land goes out now.
+            mine.finish();
             let reply = match outcome {
                 Ok(data) => {
                     match header.command {
-                        Command::Read => counters.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed),
-                        Command::Write => counters.bytes_written.fetch_add(u64::from(header.len), Ordering::Relaxed),
+                        Command::Read => counted.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed),
+                        Command::Write => counted.bytes_written.fetch_add(u64::from(header.len), Ordering::Relaxed),
                         _ => 0,
                     };
                     Reply { handle, error: 0, data, _lease: lease }
                 }
                 Err(error) => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    counted.errors.fetch_add(1, Ordering::Relaxed);
                     Reply { handle, error: proto::error_value(&error), data: Vec::new(), _lease: lease }
                 }
             };
             // The writer is gone only when the connection is: nothing to answer.
             let _ = reply_to.send(reply);
         };
-        match check(&geometry, &request) {
-            Ok(()) => submit_split(device, &geometry, request, Box::new(done)),
-            Err(error) => done(Err(error)),
+        let done: Completion = Box::new(done);
+        if let Err(error) = check(&geometry, &request) {
+            done(Err(error));
+            continue;
+        }
+        match older {
+            None => submit_split(device, &geometry, request, &ticket, done),
+            Some(older) => {
+                counters.superseded.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(handle, "the kernel sent a request again; its old copy will not be written after it");
+                let device = Arc::clone(device);
+                // Off this thread: when the old copy is in flight, the new one
+                // is sent from the old one's completion, which must not block.
+                older.supersede(Box::new(move || {
+                    let spawned = std::thread::Builder::new().name("nbd-resend".into()).spawn(move || {
+                        submit_split(&device, &geometry, request, &ticket, done);
+                    });
+                    if let Err(error) = spawned {
+                        tracing::error!(%error, "cannot start a thread to send a re-sent request");
+                    }
+                }));
+            }
         }
     }
 }
@@ -212,7 +245,8 @@ fn submit_split(
     device: &Arc<dyn BlockDevice>,
     geometry: &Geometry,
     request: Request,
-    done: Box<dyn FnOnce(Outcome) + Send>,
+    ticket: &Arc<Ticket>,
+    done: Completion,
 ) {
     let piece = piece_len(geometry);
     match request {
@@ -223,8 +257,9 @@ fn submit_split(
                 let start = part * piece;
                 let this = piece.min(len - start);
                 let join = Arc::clone(&join);
-                device.submit(
+                device.submit_ticketed(
                     Request::Read { offset: offset + u64::from(start), len: this },
+                    ticket,
                     Box::new(move |outcome| join.part(start, outcome)),
                 );
             }
@@ -237,14 +272,15 @@ fn submit_split(
             for chunk in chunks {
                 let len = chunk.len() as u64;
                 let join = Arc::clone(&join);
-                device.submit(
+                device.submit_ticketed(
                     Request::Write { offset: offset + start, data: chunk, fua },
+                    ticket,
                     Box::new(move |outcome| join.part(0, outcome.map(|_| Vec::new()))),
                 );
                 start += len;
             }
         }
-        request => device.submit(request, done),
+        request => device.submit_ticketed(request, ticket, done),
     }
 }
 
@@ -313,7 +349,7 @@ mod tests {
         let (client, server) = UnixStream::pair().unwrap();
         let budget = Budget::new(budget);
         let counters = Arc::new(Counters::default());
-        let thread = std::thread::spawn(move || serve(&device, server, &budget, &counters));
+        let thread = std::thread::spawn(move || serve(&device, server, &budget, &counters, &Resends::new()));
         (client, thread)
     }
 
