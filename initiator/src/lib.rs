@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod block;
+pub mod buffers;
 pub mod command;
 pub mod config;
 pub mod controller;

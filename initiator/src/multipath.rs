@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
+use crate::buffers;
 use crate::command::{self, opcode};
 use crate::config::{ConfigError, IoPolicy, MultipathConfig};
 use crate::controller::{Controller, ControllerError, Event, Identity};
@@ -613,7 +614,10 @@ impl Inner {
             other => other,
         };
         match finished.outcome {
-            Ok(cqe) if cqe.code() == 0 => done(Ok(finished.data_in)),
+            Ok(cqe) if cqe.code() == 0 => {
+                buffers::give(finished.data_out);
+                done(Ok(finished.data_in));
+            }
             Ok(cqe) if is_path_error(cqe.code()) && !cqe.dnr() => {
                 self.paths[path].errors.fetch_add(1, Ordering::Relaxed);
                 {
@@ -624,6 +628,8 @@ impl Inner {
                 self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at, ticket });
             }
             Ok(cqe) => {
+                buffers::give(finished.data_out);
+                buffers::give(finished.data_in);
                 self.paths[path].errors.fetch_add(1, Ordering::Relaxed);
                 done(Err(IoError::Media(format!("NVMe status {:#x}", cqe.code()))));
             }
@@ -687,7 +693,10 @@ impl Split {
         let me = Arc::clone(self);
         Box::new(move |outcome: Outcome| {
             match outcome {
-                Ok(bytes) if !bytes.is_empty() => lock(&me.data)[at..at + bytes.len()].copy_from_slice(&bytes),
+                Ok(bytes) if !bytes.is_empty() => {
+                    lock(&me.data)[at..at + bytes.len()].copy_from_slice(&bytes);
+                    buffers::give(bytes);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     lock(&me.error).get_or_insert(e);
@@ -750,14 +759,18 @@ impl Multipath {
                     if pieces.len() == 1 {
                         vec![(0, Op::Write { lba, blocks: pieces[0].1, data, fua })]
                     } else {
-                        pieces
+                        let ops = pieces
                             .into_iter()
                             .map(|(l, n)| {
                                 let at = usize::try_from((l - lba) * bs).unwrap_or(0);
                                 let end = at + n as usize * g.block_size as usize;
-                                (0, Op::Write { lba: l, blocks: n, data: data[at..end].to_vec(), fua })
+                                let mut piece = buffers::take(end - at);
+                                piece.copy_from_slice(&data[at..end]);
+                                (0, Op::Write { lba: l, blocks: n, data: piece, fua })
                             })
-                            .collect()
+                            .collect();
+                        buffers::give(data);
+                        ops
                     }
                 }
                 Err(e) => return done(Err(e)),
@@ -792,7 +805,7 @@ impl Multipath {
             .sum();
         let split = Arc::new(Split {
             remaining: AtomicUsize::new(ops.len()),
-            data: Mutex::new(vec![0u8; read_len]),
+            data: Mutex::new(buffers::take(read_len)),
             error: Mutex::new(None),
             done: Mutex::new(Some(done)),
         });

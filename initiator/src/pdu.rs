@@ -249,6 +249,26 @@ impl<R: Read> PduReader<R> {
 /// Appends a PDU: common header, specific header `psh`, header digest, data
 /// (aligned to `pda` bytes from the start when given), data digest.
 pub fn encode(out: &mut Vec<u8>, kind: u8, flags: u8, psh: &[u8], data: &[u8], digests: Digests, pda: usize) {
+    let data_digest = frame(out, kind, flags, psh, data, digests, pda);
+    out.extend_from_slice(data);
+    if let Some(digest) = data_digest {
+        out.extend_from_slice(&digest);
+    }
+}
+
+/// Appends everything of a PDU that comes before its data (common header,
+/// `psh`, header digest, padding to the data offset) and returns the data
+/// digest that must follow the data, if one is negotiated: the data itself
+/// can then be sent from where it lies, without a copy.
+pub fn frame(
+    out: &mut Vec<u8>,
+    kind: u8,
+    flags: u8,
+    psh: &[u8],
+    data: &[u8],
+    digests: Digests,
+    pda: usize,
+) -> Option<[u8; 4]> {
     let hlen = 8 + psh.len();
     let hdgst = digests.hdgst_len();
     let mut flags = flags;
@@ -275,13 +295,11 @@ pub fn encode(out: &mut Vec<u8>, kind: u8, flags: u8, psh: &[u8], data: &[u8], d
         let crc = crc32c::crc32c(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
     }
-    if !data.is_empty() {
-        out.resize(start + pdo, 0);
-        out.extend_from_slice(data);
-        if with_data_digest {
-            out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-        }
+    if data.is_empty() {
+        return None;
     }
+    out.resize(start + pdo, 0);
+    with_data_digest.then(|| crc32c::crc32c(data).to_le_bytes())
 }
 
 /// The 128-byte ICReq: PDU format version 0, host PDU data alignment

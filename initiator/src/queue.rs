@@ -9,11 +9,12 @@
 //! multipath layer retries those on another path) and later submissions fail
 //! at once.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::buffers;
 use crate::command::{self, Sqe};
 use crate::pdu::{self, kind, Digests, PduError, PduReader, Received, FLAG_LAST, FLAG_SUCCESS};
 
@@ -70,7 +71,9 @@ pub struct QueueParams {
 
 struct Pending {
     sqe: Sqe,
-    data_out: Vec<u8>,
+    /// Shared with a writer sending it (in the capsule or on R2T) without
+    /// holding the slot lock and without a copy.
+    data_out: Arc<Vec<u8>>,
     data_in: Vec<u8>,
     received: usize,
     pdus: u32,
@@ -97,6 +100,33 @@ struct Shared {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The reader side of a queue: buffered, so one system call brings in
+/// several small PDUs (responses, R2Ts, data headers).
+type Reader = PduReader<io::BufReader<TcpStream>>;
+
+/// Bytes the reader asks the socket for at once.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The write data back from a finished command (copied only if a writer
+/// still holds it, which happens when the queue fails mid-send).
+fn unshare(data: Arc<Vec<u8>>) -> Vec<u8> {
+    Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone())
+}
+
+/// Writes every slice, in order, with as few system calls as the socket allows.
+fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket took no bytes")),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A connected queue; dropping it closes the connection.
@@ -256,24 +286,27 @@ impl Queue {
             }
         };
         command::set_cid(&mut sqe, cid);
-        let capsule_data = if in_capsule { data_out.as_slice() } else { &[] };
+        let data_out = Arc::new(data_out);
+        let capsule_data = if in_capsule { Arc::clone(&data_out) } else { Arc::new(Vec::new()) };
         let mut writer = lock(&shared.writer);
         let (stream, buf) = &mut *writer;
         buf.clear();
-        pdu::encode(buf, kind::CAPSULE_CMD, 0, &sqe, capsule_data, shared.params.digests, shared.params.cpda);
+        let digest =
+            pdu::frame(buf, kind::CAPSULE_CMD, 0, &sqe, &capsule_data, shared.params.digests, shared.params.cpda);
         {
             let mut slots = lock(&shared.slots);
             if slots.dead.is_some() {
                 slots.free.push(cid);
                 drop(slots);
                 drop(writer);
-                self.submit_after_death(data_out, done);
+                drop(capsule_data);
+                self.submit_after_death(unshare(data_out), done);
                 return;
             }
             slots.pending[usize::from(cid)] = Some(Pending {
                 sqe,
                 data_out,
-                data_in: vec![0u8; expect],
+                data_in: buffers::take(expect),
                 received: 0,
                 pdus: 0,
                 r2t_ok: !in_capsule && length > 0 && expect == 0,
@@ -281,8 +314,13 @@ impl Queue {
                 done,
             });
         }
-        if let Err(e) = stream.write_all(buf) {
-            drop(writer);
+        let digest = digest.unwrap_or_default();
+        let mut slices = [IoSlice::new(buf), IoSlice::new(&capsule_data), IoSlice::new(&digest[..])];
+        let tail = if shared.params.digests.data && !capsule_data.is_empty() { 3 } else { 2 };
+        let sent = write_all_vectored(stream, &mut slices[..tail]);
+        drop(writer);
+        drop(capsule_data);
+        if let Err(e) = sent {
             shared.fail(format!("sending a command to {}: {e}", shared.portal));
         }
     }
@@ -346,13 +384,14 @@ impl Shared {
             (p.done)(Finished {
                 outcome: Err(QueueError::Transport(why.clone())),
                 data_in: p.data_in,
-                data_out: p.data_out,
+                data_out: unshare(p.data_out),
             });
         }
     }
 
     fn read_loop(self: Arc<Self>, stream: TcpStream) {
-        let mut reader = PduReader::new(stream, self.params.max_data.max(4096));
+        let mut reader =
+            PduReader::new(io::BufReader::with_capacity(READ_BUFFER, stream), self.params.max_data.max(4096));
         reader.set_digests(self.params.digests);
         loop {
             let step = reader.next_pdu().and_then(|received| self.handle(&mut reader, &received));
@@ -383,14 +422,30 @@ impl Shared {
         Some(p)
     }
 
-    fn handle(&self, reader: &mut PduReader<TcpStream>, received: &Received) -> Result<(), PduError> {
+    fn handle(&self, reader: &mut Reader, received: &Received) -> Result<(), PduError> {
         match received.kind {
             kind::CAPSULE_RESP => {
                 let cqe = pdu::parse_completion(received);
                 let p = self.take(cqe.cid).ok_or_else(|| {
                     Self::protocol(format!("a completion for command {} that is not in flight", cqe.cid))
                 })?;
-                (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: p.data_out });
+                // A read's buffer may hold an earlier request's data (it is
+                // reused): it is handed on only once every byte came.
+                if self.params.qid > 0 && cqe.code() == 0 && p.received != p.data_in.len() {
+                    let why = format!(
+                        "a successful completion of command {} after {} of its {} bytes",
+                        cqe.cid,
+                        p.received,
+                        p.data_in.len()
+                    );
+                    (p.done)(Finished {
+                        outcome: Err(QueueError::Transport(why.clone())),
+                        data_in: Vec::new(),
+                        data_out: unshare(p.data_out),
+                    });
+                    return Err(Self::protocol(why));
+                }
+                (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: unshare(p.data_out) });
                 Ok(())
             }
             kind::C2H_DATA => self.c2h_data(reader, received),
@@ -399,7 +454,7 @@ impl Shared {
         }
     }
 
-    fn c2h_data(&self, reader: &mut PduReader<TcpStream>, received: &Received) -> Result<(), PduError> {
+    fn c2h_data(&self, reader: &mut Reader, received: &Received) -> Result<(), PduError> {
         let header = pdu::parse_data_header(received);
         let (offset, length) = (header.offset as usize, header.length as usize);
         if length != received.data_len {
@@ -441,48 +496,71 @@ impl Shared {
             drop(slots);
             let p = self.take(header.cid).ok_or_else(|| Self::protocol("a command vanished"))?;
             let cqe = pdu::Completion { result: 0, result_hi: 0, cid: header.cid, status: 0 };
-            (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: p.data_out });
+            (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: unshare(p.data_out) });
         }
         Ok(())
     }
 
     fn r2t(&self, received: &Received) -> Result<(), PduError> {
         let header = pdu::parse_data_header(received);
-        let maxh2c = self.params.maxh2cdata as usize;
+        let maxh2c = (self.params.maxh2cdata as usize).max(1);
         let mut writer = lock(&self.writer);
-        let slots = lock(&self.slots);
-        let p = slots
-            .pending
-            .get(usize::from(header.cid))
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Self::protocol(format!("R2T for command {} that is not in flight", header.cid)))?;
+        let data = {
+            let slots = lock(&self.slots);
+            let p = slots
+                .pending
+                .get(usize::from(header.cid))
+                .and_then(Option::as_ref)
+                .ok_or_else(|| Self::protocol(format!("R2T for command {} that is not in flight", header.cid)))?;
+            let (offset, length) = (header.offset as usize, header.length as usize);
+            if !p.r2t_ok || length == 0 || offset + length > p.data_out.len() {
+                return Err(Self::protocol(format!(
+                    "R2T for {offset}+{length} of a command with {} bytes to send",
+                    if p.r2t_ok { p.data_out.len() } else { 0 }
+                )));
+            }
+            // Shared, not copied: the slot lock is not held while sending.
+            Arc::clone(&p.data_out)
+        };
         let (offset, length) = (header.offset as usize, header.length as usize);
-        if !p.r2t_ok || length == 0 || offset + length > p.data_out.len() {
-            return Err(Self::protocol(format!(
-                "R2T for {offset}+{length} of a command with {} bytes to send",
-                if p.r2t_ok { p.data_out.len() } else { 0 }
-            )));
-        }
-        // The data is copied into the writer's buffer, so the slot lock can
-        // be released before the socket write.
         let (stream, buf) = &mut *writer;
         buf.clear();
+        // Every H2CData header (and data digest) first, then one vectored
+        // write of headers and data where it lies.
+        let mut pieces = Vec::new();
         let mut sent = 0;
         while sent < length {
             let n = (length - sent).min(maxh2c);
-            let piece = &p.data_out[offset + sent..offset + sent + n];
+            let piece = offset + sent..offset + sent + n;
             let psh = pdu::h2c_data_psh(pdu::DataHeader {
                 cid: header.cid,
                 ttag: header.ttag,
-                offset: u32::try_from(offset + sent).unwrap_or(u32::MAX),
+                offset: u32::try_from(piece.start).unwrap_or(u32::MAX),
                 length: u32::try_from(n).unwrap_or(u32::MAX),
             });
             let flags = if sent + n == length { FLAG_LAST } else { 0 };
-            pdu::encode(buf, kind::H2C_DATA, flags, &psh, piece, self.params.digests, self.params.cpda);
+            let start = buf.len();
+            let digest = pdu::frame(
+                buf,
+                kind::H2C_DATA,
+                flags,
+                &psh,
+                &data[piece.clone()],
+                self.params.digests,
+                self.params.cpda,
+            );
+            pieces.push((start..buf.len(), piece, digest));
             sent += n;
         }
-        drop(slots);
-        stream.write_all(buf)?;
+        let mut slices = Vec::with_capacity(pieces.len() * 3);
+        for (head, piece, digest) in &pieces {
+            slices.push(IoSlice::new(&buf[head.clone()]));
+            slices.push(IoSlice::new(&data[piece.clone()]));
+            if let Some(digest) = digest {
+                slices.push(IoSlice::new(digest));
+            }
+        }
+        write_all_vectored(stream, &mut slices)?;
         Ok(())
     }
 }

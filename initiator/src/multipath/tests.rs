@@ -196,3 +196,54 @@ fn a_path_that_stays_down_is_given_up_after_ctrl_loss_tmo() {
     assert!(start.elapsed() >= Duration::from_millis(1500), "given up before ctrl_loss_tmo");
     run(&dev, Request::Read { offset: 0, len: 512 }).expect("the live path still serves");
 }
+
+#[test]
+fn many_commands_in_flight_on_one_queue_with_r2t_in_pieces_and_reordered_completions() {
+    // One I/O queue of 7 slots, 48 writes of 64 KiB at once (each asked for
+    // in four R2Ts, H2CData sent without copies while other capsules go
+    // out), completions answered in swapped pairs; then 48 reads at once,
+    // their data split over many C2HData PDUs. Every request gets its own data.
+    let target = FakeTarget::start(Script {
+        r2t_piece: 16 * 1024,
+        c2h_piece: 4096,
+        reorder: true,
+        blocks: 8192,
+        ..Script::default()
+    });
+    let mut cfg = config(&[&target]);
+    cfg.transport.nr_io_queues = Some(1);
+    let dev = Arc::new(Multipath::open(cfg).unwrap());
+    let count = 48u64;
+    let len = 64 * 1024;
+    let (tx, rx) = mpsc::channel();
+    for i in 0..count {
+        let tx = tx.clone();
+        let data = pattern(len, i as u8);
+        dev.submit(
+            Request::Write { offset: i * len as u64, data, fua: false },
+            Box::new(move |o| tx.send((i, o)).unwrap()),
+        );
+    }
+    let mut peak = 0;
+    for _ in 0..count {
+        peak = peak.max(dev.state().paths[0].in_flight);
+        let (i, outcome) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        outcome.unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    assert!(peak <= 7, "at most the queue's slots in flight, saw {peak}");
+    for i in 0..count {
+        let tx = tx.clone();
+        dev.submit(
+            Request::Read { offset: i * len as u64, len: len as u32 },
+            Box::new(move |o| tx.send((i, o)).unwrap()),
+        );
+    }
+    for _ in 0..count {
+        let (i, outcome) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(outcome.unwrap() == pattern(len, i as u8), "read {i} got another request's data");
+    }
+    let disk = target.disk.lock().unwrap();
+    for i in 0..count as usize {
+        assert!(disk[i * len..(i + 1) * len] == pattern(len, i as u8)[..], "write {i} on the target");
+    }
+}

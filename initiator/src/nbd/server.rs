@@ -16,6 +16,7 @@ use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
 use super::resend::Resends;
 use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
+use crate::buffers;
 
 /// The largest request the kernel sends (its `max_hw_sectors`, 65536
 /// sectors, in `drivers/block/nbd.c` `nbd_dev_add`); more is a broken stream.
@@ -87,10 +88,12 @@ pub fn serve(
         while let Ok(first) = queue.recv() {
             // Write what is ready, then flush once: many replies per syscall.
             let mut next = Some(first);
-            while let Some(reply) = next.take() {
+            while let Some(mut reply) = next.take() {
                 if !broken {
                     broken = write_reply(&mut writer, &reply).is_err();
                 }
+                // Written (copied into the socket): the buffer can serve again.
+                buffers::give(std::mem::take(&mut reply.data));
                 counters_for_writer.in_flight.fetch_sub(1, Ordering::Relaxed);
                 next = queue.try_recv().ok();
             }
@@ -121,7 +124,8 @@ fn read_loop(
     resends: &Arc<Resends>,
     replies: &Sender<Reply>,
 ) -> ConnectionEnd {
-    let mut stream = stream;
+    // Many request headers per read system call when the kernel queues several.
+    let mut stream = io::BufReader::with_capacity(64 * 1024, stream);
     let geometry = device.geometry();
     loop {
         let mut raw = [0u8; REQUEST_LEN];
@@ -147,7 +151,7 @@ fn read_loop(
         let request = match header.command {
             Command::Read => Request::Read { offset: header.offset, len: header.len },
             Command::Write => {
-                let mut data = vec![0u8; len];
+                let mut data = buffers::take(len);
                 if let Err(error) = stream.read_exact(&mut data) {
                     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                     return ConnectionEnd::Io(error);
@@ -265,8 +269,15 @@ fn submit_split(
             }
         }
         Request::Write { offset, data, fua } if data.len() > piece as usize => {
-            let chunks: Vec<Vec<u8>> = data.chunks(piece as usize).map(<[u8]>::to_vec).collect();
-            drop(data);
+            let chunks: Vec<Vec<u8>> = data
+                .chunks(piece as usize)
+                .map(|chunk| {
+                    let mut part = buffers::take(chunk.len());
+                    part.copy_from_slice(chunk);
+                    part
+                })
+                .collect();
+            buffers::give(data);
             let join = Join::new(u32::try_from(chunks.len()).unwrap_or(u32::MAX), None, done);
             let mut start = 0u64;
             for chunk in chunks {
@@ -298,7 +309,7 @@ struct JoinState {
 
 impl Join {
     fn new(parts: u32, read_len: Option<u32>, done: Box<dyn FnOnce(Outcome) + Send>) -> Arc<Self> {
-        let data = read_len.map(|len| vec![0u8; len as usize]);
+        let data = read_len.map(|len| buffers::take(len as usize));
         Arc::new(Self { state: Mutex::new(JoinState { left: parts, data, error: None, done: Some(done) }) })
     }
 
@@ -311,6 +322,7 @@ impl Join {
                     let end = (start + bytes.len()).min(data.len());
                     data[start..end].copy_from_slice(&bytes[..end - start]);
                 }
+                buffers::give(bytes);
             }
             Err(error) => {
                 state.error.get_or_insert(error);
