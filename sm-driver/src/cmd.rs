@@ -488,6 +488,8 @@ fn describe_status(status: ExitStatus) -> String {
 
 #[cfg(any(test, feature = "testing"))]
 mod fake;
+#[cfg(test)]
+pub(crate) use self::fake::DeviceSubstitute;
 #[cfg(any(test, feature = "testing"))]
 pub use self::fake::{FakeResponse, FakeRunner, RecordedCall};
 

@@ -103,3 +103,38 @@ impl Runner for std::sync::Arc<FakeRunner> {
         self.as_ref().run(command)
     }
 }
+
+/// The real runner with one device path replaced in every argument: handlers
+/// run in process against real lvm2 on a loop device while their sysfs tree
+/// names an NVMe head (`/dev/nvme0n1` in the tree, `/dev/loopN` for LVM).
+/// LVM's `global/activation` is turned off too: a build machine may have no
+/// device-mapper, and volume calls never activate an LV.
+#[cfg(test)]
+pub(crate) struct DeviceSubstitute {
+    inner: super::SystemRunner,
+    from: String,
+    to: String,
+}
+
+#[cfg(test)]
+impl DeviceSubstitute {
+    pub(crate) fn new(from: &str, to: &str) -> Self {
+        Self { inner: super::SystemRunner::new(), from: from.to_owned(), to: to.to_owned() }
+    }
+}
+
+#[cfg(test)]
+impl Runner for DeviceSubstitute {
+    fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
+        self.inner.resolve(program)
+    }
+
+    fn run(&self, command: &Command) -> Result<Output, CmdError> {
+        let mut command = command.clone();
+        for arg in &mut command.args {
+            let (super::Arg::Plain(text) | super::Arg::Secret(text)) = arg;
+            *text = text.replace(&self.from, &self.to).replace("global { ", "global { activation = 0 ");
+        }
+        self.inner.run(&command)
+    }
+}

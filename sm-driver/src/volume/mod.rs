@@ -28,4 +28,6 @@ pub use self::snapshot::{clone, snapshot};
 pub use self::stat::stat;
 
 #[cfg(test)]
+mod concurrency;
+#[cfg(test)]
 mod tests;
