@@ -9,13 +9,14 @@
 //!   Orchestra shows as it does for lvmoiscsi ([`publish`]);
 //! * **alerts** — `message.create` on the SR when this host loses a path, its
 //!   last path, or gets them back, deduplicated and rate-limited ([`alerts`]);
-//! * **I/O statistics** as an xcp-rrdd plugin (protocol v2, [`rrd`]): per SR
-//!   the data sources XO graphs, from the block device's counters
-//!   ([`iostat`], [`sources`]).
+//! * **I/O statistics** as xcp-rrdd plugins (protocol v2, one per SR, which
+//!   `SR.stat`'s `datasources` names, [`rrd`]): per SR the data sources XO
+//!   graphs, from the block device's counters — the native multipath head, or
+//!   the userspace initiator's NBD device ([`iostat`], [`sources`]).
 //!
 //! The door into the rest of `sm-driver` is narrow: it reads what `SR.attach`
-//! records and `nvme::health`, never takes a plugin lock, and runs nothing
-//! ([`srs`]). Paths are read every [`POLL`]: the kernel sends no uevent when
+//! records, `nvme::health` and the userspace initiator's daemon state, never
+//! takes a plugin lock, and runs nothing ([`srs`]). Paths are read every [`POLL`]: the kernel sends no uevent when
 //! an NVMe controller goes from `live` to `connecting` or back (only when a
 //! controller or namespace appears or goes), and sysfs's `state` attribute
 //! is not pollable, so a 250 ms poll of a few sysfs files is what reacts
@@ -36,9 +37,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::host::HostRoot;
-use crate::nvme::names::Portal;
 
-use alerts::{PathView, SrAlerts};
+use alerts::SrAlerts;
 use iostat::{Rates, Sampler};
 use publish::{LocalXapi, PathCounts, Pool, Publisher};
 use rrd::{RrdPlugin, READING_INTERVAL};
@@ -73,23 +73,6 @@ pub fn host_uuid(host: &HostRoot) -> Result<String, AgentError> {
         .ok_or(AgentError::NoHostUuid)
 }
 
-fn path_views(sr: &AttachedSr) -> Vec<PathView> {
-    let Some(health) = &sr.health else { return Vec::new() };
-    health
-        .paths
-        .iter()
-        .map(|p| PathView {
-            portal: Portal { addr: p.key.traddr, port: p.key.trsvcid }.to_string(),
-            controller: p.controller.clone(),
-            state: match &p.ana_state {
-                Some(ana) if p.state == "live" && !p.is_live() => format!("live, ANA {ana}"),
-                _ => p.state.clone(),
-            },
-            live: p.is_live(),
-        })
-        .collect()
-}
-
 /// The agent's state between two observations.
 #[derive(Debug)]
 pub struct Agent {
@@ -98,7 +81,7 @@ pub struct Agent {
     alerts: BTreeMap<String, SrAlerts>,
     counts: BTreeMap<String, (usize, usize)>,
     samplers: BTreeMap<String, Sampler>,
-    rrd: RrdPlugin,
+    rrd: BTreeMap<String, RrdPlugin>,
     publisher: Publisher,
     status: AgentStatus,
 }
@@ -130,7 +113,7 @@ impl Agent {
             alerts,
             counts: BTreeMap::new(),
             samplers: BTreeMap::new(),
-            rrd: RrdPlugin::new(host),
+            rrd: BTreeMap::new(),
             publisher: Publisher::spawn(pool),
             status,
         }
@@ -143,7 +126,7 @@ impl Agent {
         let mut changed = false;
         for sr in &attached {
             let uuid = &sr.state.sr_uuid;
-            let views = path_views(sr);
+            let views = sr.paths.clone().unwrap_or_default();
             let expected: BTreeSet<String> = views.iter().map(|v| v.portal.clone()).collect();
             let alerts = self.alerts.entry(uuid.clone()).or_insert_with(|| SrAlerts::new(uuid, expected, now));
             if let Some(alert) = alerts.observe(now, &self.host_name, &views) {
@@ -173,50 +156,63 @@ impl Agent {
         attached
     }
 
-    /// One xcp-rrdd reading of every SR's data sources, written to the
-    /// plugin file.
+    /// One xcp-rrdd reading of every SR's data sources, each written to its
+    /// SR's plugin file; the plugins of SRs no longer attached are removed.
     pub fn read(&mut self, now: Instant, attached: &[AttachedSr]) {
-        let mut sources = Vec::new();
+        let wall = SystemTime::now();
+        let mut written = true;
         for sr in attached {
             let uuid = &sr.state.sr_uuid;
-            let device = srs::block_device(&self.host, &sr.state);
-            let rates = match device {
+            let rates = match &sr.device {
                 Some(device) => {
-                    let sampler = self.samplers.entry(uuid.clone()).or_insert_with(|| Sampler::new(&device));
+                    let sampler = self.samplers.entry(uuid.clone()).or_insert_with(|| Sampler::new(device));
                     if sampler.device() != device {
-                        *sampler = Sampler::new(&device);
+                        *sampler = Sampler::new(device);
                     }
                     sampler.sample(&self.host, now)
                 }
                 None => Rates::default(),
             };
-            sources.extend(sources::sr_sources(uuid, &rates, sr.counts().0));
+            let sources = sources::sr_sources(uuid, &rates, sr.counts().0);
+            let plugin = self.rrd.entry(uuid.clone()).or_insert_with(|| RrdPlugin::new(&self.host, uuid));
+            if let Err(e) = plugin.write(&rrd::v2::encode(status::unix_seconds(wall), &sources)) {
+                tracing::warn!(error = %e, "RRD reading not written");
+                written = false;
+            }
         }
-        self.samplers.retain(|uuid, _| attached.iter().any(|s| &s.state.sr_uuid == uuid));
-        let wall = SystemTime::now();
-        match self.rrd.write(&rrd::v2::encode(status::unix_seconds(wall), &sources)) {
-            Ok(()) => self.status.last_rrd_write = Some(status::unix_seconds(wall)),
-            Err(e) => tracing::warn!(error = %e, "RRD reading not written"),
+        let present: BTreeSet<&String> = attached.iter().map(|s| &s.state.sr_uuid).collect();
+        self.samplers.retain(|uuid, _| present.contains(uuid));
+        let gone: Vec<String> = self.rrd.keys().filter(|uuid| !present.contains(uuid)).cloned().collect();
+        for uuid in gone {
+            if let Some(plugin) = self.rrd.remove(&uuid) {
+                plugin.remove();
+            }
+        }
+        if written {
+            self.status.last_rrd_write = Some(status::unix_seconds(wall));
         }
         self.save();
     }
 
-    /// Registers with xcp-rrdd; the time until its next reading (a full
-    /// interval when xcp-rrdd is not there: the file is written anyway).
+    /// Registers every SR's plugin with xcp-rrdd; the time until its next
+    /// reading (a full interval when xcp-rrdd is not there or no SR is
+    /// attached: the files are written anyway).
     pub fn register(&mut self) -> Duration {
-        match self.rrd.register() {
-            Ok(next) => {
-                self.status.rrdd_registered = true;
-                next
-            }
-            Err(e) => {
-                if self.status.rrdd_registered {
-                    tracing::warn!(error = %e, "xcp-rrdd registration lost");
+        let mut next = None::<Duration>;
+        let mut registered = true;
+        for plugin in self.rrd.values() {
+            match plugin.register() {
+                Ok(until) => next = Some(next.map_or(until, |n| n.min(until))),
+                Err(e) => {
+                    if self.status.rrdd_registered {
+                        tracing::warn!(error = %e, "xcp-rrdd registration lost");
+                    }
+                    registered = false;
                 }
-                self.status.rrdd_registered = false;
-                READING_INTERVAL
             }
         }
+        self.status.rrdd_registered = registered;
+        next.unwrap_or(READING_INTERVAL)
     }
 
     fn save(&mut self) {

@@ -156,7 +156,10 @@ fn a_reading_carries_the_head_devices_rates() {
     agent.read(t0, &attached);
     stat(&tree, 6000, 510);
     agent.read(t0 + Duration::from_secs(5), &attached);
-    let file = std::fs::read(host.path("/dev/shm/metrics/nvmetcp")).unwrap();
+    // One plugin per SR, the file SR.stat's datasources names.
+    let path = format!("/dev/shm/metrics/{}", super::rrd::plugin_uid(SR));
+    assert_eq!(super::rrd::datasource_uri(SR), format!("xeno+shm:///nvmetcp-sr-{SR}"));
+    let file = std::fs::read(host.path(&path)).unwrap();
     let reading = decode(&file).unwrap();
     let value = |name: &str| {
         let (_, meta, bits) = reading.sources.iter().find(|s| s.0 == name).unwrap();
@@ -177,6 +180,12 @@ fn a_reading_carries_the_head_devices_rates() {
     assert!(shown.running, "{shown:?}");
     assert!(shown.last_rrd_write.is_some());
     assert!(shown.summary.starts_with("running (pid "), "{}", shown.summary);
+    // Detached: its plugin file goes (xcp-rrdd stops reading it).
+    crate::sr_state::remove(&host, SR).unwrap();
+    let attached = agent.watch(t0 + Duration::from_secs(6));
+    assert!(attached.is_empty());
+    agent.read(t0 + Duration::from_secs(10), &attached);
+    assert!(!host.exists(&path), "the detached SR's plugin file is removed");
 }
 
 #[test]
@@ -198,4 +207,89 @@ fn the_host_uuid_comes_from_the_inventory_and_a_stale_status_is_not_running() {
     let shown = status::report(&host, SystemTime::now());
     assert!(!shown.running);
     assert!(shown.summary.starts_with("not running (last seen"), "{}", shown.summary);
+}
+
+/// An SR the userspace initiator serves (XCP-ng 8.x): its daemon's state file
+/// written as `nvmetcp_initiator::daemon::state` writes it.
+fn served_in_userspace(second_path: &str) -> SysfsTree {
+    let tree = SysfsTree::new();
+    let a = options();
+    let mut b = options();
+    b.portal = crate::nvme::names::Portal::parse("10.0.0.2", 4420).unwrap();
+    let state = SrState {
+        sr_uuid: SR.into(),
+        vg: format!("VG_nvmetcp-{SR}"),
+        nqn: a.subsystem.as_str().to_owned(),
+        namespace: NS.into(),
+        paths: vec![a.key(), b.key()],
+        configuration: std::collections::BTreeMap::new(),
+        total_space: 0,
+        free_space: 0,
+        extent_size: 0,
+    };
+    save(&tree.host(), &state).unwrap();
+    let pid = std::process::id();
+    let path = |portal: &str, status: &str, cntlid: u16| {
+        format!(
+            r#"{{"portal":"{portal}","status":"{status}","ana":"optimized","cntlid":{cntlid},"io_queues":2,"in_flight":0,
+            "errors":0,"losses":0,"last_error":null,"since_secs":5}}"#
+        )
+    };
+    tree.write(
+        &format!("/run/nvmetcp/initiator/{SR}.json"),
+        &format!(
+            r#"{{"sr":"{SR}","phase":"serving","daemon_pid":{pid},"error":null,
+            "nbd":{{"index":1,"kernel_pid":{pid},"backend":"nvmetcp:{SR}","connections":2,"size_bytes":1048576,"block_size":4096}},
+            "export":null,
+            "device":{{"nqn":"{}","nsid":1,"iopolicy":"round-robin","queued":0,"failed_no_path":0,
+            "paths":[{},{}]}},"updated_unix":1}}"#,
+            state.nqn,
+            path("10.0.0.1:4420", "live", 1),
+            path("10.0.0.2:4420", second_path, 2)
+        ),
+    );
+    tree.write(&format!("/proc/{pid}/stat"), "");
+    tree.write("/sys/block/nbd1/pid", &format!("{pid}\n"));
+    tree.write("/sys/block/nbd1/size", "2048\n");
+    tree
+}
+
+#[test]
+fn an_sr_of_the_userspace_initiator_is_watched_through_its_daemon_and_its_nbd_device() {
+    let tree = served_in_userspace("connecting");
+    let host = tree.host();
+    let pool = Recording::default();
+    let mut agent = Agent::new(&host, "xcp-ng-8", Box::new(pool.clone()));
+    let t0 = Instant::now();
+    let nbd_stat =
+        |reads: u64| tree.write("/sys/block/nbd1/stat", &format!("{reads} 0 {} 0 0 0 0 0 0 0 0\n", reads * 8));
+    nbd_stat(100);
+    let attached = agent.watch(t0);
+    assert_eq!(attached[0].device.as_deref(), Some("nbd1"), "the NBD device, verified, carries the I/O");
+    assert_eq!(attached[0].counts(), (1, 2), "the daemon's paths, not the (absent) kernel controllers");
+    let sent = pool.wait_until(|sent| sent.len() >= 2);
+    assert!(sent.contains(&Sent::Paths(format!("mpath-{NS}"), "[1, 2]".into())), "{sent:?}");
+    assert!(
+        sent.contains(&Sent::Alert(
+            "NVMETCP_PATH_LOST",
+            format!("Host xcp-ng-8 lost NVMe path 10.0.0.2:4420 (controller cntlid 2: connecting) to SR {SR}; 1/2 paths live.")
+        )),
+        "{sent:?}"
+    );
+    agent.read(t0, &attached);
+    nbd_stat(350);
+    agent.read(t0 + Duration::from_secs(5), &attached);
+    let file = std::fs::read(host.path(&format!("/dev/shm/metrics/{}", super::rrd::plugin_uid(SR)))).unwrap();
+    let reading = decode(&file).unwrap();
+    let (_, _, bits) = reading.sources.iter().find(|s| s.0 == "iops_read_3f1c6d0e").unwrap();
+    assert!((f64::from_bits(*bits) - 50.0).abs() < 1e-6, "250 reads in 5 s on nbd1");
+
+    // A daemon that is not serving is not a source: the kernel's view is used.
+    let stopped = std::fs::read_to_string(host.path(&format!("/run/nvmetcp/initiator/{SR}.json")))
+        .unwrap()
+        .replace(r#""phase":"serving""#, r#""phase":"stopped""#);
+    tree.write(&format!("/run/nvmetcp/initiator/{SR}.json"), &stopped);
+    let attached = agent.watch(t0 + Duration::from_secs(6));
+    assert_eq!(attached[0].device, None);
+    assert_eq!(attached[0].counts(), (0, 2));
 }

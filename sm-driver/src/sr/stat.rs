@@ -26,15 +26,22 @@ pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         let summary = paths.summary();
         let handle = handle_of(&state.sr_uuid);
         if paths.live() == 0 {
-            return Ok(stat_record(&handle, &state, None, Health::Unreachable(summary)));
+            return Ok(with_datasources(stat_record(&handle, &state, None, Health::Unreachable(summary)), &state));
         }
         let lvm = lvm_on_namespace(ctx, &state, false)?;
         let vg = our_vg(&lvm, &state)?.ok_or_else(|| vg_gone(&state))?;
         state.total_space = vg.size;
         state.free_space = vg.free;
         sr_state::save(&ctx.host, &state)?;
-        Ok(stat_record(&handle, &state, Some(&vg), Health::Healthy(summary)))
+        Ok(with_datasources(stat_record(&handle, &state, Some(&vg), Health::Healthy(summary)), &state))
     })
+}
+
+/// `SR.stat` names the SR's I/O data sources: the host agent's xcp-rrdd
+/// plugin for this SR, which xapi-storage-script registers after
+/// `SR.attach` and deregisters after `SR.detach` (`agent::rrd`).
+fn with_datasources(stat: SrStat, state: &SrState) -> SrStat {
+    SrStat { datasources: vec![crate::agent::rrd::datasource_uri(&state.sr_uuid)], ..stat }
 }
 
 /// The error for an attached SR whose VG has disappeared.

@@ -246,3 +246,19 @@ fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     assert!(record.params[0].contains("attaching it to a VM"), "{}", record.params[0]);
     assert!(!ran(&runner, "lvchange"), "{:?}", runner.calls());
 }
+
+/// `SR.stat` points xapi at the agent's xcp-rrdd plugin of this SR, which
+/// xapi-storage-script registers after `SR.attach`, whatever the paths.
+#[test]
+fn sr_stat_names_the_srs_rrd_plugin_as_its_datasource() {
+    let stat = format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}"}}"#);
+    let expected = serde_json::json!([format!("xeno+shm:///nvmetcp-sr-{SR}")]);
+    let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")));
+    let healthy = call(&attached_sr(), &runner, "SR.stat", &stat).unwrap();
+    assert_eq!(healthy["health"][0], "Healthy", "{healthy}");
+    assert_eq!(healthy["datasources"], expected);
+    let unreachable =
+        call(&attached_sr_with_path("connecting"), &Arc::new(FakeRunner::new()), "SR.stat", &stat).unwrap();
+    assert_eq!(unreachable["health"][0], "Unreachable", "{unreachable}");
+    assert_eq!(unreachable["datasources"], expected);
+}
