@@ -68,7 +68,7 @@ stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
 out=/tmp/agent-xapi
 mkdir -p /var/lib/xcp
-"$T" serve-agent-pool /var/lib/xcp/xapi "$SR" "$out" &
+"$T" serve-agent-pool /var/lib/xcp/xapi "$SR" "$out" "$stored" &
 xapi=$!
 tb_wait 10 "the emulated XAPI" test -e "$out/messages"
 ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /tmp/nvmetcp-agent
@@ -77,26 +77,35 @@ agent=$!
 counts() { grep ' mpath-' "$out/updates" | grep -v '(removed)$' | awk '{print $4 $5}' | tr '\n' ' '; }
 seen() { [ "$(grep -c "$1" "$out/updates")" -ge "$2" ]; }
 said() { [ "$(grep -c "^$1 " "$out/messages")" = "$2" ]; }
-tb_wait 10 "[2, 2] published" seen 'mpath-uuid\..* \[2, 2\]' 1
+# The key is mpath-<device_config:namespace> of this host's PBD (what XO's patched getIscsiPaths reads).
+namespace=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["namespace"])' "$stored")
+tb_wait 10 "[2, 2] published" seen "^PBD other_config mpath-$namespace \[2, 2\]$" 1
+# SR.stat points xapi at this SR's xcp-rrdd plugin, the file the agent writes.
+stat_sr | grep -q "xeno+shm:///nvmetcp-sr-$SR" || tb_fail "SR.stat does not name the SR's RRD plugin"
+# Reaction: the instant (ns) a controller's state first satisfies a test, polled every 20 ms.
+state_when() { local c=$1 op=$2 v=$3 end=$(( $(date +%s) + 60 )); while ! [ "$(cat "$c/state")" "$op" "$v" ]; do [ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.02; done; date +%s%N; }
+logged_at() { date -d "$(grep -m1 "$1" agent.log | cut -d' ' -f1)" +%s%N; }
 grep -q '^PBD other_config multipathed true$' "$out/updates" || tb_fail "multipathed not set"
 grep -q '^SR sm_config multipathable true$' "$out/updates" || tb_fail "multipathable not set"
 # Event 1: the port stops serving the subsystem.
 tb_unlink 2 "$nqn"
 ctrl_of_2() { grep -l 'traddr=10.99.0.2,' /sys/class/nvme/nvme*/address | head -1 | xargs dirname; }
 c2=$(ctrl_of_2)
-tb_wait 30 "the kernel to notice the cut" sh -c "[ \"\$(cat $c2/state)\" != live ]"
-noticed=$(date +%s%N)
+changed=$(state_when "$c2" != live) || tb_fail "the kernel did not notice the cut"
 tb_wait 30 "[1, 2] published" seen '\[1, 2\]' 1
-published=$(( ($(date +%s%N) - noticed) / 1000000 ))
+published=$(( ($(date +%s%N) - changed) / 1000000 ))
 # When the agent saw it: its own log line (RFC 3339, UTC) for the alert.
-seen_at=$(grep -m1 'lost NVMe path 10.99.0.2' agent.log | cut -d' ' -f1)
-reacted=$(( ($(date -d "$seen_at" +%s%N) - noticed) / 1000000 ))
-tb_log "the agent saw the lost path ${reacted} ms after this script did; XAPI had [1, 2] after ${published} ms"
+reacted=$(( ($(logged_at 'lost NVMe path 10.99.0.2') - changed) / 1000000 ))
+tb_log "reaction to a lost path: the agent saw it ${reacted} ms after the controller left live; XAPI had [1, 2] after ${published} ms"
 [ "$reacted" -le 1000 ] || tb_fail "the agent took ${reacted} ms to notice a lost path"
 tb_wait 30 "one path-lost message" said NVMETCP_PATH_LOST 1
 tb_link 2 "$nqn"
+changed=$(state_when "$c2" = live) || tb_fail "the controller did not reconnect"
 tb_wait 60 "[2, 2] again" seen '\[2, 2\]' 2
 tb_wait 30 "one paths-restored message" said NVMETCP_PATHS_RESTORED 1
+reacted=$(( ($(logged_at 'all NVMe paths to SR') - changed) / 1000000 ))
+tb_log "reaction to a restored path: the agent saw it ${reacted} ms after the controller was live again"
+[ "$reacted" -le 1000 ] || tb_fail "the agent took ${reacted} ms to notice a restored path"
 # Event 2: the address goes away (keep-alive notices), then comes back.
 tb_addr_del 10.99.0.2
 tb_wait 40 "[1, 2] for the address cut" seen '\[1, 2\]' 2
@@ -107,7 +116,7 @@ cat "$out/messages"
 said NVMETCP_PATH_LOST 2 && said NVMETCP_PATHS_RESTORED 2 || tb_fail "not exactly one lost and one restored message per event"
 said NVMETCP_LAST_PATH_LOST 0 || tb_fail "a last-path alert with a path live"
 [ "$(counts)" = "[2,2] [1,2] [2,2] [1,2] [2,2] " ] || tb_fail "PBD other_config updates: $(counts)"
-grep -Eq "^NVMETCP_PATH_LOST 3 SR $SR Host .+ lost NVMe path 10.99.0.2:4420 \(controller nvme[0-9]+: [a-z]+\) to SR $SR; 1/2 paths live.$" "$out/messages" || tb_fail "the path-lost message does not name host, portal and controller state"
+grep -Eq "^NVMETCP_PATH_LOST 3 SR $SR Host xcp-host-7( \(.+\))? lost NVMe path 10.99.0.2:4420 \(controller nvme[0-9]+: [a-z]+\) to SR $SR; 1/2 paths live.$" "$out/messages" || tb_fail "the path-lost message does not name host (its name_label), portal and controller state"
 grep -q "^NVMETCP_PATHS_RESTORED 4 SR $SR " "$out/messages" || tb_fail "the restored message's priority or object"
 # A flapping port: 10 cuts in 20 s.
 before=$(wc -l <"$out/messages")
@@ -124,7 +133,7 @@ head=$(tb_head "$nqn")
 fio --name=known --filename="$head" --rw=randread --bs=4k --direct=1 --ioengine=psync --rate_iops=50 --time_based --runtime=16 --output-format=json --output=fio.json &
 job=$!
 sleep 13
-python3 - /dev/shm/metrics/nvmetcp >rrd.txt <<'PY'
+python3 - "/dev/shm/metrics/nvmetcp-sr-$SR" >rrd.txt <<'PY'
 # Decodes xcp-rrdd protocol v2 as its design note describes it.
 import json, struct, sys, time, zlib
 b = open(sys.argv[1], "rb").read()
@@ -158,7 +167,7 @@ for ds in iops_write io_throughput_read io_throughput_write read_latency write_l
 done
 kill "$agent" "$xapi"; wait "$agent" "$xapi" 2>/dev/null || true
 grep -q "WARN" agent.log && cat agent.log >&2
-rm -f /etc/xensource-inventory /run/nvmetcp/agent.json /dev/shm/metrics/nvmetcp /var/lib/xcp/xapi
+rm -f /etc/xensource-inventory /run/nvmetcp/agent.json "/dev/shm/metrics/nvmetcp-sr-$SR" /var/lib/xcp/xapi
 expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
 "#;
 
@@ -879,11 +888,13 @@ fn serve_pool(args: &[String]) -> ExitCode {
 /// UUID BODY`); serves until killed.
 fn serve_agent_pool(args: &[String]) -> ExitCode {
     use xapi_client::api::{host, pbd, sr};
-    let [socket, sr_uuid, out] = args else {
-        eprintln!("usage: serve-agent-pool SOCKET SR_UUID OUT");
+    let [socket, sr_uuid, out, device_config] = args else {
+        eprintln!("usage: serve-agent-pool SOCKET SR_UUID OUT DEVICE_CONFIG_JSON");
         return ExitCode::FAILURE;
     };
-    let config = xapi_emulator::Config { hosts: vec!["testbed".into()], ..xapi_emulator::Config::default() };
+    let device_config: std::collections::BTreeMap<String, String> = serde_json::from_str(device_config).unwrap();
+    // A name_label unlike the guest's hostname: alerts must name the host as XAPI does.
+    let config = xapi_emulator::Config { hosts: vec!["xcp-host-7".into()], ..xapi_emulator::Config::default() };
     let emulator = xapi_emulator::Emulator::new(config, xapi_emulator::AcceptAll);
     let _ = std::fs::remove_file(socket);
     emulator.listen_unix(Path::new(socket)).unwrap();
@@ -896,7 +907,7 @@ fn serve_agent_pool(args: &[String]) -> ExitCode {
     params.push(xapi_client::Value::map(&std::collections::BTreeMap::new()));
     let sr_ref =
         xapi_client::api::SrRef(session.call("SR.introduce", params).unwrap().as_str("SR ref").unwrap().into());
-    pbd::create(&session, &me, &sr_ref, &std::collections::BTreeMap::new()).unwrap();
+    pbd::create(&session, &me, &sr_ref, &device_config).unwrap();
     assert_eq!(sr::get_by_uuid(&session, sr_uuid).unwrap(), sr_ref);
     std::fs::create_dir_all("/etc").unwrap();
     std::fs::write("/etc/xensource-inventory", format!("INSTALLATION_UUID='{}'\n", record.uuid)).unwrap();
