@@ -16,11 +16,15 @@
 //!
 //! The door into the rest of `sm-driver` is narrow: it reads what `SR.attach`
 //! records, `nvme::health` and the userspace initiator's daemon state, never
-//! takes a plugin lock, and runs nothing ([`srs`]). Paths are read every [`POLL`]: the kernel sends no uevent when
-//! an NVMe controller goes from `live` to `connecting` or back (only when a
-//! controller or namespace appears or goes), and sysfs's `state` attribute
-//! is not pollable, so a 250 ms poll of a few sysfs files is what reacts
-//! within a second on every kernel, 4.19 included. What it last announced and
+//! takes a plugin lock, and runs nothing ([`srs`]).
+//!
+//! Paths are read every [`POLL`], and at once when the kernel sends a uevent
+//! about an NVMe or NBD device ([`uevents`]: a controller or namespace that
+//! appears or goes, a controller that reconnects). The kernel sends none
+//! when a controller goes from `live` to `connecting`, and sysfs's `state`
+//! attribute is not pollable, so the 250 ms poll of a few sysfs files is what
+//! reacts within a second to a lost path on every kernel, 4.19 included.
+//! What it last announced and
 //! published is kept in [`status::STATUS_FILE`], so a restarted agent neither
 //! repeats nor forgets an alert; a restarted xapi gets the pending updates
 //! once it answers again.
@@ -32,6 +36,7 @@ pub mod rrd;
 pub mod sources;
 pub mod srs;
 pub mod status;
+pub mod uevents;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,6 +54,8 @@ use status::{AgentStatus, SrStatus};
 pub const LINK_NAME: &str = "nvmetcp-agent";
 /// How often paths are read.
 pub const POLL: Duration = Duration::from_millis(250);
+/// After a uevent, how long to let its siblings arrive before reading.
+const SETTLE: Duration = Duration::from_millis(20);
 /// This host's identity in XAPI.
 pub const INVENTORY: &str = "/etc/xensource-inventory";
 
@@ -242,7 +249,8 @@ pub fn run(host: &HostRoot) -> Result<std::convert::Infallible, AgentError> {
     let uuid = host_uuid(host)?;
     let host_name = host.read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|_| uuid.clone());
     let mut agent = Agent::new(host, &host_name, Box::new(LocalXapi::new(host, &uuid)));
-    tracing::info!(host = %host_name, "nvmetcp agent started");
+    let uevents = uevents::Uevents::open();
+    tracing::info!(host = %host_name, uevents = uevents.listening(), "nvmetcp agent started");
     let mut next_reading = Instant::now() + agent.register().saturating_sub(Duration::from_millis(500));
     loop {
         let now = Instant::now();
@@ -253,7 +261,9 @@ pub fn run(host: &HostRoot) -> Result<std::convert::Infallible, AgentError> {
             let until = agent.register();
             next_reading = now + until.saturating_sub(Duration::from_millis(500)).max(Duration::from_secs(1));
         }
-        std::thread::sleep(POLL);
+        if uevents.wait(POLL) {
+            std::thread::sleep(SETTLE);
+        }
     }
 }
 
