@@ -82,30 +82,42 @@ namespace=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["namespa
 tb_wait 10 "[2, 2] published" seen "^PBD other_config mpath-$namespace \[2, 2\]$" 1
 # SR.stat points xapi at this SR's xcp-rrdd plugin, the file the agent writes.
 stat_sr | grep -q "xeno+shm:///nvmetcp-sr-$SR" || tb_fail "SR.stat does not name the SR's RRD plugin"
-# Reaction: the instant (ns) a controller's state first satisfies a test, polled every 20 ms.
-state_when() { local c=$1 op=$2 v=$3 end=$(( $(date +%s) + 60 )); while ! [ "$(cat "$c/state")" "$op" "$v" ]; do [ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.02; done; date +%s%N; }
+# Reaction: whether controller $1's path is usable as the kernel (and the agent) define it (controller
+# live, ANA optimized or non-optimized), and the instant (ns) that first is, or is not, so: polled every
+# 20 ms with shell builtins only, so the poll itself does not lag under emulation.
+usable() { local v a; read -r v <"$1/state" && [ "$v" = live ] || return 1; for a in "$1"/nvme*c*n*/ana_state; do [ -e "$a" ] || continue; read -r v <"$a"; case $v in optimized|non-optimized) ;; *) return 1 ;; esac; done; }
+now_ns() { local t=$EPOCHREALTIME; echo "${t/./}000"; }
+usable_when() { local want=$1 i=0; while :; do if usable "$2"; then [ "$want" = yes ] && break; else [ "$want" = no ] && break; fi; i=$((i + 1)); [ "$i" -lt 3000 ] || return 1; sleep 0.02; done; now_ns; }
 logged_at() { date -d "$(grep -m1 "$1" agent.log | cut -d' ' -f1)" +%s%N; }
 grep -q '^PBD other_config multipathed true$' "$out/updates" || tb_fail "multipathed not set"
 grep -q '^SR sm_config multipathable true$' "$out/updates" || tb_fail "multipathable not set"
-# Event 1: the port stops serving the subsystem.
-tb_unlink 2 "$nqn"
+# Event 1: the port stops serving the subsystem. The change is timed from before the cut
+# (unlinking can take seconds while the target tears the controllers down).
 ctrl_of_2() { grep -l 'traddr=10.99.0.2,' /sys/class/nvme/nvme*/address | head -1 | xargs dirname; }
 c2=$(ctrl_of_2)
-changed=$(state_when "$c2" != live) || tb_fail "the kernel did not notice the cut"
+usable_when no "$c2" >change.ns &
+timer=$!
+tb_unlink 2 "$nqn"
+wait "$timer" || tb_fail "the kernel did not notice the cut"
+changed=$(cat change.ns)
 tb_wait 30 "[1, 2] published" seen '\[1, 2\]' 1
 published=$(( ($(date +%s%N) - changed) / 1000000 ))
 # When the agent saw it: its own log line (RFC 3339, UTC) for the alert.
+tb_log "agent: $(grep -m1 'lost NVMe path 10.99.0.2' agent.log)"
 reacted=$(( ($(logged_at 'lost NVMe path 10.99.0.2') - changed) / 1000000 ))
-tb_log "reaction to a lost path: the agent saw it ${reacted} ms after the controller left live; XAPI had [1, 2] after ${published} ms"
-[ "$reacted" -le 1000 ] || tb_fail "the agent took ${reacted} ms to notice a lost path"
+tb_log "reaction to a lost path: the agent saw it ${reacted} ms after the path stopped being usable; XAPI had [1, 2] after ${published} ms"
+[ "$reacted" -le 1000 ] && [ "$reacted" -ge -1000 ] || tb_fail "the agent took ${reacted} ms to notice a lost path"
 tb_wait 30 "one path-lost message" said NVMETCP_PATH_LOST 1
+usable_when yes "$c2" >change.ns &
+timer=$!
 tb_link 2 "$nqn"
-changed=$(state_when "$c2" = live) || tb_fail "the controller did not reconnect"
+wait "$timer" || tb_fail "the path did not come back"
+changed=$(cat change.ns)
 tb_wait 60 "[2, 2] again" seen '\[2, 2\]' 2
 tb_wait 30 "one paths-restored message" said NVMETCP_PATHS_RESTORED 1
 reacted=$(( ($(logged_at 'all NVMe paths to SR') - changed) / 1000000 ))
-tb_log "reaction to a restored path: the agent saw it ${reacted} ms after the controller was live again"
-[ "$reacted" -le 1000 ] || tb_fail "the agent took ${reacted} ms to notice a restored path"
+tb_log "reaction to a restored path: the agent saw it ${reacted} ms after the path was usable again"
+[ "$reacted" -le 1000 ] && [ "$reacted" -ge -1000 ] || tb_fail "the agent took ${reacted} ms to notice a restored path"
 # Event 2: the address goes away (keep-alive notices), then comes back.
 tb_addr_del 10.99.0.2
 tb_wait 40 "[1, 2] for the address cut" seen '\[1, 2\]' 2
