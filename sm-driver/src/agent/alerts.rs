@@ -54,7 +54,7 @@ pub struct Alert {
     pub sr_uuid: String,
     /// This host's hostname, its name until XAPI gives its `name_label`.
     pub hostname: String,
-    /// What happened, the sentence after "Host <name>".
+    /// What happened, the sentence after "Host `<name>`".
     pub what: String,
 }
 
