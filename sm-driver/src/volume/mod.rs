@@ -27,7 +27,6 @@ pub use self::retag::{set, set_description, set_name, unset};
 pub use self::snapshot::{clone, snapshot};
 pub use self::stat::stat;
 
-#[cfg(test)]
 mod concurrency;
 #[cfg(test)]
 mod tests;
