@@ -43,7 +43,7 @@ const MAX_ENTRIES: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     /// No TCP connection.
-    #[error("discovery controller {portal} is unreachable: {source}")]
+    #[error("discovery controller {portal} is unreachable")]
     Unreachable {
         /// The endpoint.
         portal: SocketAddr,
@@ -52,7 +52,7 @@ pub enum DiscoveryError {
         source: std::io::Error,
     },
     /// The connection broke or timed out mid-exchange.
-    #[error("discovery at {portal} failed while {step}: {source}")]
+    #[error("discovery at {portal} failed while {step}")]
     Io {
         /// The endpoint.
         portal: SocketAddr,

@@ -184,7 +184,7 @@ pub fn execute(ctx: &Context, request: &CallRequest, stdin: &mut dyn Read) -> Re
 
 fn run(ctx: &Context, request: &CallRequest, stdin: &mut dyn Read) -> Result<serde_json::Value, Failure> {
     let params = read_params(request, stdin).inspect_err(|failure| {
-        tracing::error!(method = %request.method, error = %failure.error, "call rejected");
+        tracing::error!(method = %request.method, error = %crate::error::chain(&failure.error), "call rejected");
     })?;
     let method = params.method();
     let span = tracing::info_span!(
@@ -205,7 +205,7 @@ fn run(ctx: &Context, request: &CallRequest, stdin: &mut dyn Read) -> Result<ser
     let result = contain_panics(method, || dispatch(ctx, request.kind, &params));
     match &result {
         Ok(_) => tracing::debug!("call succeeded"),
-        Err(failure) => tracing::error!(error = %failure.error, "call failed"),
+        Err(failure) => tracing::error!(error = %crate::error::chain(&failure.error), "call failed"),
     }
     result
 }

@@ -32,6 +32,7 @@ pub mod doctor;
 pub mod engine;
 pub mod entry;
 pub mod error;
+pub mod error_chain;
 pub mod hex;
 pub mod host;
 pub mod host_config;

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::context::Context;
-use crate::error::CallError;
+use crate::error::{chain, CallError};
 use crate::host::HostRoot;
 use crate::host_config::{authentication, HostConfig};
 use crate::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
@@ -50,7 +50,7 @@ pub fn path_options(
                 }
             }
             None if ports.is_empty() => {
-                let mut why: Vec<String> = found.failures.iter().map(ToString::to_string).collect();
+                let mut why: Vec<String> = found.failures.iter().map(|f| chain(f)).collect();
                 if why.is_empty() {
                     why.push(format!(
                         "the discovery logs list {} other subsystem(s) but not this one; check the NQN and the \
@@ -112,8 +112,9 @@ pub fn connect_options(
     let mut failures = Vec::new();
     for (option, result) in options.iter().zip(&results) {
         if let Err(error) = result {
+            let error = chain(error);
             tracing::warn!(portal = %option.portal, %error, "path not connected");
-            failures.push(error.to_string());
+            failures.push(error);
         }
     }
     if failures.len() == options.len() {
@@ -148,7 +149,9 @@ pub fn scanned_namespaces(
     let started = Instant::now();
     let active: Option<Vec<u32>> = paths.iter().filter(|p| p.transport == Transport::Tcp).find_map(|p| {
         let answer = ctx.network.active_namespaces(p.portal, nqn.as_str(), &p.host, DISCOVERY_TIMEOUT);
-        answer.map_err(|error| tracing::warn!(portal = %p.portal, %error, "active namespace list not read")).ok()
+        answer
+            .map_err(|e| tracing::warn!(portal = %p.portal, error = %chain(&e), "active namespace list not read"))
+            .ok()
     });
     let mut last: Vec<u32> = Vec::new();
     let mut stable_since = Instant::now();

@@ -7,11 +7,16 @@
 //! without a code. By convention `params[0]` is the message an administrator
 //! reads in `xe` or Xen Orchestra; further params carry machine-usable detail
 //! (the method, the parameter). Codes are documented in `docs/errors.md`.
+//!
+//! Messages follow one convention (`docs/errors.md`, "How messages are
+//! written"): each error's text says what failed at its own level and names
+//! the object; it never repeats its source's text, because [`chain`] joins
+//! the error and its causes once, for `params[0]`, the backtrace and every
+//! place that turns an error into a sentence.
 
 mod call;
 mod code;
 
-use std::error::Error as _;
 use std::panic::Location;
 
 use crate::pool_role::NotWriter;
@@ -22,6 +27,7 @@ use crate::sr_state::StateError;
 
 pub use self::call::{CallError, TooLong, VolumeError};
 pub use self::code::ErrorCode;
+pub use crate::error_chain::chain;
 
 use crate::snapshot::calls::ChainCallError;
 use crate::snapshot::graph::GraphError;
@@ -105,7 +111,7 @@ pub fn to_error_record(failure: &Failure, host: &str) -> ErrorRecord {
         DriverError::Sr(_) => format!("on host {host}: {text}"),
         _ => text,
     };
-    let message = on_host(error.to_string());
+    let message = on_host(chain(error));
     let (code, detail): (ErrorCode, Vec<String>) = match error {
         DriverError::Request(request) => match request {
             RequestError::MissingParam { method, name, .. } | RequestError::IllTypedParam { method, name, .. } => {
@@ -134,7 +140,7 @@ pub fn to_error_record(failure: &Failure, host: &str) -> ErrorRecord {
         code: code.as_str().to_owned(),
         params,
         backtrace: Backtrace {
-            error: on_host(full_chain(error)),
+            error: on_host(chain(error)),
             files: vec![failure.at.file().to_owned()],
             lines: vec![i64::from(failure.at.line())],
         },
@@ -190,23 +196,69 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
     }
 }
 
-/// The error and all its causes, `: `-separated.
-fn full_chain(error: &DriverError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::{to_error_record, DriverError, ErrorCode, Failure};
     use crate::smapi::method::ParamKind;
     use crate::smapi::params::RequestError;
+
+    /// Fails if an error, or any cause of it, repeats its own source's text.
+    fn assert_no_repeats(error: &(dyn std::error::Error + 'static)) {
+        let mut current = error;
+        while let Some(source) = current.source() {
+            let (text, cause) = (current.to_string(), source.to_string());
+            assert!(!text.contains(&cause), "{text:?} repeats its source {cause:?}");
+            current = source;
+        }
+    }
+
+    #[test]
+    fn no_message_repeats_its_source() {
+        use crate::nvme::fabrics::FabricsError;
+        use crate::nvme::NvmeError;
+        let io = |kind| std::io::Error::from(kind);
+        let refused = || FabricsError::Refused { errno: 111, source: std::io::Error::from_raw_os_error(111) };
+        let connect = NvmeError::Connect { portal: "10.0.0.1:4420".into(), nqn: "nqn.a:b".into(), source: refused() };
+        let unreachable = NvmeError::Unreachable {
+            portal: "10.0.0.1:4420".into(),
+            nqn: "nqn.a:b".into(),
+            timeout: std::time::Duration::from_secs(5),
+            source: io(std::io::ErrorKind::ConnectionRefused),
+        };
+        let addr: std::net::SocketAddr = "10.0.0.1:8009".parse().unwrap();
+        let discovery = [
+            crate::nvme::discovery::DiscoveryError::Unreachable {
+                portal: addr,
+                source: io(std::io::ErrorKind::TimedOut),
+            },
+            crate::nvme::discovery::DiscoveryError::Io {
+                portal: addr,
+                step: "reading the log",
+                source: io(std::io::ErrorKind::UnexpectedEof),
+            },
+        ];
+        let state = crate::sr_state::StateError::Io {
+            path: "/run/nvmetcp/srs/x".into(),
+            source: io(std::io::ErrorKind::NotFound),
+        };
+        assert_no_repeats(&connect);
+        assert_no_repeats(&unreachable);
+        assert_no_repeats(&refused());
+        assert_no_repeats(&state);
+        discovery.iter().for_each(|e| assert_no_repeats(e));
+        let failure = Failure::from(super::CallError::Nvme(connect));
+        assert_no_repeats(&failure.error);
+        // The record's message is the chain, so the kernel's reason is in it once.
+        let record = to_error_record(&failure, "h1");
+        let hint = "connection refused: nothing serves NVMe";
+        assert_eq!(record.params[0].matches(hint).count(), 1, "{}", record.params[0]);
+        assert!(
+            record.params[0].contains("cannot connect to subsystem nqn.a:b at 10.0.0.1:4420: "),
+            "{}",
+            record.params[0]
+        );
+        assert_eq!(record.backtrace.error, record.params[0]);
+    }
 
     #[test]
     fn snapshot_refusals_and_damaged_chains_have_their_own_codes() {

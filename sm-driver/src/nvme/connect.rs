@@ -72,9 +72,11 @@ pub fn probe_path(network: &dyn Network, options: &ConnectOptions, timeout: Dura
         Err(crate::nvme::discovery::DiscoveryError::Unreachable { source, .. }) => {
             Err(NvmeError::Unreachable { portal: options.portal.to_string(), nqn: nqn(), timeout, source })
         }
-        Err(other) => {
-            Err(NvmeError::NotNvmeTcp { portal: options.portal.to_string(), nqn: nqn(), why: other.to_string() })
-        }
+        Err(other) => Err(NvmeError::NotNvmeTcp {
+            portal: options.portal.to_string(),
+            nqn: nqn(),
+            why: crate::error_chain::chain(&other),
+        }),
     }
 }
 
@@ -448,7 +450,7 @@ mod tests {
         let started = Instant::now();
         let err = connect_path(&tree.host(), &FakeFabrics::new(&tree), &opts, Duration::from_secs(2)).unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(3));
-        let text = err.to_string();
+        let text = crate::error_chain::chain(&err);
         assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("nqn.2024-01.io.example:array"), "{text}");
         assert!(text.contains("refused"), "{text}");
     }
@@ -459,7 +461,7 @@ mod tests {
         let (_listener, opts) = reachable();
         let fabrics = FakeFabrics::new(&tree).then_errno(5);
         let err = connect_path(&tree.host(), &fabrics, &opts, Duration::from_secs(1)).unwrap_err();
-        let text = err.to_string();
+        let text = crate::error_chain::chain(&err);
         assert!(text.contains(&opts.portal.to_string()) && text.contains("this host's NQN is allowed"), "{text}");
     }
 

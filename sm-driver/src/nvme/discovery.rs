@@ -57,7 +57,7 @@ pub fn discover(endpoints: &[Portal], host: &HostIdentity, timeout: Duration) ->
     let addrs: Vec<_> = endpoints.iter().map(Portal::socket_addr).collect();
     let found = wire::discover(&addrs, &wire_host(host), timeout);
     for failure in &found.failures {
-        tracing::warn!(error = %failure, "discovery endpoint failed");
+        tracing::warn!(error = %crate::error_chain::chain(failure), "discovery endpoint failed");
     }
     if found.referrals_dropped > 0 {
         tracing::warn!(dropped = found.referrals_dropped, "discovery referrals not followed: too many endpoints");

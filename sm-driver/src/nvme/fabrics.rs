@@ -32,7 +32,7 @@ pub enum FabricsError {
     #[error("{FABRICS_DEVICE} is missing (the nvme_fabrics module is not loaded)")]
     NoDevice(#[source] std::io::Error),
     /// The kernel refused the connect.
-    #[error("{}", describe_errno(.errno, .source))]
+    #[error("{}", describe_errno(*.errno))]
     Refused {
         /// The errno.
         errno: i32,
@@ -46,8 +46,8 @@ pub enum FabricsError {
 }
 
 /// What each errno means for an administrator, and what to do.
-fn describe_errno(errno: &i32, source: &std::io::Error) -> String {
-    let hint = match *errno {
+fn describe_errno(errno: i32) -> &'static str {
+    match errno {
         111 => {
             "connection refused: nothing serves NVMe at that address and port (wrong port, or the target port is down)"
         }
@@ -62,8 +62,7 @@ fn describe_errno(errno: &i32, source: &std::io::Error) -> String {
         }
         22 => "the kernel rejected the connect options (see dmesg); it may lack an option such as DH-HMAC-CHAP",
         _ => "the kernel could not create the controller (see dmesg)",
-    };
-    format!("{hint} ({source})")
+    }
 }
 
 /// A controller the kernel created.

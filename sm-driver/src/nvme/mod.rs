@@ -41,15 +41,17 @@ use std::time::Duration;
 
 use crate::host::HostError;
 
+/// What an unreachable portal means, by the socket error's kind (the error's
+/// own text is its source, shown after this by the record's cause chain).
 fn unreachable_reason(source: &std::io::Error, timeout: Duration) -> String {
     match source.kind() {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
             format!("no answer within {timeout:?}; check the storage network, routes and firewall")
         }
         std::io::ErrorKind::ConnectionRefused => {
-            format!("{source}: nothing listens on that port; check the port number and the target's port configuration")
+            "nothing listens on that port; check the port number and the target's port configuration".to_owned()
         }
-        _ => format!("{source}; check the storage network, routes and firewall"),
+        _ => "check the storage network, routes and firewall".to_owned(),
     }
 }
 
@@ -64,7 +66,7 @@ pub enum NvmeError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// A TCP portal did not accept a connection.
-    #[error("portal {portal} (subsystem {nqn}) is unreachable from this host: {}", unreachable_reason(.source, *.timeout))]
+    #[error("portal {portal} (subsystem {nqn}) is unreachable from this host ({})", unreachable_reason(.source, *.timeout))]
     Unreachable {
         /// The portal.
         portal: String,
@@ -90,7 +92,7 @@ pub enum NvmeError {
         why: String,
     },
     /// The kernel did not create the controller.
-    #[error("cannot connect to subsystem {nqn} at {portal}: {source}")]
+    #[error("cannot connect to subsystem {nqn} at {portal}")]
     Connect {
         /// The portal.
         portal: String,

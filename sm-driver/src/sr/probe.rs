@@ -57,7 +57,7 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
                             }
                         }
                         let answered = found.failures.is_empty();
-                        failures.extend(found.failures.iter().map(ToString::to_string));
+                        failures.extend(found.failures.iter().map(|f| crate::error::chain(f)));
                         if answered {
                             break;
                         }

@@ -114,8 +114,8 @@ nqn=$(tb_simple_target gone 32 10.99.0.1)
 start=$(cut -d' ' -f1 /proc/uptime)
 $T attach sr "$nqn" tcp 10.99.0.9 10.99.0.1:4999 10.99.0.1 | tee out || true
 end=$(cut -d' ' -f1 /proc/uptime)
-grep -q "^failed 10.99.0.9:4420: portal 10.99.0.9:4420 (subsystem $nqn) is unreachable from this host: no answer within 5s" out
-grep -q "^failed 10.99.0.1:4999: portal 10.99.0.1:4999 (subsystem $nqn) is unreachable from this host: .*refused.*nothing listens" out
+grep -q "^failed 10.99.0.9:4420: portal 10.99.0.9:4420 (subsystem $nqn) is unreachable from this host (no answer within 5s" out
+grep -q "^failed 10.99.0.1:4999: portal 10.99.0.1:4999 (subsystem $nqn) is unreachable from this host (nothing listens.*): .*refused" out
 grep -q "^created nvme" out
 awk -v s="$start" -v e="$end" 'BEGIN {{ exit !(e - s < 20) }}' || tb_fail "took too long"
 $T discover 10.99.0.9:4420 | tee disc || true
@@ -258,7 +258,7 @@ fn guest_step(args: &[String]) -> Result<(), String> {
                     }
                     Err(error) => {
                         ok = false;
-                        println!("failed {}: {error}", opts.portal);
+                        println!("failed {}: {}", opts.portal, sm_driver::error_chain::chain(&error));
                     }
                 }
             }

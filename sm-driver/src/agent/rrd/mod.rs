@@ -56,7 +56,7 @@ pub enum RrdError {
         source: std::io::Error,
     },
     /// xcp-rrdd did not accept the registration.
-    #[error("xcp-rrdd did not register plugin {uid}: {source}")]
+    #[error("xcp-rrdd did not register plugin {uid}")]
     Register {
         /// The plugin.
         uid: String,
