@@ -114,7 +114,10 @@ pub fn without_inline_keys(configuration: &BTreeMap<String, String>) -> BTreeMap
         .collect()
 }
 
-/// A validated nvmetcp device-config.
+/// What every purpose's device-config shares: how to reach the subsystem
+/// and connect its paths. Each purpose's config ([`ProbeConfig`],
+/// [`CreateConfig`], [`AttachConfig`]) adds what that call needs, with the
+/// keys it requires typed as present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SrConfig {
     /// TCP or RDMA.
@@ -123,20 +126,112 @@ pub struct SrConfig {
     pub discovery: Vec<Portal>,
     /// I/O portals used as given.
     pub portals: Vec<Portal>,
-    /// The subsystem.
-    pub nqn: Option<Nqn>,
-    /// The namespace.
-    pub namespace: Option<NamespaceRef>,
     /// Whether create may take a namespace holding data.
     pub force: bool,
     /// Reconnect tuning.
     pub timers: Timers,
     /// Multipath I/O policy.
     pub iopolicy: IoPolicy,
-    /// The xapi SR uuid, once `SR.create` stored it.
-    pub sr_uuid: Option<SrUuid>,
     /// DH-HMAC-CHAP keys from device-config.
     pub keys: KeySources,
+}
+
+/// `SR.probe`'s device-config: endpoints, and the subsystem if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// How to reach the subsystems.
+    pub endpoints: SrConfig,
+    /// The subsystem to look into; without it probe lists every subsystem.
+    pub nqn: Option<Nqn>,
+}
+
+/// `SR.create`'s device-config: the subsystem and the namespace to put the
+/// SR on (by identity or, at create time only, by NSID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateConfig {
+    /// How to reach the subsystem.
+    pub endpoints: SrConfig,
+    /// The subsystem.
+    pub nqn: Nqn,
+    /// The namespace.
+    pub namespace: NamespaceRef,
+}
+
+/// `SR.attach`'s device-config, as `SR.create` stored it: the namespace by
+/// its stable identity and the SR's uuid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachConfig {
+    /// How to reach the subsystem.
+    pub endpoints: SrConfig,
+    /// The subsystem.
+    pub nqn: Nqn,
+    /// The namespace's stable identity.
+    pub namespace: NamespaceIdentity,
+    /// The xapi SR uuid.
+    pub sr_uuid: SrUuid,
+}
+
+/// The keys that name what a call is about, as given (each purpose decides
+/// which it requires).
+#[derive(Debug)]
+struct Named {
+    nqn: Option<Nqn>,
+    namespace: Option<NamespaceRef>,
+    sr_uuid: Option<SrUuid>,
+}
+
+impl ProbeConfig {
+    /// Validates `config` for `SR.probe`.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found, naming the key.
+    pub fn parse(config: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let (endpoints, named) = SrConfig::parse(config, Purpose::Probe)?;
+        Ok(Self { endpoints, nqn: named.nqn })
+    }
+}
+
+impl CreateConfig {
+    /// Validates `config` for `SR.create`.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found, naming the key.
+    pub fn parse(config: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let (endpoints, named) = SrConfig::parse(config, Purpose::Create)?;
+        Ok(Self { endpoints, nqn: required_nqn(named.nqn)?, namespace: required_namespace(named.namespace)? })
+    }
+}
+
+impl AttachConfig {
+    /// Validates `config` for `SR.attach`.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found, naming the key.
+    pub fn parse(config: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let (endpoints, named) = SrConfig::parse(config, Purpose::Attach)?;
+        let nqn = required_nqn(named.nqn)?;
+        let namespace = match required_namespace(named.namespace)? {
+            NamespaceRef::Identity(identity) => identity,
+            // parse_namespace refuses an NSID for attach.
+            NamespaceRef::Nsid(_) => return Err(ConfigError::Missing { key: "namespace", why: NAMESPACE_WHY }),
+        };
+        let sr_uuid = named.sr_uuid.ok_or(ConfigError::Missing {
+            key: "sr_uuid",
+            why: "this device-config was not returned by SR.create; create the SR with xe sr-create",
+        })?;
+        Ok(Self { endpoints, nqn, namespace, sr_uuid })
+    }
+}
+
+const NAMESPACE_WHY: &str =
+    "name the namespace by its UUID, NGUID or EUI-64 as SR.probe reports it (or by NSID at create)";
+
+fn required_nqn(nqn: Option<Nqn>) -> Result<Nqn, ConfigError> {
+    nqn.ok_or(ConfigError::Missing { key: "nqn", why: "name the subsystem (SR.probe lists them)" })
+}
+
+fn required_namespace(namespace: Option<NamespaceRef>) -> Result<NamespaceRef, ConfigError> {
+    namespace.ok_or(ConfigError::Missing { key: "namespace", why: NAMESPACE_WHY })
 }
 
 impl SrConfig {
@@ -144,7 +239,7 @@ impl SrConfig {
     ///
     /// # Errors
     /// The first [`ConfigError`] found, naming the key.
-    pub fn parse(config: &BTreeMap<String, String>, purpose: Purpose) -> Result<Self, ConfigError> {
+    fn parse(config: &BTreeMap<String, String>, purpose: Purpose) -> Result<(Self, Named), ConfigError> {
         for key in config.keys() {
             let base = key.strip_suffix(SECRET_SUFFIX).filter(|b| b.ends_with("password")).unwrap_or(key);
             if key != SR_UUID_KEY && !KEYS.iter().any(|k| k.name == base) {
@@ -173,15 +268,12 @@ impl SrConfig {
             ));
         }
         let nqn = get("nqn").map(|v| v.parse::<Nqn>().map_err(|e| invalid("nqn", v, &e.why))).transpose()?;
-        if nqn.is_none() && purpose != Purpose::Probe {
-            return Err(ConfigError::Missing { key: "nqn", why: "name the subsystem (SR.probe lists them)" });
+        if purpose != Purpose::Probe {
+            required_nqn(nqn.clone())?;
         }
         let namespace = get("namespace").map(|v| parse_namespace(v, purpose)).transpose()?;
-        if namespace.is_none() && purpose != Purpose::Probe {
-            return Err(ConfigError::Missing {
-                key: "namespace",
-                why: "name the namespace by its UUID, NGUID or EUI-64 as SR.probe reports it (or by NSID at create)",
-            });
+        if purpose != Purpose::Probe {
+            required_namespace(namespace.clone())?;
         }
         let force = match get("force") {
             None | Some("false") => false,
@@ -215,7 +307,8 @@ impl SrConfig {
                 why: "bidirectional authentication (dhchap_ctrl_password) also needs the host key",
             });
         }
-        Ok(Self { transport, discovery, portals, nqn, namespace, force, timers, iopolicy, sr_uuid, keys })
+        let named = Named { nqn, namespace, sr_uuid };
+        Ok((Self { transport, discovery, portals, force, timers, iopolicy, keys }, named))
     }
 }
 
@@ -337,7 +430,9 @@ mod inline_key_tests {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::{ConfigError, KeySource, KeySources, NamespaceRef, Purpose, SrConfig};
+    use super::{
+        AttachConfig, ConfigError, CreateConfig, KeySource, KeySources, NamespaceRef, ProbeConfig, Purpose, SrConfig,
+    };
     use crate::nvme::health::IoPolicy;
     use crate::nvme::names::Transport;
 
@@ -350,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_full_configuration_parses_with_defaults() {
-        let parsed = SrConfig::parse(
+        let (parsed, named) = SrConfig::parse(
             &config(&[("discovery", "10.0.0.1, [fd00::1]:4420"), ("nqn", NQN), ("namespace", UUID)]),
             Purpose::Attach,
         )
@@ -361,9 +456,9 @@ mod tests {
             ["10.0.0.1:8009", "[fd00::1]:4420"]
         );
         assert!(parsed.portals.is_empty());
-        assert!(matches!(parsed.namespace, Some(NamespaceRef::Identity(_))));
+        assert!(matches!(named.namespace, Some(NamespaceRef::Identity(_))));
         assert_eq!((parsed.force, parsed.iopolicy, parsed.timers.ctrl_loss_tmo), (false, IoPolicy::RoundRobin, -1));
-        let tuned = SrConfig::parse(
+        let (tuned, tuned_named) = SrConfig::parse(
             &config(&[
                 ("portals", "10.0.0.1,10.0.0.2:4421,10.0.0.1"),
                 ("nqn", NQN),
@@ -378,7 +473,7 @@ mod tests {
         .unwrap();
         assert_eq!(tuned.portals.len(), 2, "duplicates dropped");
         assert_eq!(
-            (tuned.namespace, tuned.force, tuned.timers.keep_alive_tmo),
+            (tuned_named.namespace, tuned.force, tuned.timers.keep_alive_tmo),
             (Some(NamespaceRef::Nsid(1)), true, 10)
         );
     }
@@ -417,10 +512,10 @@ mod tests {
         let mut c = config(&base);
         c.insert("dhchap_password_secret".into(), SECRET.into());
         c.insert("dhchap_ctrl_password".into(), KEY.into());
-        let parsed = SrConfig::parse(&c, Purpose::Attach).unwrap();
+        let (parsed, _) = SrConfig::parse(&c, Purpose::Attach).unwrap();
         assert_eq!(parsed.keys.host_key, Some(KeySource::Secret(SECRET.into())));
         assert_eq!(parsed.keys.ctrl_key, Some(KeySource::Inline(KEY.parse().unwrap())));
-        assert_eq!(SrConfig::parse(&config(&base), Purpose::Attach).unwrap().keys, KeySources::default());
+        assert_eq!(SrConfig::parse(&config(&base), Purpose::Attach).unwrap().0.keys, KeySources::default());
     }
 
     #[test]
@@ -439,7 +534,14 @@ mod tests {
             SrConfig::parse(&config(&[("discovery", "10.0.0.1"), ("transport", "rdma")]), Purpose::Probe).unwrap_err();
         assert!(err.to_string().contains("discovery is over TCP only"));
         let stored = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID), ("sr_uuid", UUID)]);
-        assert_eq!(SrConfig::parse(&stored, Purpose::Attach).unwrap().sr_uuid.unwrap().as_str(), UUID);
+        assert_eq!(AttachConfig::parse(&stored).unwrap().sr_uuid.as_str(), UUID);
+        let not_stored = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID)]);
+        let err = AttachConfig::parse(&not_stored).unwrap_err().to_string();
+        assert!(err.contains("device-config:sr_uuid") && err.contains("not returned by SR.create"), "{err}");
+        let by_nsid =
+            CreateConfig::parse(&config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", "3")])).unwrap();
+        assert_eq!((by_nsid.nqn.as_str(), by_nsid.namespace), (NQN, NamespaceRef::Nsid(3)));
+        assert_eq!(ProbeConfig::parse(&config(&[("portals", "10.0.0.1")])).unwrap().nqn, None);
         let bad = config(&[("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", UUID), ("sr_uuid", "3f1c")]);
         assert!(SrConfig::parse(&bad, Purpose::Attach).is_err(), "sr_uuid follows the one UUID rule");
     }

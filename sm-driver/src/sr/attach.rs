@@ -13,11 +13,10 @@ use crate::pool_role;
 use crate::smapi::params::Params;
 use crate::smapi::types::StringMap;
 use crate::sr_access::sr_call;
-use crate::sr_config::{without_inline_keys, ConfigError, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_config::{without_inline_keys, AttachConfig, NamespaceRef, SR_UUID_KEY};
 use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
 use crate::sr_state::{self, handle_of, SrLock, SrState, SR_LOCK_TIMEOUT};
 
-use super::create::required_nqn;
 use super::vg::{is_sr, tag_value, UUID_TAG};
 
 /// `SR.attach`.
@@ -67,14 +66,8 @@ fn recover_chains(ctx: &Context, state: &SrState) {
 /// Reconnects and resolves an SR from its device-config, and checks the
 /// namespace holds it. Returns the state to record.
 fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure> {
-    let config = SrConfig::parse(configuration, Purpose::Attach)?;
-    let nqn = required_nqn(&config)?;
-    let uuid = config.sr_uuid.clone().ok_or(ConfigError::Missing {
-        key: "sr_uuid",
-        why: "this device-config was not returned by SR.create; create the SR with xe sr-create",
-    })?;
-    let reference =
-        config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
+    let AttachConfig { endpoints: config, nqn, namespace, sr_uuid: uuid } = AttachConfig::parse(configuration)?;
+    let reference = NamespaceRef::Identity(namespace);
     let expected = sr_paths::connect(ctx, &config, &nqn, uuid.as_str())?;
     let resolved = sr_paths::namespace(&ctx.host, &nqn, &reference, NAMESPACE_TIMEOUT)?;
     let namespace = resolved.namespace.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();

@@ -17,7 +17,7 @@ use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::smapi::types::StringMap;
 use crate::sr_access::{require_master, sr_call};
-use crate::sr_config::{without_inline_keys, ConfigError, NamespaceRef, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_config::{without_inline_keys, CreateConfig, NamespaceRef, SrConfig, SR_UUID_KEY};
 use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
 use crate::sr_state::{SrLock, SR_LOCK_TIMEOUT};
 
@@ -36,10 +36,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
         let uuid: SrUuid = uuid.parse().map_err(|_| CallError::BadUuid(uuid.clone()))?;
         require_master(ctx, "SR.create")?;
-        let config = SrConfig::parse(&configuration, Purpose::Create)?;
-        let nqn = required_nqn(&config)?;
-        let reference =
-            config.namespace.clone().ok_or(ConfigError::Missing { key: "namespace", why: "name the namespace" })?;
+        let CreateConfig { endpoints: config, nqn, namespace: reference } = CreateConfig::parse(&configuration)?;
         let tags = vec![
             SR_TAG.to_owned(),
             format!("{UUID_TAG}{uuid}"),
@@ -60,11 +57,6 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         stored.remove("force");
         Ok(stored)
     })
-}
-
-/// The subsystem of a create or attach device-config.
-pub(super) fn required_nqn(config: &SrConfig) -> Result<Nqn, CallError> {
-    config.nqn.clone().ok_or(CallError::Config(ConfigError::Missing { key: "nqn", why: "name the subsystem" }))
 }
 
 fn create_on_namespace(
@@ -190,7 +182,7 @@ mod tests {
         use crate::error::{to_error_record, Failure};
         use crate::nvme::sysfs::fixture::SysfsTree;
         use crate::nvme::sysfs::NamespaceIdentity;
-        use crate::sr_config::{NamespaceRef, Purpose, SrConfig};
+        use crate::sr_config::CreateConfig;
 
         const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
         const NQN: &str = "nqn.2024-01.io.example:array";
@@ -204,8 +196,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect();
-            let config = SrConfig::parse(&map, Purpose::Create).unwrap();
-            create_on_namespace(&ctx, &config, &NQN.parse().unwrap(), &NamespaceRef::Nsid(1), SR, &[])
+            let config = CreateConfig::parse(&map).unwrap();
+            create_on_namespace(&ctx, &config.endpoints, &config.nqn, &config.namespace, SR, &[])
         }
 
         fn subcommands(runner: &FakeRunner) -> Vec<String> {

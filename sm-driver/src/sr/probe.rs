@@ -18,7 +18,7 @@ use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::smapi::types::{Health, ProbeResult, StringMap};
 use crate::sr_access::sr_call;
-use crate::sr_config::{without_inline_keys, ConfigError, Purpose, SrConfig, SR_UUID_KEY};
+use crate::sr_config::{without_inline_keys, ConfigError, ProbeConfig, SrConfig, SR_UUID_KEY};
 use crate::sr_paths;
 use crate::sr_state::{handle_of, SrState};
 
@@ -33,8 +33,8 @@ use super::vg::{is_sr, tag_value, UUID_TAG};
 pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     let configuration: StringMap = params.get("configuration")?;
     sr_call(params, || {
-        let config = SrConfig::parse(&configuration, Purpose::Probe)?;
-        let nqns: Vec<Nqn> = match &config.nqn {
+        let ProbeConfig { endpoints: config, nqn: given } = ProbeConfig::parse(&configuration)?;
+        let nqns: Vec<Nqn> = match &given {
             Some(nqn) => vec![nqn.clone()],
             None => {
                 if config.transport == Transport::Rdma {
@@ -73,12 +73,10 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         let mut results = Vec::new();
         let mut outcome = Ok(());
         for nqn in &nqns {
-            let mut one = config.clone();
-            one.nqn = Some(nqn.clone());
-            match probe_subsystem(ctx, &one, &configuration, nqn, &user, config.nqn.is_some()) {
+            match probe_subsystem(ctx, &config, &configuration, nqn, &user, given.is_some()) {
                 Ok(found) => results.extend(found),
                 // Listing several subsystems: one failing is reported, not fatal.
-                Err(error) if config.nqn.is_none() => {
+                Err(error) if given.is_none() => {
                     tracing::warn!(%nqn, error = %error.error, "subsystem not probed")
                 }
                 Err(error) => {
@@ -193,11 +191,11 @@ mod tests {
 
     use super::discovery_plan;
     use crate::nvme::names::Portal;
-    use crate::sr_config::{Purpose, SrConfig};
+    use crate::sr_config::{ProbeConfig, SrConfig};
 
     fn config(pairs: &[(&str, &str)]) -> SrConfig {
         let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        SrConfig::parse(&map, Purpose::Probe).unwrap()
+        ProbeConfig::parse(&map).unwrap().endpoints
     }
 
     #[test]
@@ -265,23 +263,25 @@ mod tests {
             assert!(!tree.read("/run/nvmetcp/fabric-users.json").contains("probe-"), "probe released its paths");
         }
 
+        /// Connects the subsystem's path and waits for its scan.
+        fn scan(
+            ctx: &Context,
+            timeout: Duration,
+        ) -> Result<Vec<crate::nvme::sysfs::NamespaceDevice>, crate::error::CallError> {
+            let nqn = NQN.parse().unwrap();
+            let config = super::config(&[("portals", "10.0.1.10"), ("nqn", NQN)]);
+            let paths = crate::sr_paths::connect_options(ctx, &config, &nqn, "probe-test").unwrap();
+            crate::sr_paths::scanned_namespaces(ctx, &paths, &nqn, timeout)
+        }
+
         #[test]
         fn a_namespace_the_scan_never_shows_is_named_at_the_deadline() {
             let tree = SysfsTree::new();
             let ctx = context(&tree, &[1, 2, 3]);
             tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID1, 2048);
             tree.head("nvme-subsys0", "nvme0n2", NQN, 2, WWID2, 4096);
-            let paths = crate::sr_paths::connect_options(
-                &ctx,
-                &super::config(&[("portals", "10.0.1.10"), ("nqn", NQN)]),
-                &NQN.parse().unwrap(),
-                "probe-test",
-            )
-            .unwrap();
             let started = std::time::Instant::now();
-            let error =
-                crate::sr_paths::scanned_namespaces(&ctx, &paths, &NQN.parse().unwrap(), Duration::from_millis(300))
-                    .unwrap_err();
+            let error = scan(&ctx, Duration::from_millis(300)).unwrap_err();
             assert!(started.elapsed() < Duration::from_secs(3), "bounded by its deadline");
             let crate::error::CallError::ScanIncomplete { missing, .. } = &error else { panic!("{error:?}") };
             assert_eq!(missing, "3");
@@ -294,21 +294,12 @@ mod tests {
             let ctx = Context { network: Box::new(FakeNetwork::new()), ..ctx };
             tree.head("nvme-subsys0", "nvme0n2", NQN, 2, WWID2, 4096);
             let late = tree.clone();
-            let scan = std::thread::spawn(move || {
+            let scanner = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(300));
                 late.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID1, 2048);
             });
-            let paths = crate::sr_paths::connect_options(
-                &ctx,
-                &super::config(&[("portals", "10.0.1.10"), ("nqn", NQN)]),
-                &NQN.parse().unwrap(),
-                "probe-test",
-            )
-            .unwrap();
-            let heads =
-                crate::sr_paths::scanned_namespaces(&ctx, &paths, &NQN.parse().unwrap(), Duration::from_secs(5))
-                    .unwrap();
-            scan.join().unwrap();
+            let heads = scan(&ctx, Duration::from_secs(5)).unwrap();
+            scanner.join().unwrap();
             assert_eq!(heads.iter().map(|h| h.nsid).collect::<Vec<_>>(), [1, 2]);
         }
     }
