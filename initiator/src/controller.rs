@@ -199,6 +199,84 @@ fn check(portal: SocketAddr, step: &'static str, cqe: &pdu::Completion) -> Resul
     Ok(())
 }
 
+/// An admin queue that is connected, authenticated and enabled (CC.EN set,
+/// CSTS.RDY seen): what a controller starts from, and what a one-off
+/// question (which namespaces are there, `crate::identify`) needs.
+pub(crate) struct Admin {
+    /// The queue.
+    pub queue: Queue,
+    /// Controller ID from Connect.
+    pub cntlid: u16,
+    /// CAP.MQES + 1: the deepest I/O queue the controller takes.
+    pub mqes: u16,
+}
+
+/// One admin command with its own deadline (as the kernel's), its status checked.
+pub(crate) fn admin_call(
+    portal: SocketAddr,
+    config: &MultipathConfig,
+    admin: &Queue,
+    step: &'static str,
+    sqe: Sqe,
+    expect: usize,
+) -> Result<(pdu::Completion, Vec<u8>), ControllerError> {
+    let limit = Instant::now() + config.transport.connect_timeout;
+    let (cqe, data) = admin.call(sqe, Vec::new(), expect, limit).map_err(io_step(portal, step))?;
+    check(portal, step, &cqe)?;
+    Ok((cqe, data))
+}
+
+/// Connects the admin queue at `portal`, authenticates it if the target
+/// asks, and enables the controller.
+pub(crate) fn enable_admin(portal: SocketAddr, config: &MultipathConfig) -> Result<Admin, ControllerError> {
+    let deadline = Instant::now() + config.transport.connect_timeout;
+    let admin = open_queue(portal, config, 0, ADMIN_DEPTH - 1, deadline, 8192, 64 * 1024)?;
+    let kato_ms = u32::try_from(config.transport.keep_alive_tmo.as_millis()).unwrap_or(u32::MAX);
+    let data = command::connect_data(&config.host.id, 0xffff, &config.subsystem_nqn, &config.host.nqn);
+    let (cqe, _) = admin
+        .call(command::connect(0, ADMIN_DEPTH, kato_ms, false), data, 0, deadline)
+        .map_err(io_step(portal, "Fabrics Connect of the admin queue"))?;
+    if cqe.code() != 0 {
+        let auth = if cqe.code() == 0x184 || cqe.code() == 0x182 {
+            " (or, if the array requires DH-HMAC-CHAP, the host key)"
+        } else {
+            ""
+        };
+        return Err(ControllerError::Refused { portal, status: cqe.code(), auth });
+    }
+    let cntlid = u16::try_from(cqe.result & 0xffff).unwrap_or(0);
+    authenticate_if_asked(portal, &admin, config, cqe.result, 0, Instant::now() + config.transport.connect_timeout)?;
+    let call = |step: &'static str, sqe: Sqe, expect: usize| admin_call(portal, config, &admin, step, sqe, expect);
+    let (cap, _) = call("reading CAP", command::property_get(property::CAP, true), 0)?;
+    let mqes = u16::try_from(cap.result & 0xffff).unwrap_or(u16::MAX).saturating_add(1);
+    // CAP.TO: how long the controller may take to become ready, in 500 ms units.
+    let ready_by =
+        Instant::now() + config.transport.connect_timeout.max(Duration::from_millis(500) * (cap.result >> 24 & 0xff));
+    call("enabling the controller", command::property_set(property::CC, 0x0046_0001), 0)?;
+    loop {
+        let (csts, _) = call("waiting for CSTS.RDY", command::property_get(property::CSTS, false), 0)?;
+        if csts.result & 0b10 != 0 {
+            return Err(ControllerError::Step {
+                portal,
+                step: "enabling the controller",
+                why: "controller fatal status".into(),
+            });
+        }
+        if csts.result & 1 == 1 {
+            break;
+        }
+        if Instant::now() >= ready_by {
+            return Err(ControllerError::Step {
+                portal,
+                step: "enabling the controller",
+                why: "CSTS.RDY never set".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Admin { queue: admin, cntlid, mqes })
+}
+
 /// How many I/O queues to ask for: the configured number, or one per host CPU.
 #[must_use]
 pub fn wanted_queues(config: &MultipathConfig) -> u16 {
@@ -219,65 +297,9 @@ impl Controller {
         config: &MultipathConfig,
         events: Sender<Event>,
     ) -> Result<Arc<Self>, ControllerError> {
-        let deadline = Instant::now() + config.transport.connect_timeout;
-        let admin = open_queue(portal, config, 0, ADMIN_DEPTH - 1, deadline, 8192, 64 * 1024)?;
+        let Admin { queue: admin, cntlid, mqes } = enable_admin(portal, config)?;
         let kato_ms = u32::try_from(config.transport.keep_alive_tmo.as_millis()).unwrap_or(u32::MAX);
-        let data = command::connect_data(&config.host.id, 0xffff, &config.subsystem_nqn, &config.host.nqn);
-        let (cqe, _) = admin
-            .call(command::connect(0, ADMIN_DEPTH, kato_ms, false), data, 0, deadline)
-            .map_err(io_step(portal, "Fabrics Connect of the admin queue"))?;
-        if cqe.code() != 0 {
-            let auth = if cqe.code() == 0x184 || cqe.code() == 0x182 {
-                " (or, if the array requires DH-HMAC-CHAP, the host key)"
-            } else {
-                ""
-            };
-            return Err(ControllerError::Refused { portal, status: cqe.code(), auth });
-        }
-        let cntlid = u16::try_from(cqe.result & 0xffff).unwrap_or(0);
-        authenticate_if_asked(
-            portal,
-            &admin,
-            config,
-            cqe.result,
-            0,
-            Instant::now() + config.transport.connect_timeout,
-        )?;
-        let call =
-            |step: &'static str, sqe: Sqe, expect: usize| -> Result<(pdu::Completion, Vec<u8>), ControllerError> {
-                // Each admin command gets its own deadline, as the kernel's do.
-                let limit = Instant::now() + config.transport.connect_timeout;
-                let (cqe, data) = admin.call(sqe, Vec::new(), expect, limit).map_err(io_step(portal, step))?;
-                check(portal, step, &cqe)?;
-                Ok((cqe, data))
-            };
-        let (cap, _) = call("reading CAP", command::property_get(property::CAP, true), 0)?;
-        let mqes = u16::try_from(cap.result & 0xffff).unwrap_or(u16::MAX).saturating_add(1);
-        // CAP.TO: how long the controller may take to become ready, in 500 ms units.
-        let ready_by = Instant::now()
-            + config.transport.connect_timeout.max(Duration::from_millis(500) * (cap.result >> 24 & 0xff));
-        call("enabling the controller", command::property_set(property::CC, 0x0046_0001), 0)?;
-        loop {
-            let (csts, _) = call("waiting for CSTS.RDY", command::property_get(property::CSTS, false), 0)?;
-            if csts.result & 0b10 != 0 {
-                return Err(ControllerError::Step {
-                    portal,
-                    step: "enabling the controller",
-                    why: "controller fatal status".into(),
-                });
-            }
-            if csts.result & 1 == 1 {
-                break;
-            }
-            if Instant::now() >= ready_by {
-                return Err(ControllerError::Step {
-                    portal,
-                    step: "enabling the controller",
-                    why: "CSTS.RDY never set".into(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let call = |step: &'static str, sqe: Sqe, expect: usize| admin_call(portal, config, &admin, step, sqe, expect);
         let (_, ctrl) = call("Identify controller", command::identify(1, 0), 4096)?;
         let nsid = config.namespace.nsid;
         let (_, ns) = call("Identify namespace", command::identify(0, nsid), 4096)?;

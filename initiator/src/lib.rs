@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod discovery;
 #[cfg(test)]
 mod fake_target;
+pub mod identify;
 pub mod multipath;
 pub mod nbd;
 pub mod pdu;

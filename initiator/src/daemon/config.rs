@@ -16,6 +16,7 @@ use crate::config::{
     parse_uuid, AuthKeys, ConfigError, DhchapSecret, HostIdentity, IoPolicy, MultipathConfig, NamespaceIdentity,
     TransportOptions,
 };
+use crate::identify::StableId;
 use crate::nbd::export::ExportConfig;
 
 /// An SR's UUID, the daemon's instance name (checked: it becomes paths).
@@ -58,6 +59,10 @@ pub struct DaemonConfig {
     pub sr: SrId,
     /// The namespace and how to reach it.
     pub multipath: MultipathConfig,
+    /// The namespace's stable identity (`namespace = uuid.…|eui.…`): at every
+    /// start the daemon finds today's NSID by it, so a renumbered namespace
+    /// is followed and a namespace that changed identity is refused.
+    pub identity: Option<StableId>,
     /// How it is served to the host.
     pub export: ExportConfig,
 }
@@ -158,6 +163,7 @@ pub fn parse(path: &str, text: &str) -> Result<DaemonConfig, ConfigFileError> {
     let mut nqn = None;
     let mut nsid = None;
     let mut ns_uuid = None;
+    let mut identity = None;
     let mut portals: Vec<SocketAddr> = Vec::new();
     let mut host_nqn = None;
     let mut host_id = None;
@@ -185,6 +191,12 @@ pub fn parse(path: &str, text: &str) -> Result<DaemonConfig, ConfigFileError> {
                 "subsystem_nqn" => nqn = Some(value.to_owned()),
                 "nsid" => nsid = Some(number::<u32>("nsid", value)?),
                 "namespace_uuid" => ns_uuid = Some(parse_uuid("namespace_uuid", value)?),
+                "namespace" => {
+                    identity = Some(StableId::parse(value).ok_or_else(|| ConfigError {
+                        field: "namespace",
+                        why: format!("{value:?}: expected uuid.<32 hex>, eui.<32 hex> or eui.<16 hex>"),
+                    })?);
+                }
                 "portal" => portals.push(value.parse().map_err(|_| ConfigError {
                     field: "portal",
                     why: format!("{value:?}: expected address:port (IPv6 in brackets)"),
@@ -263,7 +275,7 @@ pub fn parse(path: &str, text: &str) -> Result<DaemonConfig, ConfigFileError> {
         }
         export.memory_limit = mib << 20;
     }
-    Ok(DaemonConfig { sr, multipath, export })
+    Ok(DaemonConfig { sr, multipath, identity, export })
 }
 
 /// One I/O queue per host CPU, as the kernel initiator does.
@@ -371,6 +383,9 @@ pub fn render(config: &DaemonConfig) -> String {
     if let Some(uuid) = &m.namespace.uuid {
         line("namespace_uuid", &uuid_text(uuid));
     }
+    if let Some(identity) = &config.identity {
+        line("namespace", &identity.to_string());
+    }
     for portal in &m.portals {
         line("portal", &portal.to_string());
     }
@@ -419,8 +434,11 @@ mod render_tests {
                     host_nqn = nqn.2014-08.org.nvmexpress:uuid:5e0d0c1a-0000-4000-8000-000000000001\n\
                     host_id = 5e0d0c1a-0000-4000-8000-000000000001\n\
                     dhchap_secret = DHHC-1:00:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0:\n\
-                    dhchap_ctrl_secret = DHHC-1:01:b3RoZXJvdGhlcm90aGVyb3RoZXJvdGhlcg==:\nfast_io_fail_tmo = 20\n";
+                    dhchap_ctrl_secret = DHHC-1:01:b3RoZXJvdGhlcm90aGVyb3RoZXJvdGhlcg==:\nfast_io_fail_tmo = 20\n\
+                    namespace = eui.00112233445566778899aabbccddeeff\n";
         let config = parse("a", text).unwrap();
+        assert_eq!(config.identity.unwrap().to_string(), "eui.00112233445566778899aabbccddeeff");
+        assert!(parse("a", &text.replace("eui.0011", "eui.zz11")).unwrap_err().to_string().contains("namespace"));
         assert_eq!(parse("b", &render(&config)).unwrap(), config);
     }
 }

@@ -13,10 +13,12 @@ pub mod run;
 pub mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::block::BlockDevice;
+use crate::identify::{self, StableId};
 use crate::multipath::Multipath;
-use config::SrId;
+use config::{DaemonConfig, SrId};
 use state::DeviceReport;
 
 /// The daemons' directory in dom0.
@@ -32,6 +34,31 @@ impl Served for Multipath {
     fn report(&self) -> DeviceReport {
         DeviceReport::from(&self.state())
     }
+}
+
+/// Opens the SR's namespace over every portal: first today's NSID is found
+/// by the recorded identity (an array may renumber namespaces; one that no
+/// longer has the identity is refused, never used), then the multipath
+/// device is opened on it, every path checking the namespace's UUID.
+///
+/// # Errors
+/// The namespace cannot be found or opened, in words for the state file.
+pub fn open_namespace(config: &DaemonConfig) -> Result<Arc<Multipath>, String> {
+    let mut multipath = config.multipath.clone();
+    if let Some(identity) = &config.identity {
+        let found = identify::find(&multipath, identity).map_err(|e| e.to_string())?;
+        if found.nsid != multipath.namespace.nsid {
+            tracing::warn!(
+                %identity, was = multipath.namespace.nsid, now = found.nsid,
+                "the namespace has another NSID than at SR.attach; following its identity"
+            );
+        }
+        multipath.namespace.nsid = found.nsid;
+        if let StableId::Uuid(uuid) = identity {
+            multipath.namespace.uuid = Some(*uuid);
+        }
+    }
+    Multipath::open(multipath).map(Arc::new).map_err(|e| e.to_string())
 }
 
 /// Where a daemon's files are: under `root` (`/` in dom0, a temp dir in tests).
