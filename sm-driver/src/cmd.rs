@@ -78,6 +78,12 @@ pub enum Program {
     QemuStorageDaemon,
     /// nbd-client, connecting the storage daemon's NBD export to a kernel device.
     NbdClient,
+    /// systemd's systemctl: the userspace initiator's `nvmetcp-initiator@<sr>` unit.
+    Systemctl,
+    /// This very binary (`nvmetcp-plugin`), resolved from `/proc/self/exe`:
+    /// the userspace initiator's daemon and, where systemd does not run, its
+    /// supervisor.
+    Plugin,
 }
 
 impl Program {
@@ -97,6 +103,8 @@ impl Program {
             Self::QemuImg => "qemu-img",
             Self::QemuStorageDaemon => "qemu-storage-daemon",
             Self::NbdClient => "nbd-client",
+            Self::Systemctl => "systemctl",
+            Self::Plugin => "nvmetcp-plugin",
         }
     }
 }
@@ -321,6 +329,15 @@ pub trait Runner: Send + Sync {
     /// # Errors
     /// [`CmdError::NotFound`] if it is not installed.
     fn resolve(&self, program: Program) -> Result<PathBuf, CmdError>;
+
+    /// Starts `command` detached: in a process group of its own, with no
+    /// stdin, stdout or stderr (a caller's stdout is the protocol, and
+    /// xapi-storage-script waits for it to close), not waited for. Returns
+    /// its pid. For long-lived helpers only (the initiator's supervisor).
+    ///
+    /// # Errors
+    /// [`CmdError`] if the program is missing or cannot start.
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError>;
 }
 
 /// Runs real programs.
@@ -351,6 +368,10 @@ impl SystemRunner {
 
 impl Runner for SystemRunner {
     fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
+        if program == Program::Plugin {
+            return std::env::current_exe()
+                .map_err(|_| CmdError::NotFound { program, searched: "/proc/self/exe".to_owned() });
+        }
         self.search_dirs.iter().map(|dir| dir.join(program.name())).find(|path| is_executable(path)).ok_or_else(|| {
             CmdError::NotFound {
                 program,
@@ -359,21 +380,19 @@ impl Runner for SystemRunner {
         })
     }
 
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        let (mut child, shown) = self.child(command)?;
+        tracing::debug!(command = %shown, "starting detached");
+        let child = child.process_group(0).spawn().map_err(|source| CmdError::Spawn { command: shown, source })?;
+        // Not waited for: once this short-lived process exits, init reaps it.
+        Ok(child.id())
+    }
+
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
-        let path = self.resolve(command.program)?;
-        let shown = command.to_string();
+        let (mut child, shown) = self.child(command)?;
         tracing::debug!(command = %shown, "running");
         let started = Instant::now();
-
-        #[allow(clippy::disallowed_methods)] // this module is the one place allowed to spawn
-        let mut child = std::process::Command::new(&path);
         child
-            .args(command.raw_args())
-            .env_clear()
-            .env("PATH", CHILD_PATH)
-            .env("LC_ALL", "C")
-            .env("LANG", "C")
-            .current_dir("/")
             .process_group(0)
             .stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -430,6 +449,39 @@ impl Runner for SystemRunner {
                 stderr: tail(&stderr),
             })
         }
+    }
+}
+
+impl SystemRunner {
+    fn child(&self, command: &Command) -> Result<(std::process::Command, String), CmdError> {
+        let path = self.resolve(command.program)?;
+        #[allow(clippy::disallowed_methods)] // this module is the one place allowed to spawn
+        let mut child = std::process::Command::new(&path);
+        child.args(command.raw_args()).env_clear().env("PATH", CHILD_PATH).env("LC_ALL", "C").env("LANG", "C");
+        child.current_dir("/").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        Ok((child, command.to_string()))
+    }
+}
+
+/// Runs `command` again and again, as systemd's `Restart=always` with
+/// `RestartSec=restart_delay` would, until it exits successfully; for hosts
+/// where systemd does not run (the initiator daemon's supervisor). The
+/// child stays in the caller's process group, so signalling the group stops
+/// both.
+///
+/// # Errors
+/// [`CmdError`] if the program is missing or cannot start at all.
+pub fn supervise(runner: &SystemRunner, command: &Command, restart_delay: Duration) -> Result<(), CmdError> {
+    loop {
+        let (mut child, shown) = runner.child(command)?;
+        let mut child = child.spawn().map_err(|source| CmdError::Spawn { command: shown.clone(), source })?;
+        let status = child.wait().map_err(|source| CmdError::Io { command: shown.clone(), source })?;
+        if status.success() {
+            tracing::info!(command = %shown, "finished; not restarted");
+            return Ok(());
+        }
+        tracing::warn!(command = %shown, status = %describe_status(status), ?restart_delay, "exited; restarting");
+        thread::sleep(restart_delay);
     }
 }
 
@@ -491,7 +543,7 @@ mod fake;
 #[cfg(test)]
 pub(crate) use self::fake::DeviceSubstitute;
 #[cfg(any(test, feature = "testing"))]
-pub use self::fake::{FakeResponse, FakeRunner, RecordedCall};
+pub use self::fake::{FakeResponse, FakeRunner, RecordedCall, FAKE_DETACHED_PID};
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,9 @@ pub struct RecordedCall {
     pub had_stdin: bool,
 }
 
+/// The pid [`FakeRunner::start_detached`] reports; its calls show as `<command> &`.
+pub const FAKE_DETACHED_PID: u32 = 4242;
+
 /// A scripted response of [`FakeRunner`].
 pub type FakeResponse = Result<Output, CmdError>;
 
@@ -73,6 +76,16 @@ impl Runner for FakeRunner {
         }
     }
 
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        self.resolve(command.program)?;
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedCall {
+            program: command.program,
+            shown: format!("{command} &"),
+            had_stdin: false,
+        });
+        Ok(FAKE_DETACHED_PID)
+    }
+
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         self.resolve(command.program)?;
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedCall {
@@ -101,6 +114,10 @@ impl Runner for std::sync::Arc<FakeRunner> {
 
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         self.as_ref().run(command)
+    }
+
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        self.as_ref().start_detached(command)
     }
 }
 
@@ -136,5 +153,9 @@ impl Runner for DeviceSubstitute {
             *text = text.replace(&self.from, &self.to).replace("global { ", "global { activation = 0 ");
         }
         self.inner.run(&command)
+    }
+
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        self.inner.start_detached(command)
     }
 }
