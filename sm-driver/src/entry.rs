@@ -39,6 +39,10 @@ pub enum Invocation {
     /// The userspace initiator's daemon for one SR (`--initiator-daemon
     /// <sr-uuid>`, as its systemd template unit runs it).
     InitiatorDaemon(String),
+    /// Where systemd does not run: the supervisor that restarts one SR's
+    /// daemon as its unit's `Restart=always` would (`--initiator-supervise
+    /// <sr-uuid>`, started detached by `SR.attach`).
+    InitiatorSupervise(String),
     /// List the method links to install, one `<plugin dir> <file>` per line
     /// (`--list-links`, for packaging).
     ListLinks,
@@ -80,9 +84,9 @@ pub enum UsageError {
     /// The host plugin takes exactly one argument.
     #[error("as an XAPI host plugin, nvmetcp takes one argument: the XML-RPC request xapi passes")]
     HostPluginArgs,
-    /// `--initiator-daemon` takes the SR's UUID and nothing else.
-    #[error("--initiator-daemon takes one argument: the SR's UUID")]
-    InitiatorDaemonArgs,
+    /// `--initiator-daemon` and `--initiator-supervise` take the SR's UUID and nothing else.
+    #[error("{0} takes one argument: the SR's UUID")]
+    InitiatorDaemonArgs(&'static str),
     /// `--json` together with `name=value` words.
     #[error("--json reads the parameters from stdin; do not also give name=value arguments")]
     JsonAndWords,
@@ -118,7 +122,13 @@ pub fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, UsageError
         Some("--initiator-daemon") => {
             return match args {
                 [_, sr] => Ok(Invocation::InitiatorDaemon(sr.clone())),
-                _ => Err(UsageError::InitiatorDaemonArgs),
+                _ => Err(UsageError::InitiatorDaemonArgs("--initiator-daemon")),
+            }
+        }
+        Some("--initiator-supervise") => {
+            return match args {
+                [_, sr] => Ok(Invocation::InitiatorSupervise(sr.clone())),
+                _ => Err(UsageError::InitiatorDaemonArgs("--initiator-supervise")),
             }
         }
         _ => {}
@@ -277,6 +287,9 @@ USAGE
   {BINARY_NAME} --initiator-daemon <SR uuid>
                                       the userspace NVMe/TCP initiator of one SR, served as
                                       /dev/nbdN (run by nvmetcp-initiator@<SR uuid>.service)
+  {BINARY_NAME} --initiator-supervise <SR uuid>
+                                      where systemd does not run: restarts that daemon
+                                      whenever it dies (SR.attach starts it)
   {HOST_PLUGINS_DIR}/nvmetcp <XML-RPC call>  as xapi runs it for host.call_plugin
   /usr/libexec/nvmetcp/nvmetcp-agent   the host agent (systemd unit nvmetcp-agent): path
                                       counts and alerts to XAPI, SR I/O to xcp-rrdd

@@ -9,13 +9,8 @@ use serde_json::Value;
 use crate::context::Context;
 use crate::error::{CallError, DriverError, Failure};
 use crate::lvm::{Lvm, Vg};
-use crate::nvme::health::health;
-use crate::nvme::names::Nqn;
-use crate::nvme::resolve::pin;
-use crate::nvme::sysfs::NamespaceIdentity;
 use crate::pool_role;
 use crate::smapi::params::Params;
-use crate::sr_config::NamespaceRef;
 use crate::sr_paths;
 use crate::sr_state::{self, uuid_of_handle, SrLock, SrState, StateError, SR_LOCK_TIMEOUT};
 
@@ -51,7 +46,7 @@ pub(crate) fn require_master(ctx: &Context, what: &'static str) -> Result<(), Ca
 /// Fails at once when no path is live: LVM I/O would only queue until
 /// `fast_io_fail_tmo`.
 fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), CallError> {
-    let paths = health(&ctx.host, &state.paths)?;
+    let paths = sr_paths::health_of(&ctx.host, state)?;
     if paths.live() == 0 {
         return Err(CallError::NoPath { nqn: state.nqn.clone(), why: paths.summary() });
     }
@@ -74,15 +69,8 @@ pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> 
 
 /// LVM on the SR's namespace, for callers that checked the paths already.
 pub(crate) fn lvm_on_namespace<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> Result<Lvm<'c>, CallError> {
-    let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
-        CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
-    })?;
-    let identity = NamespaceIdentity::parse(&state.namespace).ok_or_else(|| {
-        CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: "namespace identity".to_owned() })
-    })?;
-    let resolved = sr_paths::namespace(&ctx.host, &nqn, &NamespaceRef::Identity(identity), Duration::from_secs(2))?;
-    let pinned = pin(&ctx.host, &nqn, resolved)?;
-    Ok(Lvm::new(ctx.runner.as_ref(), &pinned.resolved.device, writable)?.holding(pinned.file))
+    let (device, file) = sr_paths::device_of(&ctx.host, state, Duration::from_secs(2))?;
+    Ok(Lvm::new(ctx.runner.as_ref(), &device, writable)?.holding(file))
 }
 
 /// The SR's VG as LVM reports it, if it still exists.

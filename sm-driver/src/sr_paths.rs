@@ -7,22 +7,26 @@
 //! namespaces and verified by the fabric layer; [`scanned_namespaces`] waits
 //! for all of them, as the subsystem lists them.
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::context::Context;
 use crate::error::{chain, CallError};
 use crate::host::HostRoot;
 use crate::host_config::{authentication, HostConfig};
+use crate::initiator::{choose, userspace, InitiatorChoice, InitiatorKind};
 use crate::nvme::checks::{ensure_auth_support, ensure_multipath, ensure_transport};
 use crate::nvme::discovery::{Network, DISCOVERY_TIMEOUT};
-use crate::nvme::health::set_iopolicy;
+use crate::nvme::health::{health, set_iopolicy, Health};
 use crate::nvme::identity::load_or_create;
 use crate::nvme::names::{Nqn, Portal, Transport};
 use crate::nvme::options::{Authentication, ConnectOptions, HostIdentity, PathKey};
-use crate::nvme::resolve::{resolve_head, ResolvedNamespace, APPEAR_TIMEOUT};
-use crate::nvme::sysfs::{namespace_devices, NamespaceDevice};
+use crate::nvme::resolve::{pin, resolve_head, ResolvedNamespace, APPEAR_TIMEOUT};
+use crate::nvme::sysfs::{namespace_devices, NamespaceDevice, NamespaceIdentity};
 use crate::nvme::users::attach;
 use crate::sr_config::{NamespaceRef, SrConfig};
+use crate::sr_state::{SrState, StateError};
 
 /// Every path of the subsystem: configured portals and discovered ports.
 ///
@@ -79,6 +83,16 @@ pub fn path_options(
         .collect())
 }
 
+/// The subsystem's paths and the keys to use on them, before connecting.
+fn plan(ctx: &Context, config: &SrConfig, nqn: &Nqn) -> Result<(Vec<ConnectOptions>, Authentication), CallError> {
+    let host = &ctx.host;
+    let identity = load_or_create(host)?;
+    let local = HostConfig::load(host)?;
+    let auth = crate::secrets::authentication(host, authentication(host, nqn)?, &config.keys)?;
+    let options = path_options(ctx.network.as_ref(), config, nqn, &identity, &local, &auth)?;
+    Ok((options, auth))
+}
+
 /// Connects every path of the subsystem for `user`; succeeds when at least
 /// one path is up (the others are reported in the log and in health).
 ///
@@ -101,13 +115,10 @@ pub fn connect_options(
     let host = &ctx.host;
     ensure_transport(host, ctx.runner.as_ref(), config.transport)?;
     ensure_multipath(host)?;
-    let identity = load_or_create(host)?;
-    let local = HostConfig::load(host)?;
-    let auth = crate::secrets::authentication(host, authentication(host, nqn)?, &config.keys)?;
+    let (options, auth) = plan(ctx, config, nqn)?;
     if auth.host_key.is_some() {
         ensure_auth_support(host, ctx.fabrics.as_ref())?;
     }
-    let options = path_options(ctx.network.as_ref(), config, nqn, &identity, &local, &auth)?;
     let results = attach(host, ctx.fabrics.as_ref(), ctx.network.as_ref(), user, &options)?;
     let mut failures = Vec::new();
     for (option, result) in options.iter().zip(&results) {
@@ -227,3 +238,126 @@ pub fn namespace(
 
 /// The default time to wait for a namespace.
 pub const NAMESPACE_TIMEOUT: Duration = APPEAR_TIMEOUT;
+
+/// This host's initiator for the SR's transport (`host.conf`, else whether
+/// `nvme_tcp` loads), logged with its reason.
+///
+/// # Errors
+/// An unreadable `host.conf`.
+pub fn initiator(ctx: &Context, config: &SrConfig) -> Result<InitiatorChoice, CallError> {
+    let configured = HostConfig::load(&ctx.host)?.initiator;
+    let choice = choose(&ctx.host, ctx.runner.as_ref(), configured, config.transport);
+    tracing::info!(initiator = %choice, "NVMe/TCP initiator");
+    Ok(choice)
+}
+
+/// An SR's namespace brought up on this host, by either initiator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BroughtUp {
+    /// Which initiator serves it.
+    pub initiator: InitiatorKind,
+    /// The block device: the multipath head, or the SR's `/dev/nbdN`.
+    pub device: PathBuf,
+    /// The namespace's stable identity (`None`: it has none).
+    pub identity: Option<NamespaceIdentity>,
+    /// Its NSID today.
+    pub nsid: u32,
+    /// Every path expected.
+    pub paths: Vec<PathKey>,
+}
+
+/// The one door of the handlers to an SR's namespace on this host: with
+/// the kernel's initiator, every path connected for `user` and the
+/// multipath head resolved; with the userspace one, the SR's daemon
+/// serving its `/dev/nbdN`. Undone by [`release`].
+///
+/// # Errors
+/// [`CallError`] naming what failed, on either side.
+pub fn bring_up(
+    ctx: &Context,
+    config: &SrConfig,
+    nqn: &Nqn,
+    reference: &NamespaceRef,
+    user: &str,
+    sr_uuid: &str,
+) -> Result<BroughtUp, CallError> {
+    match initiator(ctx, config)?.kind {
+        InitiatorKind::Kernel => {
+            let paths = connect(ctx, config, nqn, user)?;
+            let resolved = namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
+            Ok(BroughtUp {
+                initiator: InitiatorKind::Kernel,
+                device: resolved.device,
+                identity: resolved.namespace.identity,
+                nsid: resolved.namespace.nsid,
+                paths,
+            })
+        }
+        InitiatorKind::Userspace => {
+            let (options, auth) = plan(ctx, config, nqn)?;
+            let target = userspace::Target { config, nqn, options: &options, auth: &auth };
+            let served = userspace::bring_up(&ctx.host, ctx.runner.as_ref(), target, sr_uuid, reference)?;
+            Ok(BroughtUp {
+                initiator: InitiatorKind::Userspace,
+                device: served.device,
+                identity: served.identity,
+                nsid: served.nsid,
+                paths: served.paths,
+            })
+        }
+    }
+}
+
+/// Undoes [`bring_up`]: the kernel's paths `user` holds released (the last
+/// user disconnects), or the SR's daemon stopped and its device
+/// disconnected. Safe to repeat.
+///
+/// # Errors
+/// [`CallError`] when the paths or the daemon could not be released.
+pub fn release(ctx: &Context, initiator: InitiatorKind, user: &str, sr_uuid: &str) -> Result<(), CallError> {
+    match initiator {
+        InitiatorKind::Kernel => {
+            let released = crate::nvme::users::release(&ctx.host, user)?;
+            tracing::debug!(disconnected = ?released.disconnected, "paths released");
+        }
+        InitiatorKind::Userspace => userspace::take_down(&ctx.host, ctx.runner.as_ref(), sr_uuid)?,
+    }
+    Ok(())
+}
+
+/// The attached SR's block device now, resolved anew and held open (the
+/// kernel's head by the namespace's identity, pinned; the SR's `/dev/nbdN`,
+/// verified once open): LVM works on it while the file is held.
+///
+/// # Errors
+/// [`CallError`] when it is not there or changed while opening.
+pub fn device_of(host: &HostRoot, state: &SrState, timeout: Duration) -> Result<(PathBuf, File), CallError> {
+    match state.initiator {
+        InitiatorKind::Kernel => {
+            let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
+                CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
+            })?;
+            let identity = NamespaceIdentity::parse(&state.namespace).ok_or_else(|| {
+                CallError::State(StateError::Corrupt {
+                    path: "SR state".to_owned(),
+                    detail: "namespace identity".to_owned(),
+                })
+            })?;
+            let resolved = namespace(host, &nqn, &NamespaceRef::Identity(identity), timeout)?;
+            let pinned = pin(host, &nqn, resolved)?;
+            Ok((pinned.resolved.device, pinned.file))
+        }
+        InitiatorKind::Userspace => Ok(userspace::pinned_device(host, &state.sr_uuid)?),
+    }
+}
+
+/// The attached SR's paths now: from sysfs, or as its daemon reports them.
+///
+/// # Errors
+/// [`CallError`] when sysfs cannot be read.
+pub fn health_of(host: &HostRoot, state: &SrState) -> Result<Health, CallError> {
+    match state.initiator {
+        InitiatorKind::Kernel => Ok(health(host, &state.paths)?),
+        InitiatorKind::Userspace => Ok(userspace::health(host, &state.sr_uuid, &state.paths)),
+    }
+}

@@ -46,6 +46,9 @@ pub struct SrState {
     /// without reading it back (0 in state written by older versions).
     #[serde(default)]
     pub extent_size: u64,
+    /// Which initiator serves the SR on this host (older state: the kernel's).
+    #[serde(default)]
+    pub initiator: crate::initiator::InitiatorKind,
 }
 
 /// Why the state or lock could not be used.
@@ -204,6 +207,7 @@ mod tests {
             total_space: 1,
             free_space: 1,
             extent_size: 4 << 20,
+            initiator: crate::initiator::InitiatorKind::Kernel,
         };
         save(&host, &state).unwrap();
         assert_eq!(load(&host, UUID).unwrap(), state);

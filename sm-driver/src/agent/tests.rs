@@ -81,6 +81,7 @@ fn attached_sr() -> SysfsTree {
         total_space: 0,
         free_space: 0,
         extent_size: 0,
+        initiator: crate::initiator::InitiatorKind::Kernel,
     };
     save(&tree.host(), &state).unwrap();
     tree
@@ -226,6 +227,7 @@ fn served_in_userspace(second_path: &str) -> SysfsTree {
         total_space: 0,
         free_space: 0,
         extent_size: 0,
+        initiator: crate::initiator::InitiatorKind::Kernel,
     };
     save(&tree.host(), &state).unwrap();
     let pid = std::process::id();

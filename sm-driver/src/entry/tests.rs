@@ -141,8 +141,13 @@ fn the_initiator_daemon_takes_exactly_the_sr_uuid() {
     let binary = "/usr/libexec/nvmetcp/nvmetcp-plugin";
     let sr = "0c9b6a43-6f3e-4bd4-9c3e-5e0d0c1a2b3c";
     assert_eq!(parse_args(binary, &args(&["--initiator-daemon", sr])), Ok(Invocation::InitiatorDaemon(sr.to_owned())));
-    assert_eq!(parse_args(binary, &args(&["--initiator-daemon"])), Err(UsageError::InitiatorDaemonArgs));
-    assert_eq!(parse_args(binary, &args(&["--initiator-daemon", sr, "x"])), Err(UsageError::InitiatorDaemonArgs));
+    let wrong = Err(UsageError::InitiatorDaemonArgs("--initiator-daemon"));
+    assert_eq!(parse_args(binary, &args(&["--initiator-daemon"])), wrong);
+    assert_eq!(parse_args(binary, &args(&["--initiator-daemon", sr, "x"])), wrong);
+    let supervise = parse_args(binary, &args(&["--initiator-supervise", sr]));
+    assert_eq!(supervise, Ok(Invocation::InitiatorSupervise(sr.to_owned())));
+    let wrong = Err(UsageError::InitiatorDaemonArgs("--initiator-supervise"));
+    assert_eq!(parse_args(binary, &args(&["--initiator-supervise"])), wrong);
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub enum CallError {
         /// Each path's failure.
         why: String,
     },
+    /// The userspace initiator could not serve the SR.
+    #[error(transparent)]
+    Userspace(#[from] crate::initiator::userspace::UserspaceError),
     /// The path registry or its lock failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),

@@ -67,6 +67,8 @@ error_codes! {
     ToolFailed = "NVMETCP_TOOL_FAILED",
     /// nvmetcp's state on this host is unusable, or a lock was held too long.
     HostState = "NVMETCP_HOST_STATE",
+    /// The userspace NVMe/TCP initiator daemon of the SR did not come up or cannot be stopped.
+    Initiator = "NVMETCP_INITIATOR",
     /// The SR is not attached on this host (xapi's own code).
     SrNotAttached = "Sr_not_attached",
     /// The volume is not in the SR (xapi's own code).

@@ -156,6 +156,7 @@ fn sr_code(error: &CallError) -> ErrorCode {
         CallError::Discovery { .. } => ErrorCode::DiscoveryFailed,
         CallError::NoPath { .. } | CallError::Nvme(_) => ErrorCode::NoPath,
         CallError::Registry(_) | CallError::Release(_) => ErrorCode::HostState,
+        CallError::Userspace(error) => userspace_code(error),
         CallError::Namespace(_) => ErrorCode::Namespace,
         CallError::NamespaceMissing { .. } | CallError::NoIdentity { .. } | CallError::ScanIncomplete { .. } => {
             ErrorCode::Namespace
@@ -193,6 +194,21 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         ChainCallError::Op(OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_))
         | ChainCallError::Running { .. }
         | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
+    }
+}
+
+/// The XenAPI error code of a userspace initiator's failure.
+fn userspace_code(error: &crate::initiator::userspace::UserspaceError) -> ErrorCode {
+    use crate::initiator::userspace::UserspaceError;
+    use nvmetcp_initiator::identify::IdentifyError;
+    match error {
+        UserspaceError::NotTcp | UserspaceError::Config(_) | UserspaceError::BadSr(_) => ErrorCode::InvalidConfig,
+        UserspaceError::Identify(IdentifyError::Unreachable { .. }) => ErrorCode::NoPath,
+        UserspaceError::Identify(IdentifyError::NotFound { .. }) | UserspaceError::NoSuchNsid { .. } => {
+            ErrorCode::Namespace
+        }
+        UserspaceError::Moved { .. } => ErrorCode::Namespace,
+        UserspaceError::Door(_) | UserspaceError::Service(_) | UserspaceError::Open { .. } => ErrorCode::Initiator,
     }
 }
 

@@ -12,8 +12,13 @@
 //! initiator speaks TCP only). `doctor`, `status`, `Plugin.diagnostics` and
 //! SMlog show the choice with its reason.
 
+pub mod service;
+pub mod userspace;
+
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::cmd::Runner;
 use crate::host::HostRoot;
@@ -21,9 +26,12 @@ use crate::nvme::checks::{kernel, load_module};
 use crate::nvme::names::Transport;
 
 /// The two initiators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InitiatorKind {
-    /// The kernel's `nvme_tcp` with native multipath.
+    /// The kernel's `nvme_tcp` with native multipath (also what an SR
+    /// attached by a version before the userspace initiator used).
+    #[default]
     Kernel,
     /// nvmetcp's own, one daemon per SR, as `/dev/nbdN`.
     Userspace,

@@ -14,7 +14,7 @@ use crate::smapi::params::Params;
 use crate::smapi::types::StringMap;
 use crate::sr_access::sr_call;
 use crate::sr_config::{without_inline_keys, AttachConfig, NamespaceRef, SR_UUID_KEY};
-use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
+use crate::sr_paths;
 use crate::sr_state::{self, handle_of, SrLock, SrState, SR_LOCK_TIMEOUT};
 
 use super::vg::{is_sr, tag_value, UUID_TAG};
@@ -68,10 +68,10 @@ fn recover_chains(ctx: &Context, state: &SrState) {
 fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure> {
     let AttachConfig { endpoints: config, nqn, namespace, sr_uuid: uuid } = AttachConfig::parse(configuration)?;
     let reference = NamespaceRef::Identity(namespace);
-    let expected = sr_paths::connect(ctx, &config, &nqn, uuid.as_str())?;
-    let resolved = sr_paths::namespace(&ctx.host, &nqn, &reference, NAMESPACE_TIMEOUT)?;
-    let namespace = resolved.namespace.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
-    let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, pool_role::is_master(&ctx.host))?;
+    // The kernel's paths are held for the user named after the SR.
+    let up = sr_paths::bring_up(ctx, &config, &nqn, &reference, uuid.as_str(), uuid.as_str())?;
+    let namespace = up.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
+    let lvm = Lvm::new(ctx.runner.as_ref(), &up.device, pool_role::is_master(&ctx.host))?;
     let vgs = lvm.vgs()?;
     let vg = vgs.iter().find(|vg| is_sr(vg) && tag_value(vg, UUID_TAG) == Some(uuid.as_str()));
     let Some(vg) = vg.cloned() else {
@@ -86,11 +86,12 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure
         vg: vg.name,
         nqn: nqn.to_string(),
         namespace,
-        paths: expected,
+        paths: up.paths,
         configuration: without_inline_keys(configuration),
         total_space: vg.size,
         free_space: vg.free,
         extent_size: vg.extent_size,
+        initiator: up.initiator,
     })
 }
 

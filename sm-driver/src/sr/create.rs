@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::context::Context;
 use crate::error::{CallError, Failure};
 use crate::ids::SrUuid;
+use crate::initiator::InitiatorKind;
 use crate::lvm::{pv_uuid_for, Lvm};
 use crate::nvme::names::Nqn;
 use crate::nvme::resolve::{pin, PinnedNamespace};
@@ -46,11 +47,27 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         ];
         let _lock = SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?;
         let user = format!("create-{uuid}");
-        sr_paths::connect(ctx, &config, &nqn, &user)?;
-        let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid.as_str(), &tags);
-        // Leave no connection behind that create made; PBD.plug attaches.
-        release(&ctx.host, &user)?;
-        let identity = outcome?;
+        let identity = match sr_paths::initiator(ctx, &config)?.kind {
+            InitiatorKind::Kernel => {
+                sr_paths::connect(ctx, &config, &nqn, &user)?;
+                let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid.as_str(), &tags);
+                // Leave no connection behind that create made; PBD.plug attaches.
+                release(&ctx.host, &user)?;
+                outcome?
+            }
+            InitiatorKind::Userspace => {
+                let up = sr_paths::bring_up(ctx, &config, &nqn, &reference, &user, uuid.as_str())?;
+                let outcome = crate::initiator::userspace::pinned_device(&ctx.host, uuid.as_str())
+                    .map_err(|e| Failure::from(CallError::from(e)))
+                    .and_then(|(device, file)| {
+                        let lvm = Lvm::new(ctx.runner.as_ref(), &device, true)?.holding(file);
+                        create_on_device(ctx, &config, &nqn, &lvm, up.identity, up.nsid, uuid.as_str(), &tags)
+                    });
+                // The daemon create started is stopped; PBD.plug starts the SR's own.
+                sr_paths::release(ctx, up.initiator, &user, uuid.as_str())?;
+                outcome?
+            }
+        };
         let mut stored = without_inline_keys(&configuration);
         stored.insert("namespace".to_owned(), identity.canonical());
         stored.insert(SR_UUID_KEY.to_owned(), uuid.to_string());
@@ -69,18 +86,30 @@ fn create_on_namespace(
 ) -> Result<NamespaceIdentity, Failure> {
     let resolved = sr_paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
     let PinnedNamespace { resolved, file } = pin(&ctx.host, nqn, resolved)?;
-    let identity = resolved
-        .namespace
-        .identity
-        .clone()
-        .ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid: resolved.namespace.nsid })?;
     let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?.holding(file);
+    create_on_device(ctx, config, nqn, &lvm, resolved.namespace.identity, resolved.namespace.nsid, uuid, tags)
+}
+
+/// Creates the SR through `lvm`, confined to the namespace's block device
+/// (either initiator's), held open.
+#[allow(clippy::too_many_arguments)] // one call's context, each a different thing
+fn create_on_device(
+    ctx: &Context,
+    config: &SrConfig,
+    nqn: &Nqn,
+    lvm: &Lvm<'_>,
+    identity: Option<NamespaceIdentity>,
+    nsid: u32,
+    uuid: &str,
+    tags: &[String],
+) -> Result<NamespaceIdentity, Failure> {
+    let identity = identity.ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid })?;
     let vgs = lvm.vgs()?;
     // Already created by an earlier attempt of this very call: done.
     if vgs.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
         return Ok(identity);
     }
-    let device = resolved.device.display().to_string();
+    let device = lvm.device().to_owned();
     // Another nvmetcp SR is never overwritten, not even with force: its
     // volumes may be in use on any host of any pool. SR.destroy removes it.
     if let Some(other) = vgs.iter().find(|vg| vg.tags.iter().any(|t| t == SR_TAG)) {
@@ -107,7 +136,7 @@ fn create_on_namespace(
         }
         lvm.pvcreate(config.force, &pv_uuid)?;
     }
-    create_vg(&lvm, &vg_name(uuid), tags)?;
+    create_vg(lvm, &vg_name(uuid), tags)?;
     tracing::info!(sr = %uuid, vg = %vg_name(uuid), %device, "SR created");
     Ok(identity)
 }

@@ -7,10 +7,11 @@ use serde_json::Value;
 use crate::cmd::{Command, Program};
 use crate::context::Context;
 use crate::error::{CallError, Failure};
-use crate::nvme::users::release;
+use crate::initiator::{userspace, InitiatorKind};
 use crate::pool_mappings::mappings_of_vg;
 use crate::smapi::params::Params;
 use crate::sr_access::{handle_uuid, lvm_for, sr_call};
+use crate::sr_paths;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 
 /// `SR.detach`.
@@ -21,8 +22,9 @@ pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
         let uuid = handle_uuid(params)?;
         let _lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
-        if let Ok(state) = sr_state::load(&ctx.host, &uuid) {
-            match lvm_for(ctx, &state, false) {
+        let state = sr_state::load(&ctx.host, &uuid).ok();
+        if let Some(state) = &state {
+            match lvm_for(ctx, state, false) {
                 Ok(lvm) => lvm.deactivate(&state.vg)?,
                 // LVM would block on the unreachable device: remove the
                 // mappings directly, so no volume stays mapped on a host that
@@ -37,9 +39,14 @@ pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
                 }
             }
         }
-        let released = release(&ctx.host, &uuid)?;
+        let initiator = state.map_or_else(|| InitiatorKind::Kernel, |s| s.initiator);
+        sr_paths::release(ctx, initiator, &uuid, &uuid)?;
+        if initiator == InitiatorKind::Kernel && userspace::has_run(&ctx.host, &uuid) {
+            // No state (a detach retried after a crash): the daemon may be left.
+            sr_paths::release(ctx, InitiatorKind::Userspace, &uuid, &uuid)?;
+        }
         sr_state::remove(&ctx.host, &uuid)?;
-        tracing::info!(sr = %uuid, disconnected = ?released.disconnected, "SR detached");
+        tracing::info!(sr = %uuid, %initiator, "SR detached");
         Ok(Value::Null)
     })
 }

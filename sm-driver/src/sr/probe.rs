@@ -177,6 +177,7 @@ fn probe_subsystem(
                 total_space: vg.size,
                 free_space: vg.free,
                 extent_size: vg.extent_size,
+                initiator: crate::initiator::InitiatorKind::Kernel,
             };
             let stat = stat_record(&handle_of(uuid), &state, Some(vg), Health::Healthy(path_health.summary()));
             results.push(ProbeResult { configuration, complete: true, sr: Some(stat), extra_info: extra_info.clone() });

@@ -7,7 +7,6 @@ use serde_json::Value;
 use crate::context::Context;
 use crate::error::{CallError, Failure};
 use crate::lvm::Vg;
-use crate::nvme::health::health;
 use crate::smapi::params::Params;
 use crate::smapi::types::{Health, SrStat};
 use crate::sr_access::{attached, lvm_on_namespace, our_vg, sr_call};
@@ -22,7 +21,7 @@ use super::vg::{tag_value, DESCRIPTION_TAG, NAME_TAG};
 pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     sr_call(params, || {
         let (mut state, _lock) = attached(ctx, params)?;
-        let paths = health(&ctx.host, &state.paths)?;
+        let paths = crate::sr_paths::health_of(&ctx.host, &state)?;
         let summary = paths.summary();
         let handle = handle_of(&state.sr_uuid);
         if paths.live() == 0 {

@@ -49,6 +49,7 @@ fn attached_sr_with_path(state: &str) -> SysfsTree {
         total_space: 1 << 30,
         free_space: 1 << 29,
         extent_size: 4 << 20,
+        initiator: crate::initiator::InitiatorKind::Kernel,
     };
     sr_state::save(&tree.host(), &state).unwrap();
     tree

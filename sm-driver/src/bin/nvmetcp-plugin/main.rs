@@ -8,7 +8,6 @@ mod logging;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use sm_driver::cmd::SystemRunner;
 use sm_driver::context::Context;
@@ -34,6 +33,10 @@ fn main() -> ExitCode {
         Ok(Invocation::InitiatorDaemon(sr)) => {
             logging::init(false);
             return initiator_daemon(&sr);
+        }
+        Ok(Invocation::InitiatorSupervise(sr)) => {
+            logging::init(false);
+            return initiator_supervise(&sr);
         }
         Ok(Invocation::HostPlugin(request)) => {
             logging::init(false);
@@ -70,13 +73,10 @@ fn main() -> ExitCode {
 /// a failure is logged (SMlog, and the journal through stderr) and recorded
 /// in its state file, and its supervisor restarts it.
 fn initiator_daemon(sr: &str) -> ExitCode {
-    use nvmetcp_initiator::daemon::{config::SrId, run::run, Layout};
-    let result = SrId::parse(sr).map_err(|e| e.to_string()).and_then(|sr| {
-        run(&sr, &Layout::system(), 0, |config| {
-            nvmetcp_initiator::Multipath::open(config.multipath.clone()).map(Arc::new).map_err(|e| e.to_string())
-        })
+    use nvmetcp_initiator::daemon::{config::SrId, open_namespace, run::run, Layout};
+    let result = SrId::parse(sr)
         .map_err(|e| e.to_string())
-    });
+        .and_then(|sr| run(&sr, &Layout::system(), 0, open_namespace).map_err(|e| e.to_string()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -84,6 +84,22 @@ fn initiator_daemon(sr: &str) -> ExitCode {
             {
                 eprintln!("{BINARY_NAME} --initiator-daemon {sr}: {error}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where systemd does not run: keeps one SR's daemon running until its
+/// device is disconnected (started detached by SR.attach).
+fn initiator_supervise(sr: &str) -> ExitCode {
+    use nvmetcp_initiator::daemon::config::SrId;
+    let result = SrId::parse(sr)
+        .map_err(|e| e.to_string())
+        .and_then(|sr| sm_driver::initiator::service::supervise(&HostRoot::system(), &sr));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%sr, %error, "the initiator's supervisor stops");
             ExitCode::FAILURE
         }
     }

@@ -109,6 +109,7 @@ fn attached(bytes: u64) -> SysfsTree {
         total_space: bytes,
         free_space: bytes,
         extent_size: 4 << 20,
+        initiator: crate::initiator::InitiatorKind::Kernel,
     };
     sr_state::save(&tree.host(), &state).unwrap();
     tree
