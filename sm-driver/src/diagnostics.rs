@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 
 use crate::cmd::{Command, Program, Runner};
 use crate::host::HostRoot;
+use crate::nvme::checks::module_state;
 use crate::nvme::sysfs::is_controller_name;
 use crate::plugin::{SR_TYPE, VERSION};
 use crate::smapi::method::PluginKind;
@@ -73,22 +74,16 @@ pub fn report(kind: PluginKind, host: &HostRoot, runner: &dyn Runner) -> String 
     write_attached_srs(&mut out, host);
 
     let _ = writeln!(out, "\nuserspace NVMe/TCP initiator (nvmetcp-initiator@<SR uuid>.service):");
-    write_initiator(&mut out, host, release.as_deref().ok());
+    write_initiator(&mut out, host);
     out
 }
 
 /// The initiator this host would choose (without loading anything) and
 /// every userspace initiator daemon's state, its NBD device verified.
-fn write_initiator(out: &mut String, host: &HostRoot, release: Option<&str>) {
+fn write_initiator(out: &mut String, host: &HostRoot) {
     use nvmetcp_initiator::daemon::{config::SrId, door, Layout};
     let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
-    let choice = match configured {
-        Some(kind) => format!("{kind} (initiator = {kind} in {})", crate::host_config::HOST_CONF),
-        None => match module_state(host, release, "nvme_tcp", "nvme-tcp.ko") {
-            state if state.starts_with("not in kernel") => format!("userspace (nvme_tcp {state})"),
-            state => format!("kernel (nvme_tcp {state})"),
-        },
-    };
+    let choice = crate::initiator::predict(host, configured);
     let _ = writeln!(out, "  NVMe/TCP initiator this host chooses: {choice}");
     let layout = Layout::under(&host.path("/"));
     let names = host.list_dir(nvmetcp_initiator::daemon::RUN_DIR).unwrap_or_default();
@@ -157,29 +152,6 @@ fn show<E: std::fmt::Display>(value: &Result<String, E>) -> String {
         Ok(text) if text.is_empty() => "(empty)".to_owned(),
         Ok(text) => text.replace('\n', " | "),
         Err(e) => format!("unavailable ({e})"),
-    }
-}
-
-/// Whether `module` is loaded, built in, available or absent, in words.
-pub(crate) fn module_state(host: &HostRoot, release: Option<&str>, module: &str, file: &str) -> String {
-    if host.exists(&format!("/sys/module/{module}")) {
-        return "loaded".to_owned();
-    }
-    let Some(release) = release else {
-        return "not loaded".to_owned();
-    };
-    let listed = |list: &str| {
-        host.read_trimmed(&format!("/lib/modules/{release}/{list}")).is_ok_and(|text| {
-            text.lines()
-                .any(|l| l.split(':').next().is_some_and(|p| p.ends_with(file) || p.ends_with(&format!("{file}.xz"))))
-        })
-    };
-    if listed("modules.builtin") {
-        "built into the kernel".to_owned()
-    } else if listed("modules.dep") {
-        "not loaded (available)".to_owned()
-    } else {
-        format!("not in kernel {release}")
     }
 }
 
@@ -257,7 +229,10 @@ mod tests {
         write(&host, "/sys/block/nbd1/pid", "4242\n");
         write(&host, "/sys/block/nbd1/size", "2048\n");
         let text = report(PluginKind::Volume, &host, &FakeRunner::new());
-        assert!(text.contains("chooses: userspace (initiator = userspace in /etc/nvmetcp/host.conf)"), "{text}");
+        assert!(
+            text.contains("chooses: userspace initiator (initiator = userspace in /etc/nvmetcp/host.conf)"),
+            "{text}"
+        );
         assert!(
             text.contains(&format!("SR {sr}: Serving, daemon pid 4242 not running, /dev/nbd1 (verified)")),
             "{text}"
@@ -304,7 +279,7 @@ mod tests {
         assert!(text.contains("/dev/nvme-fabrics: absent"), "{text}");
         assert!(text.contains("/etc/nvme/hostid: unavailable (cannot read"), "{text}");
         assert!(
-            text.contains("NVMe/TCP initiator this host chooses: userspace (nvme_tcp not in kernel 4.19.0+1)"),
+            text.contains("NVMe/TCP initiator this host chooses: userspace initiator (Linux 4.19.0+1 has no nvme_tcp; XCP-ng 8.x kernels have none)"),
             "{text}"
         );
         assert!(text.contains("no userspace initiator daemon"), "{text}");

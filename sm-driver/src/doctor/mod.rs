@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::{Command, Program, Runner};
-use crate::diagnostics::module_state;
 use crate::host::HostRoot;
+use crate::initiator::InitiatorKind;
+use crate::nvme::checks::module_state;
 use crate::nvme::fabrics::KernelFabrics;
 use crate::nvme::kernel_options::KernelOptions;
 use crate::nvme::names::{Portal, Transport};
@@ -78,10 +79,14 @@ pub struct DoctorInput {
 /// Runs every check on this host.
 #[must_use]
 pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Check> {
+    let userspace = input.transport == Transport::Tcp && {
+        let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
+        crate::initiator::predict(host, configured).kind == InitiatorKind::Userspace
+    };
     let mut checks = vec![
-        transport(host, input.transport),
+        if userspace { userspace_initiator(host) } else { transport(host, input.transport) },
         connect_options(host),
-        multipath(host),
+        if userspace { userspace_multipath() } else { multipath(host) },
         identity(host),
         plugin_installed(host),
         storage_script_running(host),
@@ -119,6 +124,35 @@ fn transport(host: &HostRoot, transport: Transport) -> Check {
     } else {
         Check::pass(name, format!("{state} (Linux {release})"))
     }
+}
+
+/// On a host that uses nvmetcp's own NVMe/TCP initiator (XCP-ng 8.x: no
+/// `nvme_tcp`): the reason, and the kernel's NBD driver it serves SRs through.
+fn userspace_initiator(host: &HostRoot) -> Check {
+    const NAME: &str = "NVMe/TCP initiator";
+    let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
+    let choice = crate::initiator::predict(host, configured);
+    let release = host.read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let nbd = module_state(host, Some(&release), "nbd", "nbd.ko");
+    if nbd.starts_with("not in kernel") {
+        return Check::fail(
+            NAME,
+            format!("{choice}, but Linux {release} has no NBD driver (nbd) to serve SRs through"),
+            "use a kernel with CONFIG_BLK_DEV_NBD (every XCP-ng kernel has it), or one with nvme_tcp",
+        );
+    }
+    Check::pass(
+        NAME,
+        format!("{choice}: each SR is served by nvmetcp-initiator@<SR uuid> as /dev/nbdN (NBD driver {nbd})"),
+    )
+}
+
+/// Native multipath is the kernel initiator's; the userspace one has its own.
+fn userspace_multipath() -> Check {
+    Check::pass(
+        "native multipath",
+        "not used: the userspace initiator does multipath itself (ANA, every portal, path retry)",
+    )
 }
 
 /// Which connect options this kernel does not take, and what that changes

@@ -78,18 +78,32 @@ fn a_healthy_host_passes_every_check_and_says_why() {
 }
 
 #[test]
-fn linux_4_19_is_told_plainly_that_it_has_no_nvme_tcp() {
+fn linux_4_19_gets_the_userspace_initiator_and_is_told_why() {
     let (_dir, host) = healthy_host();
     write(&host, "/proc/sys/kernel/osrelease", "4.19.0+1\n");
     write(&host, "/lib/modules/4.19.0+1/modules.dep", "kernel/drivers/nvme/host/nvme-rdma.ko: nvme-fabrics.ko\n");
     let checks =
         run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Tcp, portals: vec![] });
-    let tcp = checks.iter().find(|c| c.name == "kernel module nvme_tcp").unwrap();
-    assert_eq!(tcp.verdict, Verdict::Fail);
+    let tcp = checks.iter().find(|c| c.name == "NVMe/TCP initiator").unwrap();
+    assert_eq!(tcp.verdict, Verdict::Fail, "no nbd either: {tcp:?}");
+    assert!(tcp.detail.contains("Linux 4.19.0+1 has no nvme_tcp") && tcp.detail.contains("no NBD driver"), "{tcp:?}");
+    write(
+        &host,
+        "/lib/modules/4.19.0+1/modules.dep",
+        "kernel/drivers/nvme/host/nvme-rdma.ko: nvme-fabrics.ko\nkernel/drivers/block/nbd.ko:\n",
+    );
+    let checks =
+        run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Tcp, portals: vec![] });
+    let tcp = checks.iter().find(|c| c.name == "NVMe/TCP initiator").unwrap();
+    assert_eq!(tcp.verdict, Verdict::Pass, "{tcp:?}");
     assert!(
-        tcp.fix.contains("arrived in Linux 5.0") && tcp.fix.contains("transport=rdma") && tcp.fix.contains("XCP-ng 9"),
+        tcp.detail.starts_with("userspace initiator (Linux 4.19.0+1 has no nvme_tcp")
+            && tcp.detail.contains("/dev/nbdN"),
         "{tcp:?}"
     );
+    let multipath = checks.iter().find(|c| c.name == "native multipath").unwrap();
+    assert_eq!(multipath.verdict, Verdict::Pass, "{multipath:?}");
+    assert!(!checks.iter().any(|c| c.name == "kernel module nvme_tcp"));
     let rdma =
         run(&host, &FakeRunner::new().then(ok("")), &DoctorInput { transport: Transport::Rdma, portals: vec![] });
     assert_eq!(rdma[0].verdict, Verdict::Pass, "{:?}", rdma[0]);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cmd::Runner;
 use crate::host::HostRoot;
-use crate::nvme::checks::{kernel, load_module};
+use crate::nvme::checks::{kernel, load_module, module_state};
 use crate::nvme::names::Transport;
 
 /// The two initiators.
@@ -113,6 +113,24 @@ pub fn choose(
                 error.to_string().lines().next().unwrap_or_default()
             ),
         },
+    }
+}
+
+/// The initiator [`choose`] would pick for NVMe/TCP, judged without
+/// loading anything (for doctor, status and diagnostics, which change
+/// nothing): `host.conf`, else whether this kernel has `nvme_tcp`.
+#[must_use]
+pub fn predict(host: &HostRoot, configured: Option<InitiatorKind>) -> InitiatorChoice {
+    if let Some(kind) = configured {
+        return InitiatorChoice { kind, why: format!("initiator = {kind} in /etc/nvmetcp/host.conf") };
+    }
+    let release = kernel(host);
+    match module_state(host, Some(&release), "nvme_tcp", "nvme-tcp.ko") {
+        state if state.starts_with("not in kernel") => InitiatorChoice {
+            kind: InitiatorKind::Userspace,
+            why: format!("Linux {release} has no nvme_tcp; XCP-ng 8.x kernels have none"),
+        },
+        state => InitiatorChoice { kind: InitiatorKind::Kernel, why: format!("Linux {release}: nvme_tcp {state}") },
     }
 }
 

@@ -31,6 +31,9 @@ use crate::nvme::options::{Authentication, ConnectOptions, PathKey};
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::sr_config::{NamespaceRef, SrConfig};
 
+/// How much longer than `fast_io_fail_tmo` the NBD request timeout is.
+const NBD_TIMEOUT_MARGIN: u64 = 30;
+
 /// How long `SR.attach` waits for the daemon to serve.
 pub const SERVE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -232,7 +235,13 @@ pub fn bring_up(
     let (ids, identity) = locate(&multipath, nqn, reference)?;
     multipath.namespace = nvmetcp_initiator::NamespaceIdentity { nsid: ids.nsid, uuid: ids.uuid };
     let queues = usize::from(nvmetcp_initiator::controller::wanted_queues(&multipath));
-    let export = ExportConfig { connections: queues.clamp(2, 64), ..ExportConfig::for_backend(&sr.backend()) };
+    let mut export = ExportConfig { connections: queues.clamp(2, 64), ..ExportConfig::for_backend(&sr.backend()) };
+    // The kernel's NBD timeout must not fire while the device still holds
+    // a request for a path to come back (up to fast_io_fail_tmo): on
+    // timeout it would resend the request on another connection.
+    if let Ok(hold) = u64::try_from(config.timers.fast_io_fail_tmo) {
+        export.io_timeout_secs = export.io_timeout_secs.max(hold + NBD_TIMEOUT_MARGIN);
+    }
     let daemon = DaemonConfig { sr: sr.clone(), multipath, identity, export };
     let layout = layout(host);
     door::write_config(&layout, &daemon)?;

@@ -63,6 +63,29 @@ pub fn load_module(host: &HostRoot, runner: &dyn Runner, module: &str) -> Result
     runner.run(&Command::new(Program::Modprobe).arg(module)).map(drop)
 }
 
+/// Whether `module` is loaded, built in, available or absent, in words.
+pub fn module_state(host: &HostRoot, release: Option<&str>, module: &str, file: &str) -> String {
+    if host.exists(&format!("/sys/module/{module}")) {
+        return "loaded".to_owned();
+    }
+    let Some(release) = release else {
+        return "not loaded".to_owned();
+    };
+    let listed = |list: &str| {
+        host.read_trimmed(&format!("/lib/modules/{release}/{list}")).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l.split(':').next().is_some_and(|p| p.ends_with(file) || p.ends_with(&format!("{file}.xz"))))
+        })
+    };
+    if listed("modules.builtin") {
+        "built into the kernel".to_owned()
+    } else if listed("modules.dep") {
+        "not loaded (available)".to_owned()
+    } else {
+        format!("not in kernel {release}")
+    }
+}
+
 /// `modprobe nvme_tcp` as it fails on a kernel without the module (tests).
 #[cfg(test)]
 pub(crate) fn nvme_tcp_not_found() -> CmdError {

@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{CallError, Failure};
-use crate::nvme::users::release;
 use crate::smapi::params::Params;
 use crate::sr_access::{attached, lvm_for, our_vg, require_master, sr_call};
 use crate::sr_state::{self, StateError};
@@ -59,7 +58,8 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             wipe(&ctx.host.path(lvm.device()), written)
                 .map_err(|source| CallError::Wipe { device: lvm.device().to_owned(), source })?;
         }
-        release(&ctx.host, &state.sr_uuid)?;
+        let sr = state.sr_uuid.as_str();
+        crate::sr_paths::release(ctx, state.initiator, sr, sr)?;
         sr_state::remove(&ctx.host, &state.sr_uuid)?;
         tracing::info!(sr = %state.sr_uuid, "SR destroyed");
         Ok(Value::Null)
