@@ -78,8 +78,17 @@ pub fn run(args: &StatusArgs, session: &Session, console: &mut Console) -> Resul
             (name, report.as_ref().ok().and_then(|r| r.agent.clone()))
         })
         .collect();
+    let initiators: BTreeMap<String, Option<String>> = reports
+        .iter()
+        .map(|(host, report)| {
+            let name = view.name(&xapi_client::api::HostRef(host.clone()));
+            (name, report.as_ref().ok().and_then(|r| r.initiator.clone()))
+        })
+        .collect();
     if args.json {
-        console.json(&serde_json::json!({"srs": statuses, "agents": agents, "healthy": all_healthy}));
+        console.json(
+            &serde_json::json!({"srs": statuses, "agents": agents, "initiators": initiators, "healthy": all_healthy}),
+        );
     } else if statuses.is_empty() {
         console.line("no nvmetcp SR in this pool (nvmetcp sr-create makes one)");
     }
@@ -99,6 +108,13 @@ pub fn run(args: &StatusArgs, session: &Session, console: &mut Console) -> Resul
                 Some(a) => console.alert(&a.summary),
                 None => console.alert("unknown: this host's nvmetcp predates the agent"),
             };
+            console.line(&format!("  {host:<20} {shown}"));
+        }
+        if !initiators.is_empty() {
+            console.line("NVMe/TCP initiators (kernel where nvme_tcp loads, else nvmetcp's own in userspace)");
+        }
+        for (host, initiator) in &initiators {
+            let shown = initiator.clone().unwrap_or_else(|| "unknown: this host's nvmetcp predates the choice".into());
             console.line(&format!("  {host:<20} {shown}"));
         }
     }
@@ -122,7 +138,8 @@ fn show_host(console: &mut Console, on: &OnHost) {
     let summary =
         if healthy(on) { console.good(&report.summary) } else { console.alert(&report.summary.to_uppercase()) };
     let policy = report.iopolicy.clone().unwrap_or_else(|| "?".into());
-    console.line(&format!("  {:<20} {summary}  iopolicy {policy}", on.host));
+    let initiator = report.initiator.as_ref().map(|i| format!("  initiator {i}")).unwrap_or_default();
+    console.line(&format!("  {:<20} {summary}  iopolicy {policy}{initiator}", on.host));
     for path in &report.paths {
         let state = format!("{}{}", path.state, path.ana_state.as_ref().map(|a| format!(" {a}")).unwrap_or_default());
         let state = if path.live { state } else { console.alert(&state) };

@@ -120,6 +120,7 @@ impl Backend for FakePool {
                             summary,
                             paths,
                             error: None,
+                            initiator: Some(if behaviour.degraded { "userspace (/dev/nbd0)" } else { "kernel" }.into()),
                         }]
                     })
                     .unwrap_or_default();
@@ -135,7 +136,18 @@ impl Backend for FakePool {
                         "running (pid 42); published to XAPI 3s ago, RRD written 2s ago".into()
                     },
                 };
-                serde_json::to_value(HostReport { hostnqn: behaviour.nqn.clone(), srs, agent: Some(agent) }).unwrap()
+                let initiator = if behaviour.degraded {
+                    "userspace initiator (Linux 4.19.19+1 has no nvme_tcp; XCP-ng 8.x kernels have none)"
+                } else {
+                    "kernel initiator (Linux 6.12.0: nvme_tcp loaded)"
+                };
+                let report = HostReport {
+                    hostnqn: behaviour.nqn.clone(),
+                    srs,
+                    agent: Some(agent),
+                    initiator: Some(initiator.into()),
+                };
+                serde_json::to_value(report).unwrap()
             }
             other => return Err(Failure::new("NVMETCP_UNKNOWN_FUNCTION", &[other])),
         };
@@ -323,6 +335,11 @@ fn status_shows_every_path_and_flags_a_degraded_host() {
     assert_eq!(parsed["healthy"], false);
     assert_eq!(parsed["srs"][0]["hosts"].as_array().unwrap().len(), 2);
     assert!(out.contains("Host agents"), "{out}");
+    assert!(out.contains("initiator userspace (/dev/nbd0)") && out.contains("initiator kernel"), "{out}");
+    assert!(
+        out.contains("NVMe/TCP initiators") && out.contains("userspace initiator (Linux 4.19.19+1 has no nvme_tcp"),
+        "{out}"
+    );
     assert!(out.contains("running (pid 42); published to XAPI 3s ago"), "{out}");
     assert!(out.contains("not running (last seen 90s ago"), "{out}");
     assert_eq!(parsed["agents"]["xcp-ng-1"]["running"], true);

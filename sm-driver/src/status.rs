@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostRoot;
-use crate::nvme::health::health;
+use crate::initiator::InitiatorKind;
 
 /// One path of an attached SR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +42,10 @@ pub struct SrReport {
     pub paths: Vec<PathReport>,
     /// Why the paths could not be read, if they could not.
     pub error: Option<String>,
+    /// Which initiator serves the SR here: `kernel`, or `userspace` with
+    /// its device (absent from hosts with an older nvmetcp).
+    #[serde(default)]
+    pub initiator: Option<String>,
 }
 
 /// This host's report.
@@ -55,6 +59,21 @@ pub struct HostReport {
     /// with an older nvmetcp).
     #[serde(default)]
     pub agent: Option<crate::agent::status::AgentReport>,
+    /// The NVMe/TCP initiator this host uses, and why (absent from hosts
+    /// with an older nvmetcp).
+    #[serde(default)]
+    pub initiator: Option<String>,
+}
+
+/// `kernel`, or `userspace (/dev/nbdN)` for an SR served by its daemon.
+fn served_by(host: &HostRoot, state: &crate::sr_state::SrState) -> String {
+    match state.initiator {
+        InitiatorKind::Kernel => "kernel".to_owned(),
+        InitiatorKind::Userspace => match crate::initiator::userspace::device(host, &state.sr_uuid) {
+            Ok(device) => format!("userspace ({})", device.display()),
+            Err(error) => format!("userspace (no device: {error})"),
+        },
+    }
 }
 
 /// Reads the state of every SR attached on this host.
@@ -63,8 +82,9 @@ pub fn report(host: &HostRoot) -> HostReport {
     let srs = crate::sr_state::attached_uuids(host)
         .iter()
         .map(|uuid| match crate::sr_state::load(host, uuid) {
-            Ok(state) => match health(host, &state.paths) {
+            Ok(state) => match crate::sr_paths::health_of(host, &state) {
                 Ok(health) => SrReport {
+                    initiator: Some(served_by(host, &state)),
                     sr_uuid: state.sr_uuid,
                     nqn: state.nqn,
                     namespace: state.namespace,
@@ -85,6 +105,7 @@ pub fn report(host: &HostRoot) -> HostReport {
                     error: None,
                 },
                 Err(e) => SrReport {
+                    initiator: Some(served_by(host, &state)),
                     sr_uuid: state.sr_uuid,
                     nqn: state.nqn,
                     namespace: state.namespace,
@@ -102,6 +123,7 @@ pub fn report(host: &HostRoot) -> HostReport {
                 summary: "state unreadable".into(),
                 paths: vec![],
                 error: Some(e.to_string()),
+                initiator: None,
             },
         })
         .collect();
@@ -109,6 +131,10 @@ pub fn report(host: &HostRoot) -> HostReport {
         hostnqn: host.read_trimmed("/etc/nvme/hostnqn").unwrap_or_default(),
         srs,
         agent: Some(crate::agent::status::report(host, std::time::SystemTime::now())),
+        initiator: Some(
+            crate::initiator::predict(host, crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator))
+                .to_string(),
+        ),
     }
 }
 
