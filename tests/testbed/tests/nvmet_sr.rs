@@ -18,6 +18,8 @@ use nvmetcp_testbed::{run_suite, Scenario};
 
 #[path = "nvmet_sr/faults.rs"]
 mod faults;
+#[path = "nvmet_sr/pool.rs"]
+mod pool;
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
@@ -39,6 +41,12 @@ fn main() -> ExitCode {
         }
         if args.first().is_some_and(|a| a == "serve-pool") {
             return serve_pool(&args[1..]);
+        }
+        if args.first().is_some_and(|a| a == "serve-two-hosts") {
+            return pool::serve_two_hosts(&args[1..]);
+        }
+        if args.first().is_some_and(|a| a == "answer-plugin") {
+            return pool::answer_plugin(&args[1..]);
         }
         if args.first().is_some_and(|a| a == "serve-agent-pool") {
             return serve_agent_pool(&args[1..]);
@@ -198,6 +206,11 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
                 r#"
 nqn=$TB_NQN_PREFIX:pool
 tb_modules; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 128; tb_port 1 10.98.0.1; tb_link 1 "$nqn"
+# The pool: this host is its master; XAPI relays plugin calls to the member.
+mkdir -p /etc/xensource /var/lib/xcp && echo master >/etc/xensource/pool.conf
+"$T" serve-two-hosts /var/lib/xcp/xapi /shared/plugin >xapi.out &
+xapi=$!
+tb_wait 20 "the emulated pool" grep -q serving xapi.out
 stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.98.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"pool\",\"description\":\"\"}")
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
 sr="\"sr\":\"nvmetcp://sr/$SR\""
@@ -218,6 +231,13 @@ tb_await member-attached 180
 # the migration's downtime window: the source lets go
 expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
 expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
+# The volume is mapped on the member only: destroy and resize from here are refused.
+lv_of_key() { lvs --noheadings -o lv_size --units b --nosuffix "nvmetcp_${SR//-/}/$key" 2>/dev/null | tr -d ' '; }
+size=$(lv_of_key)
+expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" | grep -q 'member' || tb_fail "the refusal does not name the member"
+expect_err NVMETCP_VOLUME_ACTIVE Volume.resize "{\"dbg\":\"r\",$sr,\"key\":\"$key\",\"new_size\":16777216}" >/dev/null
+[ "$(lv_of_key)" = "$size" ] || tb_fail "a refused destroy or resize changed the LV (size $(lv_of_key), was $size)"
+tb_log "destroy and resize refused while the member maps the volume"
 tb_signal source-deactivated
 tb_await member-done 180
 expect_ok Volume.resize "{\"dbg\":\"r\",$sr,\"key\":\"$key\",\"new_size\":16777216}" >/dev/null
@@ -225,9 +245,12 @@ tb_signal resized
 tb_await member-saw-resize 180
 expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" >/dev/null
 expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+tb_signal master-done
+kill "$xapi"
 "#,
             ),
-        ),
+        )
+        .timeout_secs(600),
         Scenario::script(
             "pool-member",
             &script(
@@ -235,6 +258,11 @@ expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
                 r#"
 tb_modules
 mkdir -p /etc/xensource && echo "slave:10.98.0.1" >/etc/xensource/pool.conf
+echo "INSTALLATION_UUID='member'" >/etc/xensource-inventory
+# This host's XAPI plugin, answering the master's questions as xapi would run it.
+mkdir -p /etc/xapi.d/plugins && ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /etc/xapi.d/plugins/nvmetcp
+"$T" answer-plugin /shared/plugin /etc/xapi.d/plugins/nvmetcp 2>answers.log &
+answers=$!
 tb_await volume-in-use 240
 stored=$(cat /shared/config)
 read -r key uri </shared/volume
@@ -260,12 +288,27 @@ expect_ok Volume.stat "{\"dbg\":\"st\",$sr,\"key\":\"$key\"}" | grep -q '"virtua
 expect_ok Datapath.attach "{\"dbg\":\"da2\",$dp}" >/dev/null
 [ "$(blockdev --getsize64 "$(readlink -f "$path")")" = 16777216 ] || tb_fail "the member's device did not pick up the resize"
 expect_ok Datapath.detach "{\"dbg\":\"dt2\",$dp}" >/dev/null
+# A role that cannot be trusted writes nothing, with the master live beside it.
+vg=nvmetcp_${SR//-/}
+before=$(lvs --noheadings -o lv_name,lv_size,lv_tags "$vg" | md5sum)
+for role in broken "" missing; do
+    if [ "$role" = missing ]; then rm -f /etc/xensource/pool.conf; else printf '%s\n' "$role" >/etc/xensource/pool.conf; fi
+    expect_err NVMETCP_POOL_ROLE_UNKNOWN Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"lost\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null
+    expect_err NVMETCP_POOL_ROLE_UNKNOWN Volume.set "{\"dbg\":\"s\",$sr,\"key\":\"$key\",\"k\":\"x\",\"v\":\"y\"}" >/dev/null
+done
+[ "$(lvs --noheadings -o lv_name,lv_size,lv_tags "$vg" | md5sum)" = "$before" ] || tb_fail "a member of unknown role wrote LVM metadata"
+echo "slave:10.98.0.1" >/etc/xensource/pool.conf
 expect_ok SR.detach "{\"dbg\":\"d\",$sr}" >/dev/null
 tb_signal member-saw-resize
+tb_await master-done 180
+kill "$answers"
+cat answers.log
+grep 'answered volume_mapped' answers.log | grep -qF 'mapped\":true' || tb_fail "the master never asked this host about its mapping"
 "#,
             ),
         )
-        .on_peer(),
+        .on_peer()
+        .timeout_secs(600),
         Scenario::script(
             "sr-lifecycle",
             &script(

@@ -1,0 +1,124 @@
+//! A pool of two test-bed guests for the cross-host scenarios: the master's
+//! emulated XAPI relays `host.call_plugin` for the member through the shared
+//! directory, and the member answers with its real host plugin
+//! (`/etc/xapi.d/plugins/nvmetcp`, the plugin binary as xapi runs it).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use xapi_client::codec::{decode_envelope, parse_response, write_call, MethodResponse};
+use xapi_client::Value;
+use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo};
+
+/// The master's name in the emulated pool; the member is [`MEMBER`].
+const MASTER: &str = "master";
+const MEMBER: &str = "member";
+
+/// Relays the member's plugin calls: `ask-N.json` out, `answer-N.json` back.
+struct RelayToMember {
+    dir: PathBuf,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Backend for RelayToMember {
+    fn call_plugin(
+        &self,
+        host: &HostInfo,
+        plugin: &str,
+        function: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Result<String, Failure> {
+        if host.name_label != MEMBER || plugin != "nvmetcp" {
+            return Err(Failure::new("XENAPI_MISSING_PLUGIN", &[plugin]));
+        }
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ask = serde_json::json!({ "function": function, "args": args }).to_string();
+        let tmp = self.dir.join(format!("ask-{n}.tmp"));
+        std::fs::write(&tmp, ask).unwrap();
+        std::fs::rename(&tmp, self.dir.join(format!("ask-{n}.json"))).unwrap();
+        let answer = self.dir.join(format!("answer-{n}.json"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !answer.exists() {
+            if Instant::now() > deadline {
+                return Err(Failure::new("HOST_OFFLINE", &[&host.name_label]));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(answer).unwrap()).unwrap();
+        if let Some(value) = answer["value"].as_str() {
+            return Ok(value.to_owned());
+        }
+        let failure: Vec<String> = serde_json::from_value(answer["failure"].clone()).unwrap();
+        let params: Vec<&str> = failure[1..].iter().map(String::as_str).collect();
+        Err(Failure::new(&failure[0], &params))
+    }
+}
+
+/// `serve-two-hosts SOCKET DIR`: the master's XAPI on the dom0 socket for a
+/// pool of `master` (this host, named in `/etc/xensource-inventory`) and
+/// `member`, whose plugin calls go through `DIR`; serves until killed.
+pub fn serve_two_hosts(args: &[String]) -> ExitCode {
+    let [socket, dir] = args else {
+        eprintln!("usage: serve-two-hosts SOCKET DIR");
+        return ExitCode::FAILURE;
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let config = Config { hosts: vec![MASTER.into(), MEMBER.into()], ..Config::default() };
+    let relay = RelayToMember { dir: dir.into(), next: 0.into() };
+    let emulator = Emulator::new(config, relay);
+    let _ = std::fs::remove_file(socket);
+    emulator.listen_unix(Path::new(socket)).unwrap();
+    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
+    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
+    let hosts = xapi_client::api::host::get_all_records(&session).unwrap();
+    let master = hosts.iter().find(|(_, h)| h.name_label == MASTER).unwrap();
+    std::fs::write("/etc/xensource-inventory", format!("INSTALLATION_UUID='{}'\n", master.1.uuid)).unwrap();
+    println!("serving");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `answer-plugin DIR PLUGIN`: on the member, answers every `ask-N.json` in
+/// `DIR` by running the host plugin `PLUGIN` with the XML-RPC call xapi would
+/// pass; runs until killed.
+pub fn answer_plugin(args: &[String]) -> ExitCode {
+    let [dir, plugin] = args else {
+        eprintln!("usage: answer-plugin DIR PLUGIN");
+        return ExitCode::FAILURE;
+    };
+    let dir = Path::new(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for n in 0.. {
+        let ask = dir.join(format!("ask-{n}.json"));
+        while !ask.exists() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ask: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ask).unwrap()).unwrap();
+        let function = ask["function"].as_str().unwrap();
+        let args: BTreeMap<String, String> = serde_json::from_value(ask["args"].clone()).unwrap();
+        let call = write_call(function, &[Value::from("OpaqueRef:session"), Value::map(&args)]);
+        #[allow(clippy::disallowed_methods)] // test tooling: runs the host plugin as xapi does
+        let output = std::process::Command::new(plugin).arg(call).output().unwrap();
+        let reply = String::from_utf8(output.stdout).unwrap();
+        let answer = match parse_response(&reply) {
+            Ok(MethodResponse::Value(value)) => match decode_envelope(value) {
+                Ok(Value::String(text)) => serde_json::json!({ "value": text }),
+                Ok(other) => serde_json::json!({ "failure": ["NOT_A_STRING", format!("{other:?}")] }),
+                Err(Some(f)) => {
+                    let failure: Vec<String> = std::iter::once(f.code).chain(f.params).collect();
+                    serde_json::json!({ "failure": failure })
+                }
+                Err(None) => serde_json::json!({ "failure": ["NOT_AN_ENVELOPE", reply] }),
+            },
+            _ => serde_json::json!({ "failure": ["BAD_REPLY", reply] }),
+        };
+        eprintln!("answered {function} {args:?}: {answer}");
+        let tmp = dir.join(format!("answer-{n}.tmp"));
+        std::fs::write(&tmp, answer.to_string()).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("answer-{n}.json"))).unwrap();
+    }
+    ExitCode::SUCCESS
+}
