@@ -28,6 +28,7 @@ pub mod pdu;
 pub mod queue;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vectored;
 
 pub use config::{
     AuthKeys, DhchapSecret, HostIdentity, IoPolicy, MultipathConfig, NamespaceIdentity, TransportOptions,

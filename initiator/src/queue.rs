@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::buffers;
 use crate::command::{self, Sqe};
 use crate::pdu::{self, kind, Digests, PduError, PduReader, Received, FLAG_LAST, FLAG_SUCCESS};
+use crate::vectored;
 
 /// How a queue failed a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +87,9 @@ struct Slots {
     free: Vec<u16>,
     pending: Vec<Option<Pending>>,
     dead: Option<String>,
+    /// Submitters waiting for a free slot: only then does a completion
+    /// wake anyone (a wake is a system call, on every command otherwise).
+    waiting: usize,
 }
 
 struct Shared {
@@ -113,20 +117,6 @@ const READ_BUFFER: usize = 64 * 1024;
 /// still holds it, which happens when the queue fails mid-send).
 fn unshare(data: Arc<Vec<u8>>) -> Vec<u8> {
     Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone())
-}
-
-/// Writes every slice, in order, with as few system calls as the socket allows.
-fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        match stream.write_vectored(slices) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket took no bytes")),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// A connected queue; dropping it closes the connection.
@@ -215,6 +205,7 @@ impl Queue {
                 free: (0..slots).rev().collect(),
                 pending: (0..slots).map(|_| None).collect(),
                 dead: None,
+                waiting: 0,
             }),
             space: Condvar::new(),
         });
@@ -282,7 +273,9 @@ impl Queue {
                 if let Some(cid) = slots.free.pop() {
                     break cid;
                 }
+                slots.waiting += 1;
                 slots = shared.space.wait(slots).unwrap_or_else(PoisonError::into_inner);
+                slots.waiting -= 1;
             }
         };
         command::set_cid(&mut sqe, cid);
@@ -317,7 +310,7 @@ impl Queue {
         let digest = digest.unwrap_or_default();
         let mut slices = [IoSlice::new(buf), IoSlice::new(&capsule_data), IoSlice::new(&digest[..])];
         let tail = if shared.params.digests.data && !capsule_data.is_empty() { 3 } else { 2 };
-        let sent = write_all_vectored(stream, &mut slices[..tail]);
+        let sent = vectored::write_all(stream, &mut slices[..tail]);
         drop(writer);
         drop(capsule_data);
         if let Err(e) = sent {
@@ -417,8 +410,11 @@ impl Shared {
         let mut slots = lock(&self.slots);
         let p = slots.pending.get_mut(usize::from(cid))?.take()?;
         slots.free.push(cid);
+        let waiting = slots.waiting > 0;
         drop(slots);
-        self.space.notify_one();
+        if waiting {
+            self.space.notify_one();
+        }
         Some(p)
     }
 
@@ -560,7 +556,7 @@ impl Shared {
                 slices.push(IoSlice::new(digest));
             }
         }
-        write_all_vectored(stream, &mut slices)?;
+        vectored::write_all(stream, &mut slices)?;
         Ok(())
     }
 }

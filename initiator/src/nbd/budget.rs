@@ -11,15 +11,23 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 #[derive(Debug)]
 pub struct Budget {
     limit: usize,
-    used: Mutex<usize>,
+    used: Mutex<Usage>,
     freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    bytes: usize,
+    /// Leases waiting for room: only then does a release wake anyone (a
+    /// wake is a system call, on every request otherwise).
+    waiting: usize,
 }
 
 impl Budget {
     /// A budget of `limit` bytes (at least one byte).
     #[must_use]
     pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self { limit: limit.max(1), used: Mutex::new(0), freed: Condvar::new() })
+        Arc::new(Self { limit: limit.max(1), used: Mutex::new(Usage::default()), freed: Condvar::new() })
     }
 
     /// The limit in bytes.
@@ -31,7 +39,7 @@ impl Budget {
     /// Bytes leased right now.
     #[must_use]
     pub fn in_use(&self) -> usize {
-        *self.used.lock().unwrap_or_else(PoisonError::into_inner)
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).bytes
     }
 
     /// Waits until `bytes` (capped at the whole budget, so an oversized
@@ -40,10 +48,12 @@ impl Budget {
     pub fn lease(self: &Arc<Self>, bytes: usize) -> Lease {
         let bytes = bytes.min(self.limit);
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        while *used + bytes > self.limit {
+        while used.bytes + bytes > self.limit {
+            used.waiting += 1;
             used = self.freed.wait(used).unwrap_or_else(PoisonError::into_inner);
+            used.waiting -= 1;
         }
-        *used += bytes;
+        used.bytes += bytes;
         Lease { budget: Arc::clone(self), bytes }
     }
 }
@@ -58,9 +68,12 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut used = self.budget.used.lock().unwrap_or_else(PoisonError::into_inner);
-        *used -= self.bytes;
+        used.bytes -= self.bytes;
+        let waiting = used.waiting > 0;
         drop(used);
-        self.budget.freed.notify_all();
+        if waiting {
+            self.budget.freed.notify_all();
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! sends again (after its timeout, on another connection) supersedes its
 //! old copy ([`super::resend`]).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -16,7 +16,7 @@ use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
 use super::resend::Resends;
 use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
-use crate::buffers;
+use crate::{buffers, vectored};
 
 /// The largest request the kernel sends (its `max_hw_sectors`, 65536
 /// sectors, in `drivers/block/nbd.c` `nbd_dev_add`); more is a broken stream.
@@ -59,12 +59,62 @@ pub enum ConnectionEnd {
     Oversized(u32),
 }
 
-/// A reply on its way to the writer, with the memory it holds.
+/// A reply on its way to the kernel, with the memory it holds.
 struct Reply {
     handle: u64,
     error: u32,
     data: Vec<u8>,
     _lease: Option<Lease>,
+}
+
+/// Replies with at most this much data are written by the thread that
+/// completed them (no hand-over to another thread, no wake-up); larger ones
+/// go to the connection's reply thread, so a completing NVMe queue never
+/// waits while the kernel drains a large reply.
+const DIRECT_REPLY: usize = 64 * 1024;
+
+/// The write side of one connection, shared by the threads that complete
+/// its requests and its reply thread.
+struct ReplyOut {
+    stream: Mutex<(UnixStream, bool)>,
+    counters: Arc<Counters>,
+}
+
+impl ReplyOut {
+    fn write(&self, mut reply: Reply) {
+        {
+            let mut out = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stream, broken) = &mut *out;
+            // A broken stream: the kernel declared the connection dead and
+            // will not read the reply.
+            if !*broken {
+                let header = proto::encode_reply(reply.handle, reply.error);
+                let data = if reply.error == 0 { reply.data.as_slice() } else { &[] };
+                *broken = vectored::write_all(stream, &mut [IoSlice::new(&header), IoSlice::new(data)]).is_err();
+            }
+        }
+        // Written (copied into the socket): the buffer can serve again.
+        buffers::give(std::mem::take(&mut reply.data));
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a completion sends its reply.
+#[derive(Clone)]
+struct ReplyTo {
+    out: Arc<ReplyOut>,
+    large: Sender<Reply>,
+}
+
+impl ReplyTo {
+    fn send(&self, reply: Reply) {
+        if reply.data.len() <= DIRECT_REPLY {
+            self.out.write(reply);
+        } else if let Err(mpsc::SendError(reply)) = self.large.send(reply) {
+            // The reply thread is gone only when the connection is.
+            self.out.write(reply);
+        }
+    }
 }
 
 /// Serves one connection until it ends; replies still owed are written as
@@ -80,40 +130,18 @@ pub fn serve(
         Ok(writer) => writer,
         Err(error) => return ConnectionEnd::Io(error),
     };
-    let (replies, queue) = mpsc::channel::<Reply>();
-    let counters_for_writer = Arc::clone(counters);
+    let out = Arc::new(ReplyOut { stream: Mutex::new((writer, false)), counters: Arc::clone(counters) });
+    let (large, queue) = mpsc::channel::<Reply>();
+    let for_thread = Arc::clone(&out);
     let spawned = std::thread::Builder::new().name("nbd-reply".into()).spawn(move || {
-        let mut writer = io::BufWriter::with_capacity(256 * 1024, writer);
-        let mut broken = false;
-        while let Ok(first) = queue.recv() {
-            // Write what is ready, then flush once: many replies per syscall.
-            let mut next = Some(first);
-            while let Some(mut reply) = next.take() {
-                if !broken {
-                    broken = write_reply(&mut writer, &reply).is_err();
-                }
-                // Written (copied into the socket): the buffer can serve again.
-                buffers::give(std::mem::take(&mut reply.data));
-                counters_for_writer.in_flight.fetch_sub(1, Ordering::Relaxed);
-                next = queue.try_recv().ok();
-            }
-            if !broken {
-                broken = writer.flush().is_err();
-            }
+        while let Ok(reply) = queue.recv() {
+            for_thread.write(reply);
         }
     });
     if let Err(error) = spawned {
         return ConnectionEnd::Io(error);
     }
-    read_loop(device, stream, budget, counters, resends, &replies)
-}
-
-fn write_reply(writer: &mut impl Write, reply: &Reply) -> io::Result<()> {
-    writer.write_all(&proto::encode_reply(reply.handle, reply.error))?;
-    if reply.error == 0 {
-        writer.write_all(&reply.data)?;
-    }
-    Ok(())
+    read_loop(device, stream, budget, counters, resends, &ReplyTo { out, large })
 }
 
 fn read_loop(
@@ -122,7 +150,7 @@ fn read_loop(
     budget: &Arc<Budget>,
     counters: &Arc<Counters>,
     resends: &Arc<Resends>,
-    replies: &Sender<Reply>,
+    replies: &ReplyTo,
 ) -> ConnectionEnd {
     // Many request headers per read system call when the kernel queues several.
     let mut stream = io::BufReader::with_capacity(64 * 1024, stream);
@@ -187,8 +215,7 @@ fn read_loop(
                     Reply { handle, error: proto::error_value(&error), data: Vec::new(), _lease: lease }
                 }
             };
-            // The writer is gone only when the connection is: nothing to answer.
-            let _ = reply_to.send(reply);
+            reply_to.send(reply);
         };
         let done: Completion = Box::new(done);
         if let Err(error) = check(&geometry, &request) {
@@ -346,6 +373,7 @@ impl Join {
 mod tests {
     use super::*;
     use crate::testing::MemoryDevice;
+    use std::io::Write;
 
     fn header(command: Command, handle: u64, offset: u64, len: u32) -> [u8; REQUEST_LEN] {
         RequestHeader { command, fua: false, handle, offset, len }.encode()
