@@ -135,15 +135,33 @@ impl std::fmt::Debug for Export {
     }
 }
 
+/// Send buffer of each end of a connection: room for a whole 1 MiB request
+/// or reply (the default, about 200 KiB, makes the writer and the reader
+/// take turns five times per request, each turn a wake-up).
+const SOCKET_BUFFER: usize = 2 << 20;
+
 fn pairs(count: usize) -> Result<(Vec<UnixStream>, Vec<OwnedFd>), ExportError> {
     let mut ours = Vec::with_capacity(count);
     let mut kernels = Vec::with_capacity(count);
     for _ in 0..count {
         let (server, kernel) = UnixStream::pair().map_err(|error| ExportError::Setup { what: "socketpair", error })?;
+        grow_send_buffer(&server);
+        grow_send_buffer(&kernel);
         ours.push(server);
         kernels.push(OwnedFd::from(kernel));
     }
     Ok((ours, kernels))
+}
+
+/// Past `net.core.wmem_max` when the daemon may (root: SO_SNDBUFFORCE), else
+/// up to it; a smaller buffer only costs speed.
+fn grow_send_buffer(stream: &UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(stream, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        if let Err(error) = setsockopt(stream, sockopt::SndBuf, &SOCKET_BUFFER) {
+            tracing::debug!(%error, "cannot grow an NBD socket's send buffer");
+        }
+    }
 }
 
 fn raw_fds(fds: &[OwnedFd]) -> Vec<u32> {
