@@ -190,6 +190,53 @@ for cut in port address; do
 done
 "#;
 
+/// The userspace initiator (the plugin's `--initiator-daemon`, served as
+/// `/dev/nbdN`) against the kernel initiator on one namespace of one target,
+/// job by job (interleaved, so drift hits both alike); the daemon's CPU
+/// ticks per job and its peak resident memory.
+const USERSPACE: &str = r#"
+modprobe nbd nbds_max=4
+nqn=$(tb_simple_target ub 160 10.99.0.1 10.99.0.2)
+uuid=$(cat "$TB_CFG/subsystems/$nqn/namespaces/1/device_uuid")
+nvme connect -t tcp -a 10.99.0.1 -s 4420 -n "$nqn" >/dev/null
+nvme connect -t tcp -a 10.99.0.2 -s 4420 -n "$nqn" >/dev/null
+tb_wait 10 "the kernel's head" test -n "$(tb_head "$nqn" 1 2>/dev/null)"
+kernel=$(tb_head "$nqn" 1)
+daemon_dir=/run/nvmetcp/initiator; state=$daemon_dir/$SR.json
+mkdir -p "$daemon_dir"
+(umask 077 && cat >"$daemon_dir/$SR.conf") <<CONF
+sr = $SR
+subsystem_nqn = $nqn
+nsid = 1
+namespace_uuid = $uuid
+portal = 10.99.0.1:4420
+portal = 10.99.0.2:4420
+host_nqn = $(cat /etc/nvme/hostnqn)
+host_id = $(cat /etc/nvme/hostid)
+CONF
+"$PLUGIN" --initiator-daemon "$SR" >daemon.log 2>&1 &
+daemon=$!
+tb_wait 60 "the userspace initiator to serve" grep -q '"phase": "serving"' "$state"
+user=/dev/nbd$(json_field '["nbd"]["index"]' <"$state")
+tb_log "kernel initiator: $kernel; userspace initiator: $user (daemon $daemon)"
+getconf CLK_TCK >"$SCENARIO_OUT/clk_tck"
+ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
+for job in read:1m:16 write:1m:16 randread:4k:16 randread:4k:64 randwrite:4k:16 randwrite:4k:64; do
+    IFS=: read -r rw bs qd <<<"$job"
+    for side in kernel:$kernel userspace:$user; do
+        name=${side%%:*}; dev=${side#*:}
+        t0=$(ticks)
+        fio --name=bench --filename="$dev" --direct=1 --ioengine=libaio --iodepth="$qd" --rw="$rw" --bs="$bs" \
+            --size=128m --runtime="$RUNTIME" --time_based --output-format=json >"$SCENARIO_OUT/fio_${name}_${rw}_$qd.json"
+        echo $(($(ticks) - t0)) >"$SCENARIO_OUT/ticks_${name}_${rw}_$qd"
+    done
+done
+awk '/VmHWM/ {print $2}' "/proc/$daemon/status" >"$SCENARIO_OUT/daemon_hwm_kib"
+cp daemon.log "$SCENARIO_OUT/" || true
+kill "$daemon"; wait "$daemon" || true
+nvme disconnect -n "$nqn" >/dev/null
+"#;
+
 /// Runs everything and writes the report.
 ///
 /// # Errors
@@ -235,6 +282,7 @@ pub fn run(short: bool) -> Result<(), String> {
         scenario("control-plane", &prelude, CONTROL, control_timeout),
         scenario("data-path", &prelude, DATA, 900),
         scenario("path-cut", &prelude, STALL, 300),
+        scenario("userspace-initiator", &prelude, USERSPACE, 600),
     ];
     let run = nvmetcp_testbed::run("bench", &scenarios).map_err(|e| e.to_string())?;
     for s in &scenarios {
@@ -253,6 +301,7 @@ pub fn run(short: bool) -> Result<(), String> {
         control: run.scenario("control-plane").clone(),
         data: run.scenario("data-path").clone(),
         stall: run.scenario("path-cut").clone(),
+        userspace: run.scenario("userspace-initiator").clone(),
     };
     let _ = std::fs::remove_dir_all(&work);
     report::write(&measures)

@@ -29,6 +29,8 @@ pub struct Measures {
     pub data: ScenarioResult,
     /// The path-cut scenario.
     pub stall: ScenarioResult,
+    /// The userspace initiator against the kernel's.
+    pub userspace: ScenarioResult,
 }
 
 struct Row {
@@ -65,9 +67,13 @@ fn compare(measure: &str, value: &Samples, floor_name: &str, floor: &Samples, ma
 }
 
 fn fio(result: &ScenarioResult, target: &str, rw: &str) -> Result<(f64, f64), String> {
-    let value = json_file(result, &format!("fio_{target}_{rw}.json"))?;
-    let side = if rw.contains("read") { "read" } else { "write" };
-    let job = &value["jobs"][0][side];
+    fio_file(result, &format!("fio_{target}_{rw}.json"), rw.contains("read"))
+}
+
+/// Bandwidth (MiB/s) and IOPS of fio's JSON output in `name`.
+fn fio_file(result: &ScenarioResult, name: &str, read: bool) -> Result<(f64, f64), String> {
+    let value = json_file(result, name)?;
+    let job = &value["jobs"][0][if read { "read" } else { "write" }];
     let bw = job["bw_bytes"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 20);
     Ok((bw, job["iops"].as_f64().unwrap_or(0.0)))
 }
@@ -194,6 +200,7 @@ fn rows(m: &Measures) -> Result<Vec<Row>, String> {
             json: serde_json::json!({"stall": stall, "path": path, "limit_ms": limit_ms}),
         });
     }
+    rows.extend(userspace_rows(&m.userspace)?);
     let stat_rss = json_file(c, "sr_stat_rss.json")?.as_i64().unwrap_or(0);
     for (what, kib) in [("Plugin.Query (host)", m.query_rss_kib), ("SR.stat (guest)", stat_rss)] {
         #[allow(clippy::cast_precision_loss)] // KiB to MiB for display
@@ -208,6 +215,81 @@ fn rows(m: &Measures) -> Result<Vec<Row>, String> {
             json: serde_json::json!({"max_rss_kib": kib}),
         });
     }
+    Ok(rows)
+}
+
+/// The floors for the userspace initiator against the kernel's.
+const SEQUENTIAL_FLOOR: f64 = 0.8;
+const RANDOM_FLOOR: f64 = 0.7;
+const RESIDENT_LIMIT_MIB: f64 = 64.0;
+
+fn number(result: &ScenarioResult, name: &str) -> Result<f64, String> {
+    let text = result.file(name).ok_or_else(|| format!("{} wrote no {name}", result.name))?;
+    text.trim().parse().map_err(|_| format!("{}/{name}: not a number: {text:?}", result.name))
+}
+
+/// fio's bytes moved by one job.
+fn fio_bytes(result: &ScenarioResult, name: &str) -> Result<f64, String> {
+    let value = json_file(result, name)?;
+    let job = &value["jobs"][0];
+    Ok(job["read"]["io_bytes"].as_f64().unwrap_or(0.0) + job["write"]["io_bytes"].as_f64().unwrap_or(0.0))
+}
+
+/// Userspace against kernel initiator, job by job, then the daemon's CPU
+/// time per GiB moved and its peak resident memory.
+fn userspace_rows(u: &ScenarioResult) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let tck = number(u, "clk_tck")?.max(1.0);
+    for (rw, depth) in
+        [("read", 16), ("write", 16), ("randread", 16), ("randread", 64), ("randwrite", 16), ("randwrite", 64)]
+    {
+        let random = rw.starts_with("rand");
+        let read = rw.contains("read");
+        let (kernel_bw, kernel_iops) = fio_file(u, &format!("fio_kernel_{rw}_{depth}.json"), read)?;
+        let (user_bw, user_iops) = fio_file(u, &format!("fio_userspace_{rw}_{depth}.json"), read)?;
+        let (value, floor, unit, target) = if random {
+            (user_iops, kernel_iops, "IOPS", RANDOM_FLOOR)
+        } else {
+            (user_bw, kernel_bw, "MiB/s", SEQUENTIAL_FLOOR)
+        };
+        let ratio = value / floor.max(f64::MIN_POSITIVE);
+        let label = if random { format!("{rw} 4 KiB") } else { format!("{rw} 1 MiB") };
+        rows.push(Row {
+            measure: format!("fio {label} iodepth {depth}, userspace initiator over NBD (guest)"),
+            value: format!("{value:.0} {unit}"),
+            floor: format!("kernel initiator {floor:.0} {unit}"),
+            ratio: format!("{ratio:.3} of the kernel's"),
+            target: format!("≥ {target} of the kernel's"),
+            met: Some(ratio >= target),
+            json: serde_json::json!({"unit": unit, "userspace": value, "kernel": floor, "ratio": ratio, "floor": target, "iodepth": depth}),
+        });
+    }
+    for rw in ["read", "write"] {
+        let name = format!("userspace_{rw}_16");
+        let seconds = number(u, &format!("ticks_{name}"))? / tck;
+        let gib = fio_bytes(u, &format!("fio_{name}.json"))? / f64::from(1u32 << 30);
+        let per_gib = seconds / gib.max(f64::MIN_POSITIVE);
+        rows.push(Row {
+            measure: format!("CPU time of the userspace initiator per GiB, sequential {rw} (guest, emulated CPU)"),
+            value: format!("{per_gib:.2} s/GiB"),
+            floor: format!("{seconds:.2} s of CPU for {gib:.2} GiB"),
+            ratio: "—".into(),
+            target: "— (measured)".into(),
+            met: None,
+            json: serde_json::json!({"cpu_seconds": seconds, "gib": gib, "cpu_seconds_per_gib": per_gib}),
+        });
+    }
+    #[allow(clippy::cast_precision_loss)] // KiB to MiB for display
+    let mib = number(u, "daemon_hwm_kib")? / 1024.0;
+    rows.push(Row {
+        measure: "peak resident memory of the userspace initiator daemon, after every job (guest)".into(),
+        value: format!("{mib:.1} MiB"),
+        floor: "—".into(),
+        ratio: "—".into(),
+        target: format!("≤ {RESIDENT_LIMIT_MIB:.0} MiB"),
+        met: Some(mib <= RESIDENT_LIMIT_MIB),
+        json: serde_json::json!({"max_rss_kib": mib * 1024.0, "limit_mib": RESIDENT_LIMIT_MIB}),
+    });
     Ok(rows)
 }
 
@@ -261,4 +343,52 @@ pub fn write(m: &Measures) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("\nresults written to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userspace_rows_put_each_job_beside_the_kernels_with_its_floor() {
+        let dir = std::env::temp_dir().join(format!("nvmetcp-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+        for (rw, depth) in
+            [("read", 16), ("write", 16), ("randread", 16), ("randread", 64), ("randwrite", 16), ("randwrite", 64)]
+        {
+            let (side, other) = if rw.contains("read") { ("read", "write") } else { ("write", "read") };
+            for (initiator, share) in [("kernel", 1.0), ("userspace", 0.75)] {
+                let job = serde_json::json!({"jobs": [{
+                    side: {"bw_bytes": 100.0 * share * 1_048_576.0, "iops": 1000.0 * share, "io_bytes": 1_073_741_824.0},
+                    other: {"bw_bytes": 0, "iops": 0, "io_bytes": 0}
+                }]});
+                write(&format!("fio_{initiator}_{rw}_{depth}.json"), job.to_string());
+                write(&format!("ticks_{initiator}_{rw}_{depth}"), "50\n".into());
+            }
+        }
+        write("clk_tck", "100\n".into());
+        write("daemon_hwm_kib", "20480\n".into());
+        let result = ScenarioResult {
+            name: "userspace-initiator".into(),
+            status: Some(0),
+            log: String::new(),
+            seconds: None,
+            files: dir.clone(),
+        };
+        let rows = userspace_rows(&result).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(rows.len(), 9);
+        // 0.75 of the kernel: under the sequential floor, over the random one.
+        assert_eq!((rows[0].value.as_str(), rows[0].floor.as_str()), ("75 MiB/s", "kernel initiator 100 MiB/s"));
+        assert_eq!((rows[0].target.as_str(), rows[0].met), ("≥ 0.8 of the kernel's", Some(false)));
+        assert_eq!(
+            (rows[3].value.as_str(), rows[3].target.as_str(), rows[3].met),
+            ("750 IOPS", "≥ 0.7 of the kernel's", Some(true))
+        );
+        assert!(rows[3].measure.contains("randread 4 KiB iodepth 64"), "{}", rows[3].measure);
+        // 0.5 s of CPU for 1 GiB.
+        assert_eq!(rows[6].value, "0.50 s/GiB");
+        assert_eq!((rows[8].value.as_str(), rows[8].met), ("20.0 MiB", Some(true)));
+    }
 }
