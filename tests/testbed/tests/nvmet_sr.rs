@@ -296,7 +296,10 @@ for role in broken "" missing; do
     expect_err NVMETCP_POOL_ROLE_UNKNOWN Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"lost\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null
     expect_err NVMETCP_POOL_ROLE_UNKNOWN Volume.set "{\"dbg\":\"s\",$sr,\"key\":\"$key\",\"k\":\"x\",\"v\":\"y\"}" >/dev/null
 done
-[ "$(lvs --noheadings -o lv_name,lv_size,lv_tags "$vg" | md5sum)" = "$before" ] || tb_fail "a member of unknown role wrote LVM metadata"
+# A second master (an emergency transition while the master lives): the VG names the real one.
+echo master >/etc/xensource/pool.conf
+expect_err NVMETCP_SECOND_WRITER Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"lost\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null
+[ "$(lvs --noheadings -o lv_name,lv_size,lv_tags "$vg" | md5sum)" = "$before" ] || tb_fail "a member of unknown role, or a second master, wrote LVM metadata"
 echo "slave:10.98.0.1" >/etc/xensource/pool.conf
 expect_ok SR.detach "{\"dbg\":\"d\",$sr}" >/dev/null
 tb_signal member-saw-resize
