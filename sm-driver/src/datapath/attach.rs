@@ -23,7 +23,8 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, Failure>
     };
     if active {
         // blkback on a layered volume's LV would serve the wrong bytes.
-        crate::snapshot::calls::refuse_layered(&found, "attaching it to a VM")?;
+        let volume_tag = crate::volume::meta::VOLUME_TAG;
+        crate::snapshot::calls::refuse_layered(&lvm, &state.vg, volume_tag, &found, "attaching it to a VM")?;
     }
     lvm.lv_activate(&state.vg, &lv, active)?;
     tracing::info!(volume = %lv, active, "volume {}", if active { "activated" } else { "deactivated" });

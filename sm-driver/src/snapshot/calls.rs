@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use crate::cmd::Runner;
+use crate::engine::ImageFormat;
 use crate::lvm::{Lv, Lvm, LvmError};
 use crate::smapi::types::Volume;
 use crate::sr_state::SrState;
@@ -80,15 +81,29 @@ pub fn is_layered(lv: &Lv) -> bool {
     lv.tags.iter().any(|t| t == NODE_TAG || t.starts_with("nn="))
 }
 
-/// Refuses `what` on a layered volume.
+/// Refuses `what` on a layered volume, unless its chain has come back to
+/// one node, its own raw LV (the collector merged everything into it):
+/// that is a plain volume again. `lvm` reads the VG `vg`, whose volumes
+/// carry `volume_tag`.
 ///
 /// # Errors
-/// [`ChainCallError::Layered`].
-pub fn refuse_layered(lv: &Lv, what: &'static str) -> Result<(), ChainCallError> {
-    if is_layered(lv) {
-        return Err(ChainCallError::Layered { key: lv.name.clone(), what });
+/// [`ChainCallError::Layered`], or the graph's error.
+pub fn refuse_layered(
+    lvm: &Lvm<'_>,
+    vg: &str,
+    volume_tag: &str,
+    lv: &Lv,
+    what: &'static str,
+) -> Result<(), ChainCallError> {
+    if !is_layered(lv) {
+        return Ok(());
     }
-    Ok(())
+    let graph = Graph::from_lvs(&lvm.lvs(vg)?, volume_tag)?;
+    let own_raw = graph.node_of(&lv.name).is_some_and(|n| n.lv == lv.name && n.format == ImageFormat::Raw);
+    if own_raw && graph.children(&lv.name).is_empty() {
+        return Ok(());
+    }
+    Err(ChainCallError::Layered { key: lv.name.clone(), what })
 }
 
 /// The names a snapshot or clone numbered `uuid` creates: the new volume

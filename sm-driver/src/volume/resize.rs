@@ -30,7 +30,7 @@ pub fn resize(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if new_size == lv.size {
             return Ok(Value::Null);
         }
-        crate::snapshot::calls::refuse_layered(&lv, "resizing it")?;
+        crate::snapshot::calls::refuse_layered(&lvm, &state.vg, super::meta::VOLUME_TAG, &lv, "resizing it")?;
         refuse_in_use(ctx, &state, &lv, key)?;
         lvm.lvextend(&state.vg, &lv.name, new_size)?;
         Ok(Value::Null)

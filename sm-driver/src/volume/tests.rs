@@ -232,12 +232,17 @@ fn snapshot_of_a_volume_in_use_is_refused_saying_why() {
 fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     let tree = attached_sr();
     let layered = lvs(&[(KEY, "nvmetcp_vol,nn=node-x", "")]);
-    let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&layered));
+    let vg = lvs(&[
+        (KEY, "nvmetcp_vol,nn=node-x", ""),
+        ("node-x", "nvmetcp_node,nf=qcow2,nd=2,np=base", ""),
+        ("base", "nvmetcp_node,nf=raw,nd=1", ""),
+    ]);
+    let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&layered).then_stdout(&vg));
     let grow = body(r#","new_size":16777216"#);
     assert_eq!(call(&tree, &runner, "Volume.resize", &grow), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
     assert!(!ran(&runner, "lvextend"), "{:?}", runner.calls());
 
-    let runner = Arc::new(FakeRunner::new().then_stdout(&layered));
+    let runner = Arc::new(FakeRunner::new().then_stdout(&layered).then_stdout(&vg));
     let ctx = Context::fake(tree.host(), Box::new(Arc::clone(&runner)));
     let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{KEY}","domain":"0"}}"#);
     let params = Params::from_json(Method::lookup("Datapath.attach").unwrap(), &body).unwrap();
@@ -246,6 +251,14 @@ fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     assert_eq!(record.code, "NVMETCP_SNAPSHOT_REFUSED");
     assert!(record.params[0].contains("attaching it to a VM"), "{}", record.params[0]);
     assert!(!ran(&runner, "lvchange"), "{:?}", runner.calls());
+
+    // Collected back to its own raw LV alone, it is a plain volume again.
+    let collapsed = lvs(&[(KEY, &format!("nvmetcp_vol,nvmetcp_node,nf=raw,nd=1,nn={KEY}"), "")]);
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&collapsed).then_stdout(&collapsed).then_stdout("").then_stdout(""));
+    let ctx = Context::fake(tree.host(), Box::new(Arc::clone(&runner)));
+    crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap();
+    assert!(ran(&runner, "lvchange"), "{:?}", runner.calls());
 }
 
 /// `SR.stat` points xapi at the agent's xcp-rrdd plugin of this SR, which
