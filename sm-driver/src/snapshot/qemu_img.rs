@@ -19,7 +19,7 @@ pub const CLUSTER_SIZE: u64 = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum QemuImgError {
     /// The tool failed.
-    #[error("qemu-img: {doing} failed")]
+    #[error("qemu-img: {doing} failed: {source}")]
     Failed {
         /// What it was doing.
         doing: String,
