@@ -12,8 +12,9 @@ use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 use crate::volume::uri::parse_uri;
 
 /// Locks the SR and activates or deactivates the volume's LV on this host;
-/// returns its device path.
-fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, Failure> {
+/// returns its device path and backend type: blkback (`vbd`) on the LV, or
+/// for a layered volume the engine's device (`vbd3`).
+fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<(String, &'static str), Failure> {
     let (sr_uuid, lv) = parse_uri(uri)?;
     let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = sr_state::load(&ctx.host, &sr_uuid)?;
@@ -21,14 +22,15 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, Failure>
     let Some(found) = lvm.lv(&state.vg, &lv)? else {
         return Err(VolumeError::NotFound { key: lv, sr_uuid }.into());
     };
-    if active {
+    let volume_tag = crate::volume::meta::VOLUME_TAG;
+    if active && crate::snapshot::calls::needs_engine(&lvm, &state.vg, volume_tag, &found)? {
         // blkback on a layered volume's LV would serve the wrong bytes.
-        let volume_tag = crate::volume::meta::VOLUME_TAG;
-        crate::snapshot::calls::refuse_layered(&lvm, &state.vg, volume_tag, &found, "attaching it to a VM")?;
+        let device = crate::snapshot::served::attach(ctx.runner.as_ref(), &ctx.host, &lvm, &state, volume_tag, &found)?;
+        return Ok((device.display().to_string(), "vbd3"));
     }
     lvm.lv_activate(&state.vg, &lv, active)?;
     tracing::info!(volume = %lv, active, "volume {}", if active { "activated" } else { "deactivated" });
-    Ok(format!("/dev/{}/{lv}", state.vg))
+    Ok((format!("/dev/{}/{lv}", state.vg), "vbd"))
 }
 
 /// `Datapath.attach`.
@@ -38,13 +40,13 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> Result<String, Failure>
 pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     let uri: String = params.get("uri")?;
     sr_call(params, || {
-        let path = set_active(ctx, &uri, true)?;
+        let (path, backend_type) = set_active(ctx, &uri, true)?;
         Ok(Backend {
             implementations: vec![
                 Implementation::XenDisk(XenDisk {
                     params: path.clone(),
                     extra: Default::default(),
-                    backend_type: "vbd".to_owned(),
+                    backend_type: backend_type.to_owned(),
                 }),
                 Implementation::BlockDevice { path },
             ],

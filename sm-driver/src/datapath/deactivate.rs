@@ -23,6 +23,21 @@ fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), Failure> {
         Err(sr_state::StateError::NotAttached(_)) => return Ok(()),
         Err(error) => return Err(error.into()),
     };
+    if crate::snapshot::served::open_here(&ctx.host, &sr_uuid, &lv).is_some() {
+        // A layered volume this host's engine serves: close it, then
+        // deactivate its chain's LVs no other open chain uses.
+        let volume_tag = crate::volume::meta::VOLUME_TAG;
+        let lvm = match lvm_for(ctx, &state, false) {
+            Ok(lvm) => Some(lvm),
+            Err(CallError::NoPath { why, .. }) => {
+                tracing::warn!(volume = %lv, paths = %why, "no path is live; the chain's LVs stay active");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        };
+        crate::snapshot::served::detach(ctx.runner.as_ref(), &ctx.host, lvm.as_ref(), &state, volume_tag, &lv)?;
+        return Ok(());
+    }
     let mapping = dm_name(&state.vg, &lv);
     if !mapping_active(&ctx.host, &mapping) {
         return Ok(());

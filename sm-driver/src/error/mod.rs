@@ -186,6 +186,9 @@ fn sr_code(error: &CallError) -> ErrorCode {
 fn chain_code(error: &ChainCallError) -> ErrorCode {
     match error {
         ChainCallError::Op(OpError::Lvm(_)) => ErrorCode::LvmFailed,
+        ChainCallError::Op(OpError::Engine(crate::engine::EngineError::Unsupported { .. })) => {
+            ErrorCode::SnapshotRefused
+        }
         ChainCallError::Op(OpError::QemuImg(_) | OpError::Engine(_)) => ErrorCode::ToolFailed,
         ChainCallError::Op(OpError::Graph(GraphError::ChainTooLong { .. } | GraphError::UnknownVolume(_))) => {
             ErrorCode::SnapshotRefused
@@ -194,6 +197,7 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         ChainCallError::Op(OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_))
         | ChainCallError::Running { .. }
         | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
+        ChainCallError::Served { .. } => ErrorCode::VolumeActive,
     }
 }
 

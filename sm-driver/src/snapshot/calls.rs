@@ -14,22 +14,26 @@
 //! to another node (`nn=`). The engine datapath that serves chains is not
 //! wired to `Datapath.attach` yet, so a layered volume cannot be handed to
 //! a VM (blkback on its LV would read the wrong bytes or write into a
-//! frozen node): [`refuse_layered`] stops that, and for the same reason no
-//! chain is ever open anywhere, which is what lets the collector and
-//! replay here run offline, from the master, with [`NothingOpen`].
+//! frozen node): [`refuse_layered`] stops that where the engine does not
+//! serve it ([`super::served`]). Chains are open only in the master's own
+//! engine (a member refuses to serve a layered volume), so the collector
+//! and replay here know every open chain: they leave those alone and ask
+//! the engine which leaf a running volume writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cmd::Runner;
 use crate::engine::ImageFormat;
+use crate::host::HostRoot;
 use crate::lvm::{Lv, Lvm, LvmError};
 use crate::smapi::types::Volume;
 use crate::sr_state::SrState;
 
 use super::graph::{Graph, GraphError, NODE_TAG};
 use super::journal::{Entry, Operation, JOURNAL_KEY};
-use super::ops::{Chains, NewNames, NoFaults, NothingOpen, OpError};
+use super::ops::{Chains, NewNames, NoFaults, OpError, Running};
 use super::qemu_img::QemuImg;
+use super::served::{busy_lvs, open_here, HereProbe};
 
 /// Why a chain call failed, as the handler layer reports it.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,12 @@ pub enum ChainCallError {
         key: String,
         /// Where (` on host(s) …` or ` on this host`).
         place: String,
+    },
+    /// The volume is served by this host's engine (a VM uses it).
+    #[error("volume {key} is in use on this host (its chain is open for a VM); detach it from its VM first")]
+    Served {
+        /// The volume.
+        key: String,
     },
     /// An operation this version cannot do on a layered volume.
     #[error(
@@ -95,15 +105,24 @@ pub fn refuse_layered(
     lv: &Lv,
     what: &'static str,
 ) -> Result<(), ChainCallError> {
+    if needs_engine(lvm, vg, volume_tag, lv)? {
+        return Err(ChainCallError::Layered { key: lv.name.clone(), what });
+    }
+    Ok(())
+}
+
+/// Whether `lv`'s data is a chain only an engine can serve: it is layered
+/// and not collected back to its own raw LV alone.
+///
+/// # Errors
+/// LVM's or the graph's error.
+pub fn needs_engine(lvm: &Lvm<'_>, vg: &str, volume_tag: &str, lv: &Lv) -> Result<bool, ChainCallError> {
     if !is_layered(lv) {
-        return Ok(());
+        return Ok(false);
     }
     let graph = Graph::from_lvs(&lvm.lvs(vg)?, volume_tag)?;
     let own_raw = graph.node_of(&lv.name).is_some_and(|n| n.lv == lv.name && n.format == ImageFormat::Raw);
-    if own_raw && graph.children(&lv.name).is_empty() {
-        return Ok(());
-    }
-    Err(ChainCallError::Layered { key: lv.name.clone(), what })
+    Ok(!(own_raw && graph.children(&lv.name).is_empty()))
 }
 
 /// The names a snapshot or clone numbered `uuid` creates: the new volume
@@ -125,6 +144,8 @@ pub fn new_names(uuid: &str, clone: bool, record: Vec<String>) -> NewNames {
 pub struct Sr<'a> {
     /// The runner of `qemu-img`.
     pub runner: &'a dyn Runner,
+    /// This host (its open disks).
+    pub host: &'a HostRoot,
     /// LVM on the SR's namespace (writable for the operations).
     pub lvm: &'a Lvm<'a>,
     /// The SR's attachment.
@@ -137,30 +158,72 @@ impl Sr<'_> {
     fn chains(&self) -> Chains<'_> {
         Chains::new(self.lvm, QemuImg::new(self.runner), &self.state.vg, self.volume_tag, &NoFaults)
     }
+
+    fn probe(&self) -> HereProbe<'_> {
+        HereProbe { host: self.host, sr_uuid: &self.state.sr_uuid }
+    }
+
+    /// The LVs of chains open on this host.
+    fn busy(&self) -> Result<BTreeSet<String>, ChainCallError> {
+        let graph = Graph::from_lvs(&self.lvm.lvs(&self.state.vg)?, self.volume_tag)?;
+        Ok(busy_lvs(self.host, &self.state.sr_uuid, &graph))
+    }
+
+    /// Deactivates every chain LV left active on this host (the master)
+    /// that no open chain uses: a volume whose LV is left active would be
+    /// refused as in use.
+    fn settle(&self) -> Result<(), ChainCallError> {
+        let busy = self.busy()?;
+        let vg = &self.state.vg;
+        for lv in self.lvm.lvs(vg)? {
+            if lv.active && is_layered(&lv) && !busy.contains(&lv.name) {
+                self.lvm.lv_activate(vg, &lv.name, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn collect(&self, chains: &Chains<'_>) -> Result<(), ChainCallError> {
+        let steps = chains.collect_around(&self.probe(), &self.busy()?)?;
+        self.settle()?;
+        if steps > 0 {
+            tracing::info!(vg = %self.state.vg, steps, "collector finished");
+        }
+        Ok(())
+    }
 }
 
-/// Snapshots (or clones, if `names.clone_leaf` is set) `origin`, a volume
-/// no host uses, from the master. Returns the new volume's LV.
+/// Snapshots (or clones, if `names.clone_leaf` is set) `origin` from the
+/// master: a volume no host uses, or one this host serves (`running`, its
+/// engine: pause first, then swap). Returns the new volume's LV.
 ///
 /// # Errors
-/// [`ChainCallError`]; what was created is undone again before returning.
-pub fn take(sr: &Sr<'_>, origin: &Lv, names: &NewNames) -> Result<String, ChainCallError> {
+/// [`ChainCallError`]; what was created is undone again (or, for a swap
+/// that may have happened, resolved by replay asking the engine).
+pub fn take(
+    sr: &Sr<'_>,
+    origin: &Lv,
+    names: &NewNames,
+    running: Option<&dyn Running>,
+) -> Result<String, ChainCallError> {
     let (lvm, state) = (sr.lvm, sr.state);
     let lvs = lvm.lvs(&state.vg)?;
     let graph = Graph::from_lvs(&lvs, sr.volume_tag)?;
     let virtual_size = virtual_size(&graph, &lvs, &origin.name)?;
     let chains = sr.chains();
-    match chains.snapshot(&origin.name, names, virtual_size, None) {
+    match chains.snapshot(&origin.name, names, virtual_size, running) {
         Ok(created) => {
-            settle(lvm, &state.vg)?;
+            sr.settle()?;
             Ok(created)
         }
         Err(error) => {
-            // Nothing is open: replay undoes what the failed call created.
-            if let Err(undo) = chains.replay(&NothingOpen) {
+            // Replay undoes what the failed call created (asking this host's
+            // engine which leaf a running volume writes).
+            if let Err(undo) = chains.replay(&sr.probe()) {
                 tracing::error!(error = %undo, "undoing a failed snapshot failed; the next SR.attach replays it");
             }
-            let _ = settle(lvm, &state.vg);
+            let released = if running.is_some() { Ok(()) } else { release(sr, std::slice::from_ref(&origin.name)) };
+            let _ = sr.settle().and(released);
             Err(error.into())
         }
     }
@@ -181,18 +244,12 @@ fn virtual_size(graph: &Graph, lvs: &[Lv], volume: &str) -> Result<u64, ChainCal
 /// # Errors
 /// [`ChainCallError`].
 pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
+    if open_here(sr.host, &sr.state.sr_uuid, &volume.name).is_some() {
+        return Err(ChainCallError::Served { key: volume.name.clone() });
+    }
     let chains = sr.chains();
     chains.destroy(&volume.name)?;
-    collect(&chains, sr.lvm, &sr.state.vg)
-}
-
-fn collect(chains: &Chains<'_>, lvm: &Lvm<'_>, vg: &str) -> Result<(), ChainCallError> {
-    let steps = chains.collect(&NothingOpen)?;
-    settle(lvm, vg)?;
-    if steps > 0 {
-        tracing::info!(vg, steps, "collector finished");
-    }
-    Ok(())
+    sr.collect(&chains)
 }
 
 /// Whether an SR of these LVs has chains or journal entries at all.
@@ -211,22 +268,36 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
     if !needs_recovery(&lvm.lvs(&state.vg)?) {
         return Ok(false);
     }
+    // The LVs a killed snapshot activated: the SR is being attached, so no
+    // VM on this host uses any of its volumes yet.
+    let touched: Vec<String> = lvm
+        .lvs(&state.vg)?
+        .iter()
+        .flat_map(|l| &l.tags)
+        .filter_map(|t| Entry::from_tag(t))
+        .filter_map(|e| match e.operation {
+            Operation::Snapshot { volume, old_leaf, .. } => Some([volume, old_leaf]),
+            Operation::Merge { .. } => None,
+        })
+        .flatten()
+        .collect();
     let chains = sr.chains();
-    let replayed = chains.replay(&NothingOpen)?;
+    let replayed = chains.replay(&sr.probe())?;
     if replayed > 0 {
         tracing::warn!(vg = %state.vg, replayed, "journal entries of interrupted calls resolved");
     }
-    collect(&chains, lvm, &state.vg)?;
+    sr.collect(&chains)?;
+    release(sr, &touched)?;
     Ok(true)
 }
 
-/// Deactivates every chain LV left active on this host (the master): no
-/// chain is open anywhere (see the module's documentation), and a volume
-/// whose LV is left active would be refused as in use.
-fn settle(lvm: &Lvm<'_>, vg: &str) -> Result<(), ChainCallError> {
-    for lv in lvm.lvs(vg)? {
-        if lv.active && is_layered(&lv) {
-            lvm.lv_activate(vg, &lv.name, false)?;
+/// Deactivates those of `names` that are active: a snapshot's origin (a
+/// plain volume until its commit point) after a failed or killed snapshot.
+fn release(sr: &Sr<'_>, names: &[String]) -> Result<(), ChainCallError> {
+    let busy = sr.busy()?;
+    for lv in sr.lvm.lvs(&sr.state.vg)? {
+        if lv.active && names.contains(&lv.name) && !busy.contains(&lv.name) {
+            sr.lvm.lv_activate(&sr.state.vg, &lv.name, false)?;
         }
     }
     Ok(())

@@ -19,14 +19,23 @@
 //!   that removes only the volume's record while another volume or child
 //!   needs its data, the collector, and journal replay.
 //!
+//! * [`calls`]: the door for the SMAPI handlers: snapshot and clone of a
+//!   volume at rest, destroy with the collector after it, replay on
+//!   `SR.attach`, the chain facts of a volume's record, and the refusals for
+//!   layered volumes.
+//!
+//! * [`served`]: a layered volume served by this host's engine
+//!   (`Datapath.attach`, `vbd3`), and the door a running snapshot swaps
+//!   through.
+//!
 //! A running chain is changed only through [`crate::engine`], on the host
-//! that has it open. The SMAPI handlers (`Volume.snapshot`, `Volume.clone`,
-//! the engine-backed datapath, the collector's trigger, replay on
-//! `SR.attach`, reaching another host through the XAPI host plugin) are not
-//! wired yet, so nothing here is advertised to xapi.
+//! that has it open. Reaching another host through the XAPI host plugin is
+//! not wired yet (a member refuses to serve a layered volume), so
+//! `Volume.snapshot` and `Volume.clone` are dispatched but not advertised.
 
 pub mod calls;
 pub mod graph;
 pub mod journal;
 pub mod ops;
 pub mod qemu_img;
+pub mod served;

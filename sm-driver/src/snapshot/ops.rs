@@ -14,6 +14,8 @@
 //! leaf the engine writes to. Reaching an engine on another host (the XAPI
 //! host plugin) is not written yet.
 
+use std::collections::BTreeSet;
+
 use crate::engine::{EngineError, Image, ImageFormat};
 use crate::lvm::{Lv, Lvm, LvmError};
 
@@ -204,7 +206,8 @@ impl<'a> Chains<'a> {
         tags.push(journal.clone());
         self.lvm.lvcreate(self.vg, &names.leaf, leaf_bytes, &tags)?;
         self.faults.reached("leaf-created");
-        self.lvm.lv_activate(self.vg, &old.lv, true)?;
+        // qemu-img opens the whole backing chain of the new layer.
+        self.activate_chain(&lvs, &graph, &old.lv)?;
         self.lvm.lv_activate(self.vg, &names.leaf, true)?;
         self.qemu_img.create_layer(&self.qcow2(&names.leaf)?, &parent, virtual_size)?;
         self.faults.reached("leaf-header");
@@ -270,6 +273,19 @@ impl<'a> Chains<'a> {
         Ok(())
     }
 
+    /// Activates `from` and every ancestor of it that `lvs` reports
+    /// inactive (a qcow2 image is opened with its whole backing chain).
+    fn activate_chain(&self, lvs: &[Lv], graph: &Graph, from: &str) -> Result<(), OpError> {
+        let mut current = Some(from.to_owned());
+        while let Some(lv) = current {
+            if !lvs.iter().any(|l| l.name == lv && l.active) {
+                self.lvm.lv_activate(self.vg, &lv, true)?;
+            }
+            current = graph.node(&lv).and_then(|n| n.parent.clone());
+        }
+        Ok(())
+    }
+
     fn clean_journal(&self, journal: &str) -> Result<(), OpError> {
         for lv in self.lvs()? {
             if lv.tags.iter().any(|t| t == journal) {
@@ -321,10 +337,21 @@ impl<'a> Chains<'a> {
     /// # Errors
     /// [`OpError`]; a killed run is finished by [`Chains::replay`].
     pub fn collect(&self, probe: &dyn ServingProbe) -> Result<usize, OpError> {
+        self.collect_around(probe, &BTreeSet::new())
+    }
+
+    /// [`Chains::collect`], leaving alone every step that touches one of
+    /// `busy` (the LVs of chains open in an engine: no image open anywhere
+    /// is edited from outside).
+    ///
+    /// # Errors
+    /// [`OpError`].
+    pub fn collect_around(&self, probe: &dyn ServingProbe, busy: &BTreeSet<String>) -> Result<usize, OpError> {
         self.replay(probe)?;
         let mut steps = 0;
         loop {
-            let plan = self.graph()?.collect_plan();
+            let plan: Vec<Collect> =
+                self.graph()?.collect_plan().into_iter().filter(|step| !touches(step, busy)).collect();
             if plan.is_empty() {
                 return Ok(steps);
             }
@@ -362,8 +389,13 @@ impl<'a> Chains<'a> {
         let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
         let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
         let (child_image, into_image) = (self.image(&child_node)?, self.image(&into_node)?);
-        for lv in [into, child].into_iter().chain(grandchildren.iter().map(|g| g.lv.as_str())) {
-            self.lvm.lv_activate(self.vg, lv, true)?;
+        // The commit opens the child's whole chain; relinking opens each grandchild.
+        let lvs = self.lvs()?;
+        self.activate_chain(&lvs, &graph, child)?;
+        for grandchild in &grandchildren {
+            if !lvs.iter().any(|l| l.name == grandchild.lv && l.active) {
+                self.lvm.lv_activate(self.vg, &grandchild.lv, true)?;
+            }
         }
         self.qemu_img.commit(&child_image)?;
         self.faults.reached("merge-committed");
@@ -466,6 +498,15 @@ impl<'a> Chains<'a> {
             }
         }
         Ok(())
+    }
+}
+
+fn touches(step: &Collect, busy: &BTreeSet<String>) -> bool {
+    match step {
+        Collect::Remove { lv } => busy.contains(lv),
+        Collect::Merge { child, into, grandchildren, .. } => {
+            busy.contains(child) || busy.contains(into) || grandchildren.iter().any(|g| busy.contains(g))
+        }
     }
 }
 

@@ -55,7 +55,8 @@ fn recover_chains(ctx: &Context, state: &SrState) {
         }
         let lvm = crate::sr_access::lvm_for(ctx, state, true).map_err(|e| text(&e))?;
         let volume_tag = crate::volume::meta::VOLUME_TAG;
-        let sr = crate::snapshot::calls::Sr { runner: ctx.runner.as_ref(), lvm: &lvm, state, volume_tag };
+        let sr =
+            crate::snapshot::calls::Sr { runner: ctx.runner.as_ref(), host: &ctx.host, lvm: &lvm, state, volume_tag };
         crate::snapshot::calls::recover(&sr).map_err(|e| text(&e))
     })();
     if let Err(error) = recovered {

@@ -31,6 +31,7 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         if crate::snapshot::calls::is_layered(&lv) {
             let sr = crate::snapshot::calls::Sr {
                 runner: ctx.runner.as_ref(),
+                host: &ctx.host,
                 lvm: &lvm,
                 state: &state,
                 volume_tag: VOLUME_TAG,

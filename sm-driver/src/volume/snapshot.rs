@@ -1,4 +1,5 @@
-//! `Volume.snapshot` and `Volume.clone` (master), of a volume no host uses:
+//! `Volume.snapshot` and `Volume.clone` (master), of a volume no host uses
+//! or (a snapshot) of one this host's engine serves:
 //! the chain work is [`crate::snapshot::calls::take`]; the new volume gets
 //! the origin's name, description and sharable flag (not its `Volume.set`
 //! keys: xapi sets the snapshot's own right after).
@@ -7,9 +8,13 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::{CallError, Failure, VolumeError};
+use crate::lvm::Lv;
 use crate::smapi::params::Params;
 use crate::snapshot::calls::{self, ChainCallError};
+use crate::snapshot::ops::{OpError, Running};
+use crate::snapshot::served;
 use crate::sr_access::{attached, lvm_for, require_master, sr_call};
+use crate::sr_state::SrState;
 
 use super::budget;
 use super::meta::{self, VolumeMeta};
@@ -31,6 +36,19 @@ pub fn clone(ctx: &Context, params: &Params) -> Result<Value, Failure> {
     take(ctx, params, true)
 }
 
+/// Refuses a snapshot of `origin` while a VM uses it through blkback.
+fn refuse_running(ctx: &Context, state: &SrState, origin: &Lv, key: &str) -> Result<(), CallError> {
+    refuse_in_use(ctx, state, origin, key.to_owned()).map_err(|error| match error {
+        CallError::Volume(VolumeError::Active { key }) => {
+            CallError::from(ChainCallError::Running { key, place: " on this host".to_owned() })
+        }
+        CallError::Volume(VolumeError::ActiveElsewhere { key, hosts }) => {
+            CallError::from(ChainCallError::Running { key, place: format!(" on host(s) {}", hosts.join(", ")) })
+        }
+        other => other,
+    })
+}
+
 fn take(ctx: &Context, params: &Params, clone: bool) -> Result<Value, Failure> {
     let key: String = params.get("key")?;
     sr_call(params, || {
@@ -38,23 +56,38 @@ fn take(ctx: &Context, params: &Params, clone: bool) -> Result<Value, Failure> {
         let (state, _lock) = attached(ctx, params)?;
         let lvm = lvm_for(ctx, &state, true)?;
         let origin = existing(&lvm, &state, &key)?;
-        refuse_in_use(ctx, &state, &origin, key.clone()).map_err(|error| match error {
-            CallError::Volume(VolumeError::Active { key }) => {
-                CallError::from(ChainCallError::Running { key, place: " on this host".to_owned() })
-            }
-            CallError::Volume(VolumeError::ActiveElsewhere { key, hosts }) => {
-                CallError::from(ChainCallError::Running { key, place: format!(" on host(s) {}", hosts.join(", ")) })
-            }
-            other => other,
-        })?;
+        // A volume this host's engine serves is snapshotted running (pause
+        // first, then swap); any other volume in use is refused.
+        let served = served::open_here(&ctx.host, &state.sr_uuid, &key);
+        let running = match served {
+            Some(disk) => Some(served::ServedHere {
+                engine: served::engine(ctx.runner.as_ref(), &ctx.host)
+                    .map_err(OpError::from)
+                    .map_err(ChainCallError::from)?,
+                host: &ctx.host,
+                sr_uuid: &state.sr_uuid,
+                volume: &key,
+                disk,
+            }),
+            None => None,
+        };
+        if running.is_none() {
+            refuse_running(ctx, &state, &origin, &key)?;
+        }
         let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
         let old = meta::from_tags(&origin.tags);
         let new = VolumeMeta { uuid: uuid.clone(), keys: Default::default(), ..old };
         let tags = meta::to_tags(&new).map_err(VolumeError::from)?;
         let names = calls::new_names(&uuid, clone, tags);
         budget::check(&names.volume, &[], &names.record, &lvm.lvs(&state.vg)?)?;
-        let sr = calls::Sr { runner: ctx.runner.as_ref(), lvm: &lvm, state: &state, volume_tag: meta::VOLUME_TAG };
-        let created = calls::take(&sr, &origin, &names)?;
+        let sr = calls::Sr {
+            runner: ctx.runner.as_ref(),
+            host: &ctx.host,
+            lvm: &lvm,
+            state: &state,
+            volume_tag: meta::VOLUME_TAG,
+        };
+        let created = calls::take(&sr, &origin, &names, running.as_ref().map(|r| r as &dyn Running))?;
         tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
         let lvs = lvm.lvs(&state.vg)?;
         let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;

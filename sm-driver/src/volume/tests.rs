@@ -242,14 +242,22 @@ fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     assert_eq!(call(&tree, &runner, "Volume.resize", &grow), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
     assert!(!ran(&runner, "lvextend"), "{:?}", runner.calls());
 
-    let runner = Arc::new(FakeRunner::new().then_stdout(&layered).then_stdout(&vg));
+    // A host with neither tapdisk nor qemu-storage-daemon cannot serve it.
+    let runner = Arc::new(
+        FakeRunner::new()
+            .then_stdout(&layered)
+            .then_stdout(&vg)
+            .then_stdout(&vg)
+            .without(Program::TapCtl)
+            .without(Program::QemuStorageDaemon),
+    );
     let ctx = Context::fake(tree.host(), Box::new(Arc::clone(&runner)));
     let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{KEY}","domain":"0"}}"#);
     let params = Params::from_json(Method::lookup("Datapath.attach").unwrap(), &body).unwrap();
     let failure = crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap_err();
     let record = to_error_record(&failure, "h1");
     assert_eq!(record.code, "NVMETCP_SNAPSHOT_REFUSED");
-    assert!(record.params[0].contains("attaching it to a VM"), "{}", record.params[0]);
+    assert!(record.params[0].contains("cannot serve a snapshotted volume"), "{}", record.params[0]);
     assert!(!ran(&runner, "lvchange"), "{:?}", runner.calls());
 
     // Collected back to its own raw LV alone, it is a plain volume again.
