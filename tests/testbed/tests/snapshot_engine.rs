@@ -8,6 +8,12 @@
 //! destroy, the collector, journal replay) run on the same real LVM, with the
 //! process SIGKILLed at every journal step and replay checked afterwards.
 //!
+//! The `links-*` scenarios drive the same model through the plugin's method
+//! links, as xapi-storage-script calls them: `SR.attach` replaying the
+//! journal of a plugin SIGKILLed mid-snapshot, and a snapshotted volume
+//! served by the engine (`vbd3`) snapshotted again under `fio --verify`,
+//! then destroyed back to one node by the collector.
+//!
 //! Same two-role design as `nvmet_fabric.rs`: on the host this binary boots
 //! one guest with the scenarios; in the guest they call it back with
 //! `NVMETCP_GUEST_STEP=1` and a step (`open`, `swap`, `merge`, `close`), which
@@ -16,6 +22,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)] // a test program
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,11 +36,49 @@ use sm_driver::lvm::Lvm;
 use sm_driver::snapshot::journal::Serving;
 use sm_driver::snapshot::ops::{Chains, Faults, NewNames, NothingOpen, Running, ServingProbe};
 use sm_driver::snapshot::qemu_img::QemuImg;
+use smapi_harness::{Caller, Outcome, PluginTree};
 
 const RUN_BASE: &str = "/run/nvmetcp/engine";
 
+/// The links scenarios' SR uuids, one each (a failed scenario leaves its SR).
+const SR_PREFIX: &str = "6b1f0e2a-4c3d-4e5f-8a9b-0c1d2e3f4a5";
+
+fn plugin_binary() -> PathBuf {
+    // target/debug/deps/snapshot_engine-… → target/debug/nvmetcp-plugin
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
+}
+
 fn main() -> ExitCode {
-    two_role_main("snapshot_engine", guest_step, |exe| run_suite("engine", &scenarios(exe)))
+    two_role_main("snapshot_engine", guest_step, |exe| {
+        // The plugin binary must be current: the links scenarios call it.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
+        let built =
+            std::process::Command::new(cargo).args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin"]).status();
+        if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() {
+            eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
+            println!("0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+        run_suite("engine", &scenarios(exe))
+    })
+}
+
+/// `call METHOD JSON`: the method through a plugin tree of method links,
+/// as xapi-storage-script runs it; prints `OK <value>` or `ERR <code> <params>`.
+fn call_step(method: &str, params: &str) -> Result<(), String> {
+    let plugin = plugin_binary();
+    let tree = PluginTree::new(&plugin, &[method], &[method]).map_err(|e| e.to_string())?;
+    let params: serde_json::Value = serde_json::from_str(params).map_err(|e| format!("{params}: {e}"))?;
+    let dir = if method.starts_with("Datapath.") { tree.datapath_dir() } else { tree.volume_dir() };
+    match Caller::new().call(&dir, method, &params) {
+        Ok(reply) => match reply.outcome {
+            Outcome::Success(value) => println!("OK {value}"),
+            Outcome::Failure { code, params, .. } => println!("ERR {code} {}", serde_json::to_string(&params).unwrap()),
+        },
+        Err(violation) => println!("PROTOCOL-VIOLATION {violation}"),
+    }
+    Ok(())
 }
 
 fn image(format: &str, path: &str) -> Result<Image, String> {
@@ -108,6 +153,7 @@ fn guest_step(args: &[String]) -> Result<(), String> {
         }
         ["close", state] => engine.close(&load(state)?).map_err(|e| chain(&e))?,
         ["chains", device, vg, rest @ ..] => chains_step(&runner, device, vg, rest)?,
+        ["call", method, params] => call_step(method, params)?,
         _ => return Err(format!("unknown step {args:?}")),
     }
     Ok(())
@@ -248,9 +294,56 @@ killed_at() { # STEP VERB ARGS: the operation must die at STEP
 }
 "#;
 
+/// Shell helpers of the `links-*` scenarios: an SR through the method
+/// links, its volumes' keys, data and chains.
+const LINKS_PRELUDE: &str = r#"
+call() { "$T" call "$@" | tee -a calls.log; }
+expect_ok() { local out; out=$(call "$@"); case $out in "OK "*) echo "${out#OK }" ;; *) tb_fail "$1 failed: $out"; return 1 ;; esac; }
+expect_err() { local code=$1 out; shift; out=$(call "$@"); case $out in "ERR $code "*) echo "$out" ;; *) tb_fail "$1: expected $code, got: $out"; return 1 ;; esac; }
+json() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"; }
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+vg=nvmetcp_$(echo "$SR" | tr -d -)
+sr_up() { # NAME: an SR on a target of its own, attached; sets $stored and $head
+    local nqn
+    nqn=$(tb_simple_target "$1" 1024 10.99.0.1) || return 1
+    stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.99.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"$1\",\"description\":\"\"}")
+    attach_sr
+    head=$(pvs --noheadings -o pv_name -S vg_name="$vg" | tr -d ' ')
+}
+attach_sr() { expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null; }
+new_volume() { # NAME -> key; 16 MiB
+    json "$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"$1\",\"description\":\"d\",\"size\":16777216,\"sharable\":false}")" 'v["key"]'
+}
+snapshot() { json "$(expect_ok Volume.snapshot "{\"dbg\":\"sn\",$sr,\"key\":\"$1\"}")" 'v["key"]'; }
+destroy() { expect_ok Volume.destroy "{\"dbg\":\"d\",$sr,\"key\":\"$1\"}" >/dev/null; }
+ls_keys() { json "$(expect_ok SR.ls "{\"dbg\":\"l\",$sr}")" '" ".join(sorted(x["key"] for x in v))'; }
+dp() { echo "\"uri\":\"nvmetcp://$SR/$1\",\"domain\":\"3\""; }
+plug() { # VOLUME -> its block device, attached and active as for a VM
+    local backend
+    backend=$(expect_ok Datapath.attach "{\"dbg\":\"da\",$(dp "$1")}") || return 1
+    expect_ok Datapath.activate "{\"dbg\":\"dv\",$(dp "$1")}" >/dev/null
+    json "$backend" '[i[1]["path"] for i in v["implementations"] if i[0] == "BlockDevice"][0]'
+}
+unplug() {
+    expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$(dp "$1")}" >/dev/null
+    expect_ok Datapath.detach "{\"dbg\":\"dt\",$(dp "$1")}" >/dev/null
+}
+# Reads and writes through a chain with its LVs active for that moment only
+# (the plugin leaves no chain LV active: an active one is a volume in use).
+# (LVs of a chain open in the engine stay active: their deactivation fails.)
+read_sum() { vgchange -q -ay "$vg" >&2; volume_sum "$1"; vgchange -q -an "$vg" >/dev/null 2>&1 || true; }
+write_vol() { vgchange -q -ay "$vg" >&2; write_volume "$@"; vgchange -q -an "$vg" >/dev/null 2>&1 || true; }
+"#;
+
 fn scenarios(exe: &str) -> Vec<Scenario> {
     let script = |body: &str| format!("T={exe}\n{PRELUDE}\n{body}");
+    let links = |last: char, body: &str| {
+        let plugin = plugin_binary();
+        format!("T={exe}\nSR={SR_PREFIX}{last}\nPLUGIN={}\n{PRELUDE}\n{LINKS_PRELUDE}\n{body}", plugin.display())
+    };
     vec![
+        Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(900),
+        Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(600),
         Scenario::script(
             "engine-swap-under-io",
             &script(
@@ -487,3 +580,77 @@ no_journal || tb_fail "a journal entry was left"
         .timeout_secs(600),
     ]
 }
+
+/// `Volume.snapshot` SIGKILLed at growing delays (through its link, as
+/// xapi-storage-script runs it); after each, `SR.attach` replays the journal.
+const LINKS_SNAPSHOT_KILLED: &str = r#"
+sr_up killed
+a=$(new_volume "vm disk")
+path=$(plug "$a")
+dd if=/dev/urandom of="$path" bs=1M count=16 oflag=direct status=none
+a0=$(sum "$path")
+unplug "$a"
+links=/tmp/kill-links/org.xen.xapi.storage.nvmetcp
+mkdir -p "$links" && ln -sf "$PLUGIN" "$links/Volume.snapshot"
+killed=0 finished=0
+for delay in 0.5 1 2 3 4 6 8; do
+    rc=0
+    printf '%s' "{\"dbg\":\"k\",$sr,\"key\":\"$a\"}" | timeout -s KILL "$delay" "$links/Volume.snapshot" --json >/dev/null 2>&1 || rc=$?
+    case $rc in 137) killed=$((killed + 1)) ;; 0) finished=$((finished + 1)) ;; *) tb_fail "Volume.snapshot failed ($rc)" ;; esac
+    attach_sr
+    no_journal || { lvs -o lv_name,lv_tags "$vg"; tb_fail "SR.attach left a journal entry (kill after ${delay}s)"; }
+    [ "$(read_sum "$a")" = "$a0" ] || tb_fail "the disk's data changed after a kill after ${delay}s"
+done
+tb_log "$killed snapshots killed, $finished finished; $(ls_keys | wc -w) volumes, $(lv_count) LVs"
+for v in $(ls_keys); do
+    [ "$(read_sum "$v")" = "$a0" ] || tb_fail "volume $v does not hold the disk's data"
+done
+[ "$killed" -ge 3 ] || tb_fail "only $killed of the snapshots were killed before they finished"
+for v in $(ls_keys); do [ "$v" = "$a" ] || destroy "$v"; done
+[ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "an LV was orphaned by the kills"; }
+[ "$(read_sum "$a")" = "$a0" ] || tb_fail "the disk's data changed"
+destroy "$a"
+expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+"#;
+
+/// A snapshotted volume served by the engine through `Datapath.attach`
+/// (`vbd3`), snapshotted again while `fio --verify` writes to it.
+const LINKS_RUNNING_SNAPSHOT: &str = r#"
+sr_up running
+a=$(new_volume "vm disk")
+path=$(plug "$a")
+dd if=/dev/urandom of="$path" bs=1M count=16 oflag=direct status=none
+a0=$(sum "$path")
+unplug "$a"
+s0=$(snapshot "$a")
+backend=$(expect_ok Datapath.attach "{\"dbg\":\"da\",$(dp "$a")}")
+expect_ok Datapath.activate "{\"dbg\":\"dv\",$(dp "$a")}" >/dev/null
+[ "$(json "$backend" 'v["implementations"][0][1]["backend_type"]')" = vbd3 ] || tb_fail "a layered volume not served as vbd3: $backend"
+dev=$(json "$backend" '[i[1]["path"] for i in v["implementations"] if i[0] == "BlockDevice"][0]')
+tb_log "the engine serves $a on $dev"
+[ "$(sum "$dev")" = "$a0" ] || tb_fail "the engine does not serve the volume's data"
+expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"d\",$sr,\"key\":\"$a\"}" >/dev/null
+fio --name=live --filename="$dev" --rw=randwrite --bs=4k --size=16m --direct=1 \
+    --verify=crc32c --do_verify=1 --iodepth=4 --ioengine=libaio --output=live.log &
+fio_pid=$!
+sleep 2
+kill -0 $fio_pid || tb_fail "fio ended before the snapshot"
+s1=$(snapshot "$a")
+tb_log "snapshot $s1 taken under I/O"
+frozen=$(read_sum "$s1")
+wait $fio_pid || { cat live.log; tb_fail "fio --verify failed across the running snapshot"; }
+grep -q "err= 0" live.log || { cat live.log; tb_fail "fio reported errors"; }
+[ "$(read_sum "$s1")" = "$frozen" ] || tb_fail "the snapshot changed after it was taken"
+[ "$(read_sum "$s0")" = "$a0" ] || tb_fail "the first snapshot changed"
+served=$(sum "$dev")
+unplug "$a"
+[ "$(read_sum "$a")" = "$served" ] || tb_fail "the chain does not hold what the engine served"
+destroy "$s1"
+destroy "$s0"
+[ "$(depth_of "$a")" = 1 ] && [ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "not collected to one node"; }
+path=$(plug "$a")
+[ "$(sum "$path")" = "$served" ] || tb_fail "blkback does not serve the collected data"
+unplug "$a"
+destroy "$a"
+expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+"#;
