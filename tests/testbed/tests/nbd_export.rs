@@ -26,6 +26,7 @@ use nvmetcp_initiator::nbd::export::{limit_request_size, Export, ExportConfig};
 use nvmetcp_initiator::nbd::kernel::NbdNetlink;
 use nvmetcp_initiator::testing::FileDevice;
 use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
+use smapi_harness::{Caller, Outcome, PluginTree};
 
 fn main() -> ExitCode {
     two_role_main("nbd_export", guest_step, host_side)
@@ -276,7 +277,144 @@ nvme disconnect -n "$nqn" >/dev/null
         ),
     )
     .timeout_secs(400),
+    Scenario::script(
+        "nbd-sr-userspace",
+        &format!(
+            r#"
+export NVMETCP_GUEST_STEP=1
+T="{exe}"
+SR=7d1e6a20-3c4b-4f5e-8a9b-0c1d2e3f4a5b
+modprobe nbd nbds_max=4
+nqn=$(tb_simple_target us 128 10.99.0.1 10.99.0.2)
+# As on XCP-ng 8.2/8.3: this host cannot load nvme_tcp.
+no_nvme_tcp() {{
+    modprobe -r nvme_tcp
+    echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
+    if modprobe nvme_tcp 2>/dev/null; then tb_fail "nvme_tcp still loads"; fi
+}}
+no_nvme_tcp
+call() {{ "$T" call "$@" | tee -a calls.log; }}
+expect_ok() {{ local out; out=$(call "$@"); case $out in "OK "*) echo "${{out#OK }}" ;; *) tb_fail "$1 failed: $out"; return 1 ;; esac; }}
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+state=/run/nvmetcp/initiator/$SR.json
+live() {{ [ "$(grep -c '"status": "live"' "$state")" = "$1" ]; }}
+cfg="\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\",\"keep_alive_tmo\":\"3\",\"reconnect_delay\":\"1\",\"iopolicy\":\"round-robin\""
+stored=$(expect_ok SR.create "{{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{{$cfg,\"namespace\":\"1\"}},\"name\":\"on 8.3\",\"description\":\"\"}}")
+echo "$stored" | grep -q '"namespace":"uuid\.' || tb_fail "SR.create recorded no stable identity: $stored"
+[ ! -e "$state" ] || tb_fail "SR.create left its initiator running"
+ls /sys/class/nvme 2>/dev/null | grep -q . && tb_fail "a kernel NVMe controller exists on a host without nvme_tcp"
+expect_ok SR.attach "{{\"dbg\":\"a\",\"configuration\":$stored}}" >/dev/null
+daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
+expect_ok SR.attach "{{\"dbg\":\"a2\",\"configuration\":$stored}}" >/dev/null
+[ "$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")" = "$daemon" ] || tb_fail "a second SR.attach restarted the daemon"
+grep -Eq '"initiator": ?"userspace"' /run/nvmetcp/srs/$SR.json || tb_fail "the attach state does not say userspace"
+tb_wait 30 "both paths live" live 2
+expect_ok SR.stat "{{\"dbg\":\"s\",$sr}}" | tee stat.json | grep -q '"Healthy","2/2 paths live"' || tb_fail "SR.stat: $(cat stat.json)"
+vol=$(expect_ok Volume.create "{{\"dbg\":\"v\",$sr,\"name\":\"vm disk\",\"description\":\"\",\"size\":33554432,\"sharable\":false}}")
+key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+uri=$(echo "$vol" | sed 's/.*"uri":\["\([^"]*\)".*/\1/')
+expect_ok Volume.set "{{\"dbg\":\"s\",$sr,\"key\":\"$key\",\"k\":\"vdi-type\",\"v\":\"user\"}}" >/dev/null
+dp="\"uri\":\"$uri\",\"domain\":\"3\""
+attach_volume() {{
+    path=$(expect_ok Datapath.attach "{{\"dbg\":\"da\",$dp}}" | sed 's/.*"BlockDevice",{{"path":"\([^"]*\)".*/\1/')
+    expect_ok Datapath.activate "{{\"dbg\":\"dv\",$dp}}" >/dev/null
+    [ -b "$(readlink -f "$path")" ] || tb_fail "$path is not a block device"
+}}
+detach_volume() {{
+    expect_ok Datapath.deactivate "{{\"dbg\":\"dd\",$dp}}" >/dev/null
+    expect_ok Datapath.detach "{{\"dbg\":\"dt\",$dp}}" >/dev/null
+}}
+attach_volume
+dev=$(sed -n 's/.*"index": \([0-9]*\),.*/nbd\1/p' "$state")
+tb_log "the volume $path is on /dev/$dev, served by daemon $daemon"
+rm -f stop fio.failed
+(
+    while [ ! -e stop ]; do
+        fio --name=verify --filename="$path" --direct=1 --ioengine=libaio --iodepth=8 --rw=randwrite \
+            --bsrange=4k-64k --size=24M --verify=crc32c --verify_fatal=1 >>fio.log 2>&1 || {{ touch fio.failed; break; }}
+    done
+) &
+loop=$!
+fio_ok() {{ [ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed $1"; }}; }}
+show() {{ cat "$state"; cp "$state" "$SCENARIO_OUT/state-at-failure.json"; return 1; }}
+started=$(date +%s)
+for cut in $(seq 1 20); do
+    if [ $((cut % 4)) = 0 ]; then
+        tb_addr_del 10.99.0.2; tb_wait 40 "keep-alive to notice address 2 gone (cut $cut)" live 1 || show
+        [ "$cut" = 4 ] && {{ expect_ok SR.stat "{{\"dbg\":\"s\",$sr}}" | grep -q 'degraded: 1/2 paths live' || tb_fail "SR.stat is not degraded"; }}
+        tb_addr_add 10.99.0.2
+    else
+        tb_unlink 2 "$nqn"; tb_wait 30 "path 2 to drop (cut $cut)" live 1 || show
+        tb_link 2 "$nqn"
+    fi
+    tb_wait 60 "path 2 back (cut $cut)" live 2 || show
+    fio_ok "at cut $cut"
+done
+tb_log "20 cuts of one of two paths in $(( $(date +%s) - started )) s under verified writes"
+sleep 5
+touch stop
+wait "$loop"
+fio_ok "across the cuts"
+runs=$(grep -c "err= 0" fio.log)
+tb_log "$runs verified fio runs, 0 errors"
+[ "$runs" -ge 2 ] || tb_fail "fio did not complete two runs across the cuts"
+cp "$state" "$SCENARIO_OUT/state.json"
+if grep -E "err= *[1-9]|verify: bad" fio.log; then tb_fail "fio saw errors"; fi
+if dmesg | grep -E "I/O error, dev $dev|Buffer I/O error on dev (dm-|$dev)"; then tb_fail "the host saw I/O errors"; fi
+head -c 4M /dev/urandom >userspace.data
+dd if=userspace.data of="$path" bs=1M oflag=direct status=none
+detach_volume
+expect_ok SR.detach "{{\"dbg\":\"d\",$sr}}" >/dev/null
+tb_wait 10 "the NBD device to be disconnected" sh -c "! test -e /sys/block/$dev/pid"
+[ ! -e "$state" ] && [ ! -e /run/nvmetcp/initiator/$SR.conf ] || tb_fail "SR.detach left the initiator's files"
+[ ! -e /run/nvmetcp/initiator/$SR.supervisor ] || tb_fail "SR.detach left the supervisor"
+# The same SR through the kernel initiator: what userspace wrote reads back.
+rm /etc/modprobe.d/testbed-no-nvme-tcp.conf
+modprobe nvme_tcp
+expect_ok SR.attach "{{\"dbg\":\"ak\",\"configuration\":$stored}}" >/dev/null
+grep -Eq '"initiator": ?"kernel"' /run/nvmetcp/srs/$SR.json || tb_fail "nvme_tcp loads, yet the kernel initiator was not chosen"
+attach_volume
+dd if="$path" of=kernel.read bs=1M count=4 iflag=direct status=none
+cmp userspace.data kernel.read || tb_fail "the kernel initiator reads other data than userspace wrote"
+head -c 4M /dev/urandom >kernel.data
+dd if=kernel.data of="$path" bs=1M seek=8 oflag=direct status=none
+detach_volume
+expect_ok SR.detach "{{\"dbg\":\"dk\",$sr}}" >/dev/null
+tb_wait 20 "the kernel's controllers to go" sh -c "! ls /sys/class/nvme | grep -q ."
+no_nvme_tcp
+expect_ok SR.attach "{{\"dbg\":\"a3\",\"configuration\":$stored}}" >/dev/null
+attach_volume
+dd if="$path" of=userspace.read bs=1M skip=8 count=4 iflag=direct status=none
+cmp kernel.data userspace.read || tb_fail "the userspace initiator reads other data than the kernel wrote"
+tb_log "data written through either initiator reads back identically through the other"
+detach_volume
+expect_ok Volume.destroy "{{\"dbg\":\"x\",$sr,\"key\":\"$key\"}}" >/dev/null
+expect_ok SR.destroy "{{\"dbg\":\"x\",$sr}}" >/dev/null
+[ ! -e "$state" ] || tb_fail "SR.destroy left the initiator running"
+cp calls.log fio.log "$SCENARIO_OUT/" || true
+rm /etc/modprobe.d/testbed-no-nvme-tcp.conf
+"#
+        ),
+    )
+    .timeout_secs(900),
     ]
+}
+
+/// `call METHOD JSON`: one call through the method links, exactly as
+/// xapi-storage-script makes it; `OK <value>` or `ERR <code> <params>`.
+fn call(method: &str, params: &str) -> Result<(), String> {
+    let plugin = plugin_binary();
+    let tree = PluginTree::new(&plugin, &[method], &[method]).map_err(|e| e.to_string())?;
+    let params: serde_json::Value = serde_json::from_str(params).map_err(|e| e.to_string())?;
+    let dir = if method.starts_with("Datapath.") { tree.datapath_dir() } else { tree.volume_dir() };
+    match Caller::new().call(&dir, method, &params) {
+        Ok(reply) => match reply.outcome {
+            Outcome::Success(value) => println!("OK {value}"),
+            Outcome::Failure { code, params, .. } => println!("ERR {code} {}", serde_json::to_string(&params).unwrap()),
+        },
+        Err(violation) => println!("PROTOCOL-VIOLATION {violation}"),
+    }
+    Ok(())
 }
 
 const BLOCK: u32 = 4096;
@@ -365,6 +503,7 @@ fn guest_step(args: &[String]) -> Result<(), String> {
                 .disconnect(index.parse().unwrap())
                 .map_err(|e| e.to_string())?;
         }
+        ("call", [method, params]) => call(method, params)?,
         _ => return Err(format!("unknown step {args:?}")),
     }
     Ok(())
