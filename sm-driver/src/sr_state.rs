@@ -175,6 +175,32 @@ impl SrLock {
     }
 }
 
+/// Test fixture: an attached SR's state with one TCP path to 10.0.0.1:4420
+/// from host `nqn.h:h`, on the kernel initiator.
+#[cfg(test)]
+pub(crate) fn one_tcp_path(sr_uuid: &str, vg: &str, nqn: &str, namespace: &str, total: u64, free: u64) -> SrState {
+    SrState {
+        sr_uuid: sr_uuid.to_owned(),
+        vg: vg.to_owned(),
+        nqn: nqn.to_owned(),
+        namespace: namespace.to_owned(),
+        paths: vec![PathKey {
+            transport: "tcp".to_owned(),
+            traddr: "10.0.0.1".parse().expect("a literal address"),
+            trsvcid: 4420,
+            subsysnqn: nqn.to_owned(),
+            hostnqn: "nqn.h:h".to_owned(),
+            host_iface: None,
+            host_traddr: None,
+        }],
+        configuration: Default::default(),
+        total_space: total,
+        free_space: free,
+        extent_size: 4 << 20,
+        initiator: crate::initiator::InitiatorKind::Kernel,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

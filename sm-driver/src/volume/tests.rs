@@ -7,11 +7,10 @@ use std::sync::Arc;
 use crate::cmd::{FakeRunner, Program};
 use crate::context::Context;
 use crate::error::to_error_record;
-use crate::nvme::options::PathKey;
 use crate::nvme::sysfs::fixture::SysfsTree;
 use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::params::Params;
-use crate::sr_state::{self, SrState};
+use crate::sr_state;
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 const NQN: &str = "nqn.2024-01.io.example:array";
@@ -31,26 +30,7 @@ fn attached_sr_with_path(state: &str) -> SysfsTree {
     tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
     tree.path_device("nvme0", "nvme0c0n1");
     tree.write("/etc/xensource/pool.conf", "master\n");
-    let state = SrState {
-        sr_uuid: SR.to_owned(),
-        vg: VG.to_owned(),
-        nqn: NQN.to_owned(),
-        namespace: WWID.to_owned(),
-        paths: vec![PathKey {
-            transport: "tcp".to_owned(),
-            traddr: "10.0.0.1".parse().unwrap(),
-            trsvcid: 4420,
-            subsysnqn: NQN.to_owned(),
-            hostnqn: "nqn.h:h".to_owned(),
-            host_iface: None,
-            host_traddr: None,
-        }],
-        configuration: Default::default(),
-        total_space: 1 << 30,
-        free_space: 1 << 29,
-        extent_size: 4 << 20,
-        initiator: crate::initiator::InitiatorKind::Kernel,
-    };
+    let state = sr_state::one_tcp_path(SR, VG, NQN, WWID, 1 << 30, 1 << 29);
     sr_state::save(&tree.host(), &state).unwrap();
     tree
 }

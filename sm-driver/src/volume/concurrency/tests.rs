@@ -8,11 +8,10 @@ use serde_json::Value;
 use crate::cmd::{Command, DeviceSubstitute, Program, Runner, SystemRunner};
 use crate::context::Context;
 use crate::error::to_error_record;
-use crate::nvme::options::PathKey;
 use crate::nvme::sysfs::fixture::SysfsTree;
 use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::params::Params;
-use crate::sr_state::{self, SrState};
+use crate::sr_state;
 
 const SR: &str = "c0c0c0c0-1600-4000-8000-000000000100";
 const VG: &str = "nvmetcp_c0c0c0c0160040008000000000000100";
@@ -91,26 +90,7 @@ fn attached(bytes: u64) -> SysfsTree {
     let uuid = tree.host().path("/proc/sys/kernel/random/uuid");
     std::fs::create_dir_all(uuid.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/proc/sys/kernel/random/uuid", uuid).unwrap();
-    let state = SrState {
-        sr_uuid: SR.to_owned(),
-        vg: VG.to_owned(),
-        nqn: NQN.to_owned(),
-        namespace: WWID.to_owned(),
-        paths: vec![PathKey {
-            transport: "tcp".to_owned(),
-            traddr: "10.0.0.1".parse().unwrap(),
-            trsvcid: 4420,
-            subsysnqn: NQN.to_owned(),
-            hostnqn: "nqn.h:h".to_owned(),
-            host_iface: None,
-            host_traddr: None,
-        }],
-        configuration: Default::default(),
-        total_space: bytes,
-        free_space: bytes,
-        extent_size: 4 << 20,
-        initiator: crate::initiator::InitiatorKind::Kernel,
-    };
+    let state = sr_state::one_tcp_path(SR, VG, NQN, WWID, bytes, bytes);
     sr_state::save(&tree.host(), &state).unwrap();
     tree
 }
