@@ -216,6 +216,8 @@ pub fn attach(
         owners.insert(user.to_owned(), Owner::current(host));
     }
     save_owners(host, &owners)?;
+    let previous = users.remove(user).unwrap_or_default();
+    record_intent(host, &mut users, user, &previous, paths)?;
     // Every path is connected at once: each waits for its own portal, and
     // a slow one does not hold the others up. (Linux serialises the writes
     // to /dev/nvme-fabrics under one mutex, `nvmf_dev_mutex` in
@@ -229,7 +231,6 @@ pub fn attach(
             .collect();
         running.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     });
-    let previous = users.remove(user).unwrap_or_default();
     let mut uses: Vec<PathUse> = Vec::new();
     for connected in results.iter().flatten() {
         let created_before = previous.iter().any(|u| u.key == connected.key && u.created);
@@ -248,6 +249,37 @@ pub fn attach(
     users.insert(user.to_owned(), uses);
     save(host, &users)?;
     Ok(results)
+}
+
+/// Records, before anything is connected, every path of `user` that has no
+/// controller yet as one nvmetcp is about to create. The kernel creates a
+/// controller before [`attach`] can record it; a call killed in between
+/// would otherwise leave a controller nobody recorded, which the retry takes
+/// for one made by hand and never deletes. With the intent on record, the
+/// retry inherits the duty to delete it (and a dead call user is collected
+/// with it). The final record of [`attach`] replaces the intent.
+fn record_intent(
+    host: &HostRoot,
+    users: &mut Users,
+    user: &str,
+    previous: &[PathUse],
+    paths: &[ConnectOptions],
+) -> Result<(), RegistryError> {
+    let mut intended = previous.to_vec();
+    for options in paths {
+        let key = options.key();
+        let unconnected = matches!(super::connect::find_controller(host, &key), Ok(None));
+        if unconnected && !intended.iter().any(|u| u.key == key) {
+            intended.push(PathUse { key, created: true });
+        }
+    }
+    if intended.as_slice() == previous {
+        return Ok(());
+    }
+    users.insert(user.to_owned(), intended);
+    let saved = save(host, users);
+    users.remove(user);
+    saved
 }
 
 /// What [`release`] did.
@@ -494,6 +526,42 @@ mod tests {
         assert!(super::load_owners(&tree.host()).unwrap().is_empty());
         // sr-b inherited the duty to delete what the dead probe created.
         assert_eq!(release(&tree.host(), "sr-b").unwrap().disconnected, ["nvme1"]);
+    }
+
+    /// A fabrics device that creates the controller, then dies: what the
+    /// kernel leaves when the call is SIGKILLed right after its connect.
+    struct DiesAfterConnect(FakeFabrics);
+
+    impl crate::nvme::fabrics::Fabrics for DiesAfterConnect {
+        fn create_controller(
+            &self,
+            options: &crate::nvme::options::OptionString,
+        ) -> Result<crate::nvme::fabrics::Created, crate::nvme::fabrics::FabricsError> {
+            let _created = self.0.create_controller(options);
+            panic!("killed between the connect and its record");
+        }
+
+        fn supported_options(&self) -> Option<Vec<String>> {
+            self.0.supported_options()
+        }
+    }
+
+    #[test]
+    fn a_call_killed_after_its_connect_leaves_the_controller_to_its_retry() {
+        let tree = SysfsTree::new();
+        let (_listeners, paths) = two_paths();
+        let dying = DiesAfterConnect(FakeFabrics::new(&tree));
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            attach(&tree.host(), &dying, &TcpNetwork, "sr", &paths[..1])
+        }));
+        assert!(killed.is_err());
+        assert_eq!(live(&tree), ["nvme0"], "the kernel made the controller");
+        // The retry finds the controller and must know it is nvmetcp's.
+        let retried = attach(&tree.host(), &FakeFabrics::new(&tree), &TcpNetwork, "sr", &paths[..1]).unwrap();
+        assert_eq!(retried[0].as_ref().unwrap().origin, crate::nvme::connect::PathOrigin::Reused);
+        let released = release(&tree.host(), "sr").unwrap();
+        assert_eq!(released.disconnected, ["nvme0"], "{released:?}");
+        assert!(live(&tree).is_empty(), "no controller leaked");
     }
 
     #[test]

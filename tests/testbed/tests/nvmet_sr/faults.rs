@@ -155,7 +155,7 @@ killed() {
         if dmsetup info -c --noheadings -o name,suspended | grep -q Suspended; then
             dmsetup info -c -o name,suspended; tb_fail "$method killed at ${delay}s left a device suspended"; return 1
         fi
-        [ "$(ls /sys/class/nvme | wc -l)" = "$controllers" ] || { tb_fail "$method killed at ${delay}s: controllers $(ls /sys/class/nvme | tr '\n' ' '), not $controllers"; return 1; }
+        [ "$(ls /sys/class/nvme | wc -l)" = "$controllers" ] || { cat /run/nvmetcp/fabric-users.json >&2; tb_fail "$method killed at ${delay}s: controllers $(ls /sys/class/nvme | tr '\n' ' '), not $controllers"; return 1; }
         if grep -q '"probe-\|"create-' /run/nvmetcp/fabric-users.json 2>/dev/null; then
             cat /run/nvmetcp/fabric-users.json; tb_fail "$method killed at ${delay}s: a dead call's registry user is left"; return 1
         fi
