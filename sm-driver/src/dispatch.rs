@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::context::Context;
-use crate::error::{DriverError, Failure};
+use crate::error::{CallResult, DriverError, Failure};
+use crate::request::Request;
 use crate::smapi::method::{Interface, Method, PluginKind, CATALOGUE};
 use crate::smapi::params::Params;
 use crate::smapi::types::QueryResult;
@@ -24,27 +25,27 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
     (Interface::Plugin, "diagnostics", |ctx, kind, params| {
         encode(params, &diagnostics::report(kind, &ctx.host, ctx.runner.as_ref()))
     }),
-    (Interface::Sr, "probe", |ctx, _, params| sr::probe(ctx, params)),
-    (Interface::Sr, "create", |ctx, _, params| sr::create(ctx, params)),
-    (Interface::Sr, "attach", |ctx, _, params| sr::attach(ctx, params)),
-    (Interface::Sr, "detach", |ctx, _, params| sr::detach(ctx, params)),
-    (Interface::Sr, "destroy", |ctx, _, params| sr::destroy(ctx, params)),
-    (Interface::Sr, "stat", |ctx, _, params| sr::stat(ctx, params)),
-    (Interface::Sr, "ls", |ctx, _, params| sr::ls(ctx, params)),
-    (Interface::Sr, "set_name", |ctx, _, params| sr::set_name(ctx, params)),
-    (Interface::Sr, "set_description", |ctx, _, params| sr::set_description(ctx, params)),
-    (Interface::Volume, "create", |ctx, _, params| volume::create(ctx, params)),
-    (Interface::Volume, "destroy", |ctx, _, params| volume::destroy(ctx, params)),
-    (Interface::Volume, "set_name", |ctx, _, params| volume::set_name(ctx, params)),
-    (Interface::Volume, "set_description", |ctx, _, params| volume::set_description(ctx, params)),
-    (Interface::Volume, "set", |ctx, _, params| volume::set(ctx, params)),
-    (Interface::Volume, "unset", |ctx, _, params| volume::unset(ctx, params)),
-    (Interface::Volume, "resize", |ctx, _, params| volume::resize(ctx, params)),
-    (Interface::Volume, "stat", |ctx, _, params| volume::stat(ctx, params)),
-    (Interface::Datapath, "attach", |ctx, _, params| datapath::attach(ctx, params)),
-    (Interface::Datapath, "activate", |ctx, _, params| datapath::activate(ctx, params)),
-    (Interface::Datapath, "deactivate", |ctx, _, params| datapath::deactivate(ctx, params)),
-    (Interface::Datapath, "detach", |ctx, _, params| datapath::detach(ctx, params)),
+    (Interface::Sr, "probe", |ctx, _, params| call(ctx, params, sr::probe)),
+    (Interface::Sr, "create", |ctx, _, params| call(ctx, params, sr::create)),
+    (Interface::Sr, "attach", |ctx, _, params| call(ctx, params, sr::attach)),
+    (Interface::Sr, "detach", |ctx, _, params| call(ctx, params, sr::detach)),
+    (Interface::Sr, "destroy", |ctx, _, params| call(ctx, params, sr::destroy)),
+    (Interface::Sr, "stat", |ctx, _, params| call(ctx, params, sr::stat)),
+    (Interface::Sr, "ls", |ctx, _, params| call(ctx, params, sr::ls)),
+    (Interface::Sr, "set_name", |ctx, _, params| call(ctx, params, sr::set_name)),
+    (Interface::Sr, "set_description", |ctx, _, params| call(ctx, params, sr::set_description)),
+    (Interface::Volume, "create", |ctx, _, params| call(ctx, params, volume::create)),
+    (Interface::Volume, "destroy", |ctx, _, params| call(ctx, params, volume::destroy)),
+    (Interface::Volume, "set_name", |ctx, _, params| call(ctx, params, volume::set_name)),
+    (Interface::Volume, "set_description", |ctx, _, params| call(ctx, params, volume::set_description)),
+    (Interface::Volume, "set", |ctx, _, params| call(ctx, params, volume::set)),
+    (Interface::Volume, "unset", |ctx, _, params| call(ctx, params, volume::unset)),
+    (Interface::Volume, "resize", |ctx, _, params| call(ctx, params, volume::resize)),
+    (Interface::Volume, "stat", |ctx, _, params| call(ctx, params, volume::stat)),
+    (Interface::Datapath, "attach", |ctx, _, params| call(ctx, params, datapath::attach)),
+    (Interface::Datapath, "activate", |ctx, _, params| call(ctx, params, datapath::activate)),
+    (Interface::Datapath, "deactivate", |ctx, _, params| call(ctx, params, datapath::deactivate)),
+    (Interface::Datapath, "detach", |ctx, _, params| call(ctx, params, datapath::detach)),
 ];
 
 /// Handlers that answer when called but do not ship yet: no method link, no
@@ -52,8 +53,8 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
 /// stay here until the engine datapath serves layered volumes to VMs
 /// (`Datapath.attach` refuses them today); ARCHITECTURE.md says what is left.
 const UNSHIPPED: &[(Interface, &str, Handler)] = &[
-    (Interface::Volume, "snapshot", |ctx, _, params| volume::snapshot(ctx, params)),
-    (Interface::Volume, "clone", |ctx, _, params| volume::clone(ctx, params)),
+    (Interface::Volume, "snapshot", |ctx, _, params| call(ctx, params, volume::snapshot)),
+    (Interface::Volume, "clone", |ctx, _, params| call(ctx, params, volume::clone)),
 ];
 
 /// Runs the handler of `params.method()` for the plugin of `kind`.
@@ -86,6 +87,19 @@ pub fn implemented(kind: PluginKind) -> Vec<&'static Method> {
 #[must_use]
 pub fn query(kind: PluginKind) -> QueryResult {
     plugin::query(kind, &implemented(kind))
+}
+
+/// Builds the method's typed request, runs its handler and encodes the
+/// answer: the one place SR, Volume and Datapath results and errors are
+/// encoded (the handler's failure keeps where it was raised).
+fn call<R: Request, T: Serialize>(
+    ctx: &Context,
+    params: &Params,
+    handler: fn(&Context, &R) -> CallResult<T>,
+) -> Result<Value, Failure> {
+    let request = R::from_params(params)?;
+    let answer = handler(ctx, &request)?;
+    encode(params, &answer)
 }
 
 fn encode<T: Serialize>(params: &Params, value: &T) -> Result<Value, Failure> {

@@ -46,6 +46,7 @@ pub mod nvme;
 pub mod plugin;
 pub mod pool_mappings;
 pub mod pool_role;
+pub mod request;
 pub mod secrets;
 pub mod smapi;
 pub mod snapshot;

@@ -1,41 +1,22 @@
-//! The plumbing every SR, Volume and Datapath handler shares: the call
-//! wrapper, the attached SR behind a handle (locked), LVM on its namespace
-//! while a path is live, and the pool-master check.
+//! The plumbing every SR, Volume and Datapath handler shares: the attached
+//! SR behind a handle (locked), LVM on its namespace while a path is live,
+//! and the pool-master check.
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, DriverError, Failure};
+use crate::error::CallError;
 use crate::lvm::{Lvm, Vg};
 use crate::pool_role;
-use crate::smapi::params::Params;
+use crate::request::SrHandle;
 use crate::sr_paths;
-use crate::sr_state::{self, uuid_of_handle, SrLock, SrState, StateError, SR_LOCK_TIMEOUT};
-
-/// Runs `f`, a handler's body, and encodes its result. `f` returns a
-/// [`Failure`], so each `?` in it records where its error was raised.
-pub(crate) fn sr_call<T: serde::Serialize>(
-    params: &Params,
-    f: impl FnOnce() -> Result<T, Failure>,
-) -> Result<Value, Failure> {
-    let value = f()?;
-    serde_json::to_value(value)
-        .map_err(|source| DriverError::Encode { method: params.method().call_name(), source }.into())
-}
-
-/// The uuid of the SR handle in `params`.
-pub(crate) fn handle_uuid(params: &Params) -> Result<String, CallError> {
-    let handle: String = params.get("sr").map_err(|e| CallError::State(StateError::BadHandle(e.to_string())))?;
-    Ok(uuid_of_handle(&handle)?)
-}
+use crate::sr_state::{self, SrLock, SrState, SR_LOCK_TIMEOUT};
 
 /// The attachment state behind a handle, locked.
-pub(crate) fn attached(ctx: &Context, params: &Params) -> Result<(SrState, SrLock), CallError> {
-    let uuid = handle_uuid(params)?;
-    let lock = SrLock::acquire(&ctx.host, &uuid, SR_LOCK_TIMEOUT)?;
-    Ok((sr_state::load(&ctx.host, &uuid)?, lock))
+pub(crate) fn attached(ctx: &Context, sr: &SrHandle) -> Result<(SrState, SrLock), CallError> {
+    let uuid = sr.uuid().as_str();
+    let lock = SrLock::acquire(&ctx.host, uuid, SR_LOCK_TIMEOUT)?;
+    Ok((sr_state::load(&ctx.host, uuid)?, lock))
 }
 
 /// Refuses `what` unless this host is the pool master.

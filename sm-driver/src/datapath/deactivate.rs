@@ -1,20 +1,18 @@
 //! `Datapath.deactivate` and `Datapath.detach`: the volume deactivated on
 //! this host, also with no live path (the mapping removed directly).
 
-use serde_json::Value;
-
 use crate::cmd::{Command, Program};
 use crate::context::Context;
-use crate::error::{CallError, Failure};
+use crate::error::{CallError, CallResult};
 use crate::pool_mappings::{dm_name, mapping_active};
-use crate::smapi::params::Params;
-use crate::sr_access::{lvm_for, sr_call};
+use crate::request::{DatapathDeactivate, DatapathDetach};
+use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 use crate::volume::uri::parse_uri;
 
 /// Deactivates the volume on this host: a no-op when it is not active here,
 /// LVM while a path is live, the mapping removed directly when none is.
-fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), Failure> {
+fn deactivate_volume(ctx: &Context, uri: &str) -> CallResult<()> {
     let (sr_uuid, lv) = parse_uri(uri)?;
     let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = match sr_state::load(&ctx.host, &sr_uuid) {
@@ -57,20 +55,18 @@ fn deactivate_volume(ctx: &Context, uri: &str) -> Result<(), Failure> {
 /// `Datapath.deactivate`: works with no live path too.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn deactivate(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let uri: String = params.get("uri")?;
-    sr_call(params, || deactivate_volume(ctx, &uri).map(|()| Value::Null))
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn deactivate(ctx: &Context, request: &DatapathDeactivate) -> CallResult<()> {
+    deactivate_volume(ctx, &request.uri)
 }
 
 /// `Datapath.detach`: never fails for a volume that is gone already or not
 /// active here, nor for want of a live path.
 ///
 /// # Errors
-/// Every other failure (the mapping is still open), as the SMAPI error record.
-pub fn detach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let uri: String = params.get("uri")?;
-    sr_call(params, || deactivate_volume(ctx, &uri).map(|()| Value::Null))
+/// Every other failure (the mapping is still open), with where it was raised.
+pub fn detach(ctx: &Context, request: &DatapathDetach) -> CallResult<()> {
+    deactivate_volume(ctx, &request.uri)
 }
 
 #[cfg(test)]

@@ -177,13 +177,16 @@ fn handler_errors_name_this_host_and_where_they_were_raised() {
         serde_json::from_str::<serde_json::Value>(&reply.stdout).unwrap()
     };
     let attach = run("SR.attach", r#"{"dbg":"d","uuid":"u","configuration":{"nqn":"bad nqn"}}"#);
-    let stat = run("SR.stat", r#"{"dbg":"d","sr":"not-a-handle"}"#);
-    for record in [&attach, &stat] {
+    let stat = run("SR.stat", r#"{"dbg":"d","sr":"nvmetcp://sr/3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11"}"#);
+    let handle = run("SR.stat", r#"{"dbg":"d","sr":"not-a-handle"}"#);
+    for record in [&attach, &stat, &handle] {
         assert!(record["params"][0].as_str().unwrap().starts_with("on host xcp-a: "), "{record}");
         assert!(record["backtrace"]["error"].as_str().unwrap().starts_with("on host xcp-a: "), "{record}");
     }
     assert_eq!(attach["backtrace"]["files"][0], "sm-driver/src/sr/attach.rs", "{attach}");
     assert_eq!(stat["backtrace"]["files"][0], "sm-driver/src/sr/stat.rs", "{stat}");
+    // A handle is parsed once, into the typed request, before any handler runs.
+    assert_eq!(handle["backtrace"]["files"][0], "sm-driver/src/request.rs", "{handle}");
 }
 
 #[test]

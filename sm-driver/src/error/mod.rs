@@ -101,6 +101,33 @@ impl<E: Into<DriverError>> From<E> for Failure {
     }
 }
 
+/// A handler's [`CallError`] with the source location where it was raised:
+/// what every SR, Volume and Datapath handler returns. Dispatch turns it into
+/// a [`Failure`], keeping the location for the record's backtrace.
+#[derive(Debug)]
+pub struct CallFailure {
+    /// The error.
+    pub error: CallError,
+    /// Where it was raised.
+    pub at: &'static Location<'static>,
+}
+
+impl<E: Into<CallError>> From<E> for CallFailure {
+    #[track_caller]
+    fn from(error: E) -> Self {
+        Self { error: error.into(), at: Location::caller() }
+    }
+}
+
+impl From<CallFailure> for Failure {
+    fn from(failure: CallFailure) -> Self {
+        Self { error: DriverError::Sr(Box::new(failure.error)), at: failure.at }
+    }
+}
+
+/// What a handler returns: its answer, or where and why it failed.
+pub type CallResult<T> = Result<T, CallFailure>;
+
 /// The error record for `failure` on host `host` (named in the message of a
 /// handler's failure, since xapi may show it far from this host): the only
 /// mapping from errors to XenAPI codes.

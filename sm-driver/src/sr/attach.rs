@@ -2,17 +2,14 @@
 //! namespace by its identity, checks it holds this SR, and records the
 //! attachment ([`crate::sr_state`]); the handle is `nvmetcp://sr/<uuid>`.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, Failure};
+use crate::error::{CallError, CallResult};
 use crate::ids::SrUuid;
 use crate::lvm::Lvm;
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::pool_role;
-use crate::smapi::params::Params;
+use crate::request::SrAttach;
 use crate::smapi::types::StringMap;
-use crate::sr_access::sr_call;
 use crate::sr_config::{without_inline_keys, AttachConfig, NamespaceRef, SR_UUID_KEY};
 use crate::sr_paths;
 use crate::sr_state::{self, handle_of, SrLock, SrState, SR_LOCK_TIMEOUT};
@@ -22,23 +19,23 @@ use super::vg::{is_sr, tag_value, UUID_TAG};
 /// `SR.attach`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn attach(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let configuration: StringMap = params.get("configuration")?;
-    sr_call(params, || {
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn attach(ctx: &Context, request: &SrAttach) -> CallResult<String> {
+    let configuration = &request.configuration;
+    {
         let uuid = configuration.get(SR_UUID_KEY).and_then(|u| u.parse::<SrUuid>().ok());
         let _lock = match &uuid {
             Some(uuid) => Some(SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?),
             None => None,
         };
-        let state = bring_up(ctx, &configuration)?;
+        let state = bring_up(ctx, configuration)?;
         sr_state::save(&ctx.host, &state)?;
         tracing::info!(sr = %state.sr_uuid, vg = %state.vg, "SR attached");
         if pool_role::is_master(&ctx.host) {
             recover_chains(ctx, &state);
         }
         Ok(handle_of(&state.sr_uuid))
-    })
+    }
 }
 
 /// Replays the snapshot journal and runs the collector (the master only),
@@ -66,7 +63,7 @@ fn recover_chains(ctx: &Context, state: &SrState) {
 
 /// Reconnects and resolves an SR from its device-config, and checks the
 /// namespace holds it. Returns the state to record.
-fn bring_up(ctx: &Context, configuration: &StringMap) -> Result<SrState, Failure> {
+fn bring_up(ctx: &Context, configuration: &StringMap) -> CallResult<SrState> {
     let AttachConfig { endpoints: config, nqn, namespace, sr_uuid: uuid } = AttachConfig::parse(configuration)?;
     let reference = NamespaceRef::Identity(namespace);
     // The kernel's paths are held for the user named after the SR.

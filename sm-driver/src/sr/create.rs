@@ -4,20 +4,17 @@
 //! returns the device-config to store with `sr_uuid` and the namespace's
 //! stable identity.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, Failure};
-use crate::ids::SrUuid;
+use crate::error::{CallError, CallFailure, CallResult};
 use crate::initiator::InitiatorKind;
 use crate::lvm::{pv_uuid_for, Lvm};
 use crate::nvme::names::Nqn;
 use crate::nvme::resolve::{pin, PinnedNamespace};
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::nvme::users::release;
-use crate::smapi::params::Params;
+use crate::request::SrCreate;
 use crate::smapi::types::StringMap;
-use crate::sr_access::{require_master, sr_call};
+use crate::sr_access::require_master;
 use crate::sr_config::{without_inline_keys, CreateConfig, NamespaceRef, SrConfig, SR_UUID_KEY};
 use crate::sr_paths::{self, NAMESPACE_TIMEOUT};
 use crate::sr_state::{SrLock, SR_LOCK_TIMEOUT};
@@ -28,21 +25,17 @@ use super::vg::{label_tag, tag_value, vg_name, DESCRIPTION_TAG, NAME_TAG, SR_TAG
 /// `SR.create`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let uuid: String = params.get("uuid")?;
-    let configuration: StringMap = params.get("configuration")?;
-    let name: String = params.get("name")?;
-    let description: String = params.get("description")?;
-    sr_call(params, || {
-        let uuid: SrUuid = uuid.parse().map_err(|_| CallError::BadUuid(uuid.clone()))?;
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
+    let SrCreate { uuid, configuration, name, description } = request;
+    {
         require_master(ctx, "SR.create")?;
-        let CreateConfig { endpoints: config, nqn, namespace: reference } = CreateConfig::parse(&configuration)?;
+        let CreateConfig { endpoints: config, nqn, namespace: reference } = CreateConfig::parse(configuration)?;
         let tags = vec![
             SR_TAG.to_owned(),
             format!("{UUID_TAG}{uuid}"),
-            label_tag(NAME_TAG, "name", &name)?,
-            label_tag(DESCRIPTION_TAG, "description", &description)?,
+            label_tag(NAME_TAG, "name", name)?,
+            label_tag(DESCRIPTION_TAG, "description", description)?,
             crate::writer_guard::tag_for(&crate::writer_guard::this_host(&ctx.host)),
         ];
         let _lock = SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?;
@@ -58,7 +51,7 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             InitiatorKind::Userspace => {
                 let up = sr_paths::bring_up(ctx, &config, &nqn, &reference, &user, uuid.as_str())?;
                 let outcome = crate::initiator::userspace::pinned_device(&ctx.host, uuid.as_str())
-                    .map_err(|e| Failure::from(CallError::from(e)))
+                    .map_err(CallFailure::from)
                     .and_then(|(device, file)| {
                         let lvm = Lvm::new(ctx.runner.as_ref(), &device, true)?.holding(file);
                         create_on_device(ctx, &config, &nqn, &lvm, up.identity, up.nsid, uuid.as_str(), &tags)
@@ -68,12 +61,12 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
                 outcome?
             }
         };
-        let mut stored = without_inline_keys(&configuration);
+        let mut stored = without_inline_keys(configuration);
         stored.insert("namespace".to_owned(), identity.canonical());
         stored.insert(SR_UUID_KEY.to_owned(), uuid.to_string());
         stored.remove("force");
         Ok(stored)
-    })
+    }
 }
 
 fn create_on_namespace(
@@ -83,7 +76,7 @@ fn create_on_namespace(
     reference: &NamespaceRef,
     uuid: &str,
     tags: &[String],
-) -> Result<NamespaceIdentity, Failure> {
+) -> CallResult<NamespaceIdentity> {
     let resolved = sr_paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
     let PinnedNamespace { resolved, file } = pin(&ctx.host, nqn, resolved)?;
     let lvm = Lvm::new(ctx.runner.as_ref(), &resolved.device, true)?.holding(file);
@@ -102,7 +95,7 @@ fn create_on_device(
     nsid: u32,
     uuid: &str,
     tags: &[String],
-) -> Result<NamespaceIdentity, Failure> {
+) -> CallResult<NamespaceIdentity> {
     let identity = identity.ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid })?;
     let vgs = lvm.vgs()?;
     // Already created by an earlier attempt of this very call: done.
@@ -208,7 +201,7 @@ mod tests {
         use super::super::create_on_namespace;
         use crate::cmd::{CmdError, FakeRunner, Program};
         use crate::context::Context;
-        use crate::error::{to_error_record, Failure};
+        use crate::error::{to_error_record, CallResult};
         use crate::nvme::sysfs::fixture::SysfsTree;
         use crate::nvme::sysfs::NamespaceIdentity;
         use crate::sr_config::CreateConfig;
@@ -217,7 +210,7 @@ mod tests {
         const NQN: &str = "nqn.2024-01.io.example:array";
         const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
 
-        fn run(runner: &Arc<FakeRunner>) -> Result<NamespaceIdentity, Failure> {
+        fn run(runner: &Arc<FakeRunner>) -> CallResult<NamespaceIdentity> {
             let tree = SysfsTree::new();
             tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
             let ctx = Context::fake(tree.host(), Box::new(Arc::clone(runner)));
@@ -266,7 +259,7 @@ mod tests {
             let vgs = r#"{"report": [{"vg": [{"vg_name":"nvmetcp_other", "vg_uuid":"u", "vg_size":"1", "vg_free":"1",
                 "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid=11111111-2222-3333-4444-555555555555,nvmetcp_sr"}]}]}"#;
             let runner = Arc::new(FakeRunner::new().then_stdout(vgs));
-            let failure = run(&runner).unwrap_err();
+            let failure = run(&runner).unwrap_err().into();
             let record = to_error_record(&failure, "h1");
             assert_eq!(record.code, "NVMETCP_NAMESPACE_IN_USE");
             assert!(record.params[0].contains("force never overwrites an nvmetcp SR"), "{}", record.params[0]);
@@ -298,7 +291,7 @@ mod tests {
                     .then(Err(refused))
                     .then_stdout(""),
             );
-            let failure = run(&runner).unwrap_err();
+            let failure = run(&runner).unwrap_err().into();
             assert_eq!(to_error_record(&failure, "h1").code, "NVMETCP_LVM_FAILED");
             assert_eq!(subcommands(&runner), ["vgs", "pvs", "blkid", "pvcreate", "vgcreate", "pvremove"]);
             let undo = runner.calls().last().unwrap().shown.clone();

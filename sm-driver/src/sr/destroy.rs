@@ -1,12 +1,10 @@
 //! `SR.destroy` (master, SR attached): refuses while volumes exist, removes
 //! VG and PV, releases the paths; idempotent.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, Failure};
-use crate::smapi::params::Params;
-use crate::sr_access::{attached, lvm_for, our_vg, require_master, sr_call};
+use crate::error::{CallError, CallResult};
+use crate::request::SrDestroy;
+use crate::sr_access::{attached, lvm_for, our_vg, require_master};
 use crate::sr_state::{self, StateError};
 
 /// What to wipe when `pvs` did not say where the data area starts: the
@@ -31,39 +29,37 @@ fn wipe(device: &std::path::Path, bytes: u64) -> std::io::Result<()> {
 /// `SR.destroy`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    sr_call(params, || {
-        require_master(ctx, "SR.destroy")?;
-        let (state, _lock) = match attached(ctx, params) {
-            Ok(found) => found,
-            // Destroyed already (xapi retried): nothing left to do.
-            Err(CallError::State(StateError::NotAttached(uuid))) => {
-                tracing::info!(sr = %uuid, "SR.destroy: not attached here; nothing to destroy");
-                return Ok(Value::Null);
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let lvm = lvm_for(ctx, &state, true)?;
-        if our_vg(&lvm, &state)?.is_some() {
-            let volumes = lvm.lvs(&state.vg)?;
-            if !volumes.is_empty() {
-                return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() }.into());
-            }
-            // What this SR wrote outside its volumes: the PV label and the
-            // metadata area before the first extent.
-            let written = lvm.pv()?.map_or(WIPED_WITHOUT_REPORT, |pv| pv.pe_start);
-            lvm.deactivate(&state.vg)?;
-            lvm.remove_vg_and_pv(&state.vg)?;
-            wipe(&ctx.host.path(lvm.device()), written)
-                .map_err(|source| CallError::Wipe { device: lvm.device().to_owned(), source })?;
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn destroy(ctx: &Context, request: &SrDestroy) -> CallResult<()> {
+    require_master(ctx, "SR.destroy")?;
+    let (state, _lock) = match attached(ctx, &request.sr) {
+        Ok(found) => found,
+        // Destroyed already (xapi retried): nothing left to do.
+        Err(CallError::State(StateError::NotAttached(uuid))) => {
+            tracing::info!(sr = %uuid, "SR.destroy: not attached here; nothing to destroy");
+            return Ok(());
         }
-        let sr = state.sr_uuid.as_str();
-        crate::sr_paths::release(ctx, state.initiator, sr, sr)?;
-        sr_state::remove(&ctx.host, &state.sr_uuid)?;
-        tracing::info!(sr = %state.sr_uuid, "SR destroyed");
-        Ok(Value::Null)
-    })
+        Err(error) => return Err(error.into()),
+    };
+    let lvm = lvm_for(ctx, &state, true)?;
+    if our_vg(&lvm, &state)?.is_some() {
+        let volumes = lvm.lvs(&state.vg)?;
+        if !volumes.is_empty() {
+            return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() }.into());
+        }
+        // What this SR wrote outside its volumes: the PV label and the
+        // metadata area before the first extent.
+        let written = lvm.pv()?.map_or(WIPED_WITHOUT_REPORT, |pv| pv.pe_start);
+        lvm.deactivate(&state.vg)?;
+        lvm.remove_vg_and_pv(&state.vg)?;
+        wipe(&ctx.host.path(lvm.device()), written)
+            .map_err(|source| CallError::Wipe { device: lvm.device().to_owned(), source })?;
+    }
+    let sr = state.sr_uuid.as_str();
+    crate::sr_paths::release(ctx, state.initiator, sr, sr)?;
+    sr_state::remove(&ctx.host, &state.sr_uuid)?;
+    tracing::info!(sr = %state.sr_uuid, "SR destroyed");
+    Ok(())
 }
 
 #[cfg(test)]

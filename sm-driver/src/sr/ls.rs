@@ -1,21 +1,18 @@
 //! `SR.ls` (the master's PBD): every volume, or an error — never a partial
 //! list, because xapi deletes the VDIs missing from it.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::Failure;
-use crate::smapi::params::Params;
-use crate::sr_access::{attached, lvm_for, sr_call};
+use crate::error::CallResult;
+use crate::request::SrLs;
+use crate::smapi::types::Volume;
+use crate::sr_access::{attached, lvm_for};
 
 /// `SR.ls`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn ls(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    sr_call(params, || {
-        let (state, _lock) = attached(ctx, params)?;
-        let lvm = lvm_for(ctx, &state, false)?;
-        Ok(crate::volume::list(&lvm, &state)?)
-    })
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn ls(ctx: &Context, request: &SrLs) -> CallResult<Vec<Volume>> {
+    let (state, _lock) = attached(ctx, &request.sr)?;
+    let lvm = lvm_for(ctx, &state, false)?;
+    Ok(crate::volume::list(&lvm, &state)?)
 }

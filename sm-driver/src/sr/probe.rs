@@ -5,19 +5,16 @@
 //! NSID order, once the kernel shows all of its active namespace list.
 //! Connections probe made are released before it returns.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, Failure};
+use crate::error::{CallError, CallResult};
 use crate::lvm::{Lvm, Vg};
 use crate::nvme::discovery::DISCOVERY_TIMEOUT;
 use crate::nvme::health::health;
 use crate::nvme::names::{Nqn, Portal, Transport};
 use crate::nvme::options::{ConnectOptions, PathKey};
 use crate::nvme::users::release;
-use crate::smapi::params::Params;
+use crate::request::SrProbe;
 use crate::smapi::types::{Health, ProbeResult, StringMap};
-use crate::sr_access::sr_call;
 use crate::sr_config::{without_inline_keys, ConfigError, ProbeConfig, SrConfig, SR_UUID_KEY};
 use crate::sr_paths;
 use crate::sr_state::{handle_of, SrState};
@@ -29,11 +26,11 @@ use super::vg::{is_sr, tag_value, UUID_TAG};
 /// `SR.probe`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let configuration: StringMap = params.get("configuration")?;
-    sr_call(params, || {
-        let ProbeConfig { endpoints: config, nqn: given } = ProbeConfig::parse(&configuration)?;
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn probe(ctx: &Context, request: &SrProbe) -> CallResult<Vec<ProbeResult>> {
+    let configuration = &request.configuration;
+    {
+        let ProbeConfig { endpoints: config, nqn: given } = ProbeConfig::parse(configuration)?;
         let nqns: Vec<Nqn> = match &given {
             Some(nqn) => vec![nqn.clone()],
             None => {
@@ -73,7 +70,7 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         let mut results = Vec::new();
         let mut outcome = Ok(());
         for nqn in &nqns {
-            match probe_subsystem(ctx, &config, &configuration, nqn, &user, given.is_some()) {
+            match probe_subsystem(ctx, &config, configuration, nqn, &user, given.is_some()) {
                 Ok(found) => results.extend(found),
                 // Listing several subsystems: one failing is reported, not fatal.
                 Err(error) if given.is_none() => {
@@ -87,7 +84,7 @@ pub fn probe(ctx: &Context, params: &Params) -> Result<Value, Failure> {
         }
         release(&ctx.host, &user)?;
         outcome.map(|()| results)
-    })
+    }
 }
 
 /// Where to ask for the subsystems, each entry a list of alternatives tried
@@ -124,7 +121,7 @@ fn probe_subsystem(
     nqn: &Nqn,
     user: &str,
     subsystem_given: bool,
-) -> Result<Vec<ProbeResult>, Failure> {
+) -> CallResult<Vec<ProbeResult>> {
     let paths = sr_paths::connect_options(ctx, config, nqn, user)?;
     let expected: Vec<PathKey> = paths.iter().map(ConnectOptions::key).collect();
     let path_health = health(&ctx.host, &expected)?;
@@ -219,8 +216,7 @@ mod tests {
         use crate::nvme::connect::fake::FakeFabrics;
         use crate::nvme::discovery::fake::FakeNetwork;
         use crate::nvme::sysfs::fixture::SysfsTree;
-        use crate::smapi::method::Method;
-        use crate::smapi::params::Params;
+        use crate::request::SrProbe;
         use crate::smapi::types::ProbeResult;
 
         const NQN: &str = "nqn.2024-01.io.example:array";
@@ -238,9 +234,8 @@ mod tests {
         }
 
         fn probe(ctx: &Context) -> Vec<ProbeResult> {
-            let body = r#"{"dbg": "d", "configuration": {"portals": "10.0.1.10"}}"#;
-            let params = Params::from_json(Method::lookup("SR.probe").unwrap(), body).unwrap();
-            serde_json::from_value(super::super::probe(ctx, &params).unwrap()).unwrap()
+            let configuration = [("portals".to_owned(), "10.0.1.10".to_owned())].into_iter().collect();
+            super::super::probe(ctx, &SrProbe { configuration }).unwrap()
         }
 
         #[test]
@@ -311,14 +306,9 @@ mod tests {
             crate::host::HostRoot::at("/nonexistent"),
             Box::new(crate::cmd::FakeRunner::new()),
         );
-        let method = crate::smapi::method::Method::lookup("SR.probe").unwrap();
-        let params = crate::smapi::params::Params::from_json(
-            method,
-            r#"{"dbg": "d", "configuration": {"portals": "10.0.1.10"}}"#,
-        )
-        .unwrap();
-        let failure = super::probe(&ctx, &params).unwrap_err();
-        let record = crate::error::to_error_record(&failure, "h1");
+        let configuration = [("portals".to_owned(), "10.0.1.10".to_owned())].into_iter().collect();
+        let failure = super::probe(&ctx, &crate::request::SrProbe { configuration }).unwrap_err();
+        let record = crate::error::to_error_record(&failure.into(), "h1");
         // It goes on to the host's fabric (absent in this empty root).
         assert_eq!(record.code, "NVMETCP_HOST_NOT_READY", "{:?}", record.params);
     }

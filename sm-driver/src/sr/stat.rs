@@ -2,14 +2,12 @@
 //! live", "degraded: …"); `Unreachable` with the last known sizes when no
 //! path is live.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, Failure};
+use crate::error::{CallError, CallResult};
 use crate::lvm::Vg;
-use crate::smapi::params::Params;
+use crate::request::SrStat as StatRequest;
 use crate::smapi::types::{Health, SrStat};
-use crate::sr_access::{attached, lvm_on_namespace, our_vg, sr_call};
+use crate::sr_access::{attached, lvm_on_namespace, our_vg};
 use crate::sr_state::{self, handle_of, SrState};
 
 use super::vg::{tag_value, DESCRIPTION_TAG, NAME_TAG};
@@ -17,23 +15,21 @@ use super::vg::{tag_value, DESCRIPTION_TAG, NAME_TAG};
 /// `SR.stat`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn stat(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    sr_call(params, || {
-        let (mut state, _lock) = attached(ctx, params)?;
-        let paths = crate::sr_paths::health_of(&ctx.host, &state)?;
-        let summary = paths.summary();
-        let handle = handle_of(&state.sr_uuid);
-        if paths.live() == 0 {
-            return Ok(with_datasources(stat_record(&handle, &state, None, Health::Unreachable(summary)), &state));
-        }
-        let lvm = lvm_on_namespace(ctx, &state, false)?;
-        let vg = our_vg(&lvm, &state)?.ok_or_else(|| vg_gone(&state))?;
-        state.total_space = vg.size;
-        state.free_space = vg.free;
-        sr_state::save(&ctx.host, &state)?;
-        Ok(with_datasources(stat_record(&handle, &state, Some(&vg), Health::Healthy(summary)), &state))
-    })
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn stat(ctx: &Context, request: &StatRequest) -> CallResult<SrStat> {
+    let (mut state, _lock) = attached(ctx, &request.sr)?;
+    let paths = crate::sr_paths::health_of(&ctx.host, &state)?;
+    let summary = paths.summary();
+    let handle = handle_of(&state.sr_uuid);
+    if paths.live() == 0 {
+        return Ok(with_datasources(stat_record(&handle, &state, None, Health::Unreachable(summary)), &state));
+    }
+    let lvm = lvm_on_namespace(ctx, &state, false)?;
+    let vg = our_vg(&lvm, &state)?.ok_or_else(|| vg_gone(&state))?;
+    state.total_space = vg.size;
+    state.free_space = vg.free;
+    sr_state::save(&ctx.host, &state)?;
+    Ok(with_datasources(stat_record(&handle, &state, Some(&vg), Health::Healthy(summary)), &state))
 }
 
 /// `SR.stat` names the SR's I/O data sources: the host agent's xcp-rrdd

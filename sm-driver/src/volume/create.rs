@@ -1,13 +1,12 @@
 //! `Volume.create` (master): one `lvcreate` with all tags; the size is
 //! rounded up to whole extents and reported as allocated.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{Failure, VolumeError};
+use crate::error::{CallResult, VolumeError};
 use crate::lvm::Lv;
-use crate::smapi::params::Params;
-use crate::sr_access::{attached, lvm_for, require_master, sr_call};
+use crate::request::VolumeCreate;
+use crate::smapi::types::Volume;
+use crate::sr_access::{attached, lvm_for, require_master};
 
 use super::budget;
 use super::meta::{self, VolumeMeta};
@@ -16,15 +15,13 @@ use super::record::{existing, record};
 /// `Volume.create`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let name: String = params.get("name")?;
-    let description: String = params.get("description")?;
-    let sharable: bool = params.get("sharable")?;
-    let size = size_param(params, "size")?;
-    sr_call(params, || {
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn create(ctx: &Context, request: &VolumeCreate) -> CallResult<Volume> {
+    let VolumeCreate { sr, name, description, size, sharable } = request.clone();
+    let size = size.bytes();
+    {
         require_master(ctx, "Volume.create")?;
-        let (state, _lock) = attached(ctx, params)?;
+        let (state, _lock) = attached(ctx, &sr)?;
         let lvm = lvm_for(ctx, &state, true)?;
         let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
         let lv = format!("vol-{uuid}");
@@ -40,11 +37,5 @@ pub fn create(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             None => existing(&lvm, &state, &lv)?,
         };
         Ok(record(&state, &created))
-    })
-}
-
-/// A size parameter, which must be positive.
-pub(super) fn size_param(params: &Params, name: &'static str) -> Result<u64, Failure> {
-    let size: i64 = params.get(name)?;
-    u64::try_from(size).ok().filter(|s| *s > 0).ok_or_else(|| VolumeError::BadSize(size).into())
+    }
 }

@@ -3,12 +3,10 @@
 //! through the snapshot graph ([`crate::snapshot::calls::destroy`]): only
 //! its record goes at once, its data when nothing else needs it.
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::Failure;
-use crate::smapi::params::Params;
-use crate::sr_access::{attached, lvm_for, require_master, sr_call};
+use crate::error::CallResult;
+use crate::request::VolumeDestroy;
+use crate::sr_access::{attached, lvm_for, require_master};
 
 use super::meta::VOLUME_TAG;
 use super::record::{find, refuse_in_use};
@@ -16,16 +14,16 @@ use super::record::{find, refuse_in_use};
 /// `Volume.destroy`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    let key: String = params.get("key")?;
-    sr_call(params, || {
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn destroy(ctx: &Context, request: &VolumeDestroy) -> CallResult<()> {
+    let VolumeDestroy { sr, key } = request;
+    {
         require_master(ctx, "Volume.destroy")?;
-        let (state, _lock) = attached(ctx, params)?;
+        let (state, _lock) = attached(ctx, sr)?;
         let lvm = lvm_for(ctx, &state, true)?;
-        let Some(lv) = find(&lvm, &state, &key)? else {
+        let Some(lv) = find(&lvm, &state, key)? else {
             tracing::info!(volume = %key, "already gone");
-            return Ok(Value::Null);
+            return Ok(());
         };
         refuse_in_use(ctx, &state, &lv, key.clone())?;
         if crate::snapshot::calls::is_layered(&lv) {
@@ -41,6 +39,6 @@ pub fn destroy(ctx: &Context, params: &Params) -> Result<Value, Failure> {
             lvm.lvremove(&state.vg, &lv.name)?;
         }
         tracing::info!(volume = %key, "volume destroyed");
-        Ok(Value::Null)
-    })
+        Ok(())
+    }
 }

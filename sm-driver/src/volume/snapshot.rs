@@ -4,16 +4,15 @@
 //! the origin's name, description and sharable flag (not its `Volume.set`
 //! keys: xapi sets the snapshot's own right after).
 
-use serde_json::Value;
-
 use crate::context::Context;
-use crate::error::{CallError, Failure, VolumeError};
+use crate::error::{CallError, CallResult, VolumeError};
 use crate::lvm::Lv;
-use crate::smapi::params::Params;
+use crate::request::{SrHandle, VolumeClone, VolumeSnapshot};
+use crate::smapi::types::Volume;
 use crate::snapshot::calls::{self, ChainCallError};
 use crate::snapshot::ops::{OpError, Running};
 use crate::snapshot::served;
-use crate::sr_access::{attached, lvm_for, require_master, sr_call};
+use crate::sr_access::{attached, lvm_for, require_master};
 use crate::sr_state::SrState;
 
 use super::budget;
@@ -23,17 +22,17 @@ use super::record::{existing, record, refuse_in_use};
 /// `Volume.snapshot`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn snapshot(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    take(ctx, params, false)
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn snapshot(ctx: &Context, request: &VolumeSnapshot) -> CallResult<Volume> {
+    take(ctx, &request.sr, &request.key, false)
 }
 
 /// `Volume.clone`.
 ///
 /// # Errors
-/// Every failure, as the SMAPI error record.
-pub fn clone(ctx: &Context, params: &Params) -> Result<Value, Failure> {
-    take(ctx, params, true)
+/// Every failure, with where it was raised (dispatch makes the record).
+pub fn clone(ctx: &Context, request: &VolumeClone) -> CallResult<Volume> {
+    take(ctx, &request.sr, &request.key, true)
 }
 
 /// Refuses a snapshot of `origin` while a VM uses it through blkback.
@@ -49,49 +48,46 @@ fn refuse_running(ctx: &Context, state: &SrState, origin: &Lv, key: &str) -> Res
     })
 }
 
-fn take(ctx: &Context, params: &Params, clone: bool) -> Result<Value, Failure> {
-    let key: String = params.get("key")?;
-    sr_call(params, || {
-        require_master(ctx, if clone { "Volume.clone" } else { "Volume.snapshot" })?;
-        let (state, _lock) = attached(ctx, params)?;
-        let lvm = lvm_for(ctx, &state, true)?;
-        let origin = existing(&lvm, &state, &key)?;
-        // A volume this host's engine serves is snapshotted running (pause
-        // first, then swap); any other volume in use is refused.
-        let served = served::open_here(&ctx.host, &state.sr_uuid, &key);
-        let running = match served {
-            Some(disk) => Some(served::ServedHere {
-                engine: served::engine(ctx.runner.as_ref(), &ctx.host)
-                    .map_err(OpError::from)
-                    .map_err(ChainCallError::from)?,
-                host: &ctx.host,
-                sr_uuid: &state.sr_uuid,
-                volume: &key,
-                disk,
-            }),
-            None => None,
-        };
-        if running.is_none() {
-            refuse_running(ctx, &state, &origin, &key)?;
-        }
-        let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
-        let old = meta::from_tags(&origin.tags);
-        let new = VolumeMeta { uuid: uuid.clone(), keys: Default::default(), ..old };
-        let tags = meta::to_tags(&new).map_err(VolumeError::from)?;
-        let names = calls::new_names(&uuid, clone, tags);
-        budget::check(&names.volume, &[], &names.record, &lvm.lvs(&state.vg)?)?;
-        let sr = calls::Sr {
-            runner: ctx.runner.as_ref(),
+fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volume> {
+    require_master(ctx, if clone { "Volume.clone" } else { "Volume.snapshot" })?;
+    let (state, _lock) = attached(ctx, sr)?;
+    let lvm = lvm_for(ctx, &state, true)?;
+    let origin = existing(&lvm, &state, key)?;
+    // A volume this host's engine serves is snapshotted running (pause
+    // first, then swap); any other volume in use is refused.
+    let served = served::open_here(&ctx.host, &state.sr_uuid, key);
+    let running = match served {
+        Some(disk) => Some(served::ServedHere {
+            engine: served::engine(ctx.runner.as_ref(), &ctx.host)
+                .map_err(OpError::from)
+                .map_err(ChainCallError::from)?,
             host: &ctx.host,
-            lvm: &lvm,
-            state: &state,
-            volume_tag: meta::VOLUME_TAG,
-        };
-        let created = calls::take(&sr, &origin, &names, running.as_ref().map(|r| r as &dyn Running))?;
-        tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
-        let lvs = lvm.lvs(&state.vg)?;
-        let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;
-        let lv = existing(&lvm, &state, &created)?;
-        Ok(view.describe(record(&state, &lv), &lv))
-    })
+            sr_uuid: &state.sr_uuid,
+            volume: key,
+            disk,
+        }),
+        None => None,
+    };
+    if running.is_none() {
+        refuse_running(ctx, &state, &origin, key)?;
+    }
+    let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
+    let old = meta::from_tags(&origin.tags);
+    let new = VolumeMeta { uuid: uuid.clone(), keys: Default::default(), ..old };
+    let tags = meta::to_tags(&new).map_err(VolumeError::from)?;
+    let names = calls::new_names(&uuid, clone, tags);
+    budget::check(&names.volume, &[], &names.record, &lvm.lvs(&state.vg)?)?;
+    let sr = calls::Sr {
+        runner: ctx.runner.as_ref(),
+        host: &ctx.host,
+        lvm: &lvm,
+        state: &state,
+        volume_tag: meta::VOLUME_TAG,
+    };
+    let created = calls::take(&sr, &origin, &names, running.as_ref().map(|r| r as &dyn Running))?;
+    tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
+    let lvs = lvm.lvs(&state.vg)?;
+    let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;
+    let lv = existing(&lvm, &state, &created)?;
+    Ok(view.describe(record(&state, &lv), &lv))
 }
