@@ -467,14 +467,17 @@ impl SystemRunner {
 /// `RestartSec=restart_delay` would, until it exits successfully; for hosts
 /// where systemd does not run (the initiator daemon's supervisor). The
 /// child stays in the caller's process group, so signalling the group stops
-/// both.
+/// both, and writes its stderr to the caller's (the initiator's log file).
 ///
 /// # Errors
 /// [`CmdError`] if the program is missing or cannot start at all.
 pub fn supervise(runner: &SystemRunner, command: &Command, restart_delay: Duration) -> Result<(), CmdError> {
     loop {
         let (mut child, shown) = runner.child(command)?;
-        let mut child = child.spawn().map_err(|source| CmdError::Spawn { command: shown.clone(), source })?;
+        let mut child = child
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| CmdError::Spawn { command: shown.clone(), source })?;
         let status = child.wait().map_err(|source| CmdError::Io { command: shown.clone(), source })?;
         if status.success() {
             tracing::info!(command = %shown, "finished; not restarted");

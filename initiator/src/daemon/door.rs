@@ -37,7 +37,7 @@ pub enum DoorError {
         error: String,
     },
     /// The daemon did not get to serving in time.
-    #[error("the userspace initiator of SR {sr} is not serving after {seconds} s (last phase: {phase}); see SMlog and `journalctl -u nvmetcp-initiator@{sr}`")]
+    #[error("the userspace initiator of SR {sr} is not serving after {seconds} s (last phase: {phase}); see SMlog, and `journalctl -u nvmetcp-initiator@{sr}` or, without systemd, /var/log/nvmetcp/initiator-{sr}.log")]
     Timeout {
         /// The SR.
         sr: String,

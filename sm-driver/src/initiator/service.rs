@@ -5,6 +5,11 @@
 //! started detached, `nvmetcp-plugin --initiator-supervise <sr>`, which
 //! restarts the daemon as the unit would and records its pid in
 //! `/run/nvmetcp/initiator/<sr>.supervisor`. Both are safe to repeat.
+//!
+//! Without systemd there is no journal: the supervisor's and the daemon's
+//! stderr (their log lines, as SMlog shows them) go to a root-only file,
+//! `/var/log/nvmetcp/initiator-<sr>.log`, kept after the SR is detached so
+//! a failure explains itself afterwards.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +72,50 @@ pub enum ServiceError {
         /// How long was waited.
         seconds: u64,
     },
+}
+
+/// Where the supervised daemons' logs are kept (root-only).
+pub const LOG_DIR: &str = "/var/log/nvmetcp";
+
+/// A log larger than this is moved to `<log>.1` when a supervisor starts.
+const LOG_ROTATE_BYTES: u64 = 4 << 20;
+
+/// `/var/log/nvmetcp/initiator-<sr>.log`: the supervisor's and the daemon's
+/// stderr where systemd does not run.
+#[must_use]
+pub fn log_file(sr: &SrId) -> String {
+    format!("{LOG_DIR}/initiator-{sr}.log")
+}
+
+/// Opens the SR's initiator log for appending, root-only (its directory
+/// `0700`, the file `0600`), first moving a log grown past 4 MiB to
+/// `<log>.1` so it stays bounded.
+///
+/// # Errors
+/// The directory or the file cannot be made.
+pub fn open_log(host: &HostRoot, sr: &SrId) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let dir = host.path(LOG_DIR);
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = host.path(&log_file(sr));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        let mut old = path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&path, old)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// The last `lines` lines of the SR's initiator log (empty if there is none).
+#[must_use]
+pub fn log_tail(host: &HostRoot, sr: &SrId, lines: usize) -> String {
+    let text = std::fs::read(host.path(&log_file(sr))).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `/run/nvmetcp/initiator/<sr>.supervisor`.
@@ -155,7 +204,9 @@ pub fn stop(host: &HostRoot, runner: &dyn Runner, sr: &SrId) -> Result<(), Servi
 /// The supervisor's life (`--initiator-supervise <sr>`): records its pid,
 /// then runs the daemon until it exits successfully (its device was
 /// disconnected), restarting it a second after every failure, as the
-/// unit's `Restart=always`, `RestartSec=1` do.
+/// unit's `Restart=always`, `RestartSec=1` do. The daemon inherits the
+/// supervisor's stderr, which is the SR's log file ([`open_log`]) when
+/// started detached.
 ///
 /// # Errors
 /// The pid file cannot be written or the daemon cannot be started at all.
@@ -221,5 +272,25 @@ mod tests {
         // Nothing of ours runs: stopping only removes the pid file.
         stop(&tree.host(), &runner, &sr).unwrap();
         assert!(!tree.host().exists(&pid_file(&sr)));
+    }
+
+    #[test]
+    fn the_log_is_root_only_appended_and_bounded() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let tree = SysfsTree::new();
+        let host = tree.host();
+        let sr = SrId::parse(SR).unwrap();
+        assert_eq!(log_tail(&host, &sr, 5), "");
+        let mode = |path: &str| std::fs::metadata(host.path(path)).unwrap().permissions().mode() & 0o777;
+        writeln!(open_log(&host, &sr).unwrap(), "first").unwrap();
+        writeln!(open_log(&host, &sr).unwrap(), "second\nthird").unwrap();
+        assert_eq!((mode(LOG_DIR), mode(&log_file(&sr))), (0o700, 0o600));
+        assert_eq!(log_tail(&host, &sr, 2), "second\nthird");
+        assert_eq!(log_tail(&host, &sr, 9), "first\nsecond\nthird");
+        std::fs::write(host.path(&log_file(&sr)), vec![b'x'; 5 << 20]).unwrap();
+        writeln!(open_log(&host, &sr).unwrap(), "after").unwrap();
+        assert_eq!(log_tail(&host, &sr, 9), "after");
+        assert!(host.exists(&format!("{}.1", log_file(&sr))));
     }
 }

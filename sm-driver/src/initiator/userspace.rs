@@ -250,7 +250,8 @@ pub fn bring_up(
     let device = match door::wait_serving(&layout, &sr, since, SERVE_TIMEOUT) {
         Ok(device) => device,
         Err(error) => {
-            tracing::error!(sr = %sr, %error, "the userspace initiator did not come up; stopping it");
+            let log = service::log_tail(host, &sr, 20);
+            tracing::error!(sr = %sr, %error, %log, "the userspace initiator did not come up; stopping it");
             if let Err(stop) = take_down(host, runner, sr.as_str()) {
                 tracing::warn!(sr = %sr, error = %stop, "stopping the userspace initiator failed too");
             }

@@ -31,11 +31,17 @@ fn main() -> ExitCode {
             return print(&report, ExitCode::SUCCESS);
         }
         Ok(Invocation::InitiatorDaemon(sr)) => {
-            logging::init(false);
+            // Its lines go to SMlog and to stderr: the journal under systemd,
+            // the SR's initiator log under the detached supervisor.
+            logging::init(true);
             return initiator_daemon(&sr);
         }
         Ok(Invocation::InitiatorSupervise(sr)) => {
-            logging::init(false);
+            let logged = stderr_to_initiator_log(&sr);
+            logging::init(true);
+            if let Err(error) = logged {
+                tracing::warn!(%sr, %error, "the initiator's log file cannot be written; its lines go to SMlog only");
+            }
             return initiator_supervise(&sr);
         }
         Ok(Invocation::HostPlugin(request)) => {
@@ -103,6 +109,16 @@ fn initiator_supervise(sr: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Started detached, the supervisor has no stderr: it (and the daemon,
+/// which inherits it) writes to the SR's root-only initiator log instead.
+fn stderr_to_initiator_log(sr: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sr = nvmetcp_initiator::daemon::config::SrId::parse(sr).map_err(|e| e.to_string())?;
+    let log = sm_driver::initiator::service::open_log(&HostRoot::system(), &sr).map_err(|e| e.to_string())?;
+    nix::unistd::dup2(log.as_raw_fd(), 2).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The one place that writes stdout.
