@@ -112,6 +112,15 @@ where
     let device: Arc<dyn BlockDevice> = served.clone();
     let geometry = device.geometry();
     let sys = layout.sys();
+    let create = |device| -> Result<_, DaemonError> {
+        let export = Export::create(device, config.export.clone())?;
+        // Only on a new device: on 6.x a queue attribute write freezes the
+        // queue, which waits for every request in flight, and a device
+        // picked back up holds those the killed daemon lost until the
+        // kernel's I/O timeout resends them. The limit stays set meanwhile.
+        limit_request_size(&sys, export.index(), geometry.max_transfer);
+        Ok((export, std::process::id()))
+    };
     let (export, kernel_pid) = match previous.filter(|p| p.backend == config.export.backend) {
         Some(record) => {
             match Export::adopt(Arc::clone(&device), config.export.clone(), record.index, record.kernel_pid, &sys) {
@@ -119,14 +128,13 @@ where
                 Err(ExportError::NotOurs { index, reason }) => {
                     // Never touch a device that is not (or no longer) ours.
                     tracing::warn!(index, %reason, "the recorded NBD device is not ours any more; setting up a new one");
-                    (Export::create(device, config.export.clone())?, std::process::id())
+                    create(device)?
                 }
                 Err(error) => return Err(error.into()),
             }
         }
-        None => (Export::create(device, config.export.clone())?, std::process::id()),
+        None => create(device)?,
     };
-    limit_request_size(&sys, export.index(), geometry.max_transfer);
     let record = NbdRecord {
         index: export.index(),
         kernel_pid,
