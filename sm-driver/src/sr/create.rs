@@ -40,15 +40,27 @@ pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
         ];
         let _lock = SrLock::acquire(&ctx.host, uuid.as_str(), SR_LOCK_TIMEOUT)?;
         let user = format!("create-{uuid}");
-        let identity = match sr_paths::initiator(ctx, &config)?.kind {
-            InitiatorKind::Kernel => {
+        let attached = attached_over_userspace(ctx, uuid.as_str());
+        let identity = match (sr_paths::initiator(ctx, &config)?.kind, attached) {
+            (InitiatorKind::Kernel, _) => {
                 sr_paths::connect(ctx, &config, &nqn, &user)?;
                 let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid.as_str(), &tags);
                 // Leave no connection behind that create made; PBD.plug attaches.
                 release(&ctx.host, &user)?;
                 outcome?
             }
-            InitiatorKind::Userspace => {
+            (InitiatorKind::Userspace, Some(state)) => {
+                // A retry after this host attached the SR: its daemon serves
+                // the SR's VMs and keeps running; the SR exists, so the
+                // create only finds its VG again on the attached device.
+                let identity = NamespaceIdentity::parse(&state.namespace);
+                let (device, file) =
+                    crate::initiator::userspace::pinned_device(&ctx.host, uuid.as_str()).map_err(CallFailure::from)?;
+                let lvm = Lvm::new(ctx.runner.as_ref(), &device, true)?.holding(file);
+                tracing::info!(sr = %uuid, "SR.create again on a host that attached it: its initiator stays up");
+                create_on_device(ctx, &config, &nqn, &lvm, identity, 0, uuid.as_str(), &tags)?
+            }
+            (InitiatorKind::Userspace, None) => {
                 let up = sr_paths::bring_up(ctx, &config, &nqn, &reference, &user, uuid.as_str())?;
                 let outcome = crate::initiator::userspace::pinned_device(&ctx.host, uuid.as_str())
                     .map_err(CallFailure::from)
@@ -67,6 +79,11 @@ pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
         stored.remove("force");
         Ok(stored)
     }
+}
+
+/// The SR's state when this host has it attached over the userspace initiator.
+fn attached_over_userspace(ctx: &Context, uuid: &str) -> Option<crate::sr_state::SrState> {
+    crate::sr_state::load(&ctx.host, uuid).ok().filter(|state| state.initiator == InitiatorKind::Userspace)
 }
 
 fn create_on_namespace(
