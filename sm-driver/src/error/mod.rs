@@ -233,7 +233,10 @@ fn userspace_code(error: &crate::initiator::userspace::UserspaceError) -> ErrorC
     use crate::initiator::userspace::UserspaceError;
     use nvmetcp_initiator::identify::IdentifyError;
     match error {
-        UserspaceError::NotTcp | UserspaceError::Config(_) | UserspaceError::BadSr(_) => ErrorCode::InvalidConfig,
+        UserspaceError::NotTcp
+        | UserspaceError::Config(_)
+        | UserspaceError::BadSr(_)
+        | UserspaceError::HostBinding(_) => ErrorCode::InvalidConfig,
         UserspaceError::Identify(IdentifyError::Unreachable { .. }) => ErrorCode::NoPath,
         UserspaceError::Identify(IdentifyError::NotFound { .. }) | UserspaceError::NoSuchNsid { .. } => {
             ErrorCode::Namespace

@@ -85,6 +85,14 @@ pub enum UserspaceError {
     /// The SR uuid is not usable as the daemon's instance.
     #[error("SR uuid {0:?} is not a UUID")]
     BadSr(String),
+    /// host.conf binds the paths to an interface or source address, which
+    /// the userspace initiator does not do: refused, never silently ignored.
+    #[error(
+        "/etc/nvmetcp/host.conf sets {0}, which the userspace initiator does not apply (its connections leave \
+         through the interface the routing table picks for each portal); remove the key from host.conf and route \
+         the portals' subnet through that interface instead"
+    )]
+    HostBinding(String),
 }
 
 /// The SR's namespace, served.
@@ -125,8 +133,15 @@ fn multipath_config(
         Some(o) => HostIdentity::parse(o.host.nqn.as_str(), &o.host.id.to_string())?,
         None => return Err(InitiatorConfigError { field: "portals", why: "no path to connect".into() }.into()),
     };
-    if first.is_some_and(|o| o.host_iface.is_some() || o.host_traddr.is_some()) {
-        tracing::warn!("host.conf host_iface/host_traddr are not applied by the userspace initiator; routes decide");
+    if let Some(o) = first.filter(|o| o.host_iface.is_some() || o.host_traddr.is_some()) {
+        let mut set = Vec::new();
+        if let Some(iface) = &o.host_iface {
+            set.push(format!("host_iface = {}", iface.as_str()));
+        }
+        if let Some(traddr) = o.host_traddr {
+            set.push(format!("host_traddr = {traddr}"));
+        }
+        return Err(UserspaceError::HostBinding(set.join(", ")));
     }
     let auth = match &auth.host_key {
         Some(key) => Some(AuthKeys {
@@ -355,6 +370,7 @@ pub fn take_down(host: &HostRoot, runner: &dyn Runner, sr: &str) -> Result<(), U
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nvme::names::Portal;
 
     const SR: &str = "5b0e3c57-1d2f-4a66-9d0e-7c3f1b2a4d10";
 
@@ -379,6 +395,46 @@ mod tests {
             {{"portal":"10.0.0.2:4420","status":"connecting","ana":null,"cntlid":null,"io_queues":0,"in_flight":0,
             "errors":0,"losses":1,"last_error":"refused","since_secs":5}}]}},"updated_unix":{updated}}}"#
         )
+    }
+
+    fn options(host_iface: Option<&str>, host_traddr: Option<&str>) -> ConnectOptions {
+        let nqn: Nqn = "nqn.2014-08.org.example:a".parse().unwrap();
+        ConnectOptions {
+            transport: Transport::Tcp,
+            portal: Portal { addr: "10.0.0.1".parse().unwrap(), port: 4420 },
+            subsystem: nqn,
+            host: crate::nvme::options::HostIdentity {
+                nqn: "nqn.2014-08.org.nvmexpress:uuid:5e0d0c1a-0000-4000-8000-000000000001".parse().unwrap(),
+                id: "5e0d0c1a-0000-4000-8000-000000000001".parse().unwrap(),
+            },
+            host_iface: host_iface.map(|i| i.parse().unwrap()),
+            host_traddr: host_traddr.map(|a| a.parse().unwrap()),
+            timers: sr_config().timers,
+            auth: Authentication::default(),
+        }
+    }
+
+    fn sr_config() -> SrConfig {
+        let map = [("portals", "10.0.0.1"), ("nqn", "nqn.2014-08.org.example:a")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        crate::sr_config::ProbeConfig::parse(&map).unwrap().endpoints
+    }
+
+    #[test]
+    fn host_conf_bindings_are_refused_by_name_never_ignored() {
+        let config = sr_config();
+        let nqn: Nqn = "nqn.2014-08.org.example:a".parse().unwrap();
+        let auth = Authentication::default();
+        assert!(multipath_config(&config, &nqn, &[options(None, None)], &auth).is_ok());
+        let error = multipath_config(&config, &nqn, &[options(Some("eth1"), Some("10.0.0.9"))], &auth).unwrap_err();
+        let shown = error.to_string();
+        assert!(matches!(error, UserspaceError::HostBinding(_)), "{shown}");
+        assert!(shown.contains("host_iface = eth1, host_traddr = 10.0.0.9"), "{shown}");
+        assert!(shown.contains("remove the key from host.conf"), "{shown}");
+        let error = multipath_config(&config, &nqn, &[options(None, Some("10.0.0.9"))], &auth).unwrap_err();
+        assert!(error.to_string().contains("sets host_traddr = 10.0.0.9,"), "{error}");
     }
 
     #[test]
