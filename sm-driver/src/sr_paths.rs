@@ -308,6 +308,41 @@ pub fn bring_up(
     }
 }
 
+/// One namespace of a subsystem as the userspace initiator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedNamespace {
+    /// Its NSID today.
+    pub nsid: u32,
+    /// Its stable identity (`None`: it has none, and no SR can use it).
+    pub identity: Option<NamespaceIdentity>,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// Every active namespace of the subsystem in NSID order, listed over the
+/// userspace initiator's admin connection (what `SR.probe` shows on a host
+/// without `nvme_tcp`), and every path it would use. Nothing stays connected.
+///
+/// # Errors
+/// [`CallError`]: the host's identity or keys, discovery, or no portal answered.
+pub fn listed_namespaces(
+    ctx: &Context,
+    config: &SrConfig,
+    nqn: &Nqn,
+) -> Result<(Vec<ListedNamespace>, Vec<PathKey>), CallError> {
+    let (options, auth) = plan(ctx, config, nqn)?;
+    let target = userspace::Target { config, nqn, options: &options, auth: &auth };
+    let listed = userspace::list_namespaces(target)?
+        .into_iter()
+        .map(|ids| ListedNamespace {
+            nsid: ids.nsid,
+            identity: ids.stable_id().and_then(|i| NamespaceIdentity::parse(&i.to_string())),
+            size_bytes: ids.size_bytes,
+        })
+        .collect();
+    Ok((listed, options.iter().map(ConnectOptions::key).collect()))
+}
+
 /// Undoes [`bring_up`]: the kernel's paths `user` holds released (the last
 /// user disconnects), or the SR's daemon stopped and its device
 /// disconnected. Safe to repeat.

@@ -282,6 +282,24 @@ pub fn bring_up(
     })
 }
 
+/// Every active namespace of the subsystem, in NSID order, as the array
+/// identifies it over one admin queue of the first portal that answers (a
+/// host without `nvme_tcp` has no kernel device to list them from). Nothing
+/// stays connected and no daemon is started.
+///
+/// # Errors
+/// Not TCP, a configuration the initiator refuses, or no portal answered.
+pub fn list_namespaces(target: Target<'_>) -> Result<Vec<NamespaceIds>, UserspaceError> {
+    let Target { config, nqn, options, auth } = target;
+    if config.transport != Transport::Tcp {
+        return Err(UserspaceError::NotTcp);
+    }
+    let multipath = multipath_config(config, nqn, options, auth)?;
+    let mut found = identify::list(&multipath)?;
+    found.sort_by_key(|ids| ids.nsid);
+    Ok(found)
+}
+
 /// The SR's NBD device, verified as the SR's.
 ///
 /// # Errors

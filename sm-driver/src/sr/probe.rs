@@ -3,10 +3,13 @@
 //! what each holds, and every nvmetcp SR on them as a complete result with
 //! `sr_uuid` and its `sr_stat`. Every namespace of a subsystem is listed, in
 //! NSID order, once the kernel shows all of its active namespace list.
-//! Connections probe made are released before it returns.
+//! Connections probe made are released before it returns. On a host that
+//! uses the userspace initiator (no `nvme_tcp`), the namespaces are listed
+//! over its admin connection instead, and are not read.
 
 use crate::context::Context;
 use crate::error::{CallError, CallResult};
+use crate::initiator::InitiatorKind;
 use crate::lvm::{Lvm, Vg};
 use crate::nvme::discovery::DISCOVERY_TIMEOUT;
 use crate::nvme::health::health;
@@ -31,6 +34,7 @@ pub fn probe(ctx: &Context, request: &SrProbe) -> CallResult<Vec<ProbeResult>> {
     let configuration = &request.configuration;
     {
         let ProbeConfig { endpoints: config, nqn: given } = ProbeConfig::parse(configuration)?;
+        let userspace = sr_paths::initiator(ctx, &config)?.kind == InitiatorKind::Userspace;
         let nqns: Vec<Nqn> = match &given {
             Some(nqn) => vec![nqn.clone()],
             None => {
@@ -41,7 +45,9 @@ pub fn probe(ctx: &Context, request: &SrProbe) -> CallResult<Vec<ProbeResult>> {
                     }
                     .into());
                 }
-                ensure_fabric(ctx, &config)?;
+                if !userspace {
+                    ensure_fabric(ctx, &config)?;
+                }
                 let identity = crate::nvme::identity::load_or_create(&ctx.host)?;
                 let mut nqns: Vec<Nqn> = Vec::new();
                 let mut failures = Vec::new();
@@ -70,7 +76,12 @@ pub fn probe(ctx: &Context, request: &SrProbe) -> CallResult<Vec<ProbeResult>> {
         let mut results = Vec::new();
         let mut outcome = Ok(());
         for nqn in &nqns {
-            match probe_subsystem(ctx, &config, configuration, nqn, &user, given.is_some()) {
+            let probed = if userspace {
+                listed_over_userspace(ctx, &config, configuration, nqn, given.is_some())
+            } else {
+                probe_subsystem(ctx, &config, configuration, nqn, &user, given.is_some())
+            };
+            match probed {
                 Ok(found) => results.extend(found),
                 // Listing several subsystems: one failing is reported, not fatal.
                 Err(error) if given.is_none() => {
@@ -180,6 +191,42 @@ fn probe_subsystem(
             results.push(ProbeResult { configuration, complete: true, sr: Some(stat), extra_info: extra_info.clone() });
         }
     }
+    Ok(results)
+}
+
+/// The subsystem's namespaces as the userspace initiator lists them: each
+/// with its NSID, size and paths; what it holds is not read (that needs the
+/// SR's daemon), so no existing SR is recognised here. SR.create still
+/// refuses a namespace that holds data.
+fn listed_over_userspace(
+    ctx: &Context,
+    config: &SrConfig,
+    given: &StringMap,
+    nqn: &Nqn,
+    subsystem_given: bool,
+) -> CallResult<Vec<ProbeResult>> {
+    let (listed, paths) = sr_paths::listed_namespaces(ctx, config, nqn)?;
+    let results = listed
+        .into_iter()
+        .filter_map(|namespace| {
+            let identity = namespace.identity?;
+            let mut configuration = without_inline_keys(given);
+            configuration.insert("nqn".to_owned(), nqn.to_string());
+            configuration.insert("namespace".to_owned(), identity.canonical());
+            let mut extra_info = StringMap::new();
+            extra_info.insert("nsid".to_owned(), namespace.nsid.to_string());
+            extra_info.insert("size".to_owned(), namespace.size_bytes.to_string());
+            extra_info.insert("initiator".to_owned(), InitiatorKind::Userspace.to_string());
+            extra_info.insert("paths".to_owned(), format!("{} (listed by the userspace initiator)", paths.len()));
+            if subsystem_given {
+                extra_info.insert(
+                    "holds".to_owned(),
+                    "not read: the userspace initiator lists namespaces without serving them".to_owned(),
+                );
+            }
+            Some(ProbeResult { configuration, complete: subsystem_given, sr: None, extra_info })
+        })
+        .collect();
     Ok(results)
 }
 
