@@ -4,10 +4,12 @@
 //! with `fio --verify=crc32c`, the server SIGKILLed and restarted under I/O;
 //! then the per-SR daemon (the same library the plugin binary's
 //! `--initiator-daemon` runs, started without systemd) and the door; then
-//! the plugin binary's daemon itself with the userspace NVMe/TCP host on the
-//! kernel target, on a guest that cannot load `nvme_tcp` (as XCP-ng 8.x):
-//! fio verifying through `/dev/nbdN` while paths are cut and the daemon is
-//! SIGKILLed, and the kernel initiator reading back what it wrote.
+//! the SR story through the method links on a guest that cannot load
+//! `nvme_tcp` (as XCP-ng 8.x), over the plugin's own daemon and supervisor
+//! with the userspace NVMe/TCP host on the kernel target: SR.probe, a
+//! retried SR.create, fio verifying through a volume while paths are cut,
+//! the daemon is SIGKILLed and every path is down for 60 s, and each
+//! initiator reading back what the other wrote.
 //!
 //! Same two-role design as `nvmet_fabric.rs`: on the host it boots the guest;
 //! in the guest the scenario runs this binary with `NVMETCP_GUEST_STEP=1`.
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 fn host_side(exe: &str) -> ExitCode {
-    // The daemon scenario runs the plugin binary itself: build it, as installed.
+    // The SR scenario calls the plugin binary itself: build it, as installed.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
     let built =
@@ -43,7 +45,7 @@ fn host_side(exe: &str) -> ExitCode {
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
     }
-    run_suite("nbd", &scenarios(exe, &plugin_binary().display().to_string()))
+    run_suite("nbd", &scenarios(exe))
 }
 
 fn plugin_binary() -> std::path::PathBuf {
@@ -51,7 +53,7 @@ fn plugin_binary() -> std::path::PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
 }
 
-fn scenarios(exe: &str, plugin: &str) -> Vec<Scenario> {
+fn scenarios(exe: &str) -> Vec<Scenario> {
     vec![
         Scenario::script(
             "nbd-export-restart",
@@ -183,101 +185,6 @@ tb_log "torn down; safe to repeat"
         )
         .timeout_secs(200),
     Scenario::script(
-        "nbd-userspace-initiator",
-        &format!(
-            r#"
-export NVMETCP_GUEST_STEP=1
-T="{exe}"
-P="{plugin}"
-modprobe nbd nbds_max=4
-nqn=$(tb_simple_target un 64 10.99.0.1 10.99.0.2)
-uuid=$(cat "$TB_CFG/subsystems/$nqn/namespaces/1/device_uuid")
-# As on XCP-ng 8.2/8.3: this host cannot load nvme_tcp.
-modprobe -r nvme_tcp
-echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
-if modprobe nvme_tcp 2>/dev/null; then tb_fail "nvme_tcp still loads"; fi
-$T choose | tee choice
-grep -q "^userspace initiator (Linux .* cannot load nvme_tcp" choice
-sr=5b0e3c57-1d2f-4a66-9d0e-7c3f1b2a4d10
-dir=/run/nvmetcp/initiator
-state=$dir/$sr.json
-mkdir -p "$dir"
-(umask 077 && cat >"$dir/$sr.conf") <<CONF
-sr = $sr
-subsystem_nqn = $nqn
-nsid = 1
-namespace_uuid = $uuid
-portal = 10.99.0.1:4420
-portal = 10.99.0.2:4420
-host_nqn = $(cat /etc/nvme/hostnqn)
-host_id = $(cat /etc/nvme/hostid)
-iopolicy = round-robin
-keep_alive_tmo = 3
-reconnect_delay = 1
-nbd_connections = 2
-nbd_io_timeout = 15
-CONF
-# The product's own entry: the plugin binary as the systemd unit runs it.
-"$P" --initiator-daemon "$sr" >daemon1.log 2>&1 &
-daemon=$!
-tb_wait 60 "the daemon to serve" grep -q '"phase": "serving"' "$state"
-dev=$($T device "$sr")
-tb_log "the userspace initiator serves $dev"
-live() {{ [ "$(grep -c '"status": "live"' "$state")" = "$1" ]; }}
-tb_wait 30 "both paths live in the state" live 2
-grep -q '"ana": "optimized"' "$state"
-rm -f stop fio.failed
-(
-    while [ ! -e stop ]; do
-        fio --name=verify --filename="$dev" --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite \
-            --bsrange=4k-64k --size=16M --verify=crc32c --verify_fatal=1 >>fio.log 2>&1 || {{ touch fio.failed; break; }}
-    done
-) &
-loop=$!
-sleep 3
-tb_unlink 2 "$nqn"; tb_wait 30 "path 2 to drop" live 1
-tb_link 2 "$nqn"; tb_wait 60 "path 2 back" live 2
-show() {{ cat "$state"; tail -20 daemon*.log; return 1; }}
-tb_addr_del 10.99.0.2; tb_wait 40 "keep-alive to notice address 2 gone" live 1 || show
-tb_addr_add 10.99.0.2; tb_wait 60 "path 2 back" live 2 || show
-[ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed across the path cuts"; }}
-tb_log "SIGKILL of the daemon under I/O"
-kill -9 "$daemon"
-"$P" --initiator-daemon "$sr" >daemon2.log 2>&1 &
-daemon=$!
-tb_wait 60 "the restarted daemon to serve" grep -q "\"daemon_pid\": $daemon," "$state"
-[ "$($T device "$sr")" = "$dev" ]
-sleep 5
-touch stop
-wait "$loop"
-[ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed"; }}
-runs=$(grep -c "err= 0" fio.log)
-tb_log "$runs verified fio runs, 0 errors"
-[ "$runs" -ge 1 ]
-if grep -E "err= *[1-9]|verify: bad" fio.log; then tb_fail "fio saw errors"; fi
-if dmesg | grep -E "I/O error, dev ${{dev#/dev/}}"; then tb_fail "the host saw I/O errors"; fi
-cp "$state" "$SCENARIO_OUT/state.json"
-tb_log "peak RSS of the daemon: $(grep VmHWM /proc/$daemon/status)"
-grep VmHWM "/proc/$daemon/status" >"$SCENARIO_OUT/rss"
-dd if=/dev/urandom of=written bs=1M count=8 status=none
-dd if=written of="$dev" bs=1M seek=32 oflag=direct status=none
-kill "$daemon"; wait "$daemon" || true
-$T tear-down "$sr"
-# The same namespace through the kernel initiator reads what userspace wrote.
-rm /etc/modprobe.d/testbed-no-nvme-tcp.conf
-modprobe nvme_tcp
-tb_connect "$nqn" 10.99.0.1
-has_head() {{ [ -n "$(tb_head "$nqn")" ]; }}
-tb_wait 20 "the kernel's head" has_head
-dd if="$(tb_head "$nqn")" of=kernel-read bs=1M skip=32 count=8 iflag=direct status=none
-cmp written kernel-read
-tb_log "the kernel initiator reads what the userspace initiator wrote"
-nvme disconnect -n "$nqn" >/dev/null
-"#
-        ),
-    )
-    .timeout_secs(400),
-    Scenario::script(
         "nbd-sr-userspace",
         &format!(
             r#"
@@ -299,6 +206,11 @@ sr="\"sr\":\"nvmetcp://sr/$SR\""
 state=/run/nvmetcp/initiator/$SR.json
 live() {{ [ "$(grep -c '"status": "live"' "$state")" = "$1" ]; }}
 cfg="\"portals\":\"10.99.0.1,10.99.0.2\",\"nqn\":\"$nqn\",\"keep_alive_tmo\":\"3\",\"reconnect_delay\":\"1\",\"iopolicy\":\"round-robin\""
+# SR.probe lists every namespace, in NSID order, over the userspace initiator's admin queue.
+tb_namespace "$nqn" 2 16
+probed=$(expect_ok SR.probe "{{\"dbg\":\"p\",\"configuration\":{{$cfg}}}}")
+[ "$(echo "$probed" | grep -o '"nsid":"[0-9]*"' | tr '\n' ' ')" = '"nsid":"1" "nsid":"2" ' ] || tb_fail "SR.probe over the userspace initiator: $probed"
+echo "$probed" | grep -q '"initiator":"userspace"' || tb_fail "SR.probe does not say it used the userspace initiator: $probed"
 stored=$(expect_ok SR.create "{{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{{$cfg,\"namespace\":\"1\"}},\"name\":\"on 8.3\",\"description\":\"\"}}")
 echo "$stored" | grep -q '"namespace":"uuid\.' || tb_fail "SR.create recorded no stable identity: $stored"
 [ ! -e "$state" ] || tb_fail "SR.create left its initiator running"
@@ -307,6 +219,10 @@ expect_ok SR.attach "{{\"dbg\":\"a\",\"configuration\":$stored}}" >/dev/null
 daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
 expect_ok SR.attach "{{\"dbg\":\"a2\",\"configuration\":$stored}}" >/dev/null
 [ "$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")" = "$daemon" ] || tb_fail "a second SR.attach restarted the daemon"
+# SR.create retried (its reply lost) after this host attached the SR: its initiator stays up.
+again=$(expect_ok SR.create "{{\"dbg\":\"c2\",\"uuid\":\"$SR\",\"configuration\":{{$cfg,\"namespace\":\"1\"}},\"name\":\"on 8.3\",\"description\":\"\"}}")
+[ "$again" = "$stored" ] || tb_fail "the retried SR.create returned $again, not $stored"
+[ "$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")" = "$daemon" ] && grep -q '"phase": "serving"' "$state" || tb_fail "a retried SR.create stopped the attached SR's initiator"
 grep -Eq '"initiator": ?"userspace"' /run/nvmetcp/srs/$SR.json || tb_fail "the attach state does not say userspace"
 tb_wait 30 "both paths live" live 2
 expect_ok SR.stat "{{\"dbg\":\"s\",$sr}}" | tee stat.json | grep -q '"Healthy","2/2 paths live"' || tb_fail "SR.stat: $(cat stat.json)"
@@ -335,8 +251,9 @@ rm -f stop fio.failed
     done
 ) &
 loop=$!
-fio_ok() {{ [ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed $1"; }}; }}
-show() {{ cat "$state"; cp "$state" "$SCENARIO_OUT/state-at-failure.json"; return 1; }}
+fio_ok() {{ [ ! -e fio.failed ] || {{ cat fio.log; tail -40 "$log"; tb_fail "fio failed $1"; }}; }}
+log=/var/log/nvmetcp/initiator-$SR.log
+show() {{ cat "$state"; cp "$state" "$SCENARIO_OUT/state-at-failure.json"; tail -40 "$log"; return 1; }}
 started=$(date +%s)
 for cut in $(seq 1 20); do
     if [ $((cut % 4)) = 0 ]; then
@@ -351,6 +268,37 @@ for cut in $(seq 1 20); do
     fio_ok "at cut $cut"
 done
 tb_log "20 cuts of one of two paths in $(( $(date +%s) - started )) s under verified writes"
+runs() {{ grep -c "err= 0" fio.log || true; }}
+more_runs() {{ [ "$(runs)" -gt "$1" ]; }}
+# SIGKILL of the daemon under I/O: the supervisor restarts it, and the new
+# daemon picks the kernel's NBD connections back up (dead-connection timeout).
+before=$(runs)
+killed=$(date +%s)
+kill -9 "$daemon"
+restarted() {{ grep -q '"phase": "serving"' "$state" && ! grep -q "\"daemon_pid\": $daemon," "$state"; }}
+tb_wait 30 "the supervisor to restart the killed daemon" restarted || show
+daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
+tb_wait 30 "both paths live after the restart" live 2 || show
+[ "$(sed -n 's/.*"index": \([0-9]*\),.*/nbd\1/p' "$state")" = "$dev" ] || tb_fail "the restarted daemon serves another device"
+# Requests the killed daemon had taken are resent at the kernel's NBD I/O timeout.
+tb_wait 180 "a verified fio run after the SIGKILL" more_runs "$before" || show
+tb_log "fio verified again $(( $(date +%s) - killed )) s after the SIGKILL"
+fio_ok "across the daemon's SIGKILL"
+tb_log "SIGKILL of the daemon under I/O: restarted as $daemon on /dev/$dev, fio went on verifying"
+grep -q "restarting" "$log" || tb_fail "the initiator's log does not show the restart"
+# Every path down for 60 s under I/O: held (fast_io_fail_tmo 90), then resumed.
+before=$(runs)
+tb_target_down
+tb_wait 40 "no path live" live 0 || show
+down=$(date +%s)
+sleep 60
+[ ! -e fio.failed ] || {{ cat fio.log; tb_fail "fio failed while no path was live"; }}
+tb_target_up
+outage=$(( $(date +%s) - down ))
+tb_wait 60 "both paths back after the outage" live 2 || show
+tb_wait 90 "a verified fio run after the outage" more_runs "$before" || show
+fio_ok "across $outage s with no path"
+tb_log "all paths down $outage s under I/O: held, then resumed and verified"
 sleep 5
 touch stop
 wait "$loop"
@@ -361,6 +309,9 @@ tb_log "$runs verified fio runs, 0 errors"
 cp "$state" "$SCENARIO_OUT/state.json"
 if grep -E "err= *[1-9]|verify: bad" fio.log; then tb_fail "fio saw errors"; fi
 if dmesg | grep -E "I/O error, dev $dev|Buffer I/O error on dev (dm-|$dev)"; then tb_fail "the host saw I/O errors"; fi
+hwm=$(awk '/VmHWM/ {{print $2}}' "/proc/$daemon/status")
+tb_log "peak RSS of the daemon: $hwm KiB"
+[ "$hwm" -lt 65536 ] || tb_fail "the daemon's peak RSS $hwm KiB exceeds 64 MiB"
 head -c 4M /dev/urandom >userspace.data
 dd if=userspace.data of="$path" bs=1M oflag=direct status=none
 detach_volume
@@ -391,7 +342,7 @@ detach_volume
 expect_ok Volume.destroy "{{\"dbg\":\"x\",$sr,\"key\":\"$key\"}}" >/dev/null
 expect_ok SR.destroy "{{\"dbg\":\"x\",$sr}}" >/dev/null
 [ ! -e "$state" ] || tb_fail "SR.destroy left the initiator running"
-cp calls.log fio.log "$SCENARIO_OUT/" || true
+cp calls.log fio.log "$log" "$SCENARIO_OUT/" || true
 rm /etc/modprobe.d/testbed-no-nvme-tcp.conf
 "#
         ),
@@ -481,15 +432,6 @@ fn guest_step(args: &[String]) -> Result<(), String> {
         ("tear-down", [sr]) => {
             let sr = SrId::parse(sr).map_err(|e| e.to_string())?;
             door::tear_down(&Layout::system(), &sr).map_err(|e| e.to_string())?;
-        }
-        ("choose", []) => {
-            let choice = sm_driver::initiator::choose(
-                &sm_driver::host::HostRoot::system(),
-                &sm_driver::cmd::SystemRunner::new(),
-                None,
-                sm_driver::nvme::names::Transport::Tcp,
-            );
-            println!("{choice}");
         }
         ("status", [index]) => {
             let netlink = NbdNetlink::open().map_err(|e| e.to_string())?;
