@@ -428,6 +428,53 @@ impl Controller {
         Ok(parse_ana(&page, self.identity.anagrpid))
     }
 
+    /// Identifies this controller's namespace again (after a namespace
+    /// change event): still active, same UUID, same block size, or the
+    /// reason it is not the namespace this controller was connected to.
+    ///
+    /// # Errors
+    /// The reason, in words for the path's last error.
+    pub fn recheck_namespace(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let nsid = self.nsid;
+        let identify = |cns: u8| {
+            let (cqe, page) = self
+                .admin
+                .call(command::identify(cns, nsid), Vec::new(), 4096, deadline)
+                .map_err(|e| format!("re-identifying namespace {nsid}: {e}"))?;
+            if cqe.code() != 0 {
+                return Err(format!("re-identifying namespace {nsid} (CNS {cns}): NVMe status {:#x}", cqe.code()));
+            }
+            Ok(page)
+        };
+        let ns = identify(0)?;
+        let descriptors = identify(3)?;
+        if ns.len() < 4096 || le64(&ns, 0) == 0 {
+            return Err(format!("namespace {nsid} is no longer active on this controller"));
+        }
+        let uuid = parse_uuid_descriptor(&descriptors);
+        if uuid != self.identity.uuid {
+            let shown = |u: Option<[u8; 16]>| {
+                u.map_or_else(|| "none".to_owned(), |u| u.iter().map(|b| format!("{b:02x}")).collect())
+            };
+            return Err(format!(
+                "namespace {nsid} changed identity (UUID {}, was {}): another namespace sits at this NSID; it is \
+                 not served",
+                shown(uuid),
+                shown(self.identity.uuid)
+            ));
+        }
+        let flbas = usize::from(ns[26] & 0x0f | (ns[26] >> 5 & 0x3) << 4);
+        let lbads = ns[128 + 4 * flbas + 2];
+        if !(9..=16).contains(&lbads) || 1u32 << lbads != self.identity.block_size {
+            return Err(format!(
+                "namespace {nsid} was reformatted: its logical block size is 2^{lbads}, it was {}",
+                self.identity.block_size
+            ));
+        }
+        Ok(())
+    }
+
     /// Submits an I/O command on the next I/O queue.
     pub fn submit(&self, sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.io.len().max(1);

@@ -68,6 +68,10 @@ pub struct Script {
     pub refuse: Option<u16>,
     /// A disk shared with another target (two paths to one namespace).
     pub disk: Option<Arc<Mutex<Vec<u8>>>>,
+    /// Once set, another namespace sits at the NSID: Identify shows this
+    /// UUID, and a held Asynchronous Event Request completes with a
+    /// namespace-attribute notice at the next admin command.
+    pub swapped_uuid: Arc<Mutex<Option<[u8; 16]>>>,
 }
 
 impl Default for Script {
@@ -87,6 +91,7 @@ impl Default for Script {
             uuid: [7; 16],
             refuse: None,
             disk: None,
+            swapped_uuid: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -146,6 +151,7 @@ impl FakeTarget {
                         digests: Digests::default(),
                         qid: 0,
                         held: None,
+                        aer: None,
                         sqflow_disabled: false,
                         backlog: std::collections::VecDeque::new(),
                     }
@@ -187,6 +193,8 @@ struct Conn {
     digests: Digests,
     qid: u16,
     held: Option<Vec<u8>>,
+    /// The Asynchronous Event Request held (admin queue).
+    aer: Option<[u8; 64]>,
     sqflow_disabled: bool,
     /// Commands that arrived while the data of another was being collected
     /// (a host may send capsules between its H2CData PDUs).
@@ -279,6 +287,12 @@ impl Conn {
         let u32_at = |at: usize| u32::from_le_bytes(sqe[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_le_bytes(sqe[at..at + 8].try_into().unwrap());
         let length = u32_at(32) as usize;
+        if self.qid == 0 && self.script.swapped_uuid.lock().unwrap().is_some() {
+            if let Some(aer) = self.aer.take() {
+                // Notice (type 2), namespace attribute changed (info 0), log page 04h.
+                self.respond(&aer, 0, 0x0004_0002)?;
+            }
+        }
         match (sqe[0], sqe[4]) {
             (0x7f, 0x01) => {
                 self.qid = u16::from_le_bytes([sqe[42], sqe[43]]);
@@ -298,7 +312,10 @@ impl Conn {
             }
             (0x7f, _) | (0x18, _) => self.respond(sqe, 0, 0),
             (0x09, _) if self.qid == 0 => self.respond(sqe, 0, 0x0003_0003), // 4 queues of each
-            (0x0c, _) => Ok(()),                                             // AER: held forever
+            (0x0c, _) => {
+                self.aer = Some(*sqe); // held until an event
+                Ok(())
+            }
             (0x06, _) => {
                 let page = self.identify(u32_at(40) as u8);
                 self.c2h(sqe, &page[..length.min(4096)], self.script.c2h_piece)?;
@@ -442,7 +459,8 @@ impl Conn {
             3 => {
                 page[0] = 3;
                 page[1] = 16;
-                page[4..20].copy_from_slice(&self.script.uuid);
+                let uuid = self.script.swapped_uuid.lock().unwrap().unwrap_or(self.script.uuid);
+                page[4..20].copy_from_slice(&uuid);
             }
             _ => {}
         }

@@ -431,7 +431,8 @@ impl Inner {
                     events = None;
                     next_attempt = Instant::now() + self.config.transport.reconnect_delay;
                 }
-                (Some(Event::AnaChange | Event::NamespaceChange), None) => self.refresh_ana(path),
+                (Some(Event::NamespaceChange), None) => self.recheck_namespace(path),
+                (Some(Event::AnaChange), None) => self.refresh_ana(path),
                 (None, None) if recheck => self.refresh_ana(path),
                 (None, None) => {}
             }
@@ -487,6 +488,22 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// After a namespace change event: the namespace is identified again on
+    /// this path. One that changed identity (or format) fails the path with
+    /// the reason; its reconnects check the identity again, so another
+    /// namespace at the NSID is never served.
+    fn recheck_namespace(self: &Arc<Self>, path: &Path) {
+        let controller = lock(&path.inner).controller.clone();
+        if let Some(c) = controller {
+            if let Err(why) = c.recheck_namespace() {
+                tracing::error!(portal = %path.portal, %why, "the path is failed");
+                Self::lose(path, why);
+                return;
+            }
+        }
+        self.refresh_ana(path);
     }
 
     fn refresh_ana(self: &Arc<Self>, path: &Path) {

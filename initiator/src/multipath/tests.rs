@@ -247,3 +247,37 @@ fn many_commands_in_flight_on_one_queue_with_r2t_in_pieces_and_reordered_complet
         assert!(disk[i * len..(i + 1) * len] == pattern(len, i as u8)[..], "write {i} on the target");
     }
 }
+
+#[test]
+fn a_namespace_that_changes_identity_fails_its_path_and_is_never_served() {
+    let script = Script::default();
+    let swap = Arc::clone(&script.swapped_uuid);
+    let target = FakeTarget::start(script);
+    let mut cfg = config(&[&target]);
+    cfg.transport.keep_alive_tmo = Duration::from_secs(1);
+    cfg.transport.fast_io_fail_tmo = Some(Duration::from_secs(1));
+    let dev = Multipath::open(cfg).unwrap();
+    run(&dev, Request::Write { offset: 0, data: pattern(512, 1), fua: false }).unwrap();
+    // Another namespace takes NSID 1; the target sends a namespace-change event.
+    *swap.lock().unwrap() = Some([9; 16]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let path = dev.state().paths[0].clone();
+        if path.status != PathStatus::Live {
+            break path;
+        }
+        assert!(Instant::now() < deadline, "the path is still live on another namespace");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let why = failed.last_error.unwrap_or_default();
+    assert!(why.contains("another namespace sits at this NSID") || why.contains("UUID"), "{why}");
+    let served = target.io_commands.load(Ordering::SeqCst);
+    assert!(run(&dev, Request::Read { offset: 0, len: 512 }).is_err(), "read from another namespace");
+    // Reconnects (every second) check the identity too: still not served.
+    std::thread::sleep(Duration::from_millis(2500));
+    let path = dev.state().paths[0].clone();
+    assert_ne!(path.status, PathStatus::Live);
+    assert!(path.last_error.unwrap_or_default().contains("UUID"), "a reconnect must name the UUID");
+    assert_eq!(target.io_commands.load(Ordering::SeqCst), served, "no I/O reached the other namespace");
+    dev.close();
+}
