@@ -349,6 +349,13 @@ pub trait Engine {
     /// [`EngineError`].
     fn swap_leaf(&self, disk: &OpenDisk, new_leaf: &Image) -> Result<OpenDisk, EngineError>;
 
+    /// The image writes land in now, as the engine itself says (not the
+    /// handle): replay asks this after a call was killed mid-swap.
+    ///
+    /// # Errors
+    /// [`EngineError`] if the engine cannot be asked or serves no image.
+    fn current_leaf(&self, disk: &OpenDisk) -> Result<Image, EngineError>;
+
     /// Starts merging `top` (a node of the open chain) into `base`, its
     /// parent. Merging the leaf itself makes `base` the new leaf.
     ///

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::qmp::{Qmp, QmpError};
-use super::{Access, CommitState, DiskName, Engine, EngineError, EngineKind, Features, Handle, Image, OpenDisk};
+use super::OpenDisk;
+use super::{Access, CommitState, DiskName, Engine, EngineError, EngineKind, Features, Handle, Image, ImageFormat};
 use crate::cmd::{CmdError, Command, Program, Runner};
 use crate::host::HostRoot;
 
@@ -293,6 +294,31 @@ impl Engine for Qsd<'_> {
                 })
             }
         }
+    }
+
+    fn current_leaf(&self, disk: &OpenDisk) -> Result<Image, EngineError> {
+        // The export's node is the top of the chain: `blockdev-snapshot`
+        // moves every parent of the old leaf, the export too, to the overlay.
+        let doing = "asking which image the disk writes to";
+        let mut qmp = Self::qmp(disk, "connecting to QMP")?;
+        let exports = qmp.execute("query-block-exports", json!({})).map_err(|e| qmp_error(doing, e))?;
+        let node = exports
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e.get("id").and_then(Value::as_str) == Some(EXPORT)))
+            .and_then(|e| e.get("node-name").and_then(Value::as_str))
+            .ok_or_else(|| unexpected(doing, &exports))?
+            .to_owned();
+        let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true})).map_err(|e| qmp_error(doing, e))?;
+        let found = nodes
+            .as_array()
+            .and_then(|l| l.iter().find(|n| n.get("node-name").and_then(Value::as_str) == Some(node.as_str())))
+            .ok_or_else(|| unexpected(doing, &nodes))?;
+        let format = match found.get("drv").and_then(Value::as_str) {
+            Some("qcow2") => ImageFormat::Qcow2,
+            Some("raw") => ImageFormat::Raw,
+            _ => return Err(unexpected(doing, found)),
+        };
+        Image::new(format, found.get("file").and_then(Value::as_str).unwrap_or_default())
     }
 
     fn start_commit(&self, disk: &OpenDisk, top: &Image, base: &Image) -> Result<(), EngineError> {

@@ -32,7 +32,8 @@ use std::path::PathBuf;
 
 use crate::cmd::{CmdError, Command, Output, Program, Runner};
 
-use super::{Access, CommitState, DiskName, Engine, EngineError, EngineKind, Features, Handle, Image, OpenDisk};
+use super::OpenDisk;
+use super::{Access, CommitState, DiskName, Engine, EngineError, EngineKind, Features, Handle, Image, ImageFormat};
 
 /// Where blktap creates its block devices.
 pub const TAPDEV_PREFIX: &str = "/dev/xen/blktap-2/tapdev";
@@ -217,6 +218,23 @@ impl Engine for Tapdisk<'_> {
                 })
             }
         }
+    }
+
+    fn current_leaf(&self, disk: &OpenDisk) -> Result<Image, EngineError> {
+        // `tap-ctl list` shows the `type:path` the tapdisk opened last, and
+        // `unpause -a` changes it: it names the leaf writes land in.
+        let (pid, minor) = tapdisk_handle(disk)?;
+        let doing = "asking which image the disk writes to";
+        let listed = self.list()?;
+        let row = listed.iter().find(|d| d.pid == pid && d.minor == Some(minor));
+        let args = row.and_then(|d| d.args.as_deref()).ok_or_else(|| unexpected(doing, &format!("{listed:?}")))?;
+        let (kind, path) = args.split_once(':').ok_or_else(|| unexpected(doing, args))?;
+        let format = match kind {
+            "qcow2" => ImageFormat::Qcow2,
+            "aio" => ImageFormat::Raw,
+            _ => return Err(unexpected(doing, args)),
+        };
+        Image::new(format, path)
     }
 
     fn start_commit(&self, disk: &OpenDisk, top: &Image, _base: &Image) -> Result<(), EngineError> {

@@ -160,7 +160,7 @@ impl Sr<'_> {
     }
 
     fn probe(&self) -> HereProbe<'_> {
-        HereProbe { host: self.host, sr_uuid: &self.state.sr_uuid }
+        HereProbe { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid }
     }
 
     /// The LVs of chains open on this host.

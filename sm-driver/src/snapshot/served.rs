@@ -9,7 +9,11 @@
 //! volume and says so. Plain volumes keep blkback on their LV.
 //!
 //! Each open disk's handle lives in `/run/nvmetcp/engine/<sr>/<lv>.json`
-//! (every plugin call is a fresh process); the chain LVs it uses are active
+//! (every plugin call is a fresh process). A swap writes the handle first
+//! (the leaf it is about to switch to), then asks the engine, then writes
+//! the result: a call killed in between leaves a handle that says a swap
+//! was asked, and replay asks the engine which leaf it writes (and puts the
+//! answer in the handle). The chain LVs a disk uses are active
 //! on this host while it is open, and no other code of this host
 //! deactivates or merges them meanwhile ([`busy_lvs`]). Only this host
 //! knows its open disks: serving a layered volume on a pool member, whose
@@ -18,6 +22,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use crate::cmd::{Program, Runner};
 use crate::engine::qsd::Qsd;
@@ -30,7 +36,7 @@ use crate::sr_state::SrState;
 use super::calls::ChainCallError;
 use super::graph::Graph;
 use super::journal::Serving;
-use super::ops::{OpError, Running, ServingProbe};
+use super::ops::{Faults, OpError, Running, ServingProbe};
 
 /// Where open disks' handles (and qemu-storage-daemon's sockets) live.
 pub const RUN_BASE: &str = "/run/nvmetcp/engine";
@@ -73,19 +79,54 @@ fn io(doing: &str, source: std::io::Error) -> ChainCallError {
     }))
 }
 
-/// The disk this host serves for volume `lv` of SR `sr_uuid`, if any.
-#[must_use]
-pub fn open_here(host: &HostRoot, sr_uuid: &str, lv: &str) -> Option<OpenDisk> {
+/// A handle as kept on this host: the open disk, and the leaf a swap in
+/// progress switches it to (written before the engine is asked).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kept {
+    #[serde(flatten)]
+    disk: OpenDisk,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    swapping_to: Option<Image>,
+}
+
+fn kept(host: &HostRoot, sr_uuid: &str, lv: &str) -> Option<Kept> {
     let text = std::fs::read_to_string(handle_path(host, sr_uuid, lv)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-fn save(host: &HostRoot, sr_uuid: &str, lv: &str, disk: &OpenDisk) -> Result<(), ChainCallError> {
+/// The disk this host serves for volume `lv` of SR `sr_uuid`, if any.
+#[must_use]
+pub fn open_here(host: &HostRoot, sr_uuid: &str, lv: &str) -> Option<OpenDisk> {
+    kept(host, sr_uuid, lv).map(|k| k.disk)
+}
+
+/// Keeps `disk` as the disk this host serves for volume `lv` (after the
+/// engine opened it).
+///
+/// # Errors
+/// [`ChainCallError`] if the handle cannot be written.
+pub fn record(host: &HostRoot, sr_uuid: &str, lv: &str, disk: &OpenDisk) -> Result<(), ChainCallError> {
+    save(host, sr_uuid, lv, disk, None)
+}
+
+/// Forgets the handle of volume `lv` (after the engine closed it).
+pub fn forget(host: &HostRoot, sr_uuid: &str, lv: &str) {
+    let _ = std::fs::remove_file(handle_path(host, sr_uuid, lv));
+}
+
+fn save(
+    host: &HostRoot,
+    sr_uuid: &str,
+    lv: &str,
+    disk: &OpenDisk,
+    swapping_to: Option<&Image>,
+) -> Result<(), ChainCallError> {
     let path = handle_path(host, sr_uuid, lv);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("creating the handle directory", e))?;
     }
-    let text = serde_json::to_string(disk).unwrap_or_default();
+    let kept = Kept { disk: disk.clone(), swapping_to: swapping_to.cloned() };
+    let text = serde_json::to_string(&kept).unwrap_or_default();
     let partial = path.with_extension("json.new");
     std::fs::write(&partial, text).map_err(|e| io("writing the disk's handle", e))?;
     std::fs::rename(&partial, &path).map_err(|e| io("writing the disk's handle", e))
@@ -152,7 +193,7 @@ pub fn attach(
     let image = Image::new(format, format!("/dev/{}/{leaf}", state.vg)).map_err(OpError::from)?;
     let name = DiskName::new(&lv.name).map_err(OpError::from)?;
     let disk = engine.open(&name, &image, Access::ReadWrite).map_err(OpError::from)?;
-    if let Err(error) = save(host, &state.sr_uuid, &lv.name, &disk) {
+    if let Err(error) = record(host, &state.sr_uuid, &lv.name, &disk) {
         let _ = engine.close(&disk);
         return Err(error);
     }
@@ -176,7 +217,7 @@ pub fn detach(
     let Some(disk) = open_here(host, &state.sr_uuid, lv) else { return Ok(false) };
     let engine = engine(runner, host).map_err(OpError::from)?;
     engine.close(&disk).map_err(OpError::from)?;
-    let _ = std::fs::remove_file(handle_path(host, &state.sr_uuid, lv));
+    forget(host, &state.sr_uuid, lv);
     tracing::info!(volume = %lv, "chain no longer served");
     let Some(lvm) = lvm else { return Ok(true) };
     let lvs = lvm.lvs(&state.vg)?;
@@ -203,37 +244,90 @@ pub struct ServedHere<'a> {
     pub volume: &'a str,
     /// Its open disk.
     pub disk: OpenDisk,
+    /// Where the test bed kills the call (`swap-asked`: the handle says a
+    /// swap was asked; `swap-done`: the engine switched, the handle not yet).
+    pub faults: &'a dyn Faults,
 }
 
 impl Running for ServedHere<'_> {
     fn swap(&self, new_leaf: &Image) -> Result<(), EngineError> {
-        let swapped = self.engine.swap_leaf(&self.disk, new_leaf)?;
-        save(self.host, self.sr_uuid, self.volume, &swapped).map_err(|e| EngineError::Io {
-            engine: self.engine.kind(),
-            doing: "recording the new leaf".to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })
+        let kind = self.engine.kind();
+        let keep = |disk: &OpenDisk, swapping_to: Option<&Image>| {
+            save(self.host, self.sr_uuid, self.volume, disk, swapping_to).map_err(|e| EngineError::Io {
+                engine: kind,
+                doing: "recording the disk's leaf".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        };
+        // The handle first: a call killed from here on leaves a handle that
+        // says the engine may write either leaf.
+        keep(&self.disk, Some(new_leaf))?;
+        self.faults.reached("swap-asked");
+        match self.engine.swap_leaf(&self.disk, new_leaf) {
+            Ok(swapped) => {
+                self.faults.reached("swap-done");
+                keep(&swapped, None)
+            }
+            Err(error) => {
+                if matches!(error, EngineError::SwapReverted { .. }) {
+                    keep(&self.disk, None)?;
+                }
+                Err(error)
+            }
+        }
     }
 }
 
 /// For replay: what this host's engines write to.
 pub struct HereProbe<'a> {
+    /// The runner of this host's engine.
+    pub runner: &'a dyn Runner,
     /// This host.
     pub host: &'a HostRoot,
     /// The SR.
     pub sr_uuid: &'a str,
 }
 
+impl HereProbe<'_> {
+    /// Asks the engine which leaf `kept` writes to, and keeps the answer in
+    /// the handle (a later swap or merge finds the leaf by it).
+    fn ask_engine(&self, volume: &str, kept: &Kept, old_leaf: &Image, new_leaf: &Image) -> Serving {
+        let asked = engine(self.runner, self.host).and_then(|e| e.current_leaf(&kept.disk));
+        let leaf = match asked {
+            Ok(leaf) if &leaf == new_leaf || &leaf == old_leaf => leaf,
+            Ok(leaf) => {
+                tracing::warn!(volume, leaf = leaf.path_str(), "the engine writes to neither leaf of the snapshot");
+                return Serving::Unknown;
+            }
+            Err(error) => {
+                tracing::warn!(volume, %error, "the engine could not say which leaf it writes to");
+                return Serving::Unknown;
+            }
+        };
+        let disk = OpenDisk { leaf: leaf.clone(), ..kept.disk.clone() };
+        if let Err(error) = save(self.host, self.sr_uuid, volume, &disk, None) {
+            tracing::warn!(volume, %error, "could not record the leaf the engine writes to");
+            return Serving::Unknown;
+        }
+        if &leaf == new_leaf {
+            Serving::NewLeaf
+        } else {
+            Serving::OldLeaf
+        }
+    }
+}
+
 impl ServingProbe for HereProbe<'_> {
     fn serving(&self, volume: &str, old_leaf: &Image, new_leaf: &Image) -> Serving {
-        // The handle is saved after the engine swapped: one naming the old
-        // leaf may be stale, so only the new leaf is believed (replay then
-        // waits, or finishes once the disk is closed).
-        let _ = old_leaf;
-        match open_here(self.host, self.sr_uuid, volume) {
-            None => Serving::NotOpen,
-            Some(disk) if &disk.leaf == new_leaf => Serving::NewLeaf,
-            Some(_) => Serving::Unknown,
+        let Some(kept) = kept(self.host, self.sr_uuid, volume) else { return Serving::NotOpen };
+        match &kept.swapping_to {
+            // The handle names the leaf after the engine switched.
+            None if &kept.disk.leaf == new_leaf => Serving::NewLeaf,
+            // A swap is written in the handle before the engine is asked:
+            // without one, the engine was never asked to switch.
+            None if &kept.disk.leaf == old_leaf => Serving::OldLeaf,
+            Some(to) if to == new_leaf => self.ask_engine(volume, &kept, old_leaf, new_leaf),
+            _ => Serving::Unknown,
         }
     }
 }
@@ -253,6 +347,97 @@ mod tests {
         let host = HostRoot::system();
         let refused = engine(&runner, &host).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(refused.contains("no qcow2 driver") && refused.contains("update the host"), "{refused}");
+    }
+
+    const HELP_QCOW2: &str =
+        "usage: tap-ctl COMMAND [OPTIONS]\nCOMMAND := { list | spawn | pause | unpause | commit | query }\n";
+    const SR: &str = "5f0c";
+
+    fn raw() -> Image {
+        Image::new(crate::engine::ImageFormat::Raw, "/dev/vg/vol-aa").unwrap()
+    }
+
+    fn layer() -> Image {
+        Image::new(crate::engine::ImageFormat::Qcow2, "/dev/vg/node-bb").unwrap()
+    }
+
+    fn disk(leaf: Image) -> OpenDisk {
+        OpenDisk {
+            device: "/dev/xen/blktap-2/tapdev3".into(),
+            leaf,
+            handle: crate::engine::Handle::Tapdisk { pid: 4242, minor: 3 },
+        }
+    }
+
+    fn probe<'a>(runner: &'a FakeRunner, host: &'a HostRoot) -> HereProbe<'a> {
+        HereProbe { runner, host, sr_uuid: SR }
+    }
+
+    /// Reads the handle each time a step is reached.
+    struct Peek<'a>(&'a HostRoot, std::sync::Mutex<Vec<(String, Option<Image>)>>);
+
+    impl Faults for Peek<'_> {
+        fn reached(&self, step: &str) {
+            let swapping_to = kept(self.0, SR, "vol-aa").and_then(|k| k.swapping_to);
+            self.1.lock().unwrap().push((step.to_owned(), swapping_to));
+        }
+    }
+
+    #[test]
+    fn a_swap_is_in_the_handle_before_the_engine_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        record(&host, SR, "vol-aa", &disk(raw())).unwrap();
+        // pause, unpause -a qcow2:…
+        let runner = FakeRunner::new().then_stdout("").then_stdout("");
+        let peek = Peek(&host, std::sync::Mutex::new(Vec::new()));
+        let served = ServedHere {
+            engine: Box::new(Tapdisk::new(&runner)),
+            host: &host,
+            sr_uuid: SR,
+            volume: "vol-aa",
+            disk: disk(raw()),
+            faults: &peek,
+        };
+        served.swap(&layer()).unwrap();
+        let seen = peek.1.lock().unwrap().clone();
+        assert_eq!(seen, [("swap-asked".to_owned(), Some(layer())), ("swap-done".to_owned(), Some(layer()))]);
+        let after = kept(&host, SR, "vol-aa").unwrap();
+        assert_eq!((after.disk.leaf, after.swapping_to), (layer(), None));
+    }
+
+    #[test]
+    fn replay_believes_a_handle_without_a_swap_and_asks_the_engine_about_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let nobody = FakeRunner::new();
+        assert_eq!(probe(&nobody, &host).serving("vol-aa", &raw(), &layer()), Serving::NotOpen);
+        // No swap in the handle: the engine was never asked to switch.
+        record(&host, SR, "vol-aa", &disk(raw())).unwrap();
+        assert_eq!(probe(&nobody, &host).serving("vol-aa", &raw(), &layer()), Serving::OldLeaf);
+        record(&host, SR, "vol-aa", &disk(layer())).unwrap();
+        assert_eq!(probe(&nobody, &host).serving("vol-aa", &raw(), &layer()), Serving::NewLeaf);
+        assert!(nobody.calls().is_empty(), "the engine was asked: {:?}", nobody.calls());
+
+        // Killed between the handle and the engine's answer: the engine says.
+        for (listed, expected) in
+            [("qcow2:/dev/vg/node-bb", Serving::NewLeaf), ("aio:/dev/vg/vol-aa", Serving::OldLeaf)]
+        {
+            save(&host, SR, "vol-aa", &disk(raw()), Some(&layer())).unwrap();
+            let runner = FakeRunner::new()
+                .then_stdout(HELP_QCOW2)
+                .then_stdout(&format!("pid=4242 minor=3 state=0 args={listed}\n"));
+            assert_eq!(probe(&runner, &host).serving("vol-aa", &raw(), &layer()), expected);
+            // The answer is kept: the next call finds the disk by its real leaf.
+            let repaired = kept(&host, SR, "vol-aa").unwrap();
+            let leaf = if expected == Serving::NewLeaf { layer() } else { raw() };
+            assert_eq!((repaired.disk.leaf, repaired.swapping_to), (leaf, None));
+        }
+        // An engine that cannot be asked: replay waits.
+        save(&host, SR, "vol-aa", &disk(raw()), Some(&layer())).unwrap();
+        let mute = FakeRunner::new().then_stdout(HELP_QCOW2);
+        assert_eq!(probe(&mute, &host).serving("vol-aa", &raw(), &layer()), Serving::Unknown);
+        assert_eq!(kept(&host, SR, "vol-aa").unwrap().swapping_to, Some(layer()), "the handle keeps the question");
     }
 
     #[test]

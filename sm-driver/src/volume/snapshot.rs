@@ -10,7 +10,7 @@ use crate::lvm::Lv;
 use crate::request::{SrHandle, VolumeClone, VolumeSnapshot};
 use crate::smapi::types::Volume;
 use crate::snapshot::calls::{self, ChainCallError};
-use crate::snapshot::ops::{OpError, Running};
+use crate::snapshot::ops::{NoFaults, OpError, Running};
 use crate::snapshot::served;
 use crate::sr_access::{attached, lvm_for, require_master};
 use crate::sr_state::SrState;
@@ -65,6 +65,7 @@ fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volu
             sr_uuid: &state.sr_uuid,
             volume: key,
             disk,
+            faults: &NoFaults,
         }),
         None => None,
     };

@@ -238,3 +238,20 @@ fn features_need_the_daemon_and_nbd_client() {
     let error = Qsd::new(&fake, &host, dir.path()).features().unwrap_err();
     assert!(error.to_string().contains("nbd-client"), "{error}");
 }
+
+#[test]
+fn the_leaf_in_use_is_the_node_the_export_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let exports =
+        json!({"return": [{"id": "disk", "type": "nbd", "node-name": node_name(&layer(1)), "shutting-down": false}]});
+    let (seen, server) =
+        qmp_server(dir.path(), vec![vec![exports, nodes(&[(&raw(), "#block7"), (&layer(1), &node_name(&layer(1)))])]]);
+    let fake = FakeRunner::new();
+    let host = HostRoot::at(dir.path());
+    let leaf = Qsd::new(&fake, &host, dir.path()).current_leaf(&disk(dir.path(), raw())).unwrap();
+    server.join().unwrap();
+    assert_eq!(leaf, layer(1), "the handle said raw; the daemon writes the overlay");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0]["execute"], "query-block-exports");
+    assert_eq!(seen[1]["execute"], "query-named-block-nodes");
+}

@@ -199,3 +199,21 @@ fn image_paths_that_could_inject_options_are_refused() {
     assert!(DiskName::new("vol-0f1e").is_ok());
     assert!(DiskName::new("../x").is_err());
 }
+
+#[test]
+fn the_leaf_in_use_is_what_tap_ctl_list_shows_for_the_disk() {
+    // `tap_cli_list_dict` rows; the disk's own row names the leaf it opened
+    // last (`open -a` or `unpause -a`).
+    let rows = "pid=4100 minor=1 state=0 args=aio:/dev/other/vol\npid=4242 minor=3 state=0 args=qcow2:/dev/nvmetcp_5f0c/node-bb\n";
+    let fake = FakeRunner::new().then_stdout(rows);
+    assert_eq!(Tapdisk::new(&fake).current_leaf(&disk(raw())).unwrap(), layer());
+    assert_eq!(shown(&fake), ["tap-ctl list"]);
+
+    let fake = FakeRunner::new().then_stdout("pid=4242 minor=3 state=0 args=aio:/dev/nvmetcp_5f0c/vol-aa\n");
+    assert_eq!(Tapdisk::new(&fake).current_leaf(&disk(layer())).unwrap(), raw());
+
+    // A disk tapdisk no longer lists is not guessed.
+    let fake = FakeRunner::new().then_stdout("pid=4100 minor=1 state=0 args=aio:/dev/other/vol\n");
+    let error = Tapdisk::new(&fake).current_leaf(&disk(raw())).unwrap_err();
+    assert!(matches!(error, EngineError::Unexpected { .. }), "{error}");
+}
