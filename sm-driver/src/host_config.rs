@@ -5,7 +5,12 @@
 //!   `host_iface = eth1` binds every NVMe connection of this host to that
 //!   interface; `host_traddr = 10.0.0.5` to that source address;
 //!   `initiator = kernel|userspace` chooses the NVMe/TCP initiator (default:
-//!   the kernel's when `nvme_tcp` can be loaded, see [`crate::initiator`]).
+//!   the kernel's when `nvme_tcp` can be loaded, see [`crate::initiator`]);
+//!   `datapath = blkback|engine` chooses how the pool master hands plain
+//!   (never snapshotted) volumes to VMs: blkback on the LV (the default), or
+//!   this host's datapath engine, as XCP-ng's own SRs do with tapdisk
+//!   (`aio:`), so a running VM's disk can be snapshotted without an offline
+//!   snapshot first (see [`crate::snapshot::served`]).
 //! * `/etc/nvmetcp/dhchap/<subsystem NQN>.key` and `.ctrl-key` — this host's
 //!   DH-HMAC-CHAP key for a subsystem, and the controller's key for
 //!   bidirectional authentication. They must be readable by root only; a
@@ -72,6 +77,29 @@ pub struct HostConfig {
     pub host_traddr: Option<IpAddr>,
     /// The NVMe/TCP initiator this host must use; `None`: chosen by the kernel's abilities.
     pub initiator: Option<crate::initiator::InitiatorKind>,
+    /// How plain volumes are handed to VMs; `None`: blkback.
+    pub datapath: Option<PlainDatapath>,
+}
+
+/// How a host hands a plain (never snapshotted) volume to a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainDatapath {
+    /// Kernel blkback on the volume's LV (`vbd`).
+    Blkback,
+    /// The host's datapath engine, `aio:` on the LV (`vbd3`).
+    Engine,
+}
+
+impl std::str::FromStr for PlainDatapath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "blkback" => Ok(Self::Blkback),
+            "engine" => Ok(Self::Engine),
+            other => Err(format!("datapath {other:?}: expected blkback or engine")),
+        }
+    }
 }
 
 fn read_optional(host: &HostRoot, path: &str) -> Result<Option<String>, HostConfigError> {
@@ -115,10 +143,13 @@ impl HostConfig {
                 "initiator" => {
                     config.initiator = Some(value.parse().map_err(|why| HostConfigError::Line { line, why })?);
                 }
+                "datapath" => {
+                    config.datapath = Some(value.parse().map_err(|why| HostConfigError::Line { line, why })?);
+                }
                 other => {
                     return Err(HostConfigError::Line {
                         line,
-                        why: format!("unknown setting {other:?}; known: host_iface, host_traddr, initiator"),
+                        why: format!("unknown setting {other:?}; known: host_iface, host_traddr, initiator, datapath"),
                     })
                 }
             }
@@ -186,6 +217,11 @@ mod tests {
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "initiator = spdk\n").unwrap();
         let err = HostConfig::load(&host).unwrap_err().to_string();
         assert!(err.contains("line 1") && err.contains("kernel or userspace"), "{err}");
+        std::fs::write(host.path("/etc/nvmetcp/host.conf"), "datapath = engine\n").unwrap();
+        assert_eq!(HostConfig::load(&host).unwrap().datapath, Some(super::PlainDatapath::Engine));
+        std::fs::write(host.path("/etc/nvmetcp/host.conf"), "datapath = tapdisk\n").unwrap();
+        let err = HostConfig::load(&host).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("blkback or engine"), "{err}");
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "host_iface = eth1,nqn=x\n").unwrap();
         assert!(matches!(HostConfig::load(&host), Err(HostConfigError::Line { line: 1, .. })));
     }

@@ -21,7 +21,11 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> CallResult<(String, &'s
         return Err(VolumeError::NotFound { key: lv, sr_uuid }.into());
     };
     let volume_tag = crate::volume::meta::VOLUME_TAG;
-    if active && crate::snapshot::calls::needs_engine(&lvm, &state.vg, volume_tag, &found)? {
+    let engine_for_plain = || -> CallResult<bool> {
+        let choice = crate::host_config::HostConfig::load(&ctx.host)?.datapath;
+        Ok(crate::snapshot::served::serves_plain(&ctx.host, choice))
+    };
+    if active && (crate::snapshot::calls::needs_engine(&lvm, &state.vg, volume_tag, &found)? || engine_for_plain()?) {
         // blkback on a layered volume's LV would serve the wrong bytes.
         let device = crate::snapshot::served::attach(ctx.runner.as_ref(), &ctx.host, &lvm, &state, volume_tag, &found)?;
         return Ok((device.display().to_string(), "vbd3"));

@@ -43,9 +43,12 @@ pub enum ChainCallError {
     Op(#[from] OpError),
     /// A snapshot or clone of a volume a VM is using.
     #[error(
-        "volume {key} is in use{place}: nvmetcp hands it to its VM through blkback on a raw LV, which cannot \
+        "volume {key} is in use{place}: it is handed to its VM through blkback on its raw LV, which cannot \
          switch to a snapshot layer while the VM runs; nothing was changed. Snapshot or clone it with the VM \
-         shut down (snapshots of running VMs need the tapdisk datapath, not in this version)"
+         shut down, or let the pool master serve plain volumes through its datapath engine (datapath = engine \
+         in /etc/nvmetcp/host.conf; needs tapdisk with qcow2, or qemu-storage-daemon) and start the VM on the \
+         master: its disks are then snapshotted while it runs (a disk running on a pool member is not, in this \
+         version)"
     )]
     Running {
         /// The volume.

@@ -6,7 +6,11 @@
 //! The engine is chosen by what the host has: tapdisk (`tap-ctl`) if its
 //! blktap opens qcow2, otherwise qemu-storage-daemon behind an NBD device
 //! (the test bed's engine); a host with neither cannot serve a layered
-//! volume and says so. Plain volumes keep blkback on their LV.
+//! volume and says so. Plain volumes keep blkback on their LV, unless the
+//! host says `datapath = engine` in host.conf ([`serves_plain`]): then the
+//! master serves them through its engine too (`aio:` for tapdisk), as
+//! XCP-ng's own SRs do, and a running VM's disk can be snapshotted at once
+//! (pause, swap to the new qcow2 leaf over the raw LV, resume).
 //!
 //! Each open disk's handle lives in `/run/nvmetcp/engine/<sr>/<lv>.json`
 //! (every plugin call is a fresh process). A swap writes the handle first
@@ -30,6 +34,7 @@ use crate::engine::qsd::Qsd;
 use crate::engine::tapdisk::Tapdisk;
 use crate::engine::{Access, DiskName, Engine, EngineError, EngineKind, Image, OpenDisk};
 use crate::host::HostRoot;
+use crate::host_config::PlainDatapath;
 use crate::lvm::{Lv, Lvm};
 use crate::sr_state::SrState;
 
@@ -65,6 +70,15 @@ pub fn engine<'a>(runner: &'a dyn Runner, host: &'a HostRoot) -> Result<Box<dyn 
         why: "neither tap-ctl nor qemu-storage-daemon with nbd-client is installed".to_owned(),
     })?;
     Ok(Box::new(qsd))
+}
+
+/// Whether this host serves plain volumes through its engine: the pool
+/// master with `datapath = engine` in host.conf (members keep blkback: the
+/// master's collector and snapshots cannot see what a member's engine has
+/// open in this version).
+#[must_use]
+pub fn serves_plain(host: &HostRoot, choice: Option<PlainDatapath>) -> bool {
+    choice == Some(PlainDatapath::Engine) && crate::pool_role::is_master(host)
 }
 
 fn handle_path(host: &HostRoot, sr_uuid: &str, lv: &str) -> PathBuf {
@@ -158,9 +172,11 @@ pub fn busy_lvs(host: &HostRoot, sr_uuid: &str, graph: &Graph) -> BTreeSet<Strin
     busy
 }
 
-/// Serves the layered volume `lv` to a VM: its chain's LVs activated on
-/// this host, the chain opened by the engine, leaf read-write. Returns the
-/// block device; a volume already served returns its device again.
+/// Serves the volume `lv` to a VM through this host's engine (a layered
+/// one, or a plain one where [`serves_plain`]): its chain's LVs (a plain
+/// volume's: its own) activated on this host, the chain opened by the
+/// engine, leaf read-write. Returns the block device; a volume already
+/// served returns its device again.
 ///
 /// # Errors
 /// [`ChainCallError`].
@@ -438,6 +454,19 @@ mod tests {
         let mute = FakeRunner::new().then_stdout(HELP_QCOW2);
         assert_eq!(probe(&mute, &host).serving("vol-aa", &raw(), &layer()), Serving::Unknown);
         assert_eq!(kept(&host, SR, "vol-aa").unwrap().swapping_to, Some(layer()), "the handle keeps the question");
+    }
+
+    #[test]
+    fn plain_volumes_go_to_the_engine_only_on_the_master_that_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        std::fs::create_dir_all(host.path("/etc/xensource")).unwrap();
+        std::fs::write(host.path("/etc/xensource/pool.conf"), "master").unwrap();
+        assert!(serves_plain(&host, Some(PlainDatapath::Engine)));
+        assert!(!serves_plain(&host, Some(PlainDatapath::Blkback)));
+        assert!(!serves_plain(&host, None), "blkback unless host.conf says otherwise");
+        std::fs::write(host.path("/etc/xensource/pool.conf"), "slave:10.0.0.1").unwrap();
+        assert!(!serves_plain(&host, Some(PlainDatapath::Engine)), "a member keeps blkback");
     }
 
     #[test]
