@@ -377,6 +377,29 @@ impl<'a> Lvm<'a> {
         Ok(())
     }
 
+    /// Activates (`true`) or deactivates every LV of `lvs` in `vg` with one
+    /// `lvchange` (and one refresh): a snapshot chain's nodes at once, not
+    /// one command per node. Nothing to do for an empty list.
+    ///
+    /// # Errors
+    /// [`LvmError`] if a name is unsafe or `lvchange` fails.
+    pub fn lvs_activate(&self, vg: &str, lvs: &[String], active: bool) -> Result<(), LvmError> {
+        if lvs.is_empty() {
+            return Ok(());
+        }
+        check_name("volume group", vg)?;
+        let mut names = Vec::with_capacity(lvs.len());
+        for lv in lvs {
+            check_name("logical volume", lv)?;
+            names.push(format!("{vg}/{lv}"));
+        }
+        self.runner.run(&self.command("lvchange").arg(if active { "-ay" } else { "-an" }).args(names.clone()))?;
+        if active {
+            self.runner.run(&self.command("lvchange").arg("--refresh").args(names))?;
+        }
+        Ok(())
+    }
+
     /// Removes `vg` and the PV label, leaving the device clean.
     ///
     /// # Errors
@@ -557,6 +580,26 @@ mod tests {
         assert_eq!((lvs[0].name.as_str(), lvs[0].size, lvs[0].active), ("vol-1", 8_388_608, true));
         assert!(lvm.vgs().unwrap().is_empty());
         assert!(fixture("2.02.180/readonly-write.txt").contains("prohibited while global/metadata_read_only is set"));
+    }
+
+    #[test]
+    fn a_chain_is_activated_with_one_lvchange_and_one_refresh() {
+        let runner = FakeRunner::new().then_stdout("").then_stdout("").then_stdout("");
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
+        let chain = ["node-b".to_owned(), "vol-a".to_owned()];
+        lvm.lvs_activate("vg1", &chain, true).unwrap();
+        lvm.lvs_activate("vg1", &chain, false).unwrap();
+        lvm.lvs_activate("vg1", &[], false).unwrap();
+        let shown: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(
+            shown[0].starts_with("lvm lvchange") && shown[0].ends_with(" -ay vg1/node-b vg1/vol-a"),
+            "{}",
+            shown[0]
+        );
+        assert!(shown[1].ends_with(" --refresh vg1/node-b vg1/vol-a"), "{}", shown[1]);
+        assert!(shown[2].ends_with(" -an vg1/node-b vg1/vol-a"), "{}", shown[2]);
+        assert!(lvm.lvs_activate("vg1", &["a b".to_owned()], true).is_err(), "names are checked");
     }
 
     #[test]

@@ -178,12 +178,14 @@ impl Sr<'_> {
     fn settle(&self) -> Result<(), ChainCallError> {
         let busy = self.busy()?;
         let vg = &self.state.vg;
-        for lv in self.lvm.lvs(vg)? {
-            if lv.active && is_layered(&lv) && !busy.contains(&lv.name) {
-                self.lvm.lv_activate(vg, &lv.name, false)?;
-            }
-        }
-        Ok(())
+        let idle: Vec<String> = self
+            .lvm
+            .lvs(vg)?
+            .into_iter()
+            .filter(|lv| lv.active && is_layered(lv) && !busy.contains(&lv.name))
+            .map(|lv| lv.name)
+            .collect();
+        Ok(self.lvm.lvs_activate(vg, &idle, false)?)
     }
 
     fn collect(&self, chains: &Chains<'_>) -> Result<(), ChainCallError> {
@@ -298,12 +300,14 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
 /// plain volume until its commit point) after a failed or killed snapshot.
 fn release(sr: &Sr<'_>, names: &[String]) -> Result<(), ChainCallError> {
     let busy = sr.busy()?;
-    for lv in sr.lvm.lvs(&sr.state.vg)? {
-        if lv.active && names.contains(&lv.name) && !busy.contains(&lv.name) {
-            sr.lvm.lv_activate(&sr.state.vg, &lv.name, false)?;
-        }
-    }
-    Ok(())
+    let idle: Vec<String> = sr
+        .lvm
+        .lvs(&sr.state.vg)?
+        .into_iter()
+        .filter(|lv| lv.active && names.contains(&lv.name) && !busy.contains(&lv.name))
+        .map(|lv| lv.name)
+        .collect();
+    Ok(sr.lvm.lvs_activate(&sr.state.vg, &idle, false)?)
 }
 
 /// The chain facts of an SR's volumes, for their records.

@@ -276,14 +276,15 @@ impl<'a> Chains<'a> {
     /// Activates `from` and every ancestor of it that `lvs` reports
     /// inactive (a qcow2 image is opened with its whole backing chain).
     fn activate_chain(&self, lvs: &[Lv], graph: &Graph, from: &str) -> Result<(), OpError> {
+        let mut inactive = Vec::new();
         let mut current = Some(from.to_owned());
         while let Some(lv) = current {
-            if !lvs.iter().any(|l| l.name == lv && l.active) {
-                self.lvm.lv_activate(self.vg, &lv, true)?;
-            }
             current = graph.node(&lv).and_then(|n| n.parent.clone());
+            if !lvs.iter().any(|l| l.name == lv && l.active) {
+                inactive.push(lv);
+            }
         }
-        Ok(())
+        Ok(self.lvm.lvs_activate(self.vg, &inactive, true)?)
     }
 
     fn clean_journal(&self, journal: &str) -> Result<(), OpError> {

@@ -201,9 +201,8 @@ pub fn attach(
     let graph = Graph::from_lvs(&lvm.lvs(&state.vg)?, volume_tag)?;
     let chain = graph.chain(&lv.name)?;
     let engine = engine(runner, host).map_err(OpError::from)?;
-    for node in chain.iter().rev() {
-        lvm.lv_activate(&state.vg, &node.lv, true)?;
-    }
+    let lvs: Vec<String> = chain.iter().rev().map(|n| n.lv.clone()).collect();
+    lvm.lvs_activate(&state.vg, &lvs, true)?;
     let leaf = chain.first().map(|n| n.lv.clone()).unwrap_or_default();
     let format = chain.first().map(|n| n.format).unwrap_or(crate::engine::ImageFormat::Raw);
     let image = Image::new(format, format!("/dev/{}/{leaf}", state.vg)).map_err(OpError::from)?;
@@ -240,11 +239,9 @@ pub fn detach(
     let graph = Graph::from_lvs(&lvs, volume_tag)?;
     let busy = busy_lvs(host, &state.sr_uuid, &graph);
     let chain: Vec<String> = graph.chain(lv).map(|c| c.iter().map(|n| n.lv.clone()).collect()).unwrap_or_default();
-    for name in chain.iter().filter(|n| !busy.contains(*n)) {
-        if lvs.iter().any(|l| &l.name == name && l.active) {
-            lvm.lv_activate(&state.vg, name, false)?;
-        }
-    }
+    let idle: Vec<String> =
+        chain.into_iter().filter(|n| !busy.contains(n) && lvs.iter().any(|l| &l.name == n && l.active)).collect();
+    lvm.lvs_activate(&state.vg, &idle, false)?;
     Ok(true)
 }
 
