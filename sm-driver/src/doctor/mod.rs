@@ -100,6 +100,7 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Che
         }
         checks.push(mtu(host, runner, portal));
     }
+    checks.push(engine::datapath_engine(host, runner));
     checks
 }
 
@@ -401,6 +402,8 @@ fn mtu(host: &HostRoot, runner: &dyn Runner, portal: &Portal) -> Check {
         ),
     }
 }
+
+mod engine;
 
 #[cfg(test)]
 mod tests;

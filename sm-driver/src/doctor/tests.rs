@@ -52,6 +52,7 @@ fn healthy_host() -> (tempfile::TempDir, HostRoot) {
     write(&host, "/sys/class/net/eth1/mtu", "9000\n");
     write(&host, "/proc/sys/net/ipv4/conf/all/arp_ignore", "2\n");
     write(&host, "/proc/sys/net/ipv4/conf/all/arp_announce", "2\n");
+    write(&host, "/usr/sbin/tap-ctl", "");
     (dir, host)
 }
 
@@ -66,13 +67,14 @@ fn a_healthy_host_passes_every_check_and_says_why() {
     let runner = FakeRunner::new()
         .then(ok(TWO_NICS_ONE_SUBNET))
         .then(ok("127.0.0.1 dev eth1 src 10.0.0.5 uid 0\n    cache\n"))
-        .then(ok("2 packets transmitted, 2 received\n"));
+        .then(ok("2 packets transmitted, 2 received\n"))
+        .then(ok(TAP_CTL_HELP_QCOW2));
     let checks = run(&host, &runner, &DoctorInput { transport: Transport::Tcp, portals: vec![portal] });
     for check in &checks {
         assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
         assert!(!check.detail.is_empty(), "{check:?}");
     }
-    assert_eq!(checks.len(), 10);
+    assert_eq!(checks.len(), 11);
     let calls: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
     assert!(calls[2].contains("ping -M do -c 2 -W 1 -s 8972 127.0.0.1"), "{calls:?}");
 }
@@ -160,6 +162,34 @@ fn per_interface_arp_settings_count_as_the_kernel_counts_them() {
     );
     let arp = checks.iter().find(|c| c.name == "ARP on shared subnets").unwrap();
     assert_eq!(arp.verdict, Verdict::Pass, "{arp:?}");
+}
+
+/// `tap-ctl`'s command list on XCP-ng 8.3 with the qcow2 update.
+const TAP_CTL_HELP_QCOW2: &str = "usage: tap-ctl COMMAND [OPTIONS]\nCOMMAND := { list | allocate | free | create | destroy | spawn | attach | detach | open | close | pause | unpause | stats | major | check | commit | query | cancel }\n";
+
+#[test]
+fn the_engine_report_says_what_serves_snapshots_and_plain_volumes() {
+    let engine = |host: &HostRoot, runner: &FakeRunner| {
+        let checks = run(host, runner, &DoctorInput { transport: Transport::Tcp, portals: vec![] });
+        checks.into_iter().find(|c| c.name == "datapath engine").unwrap()
+    };
+    let (_dir, host) = healthy_host();
+    let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
+    assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
+    assert!(check.detail.contains("tapdisk with qcow2") && check.detail.contains("blkback (the default)"), "{check:?}");
+    write(&host, "/etc/nvmetcp/host.conf", "datapath = engine\n");
+    let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
+    assert!(check.detail.contains("datapath = engine"), "{check:?}");
+    // Upstream blktap: no commit/query, no qcow2.
+    let upstream = TAP_CTL_HELP_QCOW2.replace(" | commit | query | cancel", "");
+    let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(&upstream)));
+    assert_eq!(check.verdict, Verdict::Warn, "{check:?}");
+    assert!(check.fix.contains("2026-05-05"), "{check:?}");
+    // Neither engine.
+    std::fs::remove_file(host.path("/usr/sbin/tap-ctl")).unwrap();
+    let check = engine(&host, &FakeRunner::new().then(ok("")));
+    assert_eq!(check.verdict, Verdict::Warn, "{check:?}");
+    assert!(check.detail.contains("cannot be attached"), "{check:?}");
 }
 
 #[test]
