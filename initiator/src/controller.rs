@@ -351,6 +351,14 @@ impl Controller {
             stop: Mutex::new(Some(stop_tx)),
             nsid,
         });
+        // A queue that dies is this controller's loss, told at once (no
+        // polling of the queues' state).
+        for queue in std::iter::once(&controller.admin).chain(controller.io.iter().map(|q| &q.queue)) {
+            let events = events.clone();
+            queue.on_death(Box::new(move |why| {
+                let _ = events.send(Event::Lost(why));
+            }));
+        }
         controller.post_aer(events.clone());
         let keep = Arc::downgrade(&controller);
         let interval = config.transport.keep_alive_tmo / 2;

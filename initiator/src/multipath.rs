@@ -14,8 +14,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
@@ -149,7 +149,9 @@ struct PathInner {
     lost_at: Option<Instant>,
     losses: u64,
     last_error: Option<String>,
-    recheck_ana: bool,
+    /// The current controller's event channel: a command that failed with
+    /// a path error asks the path's thread through it to re-read ANA.
+    nudge: Option<Sender<Event>>,
 }
 
 struct Path {
@@ -187,9 +189,18 @@ struct Inner {
     geometry: Geometry,
     paths: Vec<Path>,
     waiting: Mutex<VecDeque<IoCmd>>,
+    /// Signalled when a command starts waiting for a path, and at close.
+    queued: Condvar,
     rr: AtomicUsize,
     closing: AtomicBool,
+    /// Path threads without a controller sleep on this until their next
+    /// reconnect attempt; close wakes them.
+    sleep: Mutex<()>,
+    woken: Condvar,
     failed_no_path: AtomicU64,
+    /// Bumped on every change of a path's status or ANA state.
+    changes: Mutex<u64>,
+    changed: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,7 +212,9 @@ pub struct Multipath {
     inner: Arc<Inner>,
 }
 
-/// How often path threads look at the closing flag and waiting commands.
+/// How often waiting commands are looked at while there are any (for
+/// `fast_io_fail_tmo`, given-up paths and superseded copies). With none,
+/// nothing in this module wakes up on a timer but reconnect attempts.
 const TICK: Duration = Duration::from_millis(100);
 /// Largest transfer of one command, whatever MDTS allows (bounds buffers).
 const MAX_TRANSFER: u32 = 1 << 20;
@@ -238,7 +251,7 @@ impl Multipath {
                     let config = &config;
                     scope.spawn(move || {
                         let (tx, rx) = std::sync::mpsc::channel();
-                        (*p, Controller::connect(*p, config, tx).map(|c| (c, rx)))
+                        (*p, Controller::connect(*p, config, tx.clone()).map(|c| (c, (tx, rx))))
                     })
                 })
                 .collect();
@@ -276,15 +289,15 @@ impl Multipath {
         let mut receivers = Vec::new();
         let mut paths = Vec::new();
         for (portal, attempt) in attempts {
-            let (status, controller, ana, last_error, lost_at) = match attempt {
-                Ok((c, rx)) => {
+            let (status, controller, ana, last_error, lost_at, nudge) = match attempt {
+                Ok((c, (tx, rx))) => {
                     let ana = c.ana_state().ok().flatten().map(AnaState::from_code);
                     receivers.push(Some(rx));
-                    (PathStatus::Live, Some(c), ana, None, None)
+                    (PathStatus::Live, Some(c), ana, None, None, Some(tx))
                 }
                 Err(e) => {
                     receivers.push(None);
-                    (PathStatus::Connecting, None, None, Some(e.to_string()), Some(now))
+                    (PathStatus::Connecting, None, None, Some(e.to_string()), Some(now), None)
                 }
             };
             paths.push(Path {
@@ -297,7 +310,7 @@ impl Multipath {
                     lost_at,
                     losses: 0,
                     last_error,
-                    recheck_ana: false,
+                    nudge,
                 }),
                 errors: AtomicU64::new(0),
             });
@@ -307,10 +320,19 @@ impl Multipath {
             geometry,
             paths,
             waiting: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
             rr: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            sleep: Mutex::new(()),
+            woken: Condvar::new(),
             failed_no_path: AtomicU64::new(0),
+            changes: Mutex::new(0),
+            changed: Condvar::new(),
         });
+        let waiter = Arc::clone(&inner);
+        std::thread::Builder::new().name("nvme-waiting".into()).spawn(move || waiter.run_waiting()).map_err(|e| {
+            OpenError::NoPath { nqn: nqn.clone(), nsid, failures: vec![(inner.paths[0].portal, e.to_string())] }
+        })?;
         for (i, rx) in receivers.into_iter().enumerate() {
             let inner = Arc::clone(&inner);
             let portal = inner.paths[i].portal;
@@ -355,11 +377,32 @@ impl Multipath {
         }
     }
 
+    /// Waits until a path's status or ANA state changes, or `timeout`
+    /// passes, whichever comes first; `seen` is what the last call returned
+    /// (0 the first time). Returns the change count now.
+    #[must_use]
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        let inner = &self.inner;
+        let changes = lock(&inner.changes);
+        let (changes, _) = inner
+            .changed
+            .wait_timeout_while(changes, timeout, |now| *now == seen && !inner.closing.load(Ordering::SeqCst))
+            .unwrap_or_else(PoisonError::into_inner);
+        *changes
+    }
+
     /// Fails waiting requests with [`IoError::Closing`] and disconnects every path.
     pub fn close(&self) {
         let inner = &self.inner;
-        inner.closing.store(true, Ordering::SeqCst);
+        {
+            // Set under the sleepers' lock, so none misses the wake-up.
+            let _sleep = lock(&inner.sleep);
+            inner.closing.store(true, Ordering::SeqCst);
+        }
+        inner.woken.notify_all();
+        inner.changed.notify_all();
         let waiting: Vec<IoCmd> = lock(&inner.waiting).drain(..).collect();
+        inner.queued.notify_all();
         for cmd in waiting {
             (cmd.done)(Err(IoError::Closing));
         }
@@ -367,6 +410,7 @@ impl Multipath {
             let controller = {
                 let mut s = lock(&p.inner);
                 s.status = PathStatus::Deleted;
+                s.nudge = None;
                 s.controller.take()
             };
             if let Some(c) = controller {
@@ -383,9 +427,10 @@ impl Drop for Multipath {
 }
 
 impl Inner {
-    /// The path thread: reconnects a lost path, follows its events, gives
-    /// it up after `ctrl_loss_tmo`, and fails waiting commands past
-    /// `fast_io_fail_tmo` (path 0's thread does that for the device).
+    /// The path thread: reconnects a lost path, follows its events and
+    /// gives it up after `ctrl_loss_tmo`. It blocks on its controller's
+    /// events (a queue's death is one) and, without a controller, sleeps
+    /// until the next reconnect attempt: an idle device costs no wake-ups.
     fn run_path(self: Arc<Self>, i: usize, mut events: Option<Receiver<Event>>) {
         let path = &self.paths[i];
         let mut next_attempt = Instant::now() + self.config.transport.reconnect_delay;
@@ -393,27 +438,20 @@ impl Inner {
             if self.closing.load(Ordering::SeqCst) {
                 return;
             }
-            if i == 0 {
-                self.expire_waiting();
-            }
             let Some(rx) = &events else {
                 if lock(&path.inner).status == PathStatus::Deleted {
-                    std::thread::sleep(TICK);
+                    self.sleep_until(None);
                     continue;
                 }
                 if Instant::now() < next_attempt {
-                    std::thread::sleep(TICK);
+                    self.sleep_until(Some(next_attempt));
                     continue;
                 }
                 events = self.reconnect(path);
                 next_attempt = Instant::now() + self.config.transport.reconnect_delay;
                 continue;
             };
-            let event = match rx.recv_timeout(TICK) {
-                Ok(event) => Some(event),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Event::Lost("the controller went away".into())),
-            };
+            let event = rx.recv().unwrap_or_else(|_| Event::Lost("the controller went away".into()));
             let dead = {
                 let s = lock(&path.inner);
                 match &s.controller {
@@ -422,26 +460,67 @@ impl Inner {
                     None => Some(s.last_error.clone().unwrap_or_default()),
                 }
             };
-            let recheck = std::mem::take(&mut lock(&path.inner).recheck_ana);
             match (event, dead) {
-                (Some(Event::Lost(why)), _) | (_, Some(why)) => {
+                (Event::Lost(why), _) | (_, Some(why)) => {
                     if lock(&path.inner).controller.is_some() {
-                        Self::lose(path, why);
+                        self.lose(path, why);
                     }
                     events = None;
                     next_attempt = Instant::now() + self.config.transport.reconnect_delay;
                 }
-                (Some(Event::NamespaceChange), None) => self.recheck_namespace(path),
-                (Some(Event::AnaChange), None) => self.refresh_ana(path),
-                (None, None) if recheck => self.refresh_ana(path),
-                (None, None) => {}
+                (Event::NamespaceChange, None) => self.recheck_namespace(path),
+                (Event::AnaChange, None) => self.refresh_ana(path),
             }
         }
     }
 
-    fn lose(path: &Path, why: String) {
+    /// Sleeps until `deadline` (`None`: until close), or until close.
+    fn sleep_until(&self, deadline: Option<Instant>) {
+        let guard = lock(&self.sleep);
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        match deadline {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                drop(self.woken.wait_timeout(guard, left));
+            }
+            None => drop(self.woken.wait(guard)),
+        }
+    }
+
+    /// The thread that fails commands waiting for a path once
+    /// `fast_io_fail_tmo` passes (or every path is given up) and drops
+    /// superseded copies; it sleeps while no command waits.
+    fn run_waiting(self: Arc<Self>) {
+        loop {
+            {
+                let mut waiting = lock(&self.waiting);
+                loop {
+                    if self.closing.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if !waiting.is_empty() {
+                        break;
+                    }
+                    waiting = self.queued.wait(waiting).unwrap_or_else(PoisonError::into_inner);
+                }
+                let _ = self.queued.wait_timeout(waiting, TICK);
+            }
+            self.expire_waiting();
+        }
+    }
+
+    /// Counts a change of a path's status or ANA state (for the state file).
+    fn note_change(&self) {
+        *lock(&self.changes) += 1;
+        self.changed.notify_all();
+    }
+
+    fn lose(&self, path: &Path, why: String) {
         let controller = {
             let mut s = lock(&path.inner);
+            s.nudge = None;
             s.status = PathStatus::Connecting;
             s.since = Instant::now();
             s.lost_at.get_or_insert_with(Instant::now);
@@ -449,6 +528,7 @@ impl Inner {
             s.last_error = Some(why);
             s.controller.take()
         };
+        self.note_change();
         if let Some(c) = controller {
             c.shutdown("the path was lost");
         }
@@ -456,7 +536,7 @@ impl Inner {
 
     fn reconnect(self: &Arc<Self>, path: &Path) -> Option<Receiver<Event>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        match Controller::connect(path.portal, &self.config, tx) {
+        match Controller::connect(path.portal, &self.config, tx.clone()) {
             Ok(c) => {
                 let g = geometry_of(&c.identity);
                 if (g.block_size, g.blocks) != (self.geometry.block_size, self.geometry.blocks) {
@@ -472,7 +552,9 @@ impl Inner {
                     s.lost_at = None;
                     s.controller = Some(c);
                     s.ana = ana;
+                    s.nudge = Some(tx);
                 }
+                self.note_change();
                 self.kick();
                 Some(rx)
             }
@@ -483,6 +565,8 @@ impl Inner {
                     if lost.elapsed() >= limit {
                         s.status = PathStatus::Deleted;
                         s.since = Instant::now();
+                        drop(s);
+                        self.note_change();
                     }
                 }
                 None
@@ -499,7 +583,7 @@ impl Inner {
         if let Some(c) = controller {
             if let Err(why) = c.recheck_namespace() {
                 tracing::error!(portal = %path.portal, %why, "the path is failed");
-                Self::lose(path, why);
+                self.lose(path, why);
                 return;
             }
         }
@@ -510,7 +594,11 @@ impl Inner {
         let controller = lock(&path.inner).controller.clone();
         if let Some(c) = controller {
             if let Ok(state) = c.ana_state() {
-                lock(&path.inner).ana = state.map(AnaState::from_code);
+                let ana = state.map(AnaState::from_code);
+                let before = std::mem::replace(&mut lock(&path.inner).ana, ana);
+                if before != ana {
+                    self.note_change();
+                }
             }
         }
         self.kick();
@@ -593,6 +681,7 @@ impl Inner {
         }
         let Some((i, controller)) = self.select() else {
             lock(&self.waiting).push_back(cmd);
+            self.queued.notify_one();
             return;
         };
         // The last moment before the command is sent: a copy superseded by a
@@ -640,8 +729,12 @@ impl Inner {
                 {
                     let mut s = lock(&self.paths[path].inner);
                     s.ana = Some(AnaState::Change);
-                    s.recheck_ana = true;
+                    // The path's thread re-reads ANA, then resubmits what waits.
+                    if let Some(nudge) = &s.nudge {
+                        let _ = nudge.send(Event::AnaChange);
+                    }
                 }
+                self.note_change();
                 self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at, ticket });
             }
             Ok(cqe) => {
@@ -657,7 +750,7 @@ impl Inner {
                 // Take the path out of service now, before the retry picks a path.
                 let lost = lock(&p.inner).controller.as_ref().is_some_and(|c| c.dead().is_some());
                 if lost {
-                    Self::lose(p, why);
+                    self.lose(p, why);
                 }
                 self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at, ticket });
             }
@@ -672,7 +765,7 @@ fn is_path_error(code: u16) -> bool {
 }
 
 /// A first connection attempt: the controller and its event stream.
-type Attempt = Result<(Arc<Controller>, Receiver<Event>), ControllerError>;
+type Attempt = Result<(Arc<Controller>, (Sender<Event>, Receiver<Event>)), ControllerError>;
 
 struct RetryState {
     op: Op,

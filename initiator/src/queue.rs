@@ -100,7 +100,13 @@ struct Shared {
     control: TcpStream,
     slots: Mutex<Slots>,
     space: Condvar,
+    /// Told once, when the queue dies: whoever owns the queue learns of its
+    /// death when it happens, without polling [`Queue::dead`].
+    on_death: Mutex<Option<OnDeath>>,
 }
+
+/// Called once with the reason when a queue dies.
+pub type OnDeath = Box<dyn FnOnce(String) + Send>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -208,6 +214,7 @@ impl Queue {
                 waiting: 0,
             }),
             space: Condvar::new(),
+            on_death: Mutex::new(None),
         });
         let for_thread = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -241,6 +248,20 @@ impl Queue {
     pub fn oldest(&self, except: u8) -> Option<Duration> {
         let slots = lock(&self.shared.slots);
         slots.pending.iter().flatten().filter(|p| p.sqe[0] != except).map(|p| p.started.elapsed()).max()
+    }
+
+    /// Has `then` called once with the reason when the queue dies (at once,
+    /// if it is dead already).
+    pub fn on_death(&self, then: OnDeath) {
+        let mut slot = lock(&self.shared.on_death);
+        let dead = lock(&self.shared.slots).dead.clone();
+        match dead {
+            Some(why) => {
+                drop(slot);
+                then(why);
+            }
+            None => *slot = Some(then),
+        }
     }
 
     /// Kills the queue: the connection is shut down and every command in it
@@ -363,16 +384,24 @@ impl Drop for Queue {
 
 impl Shared {
     fn fail(&self, why: String) {
-        let pending: Vec<Pending> = {
+        let (pending, first) = {
             let mut slots = lock(&self.slots);
-            if slots.dead.is_none() {
+            let first = slots.dead.is_none();
+            if first {
                 slots.dead = Some(why.clone());
             }
             let taken: Vec<Pending> = slots.pending.iter_mut().filter_map(Option::take).collect();
-            taken
+            (taken, first)
         };
         let _ = self.control.shutdown(Shutdown::Both);
         self.space.notify_all();
+        if first {
+            // Taken under its own lock after `dead` is set: `on_death` either
+            // sees the death or leaves its hook for this to call.
+            if let Some(then) = lock(&self.on_death).take() {
+                then(why.clone());
+            }
+        }
         for p in pending {
             (p.done)(Finished {
                 outcome: Err(QueueError::Transport(why.clone())),

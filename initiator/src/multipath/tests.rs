@@ -281,3 +281,36 @@ fn a_namespace_that_changes_identity_fails_its_path_and_is_never_served() {
     assert_eq!(target.io_commands.load(Ordering::SeqCst), served, "no I/O reached the other namespace");
     dev.close();
 }
+
+#[test]
+fn an_idle_path_lost_and_back_is_told_at_once_without_polling() {
+    // No I/O and a long keep-alive: only the queues' own death can tell the
+    // path's thread (which blocks on its events, with no timer) of the loss.
+    let disk = Arc::new(Mutex::new(vec![0u8; 2048 * 512]));
+    let a = FakeTarget::start(Script { disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let b = FakeTarget::start(Script { disk: Some(Arc::clone(&disk)), ..Script::default() });
+    let mut cfg = config(&[&a, &b]);
+    cfg.transport.keep_alive_tmo = Duration::from_secs(120);
+    let dev = Multipath::open(cfg).unwrap();
+    let seen = dev.wait_for_change(0, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dev.wait_for_change(seen, Duration::ZERO), seen, "nothing changed while idle");
+    let start = Instant::now();
+    a.cut();
+    let lost = dev.wait_for_change(seen, Duration::from_secs(10));
+    let noticed = start.elapsed();
+    assert_ne!(lost, seen, "the loss is a change");
+    assert_eq!(dev.state().paths[0].status, PathStatus::Connecting, "{:?}", dev.state());
+    assert!(noticed < Duration::from_secs(2), "noticed after {noticed:?}");
+    a.restore();
+    let mut now = lost;
+    while dev.state().paths[0].status != PathStatus::Live {
+        assert!(start.elapsed() < Duration::from_secs(10), "not back: {:?}", dev.state());
+        now = dev.wait_for_change(now, Duration::from_secs(10));
+    }
+    assert_ne!(now, lost, "the path coming back is a change");
+    run(&dev, Request::Read { offset: 0, len: 512 }).unwrap();
+    let closing = Instant::now();
+    dev.close();
+    assert!(closing.elapsed() < Duration::from_secs(2), "close wakes every sleeping thread");
+}
