@@ -14,6 +14,7 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::block::BlockDevice;
 use crate::identify::{self, StableId};
@@ -28,11 +29,23 @@ pub const RUN_DIR: &str = "/run/nvmetcp/initiator";
 pub trait Served: BlockDevice {
     /// Paths, ANA, queues, errors, for the state file.
     fn report(&self) -> DeviceReport;
+
+    /// Blocks until what [`Self::report`] shows of paths changes (a path
+    /// lost or back, an ANA change) or `timeout` passes; `seen` is what the
+    /// last call returned (0 at first). Returns the change count now.
+    fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        std::thread::sleep(timeout);
+        seen
+    }
 }
 
 impl Served for Multipath {
     fn report(&self) -> DeviceReport {
         DeviceReport::from(&self.state())
+    }
+
+    fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        Multipath::wait_for_change(self, seen, timeout)
     }
 }
 

@@ -11,7 +11,8 @@ use super::{Layout, Served};
 use crate::block::BlockDevice;
 use crate::nbd::export::{limit_request_size, Export, ExportError};
 
-/// How often the state file is rewritten.
+/// How often the state file is rewritten at the latest (counters); a path
+/// lost or back, or an ANA change, rewrites it at once.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a daemon stopped with an error (its supervisor restarts it).
@@ -144,6 +145,7 @@ where
         block_size: geometry.block_size,
     };
     tracing::info!(sr = %sr, device = %record.device(), "serving");
+    let mut seen = 0;
     loop {
         let stats = export.stats();
         let finished = export.finished();
@@ -165,6 +167,6 @@ where
             tracing::info!(sr = %sr, device = %record.device(), "the NBD device was disconnected");
             return Ok(());
         }
-        std::thread::sleep(REPORT_EVERY);
+        seen = served.wait_for_change(seen, REPORT_EVERY);
     }
 }
