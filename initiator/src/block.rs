@@ -113,6 +113,31 @@ pub trait BlockDevice: Send + Sync {
         let _ = ticket;
         self.submit(request, done);
     }
+
+    /// Starts a read (as [`Self::submit_ticketed`]) whose data may be
+    /// handed to `sink` straight from the network instead of being returned:
+    /// then `done` gets `Ok` with no data and [`ReadSink::delivered`] is
+    /// true. A device that cannot do that returns the data as usual.
+    fn submit_read_into(&self, offset: u64, len: u32, sink: Arc<dyn ReadSink>, ticket: &Arc<Ticket>, done: Completion) {
+        let _ = sink;
+        self.submit_ticketed(Request::Read { offset, len }, ticket, done);
+    }
+}
+
+/// Where a successful read's data can be written straight from the
+/// network, without passing through this process's memory
+/// ([`crate::splice`]): the NBD connection the read's reply goes to.
+pub trait ReadSink: Send + Sync {
+    /// Writes the whole reply of a successful read: `head` (data already
+    /// read), then `len - head.len()` bytes taken from `from`. Whatever
+    /// happens to the sink, every byte is taken from `from`.
+    ///
+    /// # Errors
+    /// Only when reading `from` failed (its stream is then out of step).
+    fn deliver(&self, head: &[u8], from: std::os::fd::BorrowedFd<'_>, len: usize) -> std::io::Result<()>;
+
+    /// Whether [`Self::deliver`] ran (the reply is out; none is owed).
+    fn delivered(&self) -> bool;
 }
 
 /// Where a request stands, for ordering it against a newer copy of itself.

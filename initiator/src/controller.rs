@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::auth;
+use crate::block::ReadSink;
 use crate::command::{self, opcode, property, Sqe};
 use crate::config::{MultipathConfig, NamespaceIdentity};
 use crate::pdu::{self, Digests};
@@ -485,9 +486,22 @@ impl Controller {
 
     /// Submits an I/O command on the next I/O queue.
     pub fn submit(&self, sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
+        self.submit_into(sqe, data_out, expect, None, done);
+    }
+
+    /// Submits an I/O command on the next I/O queue, a read's data going to
+    /// `sink` when it can ([`Queue::submit_into`]).
+    pub fn submit_into(
+        &self,
+        sqe: Sqe,
+        data_out: Vec<u8>,
+        expect: usize,
+        sink: Option<Arc<dyn ReadSink>>,
+        done: OnFinish,
+    ) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.io.len().max(1);
         match self.io.get(i) {
-            Some(q) => q.queue.submit(sqe, data_out, expect, done),
+            Some(q) => q.queue.submit_into(sqe, data_out, expect, sink, done),
             None => done(queue::Finished {
                 outcome: Err(QueueError::Transport("no I/O queue".into())),
                 data_in: Vec::new(),

@@ -50,6 +50,9 @@ pub struct Script {
     pub in_capsule: u32,
     /// Answer I/O commands in pairs, the second first.
     pub reorder: bool,
+    /// Send a read's data in one C2HData PDU with SUCCESS, as Linux nvmet
+    /// does when SQ flow control is off.
+    pub whole_c2h: bool,
     /// After this many I/O commands, answer with a PDU of unknown type.
     pub bad_pdu_after: Option<usize>,
     /// Discovery log: referral entries to 127.0.0.1 ports 1.. .
@@ -82,6 +85,7 @@ impl Default for Script {
             r2t_piece: 0,
             in_capsule: 8192,
             reorder: false,
+            whole_c2h: false,
             bad_pdu_after: None,
             referrals: 0,
             tiny_log_pdus: false,
@@ -349,6 +353,12 @@ impl Conn {
         match op {
             0x02 => {
                 let bytes = self.disk.lock().unwrap()[start..start + len].to_vec();
+                if self.sqflow_disabled && self.script.whole_c2h {
+                    let mut psh = [0u8; 16];
+                    psh[0..2].copy_from_slice(&sqe[2..4]);
+                    psh[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+                    return self.send(kind::C2H_DATA, FLAG_LAST | FLAG_SUCCESS, &psh, &bytes);
+                }
                 if self.sqflow_disabled && !self.script.reorder {
                     // The last C2HData carries SUCCESS; no response capsule follows.
                     let (head, last) = bytes.split_at(len - bs);

@@ -26,6 +26,7 @@ pub mod multipath;
 pub mod nbd;
 pub mod pdu;
 pub mod queue;
+pub mod splice;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vectored;

@@ -18,7 +18,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, ReadSink, Request, Ticket};
 use crate::buffers;
 use crate::command::{self, opcode};
 use crate::config::{ConfigError, IoPolicy, MultipathConfig};
@@ -162,7 +162,7 @@ struct Path {
 
 /// What a command does, in blocks.
 enum Op {
-    Read { lba: u64, blocks: u32 },
+    Read { lba: u64, blocks: u32, sink: Option<Arc<dyn ReadSink>> },
     Write { lba: u64, blocks: u32, data: Vec<u8>, fua: bool },
     Flush,
     Zeroes { lba: u64, blocks: u32 },
@@ -694,7 +694,7 @@ impl Inner {
         let bs = self.geometry.block_size as usize;
         let IoCmd { op, done, queued_at, ticket } = cmd;
         let (sqe, data_out, expect) = match &op {
-            Op::Read { lba, blocks } => {
+            Op::Read { lba, blocks, .. } => {
                 (command::read_write(opcode::READ, nsid, *lba, *blocks, false), Vec::new(), *blocks as usize * bs)
             }
             Op::Write { lba, blocks, fua, .. } => {
@@ -708,9 +708,10 @@ impl Inner {
             Op::Write { lba, blocks, data, fua } => (Op::Write { lba, blocks, data: Vec::new(), fua }, data),
             other => (other, data_out),
         };
+        let sink = if let Op::Read { sink, .. } = &op { sink.clone() } else { None };
         let retry = RetryState { op, done, queued_at, path: i, ticket };
         let me = Arc::clone(self);
-        controller.submit(sqe, data_out, expect, Box::new(move |finished| me.finished(retry, finished)));
+        controller.submit_into(sqe, data_out, expect, sink, Box::new(move |finished| me.finished(retry, finished)));
     }
 
     fn finished(self: &Arc<Self>, retry: RetryState, finished: Finished) {
@@ -836,6 +837,19 @@ impl BlockDevice for Multipath {
     fn submit_ticketed(&self, request: Request, ticket: &Arc<Ticket>, done: Completion) {
         self.submit_with(request, Some(ticket), done);
     }
+
+    fn submit_read_into(&self, offset: u64, len: u32, sink: Arc<dyn ReadSink>, ticket: &Arc<Ticket>, done: Completion) {
+        let g = self.inner.geometry;
+        // One command only: the data of a split read is joined in a buffer.
+        match self.check_range(offset, u64::from(len)) {
+            Ok((lba, blocks)) if blocks > 0 && len <= g.max_transfer => {
+                let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
+                let op = Op::Read { lba, blocks, sink: Some(sink) };
+                self.inner.dispatch(IoCmd { op, done, queued_at: Instant::now(), ticket: Some(Arc::clone(ticket)) });
+            }
+            _ => self.submit_with(Request::Read { offset, len }, Some(ticket), done),
+        }
+    }
 }
 
 impl Multipath {
@@ -859,7 +873,9 @@ impl Multipath {
             Request::Read { offset, len } => match self.check_range(offset, u64::from(len)) {
                 Ok((lba, blocks)) => ranges(lba, blocks, max_blocks)
                     .into_iter()
-                    .map(|(l, n)| (usize::try_from((l - lba) * bs).unwrap_or(0), Op::Read { lba: l, blocks: n }))
+                    .map(|(l, n)| {
+                        (usize::try_from((l - lba) * bs).unwrap_or(0), Op::Read { lba: l, blocks: n, sink: None })
+                    })
                     .collect(),
                 Err(e) => return done(Err(e)),
             },

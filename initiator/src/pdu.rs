@@ -105,6 +105,13 @@ pub struct Received {
 }
 
 impl Received {
+    /// Whether a data digest follows the data (read and checked by
+    /// [`PduReader::read_data`]).
+    #[must_use]
+    pub fn has_data_digest(&self) -> bool {
+        self.data_digest
+    }
+
     /// A little-endian u16 of the specific header at `at` (offset in the whole PDU).
     #[must_use]
     pub fn u16_at(&self, at: usize) -> u16 {

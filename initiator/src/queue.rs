@@ -9,11 +9,13 @@
 //! multipath layer retries those on another path) and later submissions fail
 //! at once.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::block::ReadSink;
 use crate::buffers;
 use crate::command::{self, Sqe};
 use crate::pdu::{self, kind, Digests, PduError, PduReader, Received, FLAG_LAST, FLAG_SUCCESS};
@@ -75,7 +77,12 @@ struct Pending {
     /// Shared with a writer sending it (in the capsule or on R2T) without
     /// holding the slot lock and without a copy.
     data_out: Arc<Vec<u8>>,
+    /// Bytes to read back (the data buffer is taken when the first byte
+    /// comes, and never when the data goes to `sink`).
+    expect: usize,
     data_in: Vec<u8>,
+    /// Where the data may go straight from the socket.
+    sink: Option<Arc<dyn ReadSink>>,
     received: usize,
     pdus: u32,
     r2t_ok: bool,
@@ -123,6 +130,14 @@ const READ_BUFFER: usize = 64 * 1024;
 /// still holds it, which happens when the queue fails mid-send).
 fn unshare(data: Arc<Vec<u8>>) -> Vec<u8> {
     Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone())
+}
+
+/// Where a C2HData PDU's data goes.
+enum Destination {
+    /// Into the command's buffer.
+    Buffer(Vec<u8>),
+    /// Straight from the socket to the command's sink.
+    Sink(Arc<dyn ReadSink>),
 }
 
 /// A connected queue; dropping it closes the connection.
@@ -273,7 +288,23 @@ impl Queue {
     /// Submits a command: `data_out` is sent in the capsule when it fits,
     /// else on R2T; `expect` bytes are read back by C2HData. Blocks while
     /// every slot is taken.
-    pub fn submit(&self, mut sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
+    pub fn submit(&self, sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
+        self.submit_into(sqe, data_out, expect, None, done);
+    }
+
+    /// [`Self::submit`], with a read's data handed to `sink` straight from
+    /// the socket when the controller sends it all in one C2HData PDU with
+    /// the SUCCESS flag (so the status is known before the data) and no
+    /// data digest; the finished command then carries no data. Otherwise
+    /// the data comes back in [`Finished::data_in`] as usual.
+    pub fn submit_into(
+        &self,
+        mut sqe: Sqe,
+        data_out: Vec<u8>,
+        expect: usize,
+        sink: Option<Arc<dyn ReadSink>>,
+        done: OnFinish,
+    ) {
         let shared = &self.shared;
         let in_capsule = !data_out.is_empty() && data_out.len() <= shared.params.in_capsule;
         let length = u32::try_from(data_out.len().max(expect)).unwrap_or(u32::MAX);
@@ -320,7 +351,9 @@ impl Queue {
             slots.pending[usize::from(cid)] = Some(Pending {
                 sqe,
                 data_out,
-                data_in: buffers::take(expect),
+                expect,
+                data_in: if sink.is_some() { Vec::new() } else { buffers::take(expect) },
+                sink,
                 received: 0,
                 pdus: 0,
                 r2t_ok: !in_capsule && length > 0 && expect == 0,
@@ -456,12 +489,10 @@ impl Shared {
                 })?;
                 // A read's buffer may hold an earlier request's data (it is
                 // reused): it is handed on only once every byte came.
-                if self.params.qid > 0 && cqe.code() == 0 && p.received != p.data_in.len() {
+                if self.params.qid > 0 && cqe.code() == 0 && p.received != p.expect {
                     let why = format!(
                         "a successful completion of command {} after {} of its {} bytes",
-                        cqe.cid,
-                        p.received,
-                        p.data_in.len()
+                        cqe.cid, p.received, p.expect
                     );
                     (p.done)(Finished {
                         outcome: Err(QueueError::Transport(why.clone())),
@@ -485,9 +516,11 @@ impl Shared {
         if length != received.data_len {
             return Err(Self::protocol(format!("C2HData announces {length} bytes but carries {}", received.data_len)));
         }
-        // Take the buffer out of the slot while reading into it, so the slot
-        // lock is not held across a socket read.
-        let mut buffer = {
+        let last = received.flags & FLAG_LAST != 0;
+        let success = received.flags & FLAG_SUCCESS != 0;
+        // Take the buffer (or the sink) out of the slot while reading into
+        // it, so the slot lock is not held across a socket read.
+        let taken = {
             let mut slots = lock(&self.slots);
             let p =
                 slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut).ok_or_else(|| {
@@ -497,28 +530,52 @@ impl Shared {
             if p.pdus > self.params.max_pdus {
                 return Err(Self::protocol(format!("more than {} data PDUs for one command", self.params.max_pdus)));
             }
-            if offset != p.received || offset + length > p.data_in.len() {
+            if offset != p.received || offset + length > p.expect {
                 return Err(Self::protocol(format!(
                     "C2HData at {offset}+{length} for a command of {} bytes ({} received)",
-                    p.data_in.len(),
-                    p.received
+                    p.expect, p.received
                 )));
             }
-            std::mem::take(&mut p.data_in)
-        };
-        let read = reader.read_data(received, &mut buffer[offset..offset + length]);
-        let mut slots = lock(&self.slots);
-        let p = slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut);
-        let Some(p) = p else { return Err(Self::protocol("a command vanished while its data was read")) };
-        p.data_in = buffer;
-        read?;
-        p.received += length;
-        let last = received.flags & FLAG_LAST != 0;
-        if received.flags & FLAG_SUCCESS != 0 {
-            if !last || p.received != p.data_in.len() {
+            if success && !(last && offset + length == p.expect) {
                 return Err(Self::protocol("C2HData with SUCCESS before all the data"));
             }
-            drop(slots);
+            // All of it, its status known (SUCCESS), no digest to check:
+            // straight to the sink. Anything else is read into a buffer.
+            let whole = success && offset == 0 && !received.has_data_digest();
+            match p.sink.as_ref().filter(|_| whole && p.data_in.is_empty()) {
+                Some(sink) => Destination::Sink(Arc::clone(sink)),
+                None => {
+                    if p.data_in.len() != p.expect {
+                        p.data_in = buffers::take(p.expect);
+                    }
+                    Destination::Buffer(std::mem::take(&mut p.data_in))
+                }
+            }
+        };
+        let buffer = match taken {
+            Destination::Buffer(mut buffer) => {
+                let read = reader.read_data(received, &mut buffer[offset..offset + length]);
+                let mut slots = lock(&self.slots);
+                let p = slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut);
+                let Some(p) = p else { return Err(Self::protocol("a command vanished while its data was read")) };
+                p.data_in = buffer;
+                read?;
+                p.received += length;
+                None
+            }
+            Destination::Sink(sink) => Some(sink),
+        };
+        if let Some(sink) = buffer {
+            let stream = reader.get_mut();
+            let head = stream.buffer().len().min(length);
+            sink.deliver(&stream.buffer()[..head], stream.get_ref().as_fd(), length).map_err(PduError::Io)?;
+            stream.consume(head);
+            let mut slots = lock(&self.slots);
+            let p = slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut);
+            let Some(p) = p else { return Err(Self::protocol("a command vanished while its data was sent on")) };
+            p.received += length;
+        }
+        if success {
             let p = self.take(header.cid).ok_or_else(|| Self::protocol("a command vanished"))?;
             let cqe = pdu::Completion { result: 0, result_hi: 0, cid: header.cid, status: 0 };
             (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: unshare(p.data_out) });

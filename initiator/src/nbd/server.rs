@@ -7,15 +7,18 @@
 //! old copy ([`super::resend`]).
 
 use std::io::{self, IoSlice, Read};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
 use super::resend::Resends;
-use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Request, Ticket};
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, ReadSink, Request, Ticket};
+use crate::splice::{self, MoveError};
 use crate::{buffers, vectored};
 
 /// The largest request the kernel sends (its `max_hw_sectors`, 65536
@@ -37,6 +40,8 @@ pub struct Counters {
     pub bytes_written: AtomicU64,
     /// Requests the kernel sent again that superseded an unanswered old copy.
     pub superseded: AtomicU64,
+    /// Reads whose reply went out straight from the controller's socket.
+    pub delivered: AtomicU64,
 }
 
 /// Why a connection ended.
@@ -96,6 +101,60 @@ impl ReplyOut {
         // Written (copied into the socket): the buffer can serve again.
         buffers::give(std::mem::take(&mut reply.data));
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ReplyOut {
+    /// Writes a successful read's reply with its data taken straight from
+    /// `from` ([`crate::splice`]). A connection that breaks half-way is
+    /// shut down, so the kernel never reads a partial reply as a whole one:
+    /// it declares the connection dead and sends the request again.
+    fn deliver(&self, handle: u64, head: &[u8], from: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+        let mut out = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
+        let (stream, broken) = &mut *out;
+        let rest = len - head.len();
+        if !*broken {
+            let header = proto::encode_reply(handle, 0);
+            if vectored::write_all(stream, &mut [IoSlice::new(&header), IoSlice::new(head)]).is_err() {
+                *broken = true;
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        if *broken {
+            return splice::drain(from, rest);
+        }
+        match splice::move_bytes(from, stream.as_fd(), rest) {
+            Ok(()) => Ok(()),
+            Err(MoveError::Sink(_)) => {
+                *broken = true;
+                let _ = stream.shutdown(Shutdown::Both);
+                Ok(())
+            }
+            Err(MoveError::Source(error)) => {
+                *broken = true;
+                let _ = stream.shutdown(Shutdown::Both);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// A read whose reply goes out straight from the controller's socket.
+struct ReadReply {
+    out: Arc<ReplyOut>,
+    handle: u64,
+    delivered: AtomicBool,
+}
+
+impl ReadSink for ReadReply {
+    fn deliver(&self, head: &[u8], from: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+        // Taken before the bytes: a half-written reply is never written again.
+        self.delivered.store(true, Ordering::SeqCst);
+        self.out.deliver(self.handle, head, from, len)
+    }
+
+    fn delivered(&self) -> bool {
+        self.delivered.load(Ordering::SeqCst)
     }
 }
 
@@ -197,10 +256,25 @@ fn read_loop(
         let (ticket, older) = resends.arrive(handle);
         let table = Arc::clone(resends);
         let mine = Arc::clone(&ticket);
+        // A read sent for the first time may have its reply written straight
+        // from the network; a re-sent one takes the buffered way.
+        let sink = (header.command == Command::Read && older.is_none())
+            .then(|| Arc::new(ReadReply { out: Arc::clone(&replies.out), handle, delivered: AtomicBool::new(false) }));
+        let delivered = sink.clone();
         let done = move |outcome: Outcome| {
             table.complete(handle, &mine);
             // A newer copy waiting for this one to land goes out now.
             mine.finish();
+            if delivered.as_ref().is_some_and(|d| d.delivered()) {
+                // The reply is out already.
+                if outcome.is_ok() {
+                    counted.bytes_read.fetch_add(u64::from(header.len), Ordering::Relaxed);
+                    counted.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                counted.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(lease);
+                return;
+            }
             let reply = match outcome {
                 Ok(data) => {
                     match header.command {
@@ -223,7 +297,12 @@ fn read_loop(
             continue;
         }
         match older {
-            None => submit_split(device, &geometry, request, &ticket, done),
+            None => match (request, sink) {
+                (Request::Read { offset, len }, Some(sink)) => {
+                    device.submit_read_into(offset, len, sink, &ticket, done)
+                }
+                (request, _) => submit_split(device, &geometry, request, &ticket, done),
+            },
             Some(older) => {
                 counters.superseded.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(handle, "the kernel sent a request again; its old copy will not be written after it");
@@ -450,6 +529,58 @@ mod tests {
         assert_eq!(seen, (0..16).collect::<Vec<_>>());
         client.write_all(&header(Command::Disconnect, 99, 0, 0)).unwrap();
         assert!(matches!(thread.join().unwrap(), ConnectionEnd::Disconnected));
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)] // test offsets and bytes are small and known
+    fn read_replies_go_straight_from_the_controllers_socket_when_it_sends_the_data_whole() {
+        use crate::fake_target::{config, FakeTarget, Script};
+        use crate::multipath::Multipath;
+        // Whole C2HData with SUCCESS (Linux nvmet): spliced. Split data, a
+        // status in a response capsule, or data digests: buffered.
+        for (name, script, digests, straight) in [
+            ("whole", Script { whole_c2h: true, blocks: 4096, ..Script::default() }, false, true),
+            ("split", Script { c2h_piece: 4096, reorder: true, blocks: 4096, ..Script::default() }, false, false),
+            ("digests", Script { whole_c2h: true, blocks: 4096, ..Script::default() }, true, false),
+        ] {
+            let target = FakeTarget::start(script);
+            let data: Vec<u8> = (0..4096 * 512).map(|i: usize| (i * 13 % 251) as u8).collect();
+            target.disk.lock().unwrap().copy_from_slice(&data);
+            let mut cfg = config(&[&target]);
+            cfg.transport.hdr_digest = digests;
+            cfg.transport.data_digest = digests;
+            let device: Arc<dyn BlockDevice> = Arc::new(Multipath::open(cfg).unwrap());
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let counters = Arc::new(Counters::default());
+            let thread = {
+                let counters = Arc::clone(&counters);
+                std::thread::spawn(move || serve(&device, server, &Budget::new(4 << 20), &counters, &Resends::new()))
+            };
+            // Many at once, of every size up to the 128 KiB MDTS and past it
+            // (split and joined), so replies of one connection interleave.
+            let reads: Vec<(u64, u64, u32)> = (0..24u64)
+                .map(|h| (h, (h * 37 % 1500) * 512, [512u32, 4096, 65536, 131_072, 262_144][h as usize % 5]))
+                .collect();
+            for (handle, offset, len) in &reads {
+                client.write_all(&header(Command::Read, *handle, *offset, *len)).unwrap();
+            }
+            for _ in &reads {
+                let (handle, error) = reply(&mut client);
+                assert_eq!(error, 0, "{name}");
+                let (_, offset, len) = reads[handle as usize];
+                let mut back = vec![0u8; len as usize];
+                client.read_exact(&mut back).unwrap();
+                assert!(back[..] == data[offset as usize..offset as usize + len as usize], "{name}: read {handle}");
+            }
+            let delivered = counters.delivered.load(Ordering::Relaxed);
+            if straight {
+                assert!(delivered >= 19, "{name}: {delivered} of the 19 unsplit reads went straight");
+            } else {
+                assert_eq!(delivered, 0, "{name}");
+            }
+            client.write_all(&header(Command::Disconnect, 99, 0, 0)).unwrap();
+            assert!(matches!(thread.join().unwrap(), ConnectionEnd::Disconnected), "{name}");
+        }
     }
 
     #[test]
