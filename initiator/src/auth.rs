@@ -1,8 +1,9 @@
 //! DH-HMAC-CHAP in-band authentication (NVMe base specification, section
 //! "Authentication"; the kernel's `drivers/nvme/host/auth.c` and
 //! `drivers/nvme/common/auth.c`), with the same `DHHC-1` secrets the
-//! kernel path takes: SHA-256/384/512 and the NULL DH group, optionally
-//! bidirectional (the controller proves it knows its key too).
+//! kernel path takes: SHA-256/384/512, the NULL DH group and the RFC 7919
+//! groups ffdhe2048 to ffdhe8192 ([`crate::dh`]), optionally bidirectional
+//! (the controller proves it knows its key too).
 //!
 //! One transaction per queue, right after its Fabrics Connect says
 //! authentication is required: Negotiate → Challenge → Reply → Success1
@@ -18,6 +19,7 @@ use sha2::{Sha256, Sha384, Sha512};
 
 use crate::command::{self, fctype, opcode, Sqe};
 use crate::config::{AuthKeys, DhchapSecret};
+use crate::dh::Group;
 use crate::queue::{Queue, QueueError};
 
 /// Hash function identifiers.
@@ -107,6 +109,23 @@ fn hmac(id: u8, key: &[u8], parts: &[&[u8]]) -> Option<Vec<u8>> {
         SHA512 => hmac_with::<Hmac<Sha512>>(key, parts),
         _ => None,
     }
+}
+
+/// The hash of `data` with hash function `id`.
+fn digest(id: u8, data: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    match id {
+        SHA256 => Some(Sha256::digest(data).to_vec()),
+        SHA384 => Some(Sha384::digest(data).to_vec()),
+        SHA512 => Some(Sha512::digest(data).to_vec()),
+        _ => None,
+    }
+}
+
+/// A challenge augmented with the DH session key: HMAC(H(key), challenge),
+/// as the kernel's `nvme_auth_augmented_challenge` computes it.
+fn augmented(hash: u8, session_key: &[u8], challenge: &[u8]) -> Option<Vec<u8>> {
+    hmac(hash, &digest(hash, session_key)?, &[challenge])
 }
 
 fn hash_len(id: u8) -> Option<usize> {
@@ -276,7 +295,6 @@ pub fn authenticate(
     // The NULL group first, then the ffdhe groups, as the kernel host offers
     // them: nvmet's negotiation (fabrics-cmd-auth.c, nvmet_auth_negotiate)
     // only keeps its configured group when the host lists another one too.
-    // A challenge in an ffdhe group is refused below with a clear error.
     d[3] = 6;
     d[4 + 30..4 + 36].copy_from_slice(&[0, 1, 2, 3, 4, 5]);
     t.send(negotiate)?;
@@ -288,21 +306,41 @@ pub fn authenticate(
         t.failure2(4);
         return Err(format!("the controller chose hash function {hash} with length {hl}, which this host does not do"));
     }
-    if dhgid != 0 || dhvlen != 0 {
-        t.failure2(5);
-        return Err(format!(
-            "the controller requires DH group {dhgid}; this host does the NULL group only (set the host's dhchap_dhgroup to null on the array)"
-        ));
-    }
     let c1 = challenge.get(16..16 + hl).ok_or("a short challenge")?;
+    // With a DH group: the controller's public value follows the challenge;
+    // ours goes in the reply, and the session key augments both challenges.
+    let (host_public, session_key) = match (dhgid, Group::by_id(dhgid)) {
+        (0, _) if dhvlen == 0 => (Vec::new(), None),
+        (_, Some(group)) if dhvlen == group.value_len() => {
+            let peer = challenge.get(16 + hl..16 + hl + dhvlen).ok_or("a short challenge")?;
+            let private = random(group.private_len())?;
+            let shared = group.shared(&private, peer).inspect_err(|_| t.failure2(6))?;
+            (group.public(&private), Some(shared))
+        }
+        _ => {
+            t.failure2(5);
+            return Err(format!(
+                "the controller chose DH group {dhgid} with a {dhvlen}-byte value; this host does the NULL group and ffdhe2048 to ffdhe8192 (groups 0 to 5)"
+            ));
+        }
+    };
+    let augment = |challenge: &[u8]| -> Result<Vec<u8>, String> {
+        match &session_key {
+            Some(key) => augmented(hash, key, challenge).ok_or_else(|| "HMAC failed".to_owned()),
+            None => Ok(challenge.to_vec()),
+        }
+    };
     let host_key = host_secret.transformed(host_nqn).ok_or("cannot transform the host key")?;
-    let r1 = response(hash, &host_key, c1, seqnum, t_id, b"HostHost", host_nqn, subsys_nqn).ok_or("HMAC failed")?;
-    let mut reply = vec![0u8; 16 + 2 * hl];
+    let r1 = response(hash, &host_key, &augment(c1)?, seqnum, t_id, b"HostHost", host_nqn, subsys_nqn)
+        .ok_or("HMAC failed")?;
+    let mut reply = vec![0u8; 16 + 2 * hl + host_public.len()];
     reply[0] = DHCHAP_MESSAGES;
     reply[1] = REPLY;
     reply[4..6].copy_from_slice(&t_id.to_le_bytes());
     reply[6] = u8::try_from(hl).unwrap_or(0);
+    reply[10..12].copy_from_slice(&u16::try_from(host_public.len()).unwrap_or(0).to_le_bytes());
     reply[16..16 + hl].copy_from_slice(&r1);
+    reply[16 + 2 * hl..].copy_from_slice(&host_public);
     let mut expected_r2 = None;
     if let Some(secret) = &ctrl_secret {
         let c2 = random(hl)?;
@@ -311,8 +349,10 @@ pub fn authenticate(
         reply[12..16].copy_from_slice(&s2.to_le_bytes());
         reply[16 + hl..16 + 2 * hl].copy_from_slice(&c2);
         let ctrl_key = secret.transformed(subsys_nqn).ok_or("cannot transform the controller key")?;
-        expected_r2 =
-            Some(response(hash, &ctrl_key, &c2, s2, t_id, b"Controller", subsys_nqn, host_nqn).ok_or("HMAC failed")?);
+        expected_r2 = Some(
+            response(hash, &ctrl_key, &augment(&c2)?, s2, t_id, b"Controller", subsys_nqn, host_nqn)
+                .ok_or("HMAC failed")?,
+        );
     }
     t.send(reply)?;
     let success1 = t.receive(SUCCESS1)?;
@@ -333,7 +373,7 @@ pub fn authenticate(
 
 #[cfg(test)]
 mod tests {
-    use super::{crc32_ieee, decode, response, SHA256};
+    use super::{augmented, crc32_ieee, decode, response, SHA256, SHA384};
     use crate::config::DhchapSecret;
     use base64::Engine;
 
@@ -355,6 +395,21 @@ mod tests {
         let e = decode(&DhchapSecret::new("k", &bad).unwrap()).unwrap_err();
         assert!(e.contains("CRC") || e.contains("base64"), "{e}");
         assert!(decode(&secret("00", &[1u8; 20])).unwrap_err().contains("expected 32, 48 or 64"));
+    }
+
+    #[test]
+    fn a_challenge_is_augmented_with_the_hash_of_the_session_key() {
+        // HMAC(H(key), C), computed independently (Python's hashlib and hmac).
+        let key: Vec<u8> = (0..=255).collect();
+        let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(augmented(SHA256, &key, &[0x5a; 32]).unwrap()),
+            "9a50ac6d849ee8034f34d2086ad4f8f5cf7e814a469b6e1aa7bd067b0aadf1f5"
+        );
+        assert_eq!(
+            hex(augmented(SHA384, &key, &[0x5a; 48]).unwrap()),
+            "be24598ae49ee21604b6196cc285b04d630278e45dc51423ea2470057d8d3b20aef3a9f3a895eddd1215ada9d9ad05cc"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod dh;
 pub mod discovery;
 #[cfg(test)]
 mod fake_target;

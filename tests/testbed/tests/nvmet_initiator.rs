@@ -85,6 +85,13 @@ for case in "sha256 1 32" "sha384 2 48" "sha512 3 64" "sha256 0 32"; do
     NVMETCP_HOST_KEY=$key NVMETCP_CTRL_KEY=$ctrl $T write "$nqn" "$uuid" 1 1 out 10.99.0.1:4420 | grep -q "Live"
     tb_log "DH-HMAC-CHAP hmac($1), NULL group, key transform $2: host and bidirectional authentication"
 done
+# The RFC 7919 groups: the session key augments both challenges.
+for group in ffdhe2048 ffdhe3072; do
+    echo "$group" >"$dir/dhchap_dhgroup"
+    NVMETCP_HOST_KEY=$key NVMETCP_CTRL_KEY=$ctrl $T write "$nqn" "$uuid" 2 1 out 10.99.0.1:4420 | grep -q "Live"
+    tb_log "DH-HMAC-CHAP hmac(sha256), $group: bidirectional authentication"
+done
+echo null >"$dir/dhchap_dhgroup"
 wrong=$(nvme gen-dhchap-key --nqn "$host")
 $T write "$nqn" "$uuid" 0 1 out 10.99.0.1:4420 >nokey 2>&1 && tb_fail "no key was accepted"
 grep -q "the target requires DH-HMAC-CHAP: configure the host key" nokey
