@@ -237,6 +237,43 @@ kill "$daemon"; wait "$daemon" || true
 nvme disconnect -n "$nqn" >/dev/null
 "#;
 
+/// Runs only the userspace initiator against the kernel's
+/// (`bench/run --userspace`: a few minutes, while working on the initiator).
+///
+/// # Errors
+/// A missing prerequisite or a failed scenario.
+#[allow(clippy::print_stderr)] // progress of a command-line run
+pub fn run_userspace(short: bool) -> Result<(), String> {
+    let prelude = prelude(&Plan::new(short))?;
+    eprintln!("bench: the userspace initiator against the kernel's ({} mode)", if short { "short" } else { "full" });
+    let scenarios = [scenario("userspace-initiator", &prelude, USERSPACE, 600)];
+    let run = nvmetcp_testbed::run("bench", &scenarios).map_err(|e| e.to_string())?;
+    let result = run.scenario("userspace-initiator");
+    if !result.passed() {
+        return Err(format!("scenario userspace-initiator failed; its log:\n{}", result.log));
+    }
+    report::write_userspace(result, short)
+}
+
+/// The variables every scenario script starts with.
+fn prelude(plan: &Plan) -> Result<String, String> {
+    let plugin = env_path("NVMETCP_BENCH_PLUGIN")?;
+    let noop = env_path("NVMETCP_BENCH_NOOP")?;
+    let bench = std::env::current_exe().map_err(|e| e.to_string())?;
+    let sizes: Vec<String> = plan.sizes.iter().map(ToString::to_string).collect();
+    Ok(format!(
+        "B={}\nPLUGIN={}\nNOOP={}\nREPEAT={}\nCALLS={}\nSIZES=\"{}\"\nRUNTIME={}\nSTALL_SECONDS={}",
+        bench.display(),
+        plugin.display(),
+        noop.display(),
+        plan.repeat,
+        plan.calls,
+        sizes.join(" "),
+        plan.runtime,
+        plan.stall_seconds
+    ))
+}
+
 /// Runs everything and writes the report.
 ///
 /// # Errors
@@ -265,18 +302,7 @@ pub fn run(short: bool) -> Result<(), String> {
     let query_rss = rss_of(&bench, &plugin, "Plugin.Query", r#"{"dbg":"bench"}"#)?;
 
     eprintln!("bench: the test bed ({} mode)", if short { "short" } else { "full" });
-    let sizes: Vec<String> = plan.sizes.iter().map(ToString::to_string).collect();
-    let prelude = format!(
-        "B={}\nPLUGIN={}\nNOOP={}\nREPEAT={}\nCALLS={}\nSIZES=\"{}\"\nRUNTIME={}\nSTALL_SECONDS={}",
-        bench.display(),
-        plugin.display(),
-        noop.display(),
-        plan.repeat,
-        plan.calls,
-        sizes.join(" "),
-        plan.runtime,
-        plan.stall_seconds
-    );
+    let prelude = prelude(&plan)?;
     let control_timeout = if short { 600 } else { 7200 };
     let scenarios = [
         scenario("control-plane", &prelude, CONTROL, control_timeout),

@@ -48,10 +48,11 @@ fn main() -> ExitCode {
     }
     let short = args.iter().any(|a| a == "--short");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: bench/run [--short]   (see BENCHMARKS.md)");
+        println!("usage: bench/run [--short] [--userspace]   (see BENCHMARKS.md)");
         return ExitCode::SUCCESS;
     }
-    match host::run(short) {
+    let userspace = args.iter().any(|a| a == "--userspace");
+    match if userspace { host::run_userspace(short) } else { host::run(short) } {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nvmetcp-bench: {e}");

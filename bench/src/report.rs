@@ -317,11 +317,24 @@ fn machine() -> serde_json::Value {
 /// A scenario that wrote no result, or an unwritable results file.
 #[allow(clippy::print_stdout)] // the table is the program's output
 pub fn write(m: &Measures) -> Result<(), String> {
-    let rows = rows(m)?;
+    write_rows(&rows(m)?, m.short, if m.short { "results-short.json" } else { "results.json" })
+}
+
+/// Prints the userspace initiator's rows alone (`bench/run --userspace`)
+/// and writes them to `target/bench/results-userspace.json`.
+///
+/// # Errors
+/// The scenario wrote no result, or the results file is unwritable.
+pub fn write_userspace(result: &ScenarioResult, short: bool) -> Result<(), String> {
+    write_rows(&userspace_rows(result)?, short, "results-userspace.json")
+}
+
+#[allow(clippy::print_stdout)] // the table is the program's output
+fn write_rows(rows: &[Row], short: bool, file: &str) -> Result<(), String> {
     let mut table = String::new();
     let _ = writeln!(table, "| measure | value (median, min–max) | compared with | ratio | target | met |");
     let _ = writeln!(table, "|---|---|---|---|---|---|");
-    for r in &rows {
+    for r in rows {
         let met = match r.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -331,14 +344,14 @@ pub fn write(m: &Measures) -> Result<(), String> {
     }
     print!("{table}");
     let json = serde_json::json!({
-        "mode": if m.short { "short" } else { "full" },
+        "mode": if short { "short" } else { "full" },
         "machine": machine(),
         "results": rows.iter().map(|r| serde_json::json!({"measure": r.measure, "met": r.met, "target": r.target, "data": r.json})).collect::<Vec<_>>(),
         "table": table,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path = dir.join(if m.short { "results-short.json" } else { "results.json" });
+    let path = dir.join(file);
     std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     println!("\nresults written to {}", path.display());
