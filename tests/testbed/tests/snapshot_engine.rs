@@ -538,8 +538,8 @@ vg=$(vg_on_target run)
 head=$(pvs --noheadings -o pv_name | tr -d ' ')
 lvcreate -q -L 16m -n vol-a --addtag nvmetcp_vol "$vg"
 lvchange -q -ay "$vg/vol-a"
-trap '"$T" unserve vol-a' EXIT
-dev=$($T serve vol-a raw "/dev/$vg/vol-a")
+trap 'ops unserve vol-a' EXIT
+dev=$(ops serve vol-a raw "/dev/$vg/vol-a")
 fio --name=fill --filename="$dev" --rw=write --bs=64k --size=16m --direct=1 \
     --verify=crc32c --do_verify=1 --output=fill.log || { cat fill.log; tb_fail "fio fill"; }
 a0=$(sum "$dev")
@@ -586,7 +586,7 @@ grep -q "err= 0" live.log || { cat live.log; tb_fail "fio reported errors"; }
 [ "$(volume_sum snap-swapped)" = "$a0" ] || tb_fail "an earlier snapshot changed"
 # The engine caches qcow2 metadata while open: compare the chain once closed.
 served=$(sum "$dev")
-$T unserve vol-a
+ops unserve vol-a
 [ "$served" = "$(volume_sum vol-a)" ] || tb_fail "the model's chain is not what the disk served"
 no_journal || tb_fail "a journal entry was left"
 "#,
@@ -597,47 +597,60 @@ no_journal || tb_fail "a journal entry was left"
 }
 
 /// `Volume.snapshot`, `Volume.clone` and `Volume.destroy` (which runs the
-/// collector's merges) SIGKILLed at growing delays through their links, as
-/// xapi-storage-script runs them; after each, `SR.attach` replays the
-/// journal and collects. Every volume holds the disk's data throughout (the
-/// disk is not written), so one checksum checks them all.
+/// collector's merges) SIGKILLed through their links, as xapi-storage-script
+/// runs them, while their journal is on the VG (watched with `lvs`, so the
+/// kill lands between journal steps whatever the machine's speed); after
+/// each, `SR.attach` replays the journal and collects. Every volume holds
+/// the disk's data throughout (the disk is not written), so one checksum
+/// checks them all.
 const LINKS_SNAPSHOT_KILLED: &str = r#"
 sr_up killed
 a=$(new_volume "vm disk")
-path=$(plug "$a")
-dd if=/dev/urandom of="$path" bs=1M count=16 oflag=direct status=none
-a0=$(sum "$path")
-unplug "$a"
+lvchange -q -ay "$vg/$a" && dd if=/dev/urandom of="/dev/$vg/$a" bs=1M count=16 oflag=direct status=none
+a0=$(sum "/dev/$vg/$a")
+lvchange -q -an "$vg/$a"
 links=/tmp/kill-links/org.xen.xapi.storage.nvmetcp
 mkdir -p "$links"
 for m in Volume.snapshot Volume.clone Volume.destroy; do ln -sf "$PLUGIN" "$links/$m"; done
-# METHOD KEY DELAY: the call SIGKILLed after DELAY seconds, then SR.attach;
-# a killed call's method is appended to ./killed.
+journal_tags() { lvs --noheadings -o lv_tags "$vg" | { grep -o 'nj=' || true; } | wc -l; }
+running() { local state; state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$state" != Z ]; }
+# METHOD KEY TAGS: the call SIGKILLed once TAGS journal tags are on the
+# VG (a snapshot: 1 on its new leaf, 2 once its volume exists; a clone: 1,
+# then 3; a merge: 1), then SR.attach; a killed call's method is appended
+# to ./killed.
 kill_call() {
-    local rc=0 journal
-    printf '%s' "{\"dbg\":\"k\",$sr,\"key\":\"$2\"}" | timeout -s KILL "$3" "$links/$1" --json >/dev/null 2>&1 || rc=$?
+    local pid rc=0 tags=0
+    printf '%s' "{\"dbg\":\"k\",$sr,\"key\":\"$2\"}" >request.json
+    "$links/$1" --json <request.json >/dev/null 2>&1 &
+    pid=$!
+    while running "$pid"; do
+        tags=$(journal_tags)
+        if [ "$tags" -ge "$3" ]; then kill -KILL "$pid" 2>/dev/null || true; break; fi
+    done
+    wait "$pid" || rc=$?
     case $rc in 137) echo "$1" >>killed ;; 0) ;; *) tb_fail "$1 failed ($rc)" ;; esac
-    journal=$(lvs --noheadings -o lv_tags "$vg" | grep -o 'nj=' | wc -l)
-    tb_log "$1 after ${3}s: rc $rc, $journal journal tags, $(lv_count) LVs"
+    tb_log "$1 waiting for $3 journal tags: rc $rc with $tags tags, $(lv_count) LVs"
     attach_sr
-    no_journal || { lvs -o lv_name,lv_tags "$vg"; tb_fail "SR.attach left a journal entry ($1 killed after ${3}s)"; }
+    no_journal || { lvs -o lv_name,lv_tags "$vg"; tb_fail "SR.attach left a journal entry ($1 killed at $tags tags)"; }
     for sum in $(read_sums $(ls_keys)); do
-        [ "$sum" = "$a0" ] || tb_fail "a volume lost data ($1 killed after ${3}s): $(ls_keys)"
+        [ "$sum" = "$a0" ] || tb_fail "a volume lost data ($1 killed at $tags tags): $(ls_keys)"
     done
 }
 : >killed
-for delay in 0.5 1 2 4 6; do kill_call Volume.snapshot "$a" "$delay"; done
-for delay in 0.5 2 4; do kill_call Volume.clone "$a" "$delay"; done
-# Each destroy of a snapshot merges its node into the node after it.
-for delay in 0.5 2 4; do
-    victim=$(ls_keys | tr ' ' '\n' | grep -vx "$a" | head -1)
-    [ -n "$victim" ] || tb_fail "no snapshot left to destroy"
-    kill_call Volume.destroy "$victim" "$delay"
-done
+kill_call Volume.snapshot "$a" 1
+kill_call Volume.snapshot "$a" 2
+kill_call Volume.clone "$a" 1
+kill_call Volume.clone "$a" 3
+# Two snapshots in a row: destroying each leaves a node no volume refers
+# to, which the collector merges with its only child (journalled).
+s1=$(snapshot "$a")
+s2=$(snapshot "$a")
+kill_call Volume.destroy "$s1" 1
+kill_call Volume.destroy "$s2" 1
 tb_log "killed: $(sort killed | uniq -c | tr -s ' \n' ' '); $(ls_keys | wc -w) volumes, $(lv_count) LVs"
-[ "$(grep -c snapshot killed)" -ge 2 ] || tb_fail "too few snapshots were killed before they finished"
-grep -q clone killed || tb_fail "no clone was killed before it finished"
-grep -q destroy killed || tb_fail "no destroy was killed before it finished"
+for m in snapshot clone destroy; do
+    grep -q "$m" killed || tb_fail "no Volume.$m was killed mid-journal (each finished before its journal was seen)"
+done
 for v in $(ls_keys); do [ "$v" = "$a" ] || destroy "$v"; done
 [ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "an LV was orphaned by the kills"; }
 [ "$(read_sum "$a")" = "$a0" ] || tb_fail "the disk's data changed"
@@ -704,10 +717,10 @@ const LINKS_SNAPSHOT_CLONE_COLLECT: &str = r#"
 sr_up links
 a=$(new_volume "vm disk")
 set_key "$a" vdi-type user
-path=$(plug "$a")
-dd if=/dev/urandom of="$path" bs=1M count=16 oflag=direct status=none
-a0=$(sum "$path")
-unplug "$a"
+# The disk's data written on its LV directly (a VM's writes, without the VM).
+lvchange -q -ay "$vg/$a" && dd if=/dev/urandom of="/dev/$vg/$a" bs=1M count=16 oflag=direct status=none
+a0=$(sum "/dev/$vg/$a")
+lvchange -q -an "$vg/$a"
 
 # xe vdi-snapshot: Volume.snapshot, then xapi's five Volume.set on the new key.
 s1=$(snapshot "$a")
