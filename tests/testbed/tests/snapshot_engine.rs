@@ -346,9 +346,9 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
         format!("T={exe}\nSR={SR_PREFIX}{last}\nPLUGIN={}\n{PRELUDE}\n{LINKS_PRELUDE}\n{body}", plugin.display())
     };
     vec![
-        Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(900),
+        Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(1200),
         Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(600),
-        Scenario::script("links-snapshot-clone-collect", &links('d', LINKS_SNAPSHOT_CLONE_COLLECT)).timeout_secs(900),
+        Scenario::script("links-snapshot-clone-collect", &links('d', LINKS_SNAPSHOT_CLONE_COLLECT)).timeout_secs(1500),
         Scenario::script(
             "engine-swap-under-io",
             &script(
