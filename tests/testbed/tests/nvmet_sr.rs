@@ -257,6 +257,10 @@ kill "$xapi"
                 exe,
                 r#"
 tb_modules
+# A mixed pool: this member cannot load nvme_tcp (as XCP-ng 8.3), the master can.
+modprobe -r nvme_tcp
+echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
+modprobe nbd nbds_max=4
 mkdir -p /etc/xensource && echo "slave:10.98.0.1" >/etc/xensource/pool.conf
 echo "INSTALLATION_UUID='member'" >/etc/xensource-inventory
 # This host's XAPI plugin, answering the master's questions as xapi would run it.
@@ -267,6 +271,8 @@ tb_await volume-in-use 240
 stored=$(cat /shared/config)
 read -r key uri </shared/volume
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+grep -Eq '"initiator": ?"userspace"' "/run/nvmetcp/srs/$SR.json" || tb_fail "the member without nvme_tcp did not attach over the userspace initiator"
+ls /sys/class/nvme 2>/dev/null | grep -q . && tb_fail "a kernel NVMe controller exists on the member without nvme_tcp"
 sr="\"sr\":\"nvmetcp://sr/$SR\""
 expect_ok Volume.stat "{\"dbg\":\"st\",$sr,\"key\":\"$key\"}" | grep -q '"vdi-type":"user"' || tb_fail "the member does not see the master's volume"
 dp="\"uri\":\"$uri\",\"domain\":\"7\""
@@ -290,7 +296,9 @@ expect_ok Datapath.attach "{\"dbg\":\"da2\",$dp}" >/dev/null
 expect_ok Datapath.detach "{\"dbg\":\"dt2\",$dp}" >/dev/null
 # A role that cannot be trusted writes nothing, with the master live beside it.
 vg=nvmetcp_${SR//-/}
-before=$(lvs --noheadings -o lv_name,lv_size,lv_tags "$vg" | md5sum)
+# The guest's LVM sees NVMe heads only; this member's PV is the SR's /dev/nbdN.
+lvs_sr() { lvs --config 'devices { global_filter = [ "a|^/dev/nbd[0-9]+$|", "r|.*|" ] }' --noheadings -o lv_name,lv_size,lv_tags "$vg"; }
+before=$(lvs_sr | md5sum)
 for role in broken "" missing; do
     if [ "$role" = missing ]; then rm -f /etc/xensource/pool.conf; else printf '%s\n' "$role" >/etc/xensource/pool.conf; fi
     expect_err NVMETCP_POOL_ROLE_UNKNOWN Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"lost\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null
@@ -299,9 +307,11 @@ done
 # A second master (an emergency transition while the master lives): the VG names the real one.
 echo master >/etc/xensource/pool.conf
 expect_err NVMETCP_SECOND_WRITER Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"lost\",\"description\":\"\",\"size\":4194304,\"sharable\":false}" >/dev/null
-[ "$(lvs --noheadings -o lv_name,lv_size,lv_tags "$vg" | md5sum)" = "$before" ] || tb_fail "a member of unknown role, or a second master, wrote LVM metadata"
+[ "$(lvs_sr | md5sum)" = "$before" ] || tb_fail "a member of unknown role, or a second master, wrote LVM metadata"
 echo "slave:10.98.0.1" >/etc/xensource/pool.conf
 expect_ok SR.detach "{\"dbg\":\"d\",$sr}" >/dev/null
+[ ! -e "/run/nvmetcp/initiator/$SR.json" ] || tb_fail "SR.detach left the member's initiator running"
+rm /etc/modprobe.d/testbed-no-nvme-tcp.conf
 tb_signal member-saw-resize
 tb_await master-done 180
 kill "$answers"
