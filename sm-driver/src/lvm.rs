@@ -183,6 +183,16 @@ impl<'a> Lvm<'a> {
         Command::new(Program::Lvm).arg(subcommand).arg("--config").arg(self.config())
     }
 
+    /// [`Lvm::command`] whose override also lists `names` (`vg/lv`) in
+    /// `activation/read_only_volume_list`: its device-mapper table is loaded
+    /// read-only when activated or refreshed (a local choice of this host,
+    /// no metadata write, so members may make it too).
+    fn read_only_command(&self, subcommand: &str, names: &[String]) -> Command {
+        let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        let config = format!("{} activation {{ read_only_volume_list = [ {} ] }}", self.config(), list.join(", "));
+        Command::new(Program::Lvm).arg(subcommand).arg("--config").arg(config)
+    }
+
     /// A JSON report of `columns` in bytes without suffixes (2.02.158+).
     fn report_command(&self, subcommand: &str, columns: &str) -> Command {
         self.command(subcommand).args(["--reportformat", "json", "--units", "b", "--nosuffix", "-o", columns])
@@ -397,6 +407,29 @@ impl<'a> Lvm<'a> {
         if active {
             self.runner.run(&self.command("lvchange").arg("--refresh").args(names))?;
         }
+        Ok(())
+    }
+
+    /// Activates every LV of `lvs` in `vg` read-only on this host with one
+    /// `lvchange` (and one refresh), or reloads them read-only if they are
+    /// active already: a chain's parents, a snapshot's frozen node, which
+    /// nothing may write while a child is open on them. Nothing to do for
+    /// an empty list.
+    ///
+    /// # Errors
+    /// [`LvmError`] if a name is unsafe or `lvchange` fails.
+    pub fn lvs_activate_read_only(&self, vg: &str, lvs: &[String]) -> Result<(), LvmError> {
+        if lvs.is_empty() {
+            return Ok(());
+        }
+        check_name("volume group", vg)?;
+        let mut names = Vec::with_capacity(lvs.len());
+        for lv in lvs {
+            check_name("logical volume", lv)?;
+            names.push(format!("{vg}/{lv}"));
+        }
+        self.runner.run(&self.read_only_command("lvchange", &names).arg("-ay").args(names.clone()))?;
+        self.runner.run(&self.read_only_command("lvchange", &names).arg("--refresh").args(names))?;
         Ok(())
     }
 
@@ -629,6 +662,27 @@ mod tests {
         assert!(Lvm::new(&runner, Path::new("/dev/nvme0n1$|\", \"a|.*"), true).is_err(), "no filter injection");
         let err = parse_report::<VgRow>("{\"report\":[{\"vg\":[{\"vg_name\":1}]}]}", "vg").unwrap_err();
         assert!(err.contains("unexpected vg row"), "{err}");
+    }
+
+    #[test]
+    fn parents_are_activated_and_refreshed_read_only_without_writing_metadata() {
+        let runner = FakeRunner::new().then_stdout("").then_stdout("");
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme1n2"), false).unwrap();
+        lvm.lvs_activate_read_only("nvmetcp_x", &["node-1".to_owned()]).unwrap();
+        let calls = runner.calls();
+        assert_eq!(calls.len(), 2);
+        for (call, action) in calls.iter().zip(["-ay", "--refresh"]) {
+            assert!(call.shown.contains("metadata_read_only = 1"), "{}", call.shown);
+            assert!(
+                call.shown.contains("activation { read_only_volume_list = [ \\\"nvmetcp_x/node-1\\\" ] }"),
+                "{}",
+                call.shown
+            );
+            assert!(call.shown.ends_with(&format!("{action} nvmetcp_x/node-1")), "{}", call.shown);
+        }
+        assert!(matches!(lvm.lvs_activate_read_only("vg", &["a\"b".to_owned()]), Err(LvmError::BadName { .. })));
+        lvm.lvs_activate_read_only("vg", &[]).unwrap();
+        assert_eq!(runner.calls().len(), 2, "an empty list runs nothing");
     }
 
     #[test]
