@@ -16,6 +16,7 @@ use xapi_client::codec::{failure, parse_call, success, write_response, Encoding}
 use xapi_client::Value;
 
 use crate::cmd::Runner;
+use crate::context::Context;
 use crate::diagnostics;
 use crate::error::ErrorCode;
 use crate::host::HostRoot;
@@ -61,12 +62,11 @@ fn doctor(
     serde_json::to_string(&checks).map_err(|e| (ErrorCode::InternalError, vec![e.to_string()]))
 }
 
-fn answer(
-    host: &HostRoot,
-    runner: &dyn Runner,
-    function: &str,
-    args: &BTreeMap<String, String>,
-) -> Result<String, (ErrorCode, Vec<String>)> {
+fn answer(ctx: &Context, function: &str, args: &BTreeMap<String, String>) -> Result<String, (ErrorCode, Vec<String>)> {
+    let (host, runner) = (&ctx.host, ctx.runner.as_ref());
+    if let Some(outcome) = crate::snapshot::member::answer(ctx, function, args) {
+        return outcome;
+    }
     match function {
         "host_identity" => identity(host),
         "diagnostics" => Ok(diagnostics::report(PluginKind::Volume, host, runner)),
@@ -78,7 +78,11 @@ fn answer(
             crate::pool_mappings::answer(host, args).map_err(|why| (ErrorCode::BadPluginCall, vec![why]))
         }
         other => {
-            let known: Vec<String> = FUNCTIONS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
+            let known: Vec<String> = FUNCTIONS
+                .iter()
+                .chain(crate::snapshot::member::FUNCTIONS)
+                .map(|(name, what)| format!("{name} ({what})"))
+                .collect();
             Err((
                 ErrorCode::UnknownFunction,
                 vec![format!("the nvmetcp host plugin has no function {other:?}; it has: {}", known.join("; "))],
@@ -88,9 +92,10 @@ fn answer(
 }
 
 /// Answers one plugin call: `request` is the `methodCall` xapi passed as the
-/// only argument. Returns the `methodResponse` document to print.
+/// only argument; `ctx` is this host. Returns the `methodResponse` document
+/// to print.
 #[must_use]
-pub fn run(host: &HostRoot, runner: &dyn Runner, request: &str) -> String {
+pub fn run(ctx: &Context, request: &str) -> String {
     let outcome = match parse_call(request) {
         Err(e) => Err((ErrorCode::BadPluginCall, vec![format!("the request is not an XML-RPC call: {e}")])),
         Ok((function, params)) => {
@@ -98,7 +103,7 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, request: &str) -> String {
                 params.get(1).and_then(|v| v.as_string_map("args").ok()).unwrap_or_default();
             let span = tracing::info_span!("host_plugin", function = %function, args = args.len());
             let _entered = span.enter();
-            let outcome = answer(host, runner, &function, &args);
+            let outcome = answer(ctx, &function, &args);
             if let Err((code, _)) = &outcome {
                 tracing::error!(%code, "host plugin call failed");
             }
@@ -121,9 +126,13 @@ mod tests {
     use crate::cmd::FakeRunner;
     use crate::host::HostRoot;
 
+    fn ctx(host: &HostRoot) -> crate::context::Context {
+        crate::context::Context::fake(host.clone(), Box::new(FakeRunner::new()))
+    }
+
     fn call(host: &HostRoot, function: &str) -> Result<Value, (String, Vec<String>)> {
         let request = write_call(function, &[Value::from("OpaqueRef:session"), Value::record::<&str>([])]);
-        let reply = run(host, &FakeRunner::new(), &request);
+        let reply = run(&ctx(host), &request);
         let MethodResponse::Value(envelope) = parse_response(&reply).unwrap() else { panic!("{reply}") };
         decode_envelope(envelope).map_err(|f| {
             let f = f.unwrap();
@@ -150,7 +159,7 @@ mod tests {
         let (code, params) = call(&host, "format_disks").unwrap_err();
         assert_eq!(code, "NVMETCP_UNKNOWN_FUNCTION");
         assert!(params[0].contains("host_identity") && params[0].contains("status"), "{params:?}");
-        let reply = run(&host, &FakeRunner::new(), "<not xml");
+        let reply = run(&ctx(&host), "<not xml");
         assert!(reply.contains("NVMETCP_BAD_PLUGIN_CALL"), "{reply}");
     }
 
@@ -165,7 +174,7 @@ mod tests {
                 Value::record([("transport", Value::from("rdma")), ("portals", Value::from("192.0.2.1"))]),
             ],
         );
-        let reply = run(&host, &FakeRunner::new(), &request);
+        let reply = run(&ctx(&host), &request);
         let MethodResponse::Value(envelope) = parse_response(&reply).unwrap() else { panic!() };
         let text = decode_envelope(envelope).unwrap();
         let checks: Vec<crate::doctor::Check> = serde_json::from_str(text.as_str("r").unwrap()).unwrap();
@@ -177,7 +186,7 @@ mod tests {
         let report: crate::status::HostReport = serde_json::from_str(status.as_str("r").unwrap()).unwrap();
         assert!(report.srs.is_empty());
         let bad = write_call("doctor", &[Value::from("s"), Value::record([("transport", Value::from("fc"))])]);
-        assert!(run(&host, &FakeRunner::new(), &bad).contains("use tcp or rdma"));
+        assert!(run(&ctx(&host), &bad).contains("use tcp or rdma"));
     }
 
     #[test]

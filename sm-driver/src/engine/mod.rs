@@ -268,6 +268,29 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The host that serves the disk did not switch it to the new leaf (it
+    /// refused, or could not be asked before the switch was requested): the
+    /// disk writes its old leaf, nothing was written to the new one.
+    #[error("host {host} did not switch the disk to the new leaf: {why}; the disk still writes its old leaf")]
+    NotSwappedOnHost {
+        /// The host serving the disk.
+        host: String,
+        /// Why.
+        why: String,
+    },
+    /// The switch was requested from the host that serves the disk, and its
+    /// answer was lost: the disk may write either leaf.
+    #[error(
+        "host {host} was asked to switch the disk to the new leaf, and its answer was lost ({why}); the snapshot \
+         stays journalled until that host says which leaf it writes (the next SR.attach on the master, or the next \
+         collector run, asks it again)"
+    )]
+    SwapUnknownOnHost {
+        /// The host serving the disk.
+        host: String,
+        /// Why.
+        why: String,
+    },
     /// The swap to a new leaf failed and the disk was resumed on its old
     /// leaf: the VM keeps running, nothing was written to the new leaf.
     #[error("{engine}: the disk could not switch to {new_leaf}; it was resumed on {old_leaf}")]
@@ -282,6 +305,15 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+}
+
+impl EngineError {
+    /// Whether the disk certainly still writes its old leaf after this
+    /// failure of a swap (what the swap created can go at once).
+    #[must_use]
+    pub fn left_old_leaf(&self) -> bool {
+        matches!(self, Self::SwapReverted { .. } | Self::NotSwappedOnHost { .. })
+    }
 }
 
 /// A disk's name for the engine (the volume's LV name): what its files are

@@ -90,6 +90,8 @@ error_codes! {
     UnknownFunction = "NVMETCP_UNKNOWN_FUNCTION",
     /// The host plugin's call is malformed.
     BadPluginCall = "NVMETCP_BAD_PLUGIN_CALL",
+    /// The host serving a disk did not switch it to the master's new leaf.
+    SwapNotDone = "NVMETCP_SWAP_NOT_DONE",
 }
 
 impl std::fmt::Display for ErrorCode {

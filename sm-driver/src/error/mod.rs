@@ -216,6 +216,14 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         ChainCallError::Op(OpError::Engine(crate::engine::EngineError::Unsupported { .. })) => {
             ErrorCode::SnapshotRefused
         }
+        ChainCallError::Op(OpError::Engine(crate::engine::EngineError::NotSwappedOnHost { .. })) => {
+            ErrorCode::SnapshotRefused
+        }
+        ChainCallError::Op(OpError::Engine(crate::engine::EngineError::SwapUnknownOnHost { .. }))
+        | ChainCallError::Pool(_) => ErrorCode::PoolUnreachable,
+        ChainCallError::Op(OpError::ActiveElsewhere { .. }) | ChainCallError::ServedElsewhere { .. } => {
+            ErrorCode::VolumeActive
+        }
         ChainCallError::Op(OpError::QemuImg(_) | OpError::Engine(_)) => ErrorCode::ToolFailed,
         ChainCallError::Op(OpError::Graph(GraphError::ChainTooLong { .. } | GraphError::UnknownVolume(_))) => {
             ErrorCode::SnapshotRefused

@@ -15,10 +15,11 @@
 //! wired to `Datapath.attach` yet, so a layered volume cannot be handed to
 //! a VM (blkback on its LV would read the wrong bytes or write into a
 //! frozen node): [`refuse_layered`] stops that where the engine does not
-//! serve it ([`super::served`]). Chains are open only in the master's own
-//! engine (a member refuses to serve a layered volume), so the collector
-//! and replay here know every open chain: they leave those alone and ask
-//! the engine which leaf a running volume writes.
+//! serve it ([`super::served`]). Chains are open in the engines of the
+//! master and of the members: the collector and replay here ask every host
+//! ([`super::pool`]) which volumes it serves, leave those chains alone, ask
+//! the serving host which leaf a running volume writes, and have every host
+//! deactivate an LV before it is removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,8 +33,10 @@ use crate::sr_state::SrState;
 use super::graph::{Graph, GraphError, NODE_TAG};
 use super::journal::{Entry, Operation, JOURNAL_KEY};
 use super::ops::{Chains, NewNames, NoFaults, OpError, Running};
+use super::pool::{Pool, PoolProbe};
 use super::qemu_img::QemuImg;
 use super::served::{busy_lvs, open_here, HereProbe};
+use crate::pool_mappings::PoolCheckError;
 
 /// Why a chain call failed, as the handler layer reports it.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,17 @@ pub enum ChainCallError {
         /// The volume.
         key: String,
     },
+    /// The volume is served by another host's engine (a VM uses it there).
+    #[error("volume {key} is in use on host {host} (its chain is open for a VM there); detach it from its VM first")]
+    ServedElsewhere {
+        /// The volume.
+        key: String,
+        /// The host.
+        host: String,
+    },
+    /// The other hosts could not say which volumes they serve.
+    #[error(transparent)]
+    Pool(#[from] PoolCheckError),
     /// An operation this version cannot do on a layered volume.
     #[error(
         "volume {key} is part of a snapshot chain (its data is a qcow2 layer, or the read-only base of one); \
@@ -158,12 +172,30 @@ pub struct Sr<'a> {
 }
 
 impl Sr<'_> {
-    fn chains(&self) -> Chains<'_> {
-        Chains::new(self.lvm, QemuImg::new(self.runner), &self.state.vg, self.volume_tag, &NoFaults)
+    /// The pool's other hosts, for this SR.
+    #[must_use]
+    pub fn pool(&self) -> Pool<'_> {
+        Pool { root: self.host, sr_uuid: &self.state.sr_uuid, vg: &self.state.vg }
     }
 
-    fn probe(&self) -> HereProbe<'_> {
-        HereProbe { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid }
+    fn chains<'s>(&'s self, pool: &'s Pool<'s>) -> Chains<'s> {
+        Chains::new(self.lvm, QemuImg::new(self.runner), &self.state.vg, self.volume_tag, &NoFaults)
+            .with_other_hosts(pool)
+    }
+
+    fn probe(&self) -> PoolProbe<'_> {
+        PoolProbe {
+            here: HereProbe { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid },
+            pool: self.pool(),
+        }
+    }
+
+    /// The other host whose engine serves `volume`, if one does.
+    ///
+    /// # Errors
+    /// [`ChainCallError::Pool`] if a host cannot say.
+    pub fn served_elsewhere(&self, volume: &str) -> Result<Option<String>, ChainCallError> {
+        Ok(self.pool().serving_host(volume)?.map(|(host, _)| host))
     }
 
     /// The LVs of chains open on this host.
@@ -188,8 +220,35 @@ impl Sr<'_> {
         Ok(self.lvm.lvs_activate(vg, &idle, false)?)
     }
 
+    /// The LVs of chains open on any host of the pool.
+    fn busy_anywhere(&self) -> Result<BTreeSet<String>, ChainCallError> {
+        let mut busy = self.busy()?;
+        let elsewhere = self.pool().served_elsewhere()?;
+        if !elsewhere.is_empty() {
+            let graph = Graph::from_lvs(&self.lvm.lvs(&self.state.vg)?, self.volume_tag)?;
+            for volume in elsewhere {
+                match graph.chain(&volume) {
+                    Ok(chain) => busy.extend(chain.iter().map(|n| n.lv.clone())),
+                    Err(_) => {
+                        busy.insert(volume);
+                    }
+                }
+            }
+        }
+        Ok(busy)
+    }
+
     fn collect(&self, chains: &Chains<'_>) -> Result<(), ChainCallError> {
-        let steps = chains.collect_around(&self.probe(), &self.busy()?)?;
+        let busy = match self.busy_anywhere() {
+            Ok(busy) => busy,
+            Err(ChainCallError::Pool(error)) => {
+                // Nothing is merged or removed while a host cannot say what it has open.
+                tracing::warn!(%error, "the collector waits: a host of the pool cannot say which chains it has open");
+                return self.settle();
+            }
+            Err(error) => return Err(error),
+        };
+        let steps = chains.collect_around(&self.probe(), &busy)?;
         self.settle()?;
         if steps > 0 {
             tracing::info!(vg = %self.state.vg, steps, "collector finished");
@@ -215,7 +274,8 @@ pub fn take(
     let lvs = lvm.lvs(&state.vg)?;
     let graph = Graph::from_lvs(&lvs, sr.volume_tag)?;
     let virtual_size = virtual_size(&graph, &lvs, &origin.name)?;
-    let chains = sr.chains();
+    let pool = sr.pool();
+    let chains = sr.chains(&pool);
     match chains.snapshot(&origin.name, names, virtual_size, running) {
         Ok(created) => {
             sr.settle()?;
@@ -252,7 +312,11 @@ pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
     if open_here(sr.host, &sr.state.sr_uuid, &volume.name).is_some() {
         return Err(ChainCallError::Served { key: volume.name.clone() });
     }
-    let chains = sr.chains();
+    if let Some(host) = sr.served_elsewhere(&volume.name)? {
+        return Err(ChainCallError::ServedElsewhere { key: volume.name.clone(), host });
+    }
+    let pool = sr.pool();
+    let chains = sr.chains(&pool);
     chains.destroy(&volume.name)?;
     sr.collect(&chains)
 }
@@ -286,7 +350,8 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
         })
         .flatten()
         .collect();
-    let chains = sr.chains();
+    let pool = sr.pool();
+    let chains = sr.chains(&pool);
     let replayed = chains.replay(&sr.probe())?;
     if replayed > 0 {
         tracing::warn!(vg = %state.vg, replayed, "journal entries of interrupted calls resolved");

@@ -28,14 +28,19 @@
 //!   (`Datapath.attach`, `vbd3`), and the door a running snapshot swaps
 //!   through.
 //!
+//! * [`pool`] and [`member`]: the two ends of the XAPI host plugin calls
+//!   between the master and the host whose engine serves a volume (which
+//!   volumes it serves, the running snapshot's swap, deactivation before
+//!   `lvremove`).
+//!
 //! A running chain is changed only through [`crate::engine`], on the host
-//! that has it open. Reaching another host through the XAPI host plugin is
-//! not wired yet (a member refuses to serve a layered volume), so
-//! `Volume.snapshot` and `Volume.clone` are dispatched but not advertised.
+//! that has it open: on another host, through its host plugin.
 
 pub mod calls;
 pub mod graph;
 pub mod journal;
+pub mod member;
 pub mod ops;
+pub mod pool;
 pub mod qemu_img;
 pub mod served;

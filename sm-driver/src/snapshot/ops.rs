@@ -45,6 +45,31 @@ pub trait Running {
     /// [`EngineError`]; on [`EngineError::SwapReverted`] the disk still
     /// writes to its old leaf.
     fn swap(&self, new_leaf: &Image) -> Result<(), EngineError>;
+
+    /// The pool host whose engine serves the disk, when it is not this one
+    /// (recorded in the journal entry).
+    fn host(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The other hosts of the pool, for the LVs the master removes.
+pub trait Elsewhere {
+    /// Deactivates `lv` on every other host that has it active; refuses if
+    /// a host still has it open or cannot be asked.
+    ///
+    /// # Errors
+    /// [`OpError::ActiveElsewhere`].
+    fn release(&self, lv: &str) -> Result<(), OpError>;
+}
+
+/// A machine with no other host (a standalone host, tests).
+pub struct NoOtherHosts;
+
+impl Elsewhere for NoOtherHosts {
+    fn release(&self, _lv: &str) -> Result<(), OpError> {
+        Ok(())
+    }
 }
 
 /// For replay: which leaf a running volume's engine writes to.
@@ -89,6 +114,15 @@ pub enum OpError {
     /// The name is already taken.
     #[error("an LV named {0} already exists in the SR")]
     Exists(String),
+    /// An LV to be removed is still active on another host, or a host could
+    /// not say.
+    #[error("LV {lv} was not removed: {why}")]
+    ActiveElsewhere {
+        /// The LV.
+        lv: String,
+        /// Which host, and why.
+        why: String,
+    },
     /// A path that is not a usable image path.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -101,6 +135,7 @@ pub struct Chains<'a> {
     vg: &'a str,
     volume_tag: &'a str,
     faults: &'a dyn Faults,
+    elsewhere: &'a dyn Elsewhere,
 }
 
 /// The names a snapshot or clone creates.
@@ -128,7 +163,14 @@ impl<'a> Chains<'a> {
         volume_tag: &'a str,
         faults: &'a dyn Faults,
     ) -> Self {
-        Self { lvm, qemu_img, vg, volume_tag, faults }
+        Self { lvm, qemu_img, vg, volume_tag, faults, elsewhere: &NoOtherHosts }
+    }
+
+    /// The same, asking `elsewhere` (the pool's other hosts) to deactivate
+    /// every LV before it is removed.
+    #[must_use]
+    pub fn with_other_hosts(self, elsewhere: &'a dyn Elsewhere) -> Self {
+        Self { elsewhere, ..self }
     }
 
     fn lvs(&self) -> Result<Vec<Lv>, OpError> {
@@ -194,7 +236,7 @@ impl<'a> Chains<'a> {
                 new_leaf: names.leaf.clone(),
                 snapshot: names.volume.clone(),
                 clone_leaf: names.clone_leaf.clone(),
-                active_on: None,
+                active_on: running.and_then(Running::host),
             },
             step: Step::Prepared,
         };
@@ -234,7 +276,7 @@ impl<'a> Chains<'a> {
             self.lvm.lv_retag(self.vg, &names.leaf, std::slice::from_ref(&journal), std::slice::from_ref(&swapping))?;
             self.faults.reached("swapping");
             if let Err(error) = running.swap(&self.qcow2(&names.leaf)?) {
-                if matches!(error, EngineError::SwapReverted { .. }) {
+                if error.left_old_leaf() {
                     // The disk writes its old leaf: nothing was written to the new one.
                     for lv in [&names.volume, &names.leaf] {
                         self.remove_lv(lv)?;
@@ -298,6 +340,9 @@ impl<'a> Chains<'a> {
 
     fn remove_lv(&self, lv: &str) -> Result<(), OpError> {
         if self.lvm.lv(self.vg, lv)?.is_some() {
+            // Deactivated on every host first: an LV removed under another
+            // host's mapping gives its extents away while that host reads them.
+            self.elsewhere.release(lv)?;
             self.lvm.lv_activate(self.vg, lv, false)?;
             self.lvm.lvremove(self.vg, lv)?;
         }

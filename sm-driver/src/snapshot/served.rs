@@ -19,10 +19,12 @@
 //! was asked, and replay asks the engine which leaf it writes (and puts the
 //! answer in the handle). The chain LVs a disk uses are active
 //! on this host while it is open, and no other code of this host
-//! deactivates or merges them meanwhile ([`busy_lvs`]). Only this host
-//! knows its open disks: serving a layered volume on a pool member, whose
-//! chain the master's collector cannot see, is refused (the XAPI host
-//! plugin call that would tell the master is not written yet).
+//! deactivates or merges them meanwhile ([`busy_lvs`]). A pool member
+//! serves layered volumes too: the master learns which volumes it serves,
+//! and switches a running one to a new leaf, through the XAPI host plugin
+//! ([`super::member`] answers, [`super::pool`] asks). The chain's parents
+//! are activated read-only, the leaf read-write; after a swap the old leaf
+//! is reloaded read-only.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -147,7 +149,7 @@ fn save(
 }
 
 /// The volumes this host serves for SR `sr_uuid`.
-fn open_volumes(host: &HostRoot, sr_uuid: &str) -> Vec<String> {
+pub(crate) fn open_volumes(host: &HostRoot, sr_uuid: &str) -> Vec<String> {
     host.list_dir(&format!("{RUN_BASE}/{sr_uuid}"))
         .unwrap_or_default()
         .into_iter()
@@ -191,18 +193,15 @@ pub fn attach(
     if let Some(disk) = open_here(host, &state.sr_uuid, &lv.name) {
         return Ok(disk.device);
     }
-    if !crate::pool_role::is_master(host) {
-        return Err(ChainCallError::Layered {
-            key: lv.name.clone(),
-            what: "attaching it on a pool member (only the master serves snapshotted volumes in this version; \
-                   start or migrate the VM on the master)",
-        });
-    }
     let graph = Graph::from_lvs(&lvm.lvs(&state.vg)?, volume_tag)?;
     let chain = graph.chain(&lv.name)?;
     let engine = engine(runner, host).map_err(OpError::from)?;
-    let lvs: Vec<String> = chain.iter().rev().map(|n| n.lv.clone()).collect();
-    lvm.lvs_activate(&state.vg, &lvs, true)?;
+    // Base first; every node but the leaf read-only (activation is local:
+    // members do it too, without writing metadata).
+    let parents: Vec<String> = chain.iter().skip(1).rev().map(|n| n.lv.clone()).collect();
+    lvm.lvs_activate_read_only(&state.vg, &parents)?;
+    let leaf_lv: Vec<String> = chain.first().map(|n| n.lv.clone()).into_iter().collect();
+    lvm.lvs_activate(&state.vg, &leaf_lv, true)?;
     let leaf = chain.first().map(|n| n.lv.clone()).unwrap_or_default();
     let format = chain.first().map(|n| n.format).unwrap_or(crate::engine::ImageFormat::Raw);
     let image = Image::new(format, format!("/dev/{}/{leaf}", state.vg)).map_err(OpError::from)?;
@@ -260,6 +259,10 @@ pub struct ServedHere<'a> {
     /// Where the test bed kills the call (`swap-asked`: the handle says a
     /// swap was asked; `swap-done`: the engine switched, the handle not yet).
     pub faults: &'a dyn Faults,
+    /// LVM on the SR's namespace (activation only).
+    pub lvm: &'a Lvm<'a>,
+    /// The SR's VG.
+    pub vg: &'a str,
 }
 
 impl Running for ServedHere<'_> {
@@ -279,7 +282,13 @@ impl Running for ServedHere<'_> {
         match self.engine.swap_leaf(&self.disk, new_leaf) {
             Ok(swapped) => {
                 self.faults.reached("swap-done");
-                keep(&swapped, None)
+                keep(&swapped, None)?;
+                // The old leaf is a parent now: nothing may write it again.
+                let old_leaf = self.disk.leaf.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &[old_leaf.to_owned()]) {
+                    tracing::warn!(%error, lv = old_leaf, "the old leaf could not be reloaded read-only; it stays writable");
+                }
+                Ok(())
             }
             Err(error) => {
                 if matches!(error, EngineError::SwapReverted { .. }) {

@@ -11,6 +11,7 @@ use crate::request::{SrHandle, VolumeClone, VolumeSnapshot};
 use crate::smapi::types::Volume;
 use crate::snapshot::calls::{self, ChainCallError};
 use crate::snapshot::ops::{NoFaults, OpError, Running};
+use crate::snapshot::pool::ServedOn;
 use crate::snapshot::served;
 use crate::sr_access::{attached, lvm_for, require_master};
 use crate::sr_state::SrState;
@@ -53,11 +54,19 @@ fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volu
     let (state, _lock) = attached(ctx, sr)?;
     let lvm = lvm_for(ctx, &state, true)?;
     let origin = existing(&lvm, &state, key)?;
-    // A volume this host's engine serves is snapshotted running (pause
-    // first, then swap); any other volume in use is refused.
+    let sr = calls::Sr {
+        runner: ctx.runner.as_ref(),
+        host: &ctx.host,
+        lvm: &lvm,
+        state: &state,
+        volume_tag: meta::VOLUME_TAG,
+    };
+    // A volume an engine serves, here or on another host, is snapshotted
+    // running (pause first, then swap, where it is open); any other volume
+    // in use is refused.
     let served = served::open_here(&ctx.host, &state.sr_uuid, key);
-    let running = match served {
-        Some(disk) => Some(served::ServedHere {
+    let running: Option<Box<dyn Running + '_>> = match served {
+        Some(disk) => Some(Box::new(served::ServedHere {
             engine: served::engine(ctx.runner.as_ref(), &ctx.host)
                 .map_err(OpError::from)
                 .map_err(ChainCallError::from)?,
@@ -66,7 +75,12 @@ fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volu
             volume: key,
             disk,
             faults: &NoFaults,
-        }),
+            lvm: &lvm,
+            vg: &state.vg,
+        })),
+        None if calls::needs_engine(&lvm, &state.vg, meta::VOLUME_TAG, &origin)? => sr
+            .served_elsewhere(key)?
+            .map(|host| Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_owned() }) as Box<dyn Running>),
         None => None,
     };
     if running.is_none() {
@@ -78,14 +92,7 @@ fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volu
     let tags = meta::to_tags(&new).map_err(VolumeError::from)?;
     let names = calls::new_names(&uuid, clone, tags);
     budget::check(&names.volume, &[], &names.record, &lvm.lvs(&state.vg)?)?;
-    let sr = calls::Sr {
-        runner: ctx.runner.as_ref(),
-        host: &ctx.host,
-        lvm: &lvm,
-        state: &state,
-        volume_tag: meta::VOLUME_TAG,
-    };
-    let created = calls::take(&sr, &origin, &names, running.as_ref().map(|r| r as &dyn Running))?;
+    let created = calls::take(&sr, &origin, &names, running.as_deref())?;
     tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
     let lvs = lvm.lvs(&state.vg)?;
     let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;

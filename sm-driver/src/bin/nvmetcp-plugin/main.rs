@@ -46,7 +46,8 @@ fn main() -> ExitCode {
         }
         Ok(Invocation::HostPlugin(request)) => {
             logging::init(false);
-            let reply = sm_driver::host_plugin::run(&HostRoot::system(), &SystemRunner::new(), &request);
+            let ctx = sm_driver::context::Context::system(HostRoot::system(), Box::new(SystemRunner::new()));
+            let reply = sm_driver::host_plugin::run(&ctx, &request);
             return print(&reply, ExitCode::SUCCESS);
         }
         Ok(Invocation::Agent) => {
