@@ -277,9 +277,13 @@ impl<'a> Chains<'a> {
             self.faults.reached("swapping");
             if let Err(error) = running.swap(&self.qcow2(&names.leaf)?) {
                 if error.left_old_leaf() {
-                    // The disk writes its old leaf: nothing was written to the new one.
+                    // The disk writes its old leaf: nothing was written to the
+                    // new one, and no other host has it active (a host that
+                    // refuses the switch deactivates it again; one that could
+                    // not be asked was never asked to activate it), so an
+                    // unreachable host does not keep it.
                     for lv in [&names.volume, &names.leaf] {
-                        self.remove_lv(lv)?;
+                        self.remove_lv_here(lv)?;
                     }
                 }
                 // Otherwise replay decides, asking the engine.
@@ -343,6 +347,15 @@ impl<'a> Chains<'a> {
             // Deactivated on every host first: an LV removed under another
             // host's mapping gives its extents away while that host reads them.
             self.elsewhere.release(lv)?;
+            self.lvm.lv_activate(self.vg, lv, false)?;
+            self.lvm.lvremove(self.vg, lv)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `lv`, known to be active on no other host.
+    fn remove_lv_here(&self, lv: &str) -> Result<(), OpError> {
+        if self.lvm.lv(self.vg, lv)?.is_some() {
             self.lvm.lv_activate(self.vg, lv, false)?;
             self.lvm.lvremove(self.vg, lv)?;
         }
@@ -438,10 +451,14 @@ impl<'a> Chains<'a> {
         // The commit opens the child's whole chain; relinking opens each grandchild.
         let lvs = self.lvs()?;
         self.activate_chain(&lvs, &graph, child)?;
+        // The commit writes both, relinking writes each grandchild: reloaded
+        // read-write here even if they were active read-only (a chain's
+        // parents are, wherever it was served).
+        for lv in [child, into] {
+            self.lvm.lv_activate(self.vg, lv, true)?;
+        }
         for grandchild in &grandchildren {
-            if !lvs.iter().any(|l| l.name == grandchild.lv && l.active) {
-                self.lvm.lv_activate(self.vg, &grandchild.lv, true)?;
-            }
+            self.lvm.lv_activate(self.vg, &grandchild.lv, true)?;
         }
         self.qemu_img.commit(&child_image)?;
         self.faults.reached("merge-committed");
