@@ -20,6 +20,8 @@ use nvmetcp_testbed::{run_suite, Scenario};
 mod faults;
 #[path = "nvmet_sr/pool.rs"]
 mod pool;
+#[path = "nvmet_sr/pool_snapshot.rs"]
+mod pool_snapshot;
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
@@ -322,6 +324,17 @@ grep 'answered volume_mapped' answers.log | grep -qF 'mapped\":true' || tb_fail 
         )
         .on_peer()
         .timeout_secs(600),
+        Scenario::script(
+            "pool-snapshot",
+            &script(exe, &format!("{}\n{}", pool_snapshot::HELPERS, pool_snapshot::MASTER)),
+        )
+        .timeout_secs(900),
+        Scenario::script(
+            "pool-snapshot-member",
+            &script(exe, &format!("{}\n{}", pool_snapshot::HELPERS, pool_snapshot::MEMBER)),
+        )
+        .on_peer()
+        .timeout_secs(900),
         Scenario::script(
             "sr-lifecycle",
             &script(

@@ -1,0 +1,169 @@
+//! The two-host snapshot scenarios (issue 18): a snapshot taken on the
+//! master of a disk a member's engine serves under `fio --verify` (the
+//! master's journal, leaf and header, then the swap on the member through
+//! its host plugin), a clone of that snapshot started on the master while
+//! the member keeps writing, and the collector bringing the chain back to
+//! one node after deactivating what the member still had active.
+//!
+//! The master runs `pool-snapshot`, the member (the peer guest)
+//! `pool-snapshot-member`; they meet through `tb_signal`/`tb_await`, and the
+//! master's emulated XAPI relays plugin calls through `/shared/plugin-snap`.
+
+/// Shell helpers of both sides.
+pub const HELPERS: &str = r#"
+SR=3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12
+sr="\"sr\":\"nvmetcp://sr/$SR\""
+vg=nvmetcp_$(echo "$SR" | tr -d -)
+json() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"; }
+dp() { echo "\"uri\":\"nvmetcp://$SR/$1\",\"domain\":\"$2\""; }
+plug() { # VOLUME DOMAIN -> backend type and block device, attached and active as for a VM
+    local backend
+    backend=$(expect_ok Datapath.attach "{\"dbg\":\"da\",$(dp "$1" "$2")}") || return 1
+    expect_ok Datapath.activate "{\"dbg\":\"dv\",$(dp "$1" "$2")}" >/dev/null || return 1
+    json "$backend" 'v["implementations"][0][1]["backend_type"] + " " + [i[1]["path"] for i in v["implementations"] if i[0] == "BlockDevice"][0]'
+}
+unplug() {
+    expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$(dp "$1" "$2")}" >/dev/null
+    expect_ok Datapath.detach "{\"dbg\":\"dt\",$(dp "$1" "$2")}" >/dev/null
+}
+sum() { sha256sum | cut -d' ' -f1; }
+# The first 4 MiB of a device (the region fio never writes).
+quiet_sum() { dd if="$1" bs=1M count=4 iflag=direct status=none | sum; }
+node_of() { lvs --noheadings -o lv_tags "$vg/$1" | tr ',' '\n' | sed -n 's/^ *nn=//p'; }
+ro_config="activation { read_only_volume_list = [ \"$vg\" ] }"
+ro_of() { # LV: whether its device-mapper table is read-only on this host (1), or none
+    local d name
+    name="${vg//-/--}-${1//-/--}"
+    for d in /sys/block/dm-*; do
+        [ -e "$d/dm/name" ] && [ "$(cat "$d/dm/name")" = "$name" ] && { cat "$d/ro"; return 0; }
+    done
+    echo none
+}
+"#;
+
+/// The master's side.
+pub const MASTER: &str = r#"
+nqn=$TB_NQN_PREFIX:poolsnap
+tb_modules; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 256
+[ -d "$TB_CFG/ports/1" ] || tb_port 1 10.98.0.1
+tb_link 1 "$nqn"
+mkdir -p /etc/xensource /var/lib/xcp && echo master >/etc/xensource/pool.conf
+"$T" serve-two-hosts /var/lib/xcp/xapi /shared/plugin-snap >xapi.out &
+xapi=$!
+tb_wait 20 "the emulated pool" grep -q serving xapi.out
+stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.98.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"poolsnap\",\"description\":\"\"}")
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+a=$(json "$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"vm disk\",\"description\":\"\",\"size\":16777216,\"sharable\":false}")" 'v["key"]')
+# A first snapshot at rest: from now on the volume's data is a chain.
+s0=$(json "$(expect_ok Volume.snapshot "{\"dbg\":\"s0\",$sr,\"key\":\"$a\"}")" 'v["key"]')
+printf '%s' "$stored" >/shared/snap-config
+echo "$a" >/shared/snap-volume
+tb_signal snap-layered
+tb_await snap-writing 300
+# The member's engine serves the volume and fio writes: the snapshot is
+# taken here and swapped there.
+expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$a\"}" >/dev/null
+s1=$(json "$(expect_ok Volume.snapshot "{\"dbg\":\"s1\",$sr,\"key\":\"$a\"}")" 'v["key"]')
+tb_log "snapshot $s1 taken here of the disk the member writes"
+lvs --noheadings -o lv_tags "$vg" >tags.txt
+grep -q 'nj=' tags.txt && tb_fail "the snapshot left its journal"
+frozen_node=$(node_of "$s1")
+read_frozen() { # the snapshot's chain, read here with every LV active read-only
+    vgchange -q -ay --config "$ro_config" "$vg" >&2
+    qemu-img convert -U -f qcow2 -O raw "/dev/$vg/$frozen_node" /tmp/frozen.raw
+    vgchange -q -an "$vg" >/dev/null 2>&1 || true
+    echo "$(sum </tmp/frozen.raw) $(quiet_sum /tmp/frozen.raw)"
+    rm -f /tmp/frozen.raw
+}
+read -r frozen frozen_quiet < <(read_frozen)
+[ "$frozen_quiet" = "$(cat /shared/snap-quiet)" ] || tb_fail "the snapshot does not hold the data of the snapshot point"
+echo "$s1" >/shared/snap-s1
+tb_signal snap-taken
+# A clone of the snapshot started here while the member keeps writing.
+c=$(json "$(expect_ok Volume.clone "{\"dbg\":\"c\",$sr,\"key\":\"$s1\"}")" 'v["key"]')
+read -r type dev < <(plug "$c" 5)
+[ "$type" = vbd3 ] || tb_fail "the clone is not served by the engine ($type)"
+[ "$(quiet_sum "$dev")" = "$frozen_quiet" ] || tb_fail "the clone does not start from the snapshot"
+dd if=/dev/urandom of="$dev" bs=1M count=2 seek=4 oflag=direct status=none
+unplug "$c" 5
+tb_log "the clone ran here while the member wrote"
+tb_signal snap-cloned
+tb_await snap-detached 300
+read -r again _ < <(read_frozen)
+[ "$again" = "$frozen" ] || tb_fail "the snapshot changed after it was taken"
+# Destroyed, the snapshots and the clone are collected into the volume's
+# own LV; node LVs still active on the member are deactivated there first.
+for v in "$c" "$s1" "$s0"; do expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$v\"}" >/dev/null; done
+[ "$(lvs --noheadings -o lv_name "$vg" | wc -l)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "not collected to one LV"; }
+tb_signal snap-collected
+tb_await snap-member-done 300
+expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$a\"}" >/dev/null
+expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+tb_signal snap-master-done
+kill "$xapi"
+"#;
+
+/// The member's side.
+pub const MEMBER: &str = r#"
+tb_modules
+mkdir -p /etc/xensource && echo "slave:10.98.0.1" >/etc/xensource/pool.conf
+echo "INSTALLATION_UUID='member'" >/etc/xensource-inventory
+mkdir -p /etc/xapi.d/plugins && ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /etc/xapi.d/plugins/nvmetcp
+"$T" answer-plugin /shared/plugin-snap /etc/xapi.d/plugins/nvmetcp 2>answers.log &
+answers=$!
+tb_await snap-layered 300
+stored=$(cat /shared/snap-config)
+a=$(cat /shared/snap-volume)
+expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+read -r type dev < <(plug "$a" 7)
+[ "$type" = vbd3 ] || tb_fail "the member does not serve the layered volume through its engine ($type)"
+[ "$(ro_of "$a")" = 1 ] || tb_fail "the chain's base is writable on the member: $(ro_of "$a")"
+# Known data where fio never writes, then fio --verify in a loop on the rest.
+dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
+quiet_sum "$dev" >/shared/snap-quiet
+( n=0
+  while [ ! -e /shared/snap-cloned ] || [ "$n" -lt 2 ]; do
+      n=$((n + 1))
+      fio --name=live --filename="$dev" --offset=8m --size=8m --rw=randwrite --bs=4k --direct=1 \
+          --verify=crc32c --do_verify=1 --iodepth=4 --ioengine=libaio --output="fio.$n.log" || exit 1
+      grep -q "err= 0" "fio.$n.log" || exit 1
+  done
+  echo "$n" >fio.rounds ) &
+writer=$!
+sleep 2
+kill -0 "$writer" || tb_fail "fio ended before the snapshot"
+tb_signal snap-writing
+tb_await snap-taken 300
+# After the swap this host writes the new leaf; the old one is read-only here.
+s1=$(cat /shared/snap-s1)
+old=$(node_of "$s1")
+[ "$(ro_of "$old")" = 1 ] || tb_fail "the snapshot's node $old is writable on the member after the swap: $(ro_of "$old")"
+dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
+tb_await snap-cloned 300
+wait "$writer" || { cat fio.*.log; tb_fail "fio --verify failed across the snapshot taken on the master"; }
+tb_log "fio --verify passed in $(cat fio.rounds) rounds across the master's snapshot and clone"
+served=$(dd if="$dev" bs=1M count=16 iflag=direct status=none | sum)
+unplug "$a" 7
+# Node LVs left active here (as an administrator's vgchange would): the
+# master's collector must deactivate them here before removing them.
+for lv in $(lvs --noheadings -o lv_name "$vg" | grep -o 'node-[^ ]*'); do
+    lvchange -q -ay --config "$ro_config" "$vg/$lv"
+done
+tb_signal snap-detached
+tb_await snap-collected 300
+for d in /sys/block/dm-*; do
+    [ -e "$d/dm/name" ] || continue
+    name=$(cat "$d/dm/name")
+    case $name in "${vg//-/--}-node"*) tb_fail "removed LV $name is still mapped here" ;; esac
+done
+grep 'answered lv_release' answers.log | grep -qF 'released\":true' || tb_fail "the master never deactivated an LV here"
+read -r type path < <(plug "$a" 7)
+[ "$type" = vbd ] || tb_fail "the collected volume is not a plain volume again ($type)"
+[ "$(dd if="$path" bs=1M count=16 iflag=direct status=none | sum)" = "$served" ] || tb_fail "the collected volume lost data"
+unplug "$a" 7
+expect_ok SR.detach "{\"dbg\":\"d\",$sr}" >/dev/null
+tb_signal snap-member-done
+# The master's last destroy asks this host whether it maps the volume.
+tb_await snap-master-done 300
+kill "$answers"
+"#;
