@@ -258,8 +258,9 @@ impl Sr<'_> {
 }
 
 /// Snapshots (or clones, if `names.clone_leaf` is set) `origin` from the
-/// master: a volume no host uses, or one this host serves (`running`, its
-/// engine: pause first, then swap). Returns the new volume's LV.
+/// master: a volume no host uses, or one an engine serves (`running`, that
+/// engine, here or on another host: pause first, then swap). Returns the
+/// new volume's LV.
 ///
 /// # Errors
 /// [`ChainCallError`]; what was created is undone again (or, for a swap
