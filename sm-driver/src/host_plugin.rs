@@ -64,7 +64,7 @@ fn doctor(
 
 fn answer(ctx: &Context, function: &str, args: &BTreeMap<String, String>) -> Result<String, (ErrorCode, Vec<String>)> {
     let (host, runner) = (&ctx.host, ctx.runner.as_ref());
-    if let Some(outcome) = crate::snapshot::member::answer(ctx, function, args) {
+    if let Some(outcome) = crate::chain_member::answer(ctx, function, args) {
         return outcome;
     }
     match function {
@@ -80,7 +80,7 @@ fn answer(ctx: &Context, function: &str, args: &BTreeMap<String, String>) -> Res
         other => {
             let known: Vec<String> = FUNCTIONS
                 .iter()
-                .chain(crate::snapshot::member::FUNCTIONS)
+                .chain(crate::chain_member::FUNCTIONS)
                 .map(|(name, what)| format!("{name} ({what})"))
                 .collect();
             Err((

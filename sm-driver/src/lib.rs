@@ -22,6 +22,7 @@
 //! both with a temporary tree and a recording fake.
 
 pub mod agent;
+pub mod chain_member;
 pub mod cmd;
 pub mod context;
 pub mod datapath;

@@ -28,10 +28,10 @@
 //!   (`Datapath.attach`, `vbd3`), and the door a running snapshot swaps
 //!   through.
 //!
-//! * [`pool`] and [`member`]: the two ends of the XAPI host plugin calls
-//!   between the master and the host whose engine serves a volume (which
-//!   volumes it serves, the running snapshot's swap, deactivation before
-//!   `lvremove`).
+//! * [`pool`]: the master's end of the XAPI host plugin calls to the host
+//!   whose engine serves a volume (which volumes it serves, the running
+//!   snapshot's swap, deactivation before `lvremove`); the serving host's
+//!   end is [`crate::chain_member`].
 //!
 //! A running chain is changed only through [`crate::engine`], on the host
 //! that has it open: on another host, through its host plugin.
@@ -39,7 +39,6 @@
 pub mod calls;
 pub mod graph;
 pub mod journal;
-pub mod member;
 pub mod ops;
 pub mod pool;
 pub mod qemu_img;

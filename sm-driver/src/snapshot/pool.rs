@@ -1,6 +1,6 @@
 //! The master's side of the pool's snapshot calls: it asks the other hosts,
 //! through XAPI's `host.call_plugin` to the nvmetcp host plugin
-//! ([`super::member`] answers), which layered volumes their engines serve,
+//! ([`crate::chain_member`] answers), which layered volumes their engines serve,
 //! switches a running volume to its new leaf on the host that serves it,
 //! and has every host deactivate an LV before it is removed.
 //!
@@ -24,12 +24,24 @@ use crate::pool_role::{role, Role};
 use crate::secrets::XAPI_SOCKET;
 
 use super::journal::Serving;
-use super::member::{OPEN, RELEASE, SERVING, SWAP};
 use super::ops::{Elsewhere, OpError, Running, ServingProbe};
 use super::served::HereProbe;
 
 const PLUGIN: &str = "nvmetcp";
 const ORIGINATOR: &str = "nvmetcp-plugin";
+
+/// The host plugin function (`crate::chain_member` answers): which leaf a
+/// host writes for a volume, `{"open", "leaf"}`.
+pub const SERVING: &str = "chain_serving";
+/// The volumes of an SR a host serves: `{"volumes": [...]}`.
+pub const OPEN: &str = "chains_open";
+/// Switch a served volume to a new leaf: `{"leaf"}`.
+pub const SWAP: &str = "chain_swap";
+/// Deactivate an LV before the master removes it: `{"released"}`.
+pub const RELEASE: &str = "lv_release";
+/// The code a host answers when it did not switch the disk (its disk still
+/// writes the old leaf): `NVMETCP_SWAP_NOT_DONE` of the error-code list.
+pub const SWAP_NOT_DONE: &str = "NVMETCP_SWAP_NOT_DONE";
 
 /// The other hosts of the pool, for one SR.
 pub struct Pool<'a> {
@@ -185,9 +197,7 @@ impl Pool<'_> {
         }
         match self.call(&session, &reference, host_name, SWAP, &[("volume", volume), ("new_leaf", new_leaf)]) {
             Ok(Reply::Answer(_)) => Ok(()),
-            Ok(Reply::Refused(code, params)) if code == crate::error::ErrorCode::SwapNotDone.as_str() => {
-                Err(not_swapped(params.join(" ")))
-            }
+            Ok(Reply::Refused(code, params)) if code == SWAP_NOT_DONE => Err(not_swapped(params.join(" "))),
             Ok(Reply::Refused(code, params)) => Err(EngineError::SwapUnknownOnHost {
                 host: host_name.to_owned(),
                 why: format!("{code} {}", params.join(" ")),

@@ -22,7 +22,7 @@
 //! deactivates or merges them meanwhile ([`busy_lvs`]). A pool member
 //! serves layered volumes too: the master learns which volumes it serves,
 //! and switches a running one to a new leaf, through the XAPI host plugin
-//! ([`super::member`] answers, [`super::pool`] asks). The chain's parents
+//! ([`crate::chain_member`] answers, [`super::pool`] asks). The chain's parents
 //! are activated read-only, the leaf read-write; after a swap the old leaf
 //! is reloaded read-only.
 

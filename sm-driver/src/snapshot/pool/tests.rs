@@ -1,6 +1,6 @@
 //! The master's pool calls against the in-process XAPI emulator, whose
 //! `host.call_plugin` runs the member's real plugin functions
-//! ([`super::super::member`]) on a host tree of its own.
+//! ([`crate::chain_member`]) on a host tree of its own.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ impl Backend for Member {
             return Err(Failure::new("HOST_OFFLINE", &["xcp-2"]));
         }
         let ctx = Context::fake(HostRoot::at(&self.root), Box::new(FakeRunner::new()));
-        match crate::snapshot::member::answer(&ctx, function, args) {
+        match crate::chain_member::answer(&ctx, function, args) {
             Some(Ok(text)) => Ok(text),
             Some(Err((code, params))) => {
                 let params: Vec<&str> = params.iter().map(String::as_str).collect();

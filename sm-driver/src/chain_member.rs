@@ -16,6 +16,10 @@
 //! Each runs under this host's SR lock, as the datapath calls do, and
 //! writes no LVM metadata (activation only). Every argument is validated
 //! before use: the SR uuid, and LV names as the engine accepts disk names.
+//!
+//! The master's side, and the functions' names, are
+//! [`crate::snapshot::pool`]; this module sits beside the host plugin,
+//! outside the snapshot room, because it answers with the error codes.
 
 use std::collections::BTreeMap;
 
@@ -27,17 +31,9 @@ use crate::pool_mappings::{dm_name, mapping_active};
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 
-use super::ops::NoFaults;
-use super::served::{engine, open_here, open_volumes, ServedHere};
-
-/// Which leaf this host writes for a volume: `{"open", "leaf"}`.
-pub const SERVING: &str = "chain_serving";
-/// The volumes of an SR this host serves: `{"volumes": [...]}`.
-pub const OPEN: &str = "chains_open";
-/// Switch a served volume to a new leaf: `{"leaf"}`.
-pub const SWAP: &str = "chain_swap";
-/// Deactivate an LV before the master removes it: `{"released"}`.
-pub const RELEASE: &str = "lv_release";
+use crate::snapshot::ops::NoFaults;
+use crate::snapshot::pool::{OPEN, RELEASE, SERVING, SWAP};
+use crate::snapshot::served::{engine, open_here, open_volumes, ServedHere};
 
 /// The functions, with what each takes and returns (the host plugin lists them).
 pub const FUNCTIONS: &[(&str, &str)] = &[
@@ -187,6 +183,7 @@ mod tests {
     use crate::engine::{Handle, Image, ImageFormat, OpenDisk};
     use crate::error::ErrorCode;
     use crate::host::HostRoot;
+    use crate::snapshot::pool::{OPEN, RELEASE, SERVING, SWAP, SWAP_NOT_DONE};
 
     const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
@@ -196,7 +193,7 @@ mod tests {
 
     /// This host serves `volume` with `leaf` as its engine's leaf.
     fn serve(host: &HostRoot, volume: &str, leaf: &str) {
-        let dir = host.path(&format!("{}/{SR}", super::super::served::RUN_BASE));
+        let dir = host.path(&format!("{}/{SR}", crate::snapshot::served::RUN_BASE));
         std::fs::create_dir_all(&dir).unwrap();
         let disk = OpenDisk {
             device: "/dev/nbd3".into(),
@@ -215,12 +212,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(&dir);
         let ask = args(&[("sr", SR), ("volume", "vol-a")]);
-        assert_eq!(answer(&ctx, super::SERVING, &ask).unwrap().unwrap(), r#"{"leaf":null,"open":false}"#);
+        assert_eq!(answer(&ctx, SERVING, &ask).unwrap().unwrap(), r#"{"leaf":null,"open":false}"#);
         serve(&ctx.host, "vol-a", "node-2");
-        let open = answer(&ctx, super::SERVING, &ask).unwrap().unwrap();
+        let open = answer(&ctx, SERVING, &ask).unwrap().unwrap();
         assert_eq!(open, r#"{"leaf":"/dev/nvmetcp_x/node-2","open":true}"#);
-        let listed = answer(&ctx, super::OPEN, &args(&[("sr", SR)])).unwrap().unwrap();
+        let listed = answer(&ctx, OPEN, &args(&[("sr", SR)])).unwrap().unwrap();
         assert_eq!(listed, r#"{"volumes":["vol-a"]}"#);
+    }
+
+    #[test]
+    fn the_master_knows_the_code_of_a_swap_not_done() {
+        assert_eq!(ErrorCode::SwapNotDone.as_str(), SWAP_NOT_DONE);
     }
 
     #[test]
@@ -228,9 +230,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(&dir);
         for (function, bad) in [
-            (super::SERVING, args(&[("sr", "../../etc"), ("volume", "vol-a")])),
-            (super::SWAP, args(&[("sr", SR), ("volume", "vol-a"), ("new_leaf", "x/../../y")])),
-            (super::RELEASE, args(&[("sr", SR)])),
+            (SERVING, args(&[("sr", "../../etc"), ("volume", "vol-a")])),
+            (SWAP, args(&[("sr", SR), ("volume", "vol-a"), ("new_leaf", "x/../../y")])),
+            (RELEASE, args(&[("sr", SR)])),
         ] {
             let (code, why) = answer(&ctx, function, &bad).unwrap().unwrap_err();
             assert_eq!(code, ErrorCode::BadPluginCall, "{function}: {why:?}");
@@ -245,19 +247,19 @@ mod tests {
         crate::sr_state::save(&ctx.host, &crate::sr_state::one_tcp_path(SR, "nvmetcp_x", "nqn.x", "1", 1 << 30, 0))
             .unwrap();
         let call = args(&[("sr", SR), ("volume", "vol-a"), ("new_leaf", "node-9")]);
-        let (code, why) = answer(&ctx, super::SWAP, &call).unwrap().unwrap_err();
+        let (code, why) = answer(&ctx, SWAP, &call).unwrap().unwrap_err();
         assert_eq!(code, ErrorCode::SwapNotDone, "{why:?}");
         assert!(why[0].contains("does not serve volume vol-a"), "{why:?}");
         // Asked again after a lost answer, a swap that happened is success.
         serve(&ctx.host, "vol-a", "node-9");
-        assert_eq!(answer(&ctx, super::SWAP, &call).unwrap().unwrap(), r#"{"leaf":"/dev/nvmetcp_x/node-9"}"#);
+        assert_eq!(answer(&ctx, SWAP, &call).unwrap().unwrap(), r#"{"leaf":"/dev/nvmetcp_x/node-9"}"#);
     }
 
     #[test]
     fn release_refuses_an_lv_an_open_disk_writes_and_is_a_no_op_when_unmapped() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(&dir);
-        let call = |lv: &str| answer(&ctx, super::RELEASE, &args(&[("sr", SR), ("lv", lv)])).unwrap();
+        let call = |lv: &str| answer(&ctx, RELEASE, &args(&[("sr", SR), ("lv", lv)])).unwrap();
         // Not attached here: nothing of it is active here.
         assert_eq!(call("node-2").unwrap(), r#"{"released":false}"#);
         crate::sr_state::save(&ctx.host, &crate::sr_state::one_tcp_path(SR, "nvmetcp_x", "nqn.x", "1", 1 << 30, 0))
