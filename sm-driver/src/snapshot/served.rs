@@ -413,6 +413,9 @@ mod tests {
         // pause, unpause -a qcow2:…
         let runner = FakeRunner::new().then_stdout("").then_stdout("");
         let peek = Peek(&host, std::sync::Mutex::new(Vec::new()));
+        // lvchange -ay and --refresh of the old leaf, read-only.
+        let lvm_runner = FakeRunner::new().then_stdout("").then_stdout("");
+        let lvm = Lvm::new(&lvm_runner, std::path::Path::new("/dev/nvme0n1"), false).unwrap();
         let served = ServedHere {
             engine: Box::new(Tapdisk::new(&runner)),
             host: &host,
@@ -420,8 +423,13 @@ mod tests {
             volume: "vol-aa",
             disk: disk(raw()),
             faults: &peek,
+            lvm: &lvm,
+            vg: "nvmetcp_x",
         };
         served.swap(&layer()).unwrap();
+        let reloads = lvm_runner.calls();
+        assert_eq!(reloads.len(), 2, "the old leaf is reloaded read-only after the swap");
+        assert!(reloads.iter().all(|c| c.shown.contains("read_only_volume_list")), "{reloads:?}");
         let seen = peek.1.lock().unwrap().clone();
         assert_eq!(seen, [("swap-asked".to_owned(), Some(layer())), ("swap-done".to_owned(), Some(layer()))]);
         let after = kept(&host, SR, "vol-aa").unwrap();

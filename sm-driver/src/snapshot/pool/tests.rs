@@ -167,7 +167,8 @@ fn a_lost_answer_to_the_swap_leaves_the_outcome_to_replay() {
 #[test]
 fn replay_believes_only_a_member_that_names_the_new_leaf() {
     let f = pool(&[]);
-    let probe = || PoolProbe { here: HereProbe { host: &f.master, sr_uuid: SR }, pool: f.pool() };
+    let runner = FakeRunner::new();
+    let probe = || PoolProbe { here: HereProbe { runner: &runner, host: &f.master, sr_uuid: SR }, pool: f.pool() };
     let (old, new) = (qcow2("node-1"), qcow2("node-2"));
     assert_eq!(probe().serving("vol-a", &old, &new), Serving::NotOpen);
     serve(&f.member, "vol-a", "node-1");
@@ -175,7 +176,7 @@ fn replay_believes_only_a_member_that_names_the_new_leaf() {
     serve(&f.member, "vol-a", "node-2");
     assert_eq!(probe().serving("vol-a", &old, &new), Serving::NewLeaf);
     let down = pool(&["*"]);
-    let probe = PoolProbe { here: HereProbe { host: &down.master, sr_uuid: SR }, pool: down.pool() };
+    let probe = PoolProbe { here: HereProbe { runner: &runner, host: &down.master, sr_uuid: SR }, pool: down.pool() };
     assert_eq!(probe.serving("vol-a", &old, &new), Serving::Unknown, "an unreachable member: replay waits");
 }
 
