@@ -197,7 +197,8 @@ fn chains_step(runner: &SystemRunner, device: &str, vg: &str, args: &[&str]) -> 
         ["snapshot-running", volume, snapshot, leaf] => {
             let disk = served::open_here(&host, CHAINS_SR, volume).ok_or("the volume is not served")?;
             let engine = served_engine()?;
-            let running = ServedHere { engine, host: &host, sr_uuid: CHAINS_SR, volume, disk, faults: &faults };
+            let running =
+                ServedHere { engine, host: &host, sr_uuid: CHAINS_SR, volume, disk, faults: &faults, lvm: &lvm, vg };
             chains.snapshot(volume, &names(leaf, snapshot, None), SIZE, Some(&running)).map_err(|e| chain(&e))?;
         }
         ["clone", volume, clone, leaf, clone_leaf] => {
