@@ -109,6 +109,12 @@ pub const ARCHIVES_KEPT: u32 = 10;
 /// The metadata area of the SR's PV.
 pub const PV_METADATA_SIZE: &str = "8m";
 
+/// The columns of a VG report ([`VgRow`]).
+const VG_COLUMNS: &str = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags";
+
+/// The columns of an LV report ([`LvRow`]).
+const LV_COLUMNS: &str = "lv_name,vg_name,lv_size,lv_tags,lv_active";
+
 /// The size `lvcreate` allocates for `bytes`: whole sectors, rounded up to
 /// whole extents; `None` when the extent size is unknown (0).
 #[must_use]
@@ -209,11 +215,56 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `vgs` fails or its report is unreadable.
     pub fn vgs(&self) -> Result<Vec<Vg>, LvmError> {
-        let command = self.report_command("vgs", "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags");
+        let command = self.report_command("vgs", VG_COLUMNS);
         let rows: Vec<VgRow> = self.report(&command, "vg")?;
         rows.into_iter()
             .map(|r| r.decode().map_err(|detail| LvmError::Report { command: command.to_string(), detail }))
             .collect()
+    }
+
+    /// Every VG visible on the device and their LVs, in one process:
+    /// `lvm fullreport` (lvm2 2.02.158+, like the JSON report), its VG and
+    /// LV subreports with the columns of [`Self::vgs`] and [`Self::lvs`],
+    /// the PV and segment subreports selected empty. What `SR.attach` reads:
+    /// the VG proves the namespace is the SR's, the LVs say whether the
+    /// snapshot journal needs a replay.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `lvm fullreport` fails or its report is unreadable.
+    pub fn vgs_and_lvs(&self) -> Result<(Vec<Vg>, Vec<Lv>), LvmError> {
+        let command = self.command("fullreport").args([
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "--configreport",
+            "vg",
+            "-o",
+            VG_COLUMNS,
+            "--configreport",
+            "lv",
+            "-o",
+            LV_COLUMNS,
+            "--configreport",
+            "pv",
+            "-S",
+            "pv_name=\"\"",
+            "--configreport",
+            "pvseg",
+            "-S",
+            "pvseg_start<0",
+            "--configreport",
+            "seg",
+            "-S",
+            "seg_start<0",
+        ]);
+        let output = self.runner.run(&command)?;
+        let bad = |detail| LvmError::Report { command: command.to_string(), detail };
+        let (vgs, lvs): (Vec<VgRow>, Vec<LvRow>) = parse_full_report(&output.stdout).map_err(bad)?;
+        let vgs = vgs.into_iter().map(VgRow::decode).collect::<Result<_, _>>().map_err(bad)?;
+        let lvs = lvs.into_iter().map(LvRow::decode).collect::<Result<_, _>>().map_err(bad)?;
+        Ok((vgs, lvs))
     }
 
     /// The LVs of `vg`.
@@ -236,7 +287,7 @@ impl<'a> Lvm<'a> {
 
     fn lv_report(&self, vg: &str, only: Option<&str>) -> Result<Vec<Lv>, LvmError> {
         check_name("volume group", vg)?;
-        let mut command = self.report_command("lvs", "lv_name,vg_name,lv_size,lv_tags,lv_active");
+        let mut command = self.report_command("lvs", LV_COLUMNS);
         if let Some(lv) = only {
             command = command.arg("--select").arg(format!("lv_name=\"{lv}\""));
         }
@@ -497,6 +548,22 @@ fn parse_report<T: for<'de> Deserialize<'de>>(text: &str, section: &str) -> Resu
     serde_json::from_value(rows.clone()).map_err(|e| format!("unexpected {section} row: {e}"))
 }
 
+/// `{"report": [{"vg": [rows], "lv": [rows], …}, …]}`, one element per VG
+/// (none when the device holds no VG), as `lvm fullreport` prints it.
+fn parse_full_report<V: for<'de> Deserialize<'de>, L: for<'de> Deserialize<'de>>(
+    text: &str,
+) -> Result<(Vec<V>, Vec<L>), String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let parts = value.get("report").and_then(|r| r.as_array()).ok_or("no \"report\" list")?;
+    let (mut vgs, mut lvs) = (Vec::new(), Vec::new());
+    for part in parts {
+        let section = |name: &str| part.get(name).cloned().ok_or_else(|| format!("a VG's report has no \"{name}\""));
+        vgs.extend(serde_json::from_value::<Vec<V>>(section("vg")?).map_err(|e| format!("unexpected vg row: {e}"))?);
+        lvs.extend(serde_json::from_value::<Vec<L>>(section("lv")?).map_err(|e| format!("unexpected lv row: {e}"))?);
+    }
+    Ok((vgs, lvs))
+}
+
 fn bytes(field: &str, text: &str) -> Result<u64, String> {
     text.trim().parse().map_err(|_| format!("{field} is {text:?}, not a number of bytes"))
 }
@@ -571,6 +638,31 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(format!("{}/tests/fixtures/lvm/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn one_full_report_gives_the_vgs_and_their_lvs() {
+        // Captured from lvm2 2.03.16 with the command `vgs_and_lvs` runs (an SR's VG, no LV yet).
+        let runner = FakeRunner::new()
+            .then_stdout(&fixture("2.03.16/fullreport-empty-vg.json"))
+            .then_stdout(r#"  {"report": [  ]  }"#);
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), false).unwrap();
+        let (vgs, lvs) = lvm.vgs_and_lvs().unwrap();
+        assert_eq!(vgs.len(), 1);
+        assert_eq!((vgs[0].size, vgs[0].free, vgs[0].extent_size), (62_914_560, 62_914_560, 4_194_304));
+        assert!(lvs.is_empty());
+        let shown = &runner.calls()[0].shown;
+        assert!(shown.starts_with("lvm fullreport --config ") && shown.contains("--configreport lv -o"), "{shown}");
+        // A device that holds no VG: nothing, not an error.
+        assert_eq!(lvm.vgs_and_lvs().unwrap(), (Vec::new(), Vec::new()));
+        let (vgs, lvs) = super::parse_full_report::<serde_json::Value, serde_json::Value>(
+            r#"{"report": [{"vg": [{"a": 1}], "lv": [{"b": 1}, {"b": 2}]}, {"vg": [{"a": 2}], "lv": []}]}"#,
+        )
+        .unwrap();
+        assert_eq!((vgs.len(), lvs.len()), (2, 2), "every VG's part is read");
+        assert!(
+            super::parse_full_report::<serde_json::Value, serde_json::Value>(r#"{"report": [{"vg": []}]}"#).is_err()
+        );
     }
 
     #[test]
