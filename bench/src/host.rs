@@ -96,10 +96,12 @@ fn scenario(name: &str, prelude: &str, body: &str, timeout: u32) -> Scenario {
     Scenario::script(name, &format!("{prelude}\n{}\n{body}", include_str!("scenarios.sh"))).timeout_secs(timeout)
 }
 
-const CONTROL: &str = r#"
-# 8 GiB, sparse on tmpfs: room for a thousand 4 MiB volumes, only metadata is written.
-nqn=$(tb_simple_target bench 8192 10.99.0.1 10.99.0.2)
-sr_up "$nqn" 10.99.0.1,10.99.0.2
+/// SR.attach on a fresh host against two `nvme connect` one after the
+/// other, and those two in parallel (Linux creates controllers one at a time
+/// under `nvmf_dev_mutex`, `drivers/nvme/host/fabrics.c`, so parallel
+/// connects gain little); then the LVM calls of one attach. The SR is left
+/// detached.
+const ATTACH: &str = r#"
 attach="{\"dbg\":\"a\",\"configuration\":$STORED}"
 detach="{\"dbg\":\"d\",\"sr\":\"$H\"}"
 : >"$SCENARIO_OUT/attach.txt"
@@ -112,8 +114,23 @@ for _ in $(seq "$REPEAT"); do
     nvme connect -t tcp -a 10.99.0.2 -s 4420 -n "$nqn" >/dev/null
     t3=$EPOCHREALTIME
     nvme disconnect -n "$nqn" >/dev/null; no_paths "$nqn"
-    echo "$(ms "$t0" "$t1") $(ms "$t2" "$t3")" >>"$SCENARIO_OUT/attach.txt"
+    t4=$EPOCHREALTIME
+    nvme connect -t tcp -a 10.99.0.1 -s 4420 -n "$nqn" >/dev/null &
+    nvme connect -t tcp -a 10.99.0.2 -s 4420 -n "$nqn" >/dev/null &
+    wait
+    t5=$EPOCHREALTIME
+    nvme disconnect -n "$nqn" >/dev/null; no_paths "$nqn"
+    echo "$(ms "$t0" "$t1") $(ms "$t2" "$t3") $(ms "$t4" "$t5")" >>"$SCENARIO_OUT/attach.txt"
 done
+"$B" count-lvm SR.attach "$attach" >"$SCENARIO_OUT/sr_attach_lvm.json"
+call SR.detach "$detach" >/dev/null; no_paths "$nqn"
+"#;
+
+const CONTROL: &str = r#"
+# 8 GiB, sparse on tmpfs: room for a thousand 4 MiB volumes, only metadata is written.
+nqn=$(tb_simple_target bench 8192 10.99.0.1 10.99.0.2)
+sr_up "$nqn" 10.99.0.1,10.99.0.2
+ATTACH_MEASURES
 call SR.attach "$attach" >/dev/null
 stat="{\"dbg\":\"s\",\"sr\":\"$H\"}"
 "$B" time-calls SR.stat "$stat" "$CALLS" >"$SCENARIO_OUT/sr_stat.json"
@@ -141,8 +158,12 @@ for size in $SIZES; do
     done
 done
 "$B" count-lvm Volume.create "$volume" >"$SCENARIO_OUT/volume_create_lvm.json"
-call SR.detach "$detach" >/dev/null; no_paths "$nqn"
-"$B" count-lvm SR.attach "$attach" >"$SCENARIO_OUT/sr_attach_lvm.json"
+"#;
+
+const ATTACH_ONLY: &str = r#"
+nqn=$(tb_simple_target bench 1024 10.99.0.1 10.99.0.2)
+sr_up "$nqn" 10.99.0.1,10.99.0.2
+ATTACH_MEASURES
 "#;
 
 const DATA: &str = r#"
@@ -255,6 +276,24 @@ pub fn run_userspace(short: bool) -> Result<(), String> {
     report::write_userspace(result, short)
 }
 
+/// Only the SR.attach measures (`bench/run --attach`): one short scenario,
+/// its rows printed with the machine's load.
+///
+/// # Errors
+/// A missing prerequisite or a failed scenario.
+pub fn run_attach(short: bool) -> Result<(), String> {
+    let prelude = prelude(&Plan::new(short))?;
+    let body = ATTACH_ONLY.replace("ATTACH_MEASURES", ATTACH);
+    let scenarios = [scenario("attach", &prelude, &body, 1200)];
+    let load_before = report::load_average();
+    let run = nvmetcp_testbed::run("bench", &scenarios).map_err(|e| e.to_string())?;
+    let result = run.scenario("attach");
+    if !result.passed() {
+        return Err(format!("scenario attach failed; its log:\n{}", result.log));
+    }
+    report::write_attach(result, short, &load_before)
+}
+
 /// The variables every scenario script starts with.
 fn prelude(plan: &Plan) -> Result<String, String> {
     let plugin = env_path("NVMETCP_BENCH_PLUGIN")?;
@@ -304,8 +343,9 @@ pub fn run(short: bool) -> Result<(), String> {
     eprintln!("bench: the test bed ({} mode)", if short { "short" } else { "full" });
     let prelude = prelude(&plan)?;
     let control_timeout = if short { 600 } else { 7200 };
+    let control = CONTROL.replace("ATTACH_MEASURES", ATTACH);
     let scenarios = [
-        scenario("control-plane", &prelude, CONTROL, control_timeout),
+        scenario("control-plane", &prelude, &control, control_timeout),
         scenario("data-path", &prelude, DATA, 900),
         scenario("path-cut", &prelude, STALL, 300),
         scenario("userspace-initiator", &prelude, USERSPACE, 600),

@@ -48,11 +48,17 @@ fn main() -> ExitCode {
     }
     let short = args.iter().any(|a| a == "--short");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: bench/run [--short] [--userspace]   (see BENCHMARKS.md)");
+        println!("usage: bench/run [--short] [--userspace | --attach]   (see BENCHMARKS.md)");
         return ExitCode::SUCCESS;
     }
-    let userspace = args.iter().any(|a| a == "--userspace");
-    match if userspace { host::run_userspace(short) } else { host::run(short) } {
+    let run = if args.iter().any(|a| a == "--userspace") {
+        host::run_userspace
+    } else if args.iter().any(|a| a == "--attach") {
+        host::run_attach
+    } else {
+        host::run
+    };
+    match run(short) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nvmetcp-bench: {e}");

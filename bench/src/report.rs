@@ -78,6 +78,56 @@ fn fio_file(result: &ScenarioResult, name: &str, read: bool) -> Result<(f64, f64
     Ok((bw, job["iops"].as_f64().unwrap_or(0.0)))
 }
 
+/// SR.attach against two `nvme connect` in sequence, and those two in
+/// parallel against in sequence (what the kernel's one mutex leaves to gain).
+fn attach_rows(c: &ScenarioResult) -> Result<Vec<Row>, String> {
+    let attach_lvm = json_file(c, "sr_attach_lvm.json")?.as_u64().unwrap_or(0);
+    let sequential = lines(c, "attach.txt", 1)?;
+    let mut attach = compare(
+        &format!("SR.attach, 2 portals, fresh host (guest) [{attach_lvm} LVM call(s)]"),
+        &lines(c, "attach.txt", 0)?,
+        "2× nvme connect",
+        &sequential,
+        1.2,
+    );
+    attach.json["lvm_calls"] = serde_json::json!(attach_lvm);
+    let parallel = lines(c, "attach.txt", 2)?;
+    let ratio = parallel.median() / sequential.median().max(f64::MIN_POSITIVE);
+    let informative = Row {
+        measure: "2× nvme connect at once (guest)".into(),
+        value: parallel.show(),
+        floor: format!("one after the other: {}", sequential.show()),
+        ratio: format!("{ratio:.2}×"),
+        target: "— (the kernel serialises controller creation)".into(),
+        met: None,
+        json: serde_json::json!({"value": parallel.json(), "floor": sequential.json(), "ratio": ratio}),
+    };
+    Ok(vec![attach, informative])
+}
+
+/// The 1-, 5- and 15-minute load averages of this machine, as text.
+#[must_use]
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints the attach rows and the machine's load before and after, and
+/// writes them to `target/bench/results-attach.json`.
+///
+/// # Errors
+/// The scenario wrote no result, or the results file is unwritable.
+#[allow(clippy::print_stdout)] // the load is part of the program's output
+pub fn write_attach(c: &ScenarioResult, short: bool, load_before: &str) -> Result<(), String> {
+    write_rows(&attach_rows(c)?, short, "results-attach.json")?;
+    println!("load average {load_before} before, {} after", load_average());
+    Ok(())
+}
+
 #[allow(clippy::too_many_lines)] // one row after another, in the order of the table in the issue
 fn rows(m: &Measures) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
@@ -114,16 +164,7 @@ fn rows(m: &Measures) -> Result<Vec<Row>, String> {
         met: None,
         json: serde_json::json!({"value": stat.json(), "floor": guest_noop.json(), "plugin_query_in_guest": guest_query.json()}),
     });
-    let attach_lvm = json_file(c, "sr_attach_lvm.json")?.as_u64().unwrap_or(0);
-    let mut attach = compare(
-        &format!("SR.attach, 2 portals, fresh host (guest) [{attach_lvm} LVM call(s)]"),
-        &lines(c, "attach.txt", 0)?,
-        "2× nvme connect",
-        &lines(c, "attach.txt", 1)?,
-        1.2,
-    );
-    attach.json["lvm_calls"] = serde_json::json!(attach_lvm);
-    rows.push(attach);
+    rows.extend(attach_rows(c)?);
     let create_lvm = json_file(c, "volume_create_lvm.json")?.as_u64().unwrap_or(0);
     let mut create = compare(
         &format!("Volume.create (guest) [{create_lvm} LVM call(s)]"),
