@@ -11,6 +11,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sm_driver::error_chain::chain;
 use xapi_client::api::sr::{ProbeResult, SrCreate};
 use xapi_client::api::{event, pbd, pool, sm, sr, task, SrRef, TaskRef};
 use xapi_client::Session;
@@ -187,7 +188,7 @@ fn outcomes(session: &Session, view: &PoolView, record: &sr::Sr) -> Result<Vec<H
         if !pbd_record.currently_attached {
             // Plugging again is how the host's reason is learnt.
             if let Err(e) = pbd::plug(session, pbd_ref) {
-                error = Some(format!("{e}. After fixing it: xe pbd-plug uuid={}", pbd_record.uuid));
+                error = Some(format!("{}. After fixing it: xe pbd-plug uuid={}", chain(&e), pbd_record.uuid));
             }
         }
         let attached = error.is_none();
@@ -256,7 +257,10 @@ pub fn run(args: &CreateArgs, session: &Session, console: &mut Console, interact
     let token = event::inject(session, "pool", &pool_ref.0).unwrap_or_default();
     let task_ref = sr::create_async(session, &create)?;
     let sr_ref = follow(session, &view, &task_ref, token, console).map_err(|e| {
-        AdminError::Failed(format!("SR.create failed, and xapi removed what it had made (no SR, no PBD): {e}"))
+        AdminError::Failed(format!(
+            "SR.create failed, and xapi removed what it had made (no SR, no PBD): {}",
+            chain(&e)
+        ))
     })?;
     let record = sr::get_record(session, &sr_ref)?;
     console.note("3/3 checking every host …");

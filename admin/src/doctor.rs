@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sm_driver::doctor::{Check, DoctorInput, Verdict};
+use sm_driver::error_chain::chain;
 use sm_driver::nvme::names::{Portal, Transport};
 use xapi_client::api::{pbd, sm, sr};
 use xapi_client::Session;
@@ -74,7 +75,7 @@ fn sm_record(session: &Session) -> Check {
                  SR types when it starts)",
             ),
         },
-        Err(e) => Check::fail(NAME, format!("cannot read the SM records: {e}"), "check that xapi runs"),
+        Err(e) => Check::fail(NAME, format!("cannot read the SM records: {}", chain(&e)), "check that xapi runs"),
     }
 }
 

@@ -19,10 +19,10 @@ pub enum Exit {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// XAPI could not be reached or refused the login.
-    #[error("cannot use XAPI: {0}")]
-    Connect(xapi_client::Error),
+    #[error("cannot use XAPI")]
+    Connect(#[source] xapi_client::Error),
     /// An XAPI call failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Xapi(#[from] xapi_client::Error),
     /// The request makes no sense.
     #[error("{0}")]

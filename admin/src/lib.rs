@@ -70,7 +70,7 @@ pub fn run(argv: &[String], local: &Local, console: &mut Console, interactive: b
     match result {
         Ok(exit) => exit as i32,
         Err(error) => {
-            console.note(&format!("nvmetcp: {error}"));
+            console.note(&format!("nvmetcp: {}", sm_driver::error_chain::chain(&error)));
             error.exit() as i32
         }
     }

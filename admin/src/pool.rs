@@ -64,6 +64,6 @@ pub fn host_plugin<T: DeserializeOwned>(
     match host::call_plugin(session, host, sm_driver::plugin::HOST_PLUGIN_NAME, function, args) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| PluginError::Call(format!("unexpected answer: {e}"))),
         Err(e) if e.xapi().is_some_and(|x| x.code == "XENAPI_MISSING_PLUGIN") => Err(PluginError::Missing),
-        Err(e) => Err(PluginError::Call(e.to_string())),
+        Err(e) => Err(PluginError::Call(sm_driver::error_chain::chain(&e))),
     }
 }

@@ -105,7 +105,7 @@ pub fn hosts_mapping(root: &HostRoot, vg: &str, lv: &str) -> Result<Vec<String>,
         return Ok(Vec::new());
     }
     let me = this_host_uuid(root);
-    let xapi = |e: xapi_client::Error| PoolCheckError::Xapi(e.to_string());
+    let xapi = |e: xapi_client::Error| PoolCheckError::Xapi(crate::error_chain::chain(&e));
     let endpoint = Endpoint::Unix(root.path(XAPI_SOCKET));
     let timeouts = Timeouts { connect: Duration::from_secs(5), call: Duration::from_secs(30) };
     let session = Client::new(endpoint, timeouts).login(&Credentials::local_root(), ORIGINATOR).map_err(xapi)?;
@@ -121,8 +121,8 @@ pub fn hosts_mapping(root: &HostRoot, vg: &str, lv: &str) -> Result<Vec<String>,
         if !host::is_live(&session, &record.metrics).map_err(xapi)? {
             return Err(no_answer("XAPI reports it is not live".to_owned()));
         }
-        let reply =
-            host::call_plugin(&session, &reference, PLUGIN, FUNCTION, &args).map_err(|e| no_answer(e.to_string()))?;
+        let reply = host::call_plugin(&session, &reference, PLUGIN, FUNCTION, &args)
+            .map_err(|e| no_answer(crate::error_chain::chain(&e)))?;
         let mapped = serde_json::from_str::<serde_json::Value>(&reply)
             .ok()
             .and_then(|v| v.get("mapped").and_then(serde_json::Value::as_bool))

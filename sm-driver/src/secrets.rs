@@ -58,12 +58,12 @@ impl Xapi<'_> {
                 let timeouts = Timeouts { connect: Duration::from_secs(5), call: Duration::from_secs(30) };
                 let opened = Client::new(endpoint, timeouts)
                     .login(&Credentials::local_root(), ORIGINATOR)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(crate::error_chain::chain(&e)))?;
                 empty.insert(opened)
             }
         };
-        let reference = secret::get_by_uuid(session, uuid).map_err(|e| fail(e.to_string()))?;
-        let value = secret::get_value(session, &reference).map_err(|e| fail(e.to_string()))?;
+        let reference = secret::get_by_uuid(session, uuid).map_err(|e| fail(crate::error_chain::chain(&e)))?;
+        let value = secret::get_value(session, &reference).map_err(|e| fail(crate::error_chain::chain(&e)))?;
         value.expose().parse().map_err(|e: crate::nvme::names::InvalidValue| {
             fail(format!("the secret is not a DH-HMAC-CHAP key: {}", e.why))
         })

@@ -2,6 +2,10 @@
 //! endpoint and the method; none carries a password, a session ref or a
 //! secret value (parameters are never included, only XAPI's own error
 //! parameters, which XAPI shows to any caller).
+//!
+//! Messages follow the project's convention (`docs/errors.md`): an error's
+//! text says what failed at its level and never repeats its source's text;
+//! the caller joins the error and its causes once (`sm_driver::error_chain`).
 
 use std::time::Duration;
 
@@ -36,7 +40,7 @@ impl XapiError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The endpoint could not be reached.
-    #[error("cannot connect to XAPI at {endpoint}: {source}")]
+    #[error("cannot connect to XAPI at {endpoint}")]
     Connect {
         /// The endpoint.
         endpoint: String,
@@ -72,7 +76,7 @@ pub enum Error {
         why: String,
     },
     /// The reply was not XAPI's XML-RPC.
-    #[error("XAPI at {endpoint} answered {method} with something that is not XML-RPC: {source}")]
+    #[error("XAPI at {endpoint} answered {method} with something that is not XML-RPC")]
     Codec {
         /// The endpoint.
         endpoint: String,
@@ -82,7 +86,7 @@ pub enum Error {
         source: CodecError,
     },
     /// XAPI refused the call.
-    #[error("XAPI refused {method}: {source}")]
+    #[error("XAPI refused {method}")]
     Api {
         /// The call.
         method: String,
@@ -90,7 +94,7 @@ pub enum Error {
         source: XapiError,
     },
     /// The result had an unexpected shape.
-    #[error("XAPI's reply to {method} is not what it should be: {source}")]
+    #[error("XAPI's reply to {method} is not what it should be")]
     Type {
         /// The call.
         method: String,
@@ -115,3 +119,42 @@ impl Error {
 
 /// Results of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, XapiError};
+    use crate::value::TypeError;
+
+    /// Every error, joined with its causes as callers do.
+    fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut texts = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            texts.push(cause.to_string());
+            source = cause.source();
+        }
+        texts
+    }
+
+    #[test]
+    fn no_message_repeats_its_source() {
+        let endpoint = "unix:/var/lib/xcp/xapi".to_owned();
+        let errors = [
+            Error::Connect { endpoint: endpoint.clone(), source: std::io::Error::other("connection refused") },
+            Error::Api {
+                method: "SR.create".into(),
+                source: XapiError { code: "SR_BACKEND_FAILURE".into(), params: vec!["x".into()] },
+            },
+            Error::Type {
+                method: "host.get_all".into(),
+                source: TypeError { context: "host".into(), expected: "a struct", got: "an int".into() },
+            },
+        ];
+        for error in &errors {
+            let texts = chain(error);
+            assert_eq!(texts.len(), 2, "{texts:?}");
+            assert!(!texts[0].contains(&texts[1]), "{:?} repeats its source {:?}", texts[0], texts[1]);
+        }
+        assert_eq!(chain(&errors[1]), ["XAPI refused SR.create", "SR_BACKEND_FAILURE [x]"]);
+    }
+}

@@ -18,7 +18,7 @@ const MAX_HEADERS: usize = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The socket failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The whole exchange took longer than allowed.
     #[error("no complete reply within {0:?}")]

@@ -212,7 +212,7 @@ impl Agent {
                 Ok(until) => next = Some(next.map_or(until, |n| n.min(until))),
                 Err(e) => {
                     if self.status.rrdd_registered {
-                        tracing::warn!(error = %e, "xcp-rrdd registration lost");
+                        tracing::warn!(error = %crate::error_chain::chain(&e), "xcp-rrdd registration lost");
                     }
                     registered = false;
                 }

@@ -281,9 +281,9 @@ fn run(mut pool: Box<dyn Pool>, received: &Receiver<Update>, status: &Mutex<Publ
             Ok(false) => backoff = Duration::ZERO,
             Err(e) => {
                 if shown.last_error.is_none() {
-                    tracing::warn!(error = %e, "XAPI did not take the path update; retrying");
+                    tracing::warn!(error = %crate::error_chain::chain(&e), "XAPI did not take the path update; retrying");
                 }
-                shown.last_error = Some(e.to_string());
+                shown.last_error = Some(crate::error_chain::chain(&e));
                 pool.reset();
                 backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
             }
