@@ -9,7 +9,7 @@
 //!   their chains alone);
 //! * [`SWAP`]: the running snapshot's switch: activate the new leaf, pause
 //!   the disk, switch it to the new leaf, resume, then reload the old leaf
-//!   read-only ([`super::served::ServedHere`], pause first, then swap);
+//!   read-only ([`crate::snapshot::served::ServedHere`], pause first, then swap);
 //! * [`RELEASE`]: deactivate an LV the master is about to remove, refused
 //!   while this host has it open.
 //!
