@@ -84,9 +84,10 @@ took
 
 step "cut a path" "the array's second port stops serving the subsystem while a VM-like writer keeps going"
 rm -f /run/io.count /run/io.errors /run/io.stop
+echo 0 >/run/io.count
 (i=0; while [ ! -e /run/io.stop ]; do
     dd if=/run/pattern of="$device" bs=64k count=1 seek=$((256 + i % 128)) oflag=direct status=none || echo "$i" >>/run/io.errors
-    i=$((i + 1)); echo "$i" >/run/io.count
+    i=$((i + 1)); echo "$i" >/run/io.count.new && mv /run/io.count.new /run/io.count
 done) &
 writer=$!
 sleep 1
