@@ -239,10 +239,14 @@ pub fn attach(
             uses.push(PathUse { key: connected.key.clone(), created });
         }
     }
-    // Paths this user used before but failed now stay recorded: the
-    // controller may be reconnecting, and it is still ours to clean up.
+    // Paths this user used before but failed now stay recorded while a
+    // controller is there: it may be reconnecting, and it is still ours to
+    // clean up. One with no controller at all (an intent of a killed call
+    // whose connect never happened, or a controller the kernel gave up) is
+    // forgotten: a controller made later by hand on that path is not ours.
     for old in previous {
-        if !uses.iter().any(|u| u.key == old.key) {
+        let gone = matches!(super::connect::find_controller(host, &old.key), Ok(None));
+        if !uses.iter().any(|u| u.key == old.key) && !gone {
             uses.push(old);
         }
     }
@@ -562,6 +566,49 @@ mod tests {
         let released = release(&tree.host(), "sr").unwrap();
         assert_eq!(released.disconnected, ["nvme0"], "{released:?}");
         assert!(live(&tree).is_empty(), "no controller leaked");
+    }
+
+    /// A fabrics device killed before the kernel made anything.
+    struct DiesBeforeConnect;
+
+    impl crate::nvme::fabrics::Fabrics for DiesBeforeConnect {
+        fn create_controller(
+            &self,
+            _options: &crate::nvme::options::OptionString,
+        ) -> Result<crate::nvme::fabrics::Created, crate::nvme::fabrics::FabricsError> {
+            panic!("killed after its intent was recorded, before the connect");
+        }
+
+        fn supported_options(&self) -> Option<Vec<String>> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_intent_whose_connect_never_happened_is_not_kept_as_ours() {
+        let tree = SysfsTree::new();
+        let (_listeners, mut paths) = two_paths();
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            attach(&tree.host(), &DiesBeforeConnect, &TcpNetwork, "sr", &paths[..1])
+        }));
+        assert!(killed.is_err());
+        assert!(live(&tree).is_empty(), "nothing was connected");
+        // The retry cannot reach the portal: the path fails, and no controller exists.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (addr, port) = (closed.local_addr().unwrap().ip(), closed.local_addr().unwrap().port());
+        drop(closed);
+        let wanted = paths[0].key();
+        paths[0].portal = Portal { addr, port };
+        let retried = attach(&tree.host(), &FakeFabrics::new(&tree), &TcpNetwork, "sr", &paths[..1]).unwrap();
+        assert!(retried[0].is_err());
+        let users = super::load(&tree.host()).unwrap();
+        assert!(users["sr"].iter().all(|u| u.key != wanted), "the dead intent stayed on record: {users:?}");
+        // Later the administrator connects the first portal by hand: nvmetcp must leave it.
+        let manual = &two_paths().1[0];
+        let address = format!("traddr={},trsvcid={}", wanted.traddr, wanted.trsvcid);
+        tree.controller("nvme0", "tcp", manual.subsystem.as_str(), &address, manual.host.nqn.as_str(), "live");
+        release(&tree.host(), "sr").unwrap();
+        assert_eq!(live(&tree), ["nvme0"], "a hand-made controller was deleted");
     }
 
     #[test]
