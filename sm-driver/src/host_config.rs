@@ -6,11 +6,13 @@
 //!   interface; `host_traddr = 10.0.0.5` to that source address;
 //!   `initiator = kernel|userspace` chooses the NVMe/TCP initiator (default:
 //!   the kernel's when `nvme_tcp` can be loaded, see [`crate::initiator`]);
-//!   `datapath = blkback|engine` chooses how the pool master hands plain
-//!   (never snapshotted) volumes to VMs: blkback on the LV (the default), or
-//!   this host's datapath engine, as XCP-ng's own SRs do with tapdisk
-//!   (`aio:`), so a running VM's disk can be snapshotted without an offline
-//!   snapshot first (see [`crate::snapshot::served`]).
+//!   `datapath = auto|blkback|engine` chooses how the pool master hands plain
+//!   (never snapshotted) volumes to VMs: `auto` (the default) through
+//!   tapdisk (`aio:`) when this host's blktap opens qcow2, as XCP-ng's own
+//!   SRs do, so a running VM's disk can be snapshotted without an offline
+//!   snapshot first, and blkback on the LV otherwise; `blkback` always;
+//!   `engine` through whatever engine the host has, qemu-storage-daemon
+//!   included (see [`crate::snapshot::served::plain_datapath`]).
 //! * `/etc/nvmetcp/dhchap/<subsystem NQN>.key` and `.ctrl-key` — this host's
 //!   DH-HMAC-CHAP key for a subsystem, and the controller's key for
 //!   bidirectional authentication. They must be readable by root only; a
@@ -77,13 +79,15 @@ pub struct HostConfig {
     pub host_traddr: Option<IpAddr>,
     /// The NVMe/TCP initiator this host must use; `None`: chosen by the kernel's abilities.
     pub initiator: Option<crate::initiator::InitiatorKind>,
-    /// How plain volumes are handed to VMs; `None`: blkback.
+    /// How plain volumes are handed to VMs; `None`: [`PlainDatapath::Auto`].
     pub datapath: Option<PlainDatapath>,
 }
 
 /// How a host hands a plain (never snapshotted) volume to a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlainDatapath {
+    /// tapdisk when this host's blktap opens qcow2, else blkback (the default).
+    Auto,
     /// Kernel blkback on the volume's LV (`vbd`).
     Blkback,
     /// The host's datapath engine, `aio:` on the LV (`vbd3`).
@@ -95,9 +99,10 @@ impl std::str::FromStr for PlainDatapath {
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
+            "auto" => Ok(Self::Auto),
             "blkback" => Ok(Self::Blkback),
             "engine" => Ok(Self::Engine),
-            other => Err(format!("datapath {other:?}: expected blkback or engine")),
+            other => Err(format!("datapath {other:?}: expected auto, blkback or engine")),
         }
     }
 }
@@ -219,9 +224,11 @@ mod tests {
         assert!(err.contains("line 1") && err.contains("kernel or userspace"), "{err}");
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "datapath = engine\n").unwrap();
         assert_eq!(HostConfig::load(&host).unwrap().datapath, Some(super::PlainDatapath::Engine));
+        std::fs::write(host.path("/etc/nvmetcp/host.conf"), "datapath = auto\n").unwrap();
+        assert_eq!(HostConfig::load(&host).unwrap().datapath, Some(super::PlainDatapath::Auto));
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "datapath = tapdisk\n").unwrap();
         let err = HostConfig::load(&host).unwrap_err().to_string();
-        assert!(err.contains("line 1") && err.contains("blkback or engine"), "{err}");
+        assert!(err.contains("line 1") && err.contains("auto, blkback or engine"), "{err}");
         std::fs::write(host.path("/etc/nvmetcp/host.conf"), "host_iface = eth1,nqn=x\n").unwrap();
         assert!(matches!(HostConfig::load(&host), Err(HostConfigError::Line { line: 1, .. })));
     }

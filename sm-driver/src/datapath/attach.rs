@@ -1,5 +1,7 @@
 //! `Datapath.attach` and `Datapath.activate`: the LV activated (refreshed)
-//! on this host, and its device handed to blkback.
+//! on this host, and its device handed to blkback, or the volume served by
+//! this host's engine (a layered volume always; a plain one where
+//! [`crate::snapshot::served::plain_datapath`] says so, which SMlog records).
 
 use crate::context::Context;
 use crate::error::{CallResult, VolumeError};
@@ -23,7 +25,9 @@ fn set_active(ctx: &Context, uri: &str, active: bool) -> CallResult<(String, &'s
     let volume_tag = crate::volume::meta::VOLUME_TAG;
     let engine_for_plain = || -> CallResult<bool> {
         let choice = crate::host_config::HostConfig::load(&ctx.host)?.datapath;
-        Ok(crate::snapshot::served::serves_plain(&ctx.host, choice))
+        let chosen = crate::snapshot::served::plain_datapath(ctx.runner.as_ref(), &ctx.host, choice);
+        tracing::info!(volume = %lv, datapath = chosen.name(), why = %chosen.why, "plain volume's datapath");
+        Ok(chosen.engine)
     };
     if active && (crate::snapshot::calls::needs_engine(&lvm, &state.vg, volume_tag, &found)? || engine_for_plain()?) {
         // blkback on a layered volume's LV would serve the wrong bytes.

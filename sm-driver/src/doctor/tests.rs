@@ -176,15 +176,22 @@ fn the_engine_report_says_what_serves_snapshots_and_plain_volumes() {
     let (_dir, host) = healthy_host();
     let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
     assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
-    assert!(check.detail.contains("tapdisk with qcow2") && check.detail.contains("blkback (the default)"), "{check:?}");
+    // The default (datapath = auto): tapdisk with qcow2 serves plain volumes too.
+    assert!(check.detail.contains("tapdisk with qcow2"), "{check:?}");
+    assert!(check.detail.contains("plain volumes through it too (tapdisk opens qcow2"), "{check:?}");
+    write(&host, "/etc/nvmetcp/host.conf", "datapath = blkback\n");
+    let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
+    assert!(check.detail.contains("plain volumes through blkback (datapath = blkback"), "{check:?}");
     write(&host, "/etc/nvmetcp/host.conf", "datapath = engine\n");
     let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
     assert!(check.detail.contains("datapath = engine"), "{check:?}");
-    // Upstream blktap: no commit/query, no qcow2.
+    // Upstream blktap: no commit/query, no qcow2; the default keeps blkback and says why.
+    std::fs::remove_file(host.path("/etc/nvmetcp/host.conf")).unwrap();
     let upstream = TAP_CTL_HELP_QCOW2.replace(" | commit | query | cancel", "");
     let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(&upstream)));
     assert_eq!(check.verdict, Verdict::Warn, "{check:?}");
     assert!(check.fix.contains("2026-05-05"), "{check:?}");
+    assert!(check.detail.contains("plain volumes through blkback (this host's blktap has no qcow2"), "{check:?}");
     // Neither engine.
     std::fs::remove_file(host.path("/usr/sbin/tap-ctl")).unwrap();
     let check = engine(&host, &FakeRunner::new().then(ok("")));

@@ -48,10 +48,11 @@ pub enum ChainCallError {
     #[error(
         "volume {key} is in use{place}: it is handed to its VM through blkback on its raw LV, which cannot \
          switch to a snapshot layer while the VM runs; nothing was changed. Snapshot or clone it with the VM \
-         shut down, or let the pool master serve plain volumes through its datapath engine (datapath = engine \
-         in /etc/nvmetcp/host.conf; needs tapdisk with qcow2, or qemu-storage-daemon) and start the VM on the \
-         master: its disks are then snapshotted while it runs (a disk running on a pool member is not, in this \
-         version)"
+         shut down, or start it on a pool master that serves plain volumes through its datapath engine: the \
+         default (datapath = auto) does where tapdisk opens qcow2 (XCP-ng 8.3 updates of 2026-05-05), \
+         datapath = engine in /etc/nvmetcp/host.conf does with qemu-storage-daemon, and `nvmetcp doctor` says \
+         which this host uses and why; its disks are then snapshotted while it runs (a disk running on a pool \
+         member is not, in this version)"
     )]
     Running {
         /// The volume.

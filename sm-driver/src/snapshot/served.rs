@@ -6,11 +6,13 @@
 //! The engine is chosen by what the host has: tapdisk (`tap-ctl`) if its
 //! blktap opens qcow2, otherwise qemu-storage-daemon behind an NBD device
 //! (the test bed's engine); a host with neither cannot serve a layered
-//! volume and says so. Plain volumes keep blkback on their LV, unless the
-//! host says `datapath = engine` in host.conf ([`serves_plain`]): then the
-//! master serves them through its engine too (`aio:` for tapdisk), as
-//! XCP-ng's own SRs do, and a running VM's disk can be snapshotted at once
-//! (pause, swap to the new qcow2 leaf over the raw LV, resume).
+//! volume and says so. Plain volumes ([`plain_datapath`]) go through the
+//! master's engine too (`aio:` for tapdisk) when its tapdisk opens qcow2
+//! (`datapath = auto`, the default), as XCP-ng's own SRs do, so a running
+//! VM's disk can be snapshotted at once (pause, swap to the new qcow2 leaf
+//! over the raw LV, resume); a host without that keeps blkback on the LV
+//! and says why. `datapath = engine` takes any engine (qemu-storage-daemon
+//! in the test bed), `datapath = blkback` always keeps blkback.
 //!
 //! Each open disk's handle lives in `/run/nvmetcp/engine/<sr>/<lv>.json`
 //! (every plugin call is a fresh process). A swap writes the handle first
@@ -74,13 +76,102 @@ pub fn engine<'a>(runner: &'a dyn Runner, host: &'a HostRoot) -> Result<Box<dyn 
     Ok(Box::new(qsd))
 }
 
-/// Whether this host serves plain volumes through its engine: the pool
-/// master with `datapath = engine` in host.conf (members keep blkback: the
-/// master's collector and snapshots cannot see what a member's engine has
-/// open in this version).
+/// What a probe of this host's tapdisk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapdiskProbe {
+    /// No `tap-ctl` on this host (not an XCP-ng dom0).
+    Absent,
+    /// tapdisk opens qcow2 (its `tap-ctl` has `commit` and `query`).
+    Qcow2,
+    /// tapdisk without the qcow2 driver.
+    NoQcow2,
+    /// `tap-ctl` could not be asked (why).
+    Unasked(String),
+}
+
+impl TapdiskProbe {
+    /// Asks `tap-ctl` through `runner` (one call, `tap-ctl` alone).
+    #[must_use]
+    pub fn of(runner: &dyn Runner) -> Self {
+        if runner.resolve(Program::TapCtl).is_err() {
+            return Self::Absent;
+        }
+        match Tapdisk::new(runner).features() {
+            Ok(features) if features.qcow2 => Self::Qcow2,
+            Ok(_) => Self::NoQcow2,
+            Err(error) => Self::Unasked(error.to_string()),
+        }
+    }
+}
+
+/// How this host hands plain volumes to VMs, and why (doctor and SMlog say both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainChoice {
+    /// Through this host's engine (`vbd3`); otherwise blkback on the LV (`vbd`).
+    pub engine: bool,
+    /// Why, for an administrator.
+    pub why: String,
+}
+
+impl PlainChoice {
+    fn engine(why: &str) -> Self {
+        Self { engine: true, why: why.to_owned() }
+    }
+
+    fn blkback(why: impl Into<String>) -> Self {
+        Self { engine: false, why: why.into() }
+    }
+
+    /// The datapath's name as XCP-ng calls it.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        if self.engine {
+            "engine"
+        } else {
+            "blkback"
+        }
+    }
+}
+
+/// The choice for a host: `choice` from host.conf, whether it is the pool
+/// master, and what its tapdisk can do. Members keep blkback (the master
+/// snapshots a plain disk running on a member only once a member serves
+/// plain volumes through its engine, not in this version).
 #[must_use]
-pub fn serves_plain(host: &HostRoot, choice: Option<PlainDatapath>) -> bool {
-    choice == Some(PlainDatapath::Engine) && crate::pool_role::is_master(host)
+pub fn choose_plain(choice: Option<PlainDatapath>, master: bool, tapdisk: &TapdiskProbe) -> PlainChoice {
+    if !master {
+        return PlainChoice::blkback(
+            "a pool member hands plain volumes to VMs through blkback (only the pool master serves them through \
+             its engine in this version)",
+        );
+    }
+    match choice {
+        Some(PlainDatapath::Blkback) => PlainChoice::blkback("datapath = blkback in /etc/nvmetcp/host.conf"),
+        Some(PlainDatapath::Engine) => PlainChoice::engine("datapath = engine in /etc/nvmetcp/host.conf"),
+        None | Some(PlainDatapath::Auto) => match tapdisk {
+            TapdiskProbe::Qcow2 => PlainChoice::engine("tapdisk opens qcow2 on this host (datapath = auto)"),
+            TapdiskProbe::NoQcow2 => PlainChoice::blkback(
+                "this host's blktap has no qcow2 driver (datapath = auto; XCP-ng 8.3 updates of 2026-05-05 add it)",
+            ),
+            TapdiskProbe::Absent => PlainChoice::blkback(
+                "no tapdisk on this host (datapath = auto; datapath = engine serves plain volumes through \
+                 qemu-storage-daemon)",
+            ),
+            TapdiskProbe::Unasked(why) => {
+                PlainChoice::blkback(format!("tap-ctl could not be asked (datapath = auto): {why}"))
+            }
+        },
+    }
+}
+
+/// How this host hands plain volumes to VMs: [`choose_plain`] with this
+/// host's role and its tapdisk asked (a member asks nothing).
+#[must_use]
+pub fn plain_datapath(runner: &dyn Runner, host: &HostRoot, choice: Option<PlainDatapath>) -> PlainChoice {
+    let master = crate::pool_role::is_master(host);
+    let needs_probe = master && matches!(choice, None | Some(PlainDatapath::Auto));
+    let tapdisk = if needs_probe { TapdiskProbe::of(runner) } else { TapdiskProbe::Absent };
+    choose_plain(choice, master, &tapdisk)
 }
 
 fn handle_path(host: &HostRoot, sr_uuid: &str, lv: &str) -> PathBuf {
@@ -175,7 +266,7 @@ pub fn busy_lvs(host: &HostRoot, sr_uuid: &str, graph: &Graph) -> BTreeSet<Strin
 }
 
 /// Serves the volume `lv` to a VM through this host's engine (a layered
-/// one, or a plain one where [`serves_plain`]): its chain's LVs (a plain
+/// one, or a plain one where [`plain_datapath`] says so): its chain's LVs (a plain
 /// volume's: its own) activated on this host, the chain opened by the
 /// engine, leaf read-write. Returns the block device; a volume already
 /// served returns its device again.
@@ -476,11 +567,48 @@ mod tests {
         let host = HostRoot::at(dir.path());
         std::fs::create_dir_all(host.path("/etc/xensource")).unwrap();
         std::fs::write(host.path("/etc/xensource/pool.conf"), "master").unwrap();
-        assert!(serves_plain(&host, Some(PlainDatapath::Engine)));
-        assert!(!serves_plain(&host, Some(PlainDatapath::Blkback)));
-        assert!(!serves_plain(&host, None), "blkback unless host.conf says otherwise");
+        let no_tapdisk = || FakeRunner::new().without(Program::TapCtl);
+        assert!(plain_datapath(&no_tapdisk(), &host, Some(PlainDatapath::Engine)).engine);
+        assert!(!plain_datapath(&no_tapdisk(), &host, Some(PlainDatapath::Blkback)).engine);
         std::fs::write(host.path("/etc/xensource/pool.conf"), "slave:10.0.0.1").unwrap();
-        assert!(!serves_plain(&host, Some(PlainDatapath::Engine)), "a member keeps blkback");
+        let member = plain_datapath(&no_tapdisk(), &host, Some(PlainDatapath::Engine));
+        assert!(!member.engine && member.why.contains("pool member"), "{member:?}");
+        let member = plain_datapath(&FakeRunner::new().then_stdout(HELP_QCOW2), &host, None);
+        assert!(!member.engine, "{member:?}");
+    }
+
+    /// `datapath = auto` (the default) against tap-ctl's command list
+    /// (`xcp-ng/blktap control/tap-ctl.c` `usage()`): tapdisk with qcow2
+    /// serves plain volumes, anything else keeps blkback and says why.
+    #[test]
+    fn the_default_datapath_is_tapdisk_where_it_opens_qcow2() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        std::fs::create_dir_all(host.path("/etc/xensource")).unwrap();
+        std::fs::write(host.path("/etc/xensource/pool.conf"), "master").unwrap();
+        for choice in [None, Some(PlainDatapath::Auto)] {
+            let runner = FakeRunner::new().then_stdout(HELP_QCOW2);
+            let chosen = plain_datapath(&runner, &host, choice);
+            assert_eq!((chosen.name(), chosen.why.contains("tapdisk opens qcow2")), ("engine", true), "{chosen:?}");
+            let calls: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
+            assert_eq!(calls, ["tap-ctl"], "one probe, tap-ctl's command list");
+
+            let upstream = HELP_QCOW2.replace(" | commit | query", "");
+            let chosen = plain_datapath(&FakeRunner::new().then_stdout(&upstream), &host, choice);
+            assert!(!chosen.engine && chosen.why.contains("no qcow2 driver"), "{chosen:?}");
+            assert!(chosen.why.contains("2026-05-05"), "{chosen:?}");
+
+            let chosen = plain_datapath(&FakeRunner::new().without(Program::TapCtl), &host, choice);
+            assert!(!chosen.engine && chosen.why.contains("no tapdisk"), "{chosen:?}");
+
+            let chosen = plain_datapath(&FakeRunner::new().then_stdout("mute\n"), &host, choice);
+            assert!(!chosen.engine && chosen.why.contains("could not be asked"), "{chosen:?}");
+        }
+        // datapath = blkback wins over a capable tapdisk, and asks nothing.
+        let runner = FakeRunner::new().then_stdout(HELP_QCOW2);
+        let chosen = plain_datapath(&runner, &host, Some(PlainDatapath::Blkback));
+        assert!(!chosen.engine && chosen.why.contains("datapath = blkback"), "{chosen:?}");
+        assert!(runner.calls().is_empty());
     }
 
     #[test]

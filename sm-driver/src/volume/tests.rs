@@ -240,10 +240,17 @@ fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     assert!(record.params[0].contains("cannot serve a snapshotted volume"), "{}", record.params[0]);
     assert!(!ran(&runner, "lvchange"), "{:?}", runner.calls());
 
-    // Collected back to its own raw LV alone, it is a plain volume again.
+    // Collected back to its own raw LV alone, it is a plain volume again
+    // (blkback on a host without tapdisk, the default datapath's choice).
     let collapsed = lvs(&[(KEY, &format!("nvmetcp_vol,nvmetcp_node,nf=raw,nd=1,nn={KEY}"), "")]);
-    let runner =
-        Arc::new(FakeRunner::new().then_stdout(&collapsed).then_stdout(&collapsed).then_stdout("").then_stdout(""));
+    let runner = Arc::new(
+        FakeRunner::new()
+            .then_stdout(&collapsed)
+            .then_stdout(&collapsed)
+            .then_stdout("")
+            .then_stdout("")
+            .without(Program::TapCtl),
+    );
     let ctx = Context::fake(tree.host(), Box::new(Arc::clone(&runner)));
     crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap();
     assert!(ran(&runner, "lvchange"), "{:?}", runner.calls());
