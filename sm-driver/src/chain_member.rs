@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use crate::context::Context;
 use crate::engine::{DiskName, Image, ImageFormat};
 use crate::error::ErrorCode;
-use crate::ids::SrUuid;
+use crate::ids::{LvName, SrUuid};
 use crate::pool_mappings::{dm_name, mapping_active};
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
@@ -65,6 +65,11 @@ fn lv_arg<'a>(args: &'a BTreeMap<String, String>, function: &str, name: &str) ->
     let value = arg(args, function, name)?;
     DiskName::new(value).map_err(|e| bad(format!("{name}: {e}")))?;
     Ok(value)
+}
+
+/// `value` of the argument `name` as an LV name, for LVM.
+fn lv_name(value: &str, name: &str) -> Result<LvName, Refusal> {
+    value.parse().map_err(|e| bad(format!("{name}: {e}")))
 }
 
 fn lock(ctx: &Context, sr: &SrUuid) -> Result<SrLock, Refusal> {
@@ -107,6 +112,7 @@ fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
     let sr = sr_arg(args, SWAP)?;
     let volume = lv_arg(args, SWAP, "volume")?;
     let new_leaf = lv_arg(args, SWAP, "new_leaf")?;
+    let new_leaf_lv = lv_name(new_leaf, "new_leaf")?;
     // Everything before the engine's swap leaves the disk on its old leaf.
     let not_done = |why: String| (ErrorCode::SwapNotDone, vec![why]);
     let _lock = lock(ctx, &sr).map_err(|(_, why)| not_done(why.join(" ")))?;
@@ -121,7 +127,7 @@ fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
         return json(&serde_json::json!({ "leaf": image.path_str() }));
     }
     let lvm = lvm_for(ctx, &state, false).map_err(|e| not_done(e.to_string()))?;
-    lvm.lv_activate(&state.vg, new_leaf, true).map_err(|e| not_done(e.to_string()))?;
+    lvm.lv_activate(&state.vg, &new_leaf_lv, true).map_err(|e| not_done(e.to_string()))?;
     let engine = engine(ctx.runner.as_ref(), &ctx.host).map_err(|e| not_done(e.to_string()))?;
     let served = ServedHere {
         engine,
@@ -139,7 +145,7 @@ fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
             json(&serde_json::json!({ "leaf": image.path_str() }))
         }
         Err(error) if error.left_old_leaf() => {
-            let _ = lvm.lv_activate(&state.vg, new_leaf, false);
+            let _ = lvm.lv_activate(&state.vg, &new_leaf_lv, false);
             Err(not_done(error.to_string()))
         }
         Err(error) => Err((ErrorCode::ToolFailed, vec![error.to_string()])),
@@ -149,6 +155,7 @@ fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
 fn release(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusal> {
     let sr = sr_arg(args, RELEASE)?;
     let lv = lv_arg(args, RELEASE, "lv")?;
+    let released_lv = lv_name(lv, "lv")?;
     let _lock = lock(ctx, &sr)?;
     let state = match sr_state::load(&ctx.host, sr.as_str()) {
         Ok(state) => state,
@@ -168,7 +175,7 @@ fn release(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Ref
     }
     let lvm = lvm_for(ctx, &state, false).map_err(|e| (ErrorCode::NoPath, vec![e.to_string()]))?;
     // LVM refuses to deactivate a device something holds open (a chain's parent).
-    lvm.lv_activate(&state.vg, lv, false).map_err(|e| in_use(format!("LV {lv} stays active here: {e}")))?;
+    lvm.lv_activate(&state.vg, &released_lv, false).map_err(|e| in_use(format!("LV {lv} stays active here: {e}")))?;
     tracing::info!(lv, "deactivated for the master's lvremove");
     json(&serde_json::json!({ "released": true }))
 }

@@ -9,7 +9,7 @@
 //! any handler runs, with the error naming the parameter.
 
 use crate::error::{CallError, Failure, VolumeError};
-use crate::ids::SrUuid;
+use crate::ids::{SrUuid, VolumeKey, VolumeUri};
 use crate::smapi::params::Params;
 use crate::smapi::types::StringMap;
 use crate::sr_state::{uuid_of_handle, StateError};
@@ -72,6 +72,20 @@ impl FromParam for SrUuid {
     fn from_param(params: &Params, name: &'static str) -> Result<Self, Failure> {
         let uuid: String = params.get(name)?;
         Ok(uuid.parse().map_err(|_| CallError::BadUuid(uuid))?)
+    }
+}
+
+impl FromParam for VolumeKey {
+    fn from_param(params: &Params, name: &'static str) -> Result<Self, Failure> {
+        let key: String = params.get(name)?;
+        Ok(key.parse().map_err(|_| VolumeError::BadKey(key))?)
+    }
+}
+
+impl FromParam for VolumeUri {
+    fn from_param(params: &Params, name: &'static str) -> Result<Self, Failure> {
+        let uri: String = params.get(name)?;
+        Ok(uri.parse().map_err(|_| VolumeError::BadUri(uri))?)
     }
 }
 
@@ -138,31 +152,31 @@ requests! {
     /// `Volume.create`.
     VolumeCreate { sr: SrHandle, name: String, description: String, size: VolumeSize, sharable: bool }
     /// `Volume.snapshot`.
-    VolumeSnapshot { sr: SrHandle, key: String }
+    VolumeSnapshot { sr: SrHandle, key: VolumeKey }
     /// `Volume.clone`.
-    VolumeClone { sr: SrHandle, key: String }
+    VolumeClone { sr: SrHandle, key: VolumeKey }
     /// `Volume.destroy`.
-    VolumeDestroy { sr: SrHandle, key: String }
+    VolumeDestroy { sr: SrHandle, key: VolumeKey }
     /// `Volume.set_name`.
-    VolumeSetName { sr: SrHandle, key: String, new_name: String }
+    VolumeSetName { sr: SrHandle, key: VolumeKey, new_name: String }
     /// `Volume.set_description`.
-    VolumeSetDescription { sr: SrHandle, key: String, new_description: String }
+    VolumeSetDescription { sr: SrHandle, key: VolumeKey, new_description: String }
     /// `Volume.set`.
-    VolumeSet { sr: SrHandle, key: String, k: String, v: String }
+    VolumeSet { sr: SrHandle, key: VolumeKey, k: String, v: String }
     /// `Volume.unset`.
-    VolumeUnset { sr: SrHandle, key: String, k: String }
+    VolumeUnset { sr: SrHandle, key: VolumeKey, k: String }
     /// `Volume.resize`.
-    VolumeResize { sr: SrHandle, key: String, new_size: VolumeSize }
+    VolumeResize { sr: SrHandle, key: VolumeKey, new_size: VolumeSize }
     /// `Volume.stat`.
-    VolumeStat { sr: SrHandle, key: String }
+    VolumeStat { sr: SrHandle, key: VolumeKey }
     /// `Datapath.attach` (`domain` is not relied upon: it may be empty).
-    DatapathAttach { uri: String }
+    DatapathAttach { uri: VolumeUri }
     /// `Datapath.activate`.
-    DatapathActivate { uri: String }
+    DatapathActivate { uri: VolumeUri }
     /// `Datapath.deactivate`.
-    DatapathDeactivate { uri: String }
+    DatapathDeactivate { uri: VolumeUri }
     /// `Datapath.detach`.
-    DatapathDetach { uri: String }
+    DatapathDetach { uri: VolumeUri }
 }
 
 #[cfg(test)]

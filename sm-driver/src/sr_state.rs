@@ -29,7 +29,7 @@ pub struct SrState {
     /// xapi's SR uuid.
     pub sr_uuid: String,
     /// The VG name.
-    pub vg: String,
+    pub vg: crate::ids::VgName,
     /// The subsystem NQN.
     pub nqn: String,
     /// The namespace identity, canonical.
@@ -181,7 +181,7 @@ impl SrLock {
 pub(crate) fn one_tcp_path(sr_uuid: &str, vg: &str, nqn: &str, namespace: &str, total: u64, free: u64) -> SrState {
     SrState {
         sr_uuid: sr_uuid.to_owned(),
-        vg: vg.to_owned(),
+        vg: vg.parse().expect("a literal VG name"),
         nqn: nqn.to_owned(),
         namespace: namespace.to_owned(),
         paths: vec![PathKey {

@@ -73,7 +73,7 @@ fn attached_sr() -> SysfsTree {
     tree.path_device("nvme1", "nvme0c1n1");
     let state = SrState {
         sr_uuid: SR.into(),
-        vg: format!("VG_nvmetcp-{SR}"),
+        vg: format!("VG_nvmetcp-{SR}").parse().unwrap(),
         nqn,
         namespace: NS.into(),
         paths: vec![a.key(), b.key()],
@@ -219,7 +219,7 @@ fn served_in_userspace(second_path: &str) -> SysfsTree {
     b.portal = crate::nvme::names::Portal::parse("10.0.0.2", 4420).unwrap();
     let state = SrState {
         sr_uuid: SR.into(),
-        vg: format!("VG_nvmetcp-{SR}"),
+        vg: format!("VG_nvmetcp-{SR}").parse().unwrap(),
         nqn: a.subsystem.as_str().to_owned(),
         namespace: NS.into(),
         paths: vec![a.key(), b.key()],

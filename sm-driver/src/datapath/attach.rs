@@ -5,22 +5,22 @@
 
 use crate::context::Context;
 use crate::error::{CallResult, VolumeError};
+use crate::ids::VolumeUri;
 use crate::request::{DatapathActivate, DatapathAttach};
 use crate::smapi::types::{Backend, Implementation, XenDisk};
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
-use crate::volume::uri::parse_uri;
 
 /// Locks the SR and activates or deactivates the volume's LV on this host;
 /// returns its device path and backend type: blkback (`vbd`) on the LV, or
 /// for a layered volume the engine's device (`vbd3`).
-fn set_active(ctx: &Context, uri: &str, active: bool) -> CallResult<(String, &'static str)> {
-    let (sr_uuid, lv) = parse_uri(uri)?;
-    let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
-    let state = sr_state::load(&ctx.host, &sr_uuid)?;
+fn set_active(ctx: &Context, uri: &VolumeUri, active: bool) -> CallResult<(String, &'static str)> {
+    let (sr_uuid, lv) = (uri.sr.as_str(), uri.key.lv());
+    let _lock = SrLock::acquire(&ctx.host, sr_uuid, SR_LOCK_TIMEOUT)?;
+    let state = sr_state::load(&ctx.host, sr_uuid)?;
     let lvm = lvm_for(ctx, &state, false)?;
     let Some(found) = lvm.lv(&state.vg, &lv)? else {
-        return Err(VolumeError::NotFound { key: lv, sr_uuid }.into());
+        return Err(VolumeError::NotFound { key: lv.to_string(), sr_uuid: sr_uuid.to_owned() }.into());
     };
     let volume_tag = crate::volume::meta::VOLUME_TAG;
     let engine_for_plain = || -> CallResult<bool> {

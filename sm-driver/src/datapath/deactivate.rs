@@ -4,24 +4,24 @@
 use crate::cmd::{Command, Program};
 use crate::context::Context;
 use crate::error::{CallError, CallResult};
+use crate::ids::VolumeUri;
 use crate::pool_mappings::{dm_name, mapping_active};
 use crate::request::{DatapathDeactivate, DatapathDetach};
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
-use crate::volume::uri::parse_uri;
 
 /// Deactivates the volume on this host: a no-op when it is not active here,
 /// LVM while a path is live, the mapping removed directly when none is.
-fn deactivate_volume(ctx: &Context, uri: &str) -> CallResult<()> {
-    let (sr_uuid, lv) = parse_uri(uri)?;
-    let _lock = SrLock::acquire(&ctx.host, &sr_uuid, SR_LOCK_TIMEOUT)?;
-    let state = match sr_state::load(&ctx.host, &sr_uuid) {
+fn deactivate_volume(ctx: &Context, uri: &VolumeUri) -> CallResult<()> {
+    let (sr_uuid, lv) = (uri.sr.as_str(), uri.key.lv());
+    let _lock = SrLock::acquire(&ctx.host, sr_uuid, SR_LOCK_TIMEOUT)?;
+    let state = match sr_state::load(&ctx.host, sr_uuid) {
         Ok(state) => state,
         // The SR is not attached here, so nothing of it is active either.
         Err(sr_state::StateError::NotAttached(_)) => return Ok(()),
         Err(error) => return Err(error.into()),
     };
-    if crate::snapshot::served::open_here(&ctx.host, &sr_uuid, &lv).is_some() {
+    if crate::snapshot::served::open_here(&ctx.host, sr_uuid, &lv).is_some() {
         // A layered volume this host's engine serves: close it, then
         // deactivate its chain's LVs no other open chain uses.
         let volume_tag = crate::volume::meta::VOLUME_TAG;

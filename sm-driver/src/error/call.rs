@@ -260,6 +260,9 @@ pub enum VolumeError {
         /// The size asked for.
         requested: u64,
     },
+    /// A key that is not an nvmetcp volume's.
+    #[error("{0:?} is not an nvmetcp volume key (vol-<uuid>)")]
+    BadKey(String),
     /// A URI that is not an nvmetcp volume's.
     #[error("{0:?} is not an nvmetcp volume URI (nvmetcp://<sr uuid>/<volume>)")]
     BadUri(String),

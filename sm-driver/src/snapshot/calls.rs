@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cmd::Runner;
 use crate::engine::ImageFormat;
 use crate::host::HostRoot;
+use crate::ids::{LvName, VgName};
 use crate::lvm::{Lv, Lvm, LvmError};
 use crate::smapi::types::Volume;
 use crate::sr_state::SrState;
@@ -118,13 +119,13 @@ pub fn is_layered(lv: &Lv) -> bool {
 /// [`ChainCallError::Layered`], or the graph's error.
 pub fn refuse_layered(
     lvm: &Lvm<'_>,
-    vg: &str,
+    vg: &VgName,
     volume_tag: &str,
     lv: &Lv,
     what: &'static str,
 ) -> Result<(), ChainCallError> {
     if needs_engine(lvm, vg, volume_tag, lv)? {
-        return Err(ChainCallError::Layered { key: lv.name.clone(), what });
+        return Err(ChainCallError::Layered { key: lv.name.to_string(), what });
     }
     Ok(())
 }
@@ -134,7 +135,7 @@ pub fn refuse_layered(
 ///
 /// # Errors
 /// LVM's or the graph's error.
-pub fn needs_engine(lvm: &Lvm<'_>, vg: &str, volume_tag: &str, lv: &Lv) -> Result<bool, ChainCallError> {
+pub fn needs_engine(lvm: &Lvm<'_>, vg: &VgName, volume_tag: &str, lv: &Lv) -> Result<bool, ChainCallError> {
     if !is_layered(lv) {
         return Ok(false);
     }
@@ -211,11 +212,11 @@ impl Sr<'_> {
     fn settle(&self) -> Result<(), ChainCallError> {
         let busy = self.busy()?;
         let vg = &self.state.vg;
-        let idle: Vec<String> = self
+        let idle: Vec<LvName> = self
             .lvm
             .lvs(vg)?
             .into_iter()
-            .filter(|lv| lv.active && is_layered(lv) && !busy.contains(&lv.name))
+            .filter(|lv| lv.active && is_layered(lv) && !busy.contains(lv.name.as_str()))
             .map(|lv| lv.name)
             .collect();
         Ok(self.lvm.lvs_activate(vg, &idle, false)?)
@@ -289,7 +290,7 @@ pub fn take(
             if let Err(undo) = chains.replay(&sr.probe()) {
                 tracing::error!(error = %undo, "undoing a failed snapshot failed; the next SR.attach replays it");
             }
-            let released = if running.is_some() { Ok(()) } else { release(sr, std::slice::from_ref(&origin.name)) };
+            let released = if running.is_some() { Ok(()) } else { release(sr, &[origin.name.to_string()]) };
             let _ = sr.settle().and(released);
             Err(error.into())
         }
@@ -312,10 +313,10 @@ fn virtual_size(graph: &Graph, lvs: &[Lv], volume: &str) -> Result<u64, ChainCal
 /// [`ChainCallError`].
 pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
     if open_here(sr.host, &sr.state.sr_uuid, &volume.name).is_some() {
-        return Err(ChainCallError::Served { key: volume.name.clone() });
+        return Err(ChainCallError::Served { key: volume.name.to_string() });
     }
     if let Some(host) = sr.served_elsewhere(&volume.name)? {
-        return Err(ChainCallError::ServedElsewhere { key: volume.name.clone(), host });
+        return Err(ChainCallError::ServedElsewhere { key: volume.name.to_string(), host });
     }
     let pool = sr.pool();
     let chains = sr.chains(&pool);
@@ -367,11 +368,11 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
 /// plain volume until its commit point) after a failed or killed snapshot.
 fn release(sr: &Sr<'_>, names: &[String]) -> Result<(), ChainCallError> {
     let busy = sr.busy()?;
-    let idle: Vec<String> = sr
+    let idle: Vec<LvName> = sr
         .lvm
         .lvs(&sr.state.vg)?
         .into_iter()
-        .filter(|lv| lv.active && names.contains(&lv.name) && !busy.contains(&lv.name))
+        .filter(|lv| lv.active && names.iter().any(|n| *n == lv.name) && !busy.contains(lv.name.as_str()))
         .map(|lv| lv.name)
         .collect();
     Ok(sr.lvm.lvs_activate(&sr.state.vg, &idle, false)?)

@@ -128,7 +128,7 @@ impl Graph {
         for lv in lvs {
             let is_node = lv.tags.iter().any(|t| t == NODE_TAG);
             let is_volume = lv.tags.iter().any(|t| t == volume_tag);
-            let bad = |tag: &str| GraphError::BadTag { lv: lv.name.clone(), tag: tag.to_owned() };
+            let bad = |tag: &str| GraphError::BadTag { lv: lv.name.to_string(), tag: tag.to_owned() };
             if is_node {
                 let format = match tag_value(&lv.tags, "nf") {
                     Some("raw") => ImageFormat::Raw,
@@ -141,22 +141,22 @@ impl Graph {
                 if format == ImageFormat::Raw && parent.is_some() {
                     return Err(bad("np= on a raw node"));
                 }
-                graph.nodes.insert(lv.name.clone(), Node { lv: lv.name.clone(), format, parent, depth });
+                graph.nodes.insert(lv.name.to_string(), Node { lv: lv.name.to_string(), format, parent, depth });
             }
             if is_volume {
                 let node = match tag_value(&lv.tags, "nn") {
                     Some(node) => node.to_owned(),
-                    None if is_node => lv.name.clone(),
+                    None if is_node => lv.name.to_string(),
                     None => {
                         // A volume from before snapshots: its own LV is its raw data.
                         graph.nodes.insert(
-                            lv.name.clone(),
-                            Node { lv: lv.name.clone(), format: ImageFormat::Raw, parent: None, depth: 1 },
+                            lv.name.to_string(),
+                            Node { lv: lv.name.to_string(), format: ImageFormat::Raw, parent: None, depth: 1 },
                         );
-                        lv.name.clone()
+                        lv.name.to_string()
                     }
                 };
-                graph.volumes.insert(lv.name.clone(), node);
+                graph.volumes.insert(lv.name.to_string(), node);
             }
         }
         graph.validate()?;

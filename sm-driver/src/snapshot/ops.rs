@@ -17,11 +17,18 @@
 use std::collections::BTreeSet;
 
 use crate::engine::{EngineError, Image, ImageFormat};
+use crate::ids::{LvName, VgName};
 use crate::lvm::{Lv, Lvm, LvmError};
 
 use super::graph::{node_tags, volume_node_tag, Collect, Graph, GraphError, Node, NODE_TAG};
 use super::journal::{decide, Entry, Facts, Operation, Replay, Serving, Step, JOURNAL_KEY};
 use super::qemu_img::{QemuImg, QemuImgError};
+
+/// The LV called `name`, a node or volume the graph or the journal names,
+/// through the one LV name parser.
+fn lv_named(name: &str) -> Result<LvName, LvmError> {
+    Ok(name.parse()?)
+}
 
 /// Where a test may stop the process: called with each step's name just
 /// after that step's effect is durable.
@@ -132,7 +139,7 @@ pub enum OpError {
 pub struct Chains<'a> {
     lvm: &'a Lvm<'a>,
     qemu_img: QemuImg<'a>,
-    vg: &'a str,
+    vg: &'a VgName,
     volume_tag: &'a str,
     faults: &'a dyn Faults,
     elsewhere: &'a dyn Elsewhere,
@@ -159,7 +166,7 @@ impl<'a> Chains<'a> {
     pub fn new(
         lvm: &'a Lvm<'a>,
         qemu_img: QemuImg<'a>,
-        vg: &'a str,
+        vg: &'a VgName,
         volume_tag: &'a str,
         faults: &'a dyn Faults,
     ) -> Self {
@@ -246,11 +253,11 @@ impl<'a> Chains<'a> {
             Node { lv: names.leaf.clone(), format: ImageFormat::Qcow2, parent: Some(old.lv.clone()), depth };
         let mut tags = node_tags(&leaf_node);
         tags.push(journal.clone());
-        self.lvm.lvcreate(self.vg, &names.leaf, leaf_bytes, &tags)?;
+        self.lvm.lvcreate(self.vg, &lv_named(&names.leaf)?, leaf_bytes, &tags)?;
         self.faults.reached("leaf-created");
         // qemu-img opens the whole backing chain of the new layer.
         self.activate_chain(&lvs, &graph, &old.lv)?;
-        self.lvm.lv_activate(self.vg, &names.leaf, true)?;
+        self.lvm.lv_activate(self.vg, &lv_named(&names.leaf)?, true)?;
         self.qemu_img.create_layer(&self.qcow2(&names.leaf)?, &parent, virtual_size)?;
         self.faults.reached("leaf-header");
 
@@ -260,20 +267,25 @@ impl<'a> Chains<'a> {
             let node = Node { lv: clone_leaf.clone(), format: ImageFormat::Qcow2, parent: Some(old.lv.clone()), depth };
             let mut tags = node_tags(&node);
             tags.push(journal.clone());
-            self.lvm.lvcreate(self.vg, clone_leaf, leaf_bytes, &tags)?;
-            self.lvm.lv_activate(self.vg, clone_leaf, true)?;
+            self.lvm.lvcreate(self.vg, &lv_named(clone_leaf)?, leaf_bytes, &tags)?;
+            self.lvm.lv_activate(self.vg, &lv_named(clone_leaf)?, true)?;
             self.qemu_img.create_layer(&self.qcow2(clone_leaf)?, &parent, virtual_size)?;
             self.faults.reached("clone-leaf");
             volume_tags.push(volume_node_tag(clone_leaf));
         } else {
             volume_tags.push(volume_node_tag(&old.lv));
         }
-        self.lvm.lvcreate(self.vg, &names.volume, extent, &volume_tags)?;
+        self.lvm.lvcreate(self.vg, &lv_named(&names.volume)?, extent, &volume_tags)?;
         self.faults.reached("volume-created");
 
         if let Some(running) = running {
             let swapping = Entry { step: Step::Swapping, ..entry.clone() }.to_tag();
-            self.lvm.lv_retag(self.vg, &names.leaf, std::slice::from_ref(&journal), std::slice::from_ref(&swapping))?;
+            self.lvm.lv_retag(
+                self.vg,
+                &lv_named(&names.leaf)?,
+                std::slice::from_ref(&journal),
+                std::slice::from_ref(&swapping),
+            )?;
             self.faults.reached("swapping");
             if let Err(error) = running.swap(&self.qcow2(&names.leaf)?) {
                 if error.left_old_leaf() {
@@ -315,7 +327,7 @@ impl<'a> Chains<'a> {
         if old.lv == volume && !tags.iter().any(|t| t == NODE_TAG) {
             add.extend(node_tags(old));
         }
-        self.lvm.lv_retag(self.vg, volume, &remove, &add)?;
+        self.lvm.lv_retag(self.vg, &lv_named(volume)?, &remove, &add)?;
         Ok(())
     }
 
@@ -327,7 +339,7 @@ impl<'a> Chains<'a> {
         while let Some(lv) = current {
             current = graph.node(&lv).and_then(|n| n.parent.clone());
             if !lvs.iter().any(|l| l.name == lv && l.active) {
-                inactive.push(lv);
+                inactive.push(lv_named(&lv)?);
             }
         }
         Ok(self.lvm.lvs_activate(self.vg, &inactive, true)?)
@@ -343,21 +355,23 @@ impl<'a> Chains<'a> {
     }
 
     fn remove_lv(&self, lv: &str) -> Result<(), OpError> {
-        if self.lvm.lv(self.vg, lv)?.is_some() {
+        let named = lv_named(lv)?;
+        if self.lvm.lv(self.vg, &named)?.is_some() {
             // Deactivated on every host first: an LV removed under another
             // host's mapping gives its extents away while that host reads them.
             self.elsewhere.release(lv)?;
-            self.lvm.lv_activate(self.vg, lv, false)?;
-            self.lvm.lvremove(self.vg, lv)?;
+            self.lvm.lv_activate(self.vg, &named, false)?;
+            self.lvm.lvremove(self.vg, &named)?;
         }
         Ok(())
     }
 
     /// Removes `lv`, known to be active on no other host.
     fn remove_lv_here(&self, lv: &str) -> Result<(), OpError> {
-        if self.lvm.lv(self.vg, lv)?.is_some() {
-            self.lvm.lv_activate(self.vg, lv, false)?;
-            self.lvm.lvremove(self.vg, lv)?;
+        let named = lv_named(lv)?;
+        if self.lvm.lv(self.vg, &named)?.is_some() {
+            self.lvm.lv_activate(self.vg, &named, false)?;
+            self.lvm.lvremove(self.vg, &named)?;
         }
         Ok(())
     }
@@ -368,7 +382,7 @@ impl<'a> Chains<'a> {
     /// # Errors
     /// [`OpError`].
     pub fn destroy(&self, volume: &str) -> Result<(), OpError> {
-        let Some(lv) = self.lvm.lv(self.vg, volume)? else { return Ok(()) };
+        let Some(lv) = self.lvm.lv(self.vg, &lv_named(volume)?)? else { return Ok(()) };
         if lv.tags.iter().any(|t| t == NODE_TAG) {
             // The LV is also a node: drop only the volume's record (ownership,
             // node reference, and every metadata tag of volume::meta).
@@ -382,7 +396,7 @@ impl<'a> Chains<'a> {
                 })
                 .cloned()
                 .collect();
-            self.lvm.lv_retag(self.vg, volume, &record, &[])?;
+            self.lvm.lv_retag(self.vg, &lv_named(volume)?, &record, &[])?;
         } else {
             self.remove_lv(volume)?;
         }
@@ -432,7 +446,7 @@ impl<'a> Chains<'a> {
                     operation: Operation::Merge { child: child.clone(), into: into.clone() },
                     step: Step::Prepared,
                 };
-                self.lvm.lv_retag(self.vg, child, &[], &[entry.to_tag()])?;
+                self.lvm.lv_retag(self.vg, &lv_named(child)?, &[], &[entry.to_tag()])?;
                 self.faults.reached("merge-journal");
                 self.finish_merge(child, into)?;
             }
@@ -455,10 +469,10 @@ impl<'a> Chains<'a> {
         // read-write here even if they were active read-only (a chain's
         // parents are, wherever it was served).
         for lv in [child, into] {
-            self.lvm.lv_activate(self.vg, lv, true)?;
+            self.lvm.lv_activate(self.vg, &lv_named(lv)?, true)?;
         }
         for grandchild in &grandchildren {
-            self.lvm.lv_activate(self.vg, &grandchild.lv, true)?;
+            self.lvm.lv_activate(self.vg, &lv_named(&grandchild.lv)?, true)?;
         }
         self.qemu_img.commit(&child_image)?;
         self.faults.reached("merge-committed");
@@ -471,7 +485,7 @@ impl<'a> Chains<'a> {
             let (old_tags, new_tags) = (node_tags(grandchild), node_tags(&moved));
             let remove: Vec<String> = old_tags.iter().filter(|t| !new_tags.contains(t)).cloned().collect();
             let add: Vec<String> = new_tags.iter().filter(|t| !old_tags.contains(t)).cloned().collect();
-            self.lvm.lv_retag(self.vg, &grandchild.lv, &remove, &add)?;
+            self.lvm.lv_retag(self.vg, &lv_named(&grandchild.lv)?, &remove, &add)?;
         }
         self.faults.reached("merge-relinked");
         for lv in self.lvs()? {

@@ -39,7 +39,8 @@ use crate::engine::tapdisk::Tapdisk;
 use crate::engine::{Access, DiskName, Engine, EngineError, EngineKind, Image, OpenDisk};
 use crate::host::HostRoot;
 use crate::host_config::PlainDatapath;
-use crate::lvm::{Lv, Lvm};
+use crate::ids::{LvName, VgName};
+use crate::lvm::{Lv, Lvm, LvmError};
 use crate::sr_state::SrState;
 
 use super::calls::ChainCallError;
@@ -289,9 +290,11 @@ pub fn attach(
     let engine = engine(runner, host).map_err(OpError::from)?;
     // Base first; every node but the leaf read-only (activation is local:
     // members do it too, without writing metadata).
-    let parents: Vec<String> = chain.iter().skip(1).rev().map(|n| n.lv.clone()).collect();
+    let parents: Vec<LvName> =
+        chain.iter().skip(1).rev().map(|n| n.lv.parse()).collect::<Result<_, _>>().map_err(LvmError::from)?;
     lvm.lvs_activate_read_only(&state.vg, &parents)?;
-    let leaf_lv: Vec<String> = chain.first().map(|n| n.lv.clone()).into_iter().collect();
+    let leaf_lv: Vec<LvName> =
+        chain.first().map(|n| n.lv.parse()).into_iter().collect::<Result<_, _>>().map_err(LvmError::from)?;
     lvm.lvs_activate(&state.vg, &leaf_lv, true)?;
     let leaf = chain.first().map(|n| n.lv.clone()).unwrap_or_default();
     let format = chain.first().map(|n| n.format).unwrap_or(crate::engine::ImageFormat::Raw);
@@ -329,8 +332,12 @@ pub fn detach(
     let graph = Graph::from_lvs(&lvs, volume_tag)?;
     let busy = busy_lvs(host, &state.sr_uuid, &graph);
     let chain: Vec<String> = graph.chain(lv).map(|c| c.iter().map(|n| n.lv.clone()).collect()).unwrap_or_default();
-    let idle: Vec<String> =
-        chain.into_iter().filter(|n| !busy.contains(n) && lvs.iter().any(|l| &l.name == n && l.active)).collect();
+    let idle: Vec<LvName> = chain
+        .into_iter()
+        .filter(|n| !busy.contains(n) && lvs.iter().any(|l| l.name == *n && l.active))
+        .map(|n| n.parse())
+        .collect::<Result<_, _>>()
+        .map_err(LvmError::from)?;
     lvm.lvs_activate(&state.vg, &idle, false)?;
     Ok(true)
 }
@@ -353,7 +360,7 @@ pub struct ServedHere<'a> {
     /// LVM on the SR's namespace (activation only).
     pub lvm: &'a Lvm<'a>,
     /// The SR's VG.
-    pub vg: &'a str,
+    pub vg: &'a VgName,
 }
 
 impl Running for ServedHere<'_> {
@@ -376,7 +383,11 @@ impl Running for ServedHere<'_> {
                 keep(&swapped, None)?;
                 // The old leaf is a parent now: nothing may write it again.
                 let old_leaf = self.disk.leaf.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &[old_leaf.to_owned()]) {
+                let reloaded = old_leaf
+                    .parse::<LvName>()
+                    .map_err(LvmError::from)
+                    .and_then(|lv| self.lvm.lvs_activate_read_only(self.vg, &[lv]));
+                if let Err(error) = reloaded {
                     tracing::warn!(%error, lv = old_leaf, "the old leaf could not be reloaded read-only; it stays writable");
                 }
                 Ok(())
@@ -515,7 +526,7 @@ mod tests {
             disk: disk(raw()),
             faults: &peek,
             lvm: &lvm,
-            vg: "nvmetcp_x",
+            vg: &"nvmetcp_x".parse().unwrap(),
         };
         served.swap(&layer()).unwrap();
         let reloads = lvm_runner.calls();

@@ -6,6 +6,7 @@
 
 use crate::context::Context;
 use crate::error::{CallError, CallFailure, CallResult};
+use crate::ids::{SrUuid, VgName};
 use crate::initiator::InitiatorKind;
 use crate::lvm::{pv_uuid_for, Lvm};
 use crate::nvme::names::Nqn;
@@ -44,7 +45,7 @@ pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
         let identity = match (sr_paths::initiator(ctx, &config)?.kind, attached) {
             (InitiatorKind::Kernel, _) => {
                 sr_paths::connect(ctx, &config, &nqn, &user)?;
-                let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid.as_str(), &tags);
+                let outcome = create_on_namespace(ctx, &config, &nqn, &reference, uuid, &tags);
                 // Leave no connection behind that create made; PBD.plug attaches.
                 release(&ctx.host, &user)?;
                 outcome?
@@ -58,7 +59,7 @@ pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
                     crate::initiator::userspace::pinned_device(&ctx.host, uuid.as_str()).map_err(CallFailure::from)?;
                 let lvm = Lvm::new(ctx.runner.as_ref(), &device, true)?.holding(file);
                 tracing::info!(sr = %uuid, "SR.create again on a host that attached it: its initiator stays up");
-                create_on_device(ctx, &config, &nqn, &lvm, identity, 0, uuid.as_str(), &tags)?
+                create_on_device(ctx, &config, &nqn, &lvm, identity, 0, uuid, &tags)?
             }
             (InitiatorKind::Userspace, None) => {
                 let up = sr_paths::bring_up(ctx, &config, &nqn, &reference, &user, uuid.as_str())?;
@@ -66,7 +67,7 @@ pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
                     .map_err(CallFailure::from)
                     .and_then(|(device, file)| {
                         let lvm = Lvm::new(ctx.runner.as_ref(), &device, true)?.holding(file);
-                        create_on_device(ctx, &config, &nqn, &lvm, up.identity, up.nsid, uuid.as_str(), &tags)
+                        create_on_device(ctx, &config, &nqn, &lvm, up.identity, up.nsid, uuid, &tags)
                     });
                 // The daemon create started is stopped; PBD.plug starts the SR's own.
                 sr_paths::release(ctx, up.initiator, &user, uuid.as_str())?;
@@ -91,7 +92,7 @@ fn create_on_namespace(
     config: &SrConfig,
     nqn: &Nqn,
     reference: &NamespaceRef,
-    uuid: &str,
+    uuid: &SrUuid,
     tags: &[String],
 ) -> CallResult<NamespaceIdentity> {
     let resolved = sr_paths::namespace(&ctx.host, nqn, reference, NAMESPACE_TIMEOUT)?;
@@ -110,13 +111,13 @@ fn create_on_device(
     lvm: &Lvm<'_>,
     identity: Option<NamespaceIdentity>,
     nsid: u32,
-    uuid: &str,
+    uuid: &SrUuid,
     tags: &[String],
 ) -> CallResult<NamespaceIdentity> {
     let identity = identity.ok_or(CallError::NoIdentity { nqn: nqn.to_string(), nsid })?;
     let vgs = lvm.vgs()?;
     // Already created by an earlier attempt of this very call: done.
-    if vgs.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid)) {
+    if vgs.iter().any(|vg| tag_value(vg, UUID_TAG) == Some(uuid.as_str())) {
         return Ok(identity);
     }
     let device = lvm.device().to_owned();
@@ -127,11 +128,11 @@ fn create_on_device(
             namespace: identity.canonical(),
             device,
             sr_uuid: tag_value(other, UUID_TAG).unwrap_or("?").to_owned(),
-            vg: other.name.clone(),
+            vg: other.name.to_string(),
         }
         .into());
     }
-    let pv_uuid = pv_uuid_for(uuid).ok_or_else(|| CallError::BadUuid(uuid.to_owned()))?;
+    let pv_uuid = pv_uuid_for(uuid.as_str()).ok_or_else(|| CallError::BadUuid(uuid.to_string()))?;
     // A create of this very SR killed between pvcreate and vgcreate left its
     // PV (recognised by the UUID derived from the SR's): go on from there.
     let leftover = lvm.pv()?.is_some_and(|pv| pv.vg.is_empty() && pv.uuid == pv_uuid);
@@ -153,7 +154,7 @@ fn create_on_device(
 
 /// Creates the VG on the fresh PV; if that fails, removes the PV again (the
 /// namespace is left as it was found), and says so when that fails too.
-fn create_vg(lvm: &Lvm<'_>, vg: &str, tags: &[String]) -> Result<(), CallError> {
+fn create_vg(lvm: &Lvm<'_>, vg: &VgName, tags: &[String]) -> Result<(), CallError> {
     let Err(source) = lvm.vgcreate(vg, tags) else { return Ok(()) };
     match lvm.pvremove() {
         Ok(()) => Err(source.into()),
@@ -191,7 +192,7 @@ mod tests {
     fn a_failed_vgcreate_removes_the_pv_through_the_device_filter() {
         let runner = FakeRunner::new().then(Err(failed("vgcreate"))).then_stdout("");
         let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
-        let error = create_vg(&lvm, "nvmetcp_x", &[]).unwrap_err();
+        let error = create_vg(&lvm, &"nvmetcp_x".parse().unwrap(), &[]).unwrap_err();
         assert!(matches!(error, CallError::Lvm(_)), "{error:?}");
         let calls = runner.calls();
         assert_eq!(calls.len(), 2);
@@ -204,7 +205,7 @@ mod tests {
     fn a_failed_rollback_is_reported_not_only_logged() {
         let runner = FakeRunner::new().then(Err(failed("vgcreate"))).then(Err(failed("pvremove")));
         let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
-        let error = create_vg(&lvm, "nvmetcp_x", &[]).unwrap_err();
+        let error = create_vg(&lvm, &"nvmetcp_x".parse().unwrap(), &[]).unwrap_err();
         let CallError::CreateRolledBackBadly { device, .. } = &error else { panic!("{error:?}") };
         assert_eq!(device, "/dev/nvme0n1");
         assert!(error.to_string().contains("run 'pvremove /dev/nvme0n1'"), "{error}");
@@ -236,7 +237,7 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect();
             let config = CreateConfig::parse(&map).unwrap();
-            create_on_namespace(&ctx, &config.endpoints, &config.nqn, &config.namespace, SR, &[])
+            create_on_namespace(&ctx, &config.endpoints, &config.nqn, &config.namespace, &SR.parse().unwrap(), &[])
         }
 
         fn subcommands(runner: &FakeRunner) -> Vec<String> {

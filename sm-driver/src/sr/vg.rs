@@ -3,6 +3,7 @@
 //! hex-encoded tags (any UTF-8, at most [`MAX_LABEL_BYTES`] bytes).
 
 use crate::error::CallError;
+use crate::ids::{SrUuid, VgName};
 use crate::lvm::Vg;
 
 /// The tag every nvmetcp VG carries.
@@ -41,8 +42,8 @@ pub fn is_sr(vg: &Vg) -> bool {
 
 /// The VG name of SR `uuid`.
 #[must_use]
-pub fn vg_name(uuid: &str) -> String {
-    format!("nvmetcp_{}", uuid.replace('-', ""))
+pub fn vg_name(uuid: &SrUuid) -> VgName {
+    VgName::of_sr(uuid)
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ mod tests {
     use crate::volume::meta;
 
     fn lv(name: &str, tags: Vec<String>) -> Lv {
-        Lv { name: name.to_owned(), vg: "vg".to_owned(), size: 0, tags, active: false }
+        Lv { name: name.into(), vg: "vg".into(), size: 0, tags, active: false }
     }
 
     #[test]

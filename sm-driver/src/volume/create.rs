@@ -2,7 +2,8 @@
 //! rounded up to whole extents and reported as allocated.
 
 use crate::context::Context;
-use crate::error::{CallResult, VolumeError};
+use crate::error::{CallError, CallResult, VolumeError};
+use crate::ids::VolumeKey;
 use crate::lvm::Lv;
 use crate::request::VolumeCreate;
 use crate::smapi::types::Volume;
@@ -24,7 +25,8 @@ pub fn create(ctx: &Context, request: &VolumeCreate) -> CallResult<Volume> {
         let (state, _lock) = attached(ctx, &sr)?;
         let lvm = lvm_for(ctx, &state, true)?;
         let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
-        let lv = format!("vol-{uuid}");
+        let key = VolumeKey::for_uuid(&uuid).map_err(|_| CallError::BadUuid(uuid.clone()))?;
+        let lv = key.lv();
         let tags = meta::to_tags(&VolumeMeta { uuid, name, description, sharable, keys: Default::default() })
             .map_err(VolumeError::from)?;
         budget::check(&lv, &[], &tags, &lvm.lvs(&state.vg)?)?;
@@ -34,7 +36,7 @@ pub fn create(ctx: &Context, request: &VolumeCreate) -> CallResult<Volume> {
         // extent size (state from older versions lacks it: read it back).
         let created = match crate::lvm::allocated_size(size, state.extent_size) {
             Some(allocated) => Lv { name: lv, vg: state.vg.clone(), size: allocated, tags, active: false },
-            None => existing(&lvm, &state, &lv)?,
+            None => existing(&lvm, &state, &key)?,
         };
         Ok(record(&state, &created))
     }

@@ -25,7 +25,7 @@ pub fn destroy(ctx: &Context, request: &VolumeDestroy) -> CallResult<()> {
             tracing::info!(volume = %key, "already gone");
             return Ok(());
         };
-        refuse_in_use(ctx, &state, &lv, key.clone())?;
+        refuse_in_use(ctx, &state, &lv, key.to_string())?;
         if crate::snapshot::calls::is_layered(&lv) {
             let sr = crate::snapshot::calls::Sr {
                 runner: ctx.runner.as_ref(),

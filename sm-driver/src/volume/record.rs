@@ -3,6 +3,7 @@
 
 use crate::context::Context;
 use crate::error::{CallError, VolumeError};
+use crate::ids::VolumeKey;
 use crate::lvm::{Lv, Lvm};
 use crate::pool_mappings::hosts_mapping;
 use crate::smapi::types::Volume;
@@ -17,7 +18,7 @@ pub(super) fn record(state: &SrState, lv: &Lv) -> Volume {
     let meta = from_tags(&lv.tags);
     let size = i64::try_from(lv.size).unwrap_or(i64::MAX);
     Volume {
-        key: lv.name.clone(),
+        key: lv.name.to_string(),
         uuid: (!meta.uuid.is_empty()).then_some(meta.uuid),
         name: meta.name,
         description: meta.description,
@@ -50,17 +51,14 @@ pub fn list(lvm: &Lvm<'_>, state: &SrState) -> Result<Vec<Volume>, CallError> {
 }
 
 /// The volume `key`, if it exists and is nvmetcp's.
-pub(super) fn find(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Option<Lv>, CallError> {
-    if !is_volume_name(key) {
-        return Ok(None);
-    }
-    Ok(lvm.lv(&state.vg, key)?.filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG)))
+pub(super) fn find(lvm: &Lvm<'_>, state: &SrState, key: &VolumeKey) -> Result<Option<Lv>, CallError> {
+    Ok(lvm.lv(&state.vg, &key.lv())?.filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG)))
 }
 
 /// The volume `key`, or [`VolumeError::NotFound`].
-pub(super) fn existing(lvm: &Lvm<'_>, state: &SrState, key: &str) -> Result<Lv, CallError> {
+pub(super) fn existing(lvm: &Lvm<'_>, state: &SrState, key: &VolumeKey) -> Result<Lv, CallError> {
     find(lvm, state, key)?
-        .ok_or_else(|| VolumeError::NotFound { key: key.to_owned(), sr_uuid: state.sr_uuid.clone() }.into())
+        .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.clone() }.into())
 }
 
 /// Refuses to change `lv` while it is in use: active on this host, or

@@ -22,13 +22,13 @@ pub fn resize(ctx: &Context, request: &VolumeResize) -> CallResult<()> {
         let lvm = lvm_for(ctx, &state, true)?;
         let lv = existing(&lvm, &state, key)?;
         if new_size < lv.size {
-            return Err(VolumeError::Shrink { key: key.clone(), current: lv.size, requested: new_size }.into());
+            return Err(VolumeError::Shrink { key: key.to_string(), current: lv.size, requested: new_size }.into());
         }
         if new_size == lv.size {
             return Ok(());
         }
         crate::snapshot::calls::refuse_layered(&lvm, &state.vg, super::meta::VOLUME_TAG, &lv, "resizing it")?;
-        refuse_in_use(ctx, &state, &lv, key.clone())?;
+        refuse_in_use(ctx, &state, &lv, key.to_string())?;
         lvm.lvextend(&state.vg, &lv.name, new_size)?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use crate::context::Context;
 use crate::error::{CallResult, VolumeError};
+use crate::ids::VolumeKey;
 use crate::request::{SrHandle, VolumeSet, VolumeSetDescription, VolumeSetName, VolumeUnset};
 use crate::sr_access::{attached, lvm_for, require_master};
 
@@ -14,7 +15,7 @@ use super::{budget, meta};
 fn retag(
     ctx: &Context,
     sr: &SrHandle,
-    key: &str,
+    key: &VolumeKey,
     what: &'static str,
     change: impl FnOnce(&[String]) -> Result<(Vec<String>, Vec<String>), VolumeError>,
 ) -> CallResult<()> {

@@ -6,6 +6,7 @@
 
 use crate::context::Context;
 use crate::error::{CallError, CallResult, VolumeError};
+use crate::ids::VolumeKey;
 use crate::lvm::Lv;
 use crate::request::{SrHandle, VolumeClone, VolumeSnapshot};
 use crate::smapi::types::Volume;
@@ -37,8 +38,8 @@ pub fn clone(ctx: &Context, request: &VolumeClone) -> CallResult<Volume> {
 }
 
 /// Refuses a snapshot of `origin` while a VM uses it through blkback.
-fn refuse_running(ctx: &Context, state: &SrState, origin: &Lv, key: &str) -> Result<(), CallError> {
-    refuse_in_use(ctx, state, origin, key.to_owned()).map_err(|error| match error {
+fn refuse_running(ctx: &Context, state: &SrState, origin: &Lv, key: &VolumeKey) -> Result<(), CallError> {
+    refuse_in_use(ctx, state, origin, key.to_string()).map_err(|error| match error {
         CallError::Volume(VolumeError::Active { key }) => {
             CallError::from(ChainCallError::Running { key, place: " on this host".to_owned() })
         }
@@ -49,7 +50,7 @@ fn refuse_running(ctx: &Context, state: &SrState, origin: &Lv, key: &str) -> Res
     })
 }
 
-fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volume> {
+fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResult<Volume> {
     require_master(ctx, if clone { "Volume.clone" } else { "Volume.snapshot" })?;
     let (state, _lock) = attached(ctx, sr)?;
     let lvm = lvm_for(ctx, &state, true)?;
@@ -80,7 +81,7 @@ fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volu
         })),
         None if calls::needs_engine(&lvm, &state.vg, meta::VOLUME_TAG, &origin)? => sr
             .served_elsewhere(key)?
-            .map(|host| Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_owned() }) as Box<dyn Running>),
+            .map(|host| Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_string() }) as Box<dyn Running>),
         None => None,
     };
     if running.is_none() {
@@ -96,6 +97,7 @@ fn take(ctx: &Context, sr: &SrHandle, key: &str, clone: bool) -> CallResult<Volu
     tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
     let lvs = lvm.lvs(&state.vg)?;
     let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;
+    let created: VolumeKey = created.parse().map_err(|_| VolumeError::BadKey(created.clone()))?;
     let lv = existing(&lvm, &state, &created)?;
     Ok(view.describe(record(&state, &lv), &lv))
 }

@@ -180,7 +180,8 @@ const SIZE: u64 = 16 << 20;
 fn chains_step(runner: &SystemRunner, device: &str, vg: &str, args: &[&str]) -> Result<(), String> {
     let lvm = Lvm::new(runner, std::path::Path::new(device), true).map_err(|e| chain(&e))?;
     let faults = KillAt(std::env::var("NVMETCP_FAULT_AT").ok());
-    let chains = Chains::new(&lvm, QemuImg::new(runner), vg, VOLUME_TAG, &faults);
+    let vg: sm_driver::ids::VgName = vg.parse().map_err(|e| chain(&e))?;
+    let chains = Chains::new(&lvm, QemuImg::new(runner), &vg, VOLUME_TAG, &faults);
     let names = |leaf: &str, volume: &str, clone_leaf: Option<&str>| NewNames {
         leaf: leaf.to_owned(),
         volume: volume.to_owned(),
@@ -197,8 +198,16 @@ fn chains_step(runner: &SystemRunner, device: &str, vg: &str, args: &[&str]) -> 
         ["snapshot-running", volume, snapshot, leaf] => {
             let disk = served::open_here(&host, CHAINS_SR, volume).ok_or("the volume is not served")?;
             let engine = served_engine()?;
-            let running =
-                ServedHere { engine, host: &host, sr_uuid: CHAINS_SR, volume, disk, faults: &faults, lvm: &lvm, vg };
+            let running = ServedHere {
+                engine,
+                host: &host,
+                sr_uuid: CHAINS_SR,
+                volume,
+                disk,
+                faults: &faults,
+                lvm: &lvm,
+                vg: &vg,
+            };
             chains.snapshot(volume, &names(leaf, snapshot, None), SIZE, Some(&running)).map_err(|e| chain(&e))?;
         }
         ["clone", volume, clone, leaf, clone_leaf] => {

@@ -2,8 +2,8 @@ use super::*;
 
 fn lv(name: &str, tags: &[&str]) -> Lv {
     Lv {
-        name: name.to_owned(),
-        vg: "vg".to_owned(),
+        name: name.into(),
+        vg: "vg".into(),
         size: 4 << 20,
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         active: false,

@@ -151,11 +151,11 @@ fn apply(lvs: &mut Vec<Lv>, plan: &[Collect]) {
             Collect::Remove { lv } => lvs.retain(|l| &l.name != lv),
             Collect::Merge { child, into, grandchildren, volumes } => {
                 for lv in lvs.iter_mut() {
-                    if grandchildren.contains(&lv.name) {
+                    if grandchildren.iter().any(|g| *g == lv.name) {
                         lv.tags.retain(|t| !t.starts_with("np="));
                         lv.tags.push(format!("np={into}"));
                     }
-                    if volumes.contains(&lv.name) {
+                    if volumes.iter().any(|v| *v == lv.name) {
                         lv.tags.retain(|t| !t.starts_with("nn="));
                         lv.tags.push(volume_node_tag(into));
                     }
