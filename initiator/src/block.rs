@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// What a device is and what it can do, read once after it is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,9 +150,17 @@ pub trait ReadSink: Send + Sync {
 /// the new copy [`Ticket::supersede`]s the old: an old copy that was never
 /// sent is dropped, and one that was sent is waited for before the new copy
 /// goes out, so the old copy can never land after the new one.
-#[derive(Default)]
 pub struct Ticket {
     state: Mutex<TicketState>,
+    /// When the first copy of the request arrived: a re-sent copy keeps
+    /// its original's, so `fast_io_fail_tmo` counts from the first.
+    since: Instant,
+}
+
+impl Default for Ticket {
+    fn default() -> Self {
+        Self { state: Mutex::default(), since: Instant::now() }
+    }
 }
 
 type After = Box<dyn FnOnce() + Send>;
@@ -216,6 +225,19 @@ impl Ticket {
     #[must_use]
     pub fn superseded(&self) -> bool {
         self.state().superseded
+    }
+
+    /// The ticket of a newer copy of this request: it keeps the time the
+    /// first copy arrived.
+    #[must_use]
+    pub fn next_copy(&self) -> Self {
+        Self { state: Mutex::default(), since: self.since }
+    }
+
+    /// When the first copy of the request arrived.
+    #[must_use]
+    pub fn since(&self) -> Instant {
+        self.since
     }
 }
 

@@ -845,7 +845,7 @@ impl BlockDevice for Multipath {
             Ok((lba, blocks)) if blocks > 0 && len <= g.max_transfer => {
                 let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
                 let op = Op::Read { lba, blocks, sink: Some(sink) };
-                self.inner.dispatch(IoCmd { op, done, queued_at: Instant::now(), ticket: Some(Arc::clone(ticket)) });
+                self.inner.dispatch(IoCmd { op, done, queued_at: ticket.since(), ticket: Some(Arc::clone(ticket)) });
             }
             _ => self.submit_with(Request::Read { offset, len }, Some(ticket), done),
         }
@@ -857,7 +857,8 @@ impl Multipath {
         let g = self.inner.geometry;
         let bs = u64::from(g.block_size);
         let max_blocks = u64::from(g.max_transfer) / bs;
-        let now = Instant::now();
+        // A copy the kernel sent again waits from when its first copy came.
+        let now = ticket.map_or_else(Instant::now, |t| t.since());
         let ranges = |lba: u64, blocks: u64, limit: u64| -> Vec<(u64, u32)> {
             let mut out = Vec::new();
             let mut at = 0;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{AnaState, Multipath, PathStatus};
-use crate::block::{BlockDevice, IoError, Outcome, Request};
+use crate::block::{BlockDevice, IoError, Outcome, Request, Ticket};
 use crate::config::IoPolicy;
 use crate::fake_target::{config, FakeTarget, Script};
 
@@ -149,6 +149,36 @@ fn with_no_usable_path_io_waits_then_fails_after_fast_io_fail_tmo() {
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "waited {waited:?}");
     assert_eq!(target.io_commands.load(Ordering::SeqCst), 0, "never sent to an inaccessible path");
     assert_eq!(dev.state().failed_no_path, 1);
+}
+
+/// The kernel's NBD driver re-sends a held request at every `nbd_io_timeout`
+/// (a few seconds): each copy must not start `fast_io_fail_tmo` afresh, or
+/// an outage of every path would hold I/O for ever.
+#[test]
+fn a_copy_sent_again_fails_at_fast_io_fail_tmo_counted_from_its_first_copy() {
+    let target = FakeTarget::start(Script { ana_state: Arc::new(Mutex::new(3)), ..Script::default() });
+    let mut cfg = config(&[&target]);
+    cfg.transport.fast_io_fail_tmo = Some(Duration::from_millis(1500));
+    let dev = Multipath::open(cfg).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let first = Arc::new(Ticket::default());
+    let start = Instant::now();
+    let sent = tx.clone();
+    dev.submit_ticketed(Request::Read { offset: 0, len: 512 }, &first, Box::new(move |o| sent.send((1, o)).unwrap()));
+    std::thread::sleep(Duration::from_millis(900));
+    let again = Arc::new(first.next_copy());
+    first.supersede(Box::new(|| {}));
+    dev.submit_ticketed(Request::Read { offset: 0, len: 512 }, &again, Box::new(move |o| tx.send((2, o)).unwrap()));
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        outcomes.push(rx.recv_timeout(Duration::from_secs(5)).expect("both copies completed"));
+    }
+    let waited = start.elapsed();
+    let second = outcomes.iter().find(|(copy, _)| *copy == 2).map(|(_, o)| o.as_ref().unwrap_err().to_string());
+    assert!(second.as_deref().is_some_and(|e| e.contains("fast_io_fail_tmo")), "{second:?}");
+    assert!(waited < Duration::from_millis(2200), "the re-sent copy waited {waited:?}: its clock restarted");
+    assert!(waited >= Duration::from_millis(1400), "failed before fast_io_fail_tmo: {waited:?}");
+    assert_eq!(target.io_commands.load(Ordering::SeqCst), 0);
 }
 
 #[test]

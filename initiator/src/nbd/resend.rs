@@ -43,8 +43,10 @@ impl Resends {
     /// older copy of it still unanswered, if there is one.
     #[must_use]
     pub fn arrive(&self, handle: u64) -> (Arc<Ticket>, Option<Arc<Ticket>>) {
-        let ticket = Arc::new(Ticket::default());
-        let older = self.live().insert(tag(handle), (handle, Arc::clone(&ticket)));
+        let mut live = self.live();
+        // A re-sent copy keeps the time its first copy arrived.
+        let ticket = Arc::new(live.get(&tag(handle)).map_or_else(Ticket::default, |(_, older)| older.next_copy()));
+        let older = live.insert(tag(handle), (handle, Arc::clone(&ticket)));
         (ticket, older.map(|(_, older)| older))
     }
 
