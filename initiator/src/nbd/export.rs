@@ -46,14 +46,15 @@ pub struct ExportConfig {
 }
 
 impl ExportConfig {
-    /// The defaults for an SR: 2 connections, 30 s I/O timeout, 120 s for a
-    /// restarted daemon to come back, 32 MiB of buffers.
+    /// The defaults for an SR: 2 connections, 10 s I/O timeout (a request
+    /// the previous daemon took is resent after it), 120 s for a restarted
+    /// daemon to come back, 32 MiB of buffers.
     #[must_use]
     pub fn for_backend(backend: &str) -> Self {
         Self {
             backend: backend.to_owned(),
             connections: 2,
-            io_timeout_secs: 30,
+            io_timeout_secs: 10,
             dead_conn_timeout_secs: 120,
             memory_limit: 32 << 20,
         }

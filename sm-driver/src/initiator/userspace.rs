@@ -31,7 +31,8 @@ use crate::nvme::options::{Authentication, ConnectOptions, PathKey};
 use crate::nvme::sysfs::NamespaceIdentity;
 use crate::sr_config::{NamespaceRef, SrConfig};
 
-/// How much longer than `fast_io_fail_tmo` the NBD request timeout is.
+/// How much longer than `fast_io_fail_tmo` the kernel waits for a
+/// restarted daemon to take its NBD connections back.
 const NBD_TIMEOUT_MARGIN: u64 = 30;
 
 /// How long `SR.attach` waits for the daemon to serve.
@@ -250,13 +251,7 @@ pub fn bring_up(
     let (ids, identity) = locate(&multipath, nqn, reference)?;
     multipath.namespace = nvmetcp_initiator::NamespaceIdentity { nsid: ids.nsid, uuid: ids.uuid };
     let queues = usize::from(nvmetcp_initiator::controller::wanted_queues(&multipath));
-    let mut export = ExportConfig { connections: queues.clamp(2, 64), ..ExportConfig::for_backend(&sr.backend()) };
-    // The kernel's NBD timeout must not fire while the device still holds
-    // a request for a path to come back (up to fast_io_fail_tmo): on
-    // timeout it would resend the request on another connection.
-    if let Ok(hold) = u64::try_from(config.timers.fast_io_fail_tmo) {
-        export.io_timeout_secs = export.io_timeout_secs.max(hold + NBD_TIMEOUT_MARGIN);
-    }
+    let export = export_config(&sr, queues, config.timers.fast_io_fail_tmo);
     let daemon = DaemonConfig { sr: sr.clone(), multipath, identity, export };
     let layout = layout(host);
     door::write_config(&layout, &daemon)?;
@@ -280,6 +275,26 @@ pub fn bring_up(
         nsid: ids.nsid,
         paths: options.iter().map(ConnectOptions::key).collect(),
     })
+}
+
+/// How the SR's NBD device is set up (`drivers/block/nbd.c`, 4.19 and
+/// 6.x). The I/O timeout stays short (the export's default, seconds): a
+/// request the killed daemon had taken is resent by the kernel only when it
+/// times out (`nbd_xmit_timeout` requeues it; nothing requeues it when its
+/// connection dies or is replaced, `recv_work`, `nbd_reconnect_socket`), so
+/// this bounds a VM's stall after a crash. A request the live daemon holds
+/// for a path to come back is resent as well, and its new copy supersedes
+/// the old one while keeping its first arrival, so every path down still
+/// fails I/O only after `fast_io_fail_tmo`. Requests wait for a dead
+/// connection to be replaced (`wait_for_reconnect`) up to the dead-connection
+/// timeout: at least `fast_io_fail_tmo` + 30 s, so a daemon that does not
+/// come back fails I/O no sooner than an outage of every path would.
+fn export_config(sr: &SrId, queues: usize, fast_io_fail_tmo: i32) -> ExportConfig {
+    let mut export = ExportConfig { connections: queues.clamp(2, 64), ..ExportConfig::for_backend(&sr.backend()) };
+    if let Ok(hold) = u64::try_from(fast_io_fail_tmo) {
+        export.dead_conn_timeout_secs = export.dead_conn_timeout_secs.max(hold + NBD_TIMEOUT_MARGIN);
+    }
+    export
 }
 
 /// Every active namespace of the subsystem, in NSID order, as the array
@@ -391,6 +406,19 @@ mod tests {
     use crate::nvme::names::Portal;
 
     const SR: &str = "5b0e3c57-1d2f-4a66-9d0e-7c3f1b2a4d10";
+
+    #[test]
+    fn a_killed_daemons_requests_are_resent_in_seconds_and_an_absent_one_is_awaited_past_fast_io_fail_tmo() {
+        let sr = sr_id(SR).unwrap();
+        let export = export_config(&sr, 4, 90);
+        assert!(export.io_timeout_secs <= 10, "the stall after a crash is the NBD I/O timeout: {export:?}");
+        assert_eq!(export.dead_conn_timeout_secs, 120);
+        assert_eq!(export.connections, 4);
+        assert_eq!(export_config(&sr, 1, 300).dead_conn_timeout_secs, 330);
+        assert_eq!(export_config(&sr, 1, 300).connections, 2, "4.19 resends only with two connections or more");
+        assert_eq!(export_config(&sr, 2, -1).dead_conn_timeout_secs, 120);
+        assert_eq!(export.backend, sr.backend());
+    }
 
     fn key(addr: &str) -> PathKey {
         PathKey {
