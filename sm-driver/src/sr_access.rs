@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::context::Context;
 use crate::error::CallError;
-use crate::lvm::{Lvm, Vg};
+use crate::lvm::{Lv, Lvm, Vg};
 use crate::pool_role;
 use crate::request::SrHandle;
 use crate::sr_paths;
@@ -46,6 +46,21 @@ pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> 
         }
     }
     Ok(lvm)
+}
+
+/// LVM on the SR's namespace for a metadata write, with every LV of the SR
+/// as it stands: one `lvm fullreport` gives the writer guard the VG's tags
+/// ([`crate::writer_guard`]) and the caller the LVs its budget and lookups
+/// need, so a checked write costs one read and the write.
+pub(crate) fn lvm_for_change<'c>(ctx: &'c Context, state: &SrState) -> Result<(Lvm<'c>, Vec<Lv>), CallError> {
+    require_live_path(ctx, state)?;
+    let lvm = lvm_on_namespace(ctx, state, true)?;
+    let (vgs, lvs) = lvm.vgs_and_lvs()?;
+    if let Some(vg) = vgs.iter().find(|vg| vg.name == state.vg) {
+        crate::writer_guard::guard(&ctx.host, &lvm, vg)?;
+    }
+    let lvs = lvs.into_iter().filter(|lv| lv.vg == state.vg).collect();
+    Ok((lvm, lvs))
 }
 
 /// LVM on the SR's namespace, for callers that checked the paths already.

@@ -52,7 +52,20 @@ pub fn list(lvm: &Lvm<'_>, state: &SrState) -> Result<Vec<Volume>, CallError> {
 
 /// The volume `key`, if it exists and is nvmetcp's.
 pub(super) fn find(lvm: &Lvm<'_>, state: &SrState, key: &VolumeKey) -> Result<Option<Lv>, CallError> {
-    Ok(lvm.lv(&state.vg, &key.lv())?.filter(|lv| lv.tags.iter().any(|t| t == VOLUME_TAG)))
+    Ok(lvm.lv(&state.vg, &key.lv())?.filter(is_ours))
+}
+
+/// The volume `key` among the SR's LVs `lvs`, or [`VolumeError::NotFound`].
+pub(super) fn existing_in(lvs: &[Lv], state: &SrState, key: &VolumeKey) -> Result<Lv, CallError> {
+    let name = key.lv();
+    lvs.iter()
+        .find(|lv| lv.name == name && is_ours(lv))
+        .cloned()
+        .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.clone() }.into())
+}
+
+fn is_ours(lv: &Lv) -> bool {
+    lv.tags.iter().any(|t| t == VOLUME_TAG)
 }
 
 /// The volume `key`, or [`VolumeError::NotFound`].

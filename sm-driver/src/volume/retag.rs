@@ -1,14 +1,15 @@
 //! `Volume.set_name`, `set_description`, `set` and `unset` (master): one
-//! `lvchange --deltag … --addtag …` each, so a killed call leaves the old or
-//! the new metadata.
+//! read of the VG (writer guard, budget, the volume's tags), then one
+//! `lvchange --deltag … --addtag …`, so a killed call leaves the old or the
+//! new metadata.
 
 use crate::context::Context;
 use crate::error::{CallResult, VolumeError};
 use crate::ids::VolumeKey;
 use crate::request::{SrHandle, VolumeSet, VolumeSetDescription, VolumeSetName, VolumeUnset};
-use crate::sr_access::{attached, lvm_for, require_master};
+use crate::sr_access::{attached, lvm_for_change, require_master};
 
-use super::record::existing;
+use super::record::existing_in;
 use super::{budget, meta};
 
 /// Replaces some tags of a volume in one commit.
@@ -22,15 +23,15 @@ fn retag(
     {
         require_master(ctx, what)?;
         let (state, _lock) = attached(ctx, sr)?;
-        let lvm = lvm_for(ctx, &state, true)?;
-        let lv = existing(&lvm, &state, key)?;
+        let (lvm, lvs) = lvm_for_change(ctx, &state)?;
+        let lv = existing_in(&lvs, &state, key)?;
         let (remove, add) = change(&lv.tags)?;
         let remove: Vec<String> = remove.into_iter().filter(|t| !add.contains(t)).collect();
         let add: Vec<String> = add.into_iter().filter(|t| !lv.tags.contains(t)).collect();
         let after: Vec<String> =
             lv.tags.iter().filter(|t| !remove.contains(t)).cloned().chain(add.iter().cloned()).collect();
         if budget::tag_bytes(&after) > budget::tag_bytes(&lv.tags) {
-            budget::check(key, &lv.tags, &after, &lvm.lvs(&state.vg)?)?;
+            budget::check(key, &lv.tags, &after, &lvs)?;
         }
         if !remove.is_empty() || !add.is_empty() {
             lvm.lv_retag(&state.vg, &lv.name, &remove, &add)?;

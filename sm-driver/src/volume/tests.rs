@@ -271,3 +271,55 @@ fn sr_stat_names_the_srs_rrd_plugin_as_its_datasource() {
     assert_eq!(unreachable["health"][0], "Unreachable", "{unreachable}");
     assert_eq!(unreachable["datasources"], expected);
 }
+
+/// One `lvm fullreport` of the SR: its VG (writer: this host) and `lvs`.
+fn full_report(lvs: &[(&str, &str)]) -> String {
+    let rows: Vec<String> = lvs
+        .iter()
+        .map(|(name, tags)| {
+            format!(
+                r#"{{"lv_name":"{name}", "vg_name":"{VG}", "lv_size":"8388608", "lv_tags":"{tags}", "lv_active":""}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"report": [{{"vg": [{{"vg_name":"{VG}", "vg_uuid":"u", "vg_size":"1073741824", "vg_free":"536870912",
+        "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp.writer=me,nvmetcp_sr"}}], "lv": [{}]}}]}}"#,
+        rows.join(",")
+    )
+}
+
+/// The LVM subcommands `runner` ran, in order.
+fn lvm_subcommands(runner: &FakeRunner) -> Vec<String> {
+    runner
+        .calls()
+        .iter()
+        .filter(|c| c.program == Program::Lvm)
+        .filter_map(|c| c.shown.split_whitespace().nth(1).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_checked_metadata_write_is_one_report_and_the_write() {
+    let tree = attached_sr();
+    tree.write("/etc/nvme/hostid", "me\n");
+    tree.write("/proc/sys/kernel/random/uuid", "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12\n");
+    let runner = Arc::new(FakeRunner::new().then_stdout(&full_report(&[(KEY, "nvmetcp_vol")])).then_stdout(""));
+    let create = format!(
+        r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}","name":"n","description":"","size":4194304,"sharable":false}}"#
+    );
+    call(&tree, &runner, "Volume.create", &create).unwrap();
+    assert_eq!(lvm_subcommands(&runner), ["fullreport", "lvcreate"], "{:?}", runner.calls());
+
+    let runner = Arc::new(FakeRunner::new().then_stdout(&full_report(&[(KEY, "nvmetcp_vol")])).then_stdout(""));
+    call(&tree, &runner, "Volume.set", &body(r#","k":"a","v":"b""#)).unwrap();
+    assert_eq!(lvm_subcommands(&runner), ["fullreport", "lvchange"], "{:?}", runner.calls());
+
+    // A key that is not among the SR's volumes is refused after the one read.
+    let runner = Arc::new(FakeRunner::new().then_stdout(&full_report(&[])));
+    assert_eq!(
+        call(&tree, &runner, "Volume.set", &body(r#","k":"a","v":"b""#)),
+        Err("Volume_does_not_exist".to_owned())
+    );
+    assert_eq!(lvm_subcommands(&runner), ["fullreport"]);
+}
