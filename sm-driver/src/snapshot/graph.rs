@@ -254,6 +254,14 @@ impl Graph {
         self.nodes.values().filter(|n| n.parent.as_deref() == Some(lv)).collect()
     }
 
+    /// Whether something besides `volume` builds on node `lv`: a child
+    /// node, or another volume referring to it (a snapshot's frozen node,
+    /// the base of a clone). Such a node is never written.
+    #[must_use]
+    pub fn built_on_by_others(&self, lv: &str, volume: &str) -> bool {
+        !self.children(lv).is_empty() || self.volumes.iter().any(|(v, n)| n == lv && v != volume)
+    }
+
     fn referenced(&self) -> BTreeSet<&str> {
         self.volumes.values().map(String::as_str).collect()
     }

@@ -288,25 +288,41 @@ pub fn attach(
     let graph = Graph::from_lvs(&lvm.lvs(&state.vg)?, volume_tag)?;
     let chain = graph.chain(&lv.name)?;
     let engine = engine(runner, host).map_err(OpError::from)?;
-    // Base first; every node but the leaf read-only (activation is local:
-    // members do it too, without writing metadata).
-    let parents: Vec<LvName> =
-        chain.iter().skip(1).rev().map(|n| n.lv.parse()).collect::<Result<_, _>>().map_err(LvmError::from)?;
-    lvm.lvs_activate_read_only(&state.vg, &parents)?;
-    let leaf_lv: Vec<LvName> =
-        chain.first().map(|n| n.lv.parse()).into_iter().collect::<Result<_, _>>().map_err(LvmError::from)?;
-    lvm.lvs_activate(&state.vg, &leaf_lv, true)?;
     let leaf = chain.first().map(|n| n.lv.clone()).unwrap_or_default();
+    let access = access_to(&graph, &lv.name, &leaf);
+    // Base first; every node but the leaf read-only, and the leaf too when
+    // others build on it (activation is local: members do it too, without
+    // writing metadata).
+    let skip = usize::from(access == Access::ReadWrite);
+    let read_only: Vec<LvName> =
+        chain.iter().skip(skip).rev().map(|n| n.lv.parse()).collect::<Result<_, _>>().map_err(LvmError::from)?;
+    lvm.lvs_activate_read_only(&state.vg, &read_only)?;
+    if access == Access::ReadWrite {
+        let leaf_lv: Vec<LvName> = vec![leaf.parse().map_err(LvmError::from)?];
+        lvm.lvs_activate(&state.vg, &leaf_lv, true)?;
+    }
     let format = chain.first().map(|n| n.format).unwrap_or(crate::engine::ImageFormat::Raw);
     let image = Image::new(format, format!("/dev/{}/{leaf}", state.vg)).map_err(OpError::from)?;
     let name = DiskName::new(&lv.name).map_err(OpError::from)?;
-    let disk = engine.open(&name, &image, Access::ReadWrite).map_err(OpError::from)?;
+    let disk = engine.open(&name, &image, access).map_err(OpError::from)?;
     if let Err(error) = record(host, &state.sr_uuid, &lv.name, &disk) {
         let _ = engine.close(&disk);
         return Err(error);
     }
-    tracing::info!(volume = %lv.name, device = %disk.device.display(), engine = %engine.kind(), "chain served");
+    tracing::info!(volume = %lv.name, device = %disk.device.display(), engine = %engine.kind(), ?access, "chain served");
     Ok(disk.device)
+}
+
+/// How `volume`, whose chain's leaf is node `leaf`, is opened: read-only
+/// when anything else builds on that node (a snapshot volume's node is the
+/// frozen node its origin's new leaf is backed by: writing it would change
+/// the origin's data, as XO's export attaching a snapshot would).
+fn access_to(graph: &Graph, volume: &str, leaf: &str) -> Access {
+    if graph.built_on_by_others(leaf, volume) {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    }
 }
 
 /// Stops serving `lv` if this host serves it, and deactivates the chain
@@ -570,6 +586,92 @@ mod tests {
         let mute = FakeRunner::new().then_stdout(HELP_QCOW2);
         assert_eq!(probe(&mute, &host).serving("vol-aa", &raw(), &layer()), Serving::Unknown);
         assert_eq!(kept(&host, SR, "vol-aa").unwrap().swapping_to, Some(layer()), "the handle keeps the question");
+    }
+
+    const VG: &str = "nvmetcp_x";
+
+    fn lvs_report(rows: &[(&str, &str)]) -> String {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|(name, tags)| {
+                format!(
+                    r#"{{"lv_name":"{name}", "vg_name":"{VG}", "lv_size":"8388608", "lv_tags":"{tags}", "lv_active":""}}"#
+                )
+            })
+            .collect();
+        format!(r#"{{"report": [{{"lv": [{}]}}]}}"#, rows.join(","))
+    }
+
+    fn state() -> SrState {
+        SrState {
+            sr_uuid: SR.to_owned(),
+            vg: VG.parse().unwrap(),
+            nqn: String::new(),
+            namespace: String::new(),
+            paths: Vec::new(),
+            configuration: std::collections::BTreeMap::new(),
+            total_space: 0,
+            free_space: 0,
+            extent_size: 4 << 20,
+            initiator: crate::initiator::InitiatorKind::default(),
+        }
+    }
+
+    /// After one snapshot of `vol-aa` (its raw LV the frozen node, its new
+    /// leaf `node-bb`) the snapshot volume `vol-ss` refers to `vol-aa`; the
+    /// clone `vol-cc` has a leaf of its own on it.
+    fn after_a_snapshot_and_a_clone() -> String {
+        lvs_report(&[
+            ("vol-aa", "nvmetcp_volume,nvmetcp_node,nf=raw,nd=1,nn=node-bb"),
+            ("node-bb", "nvmetcp_node,nf=qcow2,np=vol-aa,nd=2"),
+            ("vol-ss", "nvmetcp_volume,nn=vol-aa"),
+            ("node-cc", "nvmetcp_node,nf=qcow2,np=vol-aa,nd=2"),
+            ("vol-cc", "nvmetcp_volume,nn=node-cc"),
+        ])
+    }
+
+    /// Attaches `volume` through tapdisk on the fakes; returns the LVM and
+    /// tap-ctl command lines.
+    fn attach_on_fakes(volume: &str) -> (Vec<String>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let lvm_runner = FakeRunner::new().then_stdout(&after_a_snapshot_and_a_clone()).then_stdout("").then_stdout("");
+        let lvm_runner = if volume == "vol-ss" { lvm_runner } else { lvm_runner.then_stdout("").then_stdout("") };
+        let lvm = Lvm::new(&lvm_runner, std::path::Path::new("/dev/nvme0n1"), false).unwrap();
+        let tap = FakeRunner::new()
+            .then_stdout(HELP_QCOW2)
+            .then_stdout("4242\n")
+            .then_stdout("/dev/xen/blktap-2/tapdev3\n")
+            .then_stdout("")
+            .then_stdout("");
+        let lv =
+            Lv { name: volume.parse().unwrap(), vg: VG.parse().unwrap(), size: 8 << 20, tags: vec![], active: false };
+        let device = attach(&tap, &host, &lvm, &state(), "nvmetcp_volume", &lv).unwrap();
+        assert_eq!(device, PathBuf::from("/dev/xen/blktap-2/tapdev3"));
+        assert!(open_here(&host, SR, volume).is_some(), "the handle is kept");
+        let shown = |f: &FakeRunner| f.calls().into_iter().map(|c| c.shown).collect::<Vec<_>>();
+        (shown(&lvm_runner), shown(&tap))
+    }
+
+    #[test]
+    fn a_snapshot_volume_is_opened_read_only_and_its_frozen_node_never_written() {
+        let (lvm, tap) = attach_on_fakes("vol-ss");
+        let open = tap.iter().find(|c| c.starts_with("tap-ctl open")).unwrap();
+        assert_eq!(open, "tap-ctl open -p 4242 -m 3 -a aio:/dev/nvmetcp_x/vol-aa -R", "{tap:?}");
+        // Activated and refreshed read-only, never read-write.
+        assert_eq!(lvm.len(), 3, "{lvm:?}");
+        for change in &lvm[1..] {
+            assert!(change.contains(r#"read_only_volume_list = [ \"nvmetcp_x/vol-aa\" ]"#), "{change}");
+        }
+    }
+
+    #[test]
+    fn a_clone_writes_its_own_leaf_and_only_reads_the_shared_base() {
+        let (lvm, tap) = attach_on_fakes("vol-cc");
+        let open = tap.iter().find(|c| c.starts_with("tap-ctl open")).unwrap();
+        assert_eq!(open, "tap-ctl open -p 4242 -m 3 -a qcow2:/dev/nvmetcp_x/node-cc", "{tap:?}");
+        assert!(lvm[1].contains(r#"read_only_volume_list = [ \"nvmetcp_x/vol-aa\" ]"#), "{lvm:?}");
+        assert!(lvm[3].ends_with("-ay nvmetcp_x/node-cc") && !lvm[3].contains("read_only_volume_list"), "{lvm:?}");
     }
 
     #[test]

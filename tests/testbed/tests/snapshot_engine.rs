@@ -710,4 +710,14 @@ served=$(sum "$dev")
 unplug "$a"
 [ "$(read_sum "$a")" = "$served" ] || tb_fail "the chain does not hold what the engine served"
 [ "$(read_sum "$s2")" = "$before" ] || tb_fail "a write after the second snapshot reached it"
+# The snapshot volume itself attached, as XO's export does: its node (the
+# one the disk's leaf is backed by) is opened read-only and never written.
+sdev=$(plug "$s2")
+[ "$(sum "$sdev")" = "$before" ] || tb_fail "the attached snapshot does not serve the snapshot point"
+if dd if=/dev/urandom of="$sdev" bs=64k count=1 oflag=direct status=none 2>/dev/null; then
+    tb_fail "a write to the attached snapshot volume was accepted"
+fi
+unplug "$s2"
+[ "$(read_sum "$s2")" = "$before" ] || tb_fail "attaching the snapshot changed its node"
+[ "$(read_sum "$a")" = "$served" ] || tb_fail "attaching the snapshot changed the disk's data"
 "#;
