@@ -544,7 +544,7 @@ fn describe_status(status: ExitStatus) -> String {
 #[cfg(any(test, feature = "testing"))]
 mod fake;
 #[cfg(test)]
-pub(crate) use self::fake::DeviceSubstitute;
+pub(crate) use self::fake::{args_of, DeviceSubstitute};
 #[cfg(any(test, feature = "testing"))]
 pub use self::fake::{FakeResponse, FakeRunner, RecordedCall, FAKE_DETACHED_PID};
 

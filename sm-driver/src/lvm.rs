@@ -403,6 +403,20 @@ impl<'a> Lvm<'a> {
         Ok(())
     }
 
+    /// Shrinks LV `vg/lv`, a read-only node, to at least `bytes` (LVM
+    /// rounds up to whole extents); if it is active here its mapping is
+    /// reloaded read-only (`activation/read_only_volume_list`), as before.
+    ///
+    /// # Errors
+    /// [`LvmError`] if `lvreduce` fails.
+    pub fn lv_shrink_read_only(&self, vg: &VgName, lv: &LvName, bytes: u64) -> Result<(), LvmError> {
+        let name = format!("{vg}/{lv}");
+        let size = format!("{}b", sectors_up(bytes) * 512);
+        let command = self.read_only_command("lvreduce", std::slice::from_ref(&name)).args(["-f", "-L", &size, &name]);
+        self.runner.run(&command)?;
+        Ok(())
+    }
+
     /// Replaces tags of LV `vg/lv` in one metadata commit.
     ///
     /// # Errors

@@ -159,3 +159,17 @@ impl Runner for DeviceSubstitute {
         self.inner.start_detached(command)
     }
 }
+
+/// The arguments of `command` as given (a secret as the redaction mark),
+/// for fakes that act on what they are asked rather than replay a script.
+#[cfg(test)]
+pub(crate) fn args_of(command: &Command) -> Vec<String> {
+    command
+        .args
+        .iter()
+        .map(|arg| match arg {
+            super::Arg::Plain(text) => text.clone(),
+            super::Arg::Secret(_) => super::REDACTED.to_owned(),
+        })
+        .collect()
+}

@@ -304,6 +304,7 @@ impl<'a> Chains<'a> {
             self.faults.reached("swapped");
             self.commit_snapshot(&lvs, volume, &old, &names.leaf)?;
             self.faults.reached("committed");
+            self.shrink_frozen(&old, extent);
             self.clean_journal(&swapping)?;
             self.clean_journal(&journal)?;
             self.faults.reached("cleaned");
@@ -312,6 +313,7 @@ impl<'a> Chains<'a> {
         }
         self.commit_snapshot(&lvs, volume, &old, &names.leaf)?;
         self.faults.reached("committed");
+        self.shrink_frozen(&old, extent);
         self.clean_journal(&journal)?;
         self.faults.reached("cleaned");
         tracing::info!(volume, snapshot = %names.volume, leaf = %names.leaf, "snapshot taken");
@@ -329,6 +331,38 @@ impl<'a> Chains<'a> {
         }
         self.lvm.lv_retag(self.vg, &lv_named(volume)?, &remove, &add)?;
         Ok(())
+    }
+
+    /// Shrinks `node`, a read-only node from now on, to its image end
+    /// rounded up to whole extents of `extent` bytes (as LVHD deflates a
+    /// snapshot's base): its space goes back to the SR. A raw node holds
+    /// data over its whole LV and keeps its size. Idempotent (the end is
+    /// read again each time, and an LV is only ever reduced to it), so
+    /// replay simply runs it again; a failure only costs space, and says so.
+    fn shrink_frozen(&self, node: &Node, extent: u64) {
+        if node.format != ImageFormat::Qcow2 {
+            return;
+        }
+        if let Err(error) = self.try_shrink(node, extent) {
+            tracing::warn!(node = %node.lv, %error, "the read-only node keeps its size");
+        }
+    }
+
+    fn try_shrink(&self, node: &Node, extent: u64) -> Result<(), OpError> {
+        let named = lv_named(&node.lv)?;
+        let Some(lv) = self.lvm.lv(self.vg, &named)? else { return Ok(()) };
+        let end = self.qemu_img.image_end(&self.image(node)?)?;
+        let target = end.div_ceil(extent.max(1)).max(1) * extent.max(1);
+        if target < lv.size {
+            self.lvm.lv_shrink_read_only(self.vg, &named, target)?;
+            self.faults.reached("shrunk");
+            tracing::info!(node = %node.lv, from = lv.size, to = target, image_end = end, "read-only node shrunk");
+        }
+        Ok(())
+    }
+
+    fn extent_size(&self) -> Result<u64, OpError> {
+        Ok(self.lvm.vgs()?.into_iter().find(|v| v.name == self.vg).map_or(4 << 20, |v| v.extent_size))
     }
 
     /// Activates `from` and every ancestor of it that `lvs` reports
@@ -464,6 +498,14 @@ impl<'a> Chains<'a> {
         let (child_image, into_image) = (self.image(&child_node)?, self.image(&into_node)?);
         // The commit opens the child's whole chain; relinking opens each grandchild.
         let lvs = self.lvs()?;
+        // A read-only qcow2 node was shrunk to its image end: the commit
+        // allocates clusters in it, so it gets a leaf's full size back first.
+        if into_node.format == ImageFormat::Qcow2 {
+            let full = self.qemu_img.leaf_bytes(base_size(&graph, &lvs, into))?;
+            if lvs.iter().any(|l| l.name == into && l.size < full) {
+                self.lvm.lvextend(self.vg, &lv_named(into)?, full)?;
+            }
+        }
         self.activate_chain(&lvs, &graph, child)?;
         // The commit writes both, relinking writes each grandchild: reloaded
         // read-write here even if they were active read-only (a chain's
@@ -488,6 +530,10 @@ impl<'a> Chains<'a> {
             self.lvm.lv_retag(self.vg, &lv_named(&grandchild.lv)?, &remove, &add)?;
         }
         self.faults.reached("merge-relinked");
+        if !grandchildren.is_empty() {
+            // Still a parent: read-only, so back to its image end.
+            self.shrink_frozen(&into_node, self.extent_size()?);
+        }
         for lv in self.lvs()? {
             if lv.tags.iter().any(|t| t == self.volume_tag) && lv.tags.contains(&volume_node_tag(child)) {
                 self.lvm.lv_retag(self.vg, &lv.name, &[volume_node_tag(child)], &[volume_node_tag(into)])?;
@@ -546,6 +592,11 @@ impl<'a> Chains<'a> {
                             if !on_new {
                                 self.commit_snapshot(&lvs, volume, &old, new_leaf)?;
                             }
+                            if old.format == ImageFormat::Qcow2 {
+                                // qemu-img opens the node with its backing chain.
+                                self.activate_chain(&lvs, &graph, &old.lv)?;
+                                self.shrink_frozen(&old, self.extent_size()?);
+                            }
                             self.clean_operation(&entry.operation)?;
                             tracing::warn!(volume, "an interrupted snapshot was finished");
                         }
@@ -578,6 +629,16 @@ impl<'a> Chains<'a> {
     }
 }
 
+/// The size of `lv`'s chain's base, a raw LV: the virtual size of every
+/// layer above it.
+fn base_size(graph: &Graph, lvs: &[Lv], lv: &str) -> u64 {
+    let mut base = lv;
+    while let Some(parent) = graph.node(base).and_then(|n| n.parent.as_deref()) {
+        base = parent;
+    }
+    lvs.iter().find(|l| l.name == base).map_or(0, |l| l.size)
+}
+
 fn touches(step: &Collect, busy: &BTreeSet<String>) -> bool {
     match step {
         Collect::Remove { lv } => busy.contains(lv),
@@ -594,3 +655,6 @@ const fn step_rank(step: Step) -> u8 {
         Step::Committed => 2,
     }
 }
+
+#[cfg(test)]
+mod tests;
