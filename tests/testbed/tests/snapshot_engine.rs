@@ -329,6 +329,20 @@ unplug() {
     expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$(dp "$1")}" >/dev/null
     expect_ok Datapath.detach "{\"dbg\":\"dt\",$(dp "$1")}" >/dev/null
 }
+node_of() { lvs --noheadings -o lv_tags "$vg/$1" | tr ',' '\n' | sed -n 's/^ *nn=//p'; }
+lv_bytes() { lvs --noheadings --units b --nosuffix -o lv_size "$vg/$1" | tr -d ' '; }
+# NODE FULL_BYTES WHEN SNAPSHOT: NODE, the old leaf of SNAPSHOT (taken WHEN),
+# is shrunk below FULL_BYTES but not below its image end, and checks clean.
+shrunk_to() {
+    local size end
+    [ "$(node_of "$4")" = "$1" ] || tb_fail "the snapshot ($3) does not refer to the old leaf $1"
+    size=$(lv_bytes "$1")
+    end=$(json "$(qemu-img check -U --output=json "/dev/$vg/$1")" 'v["image-end-offset"]') ||
+        tb_fail "qemu-img check fails on the shrunk node $1 ($3)"
+    tb_log "$3: the old leaf $1 went from $2 to $size bytes (image end $end)"
+    [ "$size" -lt "$2" ] || tb_fail "the old leaf $1 was not shrunk ($3)"
+    [ "$size" -ge "$end" ] || tb_fail "the old leaf $1 was cut below its image end ($3)"
+}
 # Reads and writes through a chain with its LVs active for that moment only
 # (the plugin leaves no chain LV active: an active one is a volume in use).
 # (LVs of a chain open in the engine stay active: their deactivation fails.)
@@ -702,7 +716,10 @@ grep -q "err= 0" live.log || { cat live.log; tb_fail "fio reported errors"; }
 # Once more, now that the disk is a qcow2 leaf over its raw LV.
 dd if=/dev/urandom of="$dev" bs=1M count=2 seek=3 oflag=direct status=none
 before=$(sum "$dev")
+old_leaf=$(node_of "$a")
+full=$(lv_bytes "$old_leaf")
 s2=$(snapshot "$a")
+shrunk_to "$old_leaf" "$full" running "$s2"
 [ "$(read_sum "$s2")" = "$before" ] || tb_fail "the second snapshot does not hold the snapshot point"
 [ "$(read_sum "$s1")" = "$frozen" ] || tb_fail "the first snapshot changed"
 dd if=/dev/urandom of="$dev" bs=1M count=1 seek=9 oflag=direct status=none
@@ -720,4 +737,12 @@ fi
 unplug "$s2"
 [ "$(read_sum "$s2")" = "$before" ] || tb_fail "attaching the snapshot changed its node"
 [ "$(read_sum "$a")" = "$served" ] || tb_fail "attaching the snapshot changed the disk's data"
+# At rest, the old leaf shrinks too.
+old_leaf=$(node_of "$a")
+full=$(lv_bytes "$old_leaf")
+s3=$(snapshot "$a")
+vgchange -q -ay "$vg" >&2
+shrunk_to "$old_leaf" "$full" "at rest" "$s3"
+vgchange -q -an "$vg" >/dev/null 2>&1 || true
+[ "$(read_sum "$s3")" = "$served" ] || tb_fail "the snapshot taken at rest does not hold the disk's data"
 "#;
