@@ -366,7 +366,7 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
     };
     vec![
         Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(1200),
-        Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(600),
+        Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(900),
         Scenario::script(
             "engine-swap-under-io",
             &script(
@@ -730,10 +730,12 @@ unplug "$a"
 # The snapshot volume itself attached, as XO's export does: its node (the
 # one the disk's leaf is backed by) is opened read-only and never written.
 sdev=$(plug "$s2")
+tb_log "the snapshot $s2 attached on $sdev"
 [ "$(sum "$sdev")" = "$before" ] || tb_fail "the attached snapshot does not serve the snapshot point"
 if dd if=/dev/urandom of="$sdev" bs=64k count=1 oflag=direct status=none 2>/dev/null; then
     tb_fail "a write to the attached snapshot volume was accepted"
 fi
+tb_log "the write to the attached snapshot was refused"
 unplug "$s2"
 [ "$(read_sum "$s2")" = "$before" ] || tb_fail "attaching the snapshot changed its node"
 [ "$(read_sum "$a")" = "$served" ] || tb_fail "attaching the snapshot changed the disk's data"
