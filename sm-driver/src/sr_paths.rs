@@ -343,6 +343,25 @@ pub fn listed_namespaces(
     Ok((listed, options.iter().map(ConnectOptions::key).collect()))
 }
 
+/// Runs `read` on namespace `nsid` served for the while by this process
+/// over the userspace initiator (`SR.probe` reading the VG on it), then
+/// disconnects it.
+///
+/// # Errors
+/// [`CallError`]: the host's identity or keys, discovery, no path, or the
+/// kernel's NBD driver refused.
+pub fn read_over_userspace<T>(
+    ctx: &Context,
+    config: &SrConfig,
+    nqn: &Nqn,
+    nsid: u32,
+    read: impl FnOnce(&std::path::Path) -> T,
+) -> Result<T, CallError> {
+    let (options, auth) = plan(ctx, config, nqn)?;
+    let target = userspace::Target { config, nqn, options: &options, auth: &auth };
+    Ok(userspace::with_namespace_device(target, nsid, read)?)
+}
+
 /// Undoes [`bring_up`]: the kernel's paths `user` holds released (the last
 /// user disconnects), or the SR's daemon stopped and its device
 /// disconnected. Safe to repeat.

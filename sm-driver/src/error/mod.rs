@@ -250,7 +250,11 @@ fn userspace_code(error: &crate::initiator::userspace::UserspaceError) -> ErrorC
             ErrorCode::Namespace
         }
         UserspaceError::Moved { .. } => ErrorCode::Namespace,
-        UserspaceError::Door(_) | UserspaceError::Service(_) | UserspaceError::Open { .. } => ErrorCode::Initiator,
+        UserspaceError::Connect(_) => ErrorCode::NoPath,
+        UserspaceError::Door(_)
+        | UserspaceError::Service(_)
+        | UserspaceError::Open { .. }
+        | UserspaceError::Export(_) => ErrorCode::Initiator,
     }
 }
 

@@ -10,7 +10,8 @@
 //! `device`, `health` and `take_down` serve the later calls.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nvmetcp_initiator::config::ConfigError as InitiatorConfigError;
@@ -19,7 +20,7 @@ use nvmetcp_initiator::daemon::door::{self, DoorError};
 use nvmetcp_initiator::daemon::state::Phase;
 use nvmetcp_initiator::daemon::Layout;
 use nvmetcp_initiator::identify::{self, IdentifyError, NamespaceIds, StableId};
-use nvmetcp_initiator::nbd::export::ExportConfig;
+use nvmetcp_initiator::nbd::export::{Export, ExportConfig, ExportError};
 use nvmetcp_initiator::{AuthKeys, DhchapSecret, HostIdentity, IoPolicy, MultipathConfig, TransportOptions};
 
 use super::service::{self, ServiceError};
@@ -83,6 +84,12 @@ pub enum UserspaceError {
         /// What it is now.
         now: String,
     },
+    /// No path to the namespace could be opened.
+    #[error(transparent)]
+    Connect(#[from] nvmetcp_initiator::OpenError),
+    /// The kernel's NBD driver refused the device.
+    #[error(transparent)]
+    Export(#[from] ExportError),
     /// The SR uuid is not usable as the daemon's instance.
     #[error("SR uuid {0:?} is not a UUID")]
     BadSr(String),
@@ -313,6 +320,37 @@ pub fn list_namespaces(target: Target<'_>) -> Result<Vec<NamespaceIds>, Userspac
     let mut found = identify::list(&multipath)?;
     found.sort_by_key(|ids| ids.nsid);
     Ok(found)
+}
+
+/// Serves namespace `nsid` as an NBD device of this process for as long as
+/// `read` runs, then disconnects it: SR.probe reads what the namespace
+/// holds this way (no daemon is started, nothing stays behind). `read` is
+/// handed `/dev/nbdN`; it must only read.
+///
+/// # Errors
+/// Not TCP, the namespace is not there, no path, or the kernel's NBD driver
+/// refused (it is not loaded: `modprobe nbd`).
+pub fn with_namespace_device<T>(
+    target: Target<'_>,
+    nsid: u32,
+    read: impl FnOnce(&Path) -> T,
+) -> Result<T, UserspaceError> {
+    let Target { config, nqn, options, auth } = target;
+    if config.transport != Transport::Tcp {
+        return Err(UserspaceError::NotTcp);
+    }
+    let mut multipath = multipath_config(config, nqn, options, auth)?;
+    let (ids, _) = locate(&multipath, nqn, &NamespaceRef::Nsid(nsid))?;
+    multipath.namespace = nvmetcp_initiator::NamespaceIdentity { nsid: ids.nsid, uuid: ids.uuid };
+    let device: Arc<dyn nvmetcp_initiator::block::BlockDevice> =
+        Arc::new(nvmetcp_initiator::Multipath::open(multipath)?);
+    let backend = format!("nvmetcp:probe-{}", std::process::id());
+    let export = Export::create(device, ExportConfig::for_backend(&backend))?;
+    let path = PathBuf::from(format!("/dev/nbd{}", export.index()));
+    tracing::debug!(device = %path.display(), nsid, "the namespace is served for SR.probe to read");
+    let out = read(&path);
+    export.disconnect()?;
+    Ok(out)
 }
 
 /// The SR's NBD device, verified as the SR's.

@@ -149,8 +149,17 @@ fn probe_subsystem(
         extra_info.insert("paths".to_owned(), path_health.summary());
         let device = std::path::PathBuf::from(format!("/dev/{}", head.name));
         let vgs = if subsystem_given { Lvm::new(ctx.runner.as_ref(), &device, false)?.vgs()? } else { Vec::new() };
-        let ours: Vec<&Vg> = vgs.iter().filter(|vg| is_sr(vg)).collect();
-        if ours.is_empty() {
+        let found = sr_results(
+            &vgs,
+            nqn,
+            &identity,
+            &expected,
+            &configuration,
+            &extra_info,
+            InitiatorKind::Kernel,
+            &path_health.summary(),
+        );
+        if found.is_empty() {
             // What is on a namespace that is not an SR, so a tool can refuse
             // it before SR.create does.
             if subsystem_given {
@@ -171,33 +180,52 @@ fn probe_subsystem(
                 extra_info: extra_info.clone(),
             });
         }
-        for vg in ours {
-            let Some(uuid) = tag_value(vg, UUID_TAG) else { continue };
-            let mut configuration = configuration.clone();
-            configuration.insert(SR_UUID_KEY.to_owned(), uuid.to_owned());
-            let state = SrState {
-                sr_uuid: uuid.to_owned(),
-                vg: vg.name.clone(),
-                nqn: nqn.to_string(),
-                namespace: identity.canonical(),
-                paths: expected.clone(),
-                configuration: configuration.clone(),
-                total_space: vg.size,
-                free_space: vg.free,
-                extent_size: vg.extent_size,
-                initiator: crate::initiator::InitiatorKind::Kernel,
-            };
-            let stat = stat_record(&handle_of(uuid), &state, Some(vg), Health::Healthy(path_health.summary()));
-            results.push(ProbeResult { configuration, complete: true, sr: Some(stat), extra_info: extra_info.clone() });
-        }
+        results.extend(found);
     }
     Ok(results)
 }
 
+/// A complete result, with `sr_uuid` and its `sr_stat` (uuid, name and
+/// sizes from the VG), for every nvmetcp SR among `vgs` on one namespace.
+#[allow(clippy::too_many_arguments)] // one namespace's facts, each its own
+fn sr_results(
+    vgs: &[Vg],
+    nqn: &Nqn,
+    identity: &crate::nvme::sysfs::NamespaceIdentity,
+    paths: &[PathKey],
+    configuration: &StringMap,
+    extra_info: &StringMap,
+    initiator: InitiatorKind,
+    health: &str,
+) -> Vec<ProbeResult> {
+    let mut results = Vec::new();
+    for vg in vgs.iter().filter(|vg| is_sr(vg)) {
+        let Some(uuid) = tag_value(vg, UUID_TAG) else { continue };
+        let mut configuration = configuration.clone();
+        configuration.insert(SR_UUID_KEY.to_owned(), uuid.to_owned());
+        let state = SrState {
+            sr_uuid: uuid.to_owned(),
+            vg: vg.name.clone(),
+            nqn: nqn.to_string(),
+            namespace: identity.canonical(),
+            paths: paths.to_vec(),
+            configuration: configuration.clone(),
+            total_space: vg.size,
+            free_space: vg.free,
+            extent_size: vg.extent_size,
+            initiator,
+        };
+        let stat = stat_record(&handle_of(uuid), &state, Some(vg), Health::Healthy(health.to_owned()));
+        results.push(ProbeResult { configuration, complete: true, sr: Some(stat), extra_info: extra_info.clone() });
+    }
+    results
+}
+
 /// The subsystem's namespaces as the userspace initiator lists them: each
-/// with its NSID, size and paths; what it holds is not read (that needs the
-/// SR's daemon), so no existing SR is recognised here. SR.create still
-/// refuses a namespace that holds data.
+/// with its NSID, size and paths. With the subsystem given, each namespace
+/// is served for the while by this process and its VGs read, so an existing
+/// SR is reported as over the kernel initiator (uuid, name, sizes); a
+/// namespace that cannot be read is listed with why.
 fn listed_over_userspace(
     ctx: &Context,
     config: &SrConfig,
@@ -206,27 +234,59 @@ fn listed_over_userspace(
     subsystem_given: bool,
 ) -> CallResult<Vec<ProbeResult>> {
     let (listed, paths) = sr_paths::listed_namespaces(ctx, config, nqn)?;
-    let results = listed
-        .into_iter()
-        .filter_map(|namespace| {
-            let identity = namespace.identity?;
-            let mut configuration = without_inline_keys(given);
-            configuration.insert("nqn".to_owned(), nqn.to_string());
-            configuration.insert("namespace".to_owned(), identity.canonical());
-            let mut extra_info = StringMap::new();
-            extra_info.insert("nsid".to_owned(), namespace.nsid.to_string());
-            extra_info.insert("size".to_owned(), namespace.size_bytes.to_string());
-            extra_info.insert("initiator".to_owned(), InitiatorKind::Userspace.to_string());
-            extra_info.insert("paths".to_owned(), format!("{} (listed by the userspace initiator)", paths.len()));
-            if subsystem_given {
-                extra_info.insert(
-                    "holds".to_owned(),
-                    "not read: the userspace initiator lists namespaces without serving them".to_owned(),
-                );
+    let health = format!("{} (listed by the userspace initiator)", paths.len());
+    let mut results = Vec::new();
+    for namespace in listed {
+        let Some(identity) = namespace.identity else { continue };
+        let mut configuration = without_inline_keys(given);
+        configuration.insert("nqn".to_owned(), nqn.to_string());
+        configuration.insert("namespace".to_owned(), identity.canonical());
+        let mut extra_info = StringMap::new();
+        extra_info.insert("nsid".to_owned(), namespace.nsid.to_string());
+        extra_info.insert("size".to_owned(), namespace.size_bytes.to_string());
+        extra_info.insert("initiator".to_owned(), InitiatorKind::Userspace.to_string());
+        extra_info.insert("paths".to_owned(), health.clone());
+        if !subsystem_given {
+            results.push(ProbeResult { configuration, complete: false, sr: None, extra_info });
+            continue;
+        }
+        let runner = ctx.runner.as_ref();
+        let read = sr_paths::read_over_userspace(ctx, config, nqn, namespace.nsid, |device| {
+            let vgs = Lvm::new(runner, device, false).and_then(|lvm| lvm.vgs())?;
+            // What is on a namespace that is not an SR, as over the kernel.
+            let holds = if vgs.iter().any(is_sr) {
+                None
+            } else {
+                match existing_data(ctx, &device.display().to_string()) {
+                    Ok(holds) => Some(holds.unwrap_or_else(|| "nothing: empty".to_owned())),
+                    Err(error) => Some(format!("not read: {error}")),
+                }
+            };
+            Ok::<_, crate::lvm::LvmError>((vgs, holds))
+        });
+        let vgs = match read {
+            Ok(Ok((vgs, holds))) => {
+                if let Some(holds) = holds {
+                    extra_info.insert("holds".to_owned(), holds);
+                }
+                vgs
             }
-            Some(ProbeResult { configuration, complete: subsystem_given, sr: None, extra_info })
-        })
-        .collect();
+            Ok(Err(error)) => {
+                extra_info.insert("holds".to_owned(), format!("not read: {error}"));
+                Vec::new()
+            }
+            Err(error) => {
+                extra_info.insert("holds".to_owned(), format!("not read: {error}"));
+                Vec::new()
+            }
+        };
+        let found =
+            sr_results(&vgs, nqn, &identity, &paths, &configuration, &extra_info, InitiatorKind::Userspace, &health);
+        if found.is_empty() {
+            results.push(ProbeResult { configuration, complete: true, sr: None, extra_info });
+        }
+        results.extend(found);
+    }
     Ok(results)
 }
 
@@ -234,9 +294,42 @@ fn listed_over_userspace(
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::discovery_plan;
+    use super::{discovery_plan, sr_results};
+    use crate::initiator::InitiatorKind;
+    use crate::lvm::Vg;
     use crate::nvme::names::Portal;
+    use crate::nvme::sysfs::NamespaceIdentity;
+    use crate::smapi::types::StringMap;
+    use crate::sr::vg::{label_tag, NAME_TAG, SR_TAG, UUID_TAG};
     use crate::sr_config::{ProbeConfig, SrConfig};
+
+    #[test]
+    fn an_sr_read_over_the_userspace_initiator_is_reported_with_its_uuid_and_name() {
+        let uuid = "7d1e6a20-3c4b-4f5e-8a9b-0c1d2e3f4a5b";
+        let sr = Vg {
+            name: "nvmetcp_7d1e6a203c4b4f5e8a9b0c1d2e3f4a5b".into(),
+            uuid: "lvm-uuid".into(),
+            size: 128 << 20,
+            free: 96 << 20,
+            extent_size: 4 << 20,
+            tags: vec![SR_TAG.into(), format!("{UUID_TAG}{uuid}"), label_tag(NAME_TAG, "name", "on 8.3").unwrap()],
+        };
+        let other = Vg { name: "data".into(), tags: Vec::new(), ..sr.clone() };
+        let identity = NamespaceIdentity::parse("uuid.8a6f2d3c-1b2a-4c5d-9e8f-0a1b2c3d4e5f").unwrap();
+        let configuration: StringMap = [("nqn".to_owned(), "nqn.2014-08.org.example:a".to_owned())].into();
+        let extra: StringMap = [("initiator".to_owned(), "userspace".to_owned())].into();
+        let nqn = "nqn.2014-08.org.example:a".parse().unwrap();
+        let found =
+            sr_results(&[other, sr], &nqn, &identity, &[], &configuration, &extra, InitiatorKind::Userspace, "2 paths");
+        assert_eq!(found.len(), 1, "only the nvmetcp VG is an SR: {found:?}");
+        let result = &found[0];
+        assert!(result.complete);
+        assert_eq!(result.configuration.get("sr_uuid").map(String::as_str), Some(uuid));
+        let stat = result.sr.as_ref().unwrap();
+        assert_eq!((stat.name.as_str(), stat.uuid.as_deref()), ("on 8.3", Some(uuid)));
+        assert_eq!((stat.total_space, stat.free_space), (128 << 20, 96 << 20));
+        assert_eq!(result.extra_info.get("initiator").map(String::as_str), Some("userspace"));
+    }
 
     fn config(pairs: &[(&str, &str)]) -> SrConfig {
         let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();

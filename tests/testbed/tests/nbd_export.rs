@@ -215,6 +215,12 @@ stored=$(expect_ok SR.create "{{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\"
 echo "$stored" | grep -q '"namespace":"uuid\.' || tb_fail "SR.create recorded no stable identity: $stored"
 [ ! -e "$state" ] || tb_fail "SR.create left its initiator running"
 ls /sys/class/nvme 2>/dev/null | grep -q . && tb_fail "a kernel NVMe controller exists on a host without nvme_tcp"
+# SR.probe reads the namespaces over the userspace initiator: the SR just made
+# is reported with its uuid and name, as over the kernel's; nothing stays served.
+probed=$(expect_ok SR.probe "{{\"dbg\":\"p2\",\"configuration\":{{$cfg}}}}")
+echo "$probed" | grep -q "\"sr_uuid\":\"$SR\"" && echo "$probed" | grep -q '"name":"on 8.3"' || tb_fail "SR.probe over the userspace initiator does not report the SR: $probed"
+echo "$probed" | grep -q '"holds":"nothing: empty"' || tb_fail "SR.probe does not say namespace 2 is empty: $probed"
+if ls /sys/block/nbd*/pid 2>/dev/null | grep -q .; then tb_fail "SR.probe left an NBD device connected"; fi
 expect_ok SR.attach "{{\"dbg\":\"a\",\"configuration\":$stored}}" >/dev/null
 daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
 expect_ok SR.attach "{{\"dbg\":\"a2\",\"configuration\":$stored}}" >/dev/null

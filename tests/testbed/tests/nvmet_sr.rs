@@ -47,6 +47,12 @@ fn main() -> ExitCode {
         if args.first().is_some_and(|a| a == "serve-two-hosts") {
             return pool::serve_two_hosts(&args[1..]);
         }
+        if args.first().is_some_and(|a| a == "register-sr") {
+            return pool::register_sr(&args[1..]);
+        }
+        if args.first().is_some_and(|a| a == "forget-sr") {
+            return pool::forget_sr(&args[1..]);
+        }
         if args.first().is_some_and(|a| a == "answer-plugin") {
             return pool::answer_plugin(&args[1..]);
         }
@@ -230,6 +236,20 @@ printf '%s' "$stored" >/shared/config
 printf '%s %s\n' "$key" "$uri" >/shared/volume
 tb_signal volume-in-use
 tb_await member-attached 180
+# The admin command on the member without nvme_tcp, through this master's
+# XAPI: it names the userspace initiator and the member's live path.
+"$T" register-sr /var/lib/xcp/xapi "$SR" >/dev/null || tb_fail "cannot record the SR in the emulated XAPI"
+A="$NVMETCP --host unix:/var/lib/xcp/xapi"
+$A status >member-status.txt || true
+cat member-status.txt
+grep -Eq '^  member +.*1/1 paths live.*initiator userspace \(/dev/nbd[0-9]+\)' member-status.txt || tb_fail "status does not show the member healthy over the userspace initiator"
+grep -Eq '^    tcp 10\.98\.0\.1:4420 .* live' member-status.txt || tb_fail "status does not show the member's live path"
+$A doctor --pool --portals 10.98.0.1 >member-doctor.txt || true
+cat member-doctor.txt
+awk '/^host member/ {on = 1; next} /^(host|pool)/ {on = 0} on' member-doctor.txt >member-checks.txt
+grep -Eq 'PASS +NVMe/TCP initiator +userspace initiator' member-checks.txt || tb_fail "doctor does not say the member uses the userspace initiator"
+grep -Eq 'PASS +portal 10\.98\.0\.1:4420 reachable' member-checks.txt || tb_fail "doctor on the member: portal"
+"$T" forget-sr /var/lib/xcp/xapi "$SR" || tb_fail "cannot forget the SR in the emulated XAPI"
 # the migration's downtime window: the source lets go
 expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
 expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null

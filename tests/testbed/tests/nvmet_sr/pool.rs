@@ -122,3 +122,55 @@ pub fn answer_plugin(args: &[String]) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// `register-sr SOCKET SR_UUID`: records in the master's emulated XAPI what
+/// `xe sr-create` would have left for the SR the plugin made: the SR and the
+/// member's plugged PBD (the relay's plug is a no-op: the member attached it
+/// itself). `nvmetcp status` lists SRs and hosts from these records.
+pub fn register_sr(args: &[String]) -> ExitCode {
+    let [socket, uuid] = args else {
+        eprintln!("usage: register-sr SOCKET SR_UUID");
+        return ExitCode::FAILURE;
+    };
+    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
+    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
+    let introduced = session
+        .call(
+            "SR.introduce",
+            vec![
+                Value::from(uuid.as_str()),
+                Value::from("pool"),
+                Value::from(""),
+                Value::from(sm_driver::plugin::SR_TYPE),
+                Value::from("user"),
+                Value::from(true),
+                Value::map(&BTreeMap::new()),
+            ],
+        )
+        .unwrap();
+    let sr = xapi_client::api::SrRef::decode(&introduced, "SR ref").unwrap();
+    let hosts = xapi_client::api::host::get_all_records(&session).unwrap();
+    let member = hosts.iter().find(|(_, h)| h.name_label == MEMBER).unwrap();
+    let pbd = xapi_client::api::pbd::create(&session, &member.0, &sr, &BTreeMap::new()).unwrap();
+    xapi_client::api::pbd::plug(&session, &pbd).unwrap();
+    println!("registered {uuid}");
+    ExitCode::SUCCESS
+}
+
+/// `forget-sr SOCKET SR_UUID`: undoes [`register_sr`] (PBDs unplugged and
+/// destroyed, the SR forgotten), so later steps see the pool as before.
+pub fn forget_sr(args: &[String]) -> ExitCode {
+    let [socket, uuid] = args else {
+        eprintln!("usage: forget-sr SOCKET SR_UUID");
+        return ExitCode::FAILURE;
+    };
+    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
+    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
+    let sr = xapi_client::api::sr::get_by_uuid(&session, uuid).unwrap();
+    for pbd in xapi_client::api::sr::get_record(&session, &sr).unwrap().pbds {
+        xapi_client::api::pbd::unplug(&session, &pbd).unwrap();
+        xapi_client::api::pbd::destroy(&session, &pbd).unwrap();
+    }
+    xapi_client::api::sr::forget(&session, &sr).unwrap();
+    ExitCode::SUCCESS
+}
