@@ -70,6 +70,58 @@ pub enum Request {
     },
 }
 
+/// A write's data: in memory, or held in a pipe ([`crate::splice::hold`])
+/// until the command is answered, so a retry on another path sends it
+/// again.
+#[derive(Debug)]
+pub enum Payload {
+    /// In this process's memory.
+    Bytes(Vec<u8>),
+    /// In the kernel's pages, never copied into this process.
+    Held(crate::splice::Held),
+}
+
+impl Payload {
+    /// Bytes of data.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Bytes(data) => data.len(),
+            Self::Held(held) => held.len(),
+        }
+    }
+
+    /// Whether there is no data.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The data in memory (read out of its pipe when it is held).
+    ///
+    /// # Errors
+    /// Reading the pipe failed.
+    pub fn into_bytes(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::Bytes(data) => Ok(data),
+            Self::Held(held) => held.into_bytes(),
+        }
+    }
+
+    /// Gives the memory back (a buffer to the pool; a pipe is closed).
+    pub fn release(self) {
+        if let Self::Bytes(data) = self {
+            crate::buffers::give(data);
+        }
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(data: Vec<u8>) -> Self {
+        Self::Bytes(data)
+    }
+}
+
 /// Why a request failed, as the kernel's block layer will see it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IoError {
@@ -122,6 +174,23 @@ pub trait BlockDevice: Send + Sync {
     fn submit_read_into(&self, offset: u64, len: u32, sink: Arc<dyn ReadSink>, ticket: &Arc<Ticket>, done: Completion) {
         let _ = sink;
         self.submit_ticketed(Request::Read { offset, len }, ticket, done);
+    }
+
+    /// Whether a write of `len` bytes is best taken as a [`Payload::Held`]
+    /// (sent on from its pipe without a copy) for [`Self::submit_write`].
+    fn holds_writes(&self, len: usize) -> bool {
+        let _ = len;
+        false
+    }
+
+    /// Starts a write (as [`Self::submit_ticketed`]) whose data may be
+    /// held in a pipe. A device that cannot send from a pipe reads the data
+    /// out of it first.
+    fn submit_write(&self, offset: u64, data: Payload, fua: bool, ticket: &Arc<Ticket>, done: Completion) {
+        match data.into_bytes() {
+            Ok(data) => self.submit_ticketed(Request::Write { offset, data, fua }, ticket, done),
+            Err(error) => done(Err(IoError::Media(format!("reading a held write's data: {error}")))),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::auth;
-use crate::block::ReadSink;
+use crate::block::{Payload, ReadSink};
 use crate::command::{self, opcode, property, Sqe};
 use crate::config::{MultipathConfig, NamespaceIdentity};
 use crate::pdu::{self, Digests};
@@ -486,7 +486,7 @@ impl Controller {
 
     /// Submits an I/O command on the next I/O queue.
     pub fn submit(&self, sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
-        self.submit_into(sqe, data_out, expect, None, done);
+        self.submit_into(sqe, data_out.into(), expect, None, done);
     }
 
     /// Submits an I/O command on the next I/O queue, a read's data going to
@@ -494,7 +494,7 @@ impl Controller {
     pub fn submit_into(
         &self,
         sqe: Sqe,
-        data_out: Vec<u8>,
+        data_out: Payload,
         expect: usize,
         sink: Option<Arc<dyn ReadSink>>,
         done: OnFinish,

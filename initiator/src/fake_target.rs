@@ -50,6 +50,9 @@ pub struct Script {
     pub in_capsule: u32,
     /// Answer I/O commands in pairs, the second first.
     pub reorder: bool,
+    /// Drop the connection once an H2CData header has come, before taking
+    /// its data: a path that dies in the middle of a write's data.
+    pub die_mid_h2c: bool,
     /// Send a read's data in one C2HData PDU with SUCCESS, as Linux nvmet
     /// does when SQ flow control is off.
     pub whole_c2h: bool,
@@ -85,6 +88,7 @@ impl Default for Script {
             r2t_piece: 0,
             in_capsule: 8192,
             reorder: false,
+            die_mid_h2c: false,
             whole_c2h: false,
             bad_pdu_after: None,
             referrals: 0,
@@ -425,6 +429,10 @@ impl Conn {
                     continue;
                 }
                 assert_eq!(r.kind, kind::H2C_DATA);
+                if self.script.die_mid_h2c {
+                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    return Err(std::io::Error::other("dropped in the middle of H2CData"));
+                }
                 let h = pdu::parse_data_header(&r);
                 assert_eq!(h.ttag, ttag);
                 let at = h.offset as usize;

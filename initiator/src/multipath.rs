@@ -18,7 +18,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, ReadSink, Request, Ticket};
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Payload, ReadSink, Request, Ticket};
 use crate::buffers;
 use crate::command::{self, opcode};
 use crate::config::{ConfigError, IoPolicy, MultipathConfig};
@@ -163,7 +163,7 @@ struct Path {
 /// What a command does, in blocks.
 enum Op {
     Read { lba: u64, blocks: u32, sink: Option<Arc<dyn ReadSink>> },
-    Write { lba: u64, blocks: u32, data: Vec<u8>, fua: bool },
+    Write { lba: u64, blocks: u32, data: Payload, fua: bool },
     Flush,
     Zeroes { lba: u64, blocks: u32 },
     Discard { lba: u64, blocks: u32 },
@@ -705,8 +705,8 @@ impl Inner {
             Op::Discard { lba, blocks } => (command::deallocate(nsid), command::dsm_range(*lba, *blocks), 0),
         };
         let (op, data_out) = match op {
-            Op::Write { lba, blocks, data, fua } => (Op::Write { lba, blocks, data: Vec::new(), fua }, data),
-            other => (other, data_out),
+            Op::Write { lba, blocks, data, fua } => (Op::Write { lba, blocks, data: Vec::new().into(), fua }, data),
+            other => (other, data_out.into()),
         };
         let sink = if let Op::Read { sink, .. } = &op { sink.clone() } else { None };
         let retry = RetryState { op, done, queued_at, path: i, ticket };
@@ -716,13 +716,13 @@ impl Inner {
 
     fn finished(self: &Arc<Self>, retry: RetryState, finished: Finished) {
         let RetryState { op, done, queued_at, path, ticket } = retry;
-        let restore = |op: Op, data: Vec<u8>| match op {
+        let restore = |op: Op, data: Payload| match op {
             Op::Write { lba, blocks, fua, .. } => Op::Write { lba, blocks, data, fua },
             other => other,
         };
         match finished.outcome {
             Ok(cqe) if cqe.code() == 0 => {
-                buffers::give(finished.data_out);
+                finished.data_out.release();
                 done(Ok(finished.data_in));
             }
             Ok(cqe) if is_path_error(cqe.code()) && !cqe.dnr() => {
@@ -739,7 +739,7 @@ impl Inner {
                 self.dispatch(IoCmd { op: restore(op, finished.data_out), done, queued_at, ticket });
             }
             Ok(cqe) => {
-                buffers::give(finished.data_out);
+                finished.data_out.release();
                 buffers::give(finished.data_in);
                 self.paths[path].errors.fetch_add(1, Ordering::Relaxed);
                 done(Err(IoError::Media(format!("NVMe status {:#x}", cqe.code()))));
@@ -850,7 +850,38 @@ impl BlockDevice for Multipath {
             _ => self.submit_with(Request::Read { offset, len }, Some(ticket), done),
         }
     }
+
+    fn holds_writes(&self, len: usize) -> bool {
+        // One command's data, sent on R2T (larger ones are split in memory;
+        // in-capsule data goes with its command). A path that wants data
+        // digests reads held data out of its pipe, once.
+        len > HELD_WRITE_MIN && len <= self.inner.geometry.max_transfer as usize
+    }
+
+    fn submit_write(&self, offset: u64, data: Payload, fua: bool, ticket: &Arc<Ticket>, done: Completion) {
+        match data {
+            Payload::Held(held) if held.len() <= self.inner.geometry.max_transfer as usize => {
+                match self.check_range(offset, held.len() as u64) {
+                    Ok((lba, blocks)) => {
+                        let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
+                        let op = Op::Write { lba, blocks, data: Payload::Held(held), fua };
+                        let cmd = IoCmd { op, done, queued_at: Instant::now(), ticket: Some(Arc::clone(ticket)) };
+                        self.inner.dispatch(cmd);
+                    }
+                    Err(e) => done(Err(e)),
+                }
+            }
+            data => match data.into_bytes() {
+                Ok(data) => self.submit_with(Request::Write { offset, data, fua }, Some(ticket), done),
+                Err(error) => done(Err(IoError::Media(format!("reading a held write's data: {error}")))),
+            },
+        }
+    }
 }
+
+/// Writes larger than this are held in a pipe: smaller ones fit in a
+/// capsule or cost less to copy than the pipe's system calls.
+const HELD_WRITE_MIN: usize = 64 * 1024;
 
 impl Multipath {
     fn submit_with(&self, request: Request, ticket: Option<&Arc<Ticket>>, done: Completion) {
@@ -884,7 +915,7 @@ impl Multipath {
                 Ok((lba, blocks)) => {
                     let pieces = ranges(lba, blocks, max_blocks);
                     if pieces.len() == 1 {
-                        vec![(0, Op::Write { lba, blocks: pieces[0].1, data, fua })]
+                        vec![(0, Op::Write { lba, blocks: pieces[0].1, data: data.into(), fua })]
                     } else {
                         let ops = pieces
                             .into_iter()
@@ -893,7 +924,7 @@ impl Multipath {
                                 let end = at + n as usize * g.block_size as usize;
                                 let mut piece = buffers::take(end - at);
                                 piece.copy_from_slice(&data[at..end]);
-                                (0, Op::Write { lba: l, blocks: n, data: piece, fua })
+                                (0, Op::Write { lba: l, blocks: n, data: piece.into(), fua })
                             })
                             .collect();
                         buffers::give(data);

@@ -276,24 +276,33 @@ pub fn frame(
     digests: Digests,
     pda: usize,
 ) -> Option<[u8; 4]> {
+    frame_head(out, kind, flags, psh, data.len(), digests, pda);
+    let with_data_digest = digests.data && !data.is_empty();
+    with_data_digest.then(|| crc32c::crc32c(data).to_le_bytes())
+}
+
+/// [`frame`] for `data_len` bytes of data sent from elsewhere (a pipe):
+/// everything before the data. The caller sends the data digest, if
+/// one is negotiated.
+pub fn frame_head(out: &mut Vec<u8>, kind: u8, flags: u8, psh: &[u8], data_len: usize, digests: Digests, pda: usize) {
     let hlen = 8 + psh.len();
     let hdgst = digests.hdgst_len();
     let mut flags = flags;
     if digests.header {
         flags |= FLAG_HDGST;
     }
-    let with_data_digest = digests.data && !data.is_empty();
+    let with_data_digest = digests.data && data_len > 0;
     if with_data_digest {
         flags |= FLAG_DDGST;
     }
     let mut pdo = 0;
-    if !data.is_empty() {
+    if data_len > 0 {
         pdo = hlen + hdgst;
         if pda > 1 {
             pdo = pdo.div_ceil(pda) * pda;
         }
     }
-    let plen = if data.is_empty() { hlen + hdgst } else { pdo + data.len() + if with_data_digest { 4 } else { 0 } };
+    let plen = if data_len == 0 { hlen + hdgst } else { pdo + data_len + if with_data_digest { 4 } else { 0 } };
     let start = out.len();
     out.extend_from_slice(&[kind, flags, u8::try_from(hlen).unwrap_or(u8::MAX), u8::try_from(pdo).unwrap_or(0)]);
     out.extend_from_slice(&u32::try_from(plen).unwrap_or(u32::MAX).to_le_bytes());
@@ -302,11 +311,9 @@ pub fn frame(
         let crc = crc32c::crc32c(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
     }
-    if data.is_empty() {
-        return None;
+    if data_len > 0 {
+        out.resize(start + pdo, 0);
     }
-    out.resize(start + pdo, 0);
-    with_data_digest.then(|| crc32c::crc32c(data).to_le_bytes())
 }
 
 /// The 128-byte ICReq: PDU format version 0, host PDU data alignment

@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::block::ReadSink;
+use crate::block::{Payload, ReadSink};
 use crate::buffers;
 use crate::command::{self, Sqe};
 use crate::pdu::{self, kind, Digests, PduError, PduReader, Received, FLAG_LAST, FLAG_SUCCESS};
@@ -41,8 +41,8 @@ pub struct Finished {
     pub outcome: Result<pdu::Completion, QueueError>,
     /// Data the controller returned (reads), `expect` bytes.
     pub data_in: Vec<u8>,
-    /// Data the host sent (writes).
-    pub data_out: Vec<u8>,
+    /// Data the host sent (writes), whole, to be sent again on a retry.
+    pub data_out: Payload,
 }
 
 /// Called once when a command finishes, on the queue's reader thread (or the
@@ -76,7 +76,7 @@ struct Pending {
     sqe: Sqe,
     /// Shared with a writer sending it (in the capsule or on R2T) without
     /// holding the slot lock and without a copy.
-    data_out: Arc<Vec<u8>>,
+    data_out: Arc<Payload>,
     /// Bytes to read back (the data buffer is taken when the first byte
     /// comes, and never when the data goes to `sink`).
     expect: usize,
@@ -126,10 +126,31 @@ type Reader = PduReader<io::BufReader<TcpStream>>;
 /// Bytes the reader asks the socket for at once.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// The write data back from a finished command (copied only if a writer
-/// still holds it, which happens when the queue fails mid-send).
-fn unshare(data: Arc<Vec<u8>>) -> Vec<u8> {
-    Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone())
+/// The write data back from a finished command. Only a writer sending it
+/// shares it, and only under the writer lock, which a dying queue waits
+/// for ([`Shared::fail`]): a sender still holding it is about to let go.
+fn unshare(mut data: Arc<Payload>) -> Payload {
+    loop {
+        match Arc::try_unwrap(data) {
+            Ok(data) => return data,
+            Err(shared) => {
+                data = shared;
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// One H2CData PDU to send: its head in the writer's buffer, its part of
+/// the command's data, its data digest.
+type H2cPiece = (std::ops::Range<usize>, std::ops::Range<usize>, Option<[u8; 4]>);
+
+/// The bytes of a payload in memory (a held one is sent from its pipe).
+fn bytes(data: &Payload) -> &[u8] {
+    match data {
+        Payload::Bytes(data) => data,
+        Payload::Held(_) => &[],
+    }
 }
 
 /// Where a C2HData PDU's data goes.
@@ -289,7 +310,7 @@ impl Queue {
     /// else on R2T; `expect` bytes are read back by C2HData. Blocks while
     /// every slot is taken.
     pub fn submit(&self, sqe: Sqe, data_out: Vec<u8>, expect: usize, done: OnFinish) {
-        self.submit_into(sqe, data_out, expect, None, done);
+        self.submit_into(sqe, data_out.into(), expect, None, done);
     }
 
     /// [`Self::submit`], with a read's data handed to `sink` straight from
@@ -300,13 +321,29 @@ impl Queue {
     pub fn submit_into(
         &self,
         mut sqe: Sqe,
-        data_out: Vec<u8>,
+        data_out: Payload,
         expect: usize,
         sink: Option<Arc<dyn ReadSink>>,
         done: OnFinish,
     ) {
         let shared = &self.shared;
         let in_capsule = !data_out.is_empty() && data_out.len() <= shared.params.in_capsule;
+        // In-capsule data goes out with its command, from memory.
+        let data_out = match data_out {
+            Payload::Held(held) if in_capsule => match held.into_bytes() {
+                Ok(data) => Payload::Bytes(data),
+                Err(e) => {
+                    let why = format!("reading a held write's data: {e}");
+                    done(Finished {
+                        outcome: Err(QueueError::Transport(why)),
+                        data_in: Vec::new(),
+                        data_out: Vec::new().into(),
+                    });
+                    return;
+                }
+            },
+            other => other,
+        };
         let length = u32::try_from(data_out.len().max(expect)).unwrap_or(u32::MAX);
         if in_capsule {
             command::set_sgl_in_capsule(&mut sqe, length);
@@ -332,12 +369,19 @@ impl Queue {
         };
         command::set_cid(&mut sqe, cid);
         let data_out = Arc::new(data_out);
-        let capsule_data = if in_capsule { Arc::clone(&data_out) } else { Arc::new(Vec::new()) };
+        let capsule_data = if in_capsule { Arc::clone(&data_out) } else { Arc::new(Payload::Bytes(Vec::new())) };
         let mut writer = lock(&shared.writer);
         let (stream, buf) = &mut *writer;
         buf.clear();
-        let digest =
-            pdu::frame(buf, kind::CAPSULE_CMD, 0, &sqe, &capsule_data, shared.params.digests, shared.params.cpda);
+        let digest = pdu::frame(
+            buf,
+            kind::CAPSULE_CMD,
+            0,
+            &sqe,
+            bytes(&capsule_data),
+            shared.params.digests,
+            shared.params.cpda,
+        );
         {
             let mut slots = lock(&shared.slots);
             if slots.dead.is_some() {
@@ -362,17 +406,18 @@ impl Queue {
             });
         }
         let digest = digest.unwrap_or_default();
-        let mut slices = [IoSlice::new(buf), IoSlice::new(&capsule_data), IoSlice::new(&digest[..])];
+        let mut slices = [IoSlice::new(buf), IoSlice::new(bytes(&capsule_data)), IoSlice::new(&digest[..])];
         let tail = if shared.params.digests.data && !capsule_data.is_empty() { 3 } else { 2 };
         let sent = vectored::write_all(stream, &mut slices[..tail]);
-        drop(writer);
+        // Let go of the data before the writer lock (see `unshare`).
         drop(capsule_data);
+        drop(writer);
         if let Err(e) = sent {
             shared.fail(format!("sending a command to {}: {e}", shared.portal));
         }
     }
 
-    fn submit_after_death(&self, data_out: Vec<u8>, done: OnFinish) {
+    fn submit_after_death(&self, data_out: Payload, done: OnFinish) {
         let why = self.dead().unwrap_or_default();
         done(Finished { outcome: Err(QueueError::Transport(why)), data_in: Vec::new(), data_out });
     }
@@ -427,6 +472,10 @@ impl Shared {
             (taken, first)
         };
         let _ = self.control.shutdown(Shutdown::Both);
+        // A sender in the middle of a command's data fails now that the
+        // socket is shut; once it has let go, the data is whole again for
+        // the retry (`unshare`).
+        drop(lock(&self.writer));
         self.space.notify_all();
         if first {
             // Taken under its own lock after `dead` is set: `on_death` either
@@ -586,25 +635,37 @@ impl Shared {
     fn r2t(&self, received: &Received) -> Result<(), PduError> {
         let header = pdu::parse_data_header(received);
         let maxh2c = (self.params.maxh2cdata as usize).max(1);
+        let (offset, length) = (header.offset as usize, header.length as usize);
         let mut writer = lock(&self.writer);
         let data = {
-            let slots = lock(&self.slots);
+            let mut slots = lock(&self.slots);
             let p = slots
                 .pending
-                .get(usize::from(header.cid))
-                .and_then(Option::as_ref)
+                .get_mut(usize::from(header.cid))
+                .and_then(Option::as_mut)
                 .ok_or_else(|| Self::protocol(format!("R2T for command {} that is not in flight", header.cid)))?;
-            let (offset, length) = (header.offset as usize, header.length as usize);
             if !p.r2t_ok || length == 0 || offset + length > p.data_out.len() {
                 return Err(Self::protocol(format!(
                     "R2T for {offset}+{length} of a command with {} bytes to send",
                     if p.r2t_ok { p.data_out.len() } else { 0 }
                 )));
             }
+            // Held data goes out from its pipe when the R2T asks for all of
+            // it and no data digest is wanted; otherwise it is read into
+            // memory once, here (under the slot lock: a dying queue must
+            // find it whole), and sent from there.
+            let whole = offset == 0 && length == p.data_out.len() && !self.params.digests.data;
+            if matches!(*p.data_out, Payload::Held(_)) && !whole {
+                let Some(Payload::Held(held)) =
+                    Arc::get_mut(&mut p.data_out).map(|d| std::mem::replace(d, Payload::Bytes(Vec::new())))
+                else {
+                    return Err(Self::protocol("a held write's data is shared"));
+                };
+                p.data_out = Arc::new(Payload::Bytes(held.into_bytes().map_err(PduError::Io)?));
+            }
             // Shared, not copied: the slot lock is not held while sending.
             Arc::clone(&p.data_out)
         };
-        let (offset, length) = (header.offset as usize, header.length as usize);
         let (stream, buf) = &mut *writer;
         buf.clear();
         // Every H2CData header (and data digest) first, then one vectored
@@ -622,20 +683,55 @@ impl Shared {
             });
             let flags = if sent + n == length { FLAG_LAST } else { 0 };
             let start = buf.len();
-            let digest = pdu::frame(
-                buf,
-                kind::H2C_DATA,
-                flags,
-                &psh,
-                &data[piece.clone()],
-                self.params.digests,
-                self.params.cpda,
-            );
+            let digest = match &*data {
+                Payload::Bytes(bytes) => pdu::frame(
+                    buf,
+                    kind::H2C_DATA,
+                    flags,
+                    &psh,
+                    &bytes[piece.clone()],
+                    self.params.digests,
+                    self.params.cpda,
+                ),
+                Payload::Held(_) => {
+                    pdu::frame_head(buf, kind::H2C_DATA, flags, &psh, n, self.params.digests, self.params.cpda);
+                    None
+                }
+            };
             pieces.push((start..buf.len(), piece, digest));
             sent += n;
         }
+        match &*data {
+            Payload::Held(held) => {
+                let heads: Vec<(&[u8], usize)> =
+                    pieces.iter().map(|(head, piece, _)| (&buf[head.clone()], piece.len())).collect();
+                if held.send(&heads, stream.as_fd())? {
+                    return Ok(());
+                }
+                // This thread's pipe cannot take a copy: nothing was sent.
+                drop(heads);
+                drop(data);
+                let mut slots = lock(&self.slots);
+                let p = slots.pending.get_mut(usize::from(header.cid)).and_then(Option::as_mut);
+                let Some(p) = p else { return Err(Self::protocol("a command vanished while its data was sent")) };
+                let Some(Payload::Held(held)) =
+                    Arc::get_mut(&mut p.data_out).map(|d| std::mem::replace(d, Payload::Bytes(Vec::new())))
+                else {
+                    return Err(Self::protocol("a held write's data is shared"));
+                };
+                p.data_out = Arc::new(Payload::Bytes(held.into_bytes().map_err(PduError::Io)?));
+                let data = Arc::clone(&p.data_out);
+                drop(slots);
+                Self::send_pieces(stream, buf, &pieces, bytes(&data))
+            }
+            Payload::Bytes(bytes) => Self::send_pieces(stream, buf, &pieces, bytes),
+        }
+    }
+
+    /// One vectored write of every H2CData head, its data and its digest.
+    fn send_pieces(stream: &mut TcpStream, buf: &[u8], pieces: &[H2cPiece], data: &[u8]) -> Result<(), PduError> {
         let mut slices = Vec::with_capacity(pieces.len() * 3);
-        for (head, piece, digest) in &pieces {
+        for (head, piece, digest) in pieces {
             slices.push(IoSlice::new(&buf[head.clone()]));
             slices.push(IoSlice::new(&data[piece.clone()]));
             if let Some(digest) = digest {

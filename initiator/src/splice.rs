@@ -7,12 +7,25 @@
 //! connection into the NBD connection: the kernel initiator copies a read's
 //! data once (socket to bio), and so does this path then (the kernel's NBD
 //! driver, socket to bio), instead of three times.
+//!
+//! A write's data goes the other way: [`hold`] splices it from the NBD
+//! connection into a pipe of its own, where it stays until the command is
+//! answered, and [`Held::send`] `tee(2)`s it into the thread's pipe and on
+//! into the controller's socket, leaving the held copy whole: a write
+//! retried on another path after its first path died mid-H2CData sends the
+//! same bytes again. The daemon never copies the data (the kernel initiator
+//! does not either).
 
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::fcntl::{fcntl, splice, tee, FcntlArg, OFlag, SpliceFFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{send, MsgFlags};
+
+use crate::block::Payload;
+use crate::buffers;
 
 /// How a move failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +65,183 @@ thread_local! {
     /// One pipe per thread that moves bytes (the queues' reader threads),
     /// empty between moves.
     static PIPE: RefCell<Option<Pipe>> = const { RefCell::new(None) };
+}
+
+/// `MSG_MORE` (`include/linux/socket.h`, Linux 2.4), which nix does not
+/// name: the PDU head waits for its data in the same segment.
+const MSG_MORE: MsgFlags = MsgFlags::from_bits_retain(0x8000);
+
+/// A write's data held in a pipe, in the kernel's pages: sent as often as
+/// needed without ever being copied into this process.
+pub struct Held {
+    pipe: Pipe,
+    len: usize,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({} bytes)", self.len)
+    }
+}
+
+/// Takes a write's data: `head` (bytes already read from `from`), then
+/// `len - head.len()` bytes of `from`, into a pipe. When the pipe cannot
+/// hold it all (its capacity counts the socket's segments, not bytes), the
+/// data is read into a buffer instead; either way every byte is taken.
+///
+/// # Errors
+/// Reading `from` failed (its stream is out of step).
+pub fn hold<S: Read + AsFd>(head: &[u8], from: &mut S, len: usize) -> io::Result<Payload> {
+    let head = &head[..head.len().min(len)];
+    // Out of descriptors (two per held write): this one is read into memory.
+    let Ok(pipe) = Pipe::new() else {
+        let mut data = buffers::take(len);
+        data[..head.len()].copy_from_slice(head);
+        from.read_exact(&mut data[head.len()..])?;
+        return Ok(Payload::Bytes(data));
+    };
+    // Non-blocking on the pipe's side: a full pipe says so instead of
+    // waiting for a reader that is this thread.
+    fcntl(pipe.write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    let mut put = 0;
+    while put < head.len() {
+        match retry(|| nix::unistd::write(&pipe.write, &head[put..])) {
+            Ok(n) => put += n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) => return Err(error),
+        }
+    }
+    let mut got = put;
+    if put == head.len() {
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        let mut waited = false;
+        while got < len {
+            match retry(|| splice(from.as_fd(), None, pipe.write.as_fd(), None, len - got, flags)) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection closed in the middle of data",
+                    ))
+                }
+                Ok(n) => {
+                    got += n;
+                    waited = false;
+                }
+                // Nothing to read yet, or the pipe is full: after a wait
+                // for the socket, only the latter.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock && !waited => {
+                    let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN)];
+                    retry(|| poll(&mut fds, PollTimeout::NONE))?;
+                    waited = true;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+        if got == len {
+            return Ok(Payload::Held(Held { pipe, len }));
+        }
+    }
+    // The pipe is full: what it holds, then the rest, into a buffer (when
+    // the head did not fit, nothing was spliced after it).
+    let mut data = buffers::take(len);
+    read_pipe(&pipe, &mut data[..got])?;
+    let tail = head.len() - put;
+    data[got..got + tail].copy_from_slice(&head[put..]);
+    from.read_exact(&mut data[got + tail..])?;
+    Ok(Payload::Bytes(data))
+}
+
+fn read_pipe(pipe: &Pipe, into: &mut [u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < into.len() {
+        match retry(|| nix::unistd::read(pipe.read.as_raw_fd(), &mut into[at..]))? {
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a held pipe ran dry")),
+            n => at += n,
+        }
+    }
+    Ok(())
+}
+
+impl Held {
+    /// Bytes held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The data, read out of the pipe into a buffer (for a use that needs
+    /// it in memory: in-capsule data, a data digest, part of it).
+    ///
+    /// # Errors
+    /// Reading the pipe failed.
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        let mut data = buffers::take(self.len);
+        read_pipe(&self.pipe, &mut data)?;
+        Ok(data)
+    }
+
+    /// Sends `pieces` to the socket `to`, each a PDU head (written as is)
+    /// followed by the next that many bytes of the held data, which stays
+    /// held. Returns `Ok(false)`, having sent nothing, when this thread's
+    /// pipe cannot take a copy of it all.
+    ///
+    /// # Errors
+    /// Writing the socket failed (part of it may have been sent).
+    pub fn send(&self, pieces: &[(&[u8], usize)], to: BorrowedFd<'_>) -> io::Result<bool> {
+        PIPE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(Pipe::new()?);
+            }
+            let Some(pipe) = slot.as_ref() else { return Err(io::ErrorKind::Other.into()) };
+            let result = self.send_through(pipe, pieces, to);
+            if !matches!(result, Ok(true)) {
+                // A partial copy is garbage for the next move.
+                *slot = None;
+            }
+            result
+        })
+    }
+
+    fn send_through(&self, copy: &Pipe, pieces: &[(&[u8], usize)], to: BorrowedFd<'_>) -> io::Result<bool> {
+        // A tee starts from the first byte held: one call must copy it all.
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK;
+        match retry(|| tee(self.pipe.read.as_fd(), copy.write.as_fd(), self.len, flags)) {
+            Ok(n) if n == self.len => {}
+            Ok(_) => return Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        let total: usize = pieces.iter().map(|(_, n)| n).sum();
+        if total != self.len {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the pieces do not cover the held data"));
+        }
+        let more = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+        let mut after = total;
+        for (head, n) in pieces {
+            after -= n;
+            let mut at = 0;
+            while at < head.len() {
+                at += retry(|| send(to.as_raw_fd(), &head[at..], MSG_MORE | MsgFlags::MSG_NOSIGNAL))?;
+            }
+            let flags = if after > 0 { more } else { SpliceFFlags::SPLICE_F_MOVE };
+            let mut left = *n;
+            while left > 0 {
+                match retry(|| splice(copy.read.as_fd(), None, to, None, left, flags))? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    gave => left -= gave,
+                }
+            }
+        }
+        Ok(true)
+    }
 }
 
 fn retry<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
@@ -183,6 +373,50 @@ mod tests {
         (&source).read_exact(&mut next).unwrap();
         assert_eq!(next, after);
         drop(sent.join().unwrap());
+    }
+
+    #[test]
+    fn held_data_is_sent_as_often_as_asked_with_its_heads_and_stays_whole() {
+        let (mut nbd, source) = UnixStream::pair().unwrap();
+        let data: Vec<u8> = (0..(1 << 20)).map(|i: usize| u8::try_from(i * 11 % 251).unwrap_or(0)).collect();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                for chunk in data[1000..].chunks(30_000) {
+                    nbd.write_all(chunk).unwrap();
+                }
+                nbd.write_all(b"next request").unwrap();
+                nbd
+            })
+        };
+        // The first 1000 bytes came with the request's header (already read).
+        let mut socket = &source;
+        let Payload::Held(held) = hold(&data[..1000], &mut socket, data.len()).unwrap() else {
+            panic!("1 MiB in pieces fits in a held pipe");
+        };
+        assert_eq!(held.len(), data.len());
+        let mut next = [0u8; 12];
+        (&source).read_exact(&mut next).unwrap();
+        assert_eq!(&next, b"next request", "not a byte more was taken");
+        // Sent twice (a retry on another path), in two PDUs each time.
+        for round in 0..2 {
+            let (to, mut from) = tcp_pair();
+            let reader = std::thread::spawn(move || {
+                let mut got = vec![0u8; 8 + (1 << 20)];
+                from.read_exact(&mut got).unwrap();
+                got
+            });
+            let half = data.len() / 2;
+            assert!(held.send(&[(b"head", half), (b"tail", data.len() - half)], to.as_fd()).unwrap());
+            drop(to);
+            let got = reader.join().unwrap();
+            assert_eq!(&got[..4], b"head", "round {round}");
+            assert!(got[4..4 + half] == data[..half], "round {round}: first half");
+            assert_eq!(&got[4 + half..8 + half], b"tail", "round {round}");
+            assert!(got[8 + half..] == data[half..], "round {round}: second half");
+        }
+        assert!(held.into_bytes().unwrap() == data, "still whole after two sends");
+        drop(writer.join().unwrap());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! sends again (after its timeout, on another connection) supersedes its
 //! old copy ([`super::resend`]).
 
-use std::io::{self, IoSlice, Read};
+use std::io::{self, BufRead, IoSlice, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
 use super::resend::Resends;
-use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, ReadSink, Request, Ticket};
-use crate::splice::{self, MoveError};
+use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Payload, ReadSink, Request, Ticket};
+use crate::splice::{self, Held, MoveError};
 use crate::{buffers, vectored};
 
 /// The largest request the kernel sends (its `max_hw_sectors`, 65536
@@ -235,14 +235,32 @@ fn read_loop(
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let len = usize::try_from(header.len).unwrap_or(usize::MAX);
         let lease = matches!(header.command, Command::Read | Command::Write).then(|| budget.lease(len));
+        // A large write's data stays in the kernel's pages, in a pipe.
+        let mut held = None;
         let request = match header.command {
             Command::Read => Request::Read { offset: header.offset, len: header.len },
             Command::Write => {
-                let mut data = buffers::take(len);
-                if let Err(error) = stream.read_exact(&mut data) {
-                    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    return ConnectionEnd::Io(error);
-                }
+                let taken = if device.holds_writes(len) {
+                    let mut socket = stream.get_ref();
+                    let head = stream.buffer().len().min(len);
+                    let taken = splice::hold(&stream.buffer()[..head], &mut socket, len);
+                    stream.consume(head);
+                    taken
+                } else {
+                    let mut data = buffers::take(len);
+                    stream.read_exact(&mut data).map(|()| Payload::Bytes(data))
+                };
+                let data = match taken {
+                    Ok(Payload::Bytes(data)) => data,
+                    Ok(Payload::Held(data)) => {
+                        held = Some(data);
+                        Vec::new()
+                    }
+                    Err(error) => {
+                        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        return ConnectionEnd::Io(error);
+                    }
+                };
                 Request::Write { offset: header.offset, data, fua: header.fua }
             }
             Command::Flush => Request::Flush,
@@ -292,7 +310,7 @@ fn read_loop(
             reply_to.send(reply);
         };
         let done: Completion = Box::new(done);
-        if let Err(error) = check(&geometry, &request) {
+        if let Err(error) = check(&geometry, &request, held.as_ref()) {
             done(Err(error));
             continue;
         }
@@ -301,7 +319,7 @@ fn read_loop(
                 (Request::Read { offset, len }, Some(sink)) => {
                     device.submit_read_into(offset, len, sink, &ticket, done)
                 }
-                (request, _) => submit_split(device, &geometry, request, &ticket, done),
+                (request, _) => submit_any(device, &geometry, request, held, &ticket, done),
             },
             Some(older) => {
                 counters.superseded.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +329,7 @@ fn read_loop(
                 // is sent from the old one's completion, which must not block.
                 older.supersede(Box::new(move || {
                     let spawned = std::thread::Builder::new().name("nbd-resend".into()).spawn(move || {
-                        submit_split(&device, &geometry, request, &ticket, done);
+                        submit_any(&device, &geometry, request, held, &ticket, done);
                     });
                     if let Err(error) = spawned {
                         tracing::error!(%error, "cannot start a thread to send a re-sent request");
@@ -322,11 +340,29 @@ fn read_loop(
     }
 }
 
+/// Submits a request whose write data may be held in a pipe (`held`,
+/// then the request's own data is empty).
+fn submit_any(
+    device: &Arc<dyn BlockDevice>,
+    geometry: &Geometry,
+    request: Request,
+    held: Option<Held>,
+    ticket: &Arc<Ticket>,
+    done: Completion,
+) {
+    match (request, held) {
+        (Request::Write { offset, fua, .. }, Some(held)) => {
+            device.submit_write(offset, Payload::Held(held), fua, ticket, done);
+        }
+        (request, _) => submit_split(device, geometry, request, ticket, done),
+    }
+}
+
 /// Range and alignment, before anything reaches the device.
-fn check(geometry: &Geometry, request: &Request) -> Result<(), IoError> {
+fn check(geometry: &Geometry, request: &Request, held: Option<&Held>) -> Result<(), IoError> {
     let (offset, len) = match request {
         Request::Read { offset, len } => (*offset, u64::from(*len)),
-        Request::Write { offset, data, .. } => (*offset, data.len() as u64),
+        Request::Write { offset, data, .. } => (*offset, held.map_or(data.len(), Held::len) as u64),
         Request::Discard { offset, len } | Request::WriteZeroes { offset, len } => (*offset, *len),
         Request::Flush => return Ok(()),
     };
@@ -581,6 +617,62 @@ mod tests {
             client.write_all(&header(Command::Disconnect, 99, 0, 0)).unwrap();
             assert!(matches!(thread.join().unwrap(), ConnectionEnd::Disconnected), "{name}");
         }
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)] // test offsets and bytes are small and known
+    fn large_writes_are_held_in_a_pipe_and_sent_whole_again_after_a_path_died_mid_h2cdata() {
+        use crate::fake_target::{config, FakeTarget, Script};
+        use crate::multipath::Multipath;
+        // Two paths to one disk; the first (numa: always used while live)
+        // drops its connection once the data of a write starts to come.
+        let disk = Arc::new(Mutex::new(vec![0u8; 4096 * 512]));
+        let dying = FakeTarget::start(Script {
+            die_mid_h2c: true,
+            blocks: 4096,
+            disk: Some(Arc::clone(&disk)),
+            ..Script::default()
+        });
+        let good = FakeTarget::start(Script { blocks: 4096, disk: Some(Arc::clone(&disk)), ..Script::default() });
+        let device: Arc<dyn BlockDevice> = Arc::new(Multipath::open(config(&[&dying, &good])).unwrap());
+        assert!(device.holds_writes(128 * 1024) && !device.holds_writes(4096), "held: larger than 64 KiB only");
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || {
+            serve(&device, server, &Budget::new(4 << 20), &Arc::new(Counters::default()), &Resends::new())
+        });
+        // Writes of 128 KiB (the MDTS: held, one R2T), written in pieces so
+        // the head and the rest of each arrive apart, then a small one.
+        let writes: Vec<(u64, u64, Vec<u8>)> = (0..6u64)
+            .map(|h| (h, h * 131_072, (0..131_072usize).map(|i| ((i + h as usize * 7) % 253) as u8).collect()))
+            .chain(std::iter::once((6, 6 * 131_072, vec![9u8; 4096])))
+            .collect();
+        for (handle, offset, data) in &writes {
+            client.write_all(&header(Command::Write, *handle, *offset, data.len() as u32)).unwrap();
+            for piece in data.chunks(50_000) {
+                client.write_all(piece).unwrap();
+            }
+        }
+        let mut answered: Vec<u64> = (0..writes.len())
+            .map(|_| reply(&mut client))
+            .map(|(h, e)| {
+                assert_eq!(e, 0, "write {h} failed");
+                h
+            })
+            .collect();
+        answered.sort_unstable();
+        assert_eq!(answered, (0..writes.len() as u64).collect::<Vec<_>>());
+        assert!(dying.io_commands.load(Ordering::SeqCst) >= 1, "the first path was sent a write");
+        assert!(dying.writes.lock().unwrap().is_empty(), "no data landed through the dying path");
+        let disk = disk.lock().unwrap();
+        for (handle, offset, data) in &writes {
+            assert!(
+                disk[*offset as usize..*offset as usize + data.len()] == data[..],
+                "write {handle} is whole on disk"
+            );
+        }
+        drop(disk);
+        client.write_all(&header(Command::Disconnect, 99, 0, 0)).unwrap();
+        assert!(matches!(thread.join().unwrap(), ConnectionEnd::Disconnected));
     }
 
     #[test]
