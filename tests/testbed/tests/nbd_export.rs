@@ -253,7 +253,7 @@ rm -f stop fio.failed
 (
     while [ ! -e stop ]; do
         fio --name=verify --filename="$path" --direct=1 --ioengine=libaio --iodepth=8 --rw=randwrite \
-            --bsrange=4k-64k --size=24M --verify=crc32c --verify_fatal=1 >>fio.log 2>&1 || {{ touch fio.failed; break; }}
+            --bsrange=4k-1m --size=24M --verify=crc32c --verify_fatal=1 >>fio.log 2>&1 || {{ touch fio.failed; break; }}
     done
 ) &
 loop=$!
