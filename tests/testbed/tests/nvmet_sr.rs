@@ -247,9 +247,11 @@ grep -Eq '^    tcp 10\.98\.0\.1:4420 +userspace cntlid [0-9]+ live' member-statu
 $A doctor --pool --portals 10.98.0.1 >member-doctor.txt || true
 cat member-doctor.txt
 awk '/^host member/ {on = 1; next} /^(host|pool)/ {on = 0} on' member-doctor.txt >member-checks.txt
-# doctor runs the member's own checks there. (Its transport check predicts the
-# initiator from modules.dep, so on this guest, where nvme_tcp exists but may
-# not load, it does not yet name the userspace initiator the SR uses.)
+# doctor runs the member's own checks there. nvme_tcp exists on this guest but
+# will not load: doctor and status must name the initiator the SR runs on, not
+# what modules.dep suggests.
+grep -Eq '^  member +userspace initiator \(SR.attach could not load nvme_tcp' member-status.txt || tb_fail "status does not say the member runs the userspace initiator"
+grep -Eq 'PASS +NVMe/TCP initiator +userspace initiator' member-checks.txt || tb_fail "doctor does not say the member uses the userspace initiator"
 grep -Eq 'PASS +portal 10\.98\.0\.1:4420 reachable +answers as NVMe/TCP' member-checks.txt || tb_fail "doctor on the member: portal"
 grep -Eq 'PASS +host NQN and ID' member-checks.txt || tb_fail "doctor on the member: host NQN"
 "$T" forget-sr /var/lib/xcp/xapi "$SR" || tb_fail "cannot forget the SR in the emulated XAPI"
