@@ -389,7 +389,7 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `lvremove` fails.
     pub fn lvremove(&self, vg: &VgName, lv: &LvName) -> Result<(), LvmError> {
-        self.runner.run(&self.command("lvremove").args(["-f", &format!("{vg}/{lv}")]))?;
+        self.runner.run(&self.command("lvremove").args(["-f", &qualified_name(vg, lv)]))?;
         Ok(())
     }
 
@@ -399,7 +399,7 @@ impl<'a> Lvm<'a> {
     /// [`LvmError`] if `lvextend` fails.
     pub fn lvextend(&self, vg: &VgName, lv: &LvName, bytes: u64) -> Result<(), LvmError> {
         let size = format!("{}b", sectors_up(bytes) * 512);
-        self.runner.run(&self.command("lvextend").args(["-L", &size, &format!("{vg}/{lv}")]))?;
+        self.runner.run(&self.command("lvextend").args(["-L", &size, &qualified_name(vg, lv)]))?;
         Ok(())
     }
 
@@ -422,7 +422,7 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if a tag is unsafe or `lvchange` fails.
     pub fn lv_retag(&self, vg: &VgName, lv: &LvName, remove: &[String], add: &[String]) -> Result<(), LvmError> {
-        self.runner.run(&with_tag_changes(self.command("lvchange"), remove, add)?.arg(format!("{vg}/{lv}")))?;
+        self.runner.run(&with_tag_changes(self.command("lvchange"), remove, add)?.arg(qualified_name(vg, lv)))?;
         Ok(())
     }
 
@@ -433,7 +433,7 @@ impl<'a> Lvm<'a> {
     /// # Errors
     /// [`LvmError`] if `lvchange` fails.
     pub fn lv_activate(&self, vg: &VgName, lv: &LvName, active: bool) -> Result<(), LvmError> {
-        let name = format!("{vg}/{lv}");
+        let name = qualified_name(vg, lv);
         self.runner.run(&self.command("lvchange").args([if active { "-ay" } else { "-an" }, &name]))?;
         if active {
             self.runner.run(&self.command("lvchange").args(["--refresh", &name]))?;
@@ -451,7 +451,7 @@ impl<'a> Lvm<'a> {
         if lvs.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = lvs.iter().map(|lv| format!("{vg}/{lv}")).collect();
+        let names = qualified(vg, lvs);
         self.runner.run(&self.command("lvchange").arg(if active { "-ay" } else { "-an" }).args(names.clone()))?;
         if active {
             self.runner.run(&self.command("lvchange").arg("--refresh").args(names))?;
@@ -471,7 +471,7 @@ impl<'a> Lvm<'a> {
         if lvs.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = lvs.iter().map(|lv| format!("{vg}/{lv}")).collect();
+        let names = qualified(vg, lvs);
         self.runner.run(&self.read_only_command("lvchange", &names).arg("-ay").args(names.clone()))?;
         self.runner.run(&self.read_only_command("lvchange", &names).arg("--refresh").args(names))?;
         Ok(())
@@ -494,6 +494,17 @@ impl<'a> Lvm<'a> {
         self.runner.run(&self.command("pvremove").args(["-y", &self.device]))?;
         Ok(())
     }
+}
+
+/// How lvm2 names LV `lv` of `vg` on its command line: `vg/lv`.
+fn qualified_name(vg: &VgName, lv: &LvName) -> String {
+    format!("{vg}/{lv}")
+}
+
+/// [`qualified_name`] of every LV of `lvs`: the arguments of one `lvchange`
+/// over several LVs.
+fn qualified(vg: &VgName, lvs: &[LvName]) -> Vec<String> {
+    lvs.iter().map(|lv| qualified_name(vg, lv)).collect()
 }
 
 /// Adds `--deltag`/`--addtag` arguments, checking every tag.
