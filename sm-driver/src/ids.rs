@@ -24,35 +24,6 @@ pub struct BadId {
     pub value: String,
 }
 
-/// An SR's uuid (xapi's `SR.uuid`), validated by [`is_uuid`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SrUuid(String);
-
-impl SrUuid {
-    /// The uuid as text.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for SrUuid {
-    type Err = BadId;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if is_uuid(text) {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(BadId { what: "an SR uuid (like 3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11)", value: text.to_owned() })
-        }
-    }
-}
-
-impl fmt::Display for SrUuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// The one LVM name rule, lvm2's own for VG and LV names: letters, digits
 /// and `+_.-`, not starting with `-`, at most 127 bytes, not `.` or `..`.
 /// Nothing else can reach an `lvm` argument as a name.
@@ -167,6 +138,13 @@ macro_rules! text_id {
         }
     };
 }
+
+text_id!(
+    /// An SR's uuid (xapi's `SR.uuid`), validated by [`is_uuid`].
+    SrUuid,
+    "an SR uuid (like 3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11)",
+    is_uuid
+);
 
 text_id!(
     /// An LVM volume group's name.

@@ -29,7 +29,7 @@ pub(crate) fn require_master(ctx: &Context, what: &'static str) -> Result<(), Ca
 fn require_live_path(ctx: &Context, state: &SrState) -> Result<(), CallError> {
     let paths = sr_paths::health_of(&ctx.host, state)?;
     if paths.live() == 0 {
-        return Err(CallError::NoPath { nqn: state.nqn.clone(), why: paths.summary() });
+        return Err(CallError::NoPath { nqn: state.nqn.to_string(), why: paths.summary() });
     }
     Ok(())
 }

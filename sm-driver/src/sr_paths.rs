@@ -26,7 +26,7 @@ use crate::nvme::resolve::{pin, resolve_head, ResolvedNamespace, APPEAR_TIMEOUT}
 use crate::nvme::sysfs::{namespace_devices, NamespaceDevice, NamespaceIdentity};
 use crate::nvme::users::attach;
 use crate::sr_config::{NamespaceRef, SrConfig};
-use crate::sr_state::{SrState, StateError};
+use crate::sr_state::SrState;
 
 /// Every path of the subsystem: configured portals and discovered ports.
 ///
@@ -388,17 +388,9 @@ pub fn release(ctx: &Context, initiator: InitiatorKind, user: &str, sr_uuid: &st
 pub fn device_of(host: &HostRoot, state: &SrState, timeout: Duration) -> Result<(PathBuf, File), CallError> {
     match state.initiator {
         InitiatorKind::Kernel => {
-            let nqn: Nqn = state.nqn.parse().map_err(|e: crate::nvme::names::InvalidValue| {
-                CallError::State(StateError::Corrupt { path: "SR state".to_owned(), detail: e.to_string() })
-            })?;
-            let identity = NamespaceIdentity::parse(&state.namespace).ok_or_else(|| {
-                CallError::State(StateError::Corrupt {
-                    path: "SR state".to_owned(),
-                    detail: "namespace identity".to_owned(),
-                })
-            })?;
-            let resolved = namespace(host, &nqn, &NamespaceRef::Identity(identity), timeout)?;
-            let pinned = pin(host, &nqn, resolved)?;
+            let nqn = &state.nqn;
+            let resolved = namespace(host, nqn, &NamespaceRef::Identity(state.namespace.clone()), timeout)?;
+            let pinned = pin(host, nqn, resolved)?;
             Ok((pinned.resolved.device, pinned.file))
         }
         InitiatorKind::Userspace => Ok(userspace::pinned_device(host, &state.sr_uuid)?),

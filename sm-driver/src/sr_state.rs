@@ -27,13 +27,13 @@ pub const SR_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SrState {
     /// xapi's SR uuid.
-    pub sr_uuid: String,
+    pub sr_uuid: crate::ids::SrUuid,
     /// The VG name.
     pub vg: crate::ids::VgName,
     /// The subsystem NQN.
-    pub nqn: String,
-    /// The namespace identity, canonical.
-    pub namespace: String,
+    pub nqn: crate::nvme::names::Nqn,
+    /// The namespace identity (written in its canonical form).
+    pub namespace: crate::nvme::sysfs::NamespaceIdentity,
     /// The paths this SR expects.
     pub paths: Vec<PathKey>,
     /// The device-config, to reconnect and to re-validate.
@@ -180,16 +180,16 @@ impl SrLock {
 #[cfg(test)]
 pub(crate) fn one_tcp_path(sr_uuid: &str, vg: &str, nqn: &str, namespace: &str, total: u64, free: u64) -> SrState {
     SrState {
-        sr_uuid: sr_uuid.to_owned(),
-        vg: vg.parse().expect("a literal VG name"),
-        nqn: nqn.to_owned(),
-        namespace: namespace.to_owned(),
+        sr_uuid: sr_uuid.into(),
+        vg: vg.into(),
+        nqn: nqn.into(),
+        namespace: namespace.into(),
         paths: vec![PathKey {
-            transport: "tcp".to_owned(),
+            transport: crate::nvme::names::Transport::Tcp,
             traddr: "10.0.0.1".parse().expect("a literal address"),
             trsvcid: 4420,
-            subsysnqn: nqn.to_owned(),
-            hostnqn: "nqn.h:h".to_owned(),
+            subsysnqn: nqn.into(),
+            hostnqn: "nqn.h:h".into(),
             host_iface: None,
             host_traddr: None,
         }],
@@ -227,7 +227,7 @@ mod tests {
             sr_uuid: UUID.into(),
             vg: "nvmetcp_x".into(),
             nqn: "nqn.a:b".into(),
-            namespace: "uuid.00".into(),
+            namespace: "uuid.8d30ade900c54fe69fbcbe2c924ffcdc".into(),
             paths: vec![],
             configuration: Default::default(),
             total_space: 1,
@@ -240,6 +240,37 @@ mod tests {
         remove(&host, UUID).unwrap();
         remove(&host, UUID).unwrap();
         assert!(load(&host, UUID).is_err());
+    }
+
+    #[test]
+    fn a_state_file_with_a_bad_field_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        let state = super::one_tcp_path(UUID, "nvmetcp_x", "nqn.a:b", "uuid.8d30ade900c54fe69fbcbe2c924ffcdc", 1, 1);
+        save(&host, &state).unwrap();
+        let file = dir.path().join(format!("run/nvmetcp/srs/{UUID}.json"));
+        let good = std::fs::read_to_string(&file).unwrap();
+        let cases = [
+            (format!("\"sr_uuid\": \"{UUID}\""), "\"sr_uuid\": \"../etc\"", "not an SR uuid"),
+            ("\"vg\": \"nvmetcp_x\"".to_owned(), "\"vg\": \"-x y\"", "not an LVM volume group name"),
+            ("\"nqn\": \"nqn.a:b\"".to_owned(), "\"nqn\": \"nqn.a,b\"", "NQN \"nqn.a,b\" is not valid"),
+            ("uuid.8d30ade900c54fe69fbcbe2c924ffcdc".to_owned(), "uuid.00", "not a namespace identity"),
+            ("\"transport\": \"tcp\"".to_owned(), "\"transport\": \"fc\"", "transport \"fc\" is not valid"),
+            ("\"subsysnqn\": \"nqn.a:b\"".to_owned(), "\"subsysnqn\": \"a:b\"", "NQN \"a:b\" is not valid"),
+            ("\"hostnqn\": \"nqn.h:h\"".to_owned(), "\"hostnqn\": \"nqn.h:h\\nhostid=1\"", "NQN"),
+            ("\"trsvcid\": 4420".to_owned(), "\"trsvcid\": 70000", "u16"),
+        ];
+        for (field, bad, says) in cases {
+            assert!(good.contains(&field), "{field} in {good}");
+            std::fs::write(&file, good.replace(&field, bad)).unwrap();
+            let error = load(&host, UUID).unwrap_err();
+            assert!(matches!(error, StateError::Corrupt { .. }), "{bad}: {error:?}");
+            let text = error.to_string();
+            assert!(text.contains(&format!("{UUID}.json")) && text.contains(says), "{bad}: {text}");
+            assert!(text.contains("pbd-unplug"), "says what to do: {text}");
+        }
+        std::fs::write(&file, good).unwrap();
+        assert_eq!(load(&host, UUID).unwrap(), state);
     }
 
     #[test]

@@ -85,16 +85,16 @@ pub fn report(host: &HostRoot) -> HostReport {
             Ok(state) => match crate::sr_paths::health_of(host, &state) {
                 Ok(health) => SrReport {
                     initiator: Some(served_by(host, &state)),
-                    sr_uuid: state.sr_uuid,
-                    nqn: state.nqn,
-                    namespace: state.namespace,
+                    sr_uuid: state.sr_uuid.into(),
+                    nqn: state.nqn.to_string(),
+                    namespace: state.namespace.canonical(),
                     iopolicy: health.iopolicy.clone(),
                     summary: health.summary(),
                     paths: health
                         .paths
                         .iter()
                         .map(|p| PathReport {
-                            transport: p.key.transport.clone(),
+                            transport: p.key.transport.as_str().to_owned(),
                             portal: crate::nvme::names::Portal { addr: p.key.traddr, port: p.key.trsvcid }.to_string(),
                             controller: p.controller.clone(),
                             state: p.state.clone(),
@@ -106,9 +106,9 @@ pub fn report(host: &HostRoot) -> HostReport {
                 },
                 Err(e) => SrReport {
                     initiator: Some(served_by(host, &state)),
-                    sr_uuid: state.sr_uuid,
-                    nqn: state.nqn,
-                    namespace: state.namespace,
+                    sr_uuid: state.sr_uuid.into(),
+                    nqn: state.nqn.to_string(),
+                    namespace: state.namespace.canonical(),
                     iopolicy: None,
                     summary: "paths unknown".into(),
                     paths: vec![],

@@ -132,7 +132,7 @@ impl Agent {
         let attached = srs::attached(&self.host);
         let mut changed = false;
         for sr in &attached {
-            let uuid = &sr.state.sr_uuid;
+            let uuid = &sr.state.sr_uuid.to_string();
             let views = sr.paths.clone().unwrap_or_default();
             let expected: BTreeSet<String> = views.iter().map(|v| v.portal.clone()).collect();
             let alerts = self.alerts.entry(uuid.clone()).or_insert_with(|| SrAlerts::new(uuid, expected, now));
@@ -146,17 +146,17 @@ impl Agent {
                 self.counts.insert(uuid.clone(), counts);
                 self.publisher.paths(PathCounts {
                     sr_uuid: uuid.clone(),
-                    namespace: sr.state.namespace.clone(),
+                    namespace: sr.state.namespace.canonical(),
                     live: counts.0,
                     total: counts.1,
                 });
                 changed = true;
             }
         }
-        let present: BTreeSet<&String> = attached.iter().map(|s| &s.state.sr_uuid).collect();
+        let present: BTreeSet<&str> = attached.iter().map(|s| s.state.sr_uuid.as_str()).collect();
         let before = self.alerts.len();
-        self.alerts.retain(|uuid, _| present.contains(uuid));
-        self.counts.retain(|uuid, _| present.contains(uuid));
+        self.alerts.retain(|uuid, _| present.contains(uuid.as_str()));
+        self.counts.retain(|uuid, _| present.contains(uuid.as_str()));
         if changed || before != self.alerts.len() {
             self.save();
         }
@@ -169,7 +169,7 @@ impl Agent {
         let wall = SystemTime::now();
         let mut written = true;
         for sr in attached {
-            let uuid = &sr.state.sr_uuid;
+            let uuid = &sr.state.sr_uuid.to_string();
             let rates = match &sr.device {
                 Some(device) => {
                     let sampler = self.samplers.entry(uuid.clone()).or_insert_with(|| Sampler::new(device));
@@ -187,9 +187,9 @@ impl Agent {
                 written = false;
             }
         }
-        let present: BTreeSet<&String> = attached.iter().map(|s| &s.state.sr_uuid).collect();
-        self.samplers.retain(|uuid, _| present.contains(uuid));
-        let gone: Vec<String> = self.rrd.keys().filter(|uuid| !present.contains(uuid)).cloned().collect();
+        let present: BTreeSet<&str> = attached.iter().map(|s| s.state.sr_uuid.as_str()).collect();
+        self.samplers.retain(|uuid, _| present.contains(uuid.as_str()));
+        let gone: Vec<String> = self.rrd.keys().filter(|uuid| !present.contains(uuid.as_str())).cloned().collect();
         for uuid in gone {
             if let Some(plugin) = self.rrd.remove(&uuid) {
                 plugin.remove();

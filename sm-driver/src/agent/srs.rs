@@ -116,8 +116,8 @@ fn kernel_views(health: &Health) -> Vec<PathView> {
 fn multipath_head(host: &HostRoot, state: &SrState) -> Option<String> {
     namespace_devices(host).ok()?.into_iter().find_map(|d| {
         let same = d.is_multipath_head
-            && d.subsysnqn == state.nqn
-            && d.identity.as_ref().is_some_and(|i| i.canonical() == state.namespace);
+            && d.subsysnqn == state.nqn.as_str()
+            && d.identity.as_ref().is_some_and(|i| *i == state.namespace);
         same.then_some(d.name)
     })
 }

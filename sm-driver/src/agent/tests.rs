@@ -74,7 +74,7 @@ fn attached_sr() -> SysfsTree {
     let state = SrState {
         sr_uuid: SR.into(),
         vg: format!("VG_nvmetcp-{SR}").parse().unwrap(),
-        nqn,
+        nqn: nqn.as_str().into(),
         namespace: NS.into(),
         paths: vec![a.key(), b.key()],
         configuration: std::collections::BTreeMap::new(),
@@ -220,7 +220,7 @@ fn served_in_userspace(second_path: &str) -> SysfsTree {
     let state = SrState {
         sr_uuid: SR.into(),
         vg: format!("VG_nvmetcp-{SR}").parse().unwrap(),
-        nqn: a.subsystem.as_str().to_owned(),
+        nqn: a.subsystem.clone(),
         namespace: NS.into(),
         paths: vec![a.key(), b.key()],
         configuration: std::collections::BTreeMap::new(),

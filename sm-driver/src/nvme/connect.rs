@@ -125,7 +125,7 @@ pub fn connect_probed(
             let name = format!("nvme{}", created.instance);
             let found = controller(host, &name).map_err(|_| NvmeError::ControllerVanished {
                 portal: options.portal.to_string(),
-                nqn: key.subsysnqn.clone(),
+                nqn: key.subsysnqn.to_string(),
                 controller: name.clone(),
             })?;
             tracing::info!(path = %key, controller = %name, state = %found.state, "connected");
@@ -135,7 +135,7 @@ pub fn connect_probed(
             // Another call connected it meanwhile (or it is being torn down).
             let existing = find_controller(host, &key)?.ok_or_else(|| NvmeError::Connect {
                 portal: options.portal.to_string(),
-                nqn: key.subsysnqn.clone(),
+                nqn: key.subsysnqn.to_string(),
                 source: FabricsError::AlreadyConnected,
             })?;
             Ok(ConnectedPath {
@@ -146,7 +146,7 @@ pub fn connect_probed(
             })
         }
         Err(source) => {
-            Err(NvmeError::Connect { portal: options.portal.to_string(), nqn: key.subsysnqn.clone(), source })
+            Err(NvmeError::Connect { portal: options.portal.to_string(), nqn: key.subsysnqn.to_string(), source })
         }
     }
 }

@@ -96,7 +96,7 @@ pub fn health(host: &HostRoot, expected: &[PathKey]) -> Result<Health, NvmeError
     }
     let iopolicy = expected
         .first()
-        .and_then(|k| subsystem_dir(host, &k.subsysnqn))
+        .and_then(|k| subsystem_dir(host, k.subsysnqn.as_str()))
         .and_then(|dir| host.read_trimmed(&format!("{dir}/iopolicy")).ok());
     Ok(Health { iopolicy, paths })
 }

@@ -100,7 +100,7 @@ impl fmt::Display for HostId {
 }
 
 /// The fabrics transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
     /// NVMe/TCP (`nvme_tcp`).
     Tcp,
@@ -299,7 +299,7 @@ impl fmt::Display for Portal {
 }
 
 /// A network interface name for `host_iface` (at most 15 bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InterfaceName(String);
 
 impl InterfaceName {
@@ -325,6 +325,43 @@ impl FromStr for InterfaceName {
         }
     }
 }
+
+impl fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Values kept in state files (a [`PathKey`](super::options::PathKey), an
+/// SR's state) are written as their text and read back through their one
+/// parser, so a damaged file cannot bring in a value the parser refuses.
+macro_rules! serde_as_text {
+    ($($name:ident),*) => {$(
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        /// Test fixtures write literals; a bad one fails the test.
+        #[cfg(test)]
+        impl From<&str> for $name {
+            #[allow(clippy::expect_used)] // a test's own literal
+            fn from(text: &str) -> Self {
+                text.parse().expect("a valid literal")
+            }
+        }
+    )*};
+}
+
+serde_as_text!(Nqn, Transport, InterfaceName);
 
 /// A DH-HMAC-CHAP secret in the `DHHC-1:<hash>:<base64>:` representation.
 /// Never printed: `Debug` and `Display` show `<redacted>`.

@@ -171,18 +171,18 @@ pub struct ConnectOptions {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct PathKey {
     /// `tcp` or `rdma`.
-    pub transport: String,
+    pub transport: Transport,
     /// Target address.
     pub traddr: IpAddr,
     /// Target port.
     pub trsvcid: u16,
     /// Subsystem NQN.
-    pub subsysnqn: String,
+    pub subsysnqn: Nqn,
     /// Host NQN.
-    pub hostnqn: String,
+    pub hostnqn: Nqn,
     /// Source interface binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_iface: Option<String>,
+    pub host_iface: Option<InterfaceName>,
     /// Source address binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_traddr: Option<IpAddr>,
@@ -249,12 +249,12 @@ impl ConnectOptions {
     #[must_use]
     pub fn key(&self) -> PathKey {
         PathKey {
-            transport: self.transport.as_str().to_owned(),
+            transport: self.transport,
             traddr: self.portal.addr,
             trsvcid: self.portal.port,
-            subsysnqn: self.subsystem.as_str().to_owned(),
-            hostnqn: self.host.nqn.as_str().to_owned(),
-            host_iface: self.host_iface.as_ref().map(|i| i.as_str().to_owned()),
+            subsysnqn: self.subsystem.clone(),
+            hostnqn: self.host.nqn.clone(),
+            host_iface: self.host_iface.clone(),
             host_traddr: self.host_traddr,
         }
     }

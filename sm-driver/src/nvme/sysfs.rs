@@ -144,13 +144,13 @@ impl Controller {
             (Some(have), Some(want)) => have == want || have.parse::<IpAddr>().ok() == want.parse::<IpAddr>().ok(),
             _ => false,
         };
-        self.transport == key.transport
-            && self.subsysnqn == key.subsysnqn
+        self.transport == key.transport.as_str()
+            && self.subsysnqn == key.subsysnqn.as_str()
             && self.address.traddr() == Some(key.traddr)
             && self.address.trsvcid() == Some(key.trsvcid)
             && self.hostnqn.as_deref() == Some(key.hostnqn.as_str())
             && same_binding("host_traddr", key.host_traddr.map(|a| a.to_string()))
-            && same_binding("host_iface", key.host_iface.clone())
+            && same_binding("host_iface", key.host_iface.as_ref().map(ToString::to_string))
     }
 }
 
@@ -258,6 +258,40 @@ impl NamespaceIdentity {
             Self::Uuid(v) => format!("uuid.{v}"),
             Self::Nguid(v) | Self::Eui64(v) => format!("eui.{v}"),
         }
+    }
+}
+
+/// Shown as its canonical text.
+impl std::fmt::Display for NamespaceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.canonical())
+    }
+}
+
+/// Written as its canonical text, read back through [`NamespaceIdentity::parse`].
+impl serde::Serialize for NamespaceIdentity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NamespaceIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a namespace identity (uuid.<32 hex>, eui.<32 or 16 hex>)"
+            ))
+        })
+    }
+}
+
+/// Test fixtures write literals; a bad one fails the test.
+#[cfg(test)]
+impl From<&str> for NamespaceIdentity {
+    #[allow(clippy::expect_used)] // a test's own literal
+    fn from(text: &str) -> Self {
+        Self::parse(text).expect("a valid literal")
     }
 }
 

@@ -491,7 +491,7 @@ mod tests {
 
     const HELP_QCOW2: &str =
         "usage: tap-ctl COMMAND [OPTIONS]\nCOMMAND := { list | spawn | pause | unpause | commit | query }\n";
-    const SR: &str = "5f0c";
+    const SR: &str = "5f0c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
     fn raw() -> Image {
         Image::new(crate::engine::ImageFormat::Raw, "/dev/vg/vol-aa").unwrap()
@@ -604,10 +604,10 @@ mod tests {
 
     fn state() -> SrState {
         SrState {
-            sr_uuid: SR.to_owned(),
+            sr_uuid: SR.into(),
             vg: VG.parse().unwrap(),
-            nqn: String::new(),
-            namespace: String::new(),
+            nqn: "nqn.x".into(),
+            namespace: "uuid.8d30ade900c54fe69fbcbe2c924ffcdc".into(),
             paths: Vec::new(),
             configuration: std::collections::BTreeMap::new(),
             total_space: 0,

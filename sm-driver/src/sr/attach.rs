@@ -6,7 +6,6 @@ use crate::context::Context;
 use crate::error::{CallError, CallResult};
 use crate::ids::SrUuid;
 use crate::lvm::{Lv, Lvm};
-use crate::nvme::sysfs::NamespaceIdentity;
 use crate::pool_role;
 use crate::request::SrAttach;
 use crate::smapi::types::StringMap;
@@ -63,10 +62,11 @@ fn recover_chains(ctx: &Context, state: &SrState) {
 /// the VG's LVs.
 fn bring_up(ctx: &Context, configuration: &StringMap) -> CallResult<(SrState, Vec<Lv>)> {
     let AttachConfig { endpoints: config, nqn, namespace, sr_uuid: uuid } = AttachConfig::parse(configuration)?;
-    let reference = NamespaceRef::Identity(namespace);
+    let reference = NamespaceRef::Identity(namespace.clone());
     // The kernel's paths are held for the user named after the SR.
     let up = sr_paths::bring_up(ctx, &config, &nqn, &reference, uuid.as_str(), uuid.as_str())?;
-    let namespace = up.identity.as_ref().map(NamespaceIdentity::canonical).unwrap_or_default();
+    // Resolved by its identity, so the namespace found is the one named.
+    let namespace = up.identity.clone().unwrap_or(namespace);
     let lvm = Lvm::new(ctx.runner.as_ref(), &up.device, pool_role::is_master(&ctx.host))?;
     let (vgs, lvs) = lvm.vgs_and_lvs()?;
     let vg = vgs.iter().find(|vg| is_sr(vg) && tag_value(vg, UUID_TAG) == Some(uuid.as_str()));
@@ -75,13 +75,13 @@ fn bring_up(ctx: &Context, configuration: &StringMap) -> CallResult<(SrState, Ve
             Some(other) => format!(" (it holds volume group {})", other.name),
             None => " (it holds no volume group)".to_owned(),
         };
-        return Err(CallError::NotThisSr { namespace, sr_uuid: uuid.to_string(), found }.into());
+        return Err(CallError::NotThisSr { namespace: namespace.canonical(), sr_uuid: uuid.to_string(), found }.into());
     };
     let lvs = lvs.into_iter().filter(|lv| lv.vg == vg.name).collect();
     let state = SrState {
-        sr_uuid: uuid.to_string(),
+        sr_uuid: uuid,
         vg: vg.name,
-        nqn: nqn.to_string(),
+        nqn,
         namespace,
         paths: up.paths,
         configuration: without_inline_keys(configuration),

@@ -54,7 +54,7 @@ pub fn create(ctx: &Context, request: &SrCreate) -> CallResult<StringMap> {
                 // A retry after this host attached the SR: its daemon serves
                 // the SR's VMs and keeps running; the SR exists, so the
                 // create only finds its VG again on the attached device.
-                let identity = NamespaceIdentity::parse(&state.namespace);
+                let identity = Some(state.namespace.clone());
                 let (device, file) =
                     crate::initiator::userspace::pinned_device(&ctx.host, uuid.as_str()).map_err(CallFailure::from)?;
                 let lvm = Lvm::new(ctx.runner.as_ref(), &device, true)?.holding(file);

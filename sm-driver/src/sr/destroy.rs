@@ -45,7 +45,7 @@ pub fn destroy(ctx: &Context, request: &SrDestroy) -> CallResult<()> {
     if our_vg(&lvm, &state)?.is_some() {
         let volumes = lvm.lvs(&state.vg)?;
         if !volumes.is_empty() {
-            return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.clone(), count: volumes.len() }.into());
+            return Err(CallError::NotEmpty { sr_uuid: state.sr_uuid.to_string(), count: volumes.len() }.into());
         }
         // What this SR wrote outside its volumes: the PV label and the
         // metadata area before the first extent.

@@ -200,14 +200,17 @@ fn sr_results(
 ) -> Vec<ProbeResult> {
     let mut results = Vec::new();
     for vg in vgs.iter().filter(|vg| is_sr(vg)) {
-        let Some(uuid) = tag_value(vg, UUID_TAG) else { continue };
+        // A VG whose uuid tag is not a uuid is not one of ours to list.
+        let Some((uuid, sr_uuid)) = tag_value(vg, UUID_TAG).and_then(|u| Some((u, u.parse().ok()?))) else {
+            continue;
+        };
         let mut configuration = configuration.clone();
         configuration.insert(SR_UUID_KEY.to_owned(), uuid.to_owned());
         let state = SrState {
-            sr_uuid: uuid.to_owned(),
+            sr_uuid,
             vg: vg.name.clone(),
-            nqn: nqn.to_string(),
-            namespace: identity.canonical(),
+            nqn: nqn.clone(),
+            namespace: identity.clone(),
             paths: paths.to_vec(),
             configuration: configuration.clone(),
             total_space: vg.size,

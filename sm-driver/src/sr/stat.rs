@@ -42,8 +42,8 @@ fn with_datasources(stat: SrStat, state: &SrState) -> SrStat {
 /// The error for an attached SR whose VG has disappeared.
 pub(super) fn vg_gone(state: &SrState) -> CallError {
     CallError::NotThisSr {
-        namespace: state.namespace.clone(),
-        sr_uuid: state.sr_uuid.clone(),
+        namespace: state.namespace.canonical(),
+        sr_uuid: state.sr_uuid.to_string(),
         found: " (its volume group is gone)".to_owned(),
     }
 }
@@ -54,7 +54,7 @@ pub(super) fn stat_record(handle: &str, state: &SrState, vg: Option<&Vg>, health
     SrStat {
         sr: handle.to_owned(),
         name: label(NAME_TAG),
-        uuid: Some(state.sr_uuid.clone()),
+        uuid: Some(state.sr_uuid.to_string()),
         description: label(DESCRIPTION_TAG),
         free_space: i64::try_from(state.free_space).unwrap_or(i64::MAX),
         total_space: i64::try_from(state.total_space).unwrap_or(i64::MAX),

@@ -61,7 +61,7 @@ pub(super) fn existing_in(lvs: &[Lv], state: &SrState, key: &VolumeKey) -> Resul
     lvs.iter()
         .find(|lv| lv.name == name && is_ours(lv))
         .cloned()
-        .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.clone() }.into())
+        .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.to_string() }.into())
 }
 
 fn is_ours(lv: &Lv) -> bool {
@@ -71,7 +71,7 @@ fn is_ours(lv: &Lv) -> bool {
 /// The volume `key`, or [`VolumeError::NotFound`].
 pub(super) fn existing(lvm: &Lvm<'_>, state: &SrState, key: &VolumeKey) -> Result<Lv, CallError> {
     find(lvm, state, key)?
-        .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.clone() }.into())
+        .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.to_string() }.into())
 }
 
 /// Refuses to change `lv` while it is in use: active on this host, or

@@ -69,7 +69,11 @@ fn pool(down: &[&'static str]) -> Fixture {
     std::fs::create_dir_all(master.path("/var/lib/xcp")).unwrap();
     std::fs::create_dir_all(master.path("/etc/xensource")).unwrap();
     std::fs::write(master.path("/etc/xensource/pool.conf"), "master").unwrap();
-    crate::sr_state::save(&member, &crate::sr_state::one_tcp_path(SR, VG, "nqn.x", "1", 1 << 30, 0)).unwrap();
+    crate::sr_state::save(
+        &member,
+        &crate::sr_state::one_tcp_path(SR, VG, "nqn.x", "uuid.8d30ade900c54fe69fbcbe2c924ffcdc", 1 << 30, 0),
+    )
+    .unwrap();
     let config = Config { hosts: vec!["xcp-1".into(), "xcp-2".into()], ..Config::default() };
     let backend = Member { root: member_dir.path().to_owned(), down: down.to_vec(), asked: Mutex::default() };
     let emulator = Emulator::new(config, backend);
