@@ -247,22 +247,19 @@ mod tests {
         assert!(answer(&ctx, "status", &BTreeMap::new()).is_none());
     }
 
+    /// Records SR `SR` as attached on this host.
+    fn attach_here(ctx: &Context) {
+        let state = crate::sr_state::one_tcp_path(SR, "nvmetcp_x", "nqn.x", NAMESPACE, 1 << 30, 0);
+        crate::sr_state::save(&ctx.host, &state).unwrap();
+    }
+
+    const NAMESPACE: &str = "uuid.8d30ade900c54fe69fbcbe2c924ffcdc";
+
     #[test]
     fn a_swap_of_a_volume_not_served_here_is_not_done_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(&dir);
-        crate::sr_state::save(
-            &ctx.host,
-            &crate::sr_state::one_tcp_path(
-                SR,
-                "nvmetcp_x",
-                "nqn.x",
-                "uuid.8d30ade900c54fe69fbcbe2c924ffcdc",
-                1 << 30,
-                0,
-            ),
-        )
-        .unwrap();
+        attach_here(&ctx);
         let call = args(&[("sr", SR), ("volume", "vol-a"), ("new_leaf", "node-9")]);
         let (code, why) = answer(&ctx, SWAP, &call).unwrap().unwrap_err();
         assert_eq!(code, ErrorCode::SwapNotDone, "{why:?}");
@@ -279,18 +276,7 @@ mod tests {
         let call = |lv: &str| answer(&ctx, RELEASE, &args(&[("sr", SR), ("lv", lv)])).unwrap();
         // Not attached here: nothing of it is active here.
         assert_eq!(call("node-2").unwrap(), r#"{"released":false}"#);
-        crate::sr_state::save(
-            &ctx.host,
-            &crate::sr_state::one_tcp_path(
-                SR,
-                "nvmetcp_x",
-                "nqn.x",
-                "uuid.8d30ade900c54fe69fbcbe2c924ffcdc",
-                1 << 30,
-                0,
-            ),
-        )
-        .unwrap();
+        attach_here(&ctx);
         serve(&ctx.host, "vol-a", "node-2");
         let (code, why) = call("node-2").unwrap_err();
         assert_eq!(code, ErrorCode::VolumeActive);
