@@ -66,6 +66,20 @@ fn compare(measure: &str, value: &Samples, floor_name: &str, floor: &Samples, ma
     }
 }
 
+/// A row shown for understanding, with no target to meet.
+fn informative(measure: &str, value: &Samples, floor_name: &str, floor: &Samples, target: &str) -> Row {
+    let ratio = value.median() / floor.median().max(f64::MIN_POSITIVE);
+    Row {
+        measure: measure.into(),
+        value: value.show(),
+        floor: format!("{floor_name}: {}", floor.show()),
+        ratio: format!("{ratio:.2}×"),
+        target: target.into(),
+        met: None,
+        json: serde_json::json!({"value": value.json(), "floor": floor.json(), "ratio": ratio}),
+    }
+}
+
 fn fio(result: &ScenarioResult, target: &str, rw: &str) -> Result<(f64, f64), String> {
     fio_file(result, &format!("fio_{target}_{rw}.json"), rw.contains("read"))
 }
@@ -91,18 +105,14 @@ fn attach_rows(c: &ScenarioResult) -> Result<Vec<Row>, String> {
         1.2,
     );
     attach.json["lvm_calls"] = serde_json::json!(attach_lvm);
-    let parallel = lines(c, "attach.txt", 2)?;
-    let ratio = parallel.median() / sequential.median().max(f64::MIN_POSITIVE);
-    let informative = Row {
-        measure: "2× nvme connect at once (guest)".into(),
-        value: parallel.show(),
-        floor: format!("one after the other: {}", sequential.show()),
-        ratio: format!("{ratio:.2}×"),
-        target: "— (the kernel serialises controller creation)".into(),
-        met: None,
-        json: serde_json::json!({"value": parallel.json(), "floor": sequential.json(), "ratio": ratio}),
-    };
-    Ok(vec![attach, informative])
+    let parallel = informative(
+        "2× nvme connect at once (guest)",
+        &lines(c, "attach.txt", 2)?,
+        "one after the other",
+        &sequential,
+        "— (the kernel serialises controller creation)",
+    );
+    Ok(vec![attach, parallel])
 }
 
 /// The 1-, 5- and 15-minute load averages of this machine, as text.
@@ -178,17 +188,13 @@ fn rows(m: &Measures) -> Result<Vec<Row>, String> {
     );
     create.json["lvm_calls"] = serde_json::json!(create_lvm);
     rows.push(create);
-    let bare = lines(c, "lvcreate.txt", 0)?;
-    let ratio = created.median() / bare.median().max(f64::MIN_POSITIVE);
-    rows.push(Row {
-        measure: "Volume.create against a bare lvcreate (guest)".into(),
-        value: created.show(),
-        floor: format!("bare lvcreate: {}", bare.show()),
-        ratio: format!("{ratio:.2}×"),
-        target: "— (an unchecked write; nvmetcp reads the VG first)".into(),
-        met: None,
-        json: serde_json::json!({"value": created.json(), "floor": bare.json(), "ratio": ratio}),
-    });
+    rows.push(informative(
+        "Volume.create against a bare lvcreate (guest)",
+        &created,
+        "bare lvcreate",
+        &lines(c, "lvcreate.txt", 0)?,
+        "— (an unchecked write; nvmetcp reads the VG first)",
+    ));
     let mut lvm_calls = Vec::new();
     for size in &m.plan.sizes {
         let mut row = compare(

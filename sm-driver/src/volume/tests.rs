@@ -44,6 +44,11 @@ fn vgs(writer: &str) -> String {
 }
 
 fn lvs(lvs: &[(&str, &str, &str)]) -> String {
+    format!(r#"{{"report": [{{"lv": [{}]}}]}}"#, lv_rows(lvs))
+}
+
+/// The LV rows of a report: (name, tags, active), 8 MiB each.
+fn lv_rows(lvs: &[(&str, &str, &str)]) -> String {
     let rows: Vec<String> = lvs
         .iter()
         .map(|(name, tags, active)| {
@@ -52,7 +57,7 @@ fn lvs(lvs: &[(&str, &str, &str)]) -> String {
             )
         })
         .collect();
-    format!(r#"{{"report": [{{"lv": [{}]}}]}}"#, rows.join(","))
+    rows.join(",")
 }
 
 /// Runs `method` in process; returns the result or the error record's code.
@@ -274,18 +279,11 @@ fn sr_stat_names_the_srs_rrd_plugin_as_its_datasource() {
 
 /// One `lvm fullreport` of the SR: its VG (writer: this host) and `lvs`.
 fn full_report(lvs: &[(&str, &str)]) -> String {
-    let rows: Vec<String> = lvs
-        .iter()
-        .map(|(name, tags)| {
-            format!(
-                r#"{{"lv_name":"{name}", "vg_name":"{VG}", "lv_size":"8388608", "lv_tags":"{tags}", "lv_active":""}}"#
-            )
-        })
-        .collect();
+    let lvs: Vec<(&str, &str, &str)> = lvs.iter().map(|&(name, tags)| (name, tags, "")).collect();
     format!(
         r#"{{"report": [{{"vg": [{{"vg_name":"{VG}", "vg_uuid":"u", "vg_size":"1073741824", "vg_free":"536870912",
         "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp.writer=me,nvmetcp_sr"}}], "lv": [{}]}}]}}"#,
-        rows.join(",")
+        lv_rows(&lvs)
     )
 }
 
