@@ -83,7 +83,11 @@ pub fn report(kind: PluginKind, host: &HostRoot, runner: &dyn Runner) -> String 
 fn write_initiator(out: &mut String, host: &HostRoot) {
     use nvmetcp_initiator::daemon::{config::SrId, door, Layout};
     let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
-    let choice = crate::initiator::predict(host, configured);
+    let choice = crate::initiator::predict(
+        host,
+        configured,
+        &crate::sr_state::attached_on(host, crate::initiator::InitiatorKind::Userspace),
+    );
     let _ = writeln!(out, "  NVMe/TCP initiator this host chooses: {choice}");
     let layout = Layout::under(&host.path("/"));
     let names = host.list_dir(nvmetcp_initiator::daemon::RUN_DIR).unwrap_or_default();

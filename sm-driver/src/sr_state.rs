@@ -116,6 +116,13 @@ pub fn attached_uuids(host: &HostRoot) -> Vec<String> {
     names.iter().filter_map(|n| n.strip_suffix(".json")).map(str::to_owned).collect()
 }
 
+/// The uuid of every SR attached here on initiator `kind`, sorted (an
+/// unreadable state counts as none).
+#[must_use]
+pub fn attached_on(host: &HostRoot, kind: crate::initiator::InitiatorKind) -> Vec<String> {
+    attached_uuids(host).into_iter().filter(|uuid| load(host, uuid).is_ok_and(|s| s.initiator == kind)).collect()
+}
+
 fn io(path: &str) -> impl Fn(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io { path: path.to_owned(), source }
 }

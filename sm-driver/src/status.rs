@@ -132,8 +132,12 @@ pub fn report(host: &HostRoot) -> HostReport {
         srs,
         agent: Some(crate::agent::status::report(host, std::time::SystemTime::now())),
         initiator: Some(
-            crate::initiator::predict(host, crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator))
-                .to_string(),
+            crate::initiator::predict(
+                host,
+                crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator),
+                &crate::sr_state::attached_on(host, crate::initiator::InitiatorKind::Userspace),
+            )
+            .to_string(),
         ),
     }
 }

@@ -81,7 +81,13 @@ pub struct DoctorInput {
 pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Check> {
     let userspace = input.transport == Transport::Tcp && {
         let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
-        crate::initiator::predict(host, configured).kind == InitiatorKind::Userspace
+        crate::initiator::predict(
+            host,
+            configured,
+            &crate::sr_state::attached_on(host, crate::initiator::InitiatorKind::Userspace),
+        )
+        .kind
+            == InitiatorKind::Userspace
     };
     let mut checks = vec![
         if userspace { userspace_initiator(host) } else { transport(host, input.transport) },
@@ -132,7 +138,11 @@ fn transport(host: &HostRoot, transport: Transport) -> Check {
 fn userspace_initiator(host: &HostRoot) -> Check {
     const NAME: &str = "NVMe/TCP initiator";
     let configured = crate::host_config::HostConfig::load(host).ok().and_then(|c| c.initiator);
-    let choice = crate::initiator::predict(host, configured);
+    let choice = crate::initiator::predict(
+        host,
+        configured,
+        &crate::sr_state::attached_on(host, crate::initiator::InitiatorKind::Userspace),
+    );
     let release = host.read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default();
     let nbd = module_state(host, Some(&release), "nbd", "nbd.ko");
     if nbd.starts_with("not in kernel") {

@@ -118,20 +118,17 @@ pub fn choose(
 
 /// The initiator [`choose`] would pick for NVMe/TCP, judged without
 /// loading anything (for doctor, status and diagnostics, which change
-/// nothing): `host.conf`; else the one an SR attached here already runs
-/// on (`SR.attach` tried `modprobe`: a module that exists but will not
-/// load, blacklisted with `install nvme_tcp /bin/false`, looks available
-/// from `modules.dep`); else whether this kernel has `nvme_tcp`.
+/// nothing): `host.conf`; else the one the SRs attached here already run
+/// on (`userspace`: their uuids, from `sr_state::attached_on`; `SR.attach`
+/// tried `modprobe`, and a module that exists but will not load,
+/// blacklisted with `install nvme_tcp /bin/false`, looks available from
+/// `modules.dep`); else whether this kernel has `nvme_tcp`.
 #[must_use]
-pub fn predict(host: &HostRoot, configured: Option<InitiatorKind>) -> InitiatorChoice {
+pub fn predict(host: &HostRoot, configured: Option<InitiatorKind>, userspace: &[String]) -> InitiatorChoice {
     if let Some(kind) = configured {
         return InitiatorChoice { kind, why: format!("initiator = {kind} in /etc/nvmetcp/host.conf") };
     }
     let release = kernel(host);
-    let userspace: Vec<String> = crate::sr_state::attached_uuids(host)
-        .into_iter()
-        .filter(|uuid| crate::sr_state::load(host, uuid).is_ok_and(|s| s.initiator == InitiatorKind::Userspace))
-        .collect();
     if !userspace.is_empty() {
         return InitiatorChoice {
             kind: InitiatorKind::Userspace,
@@ -185,21 +182,17 @@ mod tests {
         let tree = SysfsTree::new();
         tree.write("/proc/sys/kernel/osrelease", "6.12.0\n");
         tree.write("/lib/modules/6.12.0/modules.dep", "kernel/drivers/nvme/host/nvme-tcp.ko.xz: nvme-fabrics.ko\n");
-        assert_eq!(predict(&tree.host(), None).kind, InitiatorKind::Kernel, "nothing attached: modules.dep decides");
-        let mut state = crate::sr_state::one_tcp_path(
-            "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11",
-            "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11",
-            "nqn.2024-01.io.example:array",
-            "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc",
-            1 << 30,
-            1 << 29,
+        assert_eq!(
+            predict(&tree.host(), None, &[]).kind,
+            InitiatorKind::Kernel,
+            "nothing attached: modules.dep decides"
         );
-        state.initiator = InitiatorKind::Userspace;
-        crate::sr_state::save(&tree.host(), &state).unwrap();
-        let choice = predict(&tree.host(), None);
+        let attached = ["3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11".to_owned()];
+        let choice = predict(&tree.host(), None, &attached);
         assert_eq!(choice.kind, InitiatorKind::Userspace, "{choice}");
         assert!(choice.why.contains("3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11 attached here"), "{choice}");
-        assert_eq!(predict(&tree.host(), Some(InitiatorKind::Kernel)).kind, InitiatorKind::Kernel, "host.conf first");
+        let configured = predict(&tree.host(), Some(InitiatorKind::Kernel), &attached);
+        assert_eq!(configured.kind, InitiatorKind::Kernel, "host.conf first");
     }
 
     #[test]
