@@ -11,10 +11,18 @@ use crate::smapi::types::{Backend, Implementation, XenDisk};
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 
-/// Locks the SR and activates or deactivates the volume's LV on this host;
-/// returns its device path and backend type: blkback (`vbd`) on the LV, or
-/// for a layered volume the engine's device (`vbd3`).
-fn set_active(ctx: &Context, uri: &VolumeUri, active: bool) -> CallResult<(String, &'static str)> {
+/// Which call serves the volume.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Attach,
+    Activate,
+}
+
+/// Locks the SR and makes the volume usable on this host; returns its
+/// device path and backend type: blkback (`vbd`) on the activated LV, or
+/// the engine's device (`vbd3`) for a layered volume or a plain one attach
+/// gave to the engine.
+fn serve(ctx: &Context, uri: &VolumeUri, step: Step) -> CallResult<(String, &'static str)> {
     let (sr_uuid, lv) = (uri.sr.as_str(), uri.key.lv());
     let _lock = SrLock::acquire(&ctx.host, sr_uuid, SR_LOCK_TIMEOUT)?;
     let state = sr_state::load(&ctx.host, sr_uuid)?;
@@ -29,13 +37,20 @@ fn set_active(ctx: &Context, uri: &VolumeUri, active: bool) -> CallResult<(Strin
         tracing::info!(volume = %lv, datapath = chosen.name(), why = %chosen.why, "plain volume's datapath");
         Ok(chosen.engine)
     };
-    if active && (crate::snapshot::calls::needs_engine(&lvm, &state.vg, volume_tag, &found)? || engine_for_plain()?) {
+    // Attach chooses how a plain volume is served; activate follows that
+    // choice (the engine's handle is there or not) and never asks again: a
+    // second answer could differ and put blkback and an engine on one disk.
+    let served = crate::snapshot::served::open_here(&ctx.host, &state.sr_uuid, &found.name).is_some();
+    if served
+        || crate::snapshot::calls::needs_engine(&lvm, &state.vg, volume_tag, &found)?
+        || (step == Step::Attach && engine_for_plain()?)
+    {
         // blkback on a layered volume's LV would serve the wrong bytes.
         let device = crate::snapshot::served::attach(ctx.runner.as_ref(), &ctx.host, &lvm, &state, volume_tag, &found)?;
         return Ok((device.display().to_string(), "vbd3"));
     }
-    lvm.lv_activate(&state.vg, &lv, active)?;
-    tracing::info!(volume = %lv, active, "volume {}", if active { "activated" } else { "deactivated" });
+    lvm.lv_activate(&state.vg, &lv, true)?;
+    tracing::info!(volume = %lv, "volume activated");
     Ok((format!("/dev/{}/{lv}", state.vg), "vbd"))
 }
 
@@ -44,7 +59,7 @@ fn set_active(ctx: &Context, uri: &VolumeUri, active: bool) -> CallResult<(Strin
 /// # Errors
 /// Every failure, with where it was raised (dispatch makes the record).
 pub fn attach(ctx: &Context, request: &DatapathAttach) -> CallResult<Backend> {
-    let (path, backend_type) = set_active(ctx, &request.uri, true)?;
+    let (path, backend_type) = serve(ctx, &request.uri, Step::Attach)?;
     Ok(Backend {
         implementations: vec![
             Implementation::XenDisk(XenDisk {
@@ -62,5 +77,5 @@ pub fn attach(ctx: &Context, request: &DatapathAttach) -> CallResult<Backend> {
 /// # Errors
 /// Every failure, with where it was raised (dispatch makes the record).
 pub fn activate(ctx: &Context, request: &DatapathActivate) -> CallResult<()> {
-    set_active(ctx, &request.uri, true).map(|_| ())
+    serve(ctx, &request.uri, Step::Activate).map(|_| ())
 }

@@ -321,3 +321,23 @@ fn a_checked_metadata_write_is_one_report_and_the_write() {
     );
     assert_eq!(lvm_subcommands(&runner), ["fullreport"]);
 }
+
+/// Attach chooses how a plain volume is served (asking tapdisk under
+/// `datapath = auto`); activate follows that choice and never asks again, so
+/// a second, different answer cannot put blkback and an engine on one disk.
+#[test]
+fn activate_follows_the_datapath_attach_chose_without_asking_tapdisk_again() {
+    let tree = attached_sr();
+    let plain = lvs(&[(KEY, "nvmetcp_vol", "")]);
+    let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{KEY}","domain":"0"}}"#);
+    let asked_tapdisk = |runner: &FakeRunner| runner.calls().iter().any(|c| c.program == Program::TapCtl);
+
+    let runner = Arc::new(FakeRunner::new().then_stdout(&plain).then_stdout(&plain).then_stdout("").then_stdout(""));
+    call(&tree, &runner, "Datapath.attach", &body).unwrap();
+    assert!(asked_tapdisk(&runner), "attach asks tapdisk under datapath = auto: {:?}", runner.calls());
+
+    let runner = Arc::new(FakeRunner::new().then_stdout(&plain).then_stdout(&plain).then_stdout("").then_stdout(""));
+    call(&tree, &runner, "Datapath.activate", &body).unwrap();
+    assert!(!asked_tapdisk(&runner), "activate asked tapdisk again: {:?}", runner.calls());
+    assert!(ran(&runner, "lvchange"), "blkback, as attach chose: {:?}", runner.calls());
+}
