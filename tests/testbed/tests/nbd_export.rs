@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)] // a test program
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use nvmetcp_initiator::nbd::kernel::NbdNetlink;
 use nvmetcp_initiator::testing::FileDevice;
 use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
 use smapi_harness::{Caller, Outcome, PluginTree};
+
+#[path = "nbd_export/linux_4_19.rs"]
+mod linux_4_19;
 
 fn main() -> ExitCode {
     two_role_main("nbd_export", guest_step, host_side)
@@ -200,7 +204,17 @@ no_nvme_tcp() {{
     if modprobe nvme_tcp 2>/dev/null; then tb_fail "nvme_tcp still loads"; fi
 }}
 no_nvme_tcp
-call() {{ "$T" call "$@" | tee -a calls.log; }}
+# As on XCP-ng 8.2/8.3: only Linux 4.19's system calls. Every plugin call below,
+# and the supervisor and daemon it starts, runs under a seccomp filter that
+# answers each later call ENOSYS, as 4.19 does (nbd_export/linux_4_19.rs).
+uring() {{ fio --name=uring --filename=/run/uring.img --size=1M --rw=write --ioengine=io_uring "$@"; }}
+uring >uring.log 2>&1 || tb_fail "fio's io_uring engine fails without the filter, so it cannot show the filter works: $(cat uring.log)"
+if "$T" linux-4.19 sh -c 'fio --name=uring --filename=/run/uring.img --size=1M --rw=write --ioengine=io_uring' >uring.log 2>&1; then
+    tb_fail "io_uring (Linux 5.1) works under the 4.19 system-call filter"
+fi
+grep -q "Function not implemented" uring.log || tb_fail "io_uring under the 4.19 filter failed, but not with ENOSYS: $(cat uring.log)"
+call() {{ "$T" linux-4.19 "$T" call "$@" | tee -a calls.log; }}
+on_4_19() {{ grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$1/status" || tb_fail "$2 (pid $1) does not run under the 4.19 system-call filter"; }}
 expect_ok() {{ local out; out=$(call "$@"); case $out in "OK "*) echo "${{out#OK }}" ;; *) tb_fail "$1 failed: $out"; return 1 ;; esac; }}
 sr="\"sr\":\"nvmetcp://sr/$SR\""
 state=/run/nvmetcp/initiator/$SR.json
@@ -223,6 +237,7 @@ echo "$probed" | grep -q '"holds":"nothing: empty"' || tb_fail "SR.probe does no
 if ls /sys/block/nbd*/pid 2>/dev/null | grep -q .; then tb_fail "SR.probe left an NBD device connected"; fi
 expect_ok SR.attach "{{\"dbg\":\"a\",\"configuration\":$stored}}" >/dev/null
 daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
+on_4_19 "$daemon" "the initiator daemon"
 expect_ok SR.attach "{{\"dbg\":\"a2\",\"configuration\":$stored}}" >/dev/null
 [ "$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")" = "$daemon" ] || tb_fail "a second SR.attach restarted the daemon"
 # SR.create retried (its reply lost) after this host attached the SR: its initiator stays up.
@@ -285,6 +300,7 @@ restarted() {{ grep -q '"phase": "serving"' "$state" && ! grep -q "\"daemon_pid\
 tb_wait 30 "the supervisor to restart the killed daemon" restarted || show
 daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
 tb_wait 30 "both paths live after the restart" live 2 || show
+on_4_19 "$daemon" "the daemon its supervisor restarted"
 [ "$(sed -n 's/.*"index": \([0-9]*\),.*/nbd\1/p' "$state")" = "$dev" ] || tb_fail "the restarted daemon serves another device"
 # Requests the killed daemon had taken are resent at the kernel's NBD I/O
 # timeout (10 s; it was fast_io_fail_tmo + 30 = 120 s): the run under way ends
@@ -455,6 +471,12 @@ fn guest_step(args: &[String]) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
         ("call", [method, params]) => call(method, params)?,
+        ("linux-4.19", [program, args @ ..]) => {
+            linux_4_19::enforce()?;
+            #[allow(clippy::disallowed_methods)] // test tooling: runs the guest step under the filter
+            let failed = std::process::Command::new(program).args(args).exec();
+            return Err(format!("cannot run {program}: {failed}"));
+        }
         _ => return Err(format!("unknown step {args:?}")),
     }
     Ok(())
