@@ -359,7 +359,7 @@ pub fn read_over_userspace<T>(
 ) -> Result<T, CallError> {
     let (options, auth) = plan(ctx, config, nqn)?;
     let target = userspace::Target { config, nqn, options: &options, auth: &auth };
-    Ok(userspace::with_namespace_device(target, nsid, read)?)
+    Ok(userspace::with_namespace_device(&ctx.host, target, nsid, read)?)
 }
 
 /// Undoes [`bring_up`]: the kernel's paths `user` holds released (the last

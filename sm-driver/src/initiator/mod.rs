@@ -12,6 +12,7 @@
 //! initiator speaks TCP only). `doctor`, `status`, `Plugin.diagnostics` and
 //! SMlog show the choice with its reason.
 
+pub mod probe_devices;
 pub mod service;
 pub mod userspace;
 

@@ -23,6 +23,7 @@ use nvmetcp_initiator::identify::{self, IdentifyError, NamespaceIds, StableId};
 use nvmetcp_initiator::nbd::export::{Export, ExportConfig, ExportError};
 use nvmetcp_initiator::{AuthKeys, DhchapSecret, HostIdentity, IoPolicy, MultipathConfig, TransportOptions};
 
+use super::probe_devices;
 use super::service::{self, ServiceError};
 use crate::cmd::Runner;
 use crate::host::HostRoot;
@@ -324,13 +325,15 @@ pub fn list_namespaces(target: Target<'_>) -> Result<Vec<NamespaceIds>, Userspac
 
 /// Serves namespace `nsid` as an NBD device of this process for as long as
 /// `read` runs, then disconnects it: SR.probe reads what the namespace
-/// holds this way (no daemon is started, nothing stays behind). `read` is
+/// holds this way (no daemon is started, nothing stays behind; what a
+/// killed probe left is disconnected first, [`probe_devices`]). `read` is
 /// handed `/dev/nbdN`; it must only read.
 ///
 /// # Errors
 /// Not TCP, the namespace is not there, no path, or the kernel's NBD driver
 /// refused (it is not loaded: `modprobe nbd`).
 pub fn with_namespace_device<T>(
+    host: &HostRoot,
     target: Target<'_>,
     nsid: u32,
     read: impl FnOnce(&Path) -> T,
@@ -344,12 +347,19 @@ pub fn with_namespace_device<T>(
     multipath.namespace = nvmetcp_initiator::NamespaceIdentity { nsid: ids.nsid, uuid: ids.uuid };
     let device: Arc<dyn nvmetcp_initiator::block::BlockDevice> =
         Arc::new(nvmetcp_initiator::Multipath::open(multipath)?);
-    let backend = format!("nvmetcp:probe-{}", std::process::id());
+    probe_devices::disconnect_left_behind(host);
+    let pid = std::process::id();
+    let backend = format!("nvmetcp:probe-{pid}");
+    let size_bytes = device.geometry().size_bytes();
     let export = Export::create(device, ExportConfig::for_backend(&backend))?;
+    let held = probe_devices::hold(host, pid, export.index(), &backend, size_bytes);
     let path = PathBuf::from(format!("/dev/nbd{}", export.index()));
     tracing::debug!(device = %path.display(), nsid, "the namespace is served for SR.probe to read");
     let out = read(&path);
-    export.disconnect()?;
+    if let Err(error) = export.disconnect() {
+        held.keep();
+        return Err(error.into());
+    }
     Ok(out)
 }
 

@@ -235,6 +235,23 @@ probed=$(expect_ok SR.probe "{{\"dbg\":\"p2\",\"configuration\":{{$cfg}}}}")
 echo "$probed" | grep -q "\"sr_uuid\":\"$SR\"" && echo "$probed" | grep -q '"name":"on 8.3"' || tb_fail "SR.probe over the userspace initiator does not report the SR: $probed"
 echo "$probed" | grep -q '"holds":"nothing: empty"' || tb_fail "SR.probe does not say namespace 2 is empty: $probed"
 if ls /sys/block/nbd*/pid 2>/dev/null | grep -q .; then tb_fail "SR.probe left an NBD device connected"; fi
+# A probe killed while it reads a namespace leaves its NBD device connected;
+# the next probe disconnects it (probe_devices.rs), by its record.
+served_pid() {{ cat /sys/block/nbd*/pid 2>/dev/null | head -1 || true; }}
+killed=""
+for attempt in 1 2 3 4 5; do
+    call SR.probe "{{\"dbg\":\"pk\",\"configuration\":{{$cfg}}}}" >/dev/null 2>&1 &
+    prober=$!
+    for i in $(seq 1 400); do pid=$(served_pid); [ -n "$pid" ] && break; sleep 0.02; done
+    if [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; then killed=$pid; fi
+    wait "$prober" || true
+    [ -n "$killed" ] && [ "$(served_pid)" = "$killed" ] && break
+    killed=""
+done
+[ -n "$killed" ] || tb_fail "no SR.probe could be killed while it served a namespace (5 tries)"
+tb_log "SR.probe $killed killed while serving; its device is still connected"
+expect_ok SR.probe "{{\"dbg\":\"p3\",\"configuration\":{{$cfg}}}}" >/dev/null
+if ls /sys/block/nbd*/pid 2>/dev/null | grep -q .; then tb_fail "the next SR.probe did not disconnect what the killed one left: $(cat /sys/block/nbd*/pid)"; fi
 expect_ok SR.attach "{{\"dbg\":\"a\",\"configuration\":$stored}}" >/dev/null
 daemon=$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")
 on_4_19 "$daemon" "the initiator daemon"
