@@ -206,7 +206,9 @@ fn script(exe: &str, body: &str) -> String {
 fn scenarios(exe: &str) -> Vec<Scenario> {
     vec![
         // Two hosts, two kernels: the master (this guest, also the target) and a
-        // pool member (the peer guest), replaying a live migration.
+        // pool member (the peer guest), replaying a live migration. Neither can
+        // load nvme_tcp (as XCP-ng 8.3): both run the SR over the userspace
+        // initiator. (pool-snapshot runs both over the kernel's.)
         Scenario::script(
             "pool-master",
             &script(
@@ -214,6 +216,11 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
                 r#"
 nqn=$TB_NQN_PREFIX:pool
 tb_modules; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 128; tb_port 1 10.98.0.1; tb_link 1 "$nqn"
+# This host keeps its target but cannot load nvme_tcp, until the scenario ends.
+trap 'rm -f /etc/modprobe.d/testbed-no-nvme-tcp.conf' EXIT
+modprobe -r nvme_tcp
+echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
+modprobe nbd nbds_max=4
 # The pool: this host is its master; XAPI relays plugin calls to the member.
 mkdir -p /etc/xensource /var/lib/xcp && echo master >/etc/xensource/pool.conf
 "$T" serve-two-hosts /var/lib/xcp/xapi /shared/plugin >xapi.out &
@@ -221,6 +228,8 @@ xapi=$!
 tb_wait 20 "the emulated pool" grep -q serving xapi.out
 stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.98.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"pool\",\"description\":\"\"}")
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+grep -Eq '"initiator": ?"userspace"' "/run/nvmetcp/srs/$SR.json" || tb_fail "the master without nvme_tcp did not attach over the userspace initiator"
+ls /sys/class/nvme 2>/dev/null | grep -q . && tb_fail "a kernel NVMe controller exists on the master without nvme_tcp"
 sr="\"sr\":\"nvmetcp://sr/$SR\""
 vol=$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"vm disk\",\"description\":\"\",\"size\":8388608,\"sharable\":false}")
 key=$(echo "$vol" | sed 's/.*"key":"\([^"]*\)".*/\1/')
@@ -259,7 +268,8 @@ grep -Eq 'PASS +host NQN and ID' member-checks.txt || tb_fail "doctor on the mem
 expect_ok Datapath.deactivate "{\"dbg\":\"dd\",$dp}" >/dev/null
 expect_ok Datapath.detach "{\"dbg\":\"dt\",$dp}" >/dev/null
 # The volume is mapped on the member only: destroy and resize from here are refused.
-lv_of_key() { lvs --noheadings -o lv_size --units b --nosuffix "nvmetcp_${SR//-/}/$key" 2>/dev/null | tr -d ' '; }
+# The guest's LVM sees NVMe heads only; this master's PV is the SR's /dev/nbdN.
+lv_of_key() { lvs --config 'devices { global_filter = [ "a|^/dev/nbd[0-9]+$|", "r|.*|" ] }' --noheadings -o lv_size --units b --nosuffix "nvmetcp_${SR//-/}/$key" 2>/dev/null | tr -d ' '; }
 size=$(lv_of_key)
 expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" | grep -q 'member' || tb_fail "the refusal does not name the member"
 expect_err NVMETCP_VOLUME_ACTIVE Volume.resize "{\"dbg\":\"r\",$sr,\"key\":\"$key\",\"new_size\":16777216}" >/dev/null
@@ -272,6 +282,7 @@ tb_signal resized
 tb_await member-saw-resize 180
 expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$key\"}" >/dev/null
 expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
+[ ! -e "/run/nvmetcp/initiator/$SR.json" ] || tb_fail "SR.destroy left the master's initiator running"
 tb_signal master-done
 kill "$xapi"
 "#,
@@ -284,7 +295,7 @@ kill "$xapi"
                 exe,
                 r#"
 tb_modules
-# A mixed pool: this member cannot load nvme_tcp (as XCP-ng 8.3), the master can.
+# This member cannot load nvme_tcp (as XCP-ng 8.3); nor can the master.
 modprobe -r nvme_tcp
 echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
 modprobe nbd nbds_max=4
