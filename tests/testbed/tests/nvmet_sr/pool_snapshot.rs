@@ -3,7 +3,9 @@
 //! master's journal, leaf and header, then the swap on the member through
 //! its host plugin), a clone of that snapshot started on the master while
 //! the member keeps writing, and the collector bringing the chain back to
-//! one node after deactivating what the member still had active.
+//! one node after deactivating what the member still had active. A mixed
+//! pool: the master runs the kernel's initiator, the member (no `nvme_tcp`,
+//! as XCP-ng 8.3) the userspace one.
 //!
 //! The master runs `pool-snapshot`, the member (the peer guest)
 //! `pool-snapshot-member`; they meet through `tb_signal`/`tb_await`, and the
@@ -106,6 +108,15 @@ kill "$xapi"
 /// The member's side.
 pub const MEMBER: &str = r#"
 tb_modules
+# A mixed pool: this member cannot load nvme_tcp (as XCP-ng 8.3), the master
+# can (as XCP-ng 9). The member serves the SR over the userspace initiator;
+# this host's own lvs and lvchange below see its /dev/nbdN too.
+cp /etc/lvm/lvm.conf /run/lvm.conf.before
+trap 'rm -f /etc/modprobe.d/testbed-no-nvme-tcp.conf; cp /run/lvm.conf.before /etc/lvm/lvm.conf' EXIT
+modprobe -r nvme_tcp
+echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
+modprobe nbd nbds_max=4
+sed -i 's#global_filter = \[ #&"a|^/dev/nbd[0-9]+$|", #' /etc/lvm/lvm.conf
 mkdir -p /etc/xensource && echo "slave:10.98.0.1" >/etc/xensource/pool.conf
 echo "INSTALLATION_UUID='member'" >/etc/xensource-inventory
 mkdir -p /etc/xapi.d/plugins && ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /etc/xapi.d/plugins/nvmetcp
@@ -115,6 +126,7 @@ tb_await snap-layered 300
 stored=$(cat /shared/snap-config)
 a=$(cat /shared/snap-volume)
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
+grep -Eq '"initiator": ?"userspace"' "/run/nvmetcp/srs/$SR.json" || tb_fail "the member without nvme_tcp did not attach over the userspace initiator"
 read -r type dev < <(plug "$a" 7)
 [ "$type" = vbd3 ] || tb_fail "the member does not serve the layered volume through its engine ($type)"
 [ "$(ro_of "$a")" = 1 ] || tb_fail "the chain's base is writable on the member: $(ro_of "$a")"
