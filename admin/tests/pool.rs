@@ -13,8 +13,8 @@ use nvmetcp_admin::{run, Local};
 use sm_driver::agent::status::AgentReport;
 use sm_driver::cmd::FakeRunner;
 use sm_driver::doctor::{Check, Verdict};
-use sm_driver::host::HostRoot;
 use sm_driver::status::{HostReport, PathReport, SrReport};
+use sm_driver::xapi_fixture::XapiHost;
 use xapi_client::Value;
 use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo, SmType};
 
@@ -175,15 +175,12 @@ impl Buffer {
 }
 
 struct Pool {
-    _dir: tempfile::TempDir,
     local: Local,
-    emulator: Emulator,
+    xapi: XapiHost,
 }
 
+/// A pool of `hosts`; the command runs on the first, the master.
 fn pool(hosts: &[(&str, HostBehaviour)], holds: &str, sm: bool) -> Pool {
-    let dir = tempfile::tempdir().unwrap();
-    let host = HostRoot::at(dir.path());
-    std::fs::create_dir_all(host.path("/var/lib/xcp")).unwrap();
     let config = Config {
         hosts: hosts.iter().map(|(name, _)| (*name).to_owned()).collect(),
         sm_types: if sm { vec![SmType::named("nvmetcp")] } else { vec![SmType::named("lvm")] },
@@ -194,9 +191,8 @@ fn pool(hosts: &[(&str, HostBehaviour)], holds: &str, sm: bool) -> Pool {
         holds: holds.to_owned(),
         attached: Mutex::new(BTreeMap::new()),
     };
-    let emulator = Emulator::new(config, backend);
-    emulator.listen_unix(&host.path("/var/lib/xcp/xapi")).unwrap();
-    Pool { _dir: dir, local: Local { host, runner: Box::new(FakeRunner::new()) }, emulator }
+    let xapi = XapiHost::master(Emulator::new(config, backend), hosts[0].0);
+    Pool { local: Local { host: xapi.root.clone(), runner: Box::new(FakeRunner::new()) }, xapi }
 }
 
 fn healthy(nqn: &str) -> HostBehaviour {
@@ -238,9 +234,9 @@ fn sr_create_reports_each_host_and_what_to_do_for_the_one_that_failed() {
     assert!(out.contains("10.0.1.10:4420 refused") && out.contains("xe pbd-plug uuid="), "{out}");
     assert!(out.contains("attached on 2 of 3 hosts"), "{out}");
     assert!(err.contains("1/3") && err.contains("2/3") && err.contains("3/3"), "progress is shown: {err}");
-    let srs = pool.emulator.records("SR");
+    let srs = pool.xapi.emulator.records("SR");
     assert_eq!(srs.len(), 1);
-    let pbd = &pool.emulator.records("PBD")[0].1;
+    let pbd = &pool.xapi.emulator.records("PBD")[0].1;
     let config = pbd.as_struct("PBD").unwrap()["device_config"].as_string_map("dc").unwrap();
     assert_eq!(config["namespace"], NAMESPACE, "the namespace is named by its identity");
     assert!(!config.contains_key("force"));
@@ -255,12 +251,12 @@ fn sr_create_refuses_a_namespace_holding_data_unless_forced() {
         err.contains("holds data (it holds TYPE=\"xfs\"): nothing was changed") && err.contains("--force"),
         "{err}"
     );
-    assert!(pool.emulator.records("SR").is_empty(), "nothing was made");
+    assert!(pool.xapi.emulator.records("SR").is_empty(), "nothing was made");
     let mut forced = CREATE.to_vec();
     forced.push("--force");
     let (status, out, err) = nvmetcp(&pool, &forced);
     assert_eq!(status, 0, "{out}{err}");
-    let pbd = &pool.emulator.records("PBD")[0].1;
+    let pbd = &pool.xapi.emulator.records("PBD")[0].1;
     assert_eq!(pbd.as_struct("PBD").unwrap()["device_config"].as_string_map("dc").unwrap()["force"], "true");
 }
 
@@ -361,7 +357,7 @@ fn probe_lists_namespaces_and_what_they_hold() {
 #[test]
 fn remote_logins_take_the_password_from_a_file_never_argv() {
     let pool = pool(&[("xcp-ng-1", healthy("nqn.a:1"))], "", true);
-    let url = pool.emulator.listen_http().unwrap();
+    let url = pool.xapi.emulator.listen_http().unwrap();
     let (status, _, err) = nvmetcp(&pool, &["--host", &url, "status"]);
     assert_eq!(status, 2, "{err}");
     assert!(err.contains("--password-file"), "{err}");
@@ -385,22 +381,18 @@ fn remote_logins_take_the_password_from_a_file_never_argv() {
 
 #[test]
 fn host_setup_shows_a_diff_then_applies_once() {
-    let pool = pool(&[("xcp-ng-1", healthy("nqn.a:1"))], "", true);
+    let mut pool = pool(&[("xcp-ng-1", healthy("nqn.a:1"))], "", true);
     let (status, out, _) = nvmetcp(&pool, &["host-setup"]);
     assert_eq!(status, 0);
     assert!(out.contains("+ net.ipv4.conf.all.arp_ignore = 2") && out.contains("nothing was written"), "{out}");
     assert!(!pool.local.host.exists("/etc/sysctl.d/90-nvmetcp.conf"));
     std::fs::create_dir_all(pool.local.host.path("/etc/sysctl.d")).unwrap();
     let runner = FakeRunner::new().then(Ok(sm_driver::cmd::Output { stdout: String::new(), stderr: String::new() }));
-    let applied = Pool {
-        _dir: tempfile::tempdir().unwrap(),
-        local: Local { host: pool.local.host.clone(), runner: Box::new(runner) },
-        emulator: pool.emulator.clone(),
-    };
-    let (status, out, _) = nvmetcp(&applied, &["host-setup", "--apply"]);
+    pool.local.runner = Box::new(runner);
+    let (status, out, _) = nvmetcp(&pool, &["host-setup", "--apply"]);
     assert_eq!(status, 0, "{out}");
     assert!(out.contains("written and loaded"), "{out}");
-    let (_, again, _) = nvmetcp(&applied, &["host-setup"]);
+    let (_, again, _) = nvmetcp(&pool, &["host-setup"]);
     assert!(again.contains("up to date"), "{again}");
 }
 

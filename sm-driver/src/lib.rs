@@ -59,3 +59,5 @@ pub mod sr_state;
 pub mod status;
 pub mod volume;
 pub mod writer_guard;
+#[cfg(any(test, feature = "testing"))]
+pub mod xapi_fixture;

@@ -151,7 +151,7 @@ mod tests {
 
     use super::{answer, hosts_mapping, PoolCheckError};
     use crate::host::HostRoot;
-    use crate::secrets::XAPI_SOCKET;
+    use crate::xapi_fixture::XapiHost;
 
     /// Members answer as their plugin would, from a list of who maps what.
     struct Members {
@@ -177,51 +177,28 @@ mod tests {
         }
     }
 
-    /// A pool master's root whose dom0 socket is served by the emulator.
-    fn pool(mapped_on: &[&str], silent: &[&str]) -> (tempfile::TempDir, HostRoot, Emulator) {
-        let dir = tempfile::tempdir().unwrap();
-        let host = HostRoot::at(dir.path());
-        std::fs::create_dir_all(host.path("/var/lib/xcp")).unwrap();
-        std::fs::create_dir_all(host.path("/etc/xensource")).unwrap();
-        std::fs::write(host.path("/etc/xensource/pool.conf"), "master").unwrap();
+    /// A pool master (`xcp-1`, this host) whose dom0 socket is served by the
+    /// emulator.
+    fn pool(mapped_on: &[&str], silent: &[&str]) -> XapiHost {
         let config = Config { hosts: vec!["xcp-1".into(), "xcp-2".into(), "xcp-3".into()], ..Config::default() };
         let members = Members {
             mapped_on: mapped_on.iter().map(|s| (*s).to_owned()).collect(),
             silent: silent.iter().map(|s| (*s).to_owned()).collect(),
             asked: Mutex::default(),
         };
-        let emulator = Emulator::new(config, members);
-        emulator.listen_unix(&host.path(XAPI_SOCKET)).unwrap();
-        // This host is the first one (the master): the inventory names it.
-        let session = xapi_client::Client::new(
-            xapi_client::Endpoint::Unix(host.path(XAPI_SOCKET)),
-            xapi_client::Timeouts::default(),
-        )
-        .login(&xapi_client::Credentials::local_root(), "test")
-        .unwrap();
-        let master = xapi_client::api::host::get_all_records(&session)
-            .unwrap()
-            .into_iter()
-            .find(|(_, h)| h.name_label == "xcp-1")
-            .unwrap()
-            .1;
-        std::fs::write(host.path("/etc/xensource-inventory"), format!("INSTALLATION_UUID='{}'\n", master.uuid))
-            .unwrap();
-        (dir, host, emulator)
+        XapiHost::master(Emulator::new(config, members), "xcp-1")
     }
 
     #[test]
     fn every_other_host_is_asked_and_a_mapping_anywhere_is_reported() {
-        let (_dir, host, _emulator) = pool(&["xcp-3"], &[]);
-        assert_eq!(hosts_mapping(&host, "nvmetcp_x", "vol-1").unwrap(), ["xcp-3"]);
-        let (_dir, host, _emulator) = pool(&[], &[]);
-        assert!(hosts_mapping(&host, "nvmetcp_x", "vol-1").unwrap().is_empty());
+        assert_eq!(hosts_mapping(&pool(&["xcp-3"], &[]).root, "nvmetcp_x", "vol-1").unwrap(), ["xcp-3"]);
+        assert!(hosts_mapping(&pool(&[], &[]).root, "nvmetcp_x", "vol-1").unwrap().is_empty());
     }
 
     #[test]
     fn a_host_that_cannot_answer_is_a_refusal_naming_it() {
-        let (_dir, host, _emulator) = pool(&[], &["xcp-2"]);
-        let err = hosts_mapping(&host, "nvmetcp_x", "vol-1").unwrap_err();
+        let pool = pool(&[], &["xcp-2"]);
+        let err = hosts_mapping(&pool.root, "nvmetcp_x", "vol-1").unwrap_err();
         assert!(matches!(err, PoolCheckError::NoAnswer { ref host, .. } if host == "xcp-2"), "{err}");
         assert!(err.to_string().contains("nothing was changed"), "{err}");
         // No XAPI at all on an XCP-ng host: refused too.

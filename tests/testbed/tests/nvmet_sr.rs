@@ -22,6 +22,8 @@ mod faults;
 mod pool;
 #[path = "nvmet_sr/pool_snapshot.rs"]
 mod pool_snapshot;
+use sm_driver::host::HostRoot;
+use sm_driver::xapi_fixture::XapiHost;
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
@@ -84,7 +86,7 @@ stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
 out=/tmp/agent-xapi
 mkdir -p /var/lib/xcp
-"$T" serve-agent-pool /var/lib/xcp/xapi "$SR" "$out" "$stored" &
+"$T" serve-agent-pool "$SR" "$out" "$stored" &
 xapi=$!
 tb_wait 10 "the emulated XAPI" test -e "$out/messages"
 ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /tmp/nvmetcp-agent
@@ -223,7 +225,7 @@ echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
 modprobe nbd nbds_max=4
 # The pool: this host is its master; XAPI relays plugin calls to the member.
 mkdir -p /etc/xensource /var/lib/xcp && echo master >/etc/xensource/pool.conf
-"$T" serve-two-hosts /var/lib/xcp/xapi /shared/plugin >xapi.out &
+"$T" serve-two-hosts /shared/plugin >xapi.out &
 xapi=$!
 tb_wait 20 "the emulated pool" grep -q serving xapi.out
 stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.98.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"pool\",\"description\":\"\"}")
@@ -996,38 +998,34 @@ fn serve_pool(args: &[String]) -> ExitCode {
     }
 }
 
-/// `serve-agent-pool SOCKET SR_UUID OUT`: an emulated XAPI on the dom0 socket
-/// for a pool of this one host, holding SR `SR_UUID` (introduced, with this
-/// host's PBD), with this host's UUID written to `/etc/xensource-inventory`
-/// as on dom0. Every 200 ms it writes what the host agent published to
-/// `OUT/updates` (`PBD other_config KEY VALUE` / `SR sm_config KEY VALUE`,
-/// one line per change, in order) and `OUT/messages` (`NAME PRIORITY CLASS
-/// UUID BODY`); serves until killed.
+/// `serve-agent-pool SR_UUID OUT DEVICE_CONFIG_JSON`: an emulated XAPI on
+/// the dom0 socket for a pool of this one host, holding SR `SR_UUID`
+/// (introduced, with this host's PBD), with this host's UUID written to
+/// `/etc/xensource-inventory` as on dom0. Every 200 ms it writes what the
+/// host agent published to `OUT/updates` (`PBD other_config KEY VALUE` /
+/// `SR sm_config KEY VALUE`, one line per change, in order) and
+/// `OUT/messages` (`NAME PRIORITY CLASS UUID BODY`); serves until killed.
 fn serve_agent_pool(args: &[String]) -> ExitCode {
-    use xapi_client::api::{host, pbd, sr};
-    let [socket, sr_uuid, out, device_config] = args else {
-        eprintln!("usage: serve-agent-pool SOCKET SR_UUID OUT DEVICE_CONFIG_JSON");
+    use xapi_client::api::{pbd, sr};
+    let [sr_uuid, out, device_config] = args else {
+        eprintln!("usage: serve-agent-pool SR_UUID OUT DEVICE_CONFIG_JSON");
         return ExitCode::FAILURE;
     };
     let device_config: std::collections::BTreeMap<String, String> = serde_json::from_str(device_config).unwrap();
     // A name_label unlike the guest's hostname: alerts must name the host as XAPI does.
     let config = xapi_emulator::Config { hosts: vec!["xcp-host-7".into()], ..xapi_emulator::Config::default() };
     let emulator = xapi_emulator::Emulator::new(config, xapi_emulator::AcceptAll);
-    let _ = std::fs::remove_file(socket);
-    emulator.listen_unix(Path::new(socket)).unwrap();
-    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
-    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
-    let (me, record) = host::get_all_records(&session).unwrap().remove(0);
+    let xapi = XapiHost::serve(HostRoot::at("/"), emulator, "xcp-host-7");
+    let session = &xapi.session;
     let params = [sr_uuid.as_str(), "agent", "", "nvmetcp", "user"].map(xapi_client::Value::from);
     let mut params: Vec<xapi_client::Value> = params.into();
     params.push(xapi_client::Value::Bool(true));
     params.push(xapi_client::Value::map(&std::collections::BTreeMap::new()));
     let sr_ref =
         xapi_client::api::SrRef(session.call("SR.introduce", params).unwrap().as_str("SR ref").unwrap().into());
-    pbd::create(&session, &me, &sr_ref, &device_config).unwrap();
-    assert_eq!(sr::get_by_uuid(&session, sr_uuid).unwrap(), sr_ref);
-    std::fs::create_dir_all("/etc").unwrap();
-    std::fs::write("/etc/xensource-inventory", format!("INSTALLATION_UUID='{}'\n", record.uuid)).unwrap();
+    pbd::create(session, &xapi.me, &sr_ref, &device_config).unwrap();
+    assert_eq!(sr::get_by_uuid(session, sr_uuid).unwrap(), sr_ref);
+    let emulator = &xapi.emulator;
     std::fs::create_dir_all(out).unwrap();
     loop {
         let updates: String = emulator

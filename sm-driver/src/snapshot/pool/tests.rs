@@ -13,10 +13,10 @@ use crate::cmd::FakeRunner;
 use crate::context::Context;
 use crate::engine::{EngineError, Handle, Image, ImageFormat, OpenDisk};
 use crate::host::HostRoot;
-use crate::secrets::XAPI_SOCKET;
 use crate::snapshot::journal::Serving;
 use crate::snapshot::ops::{Elsewhere, OpError, Running, ServingProbe};
 use crate::snapshot::served::{HereProbe, RUN_BASE};
+use crate::xapi_fixture::XapiHost;
 
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 const VG: &str = "nvmetcp_x";
@@ -55,20 +55,15 @@ impl Backend for Member {
 }
 
 struct Fixture {
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-    master: HostRoot,
+    master: XapiHost,
     member: HostRoot,
-    _emulator: Emulator,
+    _member_dir: tempfile::TempDir,
 }
 
 /// A master (`xcp-1`, this host) and one member (`xcp-2`) with the SR attached.
 fn pool(down: &[&'static str]) -> Fixture {
-    let (master_dir, member_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = HostRoot::at(master_dir.path());
+    let member_dir = tempfile::tempdir().unwrap();
     let member = HostRoot::at(member_dir.path());
-    std::fs::create_dir_all(master.path("/var/lib/xcp")).unwrap();
-    std::fs::create_dir_all(master.path("/etc/xensource")).unwrap();
-    std::fs::write(master.path("/etc/xensource/pool.conf"), "master").unwrap();
     crate::sr_state::save(
         &member,
         &crate::sr_state::one_tcp_path(SR, VG, "nqn.x", "uuid.8d30ade900c54fe69fbcbe2c924ffcdc", 1 << 30, 0),
@@ -76,22 +71,8 @@ fn pool(down: &[&'static str]) -> Fixture {
     .unwrap();
     let config = Config { hosts: vec!["xcp-1".into(), "xcp-2".into()], ..Config::default() };
     let backend = Member { root: member_dir.path().to_owned(), down: down.to_vec(), asked: Mutex::default() };
-    let emulator = Emulator::new(config, backend);
-    emulator.listen_unix(&master.path(XAPI_SOCKET)).unwrap();
-    let session = xapi_client::Client::new(
-        xapi_client::Endpoint::Unix(master.path(XAPI_SOCKET)),
-        xapi_client::Timeouts::default(),
-    )
-    .login(&xapi_client::Credentials::local_root(), "test")
-    .unwrap();
-    let me = xapi_client::api::host::get_all_records(&session)
-        .unwrap()
-        .into_iter()
-        .find(|(_, h)| h.name_label == "xcp-1")
-        .unwrap()
-        .1;
-    std::fs::write(master.path("/etc/xensource-inventory"), format!("INSTALLATION_UUID='{}'\n", me.uuid)).unwrap();
-    Fixture { _dirs: (master_dir, member_dir), master, member, _emulator: emulator }
+    let master = XapiHost::master(Emulator::new(config, backend), "xcp-1");
+    Fixture { master, member, _member_dir: member_dir }
 }
 
 /// `host` serves `volume` with `leaf` as its leaf.
@@ -108,7 +89,7 @@ fn qcow2(lv: &str) -> Image {
 
 impl Fixture {
     fn pool(&self) -> Pool<'_> {
-        Pool { root: &self.master, sr_uuid: SR, vg: VG }
+        Pool { root: &self.master.root, sr_uuid: SR, vg: VG }
     }
 }
 
@@ -172,7 +153,7 @@ fn a_lost_answer_to_the_swap_leaves_the_outcome_to_replay() {
 fn replay_believes_only_a_member_that_names_the_new_leaf() {
     let f = pool(&[]);
     let runner = FakeRunner::new();
-    let probe = || PoolProbe { here: HereProbe { runner: &runner, host: &f.master, sr_uuid: SR }, pool: f.pool() };
+    let probe = || PoolProbe { here: HereProbe { runner: &runner, host: &f.master.root, sr_uuid: SR }, pool: f.pool() };
     let (old, new) = (qcow2("node-1"), qcow2("node-2"));
     assert_eq!(probe().serving("vol-a", &old, &new), Serving::NotOpen);
     serve(&f.member, "vol-a", "node-1");
@@ -180,7 +161,8 @@ fn replay_believes_only_a_member_that_names_the_new_leaf() {
     serve(&f.member, "vol-a", "node-2");
     assert_eq!(probe().serving("vol-a", &old, &new), Serving::NewLeaf);
     let down = pool(&["*"]);
-    let probe = PoolProbe { here: HereProbe { runner: &runner, host: &down.master, sr_uuid: SR }, pool: down.pool() };
+    let probe =
+        PoolProbe { here: HereProbe { runner: &runner, host: &down.master.root, sr_uuid: SR }, pool: down.pool() };
     assert_eq!(probe.serving("vol-a", &old, &new), Serving::Unknown, "an unreachable member: replay waits");
 }
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use sm_driver::host::HostRoot;
+use sm_driver::xapi_fixture::XapiHost;
 use xapi_client::codec::{decode_envelope, parse_response, write_call, MethodResponse};
 use xapi_client::Value;
 use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo};
@@ -56,25 +58,18 @@ impl Backend for RelayToMember {
     }
 }
 
-/// `serve-two-hosts SOCKET DIR`: the master's XAPI on the dom0 socket for a
-/// pool of `master` (this host, named in `/etc/xensource-inventory`) and
-/// `member`, whose plugin calls go through `DIR`; serves until killed.
+/// `serve-two-hosts DIR`: the master's XAPI on the dom0 socket for a pool of
+/// `master` (this host, named in `/etc/xensource-inventory`) and `member`,
+/// whose plugin calls go through `DIR`; serves until killed.
 pub fn serve_two_hosts(args: &[String]) -> ExitCode {
-    let [socket, dir] = args else {
-        eprintln!("usage: serve-two-hosts SOCKET DIR");
+    let [dir] = args else {
+        eprintln!("usage: serve-two-hosts DIR");
         return ExitCode::FAILURE;
     };
     std::fs::create_dir_all(dir).unwrap();
     let config = Config { hosts: vec![MASTER.into(), MEMBER.into()], ..Config::default() };
     let relay = RelayToMember { dir: dir.into(), next: 0.into() };
-    let emulator = Emulator::new(config, relay);
-    let _ = std::fs::remove_file(socket);
-    emulator.listen_unix(Path::new(socket)).unwrap();
-    let client = xapi_client::Client::new(xapi_client::Endpoint::Unix(socket.into()), xapi_client::Timeouts::default());
-    let session = client.login(&xapi_client::Credentials::local_root(), "nvmet_sr").unwrap();
-    let hosts = xapi_client::api::host::get_all_records(&session).unwrap();
-    let master = hosts.iter().find(|(_, h)| h.name_label == MASTER).unwrap();
-    std::fs::write("/etc/xensource-inventory", format!("INSTALLATION_UUID='{}'\n", master.1.uuid)).unwrap();
+    let _xapi = XapiHost::serve(HostRoot::at("/"), Emulator::new(config, relay), MASTER);
     println!("serving");
     loop {
         std::thread::park();

@@ -50,7 +50,7 @@ tb_modules; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 256
 [ -d "$TB_CFG/ports/1" ] || tb_port 1 10.98.0.1
 tb_link 1 "$nqn"
 mkdir -p /etc/xensource /var/lib/xcp && echo master >/etc/xensource/pool.conf
-"$T" serve-two-hosts /var/lib/xcp/xapi /shared/plugin-snap >xapi.out &
+"$T" serve-two-hosts /shared/plugin-snap >xapi.out &
 xapi=$!
 tb_wait 20 "the emulated pool" grep -q serving xapi.out
 stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.98.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"poolsnap\",\"description\":\"\"}")
