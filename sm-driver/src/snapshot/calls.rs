@@ -33,7 +33,7 @@ use crate::sr_state::SrState;
 
 use super::graph::{Graph, GraphError, NODE_TAG};
 use super::journal::{Entry, Operation, JOURNAL_KEY};
-use super::ops::{Chains, NewNames, NoFaults, OpError, Running};
+use super::ops::{base_size, Chains, NewNames, NoFaults, OpError, Running};
 use super::pool::{Pool, PoolProbe};
 use super::qemu_img::QemuImg;
 use super::served::{busy_lvs, open_here, HereProbe};
@@ -301,9 +301,8 @@ pub fn take(
 /// layer of a chain has the virtual size of its base; layered volumes are
 /// never resized).
 fn virtual_size(graph: &Graph, lvs: &[Lv], volume: &str) -> Result<u64, ChainCallError> {
-    let chain = graph.chain(volume)?;
-    let base = chain.last().map_or(volume, |n| n.lv.as_str());
-    Ok(lvs.iter().find(|l| l.name == base).map_or(0, |l| l.size))
+    let leaf = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?;
+    Ok(base_size(graph, lvs, &leaf.lv))
 }
 
 /// Deletes a layered volume: its record at once, its data when the

@@ -630,8 +630,8 @@ impl<'a> Chains<'a> {
 }
 
 /// The size of `lv`'s chain's base, a raw LV: the virtual size of every
-/// layer above it.
-fn base_size(graph: &Graph, lvs: &[Lv], lv: &str) -> u64 {
+/// layer above it (layered volumes are never resized); 0 if `lvs` lacks it.
+pub(super) fn base_size(graph: &Graph, lvs: &[Lv], lv: &str) -> u64 {
     let mut base = lv;
     while let Some(parent) = graph.node(base).and_then(|n| n.parent.as_deref()) {
         base = parent;
