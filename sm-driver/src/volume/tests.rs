@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::cmd::{FakeRunner, Program};
+use crate::cmd::{CmdError, FakeRunner, Program};
 use crate::context::Context;
 use crate::error::to_error_record;
 use crate::nvme::sysfs::fixture::SysfsTree;
@@ -141,6 +141,17 @@ fn deactivate_with_no_live_path_removes_the_mapping_directly() {
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].program, Program::Dmsetup);
     assert!(calls[0].shown.ends_with(&format!("remove {mapping}")), "{calls:?}");
+    // A dmsetup that fails is a tool failure, not an LVM one.
+    let failing = FakeRunner::new().then(Err(CmdError::Failed {
+        command: format!("dmsetup remove {mapping}"),
+        status: "exit status 1".to_owned(),
+        code: Some(1),
+        stdout: String::new(),
+        stderr: "device-mapper: remove ioctl failed: Device or resource busy".to_owned(),
+    }));
+    let ctx = Context::fake(tree.host(), Box::new(failing));
+    let failure = crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).unwrap_err();
+    assert_eq!(to_error_record(&failure, "h1").code, "NVMETCP_TOOL_FAILED");
 }
 
 const ORIGIN: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e21";
