@@ -110,6 +110,12 @@ pub fn daemon_alive(layout: &Layout, state: &DaemonState) -> bool {
 /// No state, no device yet, or a device that is not the SR's.
 pub fn device(layout: &Layout, sr: &SrId) -> Result<NbdDevice, DoorError> {
     let state = read_state(layout, sr)?.ok_or_else(|| DoorError::NotRunning(sr.to_string()))?;
+    if state.phase == Phase::DeviceLost {
+        return Err(DoorError::Failed {
+            sr: sr.to_string(),
+            error: state.error.unwrap_or_else(|| "its NBD device was disconnected by another program".into()),
+        });
+    }
     let record = state.nbd.ok_or_else(|| DoorError::NotRunning(sr.to_string()))?;
     verify(&layout.sys(), record.index, record.kernel_pid, &record.backend, record.size_bytes)?;
     Ok(NbdDevice { path: record.device(), record })
@@ -129,13 +135,13 @@ pub fn wait_serving(layout: &Layout, sr: &SrId, since_unix: u64, timeout: Durati
             if state.updated_unix >= since_unix {
                 match state.phase {
                     Phase::Serving => return device(layout, sr),
-                    Phase::Failed => {
+                    Phase::Failed | Phase::DeviceLost => {
                         return Err(DoorError::Failed {
                             sr: sr.to_string(),
                             error: state.error.unwrap_or_else(|| "no reason given".into()),
                         })
                     }
-                    Phase::Starting | Phase::Stopped => {}
+                    Phase::Starting => {}
                 }
             }
         }
@@ -154,7 +160,9 @@ pub fn wait_serving(layout: &Layout, sr: &SrId, since_unix: u64, timeout: Durati
 pub fn tear_down(layout: &Layout, sr: &SrId) -> Result<(), DoorError> {
     match device(layout, sr) {
         Ok(device) => NbdNetlink::open()?.disconnect(device.record.index)?,
-        Err(DoorError::NotRunning(_) | DoorError::NotOurs(_)) => {} // nothing of ours to disconnect
+        // Nothing of ours to disconnect (a device another program
+        // disconnected is the daemon's `Failed` answer).
+        Err(DoorError::NotRunning(_) | DoorError::NotOurs(_) | DoorError::Failed { .. }) => {}
         Err(error) => return Err(error),
     }
     for path in [layout.config_file(sr), layout.state_file(sr)] {
@@ -260,6 +268,33 @@ mod tests {
         state::write(&layout.state_file(&sr), &state).unwrap();
         let error = wait_serving(&layout, &sr, 200, Duration::from_secs(1)).unwrap_err().to_string();
         assert!(error.contains("no path to namespace 1"), "{error}");
+    }
+
+    #[test]
+    fn a_device_another_program_disconnected_is_never_used_and_tear_down_only_removes_files() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::under(root.path());
+        write_config(&layout, &config()).unwrap();
+        let sr = SrId::parse(SR).unwrap();
+        // The kernel still shows the device (dm holders keep it), with our pid.
+        serving(&layout, 5, 321);
+        let mut state = read_state(&layout, &sr).unwrap().unwrap();
+        state.phase = Phase::DeviceLost;
+        state.error = Some("its NBD device /dev/nbd5 was disconnected by another program".into());
+        state::write(&layout.state_file(&sr), &state).unwrap();
+        let error = device(&layout, &sr).unwrap_err().to_string();
+        assert!(error.contains("disconnected by another program"), "{error}");
+        let error = wait_serving(&layout, &sr, 100, Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(error.contains("disconnected by another program"), "{error}");
+        tear_down(&layout, &sr).unwrap();
+        assert!(!layout.config_file(&sr).exists() && !layout.state_file(&sr).exists());
+    }
+
+    #[test]
+    fn a_state_written_before_device_lost_had_its_name_still_reads() {
+        let text = r#"{"sr":"x","phase":"stopped","daemon_pid":1,"error":null,"nbd":null,"export":null,"device":null,"updated_unix":1}"#;
+        let state: DaemonState = serde_json::from_str(text).unwrap();
+        assert_eq!(state.phase, Phase::DeviceLost);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One daemon's life: read the configuration, open the device, set up or
 //! pick back up the SR's NBD device, then keep the state file current until
-//! the device is disconnected.
+//! the daemon is stopped (also after another program disconnected the
+//! device: [`Phase::DeviceLost`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,7 +73,28 @@ impl Reporter {
     }
 }
 
-/// Runs the daemon of `sr` until its device is disconnected. `open` opens
+/// The SR's device was disconnected while this daemon served it, so not by
+/// SR.detach (which stops the daemon first): says so in the state, with
+/// what to do, until the daemon is stopped.
+fn device_lost<S: Served>(sr: &SrId, reporter: &Reporter, record: &NbdRecord, served: &S) -> Result<(), DaemonError> {
+    let error = format!(
+        "its NBD device {} was disconnected by another program, not by SR.detach: I/O on it fails. Detach the \
+         SR's volumes and the SR on this host, then attach them again (xe pbd-unplug, then xe pbd-plug)",
+        record.device()
+    );
+    tracing::error!(sr = %sr, device = %record.device(), "the NBD device was disconnected by another program");
+    loop {
+        reporter.write(&DaemonState {
+            nbd: Some(record.clone()),
+            device: Some(served.report()),
+            error: Some(error.clone()),
+            ..reporter.state(Phase::DeviceLost)
+        })?;
+        std::thread::sleep(REPORT_EVERY);
+    }
+}
+
+/// Runs the daemon of `sr` until it is stopped. `open` opens
 /// the namespace (the multipath device in dom0, a file in test beds);
 /// `owner_uid` is who must own the configuration file (root in dom0).
 ///
@@ -161,11 +183,10 @@ where
                 buffer_limit: stats.buffer_limit,
             }),
             device: Some(served.report()),
-            ..reporter.state(if finished { Phase::Stopped } else { Phase::Serving })
+            ..reporter.state(Phase::Serving)
         })?;
         if finished {
-            tracing::info!(sr = %sr, device = %record.device(), "the NBD device was disconnected");
-            return Ok(());
+            return device_lost(sr, reporter, &record, &*served);
         }
         seen = served.wait_for_change(seen, REPORT_EVERY);
     }

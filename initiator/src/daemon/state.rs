@@ -22,8 +22,13 @@ pub enum Phase {
     Serving,
     /// It could not start; `error` says why (it is restarted by its supervisor).
     Failed,
-    /// The device was disconnected (SR.detach); the daemon has exited.
-    Stopped,
+    /// Its NBD device was disconnected by another program (SR.detach stops
+    /// the daemon before it disconnects the device): I/O on it fails and
+    /// `error` says what to do. The daemon stays and reports this until it
+    /// is stopped, so it is never restarted onto a new device behind the
+    /// VMs' backs. (Written `stopped` before this phase had its name.)
+    #[serde(alias = "stopped")]
+    DeviceLost,
 }
 
 /// The NBD device of the SR.

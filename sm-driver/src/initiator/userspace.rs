@@ -403,6 +403,9 @@ pub fn health(host: &HostRoot, sr: &str, expected: &[PathKey]) -> Health {
     let down = match &state {
         None => Some("no initiator".to_owned()),
         Some(s) if !door::daemon_alive(&layout, s) => Some("initiator not running".to_owned()),
+        Some(s) if s.phase == Phase::DeviceLost => {
+            Some("its NBD device was disconnected outside nvmetcp (detach and attach the SR)".to_owned())
+        }
         Some(s) if s.phase != Phase::Serving => Some(format!("initiator {:?}", s.phase).to_lowercase()),
         Some(s) if now_unix().saturating_sub(s.updated_unix) > STALE_AFTER => Some("initiator silent".to_owned()),
         Some(_) => None,
@@ -563,6 +566,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(health(&host, SR, &expected).live(), 0);
+        // Its device disconnected by another program: every path down, saying so.
+        host.write_atomically(
+            &format!("/run/nvmetcp/initiator/{SR}.json"),
+            state("device-lost", now_unix()).as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        let lost = health(&host, SR, &expected).summary();
+        assert!(
+            lost.starts_with("no path live: 0/3") && lost.contains("NBD device was disconnected outside nvmetcp"),
+            "{lost}"
+        );
         assert!(has_run(&host, SR) && !has_run(&host, "0c9b6a43-6f3e-4bd4-9c3e-5e0d0c1a2b3c"));
     }
 }

@@ -360,6 +360,18 @@ tb_log "peak RSS of the daemon: $hwm KiB"
 [ "$hwm" -lt 65536 ] || tb_fail "the daemon's peak RSS $hwm KiB exceeds 64 MiB"
 head -c 4M /dev/urandom >userspace.data
 dd if=userspace.data of="$path" bs=1M oflag=direct status=none
+# The SR's NBD device disconnected by another program (nbd-client -d): the
+# daemon says so and what to do, and never serves the SR on a new device
+# behind the VMs; detach and attach bring it back with every byte (below).
+"$T" disconnect "${{dev#nbd}}"
+tb_wait 10 "the daemon to report its device lost" grep -q '"phase": "device-lost"' "$state" || show
+expect_ok SR.stat "{{\"dbg\":\"s\",$sr}}" | grep -q 'NBD device was disconnected outside nvmetcp' || tb_fail "SR.stat does not say the device was disconnected"
+out=$(call Datapath.attach "{{\"dbg\":\"da\",\"uri\":\"$uri\",\"domain\":\"4\"}}")
+echo "$out" | grep -q 'disconnected outside nvmetcp' || tb_fail "Datapath.attach on a lost device: $out"
+sleep 3
+[ "$(sed -n 's/.*"daemon_pid": \([0-9]*\),.*/\1/p' "$state")" = "$daemon" ] && grep -q '"phase": "device-lost"' "$state" || tb_fail "the daemon did not stay to report the lost device"
+[ "$(ls /sys/block/nbd*/pid 2>/dev/null | grep -vc "/$dev/")" = 0 ] || tb_fail "a new NBD device was set up behind the VMs"
+tb_log "the device disconnected by another program: reported, not replaced"
 detach_volume
 expect_ok SR.detach "{{\"dbg\":\"d\",$sr}}" >/dev/null
 tb_wait 10 "the NBD device to be disconnected" sh -c "! test -e /sys/block/$dev/pid"
