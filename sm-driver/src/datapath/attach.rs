@@ -33,7 +33,7 @@ fn serve(ctx: &Context, uri: &VolumeUri, step: Step) -> CallResult<(String, &'st
     let volume_tag = crate::volume::meta::VOLUME_TAG;
     let engine_for_plain = || -> CallResult<bool> {
         let choice = crate::host_config::HostConfig::load(&ctx.host)?.datapath;
-        let chosen = crate::snapshot::served::plain_datapath(ctx.runner.as_ref(), &ctx.host, choice);
+        let chosen = crate::snapshot::served::plain_datapath(ctx.runner.as_ref(), choice);
         tracing::info!(volume = %lv, datapath = chosen.name(), why = %chosen.why, "plain volume's datapath");
         Ok(chosen.engine)
     };

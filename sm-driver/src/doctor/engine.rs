@@ -21,9 +21,9 @@ fn installed(host: &HostRoot, program: Program) -> bool {
 /// How plain volumes are handed to VMs on this host, and why.
 fn plain(host: &HostRoot, tapdisk: &TapdiskProbe) -> String {
     let choice = HostConfig::load(host).ok().and_then(|c| c.datapath);
-    let chosen = choose_plain(choice, crate::pool_role::is_master(host), tapdisk);
+    let chosen = choose_plain(choice, tapdisk);
     if chosen.engine {
-        format!("plain volumes through it too ({}): running VMs' disks are snapshotted on the master", chosen.why)
+        format!("plain volumes through it too ({}): running VMs' disks are snapshotted while they run", chosen.why)
     } else {
         format!(
             "plain volumes through blkback ({}): a running VM's never-snapshotted disk is refused a snapshot",

@@ -47,13 +47,12 @@ pub enum ChainCallError {
     Op(#[from] OpError),
     /// A snapshot or clone of a volume a VM is using.
     #[error(
-        "volume {key} is in use{place}: it is handed to its VM through blkback on its raw LV, which cannot \
-         switch to a snapshot layer while the VM runs; nothing was changed. Snapshot or clone it with the VM \
-         shut down, or start it on a pool master that serves plain volumes through its datapath engine: the \
-         default (datapath = auto) does where tapdisk opens qcow2 (XCP-ng 8.3 updates of 2026-05-05), \
-         datapath = engine in /etc/nvmetcp/host.conf does with qemu-storage-daemon, and `nvmetcp doctor` says \
-         which this host uses and why; its disks are then snapshotted while it runs (a disk running on a pool \
-         member is not, in this version)"
+        "volume {key} is in use{place}, handed to its VM there through blkback on its raw LV, which cannot \
+         switch to a snapshot layer while the VM runs. That host's datapath is blkback because its blktap has \
+         no qcow2 driver (datapath = auto; XCP-ng 8.3 updates of 2026-05-05 add it) or /etc/nvmetcp/host.conf \
+         there says datapath = blkback (`nvmetcp doctor` on that host says which). Nothing was changed. \
+         Snapshot or clone it with the VM shut down, or update that host or set datapath = engine there \
+         (qemu-storage-daemon) and restart the VM: its disks are then snapshotted while it runs"
     )]
     Running {
         /// The volume.

@@ -134,18 +134,11 @@ impl PlainChoice {
     }
 }
 
-/// The choice for a host: `choice` from host.conf, whether it is the pool
-/// master, and what its tapdisk can do. Members keep blkback (the master
-/// snapshots a plain disk running on a member only once a member serves
-/// plain volumes through its engine, not in this version).
+/// The choice for a host, master or member alike: `choice` from host.conf
+/// and what its tapdisk can do. A member that serves a plain volume through
+/// its engine lets the master snapshot it running there (`chain_swap`).
 #[must_use]
-pub fn choose_plain(choice: Option<PlainDatapath>, master: bool, tapdisk: &TapdiskProbe) -> PlainChoice {
-    if !master {
-        return PlainChoice::blkback(
-            "a pool member hands plain volumes to VMs through blkback (only the pool master serves them through \
-             its engine in this version)",
-        );
-    }
+pub fn choose_plain(choice: Option<PlainDatapath>, tapdisk: &TapdiskProbe) -> PlainChoice {
     match choice {
         Some(PlainDatapath::Blkback) => PlainChoice::blkback("datapath = blkback in /etc/nvmetcp/host.conf"),
         Some(PlainDatapath::Engine) => PlainChoice::engine("datapath = engine in /etc/nvmetcp/host.conf"),
@@ -166,13 +159,12 @@ pub fn choose_plain(choice: Option<PlainDatapath>, master: bool, tapdisk: &Tapdi
 }
 
 /// How this host hands plain volumes to VMs: [`choose_plain`] with this
-/// host's role and its tapdisk asked (a member asks nothing).
+/// host's tapdisk asked (only under `datapath = auto`).
 #[must_use]
-pub fn plain_datapath(runner: &dyn Runner, host: &HostRoot, choice: Option<PlainDatapath>) -> PlainChoice {
-    let master = crate::pool_role::is_master(host);
-    let needs_probe = master && matches!(choice, None | Some(PlainDatapath::Auto));
+pub fn plain_datapath(runner: &dyn Runner, choice: Option<PlainDatapath>) -> PlainChoice {
+    let needs_probe = matches!(choice, None | Some(PlainDatapath::Auto));
     let tapdisk = if needs_probe { TapdiskProbe::of(runner) } else { TapdiskProbe::Absent };
-    choose_plain(choice, master, &tapdisk)
+    choose_plain(choice, &tapdisk)
 }
 
 fn handle_path(host: &HostRoot, sr_uuid: &str, lv: &str) -> PathBuf {
@@ -674,20 +666,18 @@ mod tests {
         assert!(lvm[3].ends_with("-ay nvmetcp_x/node-cc") && !lvm[3].contains("read_only_volume_list"), "{lvm:?}");
     }
 
+    /// Issue 18: a member chooses as the master does (no pool role in the
+    /// choice), so a disk running on a member can be snapshotted there.
     #[test]
-    fn plain_volumes_go_to_the_engine_only_on_the_master_that_asks() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = HostRoot::at(dir.path());
-        std::fs::create_dir_all(host.path("/etc/xensource")).unwrap();
-        std::fs::write(host.path("/etc/xensource/pool.conf"), "master").unwrap();
+    fn members_choose_the_plain_datapath_as_the_master_does() {
         let no_tapdisk = || FakeRunner::new().without(Program::TapCtl);
-        assert!(plain_datapath(&no_tapdisk(), &host, Some(PlainDatapath::Engine)).engine);
-        assert!(!plain_datapath(&no_tapdisk(), &host, Some(PlainDatapath::Blkback)).engine);
-        std::fs::write(host.path("/etc/xensource/pool.conf"), "slave:10.0.0.1").unwrap();
-        let member = plain_datapath(&no_tapdisk(), &host, Some(PlainDatapath::Engine));
-        assert!(!member.engine && member.why.contains("pool member"), "{member:?}");
-        let member = plain_datapath(&FakeRunner::new().then_stdout(HELP_QCOW2), &host, None);
-        assert!(!member.engine, "{member:?}");
+        assert!(plain_datapath(&no_tapdisk(), Some(PlainDatapath::Engine)).engine);
+        assert!(!plain_datapath(&no_tapdisk(), Some(PlainDatapath::Blkback)).engine);
+        let auto = plain_datapath(&FakeRunner::new().then_stdout(HELP_QCOW2), None);
+        assert!(auto.engine && auto.why.contains("tapdisk opens qcow2"), "{auto:?}");
+        let old = plain_datapath(&FakeRunner::new().then_stdout(&HELP_QCOW2.replace(" | commit | query", "")), None);
+        assert!(!old.engine && old.why.contains("no qcow2 driver"), "{old:?}");
+        assert!(!old.why.contains("member") && !auto.why.contains("master"), "{auto:?} {old:?}");
     }
 
     /// `datapath = auto` (the default) against tap-ctl's command list
@@ -695,31 +685,27 @@ mod tests {
     /// serves plain volumes, anything else keeps blkback and says why.
     #[test]
     fn the_default_datapath_is_tapdisk_where_it_opens_qcow2() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = HostRoot::at(dir.path());
-        std::fs::create_dir_all(host.path("/etc/xensource")).unwrap();
-        std::fs::write(host.path("/etc/xensource/pool.conf"), "master").unwrap();
         for choice in [None, Some(PlainDatapath::Auto)] {
             let runner = FakeRunner::new().then_stdout(HELP_QCOW2);
-            let chosen = plain_datapath(&runner, &host, choice);
+            let chosen = plain_datapath(&runner, choice);
             assert_eq!((chosen.name(), chosen.why.contains("tapdisk opens qcow2")), ("engine", true), "{chosen:?}");
             let calls: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
             assert_eq!(calls, ["tap-ctl"], "one probe, tap-ctl's command list");
 
             let upstream = HELP_QCOW2.replace(" | commit | query", "");
-            let chosen = plain_datapath(&FakeRunner::new().then_stdout(&upstream), &host, choice);
+            let chosen = plain_datapath(&FakeRunner::new().then_stdout(&upstream), choice);
             assert!(!chosen.engine && chosen.why.contains("no qcow2 driver"), "{chosen:?}");
             assert!(chosen.why.contains("2026-05-05"), "{chosen:?}");
 
-            let chosen = plain_datapath(&FakeRunner::new().without(Program::TapCtl), &host, choice);
+            let chosen = plain_datapath(&FakeRunner::new().without(Program::TapCtl), choice);
             assert!(!chosen.engine && chosen.why.contains("no tapdisk"), "{chosen:?}");
 
-            let chosen = plain_datapath(&FakeRunner::new().then_stdout("mute\n"), &host, choice);
+            let chosen = plain_datapath(&FakeRunner::new().then_stdout("mute\n"), choice);
             assert!(!chosen.engine && chosen.why.contains("could not be asked"), "{chosen:?}");
         }
         // datapath = blkback wins over a capable tapdisk, and asks nothing.
         let runner = FakeRunner::new().then_stdout(HELP_QCOW2);
-        let chosen = plain_datapath(&runner, &host, Some(PlainDatapath::Blkback));
+        let chosen = plain_datapath(&runner, Some(PlainDatapath::Blkback));
         assert!(!chosen.engine && chosen.why.contains("datapath = blkback"), "{chosen:?}");
         assert!(runner.calls().is_empty());
     }

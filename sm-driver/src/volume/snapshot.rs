@@ -37,17 +37,36 @@ pub fn clone(ctx: &Context, request: &VolumeClone) -> CallResult<Volume> {
     take(ctx, &request.sr, &request.key, true)
 }
 
-/// Refuses a snapshot of `origin` while a VM uses it through blkback.
-fn refuse_running(ctx: &Context, state: &SrState, origin: &Lv, key: &VolumeKey) -> Result<(), CallError> {
-    refuse_in_use(ctx, state, origin, key.to_string()).map_err(|error| match error {
-        CallError::Volume(VolumeError::Active { key }) => {
-            CallError::from(ChainCallError::Running { key, place: " on this host".to_owned() })
+/// Where a plain volume no engine of this host serves is in use.
+enum InUse {
+    /// Nowhere: it is snapshotted at rest.
+    Nowhere,
+    /// On another host, whose engine serves it: swapped there.
+    ServedOn(String),
+}
+
+/// Finds where `origin` (a plain volume this host's engine does not serve)
+/// is in use: another host whose engine serves it is where it is swapped
+/// (pause first, then swap); a VM using it through blkback, here or on a
+/// named host, is refused with why.
+fn plain_in_use(
+    ctx: &Context,
+    sr: &calls::Sr<'_>,
+    state: &SrState,
+    origin: &Lv,
+    key: &VolumeKey,
+) -> Result<InUse, CallError> {
+    match refuse_in_use(ctx, state, origin, key.to_string()) {
+        Ok(()) => Ok(InUse::Nowhere),
+        Err(CallError::Volume(VolumeError::Active { key })) => {
+            Err(ChainCallError::Running { key, place: " on this host".to_owned() }.into())
         }
-        CallError::Volume(VolumeError::ActiveElsewhere { key, hosts }) => {
-            CallError::from(ChainCallError::Running { key, place: format!(" on host(s) {}", hosts.join(", ")) })
-        }
-        other => other,
-    })
+        Err(CallError::Volume(VolumeError::ActiveElsewhere { key, hosts })) => match sr.served_elsewhere(&key)? {
+            Some(host) => Ok(InUse::ServedOn(host)),
+            None => Err(ChainCallError::Running { key, place: format!(" on host(s) {}", hosts.join(", ")) }.into()),
+        },
+        Err(other) => Err(other),
+    }
 }
 
 fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResult<Volume> {
@@ -82,11 +101,11 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
         None if calls::needs_engine(&lvm, &state.vg, meta::VOLUME_TAG, &origin)? => sr
             .served_elsewhere(key)?
             .map(|host| Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_string() }) as Box<dyn Running>),
-        None => None,
+        None => match plain_in_use(ctx, &sr, &state, &origin, key)? {
+            InUse::Nowhere => None,
+            InUse::ServedOn(host) => Some(Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_string() })),
+        },
     };
-    if running.is_none() {
-        refuse_running(ctx, &state, &origin, key)?;
-    }
     let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
     let old = meta::from_tags(&origin.tags);
     let new = VolumeMeta { uuid: uuid.clone(), keys: Default::default(), ..old };
