@@ -120,6 +120,12 @@ fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
     let Some(disk) = open_here(&ctx.host, sr.as_str(), volume) else {
         return Err(not_done(format!("this host does not serve volume {volume}")));
     };
+    if crate::snapshot::served::open_read_only(&ctx.host, sr.as_str(), volume) {
+        return Err(not_done(format!(
+            "volume {volume} is attached read-only on this host (a snapshot volume): it is never swapped onto a \
+             writable leaf; detach it first"
+        )));
+    }
     let image =
         Image::new(ImageFormat::Qcow2, format!("/dev/{}/{new_leaf}", state.vg)).map_err(|e| bad(e.to_string()))?;
     if disk.leaf == image {

@@ -231,6 +231,7 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         ChainCallError::Op(OpError::Graph(_)) => ErrorCode::ChainDamaged,
         ChainCallError::Op(OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_))
         | ChainCallError::Running { .. }
+        | ChainCallError::ReadOnlyServed { .. }
         | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
         ChainCallError::Served { .. } => ErrorCode::VolumeActive,
     }

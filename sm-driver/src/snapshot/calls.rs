@@ -66,6 +66,19 @@ pub enum ChainCallError {
         /// The volume.
         key: String,
     },
+    /// A running snapshot of a volume served read-only (a snapshot volume
+    /// attached for XO's export): its node is frozen, others build on it.
+    #[error(
+        "volume {key} is attached read-only{place} (a snapshot volume, as XO's export attaches it): it cannot be \
+         snapshotted while attached, since that would put it on a writable leaf; nothing was changed. Detach it \
+         first (the export ends by detaching it), then snapshot or clone it"
+    )]
+    ReadOnlyServed {
+        /// The volume.
+        key: String,
+        /// Where (` on host …` or ` on this host`).
+        place: String,
+    },
     /// The volume is served by another host's engine (a VM uses it there).
     #[error("volume {key} is in use on host {host} (its chain is open for a VM there); detach it from its VM first")]
     ServedElsewhere {

@@ -187,6 +187,10 @@ struct Kept {
     disk: OpenDisk,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     swapping_to: Option<Image>,
+    /// Opened read-only (a node others build on: a snapshot volume
+    /// attached for XO's export); such a disk is never swapped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    read_only: bool,
 }
 
 fn kept(host: &HostRoot, sr_uuid: &str, lv: &str) -> Option<Kept> {
@@ -200,13 +204,40 @@ pub fn open_here(host: &HostRoot, sr_uuid: &str, lv: &str) -> Option<OpenDisk> {
     kept(host, sr_uuid, lv).map(|k| k.disk)
 }
 
+/// Whether this host serves volume `lv` read-only (it is then never
+/// swapped onto a writable leaf).
+#[must_use]
+pub fn open_read_only(host: &HostRoot, sr_uuid: &str, lv: &str) -> bool {
+    kept(host, sr_uuid, lv).is_some_and(|k| k.read_only)
+}
+
 /// Keeps `disk` as the disk this host serves for volume `lv` (after the
-/// engine opened it).
+/// engine opened it read-write).
 ///
 /// # Errors
 /// [`ChainCallError`] if the handle cannot be written.
 pub fn record(host: &HostRoot, sr_uuid: &str, lv: &str, disk: &OpenDisk) -> Result<(), ChainCallError> {
     save(host, sr_uuid, lv, disk, None)
+}
+
+/// Keeps `disk` as the disk this host serves for volume `lv`, opened with
+/// `access`.
+///
+/// # Errors
+/// [`ChainCallError`] if the handle cannot be written.
+pub(crate) fn record_opened(
+    host: &HostRoot,
+    sr_uuid: &str,
+    lv: &str,
+    disk: &OpenDisk,
+    access: Access,
+) -> Result<(), ChainCallError> {
+    write_kept(
+        host,
+        sr_uuid,
+        lv,
+        &Kept { disk: disk.clone(), swapping_to: None, read_only: access == Access::ReadOnly },
+    )
 }
 
 /// Forgets the handle of volume `lv` (after the engine closed it).
@@ -221,12 +252,16 @@ fn save(
     disk: &OpenDisk,
     swapping_to: Option<&Image>,
 ) -> Result<(), ChainCallError> {
+    let read_only = kept(host, sr_uuid, lv).is_some_and(|k| k.read_only);
+    write_kept(host, sr_uuid, lv, &Kept { disk: disk.clone(), swapping_to: swapping_to.cloned(), read_only })
+}
+
+fn write_kept(host: &HostRoot, sr_uuid: &str, lv: &str, kept: &Kept) -> Result<(), ChainCallError> {
     let path = handle_path(host, sr_uuid, lv);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("creating the handle directory", e))?;
     }
-    let kept = Kept { disk: disk.clone(), swapping_to: swapping_to.cloned() };
-    let text = serde_json::to_string(&kept).unwrap_or_default();
+    let text = serde_json::to_string(kept).unwrap_or_default();
     let partial = path.with_extension("json.new");
     std::fs::write(&partial, text).map_err(|e| io("writing the disk's handle", e))?;
     std::fs::rename(&partial, &path).map_err(|e| io("writing the disk's handle", e))
@@ -297,7 +332,7 @@ pub fn attach(
     let image = Image::new(format, format!("/dev/{}/{leaf}", state.vg)).map_err(OpError::from)?;
     let name = DiskName::new(&lv.name).map_err(OpError::from)?;
     let disk = engine.open(&name, &image, access).map_err(OpError::from)?;
-    if let Err(error) = record(host, &state.sr_uuid, &lv.name, &disk) {
+    if let Err(error) = record_opened(host, &state.sr_uuid, &lv.name, &disk, access) {
         let _ = engine.close(&disk);
         return Err(error);
     }
@@ -655,6 +690,19 @@ mod tests {
         for change in &lvm[1..] {
             assert!(change.contains(r#"read_only_volume_list = [ \"nvmetcp_x/vol-aa\" ]"#), "{change}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_volume_served_read_only_says_so_in_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::at(dir.path());
+        record_opened(&host, SR, "vol-aa", &disk(raw()), Access::ReadOnly).unwrap();
+        assert!(open_read_only(&host, SR, "vol-aa"));
+        // A later write of the handle keeps it.
+        save(&host, SR, "vol-aa", &disk(raw()), None).unwrap();
+        assert!(open_read_only(&host, SR, "vol-aa"));
+        record_opened(&host, SR, "vol-bb", &disk(raw()), Access::ReadWrite).unwrap();
+        assert!(!open_read_only(&host, SR, "vol-bb") && !open_read_only(&host, SR, "vol-cc"));
     }
 
     #[test]

@@ -84,6 +84,10 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
     // A volume an engine serves, here or on another host, is snapshotted
     // running (pause first, then swap, where it is open); any other volume
     // in use is refused.
+    if served::open_read_only(&ctx.host, &state.sr_uuid, key) {
+        let key = key.to_string();
+        return Err(ChainCallError::ReadOnlyServed { key, place: " on this host".to_owned() }.into());
+    }
     let served = served::open_here(&ctx.host, &state.sr_uuid, key);
     let running: Option<Box<dyn Running + '_>> = match served {
         Some(disk) => Some(Box::new(served::ServedHere {

@@ -224,6 +224,24 @@ fn snapshot_of_a_volume_in_use_is_refused_saying_why() {
     assert!(!ran(&runner, "lvcreate"), "{:?}", runner.calls());
 }
 
+/// Issue 18: a snapshot volume attached read-only (XO's export) is never
+/// swapped onto a writable leaf: a snapshot of it running is refused.
+#[test]
+fn snapshot_of_a_volume_served_read_only_is_refused() {
+    use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+    let tree = attached_sr();
+    let disk = OpenDisk {
+        device: "/dev/nbd0".into(),
+        leaf: Image::new(ImageFormat::Raw, format!("/dev/{VG}/{KEY}")).unwrap(),
+        handle: Handle::Tapdisk { pid: 4242, minor: 3 },
+    };
+    crate::snapshot::served::record_opened(&tree.host(), SR, KEY, &disk, Access::ReadOnly).unwrap();
+    let runner =
+        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "")])));
+    assert_eq!(call(&tree, &runner, "Volume.snapshot", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
+    assert!(!ran(&runner, "lvcreate") && !ran(&runner, "qemu-img"), "{:?}", runner.calls());
+}
+
 #[test]
 fn a_layered_volume_is_neither_resized_nor_handed_to_blkback() {
     let tree = attached_sr();
