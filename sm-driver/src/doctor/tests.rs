@@ -185,6 +185,15 @@ fn the_engine_report_says_what_serves_snapshots_and_plain_volumes() {
     write(&host, "/etc/nvmetcp/host.conf", "datapath = engine\n");
     let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
     assert!(check.detail.contains("datapath = engine"), "{check:?}");
+    // Issue 18: a pool member reports its own choice, as the master does.
+    std::fs::remove_file(host.path("/etc/nvmetcp/host.conf")).unwrap();
+    write(&host, "/etc/xensource/pool.conf", "slave:10.0.0.1");
+    let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
+    assert!(check.detail.contains("plain volumes through it too (tapdisk opens qcow2"), "{check:?}");
+    write(&host, "/etc/nvmetcp/host.conf", "datapath = engine\n");
+    let check = engine(&host, &FakeRunner::new().then(ok("")).then(ok(TAP_CTL_HELP_QCOW2)));
+    assert!(check.detail.contains("plain volumes through it too (datapath = engine"), "{check:?}");
+    std::fs::remove_file(host.path("/etc/xensource/pool.conf")).unwrap();
     // Upstream blktap: no commit/query, no qcow2; the default keeps blkback and says why.
     std::fs::remove_file(host.path("/etc/nvmetcp/host.conf")).unwrap();
     let upstream = TAP_CTL_HELP_QCOW2.replace(" | commit | query | cancel", "");
