@@ -56,6 +56,7 @@ pub fn call(plugin: &Path, method: &str, params: &str) -> Result<serde_json::Val
 }
 
 /// How many LVM commands one call runs (from its debug log).
+#[allow(clippy::print_stderr)] // the scenario log of a guest-side step
 pub fn count_lvm(plugin: &Path, method: &str, params: &str) -> Result<usize, String> {
     let tree = tree(plugin);
     let params: serde_json::Value = serde_json::from_str(params).map_err(|e| e.to_string())?;
@@ -64,6 +65,9 @@ pub fn count_lvm(plugin: &Path, method: &str, params: &str) -> Result<usize, Str
         .env("NVMETCP_LOG_STDERR", "1")
         .call(&dir(&tree, method), method, &params)
         .map_err(|e| e.to_string())?;
+    // The call's timestamped debug log goes to the scenario log: where the
+    // time of one call goes (BENCHMARKS.md reads the attach's from it).
+    eprint!("{method} debug log:\n{}", reply.stderr);
     Ok(reply.stderr.lines().filter(|l| l.contains("running") && l.contains("command=lvm")).count())
 }
 

@@ -119,8 +119,18 @@ for _ in $(seq "$REPEAT"); do
     nvme connect -t tcp -a 10.99.0.2 -s 4420 -n "$nqn" >/dev/null &
     wait
     t5=$EPOCHREALTIME
+    # The one LVM read an attach must make (the namespace holds this SR),
+    # as the plugin runs it (its debug log, printed by count-lvm below).
+    head=$(tb_head "$nqn")
+    filter="[ \"a|^$head\$|\", \"r|.*|\" ]"
+    t6=$EPOCHREALTIME
+    lvm fullreport --config "devices { filter = $filter global_filter = $filter }" --reportformat json \
+        --units b --nosuffix --configreport vg -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags \
+        --configreport lv -o lv_name,vg_name,lv_size,lv_tags,lv_active --configreport pv -S pv_name="" \
+        --configreport pvseg -S 'pvseg_start<0' --configreport seg -S 'seg_start<0' >/dev/null
+    t7=$EPOCHREALTIME
     nvme disconnect -n "$nqn" >/dev/null; no_paths "$nqn"
-    echo "$(ms "$t0" "$t1") $(ms "$t2" "$t3") $(ms "$t4" "$t5")" >>"$SCENARIO_OUT/attach.txt"
+    echo "$(ms "$t0" "$t1") $(ms "$t2" "$t3") $(ms "$t4" "$t5") $(ms "$t6" "$t7")" >>"$SCENARIO_OUT/attach.txt"
 done
 "$B" count-lvm SR.attach "$attach" >"$SCENARIO_OUT/sr_attach_lvm.json"
 call SR.detach "$detach" >/dev/null; no_paths "$nqn"
