@@ -212,21 +212,25 @@ impl Sr<'_> {
         Ok(self.pool().serving_host(volume)?.map(|(host, _)| host))
     }
 
+    /// The LVs of chains open on this host, from `lvs` (the VG as just read).
+    fn busy_in(&self, lvs: &[Lv]) -> Result<BTreeSet<String>, ChainCallError> {
+        let graph = Graph::from_lvs(lvs, self.volume_tag)?;
+        Ok(busy_lvs(self.host, &self.state.sr_uuid, &graph))
+    }
+
     /// The LVs of chains open on this host.
     fn busy(&self) -> Result<BTreeSet<String>, ChainCallError> {
-        let graph = Graph::from_lvs(&self.lvm.lvs(&self.state.vg)?, self.volume_tag)?;
-        Ok(busy_lvs(self.host, &self.state.sr_uuid, &graph))
+        self.busy_in(&self.lvm.lvs(&self.state.vg)?)
     }
 
     /// Deactivates every chain LV left active on this host (the master)
     /// that no open chain uses: a volume whose LV is left active would be
     /// refused as in use.
     fn settle(&self) -> Result<(), ChainCallError> {
-        let busy = self.busy()?;
         let vg = &self.state.vg;
-        let idle: Vec<LvName> = self
-            .lvm
-            .lvs(vg)?
+        let lvs = self.lvm.lvs(vg)?;
+        let busy = self.busy_in(&lvs)?;
+        let idle: Vec<LvName> = lvs
             .into_iter()
             .filter(|lv| lv.active && is_layered(lv) && !busy.contains(lv.name.as_str()))
             .map(|lv| lv.name)
@@ -378,10 +382,9 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
 /// Deactivates those of `names` that are active: a snapshot's origin (a
 /// plain volume until its commit point) after a failed or killed snapshot.
 fn release(sr: &Sr<'_>, names: &[String]) -> Result<(), ChainCallError> {
-    let busy = sr.busy()?;
-    let idle: Vec<LvName> = sr
-        .lvm
-        .lvs(&sr.state.vg)?
+    let lvs = sr.lvm.lvs(&sr.state.vg)?;
+    let busy = sr.busy_in(&lvs)?;
+    let idle: Vec<LvName> = lvs
         .into_iter()
         .filter(|lv| lv.active && names.iter().any(|n| *n == lv.name) && !busy.contains(lv.name.as_str()))
         .map(|lv| lv.name)

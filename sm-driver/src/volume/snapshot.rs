@@ -19,7 +19,7 @@ use crate::sr_state::SrState;
 
 use super::budget;
 use super::meta::{self, VolumeMeta};
-use super::record::{existing, record, refuse_in_use};
+use super::record::{existing, existing_in, record, refuse_in_use};
 
 /// `Volume.snapshot`.
 ///
@@ -121,6 +121,6 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
     let lvs = lvm.lvs(&state.vg)?;
     let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;
     let created: VolumeKey = created.parse().map_err(|_| VolumeError::BadKey(created.clone()))?;
-    let lv = existing(&lvm, &state, &created)?;
+    let lv = existing_in(&lvs, &state, &created)?;
     Ok(view.describe(record(&state, &lv), &lv))
 }
