@@ -40,8 +40,14 @@ pub enum MoveError {
     Sink(io::Error),
 }
 
-/// The pipe's capacity asked for: a whole 1 MiB command's data per round.
-const PIPE_BYTES: i32 = 1 << 20;
+/// The pipe's capacities asked for, in turn. A pipe counts slots, not
+/// bytes: the kernel's NBD driver sends a write one page per `sendmsg`, so a
+/// 1 MiB write is 256 segments of its AF_UNIX socket, one slot each, and
+/// the bytes read with the request's header take one more: 1 MiB (256
+/// slots) never held such a write whole, and every one was copied. Twice
+/// that needs `CAP_SYS_RESOURCE` (the daemon runs as root) past
+/// `/proc/sys/fs/pipe-max-size`; without it, 1 MiB, then the default.
+const PIPE_BYTES: [i32; 2] = [2 << 20, 1 << 20];
 
 struct Pipe {
     read: OwnedFd,
@@ -54,7 +60,8 @@ impl Pipe {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         // Larger than /proc/sys/fs/pipe-max-size needs root; the default
         // (64 KiB) only means more rounds.
-        let capacity = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES))
+        let capacity = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES[0]))
+            .or_else(|_| fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES[1])))
             .or_else(|_| fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ))
             .map_err(io::Error::from)?;
         Ok(Self { read, write, capacity: usize::try_from(capacity).unwrap_or(4096).max(4096) })
@@ -337,6 +344,11 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::net::UnixStream;
 
+    fn may_pass_pipe_max_size() -> bool {
+        let (_read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES[0])).is_ok()
+    }
+
     fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -416,6 +428,40 @@ mod tests {
             assert!(got[8 + half..] == data[half..], "round {round}: second half");
         }
         assert!(held.into_bytes().unwrap() == data, "still whole after two sends");
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_1_mib_write_sent_a_page_per_call_as_the_nbd_driver_does_is_held_whole() {
+        // drivers/block/nbd.c sends a request's data one bio segment (a
+        // page) per sendmsg, so an AF_UNIX socket holds 256 segments, each
+        // a pipe slot when spliced; the bytes that came with the header
+        // take one more.
+        let (mut nbd, source) = UnixStream::pair().unwrap();
+        let data: Vec<u8> = (0..(1 << 20)).map(|i: usize| u8::try_from(i * 13 % 251).unwrap_or(0)).collect();
+        let head = 4096 - 28;
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                nbd.write_all(&data[head..4096]).unwrap();
+                for page in data[4096..].chunks(4096) {
+                    nbd.write_all(page).unwrap();
+                }
+                nbd
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut socket = &source;
+        let taken = hold(&data[..head], &mut socket, data.len()).unwrap();
+        let got = match taken {
+            Payload::Held(held) => held.into_bytes().unwrap(),
+            // Only a process that cannot pass pipe-max-size copies it.
+            Payload::Bytes(bytes) => {
+                assert!(!may_pass_pipe_max_size(), "a page-per-call 1 MiB write was copied, not held");
+                bytes
+            }
+        };
+        assert!(got == data, "every byte, in order");
         drop(writer.join().unwrap());
     }
 
