@@ -6,19 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed step is a failed test
 
+mod source;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use source::rust_files;
 
 /// Module name → the files that make it up.
 fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {

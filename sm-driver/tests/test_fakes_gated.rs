@@ -7,20 +7,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed step is a failed test
 
-use std::path::{Path, PathBuf};
+mod source;
+
+use std::path::Path;
+
+use source::rust_files;
 
 const GATES: [&str; 2] = ["#[cfg(test)]", "#[cfg(any(test, feature = \"testing\"))]"];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// Whether a module of this name holds test fakes.
 fn is_fake_module(name: &str) -> bool {
