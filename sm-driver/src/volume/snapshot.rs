@@ -37,7 +37,7 @@ pub fn clone(ctx: &Context, request: &VolumeClone) -> CallResult<Volume> {
     take(ctx, &request.sr, &request.key, true)
 }
 
-/// Where a plain volume no engine of this host serves is in use.
+/// Where a volume no engine of this host serves is in use.
 enum InUse {
     /// Nowhere: it is snapshotted at rest.
     Nowhere,
@@ -45,11 +45,11 @@ enum InUse {
     ServedOn(String),
 }
 
-/// Finds where `origin` (a plain volume this host's engine does not serve)
+/// Finds where `origin` (a volume this host's engine does not serve)
 /// is in use: another host whose engine serves it is where it is swapped
 /// (pause first, then swap); a VM using it through blkback, here or on a
 /// named host, is refused with why.
-fn plain_in_use(
+fn where_in_use(
     ctx: &Context,
     sr: &calls::Sr<'_>,
     state: &SrState,
@@ -102,13 +102,24 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
             lvm: &lvm,
             vg: &state.vg,
         })),
-        None if calls::needs_engine(&lvm, &state.vg, meta::VOLUME_TAG, &origin)? => sr
-            .served_elsewhere(key)?
-            .map(|host| Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_string() }) as Box<dyn Running>),
-        None => match plain_in_use(ctx, &sr, &state, &origin, key)? {
-            InUse::Nowhere => None,
-            InUse::ServedOn(host) => Some(Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_string() })),
-        },
+        None => {
+            // A layered volume is served by an engine only: ask which host's
+            // first. What no engine serves must be in use nowhere, or it is
+            // refused (blkback cannot switch to a layer).
+            let engine_host = if calls::needs_engine(&lvm, &state.vg, meta::VOLUME_TAG, &origin)? {
+                sr.served_elsewhere(key)?
+            } else {
+                None
+            };
+            let host = match engine_host {
+                Some(host) => Some(host),
+                None => match where_in_use(ctx, &sr, &state, &origin, key)? {
+                    InUse::Nowhere => None,
+                    InUse::ServedOn(host) => Some(host),
+                },
+            };
+            host.map(|host| Box::new(ServedOn { pool: sr.pool(), host, volume: key.to_string() }) as Box<dyn Running>)
+        }
     };
     let uuid = ctx.host.read_trimmed("/proc/sys/kernel/random/uuid")?;
     let old = meta::from_tags(&origin.tags);
