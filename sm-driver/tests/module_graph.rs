@@ -32,9 +32,10 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
     modules
 }
 
-/// The code of a file without its tests and comments.
+/// The code of a file without its tests and comments (`tests.rs` and
+/// `*_tests.rs` files are test modules).
 fn code(path: &Path) -> String {
-    if path.file_stem().is_some_and(|s| s == "tests") {
+    if path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s == "tests" || s.ends_with("_tests")) {
         return String::new();
     }
     let text = std::fs::read_to_string(path).unwrap();

@@ -279,3 +279,6 @@ impl ServingProbe for PoolProbe<'_> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod member_tests;

@@ -43,7 +43,7 @@ struct State {
 
 /// LVM and `qemu-img` on one VG in memory.
 #[derive(Default)]
-struct FakeVg(Mutex<State>);
+pub(crate) struct FakeVg(Mutex<State>);
 
 fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
@@ -166,7 +166,7 @@ impl State {
 
 impl FakeVg {
     /// A VG holding `names`, plain volumes of 64 MiB from before snapshots.
-    fn with_volumes(names: &[&str]) -> Self {
+    pub(crate) fn with_volumes(names: &[&str]) -> Self {
         let fake = Self::default();
         for name in names {
             let lv = FakeLv { size: 64 * MIB, tags: vec![TAG.to_owned(), format!("u={name}")], active: false };
@@ -180,7 +180,7 @@ impl FakeVg {
     }
 
     /// Every LV and its tags (sorted): what replay must restore or finish.
-    fn shape(&self) -> BTreeMap<String, Vec<String>> {
+    pub(crate) fn shape(&self) -> BTreeMap<String, Vec<String>> {
         let state = self.state();
         let sorted = |tags: &[String]| {
             let mut tags = tags.to_vec();

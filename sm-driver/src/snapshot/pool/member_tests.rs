@@ -1,0 +1,307 @@
+//! `Volume.snapshot` on the master of a volume in use on a member, in
+//! process: the master's VG is [`FakeVg`] (LVM and `qemu-img` answered from
+//! its own state), its XAPI the in-process emulator ([`XapiHost`]), whose
+//! `host.call_plugin` runs the member's real plugin functions
+//! (`volume_mapped`, [`crate::chain_member`]) on a host tree of its own;
+//! the member's LVM and `tap-ctl` are recorded. Issue 18: a plain volume a
+//! member's engine serves is snapshotted there (pause first, then swap); one
+//! it hands to blkback, or serves read-only, is refused saying why; a
+//! layered volume no engine serves is snapshotted at rest only when no host
+//! has it active.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo};
+
+use crate::cmd::{args_of, CmdError, Command, Output, Program, Runner};
+use crate::context::Context;
+use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+use crate::error::to_error_record;
+use crate::nvme::sysfs::fixture::SysfsTree;
+use crate::pool_mappings::{self, dm_name};
+use crate::smapi::method::{Method, PluginKind};
+use crate::smapi::params::Params;
+use crate::snapshot::ops::tests::FakeVg;
+use crate::snapshot::served::{open_here, record_opened};
+use crate::xapi_fixture::XapiHost;
+
+const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+const NQN: &str = "nqn.2024-01.io.example:array";
+const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
+/// [`FakeVg`]'s VG.
+const VG: &str = "vgx";
+const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+/// What the master's `/proc/sys/kernel/random/uuid` gives the snapshot.
+const UUID: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12";
+/// tap-ctl's command list with the qcow2 driver's commands
+/// (`xcp-ng/blktap control/tap-ctl.c` `usage()`).
+const HELP_QCOW2: &str =
+    "usage: tap-ctl COMMAND [OPTIONS]\nCOMMAND := { list | spawn | pause | unpause | commit | query }\n";
+
+/// A host with the SR attached over one live path.
+fn attached_host(role: &str) -> SysfsTree {
+    let tree = SysfsTree::new();
+    tree.controller("nvme0", "tcp", NQN, "traddr=10.0.0.1,trsvcid=4420", "nqn.h:h", "live");
+    tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
+    tree.path_device("nvme0", "nvme0c0n1");
+    tree.write("/etc/xensource/pool.conf", role);
+    let state = crate::sr_state::one_tcp_path(SR, VG, NQN, WWID, 1 << 30, 1 << 29);
+    crate::sr_state::save(&tree.host(), &state).unwrap();
+    tree
+}
+
+/// The member's LVM (activation) and `tap-ctl` (a tapdisk with qcow2),
+/// every command line recorded, LVM's `--config` left out.
+#[derive(Clone, Default)]
+struct MemberTools(Arc<Mutex<Vec<String>>>);
+
+impl Runner for MemberTools {
+    fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
+        Ok(Path::new("/usr/sbin").join(program.name()))
+    }
+
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        panic!("the member starts nothing for a swap: {command}")
+    }
+
+    fn run(&self, command: &Command) -> Result<Output, CmdError> {
+        let mut args = args_of(command);
+        if let Some(at) = args.iter().position(|a| a == "--config") {
+            args.drain(at..=at + 1);
+        }
+        self.0.lock().unwrap().push(format!("{} {}", command.program().name(), args.join(" ")).trim_end().to_owned());
+        let stdout = match command.program() {
+            Program::TapCtl if args.is_empty() => HELP_QCOW2,
+            Program::TapCtl | Program::Lvm => "",
+            other => panic!("the member runs no {} for a swap", other.name()),
+        };
+        Ok(Output { stdout: stdout.to_owned(), stderr: String::new() })
+    }
+}
+
+/// The member `xcp-2`: its plugin functions on its own tree and tools.
+struct Member {
+    tree: SysfsTree,
+    tools: MemberTools,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Backend for Member {
+    fn call_plugin(
+        &self,
+        host: &HostInfo,
+        plugin: &str,
+        function: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Result<String, Failure> {
+        assert_eq!((host.name_label.as_str(), plugin), ("xcp-2", "nvmetcp"));
+        self.asked.lock().unwrap().push(function.to_owned());
+        if function == pool_mappings::FUNCTION {
+            return pool_mappings::answer(&self.tree.host(), args).map_err(|e| Failure::new("NVMETCP_BAD_CALL", &[&e]));
+        }
+        let ctx = Context::fake(self.tree.host(), Box::new(self.tools.clone()));
+        match crate::chain_member::answer(&ctx, function, args) {
+            Some(Ok(text)) => Ok(text),
+            Some(Err((code, params))) => {
+                let params: Vec<&str> = params.iter().map(String::as_str).collect();
+                Err(Failure::new(code.as_str(), &params))
+            }
+            None => Err(Failure::new("NVMETCP_UNKNOWN_FUNCTION", &[function])),
+        }
+    }
+}
+
+/// The master `xcp-1` (this host, its VG in memory) and the member `xcp-2`.
+struct TwoHosts {
+    master: XapiHost,
+    master_tree: SysfsTree,
+    vg: Writer,
+    member: SysfsTree,
+    tools: MemberTools,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+/// [`FakeVg`] whose VG names the master as its metadata writer.
+#[derive(Clone)]
+struct Writer {
+    vg: Arc<FakeVg>,
+    master: String,
+}
+
+impl Runner for Writer {
+    fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
+        self.vg.resolve(program)
+    }
+
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        self.vg.start_detached(command)
+    }
+
+    fn run(&self, command: &Command) -> Result<Output, CmdError> {
+        let output = self.vg.run(command)?;
+        if command.program() == Program::Lvm && args_of(command).first().is_some_and(|a| a == "vgs") {
+            let tags = format!("nvmetcp.uuid={SR},nvmetcp.writer={},nvmetcp_sr", self.master);
+            return Ok(Output {
+                stdout: output.stdout.replace(r#""vg_tags":"""#, &format!(r#""vg_tags":"{tags}""#)),
+                ..output
+            });
+        }
+        Ok(output)
+    }
+}
+
+fn pool(vg: FakeVg) -> TwoHosts {
+    let member = attached_host("slave:10.0.0.1\n");
+    let tools = MemberTools::default();
+    let asked = Arc::new(Mutex::default());
+    let backend = Member { tree: member.clone(), tools: tools.clone(), asked: Arc::clone(&asked) };
+    let config = Config { hosts: vec!["xcp-1".into(), "xcp-2".into()], ..Config::default() };
+    let master_tree = attached_host("master\n");
+    master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID}\n"));
+    let master = XapiHost::serve(master_tree.host(), Emulator::new(config, backend), "xcp-1");
+    let vg = Writer { vg: Arc::new(vg), master: master.uuid.clone() };
+    TwoHosts { master, master_tree, vg, member, tools, asked }
+}
+
+impl TwoHosts {
+    /// `Volume.snapshot` of [`KEY`] on the master: the new volume, or the
+    /// error record's code and message.
+    fn snapshot(&self) -> Result<serde_json::Value, (String, String)> {
+        let ctx = Context::fake(self.master.root.clone(), Box::new(self.vg.clone()));
+        let body = format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}","key":"{KEY}"}}"#);
+        let params = Params::from_json(Method::lookup("Volume.snapshot").unwrap(), &body).unwrap();
+        crate::dispatch::dispatch(&ctx, PluginKind::Volume, &params).map_err(|f| {
+            let record = to_error_record(&f, "xcp-1");
+            (record.code, record.params.join(" "))
+        })
+    }
+
+    /// The member has [`KEY`]'s LV mapped (a VM uses it there).
+    fn mapped_on_member(&self) {
+        self.member.write("/sys/block/dm-0/dm/name", &format!("{}\n", dm_name(VG, KEY)));
+    }
+
+    /// The member's engine serves [`KEY`] (plain: its raw LV), with `access`.
+    fn served_on_member(&self, access: Access) {
+        self.mapped_on_member();
+        let leaf = Image::new(ImageFormat::Raw, format!("/dev/{VG}/{KEY}")).unwrap();
+        let disk =
+            OpenDisk { device: "/dev/xen/blktap-2/tapdev3".into(), leaf, handle: Handle::Tapdisk { pid: 7, minor: 3 } };
+        record_opened(&self.member.host(), SR, KEY, &disk, access).unwrap();
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+
+    fn member_ran(&self) -> Vec<String> {
+        self.tools.0.lock().unwrap().clone()
+    }
+}
+
+fn plain() -> FakeVg {
+    FakeVg::with_volumes(&[KEY])
+}
+
+/// Issue 18: the master's snapshot of a plain volume a member's engine
+/// serves goes through that member (`ServedOn`, `chain_swap`): asked
+/// whether it serves it, then to switch; the member activates the new leaf,
+/// pauses the disk, resumes it on the new leaf, then reloads the old one
+/// read-only; the SR's chain says the volume writes its new qcow2 leaf on
+/// the raw node the snapshot keeps.
+#[test]
+fn a_plain_volume_a_members_engine_serves_is_snapshotted_through_that_member() {
+    let pool = pool(plain());
+    pool.served_on_member(Access::ReadWrite);
+    let snapshot = pool.snapshot().unwrap();
+    let snap_key = format!("vol-{UUID}");
+    let leaf = format!("node-{UUID}");
+    assert_eq!(snapshot["key"], snap_key.as_str(), "{snapshot}");
+    assert_eq!(pool.asked(), ["volume_mapped", "chain_serving", "chain_serving", "chain_swap"]);
+    let ran = pool.member_ran();
+    let at = |start: &str| ran.iter().position(|c| c.starts_with(start)).unwrap_or_else(|| panic!("{start}: {ran:?}"));
+    let activated = at(&format!("lvm lvchange -ay {VG}/{leaf}"));
+    let (paused, resumed) = (at("tap-ctl pause -p 7 -m 3"), at("tap-ctl unpause -p 7 -m 3"));
+    assert!(activated < paused && paused < resumed, "activate, pause, then switch: {ran:?}");
+    assert_eq!(ran[resumed], format!("tap-ctl unpause -p 7 -m 3 -a qcow2:/dev/{VG}/{leaf}"));
+    assert!(ran[resumed + 1..].iter().any(|c| c.contains(&format!("-ay {VG}/{KEY}"))), "old leaf reloaded: {ran:?}");
+    // The member's handle names the new leaf; the SR's chain agrees.
+    let served = open_here(&pool.member.host(), SR, KEY).unwrap();
+    assert_eq!(served.leaf.path_str(), format!("/dev/{VG}/{leaf}"));
+    let shape = pool.vg.vg.shape();
+    let has = |lv: &str, tag: &str| shape[lv].iter().any(|t| t == tag);
+    assert!(has(KEY, "nf=raw") && has(KEY, &format!("nn={leaf}")), "{shape:?}");
+    assert!(has(&leaf, "nf=qcow2") && has(&leaf, &format!("np={KEY}")), "{shape:?}");
+    assert!(has(&snap_key, &format!("nn={KEY}")), "the snapshot holds the raw node: {shape:?}");
+    assert!(shape.values().flatten().all(|t| !t.starts_with("nj=")), "a journal is left: {shape:?}");
+}
+
+/// Issue 18: a member that hands the volume to its VM through blkback is
+/// refused, naming the host, both reasons and `nvmetcp doctor` there; the
+/// member is never asked to switch and nothing is created.
+#[test]
+fn a_plain_volume_a_member_hands_to_blkback_is_refused_naming_the_host() {
+    let pool = pool(plain());
+    pool.mapped_on_member();
+    let before = pool.vg.vg.shape();
+    let (code, message) = pool.snapshot().unwrap_err();
+    assert_eq!(code, "NVMETCP_SNAPSHOT_REFUSED", "{message}");
+    for said in
+        ["on host(s) xcp-2", "blkback", "no qcow2 driver", "datapath = blkback", "`nvmetcp doctor` on that host"]
+    {
+        assert!(message.contains(said), "{said:?} missing: {message}");
+    }
+    assert_eq!(pool.asked(), ["volume_mapped", "chain_serving"]);
+    assert!(pool.member_ran().is_empty(), "{:?}", pool.member_ran());
+    assert_eq!(pool.vg.vg.shape(), before);
+}
+
+/// Issue 18: a volume a member's engine serves read-only (a snapshot volume
+/// attached for XO's export) is never swapped onto a writable leaf:
+/// `chain_swap` refuses it, the disk is never paused, and the master undoes
+/// the snapshot and says why.
+#[test]
+fn a_volume_a_member_serves_read_only_is_refused_by_its_chain_swap() {
+    let pool = pool(plain());
+    pool.served_on_member(Access::ReadOnly);
+    let before = pool.vg.vg.shape();
+    let (code, message) = pool.snapshot().unwrap_err();
+    assert_eq!(code, "NVMETCP_SNAPSHOT_REFUSED", "{message}");
+    assert!(message.contains("host xcp-2") && message.contains("attached read-only"), "{message}");
+    assert!(message.contains("detach it first"), "{message}");
+    assert_eq!(pool.asked().last().map(String::as_str), Some("chain_swap"));
+    assert!(pool.member_ran().iter().all(|c| !c.starts_with("tap-ctl")), "{:?}", pool.member_ran());
+    assert_eq!(pool.vg.vg.shape(), before, "the snapshot is undone");
+    assert_eq!(open_here(&pool.member.host(), SR, KEY).unwrap().leaf.path_str(), format!("/dev/{VG}/{KEY}"));
+}
+
+/// `376a09d`: a layered volume no host's engine serves is checked in use
+/// before it is snapshotted at rest: active on a member, it is refused
+/// naming that host; active nowhere, it is snapshotted at rest.
+#[test]
+fn a_layered_volume_no_engine_serves_is_snapshotted_at_rest_only_when_in_use_nowhere() {
+    let layered = || {
+        let pool = pool(plain());
+        pool.snapshot().unwrap();
+        pool.master_tree.write("/proc/sys/kernel/random/uuid", "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e13\n");
+        pool
+    };
+    let pool = layered();
+    pool.mapped_on_member();
+    let before = pool.vg.vg.shape();
+    pool.asked.lock().unwrap().clear();
+    let (code, message) = pool.snapshot().unwrap_err();
+    assert_eq!(code, "NVMETCP_SNAPSHOT_REFUSED", "{message}");
+    assert!(message.contains("on host(s) xcp-2"), "{message}");
+    assert_eq!(pool.asked(), ["chain_serving", "volume_mapped", "chain_serving"]);
+    assert_eq!(pool.vg.vg.shape(), before, "nothing is created");
+
+    let pool = layered();
+    pool.asked.lock().unwrap().clear();
+    let snapshot = pool.snapshot().unwrap();
+    assert_eq!(snapshot["key"], "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e13", "{snapshot}");
+    assert!(!pool.asked().contains(&"chain_swap".to_owned()), "at rest: {:?}", pool.asked());
+    assert!(pool.member_ran().is_empty(), "{:?}", pool.member_ran());
+}
