@@ -11,7 +11,9 @@
 //! The `links-*` scenarios drive the same model through the plugin's method
 //! links, as xapi-storage-script calls them: `SR.attach` replaying the
 //! journal of a plugin SIGKILLed mid-snapshot, a snapshotted volume served
-//! by the engine (`vbd3`) snapshotted again under `fio --verify`.
+//! by the engine (`vbd3`) snapshotted again under `fio --verify`, and the
+//! snapshot's five `Volume.set`, revert, reset-on-boot and ten snapshots
+//! destroyed back to one node by the collector.
 //!
 //! Same two-role design as `nvmet_fabric.rs`: on the host this binary boots
 //! one guest with the scenarios; in the guest they call it back with
@@ -316,6 +318,9 @@ new_volume() { # NAME -> key; 16 MiB
     json "$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"$1\",\"description\":\"d\",\"size\":16777216,\"sharable\":false}")" 'v["key"]'
 }
 snapshot() { json "$(expect_ok Volume.snapshot "{\"dbg\":\"sn\",$sr,\"key\":\"$1\"}")" 'v["key"]'; }
+clone() { json "$(expect_ok Volume.clone "{\"dbg\":\"cl\",$sr,\"key\":\"$1\"}")" 'v["key"]'; }
+set_key() { expect_ok Volume.set "{\"dbg\":\"s\",$sr,\"key\":\"$1\",\"k\":\"$2\",\"v\":\"$3\"}" >/dev/null; }
+stat_of() { expect_ok Volume.stat "{\"dbg\":\"st\",$sr,\"key\":\"$1\"}"; }
 destroy() { expect_ok Volume.destroy "{\"dbg\":\"d\",$sr,\"key\":\"$1\"}" >/dev/null; }
 ls_keys() { json "$(expect_ok SR.ls "{\"dbg\":\"l\",$sr}")" '" ".join(sorted(x["key"] for x in v))'; }
 dp() { echo "\"uri\":\"nvmetcp://$SR/$1\",\"domain\":\"3\""; }
@@ -367,6 +372,7 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
     vec![
         Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(1200),
         Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(900),
+        Scenario::script("links-snapshot-clone-collect", &links('d', LINKS_SNAPSHOT_CLONE_COLLECT)).timeout_secs(1200),
         Scenario::script(
             "engine-swap-under-io",
             &script(
@@ -747,4 +753,95 @@ vgchange -q -ay "$vg" >&2
 shrunk_to "$old_leaf" "$full" "at rest" "$s3"
 vgchange -q -an "$vg" >/dev/null 2>&1 || true
 [ "$(read_sum "$s3")" = "$served" ] || tb_fail "the snapshot taken at rest does not hold the disk's data"
+# (Collection back to one node: links-snapshot-clone-collect.)
+"#;
+
+/// `xe vdi-snapshot` (the snapshot and xapi's five `Volume.set`), revert,
+/// reset-on-boot, then successive snapshots destroyed and collected back to
+/// one node, all through the method links. Small on purpose (16 MiB disk,
+/// 1 MiB writes, the VG activated once per comparison): every plugin call
+/// costs several LVM calls under TCG. Each step is timed.
+const LINKS_SNAPSHOT_CLONE_COLLECT: &str = r#"
+step() { tb_log "step: $*"; }
+# Writes to several volumes with the VG active once: VOLUME PATTERN OFFSET_MIB ...
+write_vols() {
+    vgchange -q -ay "$vg" >&2
+    while [ $# -ge 3 ]; do write_volume "$1" "$2" "$3"; shift 3; done
+    vgchange -q -an "$vg" >/dev/null 2>&1 || true
+}
+step "SR up"
+sr_up links
+a=$(new_volume "vm disk")
+set_key "$a" vdi-type user
+# The disk's data written on its LV directly (a VM's writes, without the VM).
+lvchange -q -ay "$vg/$a" && dd if=/dev/urandom of="/dev/$vg/$a" bs=1M count=16 oflag=direct status=none
+a0=$(sum "/dev/$vg/$a")
+lvchange -q -an "$vg/$a"
+
+step "xe vdi-snapshot: Volume.snapshot, then xapi's five Volume.set"
+s1=$(snapshot "$a")
+for kv in "snapshot_time 20261201T23:40:00Z" "is_a_snapshot true" "snapshot_of $a" "content_id c-1" "vdi-type user"; do
+    set_key "$s1" $kv
+done
+step "the snapshot's and the disk's keys"
+st=$(stat_of "$s1")
+[ "$(json "$st" 'v["keys"].get("is_a_snapshot")')" = true ] && [ "$(json "$st" 'v["keys"].get("snapshot_of")')" = "$a" ] ||
+    tb_fail "the snapshot's keys did not stick: $st"
+[ "$(json "$st" 'v["virtual_size"]')" = 16777216 ] || tb_fail "the snapshot's virtual size: $st"
+st=$(stat_of "$a")
+[ "$(json "$st" 'v["keys"].get("vdi-type")')" = user ] || tb_fail "the disk lost its keys: $st"
+[ "$(json "$st" 'v["keys"].get("_sm_config_image-format")')" = qcow2 ] || tb_fail "the disk does not say it is qcow2: $st"
+[ "$(ls_keys)" = "$(printf '%s\n' "$a" "$s1" | sort | tr '\n' ' ' | sed 's/ $//')" ] || tb_fail "SR.ls: $(ls_keys)"
+step "the disk written after the snapshot"
+write_vols "$a" 0x11 1
+read -r a1 s1sum < <(read_sums "$a" "$s1")
+[ "$a1" != "$a0" ] || tb_fail "the write did not reach the disk"
+[ "$s1sum" = "$a0" ] || tb_fail "the snapshot does not hold the snapshot point (or a later write reached it)"
+
+step "revert (xapi clones the snapshot) and reset-on-boot (a clone at VM start)"
+r=$(clone "$s1")
+t=$(clone "$a")
+set_key "$a" clone-on-boot "$t"
+read -r rsum tsum < <(read_sums "$r" "$t")
+[ "$rsum" = "$a0" ] || tb_fail "the reverted disk does not hold the snapshot point"
+[ "$tsum" = "$a1" ] || tb_fail "the reset-on-boot clone does not hold the disk's data"
+write_vols "$r" 0x22 2 "$t" 0x33 3
+read -r s1sum tsum asum < <(read_sums "$s1" "$t" "$a")
+[ "$s1sum" = "$a0" ] || tb_fail "a write to the reverted disk reached the snapshot"
+[ "$tsum" != "$a1" ] || tb_fail "the write did not reach the reset-on-boot clone"
+[ "$asum" = "$a1" ] || tb_fail "the reset-on-boot clone's writes reached the disk"
+step "the reset-on-boot clone and the reverted disk destroyed (at shutdown)"
+destroy "$t"
+expect_ok Volume.unset "{\"dbg\":\"u\",$sr,\"key\":\"$a\",\"k\":\"clone-on-boot\"}" >/dev/null
+destroy "$r"
+
+step "nine more snapshots (ten in all), the disk written after each"
+snaps="$s1"
+for i in $(seq 2 10); do
+    [ "$i" != 5 ] || s5sum=$(read_sums "$a")
+    snaps="$snaps $(snapshot "$a")"
+    write_vols "$a" "0x$((40 + i))" "$((i % 16))"
+done
+set -- $snaps
+s5=$5
+read -r now expected < <(read_sums "$s5" "$a")
+[ "$now" = "$s5sum" ] || tb_fail "the fifth snapshot does not hold its snapshot point (or a later write reached it)"
+tb_log "the disk is $(depth_of "$a") nodes deep, $(lv_count) LVs"
+[ "$(depth_of "$a")" = 11 ] || tb_fail "ten snapshots did not make the chain eleven deep"
+step "the ten snapshots destroyed, the fifth referenced to the end"
+for s in $snaps; do [ "$s" = "$s5" ] || destroy "$s"; done
+[ "$(read_sums "$s5")" = "$s5sum" ] || tb_fail "the collector changed a snapshot still referenced"
+[ "$(read_sums "$a")" = "$expected" ] || tb_fail "the collector changed the disk's data"
+destroy "$s5"
+step "collected to one node"
+no_journal || tb_fail "a journal entry was left"
+[ "$(depth_of "$a")" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "the chain was not collected to one node"; }
+[ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "LVs were left after the collection"; }
+[ "$(ls_keys)" = "$a" ] || tb_fail "SR.ls after the collection: $(ls_keys)"
+[ "$(json "$(stat_of "$a")" 'v["keys"].get("vdi-type")')" = user ] || tb_fail "the disk lost its keys in the collection"
+# One node again, its own raw LV: blkback serves it with the data intact.
+path=$(plug "$a")
+[ "$(sum "$path")" = "$expected" ] || tb_fail "the collected disk does not hold its data"
+unplug "$a"
+step "done"
 "#;
