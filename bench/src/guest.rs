@@ -71,6 +71,17 @@ pub fn count_lvm(plugin: &Path, method: &str, params: &str) -> Result<usize, Str
     Ok(reply.stderr.lines().filter(|l| l.contains("running") && l.contains("command=lvm")).count())
 }
 
+/// The one LVM read an `SR.attach` makes, as the plugin makes it
+/// (`sm_driver::lvm::Lvm::vgs_and_lvs` on `device`, read-only): the number
+/// of VGs it found. Timed by the scenario around this step, so the floor
+/// follows the plugin's report if that ever changes.
+pub fn lvm_report(device: &Path) -> Result<usize, String> {
+    let runner = sm_driver::cmd::SystemRunner::new();
+    let lvm = sm_driver::lvm::Lvm::new(&runner, device, false).map_err(|e| e.to_string())?;
+    let (vgs, _) = lvm.vgs_and_lvs().map_err(|e| e.to_string())?;
+    Ok(vgs.len())
+}
+
 /// The peak resident memory of one call, in KiB: this process runs nothing
 /// else, so its children's peak is the call's.
 pub fn rss(plugin: &Path, method: &str, params: &str) -> Result<i64, String> {

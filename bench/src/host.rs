@@ -120,14 +120,10 @@ for _ in $(seq "$REPEAT"); do
     wait
     t5=$EPOCHREALTIME
     # The one LVM read an attach must make (the namespace holds this SR),
-    # as the plugin runs it (its debug log, printed by count-lvm below).
+    # made by the plugin's own code (sm_driver::lvm) on the head.
     head=$(tb_head "$nqn")
-    filter="[ \"a|^$head\$|\", \"r|.*|\" ]"
     t6=$EPOCHREALTIME
-    lvm fullreport --config "devices { filter = $filter global_filter = $filter }" --reportformat json \
-        --units b --nosuffix --configreport vg -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags \
-        --configreport lv -o lv_name,vg_name,lv_size,lv_tags,lv_active --configreport pv -S pv_name="" \
-        --configreport pvseg -S 'pvseg_start<0' --configreport seg -S 'seg_start<0' >/dev/null
+    "$B" lvm-report "$head" >/dev/null
     t7=$EPOCHREALTIME
     nvme disconnect -n "$nqn" >/dev/null; no_paths "$nqn"
     echo "$(ms "$t0" "$t1") $(ms "$t2" "$t3") $(ms "$t4" "$t5") $(ms "$t6" "$t7")" >>"$SCENARIO_OUT/attach.txt"

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             }
             ["call", method, params] => guest::call(&plugin(), method, params),
             ["count-lvm", method, params] => guest::count_lvm(&plugin(), method, params).map(|c| serde_json::json!(c)),
+            ["lvm-report", device] => guest::lvm_report(device.as_ref()).map(|n| serde_json::json!(n)),
             ["rss", method, params] => guest::rss(&plugin(), method, params).map(|k| serde_json::json!(k)),
             ["io-stall", device, seconds] => guest::io_stall(device.as_ref(), seconds.parse().unwrap_or(5.0)),
             _ => Err(format!("unknown guest step {args:?}")),
