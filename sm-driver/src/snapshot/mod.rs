@@ -37,6 +37,8 @@
 //! that has it open: on another host, through its host plugin.
 
 pub mod calls;
+#[cfg(test)]
+pub(crate) mod fake_vg;
 pub mod graph;
 pub mod journal;
 pub mod ops;

@@ -657,4 +657,4 @@ const fn step_rank(step: Step) -> u8 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -135,3 +135,6 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
     let lv = existing_in(&lvs, &state, &created)?;
     Ok(view.describe(record(&state, &lv), &lv))
 }
+
+#[cfg(test)]
+mod tests;

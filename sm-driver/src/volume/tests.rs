@@ -12,14 +12,14 @@ use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::params::Params;
 use crate::sr_state;
 
-const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+pub(super) const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 const NQN: &str = "nqn.2024-01.io.example:array";
 const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
-const VG: &str = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11";
-const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+pub(super) const VG: &str = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11";
+pub(super) const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
 /// An attached SR with one live path, on the pool master.
-fn attached_sr() -> SysfsTree {
+pub(super) fn attached_sr() -> SysfsTree {
     attached_sr_with_path("live")
 }
 

@@ -1,246 +1,24 @@
-//! The chain operations in process, on a VG held in memory ([`FakeVg`]: LVM
-//! and `qemu-img` as the argv `Lvm` and `QemuImg` build asks them, answered
-//! from its own state): a snapshot or clone failing at each of its commands,
-//! or killed at each of its steps, is undone or finished by replay, never
-//! left half-done; the old leaf shrinks to its image end and grows back
+//! The chain operations in process, on a VG held in memory
+//! ([`crate::snapshot::fake_vg`]): a snapshot or clone failing at each of
+//! its commands, or killed at each of its steps, is undone or finished by
+//! replay, never left half-done; the old leaf shrinks to its image end and grows back
 //! before a merge writes into it.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use super::*;
-use crate::cmd::{args_of, CmdError, Command, Output, Program, Runner};
 use crate::ids::VgName;
 use crate::snapshot::calls::ChainView;
+use crate::snapshot::fake_vg::{FakeVg, EXTENT, MIB, VG_SIZE};
 
 const VG: &str = "vgx";
 const TAG: &str = "nvmetcp_vol";
-const MIB: u64 = 1 << 20;
-const EXTENT: u64 = 4 * MIB;
-const VG_SIZE: u64 = 1024 * MIB;
-/// Where a fresh qcow2 header ends.
-const HEADER_END: u64 = 320 << 10;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FakeLv {
-    size: u64,
-    tags: Vec<String>,
-    active: bool,
-}
-
-#[derive(Default)]
-struct State {
-    lvs: BTreeMap<String, FakeLv>,
-    /// Where each qcow2 image ends, by LV.
-    ends: BTreeMap<String, u64>,
-    /// Every command line, without LVM's `--config`.
-    log: Vec<String>,
-    /// The command (0-based, counted in `log`) that fails.
-    fail_at: Option<usize>,
-}
-
-/// LVM and `qemu-img` on one VG in memory.
-#[derive(Default)]
-pub(crate) struct FakeVg(Mutex<State>);
-
-fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
-}
-
-fn bytes(size: &str) -> u64 {
-    size.trim_end_matches('b').parse().unwrap()
-}
-
-fn lv_of(path: &str) -> String {
-    path.rsplit('/').next().unwrap().to_owned()
-}
-
-impl State {
-    fn used(&self) -> u64 {
-        self.lvs.values().map(|l| l.size).sum()
-    }
-
-    fn operands(args: &[String]) -> Vec<String> {
-        args.iter().filter_map(|a| a.strip_prefix(&format!("{VG}/")).map(str::to_owned)).collect()
-    }
-
-    fn lvm(&mut self, args: &[String]) -> Result<String, String> {
-        let up = |b: u64| b.div_ceil(EXTENT) * EXTENT;
-        match args[0].as_str() {
-            "vgs" => Ok(format!(
-                r#"{{"report": [{{"vg": [{{"vg_name":"{VG}", "vg_uuid":"u", "vg_size":"{VG_SIZE}", "vg_free":"{}", "vg_extent_size":"{EXTENT}", "vg_tags":""}}]}}]}}"#,
-                VG_SIZE - self.used()
-            )),
-            "lvs" => {
-                let only =
-                    value(args, "--select").map(|s| s.trim_start_matches("lv_name=").trim_matches('"').to_owned());
-                let rows: Vec<String> = self
-                    .lvs
-                    .iter()
-                    .filter(|(name, _)| only.as_ref().is_none_or(|o| o == *name))
-                    .map(|(name, lv)| {
-                        format!(
-                            r#"{{"lv_name":"{name}", "vg_name":"{VG}", "lv_size":"{}", "lv_tags":"{}", "lv_active":"{}"}}"#,
-                            lv.size,
-                            lv.tags.join(","),
-                            if lv.active { "active" } else { "" }
-                        )
-                    })
-                    .collect();
-                Ok(format!(r#"{{"report": [{{"lv": [{}]}}]}}"#, rows.join(",")))
-            }
-            "lvcreate" => {
-                let name = value(args, "-n").unwrap().to_owned();
-                if self.lvs.contains_key(&name) {
-                    return Err(format!("{name} exists"));
-                }
-                let tags = args.windows(2).filter(|w| w[0] == "--addtag").map(|w| w[1].clone()).collect();
-                self.lvs.insert(name, FakeLv { size: up(bytes(value(args, "-L").unwrap())), tags, active: false });
-                Ok(String::new())
-            }
-            "lvchange" => {
-                for name in Self::operands(args) {
-                    let lv = self.lvs.get_mut(&name).ok_or(format!("no LV {name}"))?;
-                    if args.iter().any(|a| a == "-ay") {
-                        lv.active = true;
-                    }
-                    if args.iter().any(|a| a == "-an") {
-                        lv.active = false;
-                    }
-                    for pair in args.windows(2) {
-                        match pair[0].as_str() {
-                            "--deltag" => lv.tags.retain(|t| *t != pair[1]),
-                            "--addtag" if !lv.tags.contains(&pair[1]) => lv.tags.push(pair[1].clone()),
-                            _ => {}
-                        }
-                    }
-                }
-                Ok(String::new())
-            }
-            "lvremove" => {
-                for name in Self::operands(args) {
-                    self.lvs.remove(&name).ok_or(format!("no LV {name}"))?;
-                    self.ends.remove(&name);
-                }
-                Ok(String::new())
-            }
-            "lvreduce" | "lvextend" => {
-                let size = up(bytes(value(args, "-L").unwrap()));
-                for name in Self::operands(args) {
-                    let lv = self.lvs.get_mut(&name).ok_or(format!("no LV {name}"))?;
-                    let grows = size > lv.size;
-                    if grows != (args[0] == "lvextend") {
-                        return Err(format!("{} of {name} from {} to {size}", args[0], lv.size));
-                    }
-                    lv.size = size;
-                }
-                Ok(String::new())
-            }
-            other => Err(format!("lvm {other} is not faked")),
-        }
-    }
-
-    fn qemu_img(&mut self, args: &[String]) -> Result<String, String> {
-        let image = args.last().cloned().unwrap_or_default();
-        match args[0].as_str() {
-            "measure" => {
-                let size = bytes(value(args, "--size").unwrap());
-                Ok(format!(r#"{{"required": 327680, "fully-allocated": {}}}"#, size + size / 64 + MIB))
-            }
-            "create" => {
-                let child = lv_of(&args[args.len() - 2]);
-                self.ends.insert(child, HEADER_END);
-                Ok(String::new())
-            }
-            "check" => {
-                let end = self.ends.get(&lv_of(&image)).ok_or(format!("{image} is no qcow2"))?;
-                Ok(format!(r#"{{"image-end-offset": {end}, "check-errors": 0}}"#))
-            }
-            "commit" | "rebase" => Ok(String::new()),
-            other => Err(format!("qemu-img {other} is not faked")),
-        }
-    }
-}
-
-impl FakeVg {
-    /// A VG holding `names`, plain volumes of 64 MiB from before snapshots.
-    pub(crate) fn with_volumes(names: &[&str]) -> Self {
-        let fake = Self::default();
-        for name in names {
-            let lv = FakeLv { size: 64 * MIB, tags: vec![TAG.to_owned(), format!("u={name}")], active: false };
-            fake.state().lvs.insert((*name).to_owned(), lv);
-        }
-        fake
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Every LV and its tags (sorted): what replay must restore or finish.
-    pub(crate) fn shape(&self) -> BTreeMap<String, Vec<String>> {
-        let state = self.state();
-        let sorted = |tags: &[String]| {
-            let mut tags = tags.to_vec();
-            tags.sort();
-            tags
-        };
-        state.lvs.iter().map(|(name, lv)| (name.clone(), sorted(&lv.tags))).collect()
-    }
-
-    fn size(&self, lv: &str) -> u64 {
-        self.state().lvs[lv].size
-    }
-
-    fn journalled(&self) -> bool {
-        self.state().lvs.values().any(|lv| lv.tags.iter().any(|t| t.starts_with("nj=")))
-    }
-
-    fn commands(&self) -> usize {
-        self.state().log.len()
-    }
-
-    fn ran(&self, from: usize, start: &str) -> Vec<String> {
-        self.state().log[from..].iter().filter(|l| l.starts_with(start)).cloned().collect()
-    }
-}
-
-impl Runner for FakeVg {
-    fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
-        Ok(Path::new("/usr/sbin").join(program.name()))
-    }
-
-    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
-        panic!("nothing is started in the background here: {command}")
-    }
-
-    fn run(&self, command: &Command) -> Result<Output, CmdError> {
-        let mut args = args_of(command);
-        if let Some(at) = args.iter().position(|a| a == "--config") {
-            args.drain(at..=at + 1);
-        }
-        let line = format!("{} {}", command.program().name(), args.join(" "));
-        let mut state = self.state();
-        state.log.push(line.clone());
-        let failed = |why: String| CmdError::Failed {
-            command: line.clone(),
-            status: "exit status 5".to_owned(),
-            code: Some(5),
-            stdout: String::new(),
-            stderr: why,
-        };
-        if state.fail_at == Some(state.log.len() - 1) {
-            return Err(failed("injected failure".to_owned()));
-        }
-        let answer = match command.program() {
-            Program::Lvm => state.lvm(&args),
-            Program::QemuImg => state.qemu_img(&args),
-            other => Err(format!("{} is not faked", other.name())),
-        };
-        answer.map(|stdout| Output { stdout, stderr: String::new() }).map_err(failed)
-    }
+/// `vgx` holding `names`, plain volumes of 64 MiB from before snapshots.
+fn with_volumes(names: &[&str]) -> FakeVg {
+    FakeVg::named(VG, &[]).with_volumes(TAG, names)
 }
 
 /// Kills (panics) at one named step.
@@ -275,7 +53,7 @@ fn replay(fake: &FakeVg) -> usize {
 /// `node-1`, the snapshot `vol-1` on the raw node; `node-1` has data up to
 /// 9 MiB + 1 byte.
 fn after_one_snapshot() -> FakeVg {
-    let fake = FakeVg::with_volumes(&["vol-a"]);
+    let fake = with_volumes(&["vol-a"]);
     snapshot(&fake, "1", false).unwrap();
     fake.state().ends.insert("node-1".to_owned(), 9 * MIB + 1);
     fake
@@ -421,7 +199,7 @@ fn the_old_leaf_shrinks_to_its_image_end_in_whole_extents_and_a_raw_node_never()
     let fake = after_one_snapshot();
     let full = fake.size("node-1");
     assert_eq!(fake.size("vol-a"), 64 * MIB, "the raw node keeps its size");
-    let free_before = VG_SIZE - fake.state().used();
+    let free_before = VG_SIZE - fake.used();
     let start = fake.commands();
     snapshot(&fake, "2", false).unwrap();
     // 9 MiB + 1 byte of image: three extents of 4 MiB.
@@ -431,7 +209,7 @@ fn the_old_leaf_shrinks_to_its_image_end_in_whole_extents_and_a_raw_node_never()
     assert_eq!(fake.size("node-2"), full, "the new leaf is sized for a fully allocated image");
     assert_eq!(fake.size("vol-a"), 64 * MIB);
     // The SR's free space (SR.stat reads the VG's) gets the difference back.
-    let free_after = VG_SIZE - fake.state().used();
+    let free_after = VG_SIZE - fake.used();
     assert_eq!(free_after + full + EXTENT, free_before + (full - 12 * MIB));
     // The snapshot's record counts what it occupies: its own LV and the shrunk node.
     let lvs = on(&fake, &NoFaults, |c| c.lvs()).unwrap();

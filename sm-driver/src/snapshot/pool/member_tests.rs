@@ -23,7 +23,7 @@ use crate::nvme::sysfs::fixture::SysfsTree;
 use crate::pool_mappings::{self, dm_name};
 use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::params::Params;
-use crate::snapshot::ops::tests::FakeVg;
+use crate::snapshot::fake_vg::FakeVg;
 use crate::snapshot::served::{open_here, record_opened};
 use crate::xapi_fixture::XapiHost;
 
@@ -141,7 +141,8 @@ impl Runner for Writer {
 
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         let output = self.vg.run(command)?;
-        if command.program() == Program::Lvm && args_of(command).first().is_some_and(|a| a == "vgs") {
+        let report = |a: &String| a == "vgs" || a == "fullreport";
+        if command.program() == Program::Lvm && args_of(command).first().is_some_and(report) {
             let tags = format!("nvmetcp.uuid={SR},nvmetcp.writer={},nvmetcp_sr", self.master);
             return Ok(Output {
                 stdout: output.stdout.replace(r#""vg_tags":"""#, &format!(r#""vg_tags":"{tags}""#)),
@@ -202,7 +203,7 @@ impl TwoHosts {
 }
 
 fn plain() -> FakeVg {
-    FakeVg::with_volumes(&[KEY])
+    FakeVg::named(VG, &[]).with_volumes(crate::volume::meta::VOLUME_TAG, &[KEY])
 }
 
 /// Issue 18: the master's snapshot of a plain volume a member's engine
