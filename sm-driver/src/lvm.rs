@@ -441,21 +441,39 @@ impl<'a> Lvm<'a> {
         Ok(())
     }
 
-    /// Activates (`true`) or deactivates every LV of `lvs` in `vg` with one
-    /// `lvchange` (and one refresh): a snapshot chain's nodes at once, not
-    /// one command per node. Nothing to do for an empty list.
+    /// Activates every LV of `lvs` in `vg` on this host, as `now` (a
+    /// report of the VG just read) has them: one `lvchange -ay` for those
+    /// not active here, which loads their current metadata, and one
+    /// `--refresh` for those active already, whose mapping may predate a
+    /// change the master made since (a resize, a shrink, a merge). An LV
+    /// `now` lacks (created since, inactive) is activated. A snapshot
+    /// chain's nodes at once, not one command per node; nothing to do for
+    /// an empty list.
     ///
     /// # Errors
     /// [`LvmError`] if a name is unsafe or `lvchange` fails.
-    pub fn lvs_activate(&self, vg: &VgName, lvs: &[LvName], active: bool) -> Result<(), LvmError> {
+    pub fn lvs_activate(&self, vg: &VgName, lvs: &[LvName], now: &[Lv]) -> Result<(), LvmError> {
+        let (active, inactive): (Vec<LvName>, Vec<LvName>) =
+            lvs.iter().cloned().partition(|lv| now.iter().any(|l| l.name == *lv && l.vg == *vg && l.active));
+        if !inactive.is_empty() {
+            self.runner.run(&self.command("lvchange").arg("-ay").args(qualified(vg, &inactive)))?;
+        }
+        if !active.is_empty() {
+            self.runner.run(&self.command("lvchange").arg("--refresh").args(qualified(vg, &active)))?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates every LV of `lvs` in `vg` on this host with one
+    /// `lvchange -an`; nothing to do for an empty list.
+    ///
+    /// # Errors
+    /// [`LvmError`] if a name is unsafe or `lvchange` fails.
+    pub fn lvs_deactivate(&self, vg: &VgName, lvs: &[LvName]) -> Result<(), LvmError> {
         if lvs.is_empty() {
             return Ok(());
         }
-        let names = qualified(vg, lvs);
-        self.runner.run(&self.command("lvchange").arg(if active { "-ay" } else { "-an" }).args(names.clone()))?;
-        if active {
-            self.runner.run(&self.command("lvchange").arg("--refresh").args(names))?;
-        }
+        self.runner.run(&self.command("lvchange").arg("-an").args(qualified(vg, lvs)))?;
         Ok(())
     }
 
@@ -628,7 +646,7 @@ impl LvRow {
 mod tests {
     use std::path::Path;
 
-    use super::{parse_report, LvName, Lvm, LvmError, VgRow};
+    use super::{parse_report, Lv, LvName, Lvm, LvmError, VgRow};
     use crate::cmd::FakeRunner;
 
     fn fixture(name: &str) -> String {
@@ -703,23 +721,34 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_is_activated_with_one_lvchange_and_one_refresh() {
-        let runner = FakeRunner::new().then_stdout("").then_stdout("").then_stdout("");
+    fn a_chain_is_activated_with_one_lvchange_and_only_what_was_active_is_refreshed() {
+        let runner = FakeRunner::new().then_stdout("").then_stdout("").then_stdout("").then_stdout("");
         let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
-        let chain: [LvName; 2] = ["node-b".into(), "vol-a".into()];
+        let chain: [LvName; 3] = ["node-b".into(), "node-c".into(), "vol-a".into()];
         let vg = "vg1".into();
-        lvm.lvs_activate(&vg, &chain, true).unwrap();
-        lvm.lvs_activate(&vg, &chain, false).unwrap();
-        lvm.lvs_activate(&vg, &[], false).unwrap();
+        let lv = |name: &str, active: bool| Lv {
+            name: name.into(),
+            vg: "vg1".into(),
+            size: 4 << 20,
+            tags: Vec::new(),
+            active,
+        };
+        // node-b is not in the report (just created): inactive.
+        lvm.lvs_activate(&vg, &chain, &[lv("node-c", false), lv("vol-a", false)]).unwrap();
+        lvm.lvs_activate(&vg, &chain[1..], &[lv("node-c", true), lv("vol-a", false)]).unwrap();
+        lvm.lvs_deactivate(&vg, &chain).unwrap();
+        lvm.lvs_activate(&vg, &[], &[]).unwrap();
+        lvm.lvs_deactivate(&vg, &[]).unwrap();
         let shown: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
-        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert_eq!(shown.len(), 4, "{shown:?}");
         assert!(
-            shown[0].starts_with("lvm lvchange") && shown[0].ends_with(" -ay vg1/node-b vg1/vol-a"),
+            shown[0].starts_with("lvm lvchange") && shown[0].ends_with(" -ay vg1/node-b vg1/node-c vg1/vol-a"),
             "{}",
             shown[0]
         );
-        assert!(shown[1].ends_with(" --refresh vg1/node-b vg1/vol-a"), "{}", shown[1]);
-        assert!(shown[2].ends_with(" -an vg1/node-b vg1/vol-a"), "{}", shown[2]);
+        assert!(shown[1].ends_with(" -ay vg1/vol-a"), "{}", shown[1]);
+        assert!(shown[2].ends_with(" --refresh vg1/node-c"), "{}", shown[2]);
+        assert!(shown[3].ends_with(" -an vg1/node-b vg1/node-c vg1/vol-a"), "{}", shown[3]);
         assert!("a b".parse::<LvName>().is_err(), "names are checked by their one parser");
     }
 

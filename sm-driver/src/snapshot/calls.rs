@@ -235,7 +235,7 @@ impl Sr<'_> {
             .filter(|lv| lv.active && is_layered(lv) && !busy.contains(lv.name.as_str()))
             .map(|lv| lv.name)
             .collect();
-        Ok(self.lvm.lvs_activate(vg, &idle, false)?)
+        Ok(self.lvm.lvs_deactivate(vg, &idle)?)
     }
 
     /// The LVs of chains open on any host of the pool.
@@ -389,7 +389,7 @@ fn release(sr: &Sr<'_>, names: &[String]) -> Result<(), ChainCallError> {
         .filter(|lv| lv.active && names.iter().any(|n| *n == lv.name) && !busy.contains(lv.name.as_str()))
         .map(|lv| lv.name)
         .collect();
-    Ok(sr.lvm.lvs_activate(&sr.state.vg, &idle, false)?)
+    Ok(sr.lvm.lvs_deactivate(&sr.state.vg, &idle)?)
 }
 
 /// The chain facts of an SR's volumes, for their records.

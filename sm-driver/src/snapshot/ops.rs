@@ -256,8 +256,7 @@ impl<'a> Chains<'a> {
         self.lvm.lvcreate(self.vg, &lv_named(&names.leaf)?, leaf_bytes, &tags)?;
         self.faults.reached("leaf-created");
         // qemu-img opens the whole backing chain of the new layer.
-        self.activate_chain(&lvs, &graph, &old.lv)?;
-        self.lvm.lv_activate(self.vg, &lv_named(&names.leaf)?, true)?;
+        self.activate_chain(&lvs, &graph, &old.lv, &[&names.leaf])?;
         self.qemu_img.create_layer(&self.qcow2(&names.leaf)?, &parent, virtual_size)?;
         self.faults.reached("leaf-header");
 
@@ -268,7 +267,7 @@ impl<'a> Chains<'a> {
             let mut tags = node_tags(&node);
             tags.push(journal.clone());
             self.lvm.lvcreate(self.vg, &lv_named(clone_leaf)?, leaf_bytes, &tags)?;
-            self.lvm.lv_activate(self.vg, &lv_named(clone_leaf)?, true)?;
+            self.lvm.lvs_activate(self.vg, &[lv_named(clone_leaf)?], &lvs)?;
             self.qemu_img.create_layer(&self.qcow2(clone_leaf)?, &parent, virtual_size)?;
             self.faults.reached("clone-leaf");
             volume_tags.push(volume_node_tag(clone_leaf));
@@ -366,17 +365,25 @@ impl<'a> Chains<'a> {
     }
 
     /// Activates `from` and every ancestor of it that `lvs` reports
-    /// inactive (a qcow2 image is opened with its whole backing chain).
-    fn activate_chain(&self, lvs: &[Lv], graph: &Graph, from: &str) -> Result<(), OpError> {
-        let mut inactive = Vec::new();
+    /// inactive (a qcow2 image is opened with its whole backing chain), and
+    /// `also` (refreshed if active already, as an LV the master changed
+    /// since), in one `lvchange`; a second refreshes what was active.
+    fn activate_chain(&self, lvs: &[Lv], graph: &Graph, from: &str, also: &[&str]) -> Result<(), OpError> {
+        let mut names: Vec<LvName> = Vec::new();
         let mut current = Some(from.to_owned());
         while let Some(lv) = current {
             current = graph.node(&lv).and_then(|n| n.parent.clone());
             if !lvs.iter().any(|l| l.name == lv && l.active) {
-                inactive.push(lv_named(&lv)?);
+                names.push(lv_named(&lv)?);
             }
         }
-        Ok(self.lvm.lvs_activate(self.vg, &inactive, true)?)
+        for lv in also {
+            let named = lv_named(lv)?;
+            if !names.contains(&named) {
+                names.push(named);
+            }
+        }
+        Ok(self.lvm.lvs_activate(self.vg, &names, lvs)?)
     }
 
     fn clean_journal(&self, journal: &str) -> Result<(), OpError> {
@@ -506,16 +513,12 @@ impl<'a> Chains<'a> {
                 self.lvm.lvextend(self.vg, &lv_named(into)?, full)?;
             }
         }
-        self.activate_chain(&lvs, &graph, child)?;
         // The commit writes both, relinking writes each grandchild: reloaded
         // read-write here even if they were active read-only (a chain's
         // parents are, wherever it was served).
-        for lv in [child, into] {
-            self.lvm.lv_activate(self.vg, &lv_named(lv)?, true)?;
-        }
-        for grandchild in &grandchildren {
-            self.lvm.lv_activate(self.vg, &lv_named(&grandchild.lv)?, true)?;
-        }
+        let mut written = vec![child, into];
+        written.extend(grandchildren.iter().map(|g| g.lv.as_str()));
+        self.activate_chain(&lvs, &graph, child, &written)?;
         self.qemu_img.commit(&child_image)?;
         self.faults.reached("merge-committed");
         for grandchild in &grandchildren {
@@ -594,7 +597,7 @@ impl<'a> Chains<'a> {
                             }
                             if old.format == ImageFormat::Qcow2 {
                                 // qemu-img opens the node with its backing chain.
-                                self.activate_chain(&lvs, &graph, &old.lv)?;
+                                self.activate_chain(&lvs, &graph, &old.lv, &[])?;
                                 self.shrink_frozen(&old, self.extent_size()?);
                             }
                             self.clean_operation(&entry.operation)?;

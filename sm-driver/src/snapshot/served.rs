@@ -312,7 +312,8 @@ pub fn attach(
     if let Some(disk) = open_here(host, &state.sr_uuid, &lv.name) {
         return Ok(disk.device);
     }
-    let graph = Graph::from_lvs(&lvm.lvs(&state.vg)?, volume_tag)?;
+    let lvs = lvm.lvs(&state.vg)?;
+    let graph = Graph::from_lvs(&lvs, volume_tag)?;
     let chain = graph.chain(&lv.name)?;
     let engine = engine(runner, host).map_err(OpError::from)?;
     let leaf = chain.first().map(|n| n.lv.clone()).unwrap_or_default();
@@ -326,7 +327,7 @@ pub fn attach(
     lvm.lvs_activate_read_only(&state.vg, &read_only)?;
     if access == Access::ReadWrite {
         let leaf_lv: Vec<LvName> = vec![leaf.parse().map_err(LvmError::from)?];
-        lvm.lvs_activate(&state.vg, &leaf_lv, true)?;
+        lvm.lvs_activate(&state.vg, &leaf_lv, &lvs)?;
     }
     let format = chain.first().map(|n| n.format).unwrap_or(crate::engine::ImageFormat::Raw);
     let image = Image::new(format, format!("/dev/{}/{leaf}", state.vg)).map_err(OpError::from)?;
@@ -381,7 +382,7 @@ pub fn detach(
         .map(|n| n.parse())
         .collect::<Result<_, _>>()
         .map_err(LvmError::from)?;
-    lvm.lvs_activate(&state.vg, &idle, false)?;
+    lvm.lvs_deactivate(&state.vg, &idle)?;
     Ok(true)
 }
 

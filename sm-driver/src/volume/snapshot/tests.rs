@@ -71,18 +71,16 @@ fn snapshots_and_destroys_of_layered_volumes_run_these_lvm_calls() {
     assert_eq!(
         plain,
         calls(
-            "vgs, lvs, lvs, lvs, lvs, vgs, lvcreate, lvchange -ay, lvchange --refresh, lvchange -ay, \
-             lvchange --refresh, lvcreate, lvchange --addtag, lvs, lvchange --deltag, lvchange --deltag, lvs, \
-             lvchange -an, lvs"
+            "vgs, lvs, lvs, lvs, lvs, vgs, lvcreate, lvchange -ay, lvcreate, lvchange --addtag, lvs, \
+             lvchange --deltag, lvchange --deltag, lvs, lvchange -an, lvs"
         ),
         "snapshot of a plain volume"
     );
     assert_eq!(
         layered,
         calls(
-            "vgs, lvs, lvs, lvs, lvs, lvs, vgs, lvcreate, lvchange -ay, lvchange --refresh, lvchange -ay, \
-             lvchange --refresh, lvcreate, lvchange --deltag, lvs, lvreduce, lvs, lvchange --deltag, \
-             lvchange --deltag, lvs, lvchange -an, lvs"
+            "vgs, lvs, lvs, lvs, lvs, lvs, vgs, lvcreate, lvchange -ay, lvcreate, lvchange --deltag, lvs, \
+             lvreduce, lvs, lvchange --deltag, lvchange --deltag, lvs, lvchange -an, lvs"
         ),
         "snapshot of a layered volume"
     );
@@ -90,8 +88,7 @@ fn snapshots_and_destroys_of_layered_volumes_run_these_lvm_calls() {
         snapshot,
         calls(
             "vgs, lvs, lvs, lvs, lvchange -an, lvremove, lvs, lvs, lvs, lvchange --addtag, lvs, lvs, lvextend, \
-             lvchange -ay, lvchange --refresh, lvchange -ay, lvchange --refresh, lvchange -ay, lvchange --refresh, \
-             lvs, lvchange --deltag, lvs, lvchange -an, lvremove, lvs, lvs, lvchange -an"
+             lvchange -ay, lvs, lvchange --deltag, lvs, lvchange -an, lvremove, lvs, lvs, lvchange -an"
         ),
         "destroy of a snapshot, with a merge"
     );
