@@ -53,14 +53,25 @@ pub(crate) fn lvm_for<'c>(ctx: &'c Context, state: &SrState, writable: bool) -> 
 /// ([`crate::writer_guard`]) and the caller the LVs its budget and lookups
 /// need, so a checked write costs one read and the write.
 pub(crate) fn lvm_for_change<'c>(ctx: &'c Context, state: &SrState) -> Result<(Lvm<'c>, Vec<Lv>), CallError> {
+    let (lvm, _, lvs) = lvm_and_report(ctx, state)?;
+    Ok((lvm, lvs))
+}
+
+/// [`lvm_for_change`], with the SR's VG as the same report has it (its
+/// free space and extent size), if it still exists.
+pub(crate) fn lvm_and_report<'c>(
+    ctx: &'c Context,
+    state: &SrState,
+) -> Result<(Lvm<'c>, Option<Vg>, Vec<Lv>), CallError> {
     require_live_path(ctx, state)?;
     let lvm = lvm_on_namespace(ctx, state, true)?;
     let (vgs, lvs) = lvm.vgs_and_lvs()?;
-    if let Some(vg) = vgs.iter().find(|vg| vg.name == state.vg) {
+    let vg = vgs.into_iter().find(|vg| vg.name == state.vg);
+    if let Some(vg) = &vg {
         crate::writer_guard::guard(&ctx.host, &lvm, vg)?;
     }
     let lvs = lvs.into_iter().filter(|lv| lv.vg == state.vg).collect();
-    Ok((lvm, lvs))
+    Ok((lvm, vg, lvs))
 }
 
 /// LVM on the SR's namespace, for callers that checked the paths already.

@@ -27,7 +27,7 @@ use crate::cmd::Runner;
 use crate::engine::ImageFormat;
 use crate::host::HostRoot;
 use crate::ids::{LvName, VgName};
-use crate::lvm::{Lv, Lvm, LvmError};
+use crate::lvm::{Lv, Lvm, LvmError, Vg};
 use crate::smapi::types::Volume;
 use crate::sr_state::SrState;
 
@@ -151,7 +151,18 @@ pub fn needs_engine(lvm: &Lvm<'_>, vg: &VgName, volume_tag: &str, lv: &Lv) -> Re
     if !is_layered(lv) {
         return Ok(false);
     }
-    let graph = Graph::from_lvs(&lvm.lvs(vg)?, volume_tag)?;
+    needs_engine_in(&lvm.lvs(vg)?, volume_tag, lv)
+}
+
+/// [`needs_engine`], given `lvs`, every LV of `lv`'s VG as just read.
+///
+/// # Errors
+/// The graph's error.
+pub fn needs_engine_in(lvs: &[Lv], volume_tag: &str, lv: &Lv) -> Result<bool, ChainCallError> {
+    if !is_layered(lv) {
+        return Ok(false);
+    }
+    let graph = Graph::from_lvs(lvs, volume_tag)?;
     let own_raw = graph.node_of(&lv.name).is_some_and(|n| n.lv == lv.name && n.format == ImageFormat::Raw);
     Ok(!(own_raw && graph.children(&lv.name).is_empty()))
 }
@@ -225,17 +236,20 @@ impl Sr<'_> {
 
     /// Deactivates every chain LV left active on this host (the master)
     /// that no open chain uses: a volume whose LV is left active would be
-    /// refused as in use.
-    fn settle(&self) -> Result<(), ChainCallError> {
+    /// refused as in use. Returns the SR's LVs as they are then.
+    fn settle(&self) -> Result<Vec<Lv>, ChainCallError> {
         let vg = &self.state.vg;
-        let lvs = self.lvm.lvs(vg)?;
+        let mut lvs = self.lvm.lvs(vg)?;
         let busy = self.busy_in(&lvs)?;
-        let idle: Vec<LvName> = lvs
-            .into_iter()
-            .filter(|lv| lv.active && is_layered(lv) && !busy.contains(lv.name.as_str()))
-            .map(|lv| lv.name)
-            .collect();
-        Ok(self.lvm.lvs_deactivate(vg, &idle)?)
+        let mut idle: Vec<LvName> = Vec::new();
+        for lv in &mut lvs {
+            if lv.active && is_layered(lv) && !busy.contains(lv.name.as_str()) {
+                idle.push(lv.name.clone());
+                lv.active = false;
+            }
+        }
+        self.lvm.lvs_deactivate(vg, &idle)?;
+        Ok(lvs)
     }
 
     /// The LVs of chains open on any host of the pool.
@@ -262,7 +276,7 @@ impl Sr<'_> {
             Err(ChainCallError::Pool(error)) => {
                 // Nothing is merged or removed while a host cannot say what it has open.
                 tracing::warn!(%error, "the collector waits: a host of the pool cannot say which chains it has open");
-                return self.settle();
+                return self.settle().map(drop);
             }
             Err(error) => return Err(error),
         };
@@ -277,8 +291,9 @@ impl Sr<'_> {
 
 /// Snapshots (or clones, if `names.clone_leaf` is set) `origin` from the
 /// master: a volume no host uses, or one an engine serves (`running`, that
-/// engine, here or on another host: pause first, then swap). Returns the
-/// new volume's LV.
+/// engine, here or on another host: pause first, then swap). `vg` and `lvs`
+/// are the SR's VG and LVs as the caller has just read them, under the SR's
+/// lock. Returns the new volume's LV and the SR's LVs after.
 ///
 /// # Errors
 /// [`ChainCallError`]; what was created is undone again (or, for a swap
@@ -288,18 +303,15 @@ pub fn take(
     origin: &Lv,
     names: &NewNames,
     running: Option<&dyn Running>,
-) -> Result<String, ChainCallError> {
-    let (lvm, state) = (sr.lvm, sr.state);
-    let lvs = lvm.lvs(&state.vg)?;
-    let graph = Graph::from_lvs(&lvs, sr.volume_tag)?;
-    let virtual_size = virtual_size(&graph, &lvs, &origin.name)?;
+    vg: Option<&Vg>,
+    lvs: &[Lv],
+) -> Result<(String, Vec<Lv>), ChainCallError> {
+    let graph = Graph::from_lvs(lvs, sr.volume_tag)?;
+    let virtual_size = virtual_size(&graph, lvs, &origin.name)?;
     let pool = sr.pool();
     let chains = sr.chains(&pool);
-    match chains.snapshot(&origin.name, names, virtual_size, running) {
-        Ok(created) => {
-            sr.settle()?;
-            Ok(created)
-        }
+    match chains.snapshot_in(vg, lvs, &origin.name, names, virtual_size, running) {
+        Ok(created) => Ok((created, sr.settle()?)),
         Err(error) => {
             // Replay undoes what the failed call created (asking this host's
             // engine which leaf a running volume writes).
@@ -307,7 +319,7 @@ pub fn take(
                 tracing::error!(error = %undo, "undoing a failed snapshot failed; the next SR.attach replays it");
             }
             let released = if running.is_some() { Ok(()) } else { release(sr, &[origin.name.to_string()]) };
-            let _ = sr.settle().and(released);
+            let _ = sr.settle().map(drop).and(released);
             Err(error.into())
         }
     }

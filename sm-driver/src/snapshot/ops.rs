@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use crate::engine::{EngineError, Image, ImageFormat};
 use crate::ids::{LvName, VgName};
-use crate::lvm::{Lv, Lvm, LvmError};
+use crate::lvm::{Lv, Lvm, LvmError, Vg};
 
 use super::graph::{node_tags, volume_node_tag, Collect, Graph, GraphError, Node, NODE_TAG};
 use super::journal::{decide, Entry, Facts, Operation, Replay, Serving, Step, JOURNAL_KEY};
@@ -204,7 +204,8 @@ impl<'a> Chains<'a> {
     /// freezes, it continues on a new qcow2 leaf, and the new volume refers
     /// to the frozen node (a clone: to a leaf of its own on it). `running`
     /// is the volume's datapath if it is open (pause first, then swap).
-    /// Returns the new volume's LV.
+    /// Returns the new volume's LV. Reads the VG first (one `lvm
+    /// fullreport`).
     ///
     /// # Errors
     /// [`OpError`]; whatever was created is removed again (or by replay).
@@ -215,19 +216,38 @@ impl<'a> Chains<'a> {
         virtual_size: u64,
         running: Option<&dyn Running>,
     ) -> Result<String, OpError> {
+        let (vgs, lvs) = self.lvm.vgs_and_lvs()?;
+        let vg = vgs.iter().find(|v| v.name == *self.vg);
+        self.snapshot_in(vg, &lvs, volume, names, virtual_size, running)
+    }
+
+    /// [`Chains::snapshot`] of a VG the caller has just read, under the
+    /// SR's lock: `vg` (its free space and extent size) and its LVs `lvs`.
+    ///
+    /// # Errors
+    /// [`OpError`]; whatever was created is removed again (or by replay).
+    pub fn snapshot_in(
+        &self,
+        vg: Option<&Vg>,
+        lvs: &[Lv],
+        volume: &str,
+        names: &NewNames,
+        virtual_size: u64,
+        running: Option<&dyn Running>,
+    ) -> Result<String, OpError> {
         if running.is_some() && names.clone_leaf.is_some() {
             return Err(OpError::CloneInUse(volume.to_owned()));
         }
-        let lvs = self.lvs()?;
+        let lvs: Vec<Lv> = lvs.iter().filter(|l| l.vg == *self.vg).cloned().collect();
         let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
         let depth = graph.depth_after_snapshot(volume)?;
         let old = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?.clone();
+        let frozen_size = lvs.iter().find(|l| l.name == old.lv).map(|l| l.size);
         for name in [Some(&names.leaf), Some(&names.volume), names.clone_leaf.as_ref()].into_iter().flatten() {
             if lvs.iter().any(|l| &l.name == name) {
                 return Err(OpError::Exists(name.clone()));
             }
         }
-        let vg = self.lvm.vgs()?.into_iter().find(|v| v.name == self.vg);
         let (free, extent) = vg.map_or((0, 4 << 20), |v| (v.free, v.extent_size));
         let leaf_bytes = self.qemu_img.leaf_bytes(virtual_size)?;
         let leaves = if names.clone_leaf.is_some() { 2 } else { 1 };
@@ -303,17 +323,21 @@ impl<'a> Chains<'a> {
             self.faults.reached("swapped");
             self.commit_snapshot(&lvs, volume, &old, &names.leaf)?;
             self.faults.reached("committed");
-            self.shrink_frozen(&old, extent);
-            self.clean_journal(&swapping)?;
-            self.clean_journal(&journal)?;
+            self.shrink_frozen(&old, extent, frozen_size);
+            // The new leaf carries the swapping step, the new volume the entry.
+            self.lvm.lv_retag(self.vg, &lv_named(&names.leaf)?, &[swapping], &[])?;
+            self.lvm.lv_retag(self.vg, &lv_named(&names.volume)?, &[journal], &[])?;
             self.faults.reached("cleaned");
             tracing::info!(volume, snapshot = %names.volume, leaf = %names.leaf, "snapshot of a running volume taken");
             return Ok(names.volume.clone());
         }
         self.commit_snapshot(&lvs, volume, &old, &names.leaf)?;
         self.faults.reached("committed");
-        self.shrink_frozen(&old, extent);
-        self.clean_journal(&journal)?;
+        self.shrink_frozen(&old, extent, frozen_size);
+        // The entry is on the LVs this call created, and only there.
+        for lv in [Some(&names.leaf), names.clone_leaf.as_ref(), Some(&names.volume)].into_iter().flatten() {
+            self.lvm.lv_retag(self.vg, &lv_named(lv)?, std::slice::from_ref(&journal), &[])?;
+        }
         self.faults.reached("cleaned");
         tracing::info!(volume, snapshot = %names.volume, leaf = %names.leaf, "snapshot taken");
         Ok(names.volume.clone())
@@ -338,24 +362,31 @@ impl<'a> Chains<'a> {
     /// data over its whole LV and keeps its size. Idempotent (the end is
     /// read again each time, and an LV is only ever reduced to it), so
     /// replay simply runs it again; a failure only costs space, and says so.
-    fn shrink_frozen(&self, node: &Node, extent: u64) {
+    /// `size` is the node's LV size if the caller has just read it.
+    fn shrink_frozen(&self, node: &Node, extent: u64, size: Option<u64>) {
         if node.format != ImageFormat::Qcow2 {
             return;
         }
-        if let Err(error) = self.try_shrink(node, extent) {
+        if let Err(error) = self.try_shrink(node, extent, size) {
             tracing::warn!(node = %node.lv, %error, "the read-only node keeps its size");
         }
     }
 
-    fn try_shrink(&self, node: &Node, extent: u64) -> Result<(), OpError> {
+    fn try_shrink(&self, node: &Node, extent: u64, size: Option<u64>) -> Result<(), OpError> {
         let named = lv_named(&node.lv)?;
-        let Some(lv) = self.lvm.lv(self.vg, &named)? else { return Ok(()) };
+        let size = match size {
+            Some(size) => size,
+            None => match self.lvm.lv(self.vg, &named)? {
+                Some(lv) => lv.size,
+                None => return Ok(()),
+            },
+        };
         let end = self.qemu_img.image_end(&self.image(node)?)?;
         let target = end.div_ceil(extent.max(1)).max(1) * extent.max(1);
-        if target < lv.size {
+        if target < size {
             self.lvm.lv_shrink_read_only(self.vg, &named, target)?;
             self.faults.reached("shrunk");
-            tracing::info!(node = %node.lv, from = lv.size, to = target, image_end = end, "read-only node shrunk");
+            tracing::info!(node = %node.lv, from = size, to = target, image_end = end, "read-only node shrunk");
         }
         Ok(())
     }
@@ -384,15 +415,6 @@ impl<'a> Chains<'a> {
             }
         }
         Ok(self.lvm.lvs_activate(self.vg, &names, lvs)?)
-    }
-
-    fn clean_journal(&self, journal: &str) -> Result<(), OpError> {
-        for lv in self.lvs()? {
-            if lv.tags.iter().any(|t| t == journal) {
-                self.lvm.lv_retag(self.vg, &lv.name, &[journal.to_owned()], &[])?;
-            }
-        }
-        Ok(())
     }
 
     fn remove_lv(&self, lv: &str) -> Result<(), OpError> {
@@ -535,7 +557,7 @@ impl<'a> Chains<'a> {
         self.faults.reached("merge-relinked");
         if !grandchildren.is_empty() {
             // Still a parent: read-only, so back to its image end.
-            self.shrink_frozen(&into_node, self.extent_size()?);
+            self.shrink_frozen(&into_node, self.extent_size()?, None);
         }
         for lv in self.lvs()? {
             if lv.tags.iter().any(|t| t == self.volume_tag) && lv.tags.contains(&volume_node_tag(child)) {
@@ -598,7 +620,7 @@ impl<'a> Chains<'a> {
                             if old.format == ImageFormat::Qcow2 {
                                 // qemu-img opens the node with its backing chain.
                                 self.activate_chain(&lvs, &graph, &old.lv, &[])?;
-                                self.shrink_frozen(&old, self.extent_size()?);
+                                self.shrink_frozen(&old, self.extent_size()?, None);
                             }
                             self.clean_operation(&entry.operation)?;
                             tracing::warn!(volume, "an interrupted snapshot was finished");

@@ -14,12 +14,12 @@ use crate::snapshot::calls::{self, ChainCallError};
 use crate::snapshot::ops::{NoFaults, OpError, Running};
 use crate::snapshot::pool::ServedOn;
 use crate::snapshot::served;
-use crate::sr_access::{attached, lvm_for, require_master};
+use crate::sr_access::{attached, lvm_and_report, require_master};
 use crate::sr_state::SrState;
 
 use super::budget;
 use super::meta::{self, VolumeMeta};
-use super::record::{existing, existing_in, record, refuse_in_use};
+use super::record::{existing_in, record, refuse_in_use};
 
 /// `Volume.snapshot`.
 ///
@@ -72,8 +72,10 @@ fn where_in_use(
 fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResult<Volume> {
     require_master(ctx, if clone { "Volume.clone" } else { "Volume.snapshot" })?;
     let (state, _lock) = attached(ctx, sr)?;
-    let lvm = lvm_for(ctx, &state, true)?;
-    let origin = existing(&lvm, &state, key)?;
+    // One read of the VG for every check and the chain work (writer guard,
+    // lookup, engine question, budget, free space), under the SR's lock.
+    let (lvm, vg, lvs) = lvm_and_report(ctx, &state)?;
+    let origin = existing_in(&lvs, &state, key)?;
     let sr = calls::Sr {
         runner: ctx.runner.as_ref(),
         host: &ctx.host,
@@ -106,11 +108,8 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
             // A layered volume is served by an engine only: ask which host's
             // first. What no engine serves must be in use nowhere, or it is
             // refused (blkback cannot switch to a layer).
-            let engine_host = if calls::needs_engine(&lvm, &state.vg, meta::VOLUME_TAG, &origin)? {
-                sr.served_elsewhere(key)?
-            } else {
-                None
-            };
+            let engine_host =
+                if calls::needs_engine_in(&lvs, meta::VOLUME_TAG, &origin)? { sr.served_elsewhere(key)? } else { None };
             let host = match engine_host {
                 Some(host) => Some(host),
                 None => match where_in_use(ctx, &sr, &state, &origin, key)? {
@@ -126,10 +125,9 @@ fn take(ctx: &Context, sr: &SrHandle, key: &VolumeKey, clone: bool) -> CallResul
     let new = VolumeMeta { uuid: uuid.clone(), keys: Default::default(), ..old };
     let tags = meta::to_tags(&new).map_err(VolumeError::from)?;
     let names = calls::new_names(&uuid, clone, tags);
-    budget::check(&names.volume, &[], &names.record, &lvm.lvs(&state.vg)?)?;
-    let created = calls::take(&sr, &origin, &names, running.as_deref())?;
+    budget::check(&names.volume, &[], &names.record, &lvs)?;
+    let (created, lvs) = calls::take(&sr, &origin, &names, running.as_deref(), vg.as_ref(), &lvs)?;
     tracing::info!(origin = %key, volume = %created, clone, "volume {}", if clone { "cloned" } else { "snapshotted" });
-    let lvs = lvm.lvs(&state.vg)?;
     let view = calls::ChainView::load(&lvs, meta::VOLUME_TAG)?;
     let created: VolumeKey = created.parse().map_err(|_| VolumeError::BadKey(created.clone()))?;
     let lv = existing_in(&lvs, &state, &created)?;

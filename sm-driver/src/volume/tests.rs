@@ -214,12 +214,12 @@ fn a_broken_chain_fails_sr_ls_rather_than_listing_part_of_it() {
 #[test]
 fn snapshot_of_a_volume_in_use_is_refused_saying_why() {
     let tree = attached_sr();
-    let runner =
-        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    tree.write("/etc/nvme/hostid", "me\n");
+    let active = full_report_of(&[(KEY, "nvmetcp_vol", "active")]);
+    let runner = Arc::new(FakeRunner::new().then_stdout(&active));
     assert_eq!(call(&tree, &runner, "Volume.snapshot", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
     assert!(!ran(&runner, "lvcreate"), "{:?}", runner.calls());
-    let runner =
-        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    let runner = Arc::new(FakeRunner::new().then_stdout(&active));
     assert_eq!(call(&tree, &runner, "Volume.clone", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
     assert!(!ran(&runner, "lvcreate"), "{:?}", runner.calls());
 }
@@ -236,8 +236,8 @@ fn snapshot_of_a_volume_served_read_only_is_refused() {
         handle: Handle::Tapdisk { pid: 4242, minor: 3 },
     };
     crate::snapshot::served::record_opened(&tree.host(), SR, KEY, &disk, Access::ReadOnly).unwrap();
-    let runner =
-        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "")])));
+    tree.write("/etc/nvme/hostid", "me\n");
+    let runner = Arc::new(FakeRunner::new().then_stdout(&full_report(&[(KEY, "nvmetcp_vol")])));
     assert_eq!(call(&tree, &runner, "Volume.snapshot", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
     assert!(!ran(&runner, "lvcreate") && !ran(&runner, "qemu-img"), "{:?}", runner.calls());
 }
@@ -309,10 +309,15 @@ fn sr_stat_names_the_srs_rrd_plugin_as_its_datasource() {
 /// One `lvm fullreport` of the SR: its VG (writer: this host) and `lvs`.
 fn full_report(lvs: &[(&str, &str)]) -> String {
     let lvs: Vec<(&str, &str, &str)> = lvs.iter().map(|&(name, tags)| (name, tags, "")).collect();
+    full_report_of(&lvs)
+}
+
+/// [`full_report`] of `lvs`: (name, tags, active).
+fn full_report_of(lvs: &[(&str, &str, &str)]) -> String {
     format!(
         r#"{{"report": [{{"vg": [{{"vg_name":"{VG}", "vg_uuid":"u", "vg_size":"1073741824", "vg_free":"536870912",
         "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp.writer=me,nvmetcp_sr"}}], "lv": [{}]}}]}}"#,
-        lv_rows(&lvs)
+        lv_rows(lvs)
     )
 }
 

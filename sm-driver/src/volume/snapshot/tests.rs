@@ -71,16 +71,16 @@ fn snapshots_and_destroys_of_layered_volumes_run_these_lvm_calls() {
     assert_eq!(
         plain,
         calls(
-            "vgs, lvs, lvs, lvs, lvs, vgs, lvcreate, lvchange -ay, lvcreate, lvchange --addtag, lvs, \
-             lvchange --deltag, lvchange --deltag, lvs, lvchange -an, lvs"
+            "fullreport, lvcreate, lvchange -ay, lvcreate, lvchange --addtag, lvchange --deltag, \
+             lvchange --deltag, lvs, lvchange -an"
         ),
         "snapshot of a plain volume"
     );
     assert_eq!(
         layered,
         calls(
-            "vgs, lvs, lvs, lvs, lvs, lvs, vgs, lvcreate, lvchange -ay, lvcreate, lvchange --deltag, lvs, \
-             lvreduce, lvs, lvchange --deltag, lvchange --deltag, lvs, lvchange -an, lvs"
+            "fullreport, lvcreate, lvchange -ay, lvcreate, lvchange --deltag, lvreduce, lvchange --deltag, \
+             lvchange --deltag, lvs, lvchange -an"
         ),
         "snapshot of a layered volume"
     );
