@@ -229,17 +229,15 @@ impl Sr<'_> {
         Ok(busy_lvs(self.host, &self.state.sr_uuid, &graph))
     }
 
-    /// The LVs of chains open on this host.
-    fn busy(&self) -> Result<BTreeSet<String>, ChainCallError> {
-        self.busy_in(&self.lvm.lvs(&self.state.vg)?)
-    }
-
     /// Deactivates every chain LV left active on this host (the master)
     /// that no open chain uses: a volume whose LV is left active would be
     /// refused as in use. Returns the SR's LVs as they are then.
     fn settle(&self) -> Result<Vec<Lv>, ChainCallError> {
-        let vg = &self.state.vg;
-        let mut lvs = self.lvm.lvs(vg)?;
+        self.settle_in(self.lvm.lvs(&self.state.vg)?)
+    }
+
+    /// [`Sr::settle`] from `lvs`, the SR's LVs as just read.
+    fn settle_in(&self, mut lvs: Vec<Lv>) -> Result<Vec<Lv>, ChainCallError> {
         let busy = self.busy_in(&lvs)?;
         let mut idle: Vec<LvName> = Vec::new();
         for lv in &mut lvs {
@@ -248,16 +246,17 @@ impl Sr<'_> {
                 lv.active = false;
             }
         }
-        self.lvm.lvs_deactivate(vg, &idle)?;
+        self.lvm.lvs_deactivate(&self.state.vg, &idle)?;
         Ok(lvs)
     }
 
-    /// The LVs of chains open on any host of the pool.
-    fn busy_anywhere(&self) -> Result<BTreeSet<String>, ChainCallError> {
-        let mut busy = self.busy()?;
+    /// The LVs of chains open on any host of the pool, from `lvs` (the VG
+    /// as just read).
+    fn busy_anywhere_in(&self, lvs: &[Lv]) -> Result<BTreeSet<String>, ChainCallError> {
+        let mut busy = self.busy_in(lvs)?;
         let elsewhere = self.pool().served_elsewhere()?;
         if !elsewhere.is_empty() {
-            let graph = Graph::from_lvs(&self.lvm.lvs(&self.state.vg)?, self.volume_tag)?;
+            let graph = Graph::from_lvs(lvs, self.volume_tag)?;
             for volume in elsewhere {
                 match graph.chain(&volume) {
                     Ok(chain) => busy.extend(chain.iter().map(|n| n.lv.clone())),
@@ -270,18 +269,22 @@ impl Sr<'_> {
         Ok(busy)
     }
 
+    /// Runs the collector around the chains open anywhere, then settles:
+    /// one read of the VG for both questions and the collector's first
+    /// look, and its last look for the settling.
     fn collect(&self, chains: &Chains<'_>) -> Result<(), ChainCallError> {
-        let busy = match self.busy_anywhere() {
+        let lvs = self.lvm.lvs(&self.state.vg)?;
+        let busy = match self.busy_anywhere_in(&lvs) {
             Ok(busy) => busy,
             Err(ChainCallError::Pool(error)) => {
                 // Nothing is merged or removed while a host cannot say what it has open.
                 tracing::warn!(%error, "the collector waits: a host of the pool cannot say which chains it has open");
-                return self.settle().map(drop);
+                return self.settle_in(lvs).map(drop);
             }
             Err(error) => return Err(error),
         };
-        let steps = chains.collect_around(&self.probe(), &busy)?;
-        self.settle()?;
+        let (steps, lvs) = chains.collect_in(&self.probe(), &busy, lvs)?;
+        self.settle_in(lvs)?;
         if steps > 0 {
             tracing::info!(vg = %self.state.vg, steps, "collector finished");
         }
@@ -333,8 +336,9 @@ fn virtual_size(graph: &Graph, lvs: &[Lv], volume: &str) -> Result<u64, ChainCal
     Ok(base_size(graph, lvs, &leaf.lv))
 }
 
-/// Deletes a layered volume: its record at once, its data when the
-/// collector (run right after) finds nothing else needs it.
+/// Deletes a layered volume, `volume` as the caller has just read it under
+/// the SR's lock: its record at once, its data when the collector (run
+/// right after) finds nothing else needs it.
 ///
 /// # Errors
 /// [`ChainCallError`].
@@ -347,7 +351,7 @@ pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
     }
     let pool = sr.pool();
     let chains = sr.chains(&pool);
-    chains.destroy(&volume.name)?;
+    chains.destroy_known(volume)?;
     sr.collect(&chains)
 }
 

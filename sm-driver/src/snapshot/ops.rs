@@ -419,13 +419,21 @@ impl<'a> Chains<'a> {
 
     fn remove_lv(&self, lv: &str) -> Result<(), OpError> {
         let named = lv_named(lv)?;
-        if self.lvm.lv(self.vg, &named)?.is_some() {
-            // Deactivated on every host first: an LV removed under another
-            // host's mapping gives its extents away while that host reads them.
-            self.elsewhere.release(lv)?;
-            self.lvm.lv_activate(self.vg, &named, false)?;
-            self.lvm.lvremove(self.vg, &named)?;
+        if let Some(found) = self.lvm.lv(self.vg, &named)? {
+            self.remove_known(&found.name, found.active)?;
         }
+        Ok(())
+    }
+
+    /// Removes `lv`, which exists; `active` says whether it is active here.
+    fn remove_known(&self, lv: &LvName, active: bool) -> Result<(), OpError> {
+        // Deactivated on every host first: an LV removed under another
+        // host's mapping gives its extents away while that host reads them.
+        self.elsewhere.release(lv.as_str())?;
+        if active {
+            self.lvm.lv_activate(self.vg, lv, false)?;
+        }
+        self.lvm.lvremove(self.vg, lv)?;
         Ok(())
     }
 
@@ -446,6 +454,16 @@ impl<'a> Chains<'a> {
     /// [`OpError`].
     pub fn destroy(&self, volume: &str) -> Result<(), OpError> {
         let Some(lv) = self.lvm.lv(self.vg, &lv_named(volume)?)? else { return Ok(()) };
+        self.destroy_known(&lv)
+    }
+
+    /// [`Chains::destroy`] of `lv`, the volume's LV as the caller has just
+    /// read it.
+    ///
+    /// # Errors
+    /// [`OpError`].
+    pub fn destroy_known(&self, lv: &Lv) -> Result<(), OpError> {
+        let volume = lv.name.as_str();
         if lv.tags.iter().any(|t| t == NODE_TAG) {
             // The LV is also a node: drop only the volume's record (ownership,
             // node reference, and every metadata tag of volume::meta).
@@ -459,9 +477,9 @@ impl<'a> Chains<'a> {
                 })
                 .cloned()
                 .collect();
-            self.lvm.lv_retag(self.vg, &lv_named(volume)?, &record, &[])?;
+            self.lvm.lv_retag(self.vg, &lv.name, &record, &[])?;
         } else {
-            self.remove_lv(volume)?;
+            self.remove_known(&lv.name, lv.active)?;
         }
         tracing::info!(volume, "volume destroyed; its data waits for the collector");
         Ok(())
@@ -483,25 +501,52 @@ impl<'a> Chains<'a> {
     /// # Errors
     /// [`OpError`].
     pub fn collect_around(&self, probe: &dyn ServingProbe, busy: &BTreeSet<String>) -> Result<usize, OpError> {
-        self.replay(probe)?;
+        Ok(self.collect_in(probe, busy, self.lvs()?)?.0)
+    }
+
+    /// [`Chains::collect_around`] from `lvs`, the VG's LVs as the caller
+    /// has just read them. Returns the steps taken and the LVs as the last
+    /// look found them (nothing left to collect).
+    ///
+    /// # Errors
+    /// [`OpError`].
+    pub fn collect_in(
+        &self,
+        probe: &dyn ServingProbe,
+        busy: &BTreeSet<String>,
+        lvs: Vec<Lv>,
+    ) -> Result<(usize, Vec<Lv>), OpError> {
+        let mut lvs = lvs;
+        if self.replay_in(probe, &lvs)? > 0 {
+            lvs = self.lvs()?;
+        }
         let mut steps = 0;
         loop {
-            let plan: Vec<Collect> =
-                self.graph()?.collect_plan().into_iter().filter(|step| !touches(step, busy)).collect();
+            let plan: Vec<Collect> = Graph::from_lvs(&lvs, self.volume_tag)?
+                .collect_plan()
+                .into_iter()
+                .filter(|step| !touches(step, busy))
+                .collect();
             if plan.is_empty() {
-                return Ok(steps);
+                return Ok((steps, lvs));
             }
-            for step in plan {
-                self.collect_step(&step)?;
+            for (at, step) in plan.iter().enumerate() {
+                // The first step sees the VG as read; later ones look again.
+                self.collect_step(step, (at == 0).then_some(lvs.as_slice()))?;
                 steps += 1;
             }
+            lvs = self.lvs()?;
         }
     }
 
-    fn collect_step(&self, step: &Collect) -> Result<(), OpError> {
+    fn collect_step(&self, step: &Collect, lvs: Option<&[Lv]>) -> Result<(), OpError> {
         match step {
             Collect::Remove { lv } => {
-                self.remove_lv(lv)?;
+                match lvs.map(|lvs| lvs.iter().find(|l| l.name == *lv)) {
+                    Some(Some(found)) => self.remove_known(&found.name, found.active)?,
+                    Some(None) => {}
+                    None => self.remove_lv(lv)?,
+                }
                 self.faults.reached("removed");
             }
             Collect::Merge { child, into, .. } => {
@@ -520,13 +565,15 @@ impl<'a> Chains<'a> {
     /// Writes `child` into `into`, relinks `child`'s children and volumes to
     /// `into`, removes `child`. Every step is idempotent.
     fn finish_merge(&self, child: &str, into: &str) -> Result<(), OpError> {
-        let graph = self.graph()?;
+        // One read: only the grandchildren's node tags change below, so the
+        // volumes referring to `child` are found in it too.
+        let lvs = self.lvs()?;
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
         let Some(child_node) = graph.node(child).cloned() else { return Ok(()) };
         let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
         let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
         let (child_image, into_image) = (self.image(&child_node)?, self.image(&into_node)?);
         // The commit opens the child's whole chain; relinking opens each grandchild.
-        let lvs = self.lvs()?;
         // A read-only qcow2 node was shrunk to its image end: the commit
         // allocates clusters in it, so it gets a leaf's full size back first.
         if into_node.format == ImageFormat::Qcow2 {
@@ -559,13 +606,14 @@ impl<'a> Chains<'a> {
             // Still a parent: read-only, so back to its image end.
             self.shrink_frozen(&into_node, self.extent_size()?, None);
         }
-        for lv in self.lvs()? {
+        for lv in &lvs {
             if lv.tags.iter().any(|t| t == self.volume_tag) && lv.tags.contains(&volume_node_tag(child)) {
                 self.lvm.lv_retag(self.vg, &lv.name, &[volume_node_tag(child)], &[volume_node_tag(into)])?;
             }
         }
         self.faults.reached("merge-retargeted");
-        self.remove_lv(child)?;
+        // Active here: activated for the commit above.
+        self.remove_known(&lv_named(child)?, true)?;
         tracing::info!(child, into, "node merged");
         Ok(())
     }
@@ -577,7 +625,11 @@ impl<'a> Chains<'a> {
     /// # Errors
     /// [`OpError`].
     pub fn replay(&self, probe: &dyn ServingProbe) -> Result<usize, OpError> {
-        let lvs = self.lvs()?;
+        self.replay_in(probe, &self.lvs()?)
+    }
+
+    /// [`Chains::replay`] from `lvs`, the VG's LVs as just read.
+    fn replay_in(&self, probe: &dyn ServingProbe, lvs: &[Lv]) -> Result<usize, OpError> {
         // One operation may be journalled on several LVs, at different
         // steps (the step moves on the new leaf only): keep the furthest.
         let mut entries: Vec<Entry> = Vec::new();
@@ -598,7 +650,7 @@ impl<'a> Chains<'a> {
                         .iter()
                         .find(|l| &l.name == volume)
                         .is_some_and(|l| l.tags.contains(&volume_node_tag(new_leaf)));
-                    let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+                    let graph = Graph::from_lvs(lvs, self.volume_tag)?;
                     let old =
                         graph.node(old_leaf).cloned().ok_or_else(|| GraphError::UnknownVolume(old_leaf.clone()))?;
                     let serving = if entry.step == Step::Swapping && !on_new {
@@ -615,11 +667,11 @@ impl<'a> Chains<'a> {
                         }
                         Replay::Finish => {
                             if !on_new {
-                                self.commit_snapshot(&lvs, volume, &old, new_leaf)?;
+                                self.commit_snapshot(lvs, volume, &old, new_leaf)?;
                             }
                             if old.format == ImageFormat::Qcow2 {
                                 // qemu-img opens the node with its backing chain.
-                                self.activate_chain(&lvs, &graph, &old.lv, &[])?;
+                                self.activate_chain(lvs, &graph, &old.lv, &[])?;
                                 self.shrink_frozen(&old, self.extent_size()?, None);
                             }
                             self.clean_operation(&entry.operation)?;

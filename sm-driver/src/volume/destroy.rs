@@ -6,10 +6,10 @@
 use crate::context::Context;
 use crate::error::CallResult;
 use crate::request::VolumeDestroy;
-use crate::sr_access::{attached, lvm_for, require_master};
+use crate::sr_access::{attached, lvm_for_change, require_master};
 
 use super::meta::VOLUME_TAG;
-use super::record::{find, refuse_in_use};
+use super::record::{find_in, refuse_in_use};
 
 /// `Volume.destroy`.
 ///
@@ -20,8 +20,9 @@ pub fn destroy(ctx: &Context, request: &VolumeDestroy) -> CallResult<()> {
     {
         require_master(ctx, "Volume.destroy")?;
         let (state, _lock) = attached(ctx, sr)?;
-        let lvm = lvm_for(ctx, &state, true)?;
-        let Some(lv) = find(&lvm, &state, key)? else {
+        // One read of the VG: the writer guard and the volume.
+        let (lvm, lvs) = lvm_for_change(ctx, &state)?;
+        let Some(lv) = find_in(&lvs, key) else {
             tracing::info!(volume = %key, "already gone");
             return Ok(());
         };

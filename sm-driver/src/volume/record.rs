@@ -55,12 +55,15 @@ pub(super) fn find(lvm: &Lvm<'_>, state: &SrState, key: &VolumeKey) -> Result<Op
     Ok(lvm.lv(&state.vg, &key.lv())?.filter(is_ours))
 }
 
+/// The volume `key` among the SR's LVs `lvs`, if it is there and nvmetcp's.
+pub(super) fn find_in(lvs: &[Lv], key: &VolumeKey) -> Option<Lv> {
+    let name = key.lv();
+    lvs.iter().find(|lv| lv.name == name && is_ours(lv)).cloned()
+}
+
 /// The volume `key` among the SR's LVs `lvs`, or [`VolumeError::NotFound`].
 pub(super) fn existing_in(lvs: &[Lv], state: &SrState, key: &VolumeKey) -> Result<Lv, CallError> {
-    let name = key.lv();
-    lvs.iter()
-        .find(|lv| lv.name == name && is_ours(lv))
-        .cloned()
+    find_in(lvs, key)
         .ok_or_else(|| VolumeError::NotFound { key: key.to_string(), sr_uuid: state.sr_uuid.to_string() }.into())
 }
 

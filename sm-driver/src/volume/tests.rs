@@ -78,8 +78,8 @@ fn ran(runner: &FakeRunner, subcommand: &str) -> bool {
 #[test]
 fn destroy_refuses_a_volume_active_on_this_host() {
     let tree = attached_sr();
-    let runner =
-        Arc::new(FakeRunner::new().then_stdout(&vgs("unknown")).then_stdout(&lvs(&[(KEY, "nvmetcp_vol", "active")])));
+    tree.write("/etc/nvme/hostid", "me\n");
+    let runner = Arc::new(FakeRunner::new().then_stdout(&full_report_of("me", &[(KEY, "nvmetcp_vol", "active")])));
     assert_eq!(call(&tree, &runner, "Volume.destroy", &body("")), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
     assert!(!ran(&runner, "lvremove"), "{:?}", runner.calls());
 }
@@ -89,9 +89,9 @@ fn a_vg_another_machine_writes_is_not_written() {
     let tree = attached_sr();
     // No pool: nobody can say the other writer stopped.
     std::fs::remove_file(tree.host().path("/etc/xensource/pool.conf")).unwrap();
-    let runner = Arc::new(FakeRunner::new().then_stdout(&vgs("other-host")));
+    let runner = Arc::new(FakeRunner::new().then_stdout(&full_report_of("other-host", &[(KEY, "nvmetcp_vol", "")])));
     assert_eq!(call(&tree, &runner, "Volume.destroy", &body("")), Err("NVMETCP_SECOND_WRITER".to_owned()));
-    assert_eq!(runner.calls().len(), 1, "nothing but the vgs that found the other writer: {:?}", runner.calls());
+    assert_eq!(runner.calls().len(), 1, "nothing but the report that found the other writer: {:?}", runner.calls());
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn a_broken_chain_fails_sr_ls_rather_than_listing_part_of_it() {
 fn snapshot_of_a_volume_in_use_is_refused_saying_why() {
     let tree = attached_sr();
     tree.write("/etc/nvme/hostid", "me\n");
-    let active = full_report_of(&[(KEY, "nvmetcp_vol", "active")]);
+    let active = full_report_of("me", &[(KEY, "nvmetcp_vol", "active")]);
     let runner = Arc::new(FakeRunner::new().then_stdout(&active));
     assert_eq!(call(&tree, &runner, "Volume.snapshot", &body("")), Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()));
     assert!(!ran(&runner, "lvcreate"), "{:?}", runner.calls());
@@ -309,14 +309,14 @@ fn sr_stat_names_the_srs_rrd_plugin_as_its_datasource() {
 /// One `lvm fullreport` of the SR: its VG (writer: this host) and `lvs`.
 fn full_report(lvs: &[(&str, &str)]) -> String {
     let lvs: Vec<(&str, &str, &str)> = lvs.iter().map(|&(name, tags)| (name, tags, "")).collect();
-    full_report_of(&lvs)
+    full_report_of("me", &lvs)
 }
 
-/// [`full_report`] of `lvs`: (name, tags, active).
-fn full_report_of(lvs: &[(&str, &str, &str)]) -> String {
+/// [`full_report`] of `lvs` (name, tags, active), its writer named `writer`.
+fn full_report_of(writer: &str, lvs: &[(&str, &str, &str)]) -> String {
     format!(
         r#"{{"report": [{{"vg": [{{"vg_name":"{VG}", "vg_uuid":"u", "vg_size":"1073741824", "vg_free":"536870912",
-        "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp.writer=me,nvmetcp_sr"}}], "lv": [{}]}}]}}"#,
+        "vg_extent_size":"4194304", "vg_tags":"nvmetcp.uuid={SR},nvmetcp.writer={writer},nvmetcp_sr"}}], "lv": [{}]}}]}}"#,
         lv_rows(lvs)
     )
 }

@@ -87,14 +87,14 @@ fn snapshots_and_destroys_of_layered_volumes_run_these_lvm_calls() {
     assert_eq!(
         snapshot,
         calls(
-            "vgs, lvs, lvs, lvs, lvchange -an, lvremove, lvs, lvs, lvs, lvchange --addtag, lvs, lvs, lvextend, \
-             lvchange -ay, lvs, lvchange --deltag, lvs, lvchange -an, lvremove, lvs, lvs, lvchange -an"
+            "fullreport, lvremove, lvs, lvchange --addtag, lvs, lvextend, lvchange -ay, lvchange --deltag, \
+             lvchange -an, lvremove, lvs, lvchange -an"
         ),
         "destroy of a snapshot, with a merge"
     );
     assert_eq!(
         origin,
-        calls("vgs, lvs, lvs, lvchange --deltag, lvs, lvs, lvs, lvs, lvchange -an, lvremove, lvs, lvs"),
+        calls("fullreport, lvchange --deltag, lvs, lvremove, lvs"),
         "destroy of the origin, with a removal"
     );
 }
