@@ -122,7 +122,7 @@ fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
     };
     if crate::snapshot::served::open_read_only(&ctx.host, sr.as_str(), volume) {
         return Err(not_done(format!(
-            "volume {volume} is attached read-only on this host (a snapshot volume): it is never swapped onto a \
+            "volume {volume} is attached read-only there (a snapshot volume): it is never swapped onto a \
              writable leaf; detach it first"
         )));
     }
