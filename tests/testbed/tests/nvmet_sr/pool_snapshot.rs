@@ -3,9 +3,13 @@
 //! master's journal, leaf and header, then the swap on the member through
 //! its host plugin), a clone of that snapshot started on the master while
 //! the member keeps writing, and the collector bringing the chain back to
-//! one node after deactivating what the member still had active. A mixed
-//! pool: the master runs the kernel's initiator, the member (no `nvme_tcp`,
-//! as XCP-ng 8.3) the userspace one.
+//! one node after deactivating what the member still had active. Beside it
+//! a plain (never snapshotted) volume the member's engine serves under
+//! `datapath = engine` (its host.conf: the guests have no tap-ctl, so `auto`
+//! would choose blkback) is snapshotted from the master in the same way: its
+//! first snapshot turns its raw LV into the frozen node under the fio. A
+//! mixed pool: the master runs the kernel's initiator, the member (no
+//! `nvme_tcp`, as XCP-ng 8.3) the userspace one.
 //!
 //! The master runs `pool-snapshot`, the member (the peer guest)
 //! `pool-snapshot-member`; they meet through `tb_signal`/`tb_await`, and the
@@ -56,10 +60,12 @@ tb_wait 20 "the emulated pool" grep -q serving xapi.out
 stored=$(expect_ok SR.create "{\"dbg\":\"c\",\"uuid\":\"$SR\",\"configuration\":{\"portals\":\"10.98.0.1\",\"nqn\":\"$nqn\",\"namespace\":\"1\"},\"name\":\"poolsnap\",\"description\":\"\"}")
 expect_ok SR.attach "{\"dbg\":\"a\",\"configuration\":$stored}" >/dev/null
 a=$(json "$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"vm disk\",\"description\":\"\",\"size\":16777216,\"sharable\":false}")" 'v["key"]')
+b=$(json "$(expect_ok Volume.create "{\"dbg\":\"v\",$sr,\"name\":\"plain disk\",\"description\":\"\",\"size\":16777216,\"sharable\":false}")" 'v["key"]')
 # A first snapshot at rest: from now on the volume's data is a chain.
 s0=$(json "$(expect_ok Volume.snapshot "{\"dbg\":\"s0\",$sr,\"key\":\"$a\"}")" 'v["key"]')
 printf '%s' "$stored" >/shared/snap-config
 echo "$a" >/shared/snap-volume
+echo "$b" >/shared/snap-plain
 tb_signal snap-layered
 tb_await snap-writing 300
 # The member's engine serves the volume and fio writes: the snapshot is
@@ -67,18 +73,25 @@ tb_await snap-writing 300
 expect_err NVMETCP_VOLUME_ACTIVE Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$a\"}" >/dev/null
 s1=$(json "$(expect_ok Volume.snapshot "{\"dbg\":\"s1\",$sr,\"key\":\"$a\"}")" 'v["key"]')
 tb_log "snapshot $s1 taken here of the disk the member writes"
+# The plain volume the member's engine serves (aio: on its raw LV): its
+# first snapshot, taken here and swapped there, freezes that LV.
+sb=$(json "$(expect_ok Volume.snapshot "{\"dbg\":\"sb\",$sr,\"key\":\"$b\"}")" 'v["key"]')
+tb_log "snapshot $sb taken here of the plain disk the member's engine writes"
 lvs --noheadings -o lv_tags "$vg" >tags.txt
 grep -q 'nj=' tags.txt && tb_fail "the snapshot left its journal"
 frozen_node=$(node_of "$s1")
-read_frozen() { # the snapshot's chain, read here with every LV active read-only
+[ "$(node_of "$sb")" = "$b" ] || tb_fail "the plain volume's snapshot does not hold its raw LV: $(node_of "$sb")"
+read_frozen() { # NODE FORMAT: a snapshot's chain, read here with every LV active read-only
     vgchange -q -ay --config "$ro_config" "$vg" >&2
-    qemu-img convert -U -f qcow2 -O raw "/dev/$vg/$frozen_node" /tmp/frozen.raw
+    qemu-img convert -U -f "$2" -O raw "/dev/$vg/$1" /tmp/frozen.raw
     vgchange -q -an "$vg" >/dev/null 2>&1 || true
     echo "$(sum </tmp/frozen.raw) $(quiet_sum /tmp/frozen.raw)"
     rm -f /tmp/frozen.raw
 }
-read -r frozen frozen_quiet < <(read_frozen)
+read -r frozen frozen_quiet < <(read_frozen "$frozen_node" qcow2)
 [ "$frozen_quiet" = "$(cat /shared/snap-quiet)" ] || tb_fail "the snapshot does not hold the data of the snapshot point"
+read -r frozen_b frozen_b_quiet < <(read_frozen "$b" raw)
+[ "$frozen_b_quiet" = "$(cat /shared/snap-quiet-b)" ] || tb_fail "the plain volume's snapshot does not hold the data of the snapshot point"
 echo "$s1" >/shared/snap-s1
 tb_signal snap-taken
 # A clone of the snapshot started here while the member keeps writing.
@@ -91,11 +104,14 @@ unplug "$c" 5
 tb_log "the clone ran here while the member wrote"
 tb_signal snap-cloned
 tb_await snap-detached 300
-read -r again _ < <(read_frozen)
+read -r again _ < <(read_frozen "$frozen_node" qcow2)
 [ "$again" = "$frozen" ] || tb_fail "the snapshot changed after it was taken"
+read -r again _ < <(read_frozen "$b" raw)
+[ "$again" = "$frozen_b" ] || tb_fail "the plain volume's snapshot changed after it was taken"
 # Destroyed, the snapshots and the clone are collected into the volume's
 # own LV; node LVs still active on the member are deactivated there first.
-for v in "$c" "$s1" "$s0"; do expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$v\"}" >/dev/null; done
+# The plain volume goes before its snapshot: its leaf is removed, not merged.
+for v in "$c" "$s1" "$s0" "$b" "$sb"; do expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$v\"}" >/dev/null; done
 [ "$(lvs --noheadings -o lv_name "$vg" | wc -l)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "not collected to one LV"; }
 tb_signal snap-collected
 tb_await snap-member-done 300
@@ -112,7 +128,7 @@ tb_modules
 # can (as XCP-ng 9). The member serves the SR over the userspace initiator;
 # this host's own lvs and lvchange below see its /dev/nbdN too.
 cp /etc/lvm/lvm.conf /run/lvm.conf.before
-trap 'rm -f /etc/modprobe.d/testbed-no-nvme-tcp.conf; cp /run/lvm.conf.before /etc/lvm/lvm.conf' EXIT
+trap 'rm -f /etc/modprobe.d/testbed-no-nvme-tcp.conf /etc/nvmetcp/host.conf; cp /run/lvm.conf.before /etc/lvm/lvm.conf' EXIT
 modprobe -r nvme_tcp
 echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
 modprobe nbd nbds_max=4
@@ -130,15 +146,22 @@ grep -Eq '"initiator": ?"userspace"' "/run/nvmetcp/srs/$SR.json" || tb_fail "the
 read -r type dev < <(plug "$a" 7)
 [ "$type" = vbd3 ] || tb_fail "the member does not serve the layered volume through its engine ($type)"
 [ "$(ro_of "$a")" = 1 ] || tb_fail "the chain's base is writable on the member: $(ro_of "$a")"
+# A plain volume, served by this host's engine as its host.conf asks.
+b=$(cat /shared/snap-plain)
+mkdir -p /etc/nvmetcp && echo "datapath = engine" >/etc/nvmetcp/host.conf
+read -r type dev_b < <(plug "$b" 8)
+[ "$type" = vbd3 ] || tb_fail "datapath = engine: the member does not serve the plain volume through its engine ($type)"
 # Known data where fio never writes, then fio --verify in a loop on the rest.
 dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
 quiet_sum "$dev" >/shared/snap-quiet
+dd if=/dev/urandom of="$dev_b" bs=1M count=4 oflag=direct status=none
+quiet_sum "$dev_b" >/shared/snap-quiet-b
 ( n=0
   while [ ! -e /shared/snap-cloned ] || [ "$n" -lt 2 ]; do
       n=$((n + 1))
-      fio --name=live --filename="$dev" --offset=8m --size=8m --rw=randwrite --bs=4k --direct=1 \
-          --verify=crc32c --do_verify=1 --iodepth=4 --ioengine=libaio --output="fio.$n.log" || exit 1
-      grep -q "err= 0" "fio.$n.log" || exit 1
+      fio --offset=8m --size=8m --rw=randwrite --bs=4k --direct=1 --verify=crc32c --do_verify=1 --iodepth=4 \
+          --ioengine=libaio --output="fio.$n.log" --name=live --filename="$dev" --name=plain --filename="$dev_b" --size=4m || exit 1
+      [ "$(grep -c "err= 0" "fio.$n.log")" = 2 ] || exit 1
   done
   echo "$n" >fio.rounds ) &
 writer=$!
@@ -150,12 +173,16 @@ tb_await snap-taken 300
 s1=$(cat /shared/snap-s1)
 old=$(node_of "$s1")
 [ "$(ro_of "$old")" = 1 ] || tb_fail "the snapshot's node $old is writable on the member after the swap: $(ro_of "$old")"
+[ "$(ro_of "$b")" = 1 ] || tb_fail "the plain volume's raw LV is writable on the member after the swap: $(ro_of "$b")"
 dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
+dd if=/dev/urandom of="$dev_b" bs=1M count=4 oflag=direct status=none
 tb_await snap-cloned 300
 wait "$writer" || { cat fio.*.log; tb_fail "fio --verify failed across the snapshot taken on the master"; }
-tb_log "fio --verify passed in $(cat fio.rounds) rounds across the master's snapshot and clone"
+tb_log "fio --verify passed in $(cat fio.rounds) rounds on both disks across the master's snapshots and clone"
 served=$(dd if="$dev" bs=1M count=16 iflag=direct status=none | sum)
 unplug "$a" 7
+unplug "$b" 8
+rm /etc/nvmetcp/host.conf
 # Node LVs left active here (as an administrator's vgchange would): the
 # master's collector must deactivate them here before removing them.
 for lv in $(lvs --noheadings -o lv_name "$vg" | grep -o 'node-[^ ]*'); do
