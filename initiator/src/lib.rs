@@ -28,6 +28,7 @@ pub mod nbd;
 pub mod pdu;
 pub mod queue;
 pub mod splice;
+pub mod stages;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vectored;

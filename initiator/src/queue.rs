@@ -19,6 +19,7 @@ use crate::block::{Payload, ReadSink};
 use crate::buffers;
 use crate::command::{self, Sqe};
 use crate::pdu::{self, kind, Digests, PduError, PduReader, Received, FLAG_LAST, FLAG_SUCCESS};
+use crate::stages::{self, Stage};
 use crate::vectored;
 
 /// How a queue failed a command.
@@ -87,6 +88,8 @@ struct Pending {
     pdus: u32,
     r2t_ok: bool,
     started: Instant,
+    /// When its H2CData went out (for [`stages`]).
+    data_sent: Option<Instant>,
     done: OnFinish,
 }
 
@@ -327,7 +330,9 @@ impl Queue {
         done: OnFinish,
     ) {
         let shared = &self.shared;
-        let in_capsule = !data_out.is_empty() && data_out.len() <= shared.params.in_capsule;
+        let submitting = Instant::now();
+        let is_write = !data_out.is_empty();
+        let in_capsule = is_write && data_out.len() <= shared.params.in_capsule;
         // In-capsule data goes out with its command, from memory.
         let data_out = match data_out {
             Payload::Held(held) if in_capsule => match held.into_bytes() {
@@ -402,8 +407,12 @@ impl Queue {
                 pdus: 0,
                 r2t_ok: !in_capsule && length > 0 && expect == 0,
                 started: Instant::now(),
+                data_sent: None,
                 done,
             });
+            if is_write {
+                stages::WRITES.beside(slots.pending.len() - slots.free.len());
+            }
         }
         let digest = digest.unwrap_or_default();
         let mut slices = [IoSlice::new(buf), IoSlice::new(bytes(&capsule_data)), IoSlice::new(&digest[..])];
@@ -412,6 +421,9 @@ impl Queue {
         // Let go of the data before the writer lock (see `unshare`).
         drop(capsule_data);
         drop(writer);
+        if is_write {
+            stages::WRITES.record(Stage::Submit, submitting);
+        }
         if let Err(e) = sent {
             shared.fail(format!("sending a command to {}: {e}", shared.portal));
         }
@@ -550,6 +562,9 @@ impl Shared {
                     });
                     return Err(Self::protocol(why));
                 }
+                if let Some(sent) = p.data_sent {
+                    stages::WRITES.record(Stage::CompletionWait, sent);
+                }
                 (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: unshare(p.data_out) });
                 Ok(())
             }
@@ -632,7 +647,20 @@ impl Shared {
         Ok(())
     }
 
+    /// Answers an R2T with the data it asks for, counting the time the
+    /// send took and when it ended ([`stages`]).
     fn r2t(&self, received: &Received) -> Result<(), PduError> {
+        let sending = Instant::now();
+        self.send_r2t_data(received)?;
+        stages::WRITES.record(Stage::DataSend, sending);
+        let cid = pdu::parse_data_header(received).cid;
+        if let Some(p) = lock(&self.slots).pending.get_mut(usize::from(cid)).and_then(Option::as_mut) {
+            p.data_sent = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn send_r2t_data(&self, received: &Received) -> Result<(), PduError> {
         let header = pdu::parse_data_header(received);
         let maxh2c = (self.params.maxh2cdata as usize).max(1);
         let (offset, length) = (header.offset as usize, header.length as usize);
@@ -644,6 +672,9 @@ impl Shared {
                 .get_mut(usize::from(header.cid))
                 .and_then(Option::as_mut)
                 .ok_or_else(|| Self::protocol(format!("R2T for command {} that is not in flight", header.cid)))?;
+            if offset == 0 {
+                stages::WRITES.record(Stage::R2tWait, p.started);
+            }
             if !p.r2t_ok || length == 0 || offset + length > p.data_out.len() {
                 return Err(Self::protocol(format!(
                     "R2T for {offset}+{length} of a command with {} bytes to send",

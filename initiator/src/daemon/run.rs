@@ -188,6 +188,9 @@ where
         if finished {
             return device_lost(sr, reporter, &record, &*served);
         }
+        if let Some(writes) = crate::stages::WRITES.take() {
+            tracing::debug!(%writes, "where the writes' time went");
+        }
         seen = served.wait_for_change(seen, REPORT_EVERY);
     }
 }

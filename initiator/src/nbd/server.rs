@@ -13,12 +13,14 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
 use super::resend::Resends;
 use crate::block::{BlockDevice, Completion, Geometry, IoError, Outcome, Payload, ReadSink, Request, Ticket};
 use crate::splice::{self, Held, MoveError};
+use crate::stages::{self, Stage};
 use crate::{buffers, vectored};
 
 /// The largest request the kernel sends (its `max_hw_sectors`, 65536
@@ -216,6 +218,7 @@ fn read_loop(
     let geometry = device.geometry();
     loop {
         let mut raw = [0u8; REQUEST_LEN];
+        let waited = Instant::now();
         match stream.read_exact(&mut raw) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return ConnectionEnd::Closed,
@@ -230,6 +233,11 @@ fn read_loop(
         }
         if header.len > MAX_REQUEST_BYTES && matches!(header.command, Command::Read | Command::Write) {
             return ConnectionEnd::Oversized(header.len);
+        }
+        // A write's lease and data are its payload stage.
+        let taking = Instant::now();
+        if header.command == Command::Write {
+            stages::WRITES.record(Stage::HeaderWait, waited);
         }
         counters.requests.fetch_add(1, Ordering::Relaxed);
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +258,7 @@ fn read_loop(
                     let mut data = buffers::take(len);
                     stream.read_exact(&mut data).map(|()| Payload::Bytes(data))
                 };
+                stages::WRITES.record(Stage::Payload, taking);
                 let data = match taken {
                     Ok(Payload::Bytes(data)) => data,
                     Ok(Payload::Held(data)) => {
@@ -307,7 +316,11 @@ fn read_loop(
                     Reply { handle, error: proto::error_value(&error), data: Vec::new(), _lease: lease }
                 }
             };
+            let replying = Instant::now();
             reply_to.send(reply);
+            if header.command == Command::Write {
+                stages::WRITES.record(Stage::Reply, replying);
+            }
         };
         let done: Completion = Box::new(done);
         if let Err(error) = check(&geometry, &request, held.as_ref()) {
