@@ -43,11 +43,16 @@ pub enum MoveError {
 /// The pipe's capacities asked for, in turn. A pipe counts slots, not
 /// bytes: the kernel's NBD driver sends a write one page per `sendmsg`, so a
 /// 1 MiB write is 256 segments of its AF_UNIX socket, one slot each, and
-/// the bytes read with the request's header take one more: 1 MiB (256
-/// slots) never held such a write whole, and every one was copied. Twice
-/// that needs `CAP_SYS_RESOURCE` (the daemon runs as root) past
-/// `/proc/sys/fs/pipe-max-size`; without it, 1 MiB, then the default.
+/// the bytes read with the request's header take one more. Twice 1 MiB
+/// needs `CAP_SYS_RESOURCE` past `/proc/sys/fs/pipe-max-size`; without it,
+/// 1 MiB, then the default, and a write that overflows its pipe goes on
+/// into another ([`MAX_PIPES`]).
 const PIPE_BYTES: [i32; 2] = [2 << 20, 1 << 20];
+
+/// Most pipes one held write fills (two descriptors each): a page-per-call
+/// 1 MiB write takes two 1 MiB pipes (seventeen of the 64 KiB default: that
+/// one is copied).
+const MAX_PIPES: usize = 8;
 
 struct Pipe {
     read: OwnedFd,
@@ -57,12 +62,18 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Self> {
+        Self::sized(&PIPE_BYTES)
+    }
+
+    /// A pipe of the first of `sizes` the kernel grants, else the default
+    /// (larger than /proc/sys/fs/pipe-max-size needs `CAP_SYS_RESOURCE`;
+    /// a smaller pipe only means more rounds, or more pipes).
+    fn sized(sizes: &[i32]) -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        // Larger than /proc/sys/fs/pipe-max-size needs root; the default
-        // (64 KiB) only means more rounds.
-        let capacity = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES[0]))
-            .or_else(|_| fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES[1])))
-            .or_else(|_| fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ))
+        let capacity = sizes
+            .iter()
+            .find_map(|&bytes| fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(bytes)).ok())
+            .map_or_else(|| fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ), Ok)
             .map_err(io::Error::from)?;
         Ok(Self { read, write, capacity: usize::try_from(capacity).unwrap_or(4096).max(4096) })
     }
@@ -72,57 +83,75 @@ thread_local! {
     /// One pipe per thread that moves bytes (the queues' reader threads),
     /// empty between moves.
     static PIPE: RefCell<Option<Pipe>> = const { RefCell::new(None) };
+    /// The pipes a thread copies held data into to send it (one per pipe
+    /// of the held write), empty between sends.
+    static COPIES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `MSG_MORE` (`include/linux/socket.h`, Linux 2.4), which nix does not
 /// name: the PDU head waits for its data in the same segment.
 const MSG_MORE: MsgFlags = MsgFlags::from_bits_retain(0x8000);
 
-/// A write's data held in a pipe, in the kernel's pages: sent as often as
+/// A write's data held in pipes, in the kernel's pages: sent as often as
 /// needed without ever being copied into this process.
 pub struct Held {
-    pipe: Pipe,
+    /// Each pipe with the bytes it holds, in the data's order.
+    pipes: Vec<(Pipe, usize)>,
     len: usize,
 }
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Held({} bytes)", self.len)
+        write!(f, "Held({} bytes in {} pipes)", self.len, self.pipes.len())
     }
 }
 
 /// Takes a write's data: `head` (bytes already read from `from`), then
-/// `len - head.len()` bytes of `from`, into a pipe. When the pipe cannot
-/// hold it all (its capacity counts the socket's segments, not bytes), the
-/// data is read into a buffer instead; either way every byte is taken.
+/// `len - head.len()` bytes of `from`, into pipes: when one is full (its
+/// capacity counts the socket's segments, not bytes), into the next. When
+/// no more pipes can be had, the data is read into a buffer instead;
+/// either way every byte is taken.
 ///
 /// # Errors
 /// Reading `from` failed (its stream is out of step).
 pub fn hold<S: Read + AsFd>(head: &[u8], from: &mut S, len: usize) -> io::Result<Payload> {
+    hold_in(head, from, len, &PIPE_BYTES)
+}
+
+fn hold_in<S: Read + AsFd>(head: &[u8], from: &mut S, len: usize, sizes: &[i32]) -> io::Result<Payload> {
     let head = &head[..head.len().min(len)];
-    // Out of descriptors (two per held write): this one is read into memory.
-    let Ok(pipe) = Pipe::new() else {
-        let mut data = buffers::take(len);
-        data[..head.len()].copy_from_slice(head);
-        from.read_exact(&mut data[head.len()..])?;
-        return Ok(Payload::Bytes(data));
+    let mut pipes: Vec<(Pipe, usize)> = Vec::new();
+    // The next pipe, non-blocking on its side: a full pipe says so instead
+    // of waiting for a reader that is this thread. None: out of pipes (or
+    // descriptors, two per pipe).
+    let next = |pipes: &mut Vec<(Pipe, usize)>| -> io::Result<bool> {
+        if pipes.len() == MAX_PIPES {
+            return Ok(false);
+        }
+        let Ok(pipe) = Pipe::sized(sizes) else { return Ok(false) };
+        fcntl(pipe.write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+        pipes.push((pipe, 0));
+        Ok(true)
     };
-    // Non-blocking on the pipe's side: a full pipe says so instead of
-    // waiting for a reader that is this thread.
-    fcntl(pipe.write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    let mut full = !next(&mut pipes)?;
     let mut put = 0;
-    while put < head.len() {
+    while put < head.len() && !full {
+        let Some((pipe, held)) = pipes.last_mut() else { break };
         match retry(|| nix::unistd::write(&pipe.write, &head[put..])) {
-            Ok(n) => put += n,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Ok(n) => {
+                put += n;
+                *held += n;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => full = !next(&mut pipes)?,
             Err(error) => return Err(error),
         }
     }
     let mut got = put;
-    if put == head.len() {
+    if put == head.len() && !full {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         let mut waited = false;
         while got < len {
+            let Some((pipe, held)) = pipes.last_mut() else { break };
             match retry(|| splice(from.as_fd(), None, pipe.write.as_fd(), None, len - got, flags)) {
                 Ok(0) => {
                     return Err(io::Error::new(
@@ -132,27 +161,38 @@ pub fn hold<S: Read + AsFd>(head: &[u8], from: &mut S, len: usize) -> io::Result
                 }
                 Ok(n) => {
                     got += n;
+                    *held += n;
                     waited = false;
                 }
                 // Nothing to read yet, or the pipe is full: after a wait
-                // for the socket, only the latter.
+                // for the socket, only the latter (then the next pipe).
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock && !waited => {
                     let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN)];
                     retry(|| poll(&mut fds, PollTimeout::NONE))?;
                     waited = true;
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if !next(&mut pipes)? {
+                        break;
+                    }
+                    waited = false;
+                }
                 Err(error) => return Err(error),
             }
         }
         if got == len {
-            return Ok(Payload::Held(Held { pipe, len }));
+            pipes.retain(|(_, held)| *held > 0);
+            return Ok(Payload::Held(Held { pipes, len }));
         }
     }
-    // The pipe is full: what it holds, then the rest, into a buffer (when
+    // Out of pipes: what they hold, then the rest, into a buffer (when
     // the head did not fit, nothing was spliced after it).
     let mut data = buffers::take(len);
-    read_pipe(&pipe, &mut data[..got])?;
+    let mut at = 0;
+    for (pipe, held) in &pipes {
+        read_pipe(pipe, &mut data[at..at + held])?;
+        at += held;
+    }
     let tail = head.len() - put;
     data[got..got + tail].copy_from_slice(&head[put..]);
     from.read_exact(&mut data[got + tail..])?;
@@ -183,68 +223,83 @@ impl Held {
         self.len == 0
     }
 
-    /// The data, read out of the pipe into a buffer (for a use that needs
+    /// The data, read out of the pipes into a buffer (for a use that needs
     /// it in memory: in-capsule data, a data digest, part of it).
     ///
     /// # Errors
-    /// Reading the pipe failed.
+    /// Reading a pipe failed.
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         let mut data = buffers::take(self.len);
-        read_pipe(&self.pipe, &mut data)?;
+        let mut at = 0;
+        for (pipe, held) in &self.pipes {
+            read_pipe(pipe, &mut data[at..at + held])?;
+            at += held;
+        }
         Ok(data)
     }
 
     /// Sends `pieces` to the socket `to`, each a PDU head (written as is)
     /// followed by the next that many bytes of the held data, which stays
     /// held. Returns `Ok(false)`, having sent nothing, when this thread's
-    /// pipe cannot take a copy of it all.
+    /// pipes cannot take a copy of it all.
     ///
     /// # Errors
     /// Writing the socket failed (part of it may have been sent).
     pub fn send(&self, pieces: &[(&[u8], usize)], to: BorrowedFd<'_>) -> io::Result<bool> {
-        PIPE.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(Pipe::new()?);
+        COPIES.with(|cell| {
+            let mut copies = cell.borrow_mut();
+            while copies.len() < self.pipes.len() {
+                copies.push(Pipe::new()?);
             }
-            let Some(pipe) = slot.as_ref() else { return Err(io::ErrorKind::Other.into()) };
-            let result = self.send_through(pipe, pieces, to);
+            let result = self.send_through(&copies, pieces, to);
             if !matches!(result, Ok(true)) {
                 // A partial copy is garbage for the next move.
-                *slot = None;
+                copies.clear();
             }
             result
         })
     }
 
-    fn send_through(&self, copy: &Pipe, pieces: &[(&[u8], usize)], to: BorrowedFd<'_>) -> io::Result<bool> {
-        // A tee starts from the first byte held: one call must copy it all.
-        let flags = SpliceFFlags::SPLICE_F_NONBLOCK;
-        match retry(|| tee(self.pipe.read.as_fd(), copy.write.as_fd(), self.len, flags)) {
-            Ok(n) if n == self.len => {}
-            Ok(_) => return Ok(false),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(error) => return Err(error),
-        }
+    fn send_through(&self, copies: &[Pipe], pieces: &[(&[u8], usize)], to: BorrowedFd<'_>) -> io::Result<bool> {
         let total: usize = pieces.iter().map(|(_, n)| n).sum();
         if total != self.len {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "the pieces do not cover the held data"));
         }
+        // Every pipe is copied before a byte is sent. A tee starts from the
+        // first byte held: one call must copy each pipe whole.
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK;
+        for ((pipe, held), copy) in self.pipes.iter().zip(copies) {
+            match retry(|| tee(pipe.read.as_fd(), copy.write.as_fd(), *held, flags)) {
+                Ok(n) if n == *held => {}
+                Ok(_) => return Ok(false),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
         let more = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+        let mut copied = self.pipes.iter().map(|(_, held)| *held).zip(copies);
+        let mut current: Option<(usize, &Pipe)> = None;
         let mut after = total;
         for (head, n) in pieces {
-            after -= n;
             let mut at = 0;
             while at < head.len() {
                 at += retry(|| send(to.as_raw_fd(), &head[at..], MSG_MORE | MsgFlags::MSG_NOSIGNAL))?;
             }
-            let flags = if after > 0 { more } else { SpliceFFlags::SPLICE_F_MOVE };
             let mut left = *n;
             while left > 0 {
-                match retry(|| splice(copy.read.as_fd(), None, to, None, left, flags))? {
-                    0 => return Err(io::ErrorKind::WriteZero.into()),
-                    gave => left -= gave,
+                let (in_copy, copy) = match current.take() {
+                    Some((in_copy, copy)) if in_copy > 0 => (in_copy, copy),
+                    _ => copied.next().ok_or(io::ErrorKind::UnexpectedEof)?,
+                };
+                let step = left.min(in_copy);
+                let flags = if after > step { more } else { SpliceFFlags::SPLICE_F_MOVE };
+                let gave = retry(|| splice(copy.read.as_fd(), None, to, None, step, flags))?;
+                if gave == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
                 }
+                left -= gave;
+                after -= gave;
+                current = Some((in_copy - gave, copy));
             }
         }
         Ok(true)
@@ -453,15 +508,72 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let mut socket = &source;
         let taken = hold(&data[..head], &mut socket, data.len()).unwrap();
-        let got = match taken {
-            Payload::Held(held) => held.into_bytes().unwrap(),
-            // Only a process that cannot pass pipe-max-size copies it.
-            Payload::Bytes(bytes) => {
-                assert!(!may_pass_pipe_max_size(), "a page-per-call 1 MiB write was copied, not held");
-                bytes
-            }
+        // Held whether or not this process may pass pipe-max-size (CI's
+        // root may not): a full pipe goes on into the next.
+        let Payload::Held(held) = taken else { panic!("a page-per-call 1 MiB write was copied, not held") };
+        let pipes = if may_pass_pipe_max_size() { 1 } else { 2 };
+        assert_eq!(held.pipes.len(), pipes, "{held:?}");
+        assert!(held.into_bytes().unwrap() == data, "every byte, in order");
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_write_held_in_several_pipes_is_sent_whole_again_after_a_send_died_half_way() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        // 1 MiB a page per call into 256 KiB pipes (64 slots): five pipes.
+        let (mut nbd, source) = UnixStream::pair().unwrap();
+        let len = 1 << 20;
+        let data: Vec<u8> = (0..len).map(|i: usize| u8::try_from(i * 17 % 251).unwrap_or(0)).collect();
+        let head = 1000;
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                for page in data[head..].chunks(4096) {
+                    nbd.write_all(page).unwrap();
+                }
+                nbd.write_all(b"next request").unwrap();
+                nbd
+            })
         };
-        assert!(got == data, "every byte, in order");
+        let mut socket = &source;
+        let Payload::Held(held) = hold_in(&data[..head], &mut socket, len, &[256 << 10]).unwrap() else {
+            panic!("1 MiB fits in eight 256 KiB pipes");
+        };
+        assert!(held.pipes.len() > 1, "{held:?}");
+        let mut next = [0u8; 12];
+        (&source).read_exact(&mut next).unwrap();
+        assert_eq!(&next, b"next request", "not a byte more was taken");
+        let third = len / 3;
+        let pieces: [(&[u8], usize); 2] = [(b"head", third), (b"tail", len - third)];
+        // The first path dies after 100 KiB of the data (small buffers, so
+        // the send is still under way then).
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        setsockopt(&listener, sockopt::RcvBuf, &4096).unwrap();
+        let to = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        setsockopt(&to, sockopt::SndBuf, &4096).unwrap();
+        let (mut from, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 100 * 1024];
+            from.read_exact(&mut got).unwrap();
+        });
+        assert!(held.send(&pieces, to.as_fd()).is_err(), "the send to a closed connection fails");
+        reader.join().unwrap();
+        drop(to);
+        // Sent again, on another path: every byte, in two PDUs.
+        let (to, mut from) = tcp_pair();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 8 + len];
+            from.read_exact(&mut got).unwrap();
+            got
+        });
+        assert!(held.send(&pieces, to.as_fd()).unwrap());
+        drop(to);
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..4 + third] == data[..third], "first piece");
+        assert_eq!(&got[4 + third..8 + third], b"tail");
+        assert!(got[8 + third..] == data[third..], "second piece, across the pipes");
+        assert!(held.into_bytes().unwrap() == data, "still whole");
         drop(writer.join().unwrap());
     }
 
