@@ -49,7 +49,9 @@ fn serve(ctx: &Context, uri: &VolumeUri, step: Step) -> CallResult<(String, &'st
         let device = crate::snapshot::served::attach(ctx.runner.as_ref(), &ctx.host, &lvm, &state, volume_tag, &found)?;
         return Ok((device.display().to_string(), "vbd3"));
     }
-    lvm.lv_activate(&state.vg, &lv, true)?;
+    // `-ay` if it is not active here (which loads the current metadata),
+    // `--refresh` if it is (what the master changed since: a resize).
+    lvm.lvs_activate(&state.vg, std::slice::from_ref(&lv), std::slice::from_ref(&found))?;
     tracing::info!(volume = %lv, "volume activated");
     Ok((format!("/dev/{}/{lv}", state.vg), "vbd"))
 }

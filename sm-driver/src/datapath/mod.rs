@@ -4,10 +4,10 @@
 //! The datapath plugin gets only the volume's URI, `nvmetcp://<sr uuid>/<lv>`;
 //! xapi guarantees the SR is attached on this host first, so the attachment
 //! state ([`crate::sr_state`]) says where the namespace is. `attach`
-//! activates the LV on this host (refreshing what the master changed, such as
-//! a resize) and returns `XenDisk {backend_type: "vbd"}` plus the
-//! `BlockDevice` path; `activate` refreshes again (the migration handover
-//! point); `deactivate` deactivates; `detach` makes sure of it and never
+//! activates the LV on this host (an LV already active is refreshed instead,
+//! picking up what the master changed, such as a resize) and returns
+//! `XenDisk {backend_type: "vbd"}` plus the `BlockDevice` path; `activate`
+//! refreshes it (the migration handover point); `deactivate` deactivates; `detach` makes sure of it and never
 //! fails on a volume that is already gone. Every call is idempotent, and
 //! `domain` (possibly empty during teardown) is not relied upon. Activation
 //! writes no LVM metadata, so it works on pool members.

@@ -375,3 +375,21 @@ fn activate_follows_the_datapath_attach_chose_without_asking_tapdisk_again() {
     assert!(!asked_tapdisk(&runner), "activate asked tapdisk again: {:?}", runner.calls());
     assert!(ran(&runner, "lvchange"), "blkback, as attach chose: {:?}", runner.calls());
 }
+
+/// A plain volume handed to blkback: attach activates its inactive LV (one
+/// `lvchange -ay`, which loads the current metadata); activate, with the LV
+/// active, refreshes it (the master may have resized it since) — one LVM
+/// process besides the lookup each, not an `-ay` and a `--refresh`.
+#[test]
+fn a_plain_volume_is_activated_if_inactive_and_refreshed_if_active() {
+    let tree = attached_sr();
+    tree.write("/etc/nvmetcp/host.conf", "datapath = blkback\n");
+    let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{KEY}","domain":"0"}}"#);
+    for (method, active, action) in [("Datapath.attach", "", "-ay"), ("Datapath.activate", "active", "--refresh")] {
+        let runner = Arc::new(FakeRunner::new().then_stdout(&lvs(&[(KEY, "nvmetcp_vol", active)])).then_stdout(""));
+        call(&tree, &runner, method, &body).unwrap();
+        assert_eq!(lvm_subcommands(&runner), ["lvs", "lvchange"], "{method}: {:?}", runner.calls());
+        let shown = &runner.calls()[1].shown;
+        assert!(shown.ends_with(&format!(" {action} {VG}/{KEY}")), "{method}: {shown}");
+    }
+}
