@@ -35,6 +35,8 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
     (Interface::Sr, "set_name", |ctx, _, params| call(ctx, params, sr::set_name)),
     (Interface::Sr, "set_description", |ctx, _, params| call(ctx, params, sr::set_description)),
     (Interface::Volume, "create", |ctx, _, params| call(ctx, params, volume::create)),
+    (Interface::Volume, "snapshot", |ctx, _, params| call(ctx, params, volume::snapshot)),
+    (Interface::Volume, "clone", |ctx, _, params| call(ctx, params, volume::clone)),
     (Interface::Volume, "destroy", |ctx, _, params| call(ctx, params, volume::destroy)),
     (Interface::Volume, "set_name", |ctx, _, params| call(ctx, params, volume::set_name)),
     (Interface::Volume, "set_description", |ctx, _, params| call(ctx, params, volume::set_description)),
@@ -48,15 +50,6 @@ const HANDLERS: &[(Interface, &str, Handler)] = &[
     (Interface::Datapath, "detach", |ctx, _, params| call(ctx, params, datapath::detach)),
 ];
 
-/// Handlers that answer when called but do not ship yet: no method link, no
-/// feature in `Plugin.Query`, so xapi never calls them. Snapshots and clones
-/// stay here until the engine datapath serves layered volumes to VMs
-/// (`Datapath.attach` refuses them today); ARCHITECTURE.md says what is left.
-const UNSHIPPED: &[(Interface, &str, Handler)] = &[
-    (Interface::Volume, "snapshot", |ctx, _, params| call(ctx, params, volume::snapshot)),
-    (Interface::Volume, "clone", |ctx, _, params| call(ctx, params, volume::clone)),
-];
-
 /// Runs the handler of `params.method()` for the plugin of `kind`.
 ///
 /// # Errors
@@ -66,7 +59,6 @@ pub fn dispatch(ctx: &Context, kind: PluginKind, params: &Params) -> Result<Valu
     let method = params.method();
     let handler = HANDLERS
         .iter()
-        .chain(UNSHIPPED)
         .find(|(interface, name, _)| *interface == method.interface && *name == method.name)
         .map(|(_, _, handler)| handler)
         .ok_or_else(|| DriverError::Unimplemented { method: method.call_name() })?;
@@ -125,6 +117,8 @@ mod tests {
                 "SR_UPDATE",
                 "SR_SCAN",
                 "VDI_CREATE",
+                "VDI_SNAPSHOT",
+                "VDI_CLONE",
                 "VDI_DELETE",
                 "VDI_RESIZE",
                 "VDI_UPDATE"
@@ -151,6 +145,8 @@ mod tests {
                 "SR.set_name",
                 "SR.set_description",
                 "Volume.create",
+                "Volume.snapshot",
+                "Volume.clone",
                 "Volume.destroy",
                 "Volume.set_name",
                 "Volume.set_description",

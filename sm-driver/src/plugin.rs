@@ -77,7 +77,8 @@ pub fn query(kind: PluginKind, methods: &[&Method]) -> QueryResult {
         PluginKind::Datapath => (
             DATAPATH_SCHEME,
             "nvmetcp datapath",
-            "Hands nvmetcp volumes (LVs on the multipath NVMe namespace) to blkback",
+            "Hands nvmetcp volumes (LVs on the multipath NVMe namespace) to VMs: blkback on a plain volume's LV, \
+             or a chain of qcow2 layers opened by tapdisk or qemu-storage-daemon (vbd3)",
             Default::default(),
         ),
     };
