@@ -268,6 +268,71 @@ kill "$daemon"; wait "$daemon" || true
 nvme disconnect -n "$nqn" >/dev/null
 "#;
 
+/// The snapshot engine's cost, at rest: `Volume.snapshot` (journal, new
+/// leaf, its qcow2 header, the snapshot's record, commit point, the old
+/// leaf shrunk, journal removed) against the bare `lvcreate` + `qemu-img
+/// create` it cannot do without; then fio through the master's engine
+/// (`datapath = engine`: qemu-storage-daemon over NBD in the test bed) on
+/// a raw volume, and on the same volume once it is a one-layer chain (a
+/// qcow2 leaf over the raw LV), job by job.
+const SNAPSHOT: &str = r#"
+modprobe nbd nbds_max=4
+nqn=$(tb_simple_target bench 512 10.99.0.1)
+sr_up "$nqn" 10.99.0.1
+mkdir -p /etc/nvmetcp && echo "datapath = engine" >/etc/nvmetcp/host.conf
+size=33554432
+new_key() {
+    call Volume.create "{\"dbg\":\"v\",\"sr\":\"$H\",\"name\":\"$1\",\"description\":\"\",\"size\":$size,\"sharable\":false}" |
+        json_field '["key"]'
+}
+base=$(new_key timed)
+leaf=$(qemu-img measure -O qcow2 --size "$size" -o cluster_size=65536 --output=json | json_field '["fully-allocated"]')
+lvm lvchange -q -ay "$VG/$base"
+: >"$SCENARIO_OUT/bare_snapshot.txt"
+for i in $(seq "$REPEAT"); do
+    t0=$EPOCHREALTIME
+    lvm lvcreate -q -L "${leaf}b" -n "bare$i" "$VG" >/dev/null
+    qemu-img create -q -f qcow2 -o cluster_size=65536 -b "/dev/$VG/$base" -F raw "/dev/$VG/bare$i" "$size"
+    t1=$EPOCHREALTIME
+    ms "$t0" "$t1" >>"$SCENARIO_OUT/bare_snapshot.txt"
+done
+for i in $(seq "$REPEAT"); do lvm lvremove -q -f "$VG/bare$i" >/dev/null; done
+lvm lvchange -q -an "$VG/$base"
+"$B" time-calls Volume.snapshot "{\"dbg\":\"s\",\"sr\":\"$H\",\"key\":\"$base\"}" "$REPEAT" >"$SCENARIO_OUT/snapshot.json"
+io=$(new_key io)
+dp="\"uri\":\"nvmetcp://$SR/$io\",\"domain\":\"0\""
+for chain in raw layer; do
+    [ "$chain" = raw ] || call Volume.snapshot "{\"dbg\":\"s\",\"sr\":\"$H\",\"key\":\"$io\"}" >/dev/null
+    call Datapath.attach "{\"dbg\":\"p\",$dp}" >attach.json
+    call Datapath.activate "{\"dbg\":\"p\",$dp}" >/dev/null
+    dev=$(python3 -c 'import json,sys; v=json.load(sys.stdin); print([i[1]["path"] for i in v["implementations"] if i[0] == "BlockDevice"][0])' <attach.json)
+    for job in read:1m write:1m randread:4k randwrite:4k; do
+        rw=${job%%:*}; bs=${job#*:}
+        fio --name=bench --filename="$dev" --direct=1 --ioengine=libaio --iodepth=16 --rw="$rw" --bs="$bs" \
+            --size=24m --runtime="$RUNTIME" --time_based --output-format=json >"$SCENARIO_OUT/fio_${chain}_$rw.json"
+    done
+    call Datapath.deactivate "{\"dbg\":\"p\",$dp}" >/dev/null
+    call Datapath.detach "{\"dbg\":\"p\",$dp}" >/dev/null
+done
+rm -f /etc/nvmetcp/host.conf
+"#;
+
+/// Only the snapshot engine's measures (`bench/run --snapshot`).
+///
+/// # Errors
+/// A missing prerequisite or a failed scenario.
+pub fn run_snapshot(short: bool) -> Result<(), String> {
+    let prelude = prelude(&Plan::new(short))?;
+    let scenarios = [scenario("snapshot", &prelude, SNAPSHOT, 900)];
+    let load_before = report::load_average();
+    let run = nvmetcp_testbed::run("bench", &scenarios).map_err(|e| e.to_string())?;
+    let result = run.scenario("snapshot");
+    if !result.passed() {
+        return Err(format!("scenario snapshot failed; its log:\n{}", result.log));
+    }
+    report::write_snapshot(result, short, &load_before)
+}
+
 /// Runs only the userspace initiator against the kernel's
 /// (`bench/run --userspace`: a few minutes, while working on the initiator).
 ///
@@ -359,6 +424,7 @@ pub fn run(short: bool) -> Result<(), String> {
         scenario("data-path", &prelude, DATA, 900),
         scenario("path-cut", &prelude, STALL, 300),
         scenario("userspace-initiator", &prelude, USERSPACE, 600),
+        scenario("snapshot", &prelude, SNAPSHOT, 900),
     ];
     let run = nvmetcp_testbed::run("bench", &scenarios).map_err(|e| e.to_string())?;
     for s in &scenarios {
@@ -378,6 +444,7 @@ pub fn run(short: bool) -> Result<(), String> {
         data: run.scenario("data-path").clone(),
         stall: run.scenario("path-cut").clone(),
         userspace: run.scenario("userspace-initiator").clone(),
+        snapshot: run.scenario("snapshot").clone(),
     };
     let _ = std::fs::remove_dir_all(&work);
     report::write(&measures)

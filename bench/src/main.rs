@@ -8,7 +8,9 @@
 //! kernel is involved) it times `SR.attach` against `nvme connect`,
 //! `Volume.create` against `lvcreate`, `SR.ls` against `lvs`, runs fio
 //! through the datapath device, the raw multipath head and a single path, and
-//! measures the I/O stall while a path is cut. Benchmarks, not tests: no
+//! measures the I/O stall while a path is cut; `Volume.snapshot` against
+//! the bare `lvcreate` + `qemu-img create`, and fio through a one-layer
+//! chain against the raw volume in the same engine. Benchmarks, not tests: no
 //! threshold fails the run; the table says which targets are met.
 
 mod guest;
@@ -49,13 +51,15 @@ fn main() -> ExitCode {
     }
     let short = args.iter().any(|a| a == "--short");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: bench/run [--short] [--userspace | --attach]   (see BENCHMARKS.md)");
+        println!("usage: bench/run [--short] [--userspace | --attach | --snapshot]   (see BENCHMARKS.md)");
         return ExitCode::SUCCESS;
     }
     let run = if args.iter().any(|a| a == "--userspace") {
         host::run_userspace
     } else if args.iter().any(|a| a == "--attach") {
         host::run_attach
+    } else if args.iter().any(|a| a == "--snapshot") {
+        host::run_snapshot
     } else {
         host::run
     };
