@@ -11,11 +11,11 @@
 //!
 //! A *layered* volume is one whose data is not simply its own raw LV: its
 //! LV is a node of a chain (the read-only base of a snapshot), or it refers
-//! to another node (`nn=`). The engine datapath that serves chains is not
-//! wired to `Datapath.attach` yet, so a layered volume cannot be handed to
-//! a VM (blkback on its LV would read the wrong bytes or write into a
-//! frozen node): [`refuse_layered`] stops that where the engine does not
-//! serve it ([`super::served`]). Chains are open in the engines of the
+//! to another node (`nn=`). Only an engine serves it (`Datapath.attach`
+//! hands it to [`super::served`]); what cannot go through an engine, such
+//! as a resize of its LV, [`refuse_layered`] stops (blkback or `lvextend`
+//! on its LV would read the wrong bytes or write into a frozen node, and a
+//! leaf's image would not grow with its LV). Chains are open in the engines of the
 //! master and of the members: the collector and replay here ask every host
 //! ([`super::pool`]) which volumes it serves, leave those chains alone, ask
 //! the serving host which leaf a running volume writes, and have every host
