@@ -330,7 +330,7 @@ impl Queue {
         done: OnFinish,
     ) {
         let shared = &self.shared;
-        let submitting = Instant::now();
+        let submitting = stages::now();
         let is_write = !data_out.is_empty();
         let in_capsule = is_write && data_out.len() <= shared.params.in_capsule;
         // In-capsule data goes out with its command, from memory.
@@ -410,7 +410,7 @@ impl Queue {
                 data_sent: None,
                 done,
             });
-            if is_write {
+            if is_write && submitting.is_some() {
                 stages::WRITES.beside(slots.pending.len() - slots.free.len());
             }
         }
@@ -562,9 +562,7 @@ impl Shared {
                     });
                     return Err(Self::protocol(why));
                 }
-                if let Some(sent) = p.data_sent {
-                    stages::WRITES.record(Stage::CompletionWait, sent);
-                }
+                stages::WRITES.record(Stage::CompletionWait, p.data_sent);
                 (p.done)(Finished { outcome: Ok(cqe), data_in: p.data_in, data_out: unshare(p.data_out) });
                 Ok(())
             }
@@ -650,12 +648,14 @@ impl Shared {
     /// Answers an R2T with the data it asks for, counting the time the
     /// send took and when it ended ([`stages`]).
     fn r2t(&self, received: &Received) -> Result<(), PduError> {
-        let sending = Instant::now();
+        let sending = stages::now();
         self.send_r2t_data(received)?;
-        stages::WRITES.record(Stage::DataSend, sending);
-        let cid = pdu::parse_data_header(received).cid;
-        if let Some(p) = lock(&self.slots).pending.get_mut(usize::from(cid)).and_then(Option::as_mut) {
-            p.data_sent = Some(Instant::now());
+        if sending.is_some() {
+            stages::WRITES.record(Stage::DataSend, sending);
+            let cid = pdu::parse_data_header(received).cid;
+            if let Some(p) = lock(&self.slots).pending.get_mut(usize::from(cid)).and_then(Option::as_mut) {
+                p.data_sent = stages::now();
+            }
         }
         Ok(())
     }
@@ -672,8 +672,8 @@ impl Shared {
                 .get_mut(usize::from(header.cid))
                 .and_then(Option::as_mut)
                 .ok_or_else(|| Self::protocol(format!("R2T for command {} that is not in flight", header.cid)))?;
-            if offset == 0 {
-                stages::WRITES.record(Stage::R2tWait, p.started);
+            if offset == 0 && stages::now().is_some() {
+                stages::WRITES.record(Stage::R2tWait, Some(p.started));
             }
             if !p.r2t_ok || length == 0 || offset + length > p.data_out.len() {
                 return Err(Self::protocol(format!(

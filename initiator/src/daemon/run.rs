@@ -167,6 +167,9 @@ where
         block_size: geometry.block_size,
     };
     tracing::info!(sr = %sr, device = %record.device(), "serving");
+    if std::env::var("NVMETCP_WRITE_STAGES").is_ok_and(|v| v == "1") {
+        crate::stages::switch_on();
+    }
     let mut seen = 0;
     loop {
         let stats = export.stats();

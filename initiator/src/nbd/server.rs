@@ -13,7 +13,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use super::budget::{Budget, Lease};
 use super::proto::{self, Command, ProtocolError, RequestHeader, REQUEST_LEN};
@@ -218,7 +217,7 @@ fn read_loop(
     let geometry = device.geometry();
     loop {
         let mut raw = [0u8; REQUEST_LEN];
-        let waited = Instant::now();
+        let waited = stages::now();
         match stream.read_exact(&mut raw) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return ConnectionEnd::Closed,
@@ -235,7 +234,7 @@ fn read_loop(
             return ConnectionEnd::Oversized(header.len);
         }
         // A write's lease and data are its payload stage.
-        let taking = Instant::now();
+        let taking = stages::now();
         if header.command == Command::Write {
             stages::WRITES.record(Stage::HeaderWait, waited);
         }
@@ -316,7 +315,7 @@ fn read_loop(
                     Reply { handle, error: proto::error_value(&error), data: Vec::new(), _lease: lease }
                 }
             };
-            let replying = Instant::now();
+            let replying = stages::now();
             reply_to.send(reply);
             if header.command == Command::Write {
                 stages::WRITES.record(Stage::Reply, replying);
