@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::context::Context;
-use crate::dispatch::{dispatch, implemented};
+use crate::dispatch::implemented;
 use crate::error::{to_error_record, DriverError, Failure};
 use crate::plugin::{DATAPATH_SCHEME, HOST_PLUGINS_DIR, VERSION, VOLUME_PLUGIN_DIR};
 use crate::smapi::method::{Interface, Method, PluginKind};
@@ -212,7 +212,7 @@ fn run(ctx: &Context, request: &CallRequest, stdin: &mut dyn Read) -> Result<ser
     }
     let _entered = span.enter();
     tracing::debug!(plugin = %request.kind, "call started");
-    let result = contain_panics(method, || dispatch(ctx, request.kind, &params));
+    let result = contain_panics(method, || crate::pool_forward::dispatch_here_or_on_master(ctx, request.kind, &params));
     match &result {
         Ok(_) => tracing::debug!("call succeeded"),
         Err(failure) => tracing::error!(error = %crate::error::chain(&failure.error), "call failed"),

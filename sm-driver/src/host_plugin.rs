@@ -33,6 +33,10 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("status", "JSON: every nvmetcp SR attached on this host with each path's state"),
     ("pool_role", "text: this host's pool role from pool.conf (master, member, standalone or unknown)"),
     ("volume_mapped", "JSON {\"mapped\"}: whether volume args vg, lv is mapped (device-mapper) on this host"),
+    (
+        crate::pool_forward::FUNCTION,
+        "JSON {\"result\"} or {\"error\"}: on the master, runs the Volume call args method, request (its JSON) a member forwarded",
+    ),
 ];
 
 fn identity(host: &HostRoot) -> Result<String, (ErrorCode, Vec<String>)> {
@@ -74,6 +78,7 @@ fn answer(ctx: &Context, function: &str, args: &BTreeMap<String, String>) -> Res
         "status" => serde_json::to_string(&crate::status::report(host))
             .map_err(|e| (ErrorCode::InternalError, vec![e.to_string()])),
         crate::writer_guard::ROLE_FUNCTION => Ok(crate::writer_guard::role_answer(host)),
+        crate::pool_forward::FUNCTION => crate::pool_forward::answer(ctx, args),
         crate::pool_mappings::FUNCTION => {
             crate::pool_mappings::answer(host, args).map_err(|why| (ErrorCode::BadPluginCall, vec![why]))
         }

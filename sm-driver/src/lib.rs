@@ -45,6 +45,7 @@ pub mod lock;
 pub mod lvm;
 pub mod nvme;
 pub mod plugin;
+pub mod pool_forward;
 pub mod pool_mappings;
 pub mod pool_role;
 pub mod request;

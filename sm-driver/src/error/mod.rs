@@ -65,6 +65,25 @@ pub enum DriverError {
     /// An SR, Volume or Datapath call failed on this host.
     #[error(transparent)]
     Sr(Box<CallError>),
+    /// A pool member could not send a metadata-writing call to the master
+    /// ([`crate::pool_forward`]); nothing was written.
+    #[error(
+        "{method} writes LVM metadata, which only the pool master (master: {master}) does, and this pool member \
+         could not send it there ({why}); nothing was written. Check that the master is up and its XAPI answers \
+         (xe host-list), then retry"
+    )]
+    MasterUnreachable {
+        /// The call.
+        method: String,
+        /// The master's address from `pool.conf`.
+        master: String,
+        /// Why.
+        why: String,
+    },
+    /// The pool master ran the forwarded call and it failed: its record, as
+    /// the master made it.
+    #[error("{}", .0.params.first().map(String::as_str).unwrap_or("the pool master refused the call"))]
+    Forwarded(Box<ErrorRecord>),
     /// A bug: the call panicked.
     #[error("internal error in {method}: {message}; please report it with /var/log/SMlog")]
     Panicked {
@@ -157,6 +176,9 @@ pub fn to_error_record(failure: &Failure, host: &str) -> ErrorRecord {
             (ErrorCode::InvalidParameter, vec![String::new(), "sr".to_owned()])
         }
         DriverError::Sr(source) => (sr_code(source), vec![]),
+        DriverError::MasterUnreachable { method, .. } => (ErrorCode::PoolUnreachable, vec![method.clone()]),
+        // The master made the record; the member passes it on as it is.
+        DriverError::Forwarded(record) => return (**record).clone(),
         DriverError::Encode { method, .. } | DriverError::Panicked { method, .. } => {
             (ErrorCode::InternalError, vec![method.clone()])
         }

@@ -147,6 +147,13 @@ impl Params {
         Ok(Self { method, values })
     }
 
+    /// The parameters as one JSON object, as `from_json` reads them (a
+    /// member forwards them to the master so).
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        Value::Object(self.values.clone()).to_string()
+    }
+
     /// The method these parameters are for.
     #[must_use]
     pub fn method(&self) -> &'static Method {
