@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         if args.first().is_some_and(|a| a == "serve-two-hosts") {
             return pool::serve_two_hosts(&args[1..]);
         }
+        if args.first().is_some_and(|a| a == "serve-member-xapi") {
+            return pool::serve_member_xapi(&args[1..]);
+        }
         if args.first().is_some_and(|a| a == "register-sr") {
             return pool::register_sr(&args[1..]);
         }

@@ -1,7 +1,9 @@
 //! A pool of two test-bed guests for the cross-host scenarios: the master's
 //! emulated XAPI relays `host.call_plugin` for the member through the shared
 //! directory, and the member answers with its real host plugin
-//! (`/etc/xapi.d/plugins/nvmetcp`, the plugin binary as xapi runs it).
+//! (`/etc/xapi.d/plugins/nvmetcp`, the plugin binary as xapi runs it). The
+//! other way round, a member's emulated XAPI relays its calls to the master
+//! (`serve-member-xapi`: a member forwarding a volume call to the master).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,13 +20,14 @@ use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo};
 const MASTER: &str = "master";
 const MEMBER: &str = "member";
 
-/// Relays the member's plugin calls: `ask-N.json` out, `answer-N.json` back.
-struct RelayToMember {
+/// Relays plugin calls to the host `to`: `ask-N.json` out, `answer-N.json` back.
+struct Relay {
+    to: &'static str,
     dir: PathBuf,
     next: std::sync::atomic::AtomicU32,
 }
 
-impl Backend for RelayToMember {
+impl Backend for Relay {
     fn call_plugin(
         &self,
         host: &HostInfo,
@@ -32,7 +35,7 @@ impl Backend for RelayToMember {
         function: &str,
         args: &BTreeMap<String, String>,
     ) -> Result<String, Failure> {
-        if host.name_label != MEMBER || plugin != "nvmetcp" {
+        if host.name_label != self.to || plugin != "nvmetcp" {
             return Err(Failure::new("XENAPI_MISSING_PLUGIN", &[plugin]));
         }
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -68,8 +71,26 @@ pub fn serve_two_hosts(args: &[String]) -> ExitCode {
     };
     std::fs::create_dir_all(dir).unwrap();
     let config = Config { hosts: vec![MASTER.into(), MEMBER.into()], ..Config::default() };
-    let relay = RelayToMember { dir: dir.into(), next: 0.into() };
+    let relay = Relay { to: MEMBER, dir: dir.into(), next: 0.into() };
     let _xapi = XapiHost::serve(HostRoot::at("/"), Emulator::new(config, relay), MASTER);
+    println!("serving");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `serve-member-xapi DIR`: on the member, its own XAPI on the dom0 socket
+/// for the same pool, as `member` (named in `/etc/xensource-inventory`),
+/// whose plugin calls to the master go through `DIR`; serves until killed.
+pub fn serve_member_xapi(args: &[String]) -> ExitCode {
+    let [dir] = args else {
+        eprintln!("usage: serve-member-xapi DIR");
+        return ExitCode::FAILURE;
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let config = Config { hosts: vec![MASTER.into(), MEMBER.into()], ..Config::default() };
+    let relay = Relay { to: MASTER, dir: dir.into(), next: 0.into() };
+    let _xapi = XapiHost::serve(HostRoot::at("/"), Emulator::new(config, relay), MEMBER);
     println!("serving");
     loop {
         std::thread::park();

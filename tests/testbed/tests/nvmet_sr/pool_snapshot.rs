@@ -11,6 +11,14 @@
 //! mixed pool: the master runs the kernel's initiator, the member (no
 //! `nvme_tcp`, as XCP-ng 8.3) the userspace one.
 //!
+//! Last, a VM with a reset-on-boot disk starts and stops on the member: the
+//! member makes xapi-storage-script's calls (`Volume.clone`, `Volume.set
+//! clone-on-boot`, the clone's datapath, a write, `Volume.destroy` of the
+//! clone, `Volume.unset`); its metadata writes go to the master through the
+//! member's own emulated XAPI (`serve-member-xapi`, relayed through
+//! `/shared/plugin-fwd` to the master's host plugin), and the original's
+//! data is unchanged.
+//!
 //! The master runs `pool-snapshot`, the member (the peer guest)
 //! `pool-snapshot-member`; they meet through `tb_signal`/`tb_await`, and the
 //! master's emulated XAPI relays plugin calls through `/shared/plugin-snap`.
@@ -113,8 +121,18 @@ read -r again _ < <(read_frozen "$b" raw)
 # The plain volume goes before its snapshot: its leaf is removed, not merged.
 for v in "$c" "$s1" "$s0" "$b" "$sb"; do expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$v\"}" >/dev/null; done
 [ "$(lvs --noheadings -o lv_name "$vg" | wc -l)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "not collected to one LV"; }
+# This host's plugin, answering the calls the member forwards.
+mkdir -p /etc/xapi.d/plugins && ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /etc/xapi.d/plugins/nvmetcp
+"$T" answer-plugin /shared/plugin-fwd /etc/xapi.d/plugins/nvmetcp 2>forwarded.log &
+forwarded=$!
 tb_signal snap-collected
 tb_await snap-member-done 300
+kill "$forwarded"
+cat forwarded.log
+for f in Volume.clone Volume.set Volume.destroy Volume.unset; do
+    grep 'answered volume_call' forwarded.log | grep -qF "\"$f\"" || tb_fail "the member's $f was not run here"
+done
+[ "$(lvs --noheadings -o lv_name "$vg" | wc -l)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "the reset-on-boot clone was not collected"; }
 expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$a\"}" >/dev/null
 expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
 tb_signal snap-master-done
@@ -200,6 +218,26 @@ read -r type path < <(plug "$a" 7)
 [ "$type" = vbd ] || tb_fail "the collected volume is not a plain volume again ($type)"
 [ "$(dd if="$path" bs=1M count=16 iflag=direct status=none | sum)" = "$served" ] || tb_fail "the collected volume lost data"
 unplug "$a" 7
+# A VM with the disk reset-on-boot starts here, as xapi-storage-script runs it
+# on the host the VM starts on: the metadata writes go to the master.
+"$T" serve-member-xapi /shared/plugin-fwd >member-xapi.out &
+member_xapi=$!
+tb_wait 20 "this member's emulated XAPI" grep -q serving member-xapi.out
+c=$(json "$(expect_ok Volume.clone "{\"dbg\":\"rb\",$sr,\"key\":\"$a\"}")" 'v["key"]')
+expect_ok Volume.set "{\"dbg\":\"rb\",$sr,\"key\":\"$a\",\"k\":\"clone-on-boot\",\"v\":\"$c\"}" >/dev/null
+read -r type dev_c < <(plug "$c" 9)
+[ "$(dd if="$dev_c" bs=1M count=16 iflag=direct status=none | sum)" = "$served" ] || tb_fail "the reset-on-boot clone does not start from the disk's data"
+dd if=/dev/urandom of="$dev_c" bs=1M count=4 oflag=direct status=none
+unplug "$c" 9
+# The VM stops: the clone goes, and the disk's key with it.
+expect_ok Volume.destroy "{\"dbg\":\"rb\",$sr,\"key\":\"$c\"}" >/dev/null
+expect_ok Volume.unset "{\"dbg\":\"rb\",$sr,\"key\":\"$a\",\"k\":\"clone-on-boot\"}" >/dev/null
+expect_ok Volume.stat "{\"dbg\":\"st\",$sr,\"key\":\"$a\"}" | grep -q clone-on-boot && tb_fail "Volume.unset left clone-on-boot"
+read -r type path < <(plug "$a" 7)
+[ "$(dd if="$path" bs=1M count=16 iflag=direct status=none | sum)" = "$served" ] || tb_fail "the reset-on-boot run changed the original disk"
+unplug "$a" 7
+kill "$member_xapi"
+tb_log "a reset-on-boot VM started and stopped on this member through the master; the disk is unchanged"
 expect_ok SR.detach "{\"dbg\":\"d\",$sr}" >/dev/null
 tb_signal snap-member-done
 # The master's last destroy asks this host whether it maps the volume.
