@@ -67,10 +67,13 @@ fn forwarded(method: &Method) -> bool {
 /// The handler's [`Failure`], here or on the master (its record as it made
 /// it), or [`DriverError::MasterUnreachable`].
 pub fn dispatch_here_or_on_master(ctx: &Context, kind: PluginKind, params: &Params) -> Result<Value, Failure> {
+    // Only a forwardable call reads pool.conf: the datapath calls of a VM
+    // start and SR.stat do not pay for it.
+    if kind != PluginKind::Volume || !forwarded(params.method()) {
+        return dispatch(ctx, kind, params);
+    }
     match role(&ctx.host) {
-        Role::Member(master) if kind == PluginKind::Volume && forwarded(params.method()) => {
-            on_master(ctx, params, &master)
-        }
+        Role::Member(master) => on_master(ctx, params, &master),
         _ => dispatch(ctx, kind, params),
     }
 }
