@@ -102,14 +102,7 @@ impl Backend for Member {
             return pool_mappings::answer(&self.tree.host(), args).map_err(|e| Failure::new("NVMETCP_BAD_CALL", &[&e]));
         }
         let ctx = Context::fake(self.tree.host(), Box::new(self.tools.clone()));
-        match crate::chain_member::answer(&ctx, function, args) {
-            Some(Ok(text)) => Ok(text),
-            Some(Err((code, params))) => {
-                let params: Vec<&str> = params.iter().map(String::as_str).collect();
-                Err(Failure::new(code.as_str(), &params))
-            }
-            None => Err(Failure::new("NVMETCP_UNKNOWN_FUNCTION", &[function])),
-        }
+        super::tests::member_reply(&ctx, function, args)
     }
 }
 

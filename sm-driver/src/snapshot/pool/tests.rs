@@ -18,6 +18,20 @@ use crate::snapshot::ops::{Elsewhere, OpError, Running, ServingProbe};
 use crate::snapshot::served::{HereProbe, RUN_BASE};
 use crate::xapi_fixture::XapiHost;
 
+/// What XAPI's `host.call_plugin` answers when the member's host plugin runs
+/// `function` (`chain_member`'s functions) on `ctx`: its text, or its error
+/// code and parameters as an XAPI failure.
+pub(super) fn member_reply(ctx: &Context, function: &str, args: &BTreeMap<String, String>) -> Result<String, Failure> {
+    match crate::chain_member::answer(ctx, function, args) {
+        Some(Ok(text)) => Ok(text),
+        Some(Err((code, params))) => {
+            let params: Vec<&str> = params.iter().map(String::as_str).collect();
+            Err(Failure::new(code.as_str(), &params))
+        }
+        None => Err(Failure::new("NVMETCP_UNKNOWN_FUNCTION", &[function])),
+    }
+}
+
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 const VG: &str = "nvmetcp_x";
 
@@ -43,14 +57,7 @@ impl Backend for Member {
             return Err(Failure::new("HOST_OFFLINE", &["xcp-2"]));
         }
         let ctx = Context::fake(HostRoot::at(&self.root), Box::new(FakeRunner::new()));
-        match crate::chain_member::answer(&ctx, function, args) {
-            Some(Ok(text)) => Ok(text),
-            Some(Err((code, params))) => {
-                let params: Vec<&str> = params.iter().map(String::as_str).collect();
-                Err(Failure::new(code.as_str(), &params))
-            }
-            None => Err(Failure::new("NVMETCP_UNKNOWN_FUNCTION", &[function])),
-        }
+        member_reply(&ctx, function, args)
     }
 }
 
