@@ -8,7 +8,7 @@
 //! |---|---|
 //! | open | daemon started with a QMP monitor and an NBD server on unix sockets; `blockdev-add` of the leaf (its backing chain follows the qcow2 header); `block-export-add` type `nbd`; then `nbd-client -unix SOCK /dev/nbdN -name disk` |
 //! | swap | `blockdev-add` of the new leaf with `backing: null`, then `blockdev-snapshot {node, overlay}`: QEMU drains the node's I/O, then appends the overlay, and every user of the old leaf (the export) now writes to the new one |
-//! | merge | `block-commit {job-id: merge-<top node>, device, top-node, base-node, auto-dismiss: false}`; `query-block-jobs`; a `ready` job (the leaf merged) is completed with `block-job-complete`; a `concluded` job is collected with `job-dismiss` and its `error`, if any, reported; the merged node, if this engine added it, is closed with `blockdev-del` (else it would hold its LV open) |
+//! | merge | `block-commit {job-id: merge-<n or b><hash of the top image's path>, device, top-node, base-node, auto-dismiss: false}`; `query-block-jobs`; a `ready` job (the leaf merged) is completed with `block-job-complete`; a `concluded` job is collected with `job-dismiss` and its `error`, if any, reported; the merged node, if this engine added it, is closed with `blockdev-del` (else it would hold its LV open) |
 //! | close | `nbd-client -d /dev/nbdN`, then `quit`, then the daemon is waited for |
 //!
 //! Node names are derived from the image path (`n` + 16 hex digits of its
@@ -29,8 +29,9 @@ use crate::host::HostRoot;
 
 /// The NBD export's name.
 const EXPORT: &str = "disk";
-/// The merge job's id prefix; the top node's name follows it, so the call
-/// that collects the job knows which node to delete.
+/// The merge job's id prefix; a name derived from the top image follows it
+/// ([`merge_job`]), so the call that collects the job knows which node to
+/// delete.
 const MERGE_JOB: &str = "merge-";
 /// How long the daemon may take to exit after `quit`.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +72,23 @@ pub fn node_name(image: &Image) -> String {
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("n{hash:016x}")
+}
+
+/// The merge job's id for `top`, whose node in the daemon is `top_node`.
+///
+/// A QMP job id must be an identifier (a letter first, then letters,
+/// digits, `-`, `.`, `_`): a node QEMU opened from a backing link is named
+/// like `#block485`, which is not one. So the id is derived from the image
+/// path, as [`node_name`] is: `merge-n<hash>` when the node is this
+/// engine's own (named so; it stays open after the merge and is deleted
+/// then), `merge-b<hash>` when QEMU opened it (it closes by itself).
+fn merge_job(top: &Image, top_node: &str) -> String {
+    let own = node_name(top);
+    if top_node == own {
+        format!("{MERGE_JOB}{own}")
+    } else {
+        format!("{MERGE_JOB}b{}", own.trim_start_matches('n'))
+    }
 }
 
 /// `blockdev-add` arguments for `image` (`backing: null` for a new overlay).
@@ -327,7 +345,7 @@ impl Engine for Qsd<'_> {
         let base_node = Self::find_node(&mut qmp, base)?;
         let device = Self::find_node(&mut qmp, &disk.leaf)?;
         let commit = json!({
-            "job-id": format!("{MERGE_JOB}{top_node}"),
+            "job-id": merge_job(top, &top_node),
             "device": device,
             "top-node": top_node,
             "base-node": base_node,

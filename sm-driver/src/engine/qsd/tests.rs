@@ -132,17 +132,54 @@ fn anyhow_chain(error: &dyn std::error::Error) -> Vec<String> {
     out
 }
 
+/// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.`, `_`.
+fn qmp_identifier(id: &str) -> bool {
+    id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+}
+
 #[test]
-fn a_merge_names_top_and_base_nodes_and_keeps_the_job_until_collected() {
+fn a_merge_of_a_node_this_engine_opened_is_named_after_it_and_deletes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let listed = || nodes(&[(&raw(), "#block5"), (&layer(1), "#block9"), (&layer(2), "nleaf")]);
+    let own = node_name(&layer(1));
+    let listed = || nodes(&[(&raw(), "#block5"), (&layer(1), &own), (&layer(2), "nleaf")]);
+    let job = format!("merge-{own}");
     let (seen, server) = qmp_server(
         dir.path(),
         vec![
             vec![listed(), listed(), listed(), json!({"return": {}})],
-            vec![json!({"return": [{"device": "merge-#block9", "status": "running", "offset": 5, "len": 10}]})],
             vec![
-                json!({"return": [{"device": "merge-#block9", "status": "concluded", "offset": 10, "len": 10}]}),
+                json!({"return": [{"device": job, "status": "concluded", "offset": 10, "len": 10}]}),
+                json!({"return": {}}),
+                json!({"return": {}}),
+            ],
+        ],
+    );
+    let fake = FakeRunner::new();
+    let host = HostRoot::at(dir.path());
+    let engine = Qsd::new(&fake, &host, dir.path());
+    let d = disk(dir.path(), layer(2));
+    engine.start_commit(&d, &layer(1), &raw()).unwrap();
+    assert_eq!(engine.commit_state(&d).unwrap(), CommitState::Done);
+    server.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[3]["arguments"]["job-id"], json!(job));
+    assert!(qmp_identifier(&job), "{job}");
+    assert_eq!(seen[6], json!({"execute": "blockdev-del", "arguments": {"node-name": own}}));
+}
+
+#[test]
+fn a_merge_names_top_and_base_nodes_and_keeps_the_job_until_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let listed = || nodes(&[(&raw(), "#block5"), (&layer(1), "#block9"), (&layer(2), "nleaf")]);
+    let job = format!("merge-b{}", &node_name(&layer(1))[1..]);
+    let (seen, server) = qmp_server(
+        dir.path(),
+        vec![
+            vec![listed(), listed(), listed(), json!({"return": {}})],
+            vec![json!({"return": [{"device": job, "status": "running", "offset": 5, "len": 10}]})],
+            vec![
+                json!({"return": [{"device": job, "status": "concluded", "offset": 10, "len": 10}]}),
                 json!({"return": {}}),
             ],
             vec![json!({"return": []})],
@@ -161,9 +198,10 @@ fn a_merge_names_top_and_base_nodes_and_keeps_the_job_until_collected() {
     assert_eq!(
         seen[3],
         json!({"execute": "block-commit", "arguments": {
-            "job-id": "merge-#block9", "device": "nleaf", "top-node": "#block9", "base-node": "#block5", "auto-dismiss": false}})
+            "job-id": job, "device": "nleaf", "top-node": "#block9", "base-node": "#block5", "auto-dismiss": false}})
     );
-    assert_eq!(seen[6], json!({"execute": "job-dismiss", "arguments": {"id": "merge-#block9"}}));
+    assert!(qmp_identifier(&job), "{job} is not a valid QMP job id");
+    assert_eq!(seen[6], json!({"execute": "job-dismiss", "arguments": {"id": job}}));
     assert!(!seen.iter().any(|r| r["execute"] == "blockdev-del"), "a node QEMU opened itself is not deleted by hand");
 }
 
