@@ -19,35 +19,48 @@ use crate::{datapath, diagnostics, plugin, sr, volume};
 
 type Handler = fn(&Context, PluginKind, &Params) -> Result<Value, Failure>;
 
-/// Implemented methods: interface, IDL method name, handler.
-const HANDLERS: &[(Interface, &str, Handler)] = &[
-    (Interface::Plugin, "query", |_, kind, params| encode(params, &query(kind))),
-    (Interface::Plugin, "diagnostics", |ctx, kind, params| {
+/// Where a call made on a pool member runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnMember {
+    /// On the member itself (a read, a datapath call, or an SR call whose
+    /// handler refuses on a member).
+    Here,
+    /// On the master: the call writes LVM metadata, which only the master
+    /// does, so the member forwards it ([`crate::pool_forward`]).
+    Master,
+}
+use OnMember::{Here, Master};
+
+/// Implemented methods: interface, IDL method name, where it runs when made
+/// on a pool member, handler.
+const HANDLERS: &[(Interface, &str, OnMember, Handler)] = &[
+    (Interface::Plugin, "query", Here, |_, kind, params| encode(params, &query(kind))),
+    (Interface::Plugin, "diagnostics", Here, |ctx, kind, params| {
         encode(params, &diagnostics::report(kind, &ctx.host, ctx.runner.as_ref()))
     }),
-    (Interface::Sr, "probe", |ctx, _, params| call(ctx, params, sr::probe)),
-    (Interface::Sr, "create", |ctx, _, params| call(ctx, params, sr::create)),
-    (Interface::Sr, "attach", |ctx, _, params| call(ctx, params, sr::attach)),
-    (Interface::Sr, "detach", |ctx, _, params| call(ctx, params, sr::detach)),
-    (Interface::Sr, "destroy", |ctx, _, params| call(ctx, params, sr::destroy)),
-    (Interface::Sr, "stat", |ctx, _, params| call(ctx, params, sr::stat)),
-    (Interface::Sr, "ls", |ctx, _, params| call(ctx, params, sr::ls)),
-    (Interface::Sr, "set_name", |ctx, _, params| call(ctx, params, sr::set_name)),
-    (Interface::Sr, "set_description", |ctx, _, params| call(ctx, params, sr::set_description)),
-    (Interface::Volume, "create", |ctx, _, params| call(ctx, params, volume::create)),
-    (Interface::Volume, "snapshot", |ctx, _, params| call(ctx, params, volume::snapshot)),
-    (Interface::Volume, "clone", |ctx, _, params| call(ctx, params, volume::clone)),
-    (Interface::Volume, "destroy", |ctx, _, params| call(ctx, params, volume::destroy)),
-    (Interface::Volume, "set_name", |ctx, _, params| call(ctx, params, volume::set_name)),
-    (Interface::Volume, "set_description", |ctx, _, params| call(ctx, params, volume::set_description)),
-    (Interface::Volume, "set", |ctx, _, params| call(ctx, params, volume::set)),
-    (Interface::Volume, "unset", |ctx, _, params| call(ctx, params, volume::unset)),
-    (Interface::Volume, "resize", |ctx, _, params| call(ctx, params, volume::resize)),
-    (Interface::Volume, "stat", |ctx, _, params| call(ctx, params, volume::stat)),
-    (Interface::Datapath, "attach", |ctx, _, params| call(ctx, params, datapath::attach)),
-    (Interface::Datapath, "activate", |ctx, _, params| call(ctx, params, datapath::activate)),
-    (Interface::Datapath, "deactivate", |ctx, _, params| call(ctx, params, datapath::deactivate)),
-    (Interface::Datapath, "detach", |ctx, _, params| call(ctx, params, datapath::detach)),
+    (Interface::Sr, "probe", Here, |ctx, _, params| call(ctx, params, sr::probe)),
+    (Interface::Sr, "create", Here, |ctx, _, params| call(ctx, params, sr::create)),
+    (Interface::Sr, "attach", Here, |ctx, _, params| call(ctx, params, sr::attach)),
+    (Interface::Sr, "detach", Here, |ctx, _, params| call(ctx, params, sr::detach)),
+    (Interface::Sr, "destroy", Here, |ctx, _, params| call(ctx, params, sr::destroy)),
+    (Interface::Sr, "stat", Here, |ctx, _, params| call(ctx, params, sr::stat)),
+    (Interface::Sr, "ls", Here, |ctx, _, params| call(ctx, params, sr::ls)),
+    (Interface::Sr, "set_name", Here, |ctx, _, params| call(ctx, params, sr::set_name)),
+    (Interface::Sr, "set_description", Here, |ctx, _, params| call(ctx, params, sr::set_description)),
+    (Interface::Volume, "create", Master, |ctx, _, params| call(ctx, params, volume::create)),
+    (Interface::Volume, "snapshot", Master, |ctx, _, params| call(ctx, params, volume::snapshot)),
+    (Interface::Volume, "clone", Master, |ctx, _, params| call(ctx, params, volume::clone)),
+    (Interface::Volume, "destroy", Master, |ctx, _, params| call(ctx, params, volume::destroy)),
+    (Interface::Volume, "set_name", Master, |ctx, _, params| call(ctx, params, volume::set_name)),
+    (Interface::Volume, "set_description", Master, |ctx, _, params| call(ctx, params, volume::set_description)),
+    (Interface::Volume, "set", Master, |ctx, _, params| call(ctx, params, volume::set)),
+    (Interface::Volume, "unset", Master, |ctx, _, params| call(ctx, params, volume::unset)),
+    (Interface::Volume, "resize", Master, |ctx, _, params| call(ctx, params, volume::resize)),
+    (Interface::Volume, "stat", Here, |ctx, _, params| call(ctx, params, volume::stat)),
+    (Interface::Datapath, "attach", Here, |ctx, _, params| call(ctx, params, datapath::attach)),
+    (Interface::Datapath, "activate", Here, |ctx, _, params| call(ctx, params, datapath::activate)),
+    (Interface::Datapath, "deactivate", Here, |ctx, _, params| call(ctx, params, datapath::deactivate)),
+    (Interface::Datapath, "detach", Here, |ctx, _, params| call(ctx, params, datapath::detach)),
 ];
 
 /// Runs the handler of `params.method()` for the plugin of `kind`.
@@ -59,8 +72,8 @@ pub fn dispatch(ctx: &Context, kind: PluginKind, params: &Params) -> Result<Valu
     let method = params.method();
     let handler = HANDLERS
         .iter()
-        .find(|(interface, name, _)| *interface == method.interface && *name == method.name)
-        .map(|(_, _, handler)| handler)
+        .find(|(interface, name, _, _)| *interface == method.interface && *name == method.name)
+        .map(|(_, _, _, handler)| handler)
         .ok_or_else(|| DriverError::Unimplemented { method: method.call_name() })?;
     handler(ctx, kind, params)
 }
@@ -71,8 +84,22 @@ pub fn implemented(kind: PluginKind) -> Vec<&'static Method> {
     CATALOGUE
         .iter()
         .filter(|m| m.interface.served_by(kind))
-        .filter(|m| HANDLERS.iter().any(|(interface, name, _)| *interface == m.interface && *name == m.name))
+        .filter(|m| HANDLERS.iter().any(|(interface, name, _, _)| *interface == m.interface && *name == m.name))
         .collect()
+}
+
+/// Whether a call of `method` made on a pool member runs on the master.
+#[must_use]
+pub fn runs_on_master(method: &Method) -> bool {
+    HANDLERS.iter().any(|(interface, name, on_member, _)| {
+        *interface == method.interface && *name == method.name && *on_member == Master
+    })
+}
+
+/// The methods a pool member forwards to the master, in catalogue order.
+#[must_use]
+pub fn forwarded() -> Vec<&'static Method> {
+    CATALOGUE.iter().filter(|m| runs_on_master(m)).collect()
 }
 
 /// The answer of `Plugin.Query` for the plugin of `kind`.
@@ -101,8 +128,44 @@ fn encode<T: Serialize>(params: &Params, value: &T) -> Result<Value, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::{implemented, query};
-    use crate::smapi::method::PluginKind;
+    use super::{forwarded, implemented, query};
+    use crate::smapi::method::{Interface, PluginKind};
+
+    /// The backticked names after `marker` on the line of `doc` holding it:
+    /// "`create`, `snapshot`, …".
+    fn listed_after(doc: &str, marker: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(format!("{}/../{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let line = text.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("{doc} lacks {marker:?}"));
+        let mut rest = &line[line.find(marker).unwrap() + marker.len()..];
+        let mut names = Vec::new();
+        while let Some((name, after)) = rest.strip_prefix('`').and_then(|r| r.split_once('`')) {
+            names.push(name.to_owned());
+            match after.strip_prefix(", ") {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn forwarded_methods_are_the_documented_ones() {
+        let names: Vec<String> = forwarded()
+            .iter()
+            .inspect(|m| assert_eq!(m.interface, Interface::Volume, "only Volume calls are forwarded"))
+            .map(|m| m.name.to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["create", "snapshot", "clone", "destroy", "set_name", "set_description", "set", "unset", "resize"]
+        );
+        assert_eq!(
+            listed_after("ARCHITECTURE.md", "the metadata-writing `Volume.*` calls: "),
+            names,
+            "ARCHITECTURE.md"
+        );
+        assert_eq!(listed_after("docs/errors.md", "Every mutating `Volume.*` call ("), names, "docs/errors.md");
+    }
 
     #[test]
     fn features_follow_the_implemented_methods() {

@@ -11,7 +11,10 @@
 //! [`FUNCTION`]`, {method, request})`), and prints the master's reply or
 //! error record as its own.
 //!
-//! The master's side ([`answer`]) takes only the methods of [`FORWARDED`],
+//! Which calls go is a flag of each method in the dispatch table
+//! ([`crate::dispatch::forwarded`]), so a new metadata-writing method is
+//! marked where it is registered. The master's side ([`answer`]) takes only
+//! those methods,
 //! parses the request again with the very parser of a local call, runs the
 //! same handler, and refuses unless it is the master itself (a forwarded
 //! call is never forwarded again). A master that cannot be reached is the
@@ -27,7 +30,7 @@ use xapi_client::api::{host, pool};
 use xapi_client::{Client, Credentials, Endpoint, Timeouts};
 
 use crate::context::Context;
-use crate::dispatch::dispatch;
+use crate::dispatch::{dispatch, forwarded, runs_on_master};
 use crate::error::{to_error_record, DriverError, ErrorCode, Failure};
 use crate::pool_role::{role, Role};
 use crate::secrets::XAPI_SOCKET;
@@ -36,32 +39,15 @@ use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::params::Params;
 
 /// The host plugin function that runs a forwarded call on the master:
-/// args `method` (one of [`FORWARDED`]) and `request` (its JSON parameters).
+/// args `method` (one of [`crate::dispatch::forwarded`]) and `request` (its
+/// JSON parameters).
 pub const FUNCTION: &str = "volume_call";
-
-/// The calls a member sends to the master: every `Volume.*` call that
-/// writes LVM metadata.
-pub const FORWARDED: &[&str] = &[
-    "Volume.create",
-    "Volume.snapshot",
-    "Volume.clone",
-    "Volume.destroy",
-    "Volume.set_name",
-    "Volume.set_description",
-    "Volume.set",
-    "Volume.unset",
-    "Volume.resize",
-];
 
 const PLUGIN: &str = "nvmetcp";
 const ORIGINATOR: &str = "nvmetcp-plugin";
 
-fn forwarded(method: &Method) -> bool {
-    FORWARDED.contains(&method.call_name().as_str())
-}
-
-/// Runs `params` here, or, for a call of [`FORWARDED`] on a pool member, on
-/// the master.
+/// Runs `params` here, or, for a call the dispatch table marks as running
+/// on the master, made on a pool member, on the master.
 ///
 /// # Errors
 /// The handler's [`Failure`], here or on the master (its record as it made
@@ -69,7 +55,7 @@ fn forwarded(method: &Method) -> bool {
 pub fn dispatch_here_or_on_master(ctx: &Context, kind: PluginKind, params: &Params) -> Result<Value, Failure> {
     // Only a forwardable call reads pool.conf: the datapath calls of a VM
     // start and SR.stat do not pay for it.
-    if kind != PluginKind::Volume || !forwarded(params.method()) {
+    if kind != PluginKind::Volume || !runs_on_master(params.method()) {
         return dispatch(ctx, kind, params);
     }
     match role(&ctx.host) {
@@ -136,14 +122,15 @@ enum Reply {
 /// The master's side of [`FUNCTION`]: validates and runs the forwarded call.
 ///
 /// # Errors
-/// `NVMETCP_BAD_PLUGIN_CALL` for a method outside [`FORWARDED`] or a request
+/// `NVMETCP_BAD_PLUGIN_CALL` for a method not forwarded or a request
 /// that does not parse; `NVMETCP_NOT_MASTER` on a host that is not the master.
 pub fn answer(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, (ErrorCode, Vec<String>)> {
     let bad = |why: String| (ErrorCode::BadPluginCall, vec![why]);
     let name = args.get("method").map(String::as_str).unwrap_or_default();
-    let method = Method::lookup(name)
-        .filter(|m| forwarded(m))
-        .ok_or_else(|| bad(format!("{FUNCTION}: method {name:?} is not one of {}", FORWARDED.join(", "))))?;
+    let method = Method::lookup(name).filter(|m| runs_on_master(m)).ok_or_else(|| {
+        let names: Vec<String> = forwarded().iter().map(|m| m.call_name()).collect();
+        bad(format!("{FUNCTION}: method {name:?} is not one of {}", names.join(", ")))
+    })?;
     if !role(&ctx.host).writes_metadata() {
         return Err((
             ErrorCode::NotMaster,
