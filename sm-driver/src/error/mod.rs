@@ -251,11 +251,13 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
             ErrorCode::SnapshotRefused
         }
         ChainCallError::Op(OpError::Graph(_)) => ErrorCode::ChainDamaged,
-        ChainCallError::Op(OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_))
+        ChainCallError::Op(
+            OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_) | OpError::NotResizable(_),
+        )
         | ChainCallError::Running { .. }
         | ChainCallError::ReadOnlyServed { .. }
         | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
-        ChainCallError::Served { .. } => ErrorCode::VolumeActive,
+        ChainCallError::Served { .. } | ChainCallError::ResizeRunning { .. } => ErrorCode::VolumeActive,
     }
 }
 

@@ -1,5 +1,6 @@
 //! What the SMAPI handlers ask of the snapshot room: `Volume.snapshot` and
-//! `Volume.clone` of a volume at rest, `Volume.destroy` through the graph
+//! `Volume.clone` of a volume at rest, `Volume.resize` of a layered volume
+//! at rest, `Volume.destroy` through the graph
 //! with the collector after it, the chain facts a volume's record
 //! publishes, the refusals for layered volumes, and journal replay on
 //! `SR.attach`.
@@ -12,10 +13,10 @@
 //! A *layered* volume is one whose data is not simply its own raw LV: its
 //! LV is a node of a chain (the read-only base of a snapshot), or it refers
 //! to another node (`nn=`). Only an engine serves it (`Datapath.attach`
-//! hands it to [`super::served`]); what cannot go through an engine, such
-//! as a resize of its LV, [`refuse_layered`] stops (blkback or `lvextend`
-//! on its LV would read the wrong bytes or write into a frozen node, and a
-//! leaf's image would not grow with its LV). Chains are open in the engines of the
+//! hands it to [`super::served`]); blkback, which would read the wrong
+//! bytes or write into a frozen node, [`refuse_layered`] stops. A resize
+//! ([`resize`]) grows its qcow2 leaf at rest (LV, header, then `nv=`), and
+//! is refused while an engine has the chain open. Chains are open in the engines of the
 //! master and of the members: the collector and replay here ask every host
 //! ([`super::pool`]) which volumes it serves, leave those chains alone, ask
 //! the serving host which leaf a running volume writes, and have every host
@@ -31,9 +32,9 @@ use crate::lvm::{Lv, Lvm, LvmError, Vg};
 use crate::smapi::types::Volume;
 use crate::sr_state::SrState;
 
-use super::graph::{Graph, GraphError, NODE_TAG};
+use super::graph::{self, Graph, GraphError, NODE_TAG};
 use super::journal::{Entry, Operation, JOURNAL_KEY};
-use super::ops::{base_size, Chains, NewNames, NoFaults, OpError, Running};
+use super::ops::{Chains, NewNames, NoFaults, OpError, Running};
 use super::pool::{Pool, PoolProbe};
 use super::qemu_img::QemuImg;
 use super::served::{busy_lvs, open_here, HereProbe};
@@ -86,6 +87,17 @@ pub enum ChainCallError {
         key: String,
         /// The host.
         host: String,
+    },
+    /// A resize of a layered volume whose chain an engine has open.
+    #[error(
+        "volume {key} is in use{place} (its snapshot chain is open for a VM); a volume with snapshots is \
+         resized only at rest: halt the VM, then resize; nothing was changed"
+    )]
+    ResizeRunning {
+        /// The volume.
+        key: String,
+        /// Where (` on host …` or ` on this host`).
+        place: String,
     },
     /// The other hosts could not say which volumes they serve.
     #[error(transparent)]
@@ -328,12 +340,42 @@ pub fn take(
     }
 }
 
-/// The virtual size of `volume`: that of its chain's base, a raw LV (every
-/// layer of a chain has the virtual size of its base; layered volumes are
-/// never resized).
+/// The virtual size of `volume`, that of its leaf ([`graph::virtual_size`]).
 fn virtual_size(graph: &Graph, lvs: &[Lv], volume: &str) -> Result<u64, ChainCallError> {
     let leaf = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?;
-    Ok(base_size(graph, lvs, &leaf.lv))
+    Ok(graph::virtual_size(graph, lvs, &leaf.lv))
+}
+
+/// The virtual size of `volume`, a layered volume among `lvs` (the SR's
+/// LVs as just read, its volumes marked with `volume_tag`).
+///
+/// # Errors
+/// The graph's error.
+pub fn virtual_size_of(lvs: &[Lv], volume_tag: &str, volume: &str) -> Result<u64, ChainCallError> {
+    virtual_size(&Graph::from_lvs(lvs, volume_tag)?, lvs, volume)
+}
+
+/// Grows `volume`, a layered volume as the caller has just read it under
+/// the SR's lock, to `new_size` bytes (rounded up to whole extents), at
+/// rest: refused while an engine anywhere has its chain open. `vg` and
+/// `lvs` are the SR's VG and LVs as just read.
+///
+/// # Errors
+/// [`ChainCallError::ResizeRunning`], or the chain operation's error.
+pub fn resize(sr: &Sr<'_>, volume: &Lv, new_size: u64, vg: Option<&Vg>, lvs: &[Lv]) -> Result<(), ChainCallError> {
+    let key = volume.name.to_string();
+    if open_here(sr.host, &sr.state.sr_uuid, &volume.name).is_some() {
+        return Err(ChainCallError::ResizeRunning { key, place: " on this host".to_owned() });
+    }
+    if let Some(host) = sr.served_elsewhere(&volume.name)? {
+        return Err(ChainCallError::ResizeRunning { key, place: format!(" on host {host}") });
+    }
+    let pool = sr.pool();
+    let grown = sr.chains(&pool).grow_at_rest(vg, lvs, &volume.name, new_size);
+    // The chain's LVs were activated for qemu-img: inactive again, either way.
+    let settled = sr.settle().map(drop);
+    grown?;
+    settled
 }
 
 /// Deletes a layered volume, `volume` as the caller has just read it under
@@ -447,7 +489,7 @@ impl<'a> ChainView<'a> {
     }
 
     /// Completes `volume`, the record of `lv`, with its chain: its virtual
-    /// size (its base's), what its LVs occupy (its own LV and its leaf), and
+    /// size (its leaf's), what its LVs occupy (its own LV and its leaf), and
     /// the keys for XO: image format, parent node, chain length.
     pub fn describe(&self, mut volume: Volume, lv: &Lv) -> Volume {
         let Some(graph) = &self.graph else { return volume };
@@ -456,8 +498,8 @@ impl<'a> ChainView<'a> {
         }
         let Ok(chain) = graph.chain(&lv.name) else { return volume };
         let size_of = |name: &str| self.lvs.iter().find(|l| l.name == name).map_or(0, |l| l.size);
-        let (Some(leaf), Some(base)) = (chain.first(), chain.last()) else { return volume };
-        let virtual_size = size_of(&base.lv);
+        let Some(leaf) = chain.first() else { return volume };
+        let virtual_size = graph::virtual_size(graph, self.lvs, &leaf.lv);
         let occupied = if leaf.lv == lv.name { lv.size } else { lv.size + size_of(&leaf.lv) };
         volume.virtual_size = i64::try_from(virtual_size).unwrap_or(i64::MAX);
         volume.physical_utilisation = i64::try_from(occupied).unwrap_or(i64::MAX);

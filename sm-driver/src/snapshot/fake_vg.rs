@@ -2,7 +2,9 @@
 //! that reach it: LVM and `qemu-img` answered as the argv `Lvm` and
 //! `QemuImg` build asks them (`vgs`, `lvs`, `lvm fullreport`, `lvcreate`,
 //! `lvchange`, `lvremove`, `lvreduce`/`lvextend`; `qemu-img measure`,
-//! `create`, `check`, `commit`, `rebase`), from its own state. Every
+//! `create`, `check`, `resize`, `commit`, `rebase`), from its own state:
+//! each qcow2 image's end, virtual size and backing file, and a commit
+//! into a base smaller than its top fails, as it does on an LV. Every
 //! command line is logged, so a test counts what a call runs, and one
 //! command can be made to fail.
 
@@ -43,6 +45,10 @@ pub struct State {
     pub lvs: BTreeMap<String, FakeLv>,
     /// Where each qcow2 image ends, by LV.
     pub ends: BTreeMap<String, u64>,
+    /// Each qcow2 image's virtual size, by LV.
+    pub virtual_sizes: BTreeMap<String, u64>,
+    /// Each qcow2 image's backing LV, by LV.
+    pub backing: BTreeMap<String, String>,
     /// Every command line, without LVM's `--config`.
     pub log: Vec<String>,
     /// The command (0-based, counted in `log`) that fails.
@@ -66,6 +72,11 @@ fn lv_of(path: &str) -> String {
 }
 
 impl State {
+    /// The virtual size of image `lv`: its qcow2 header's, or a raw LV's size.
+    pub fn virtual_size(&self, lv: &str) -> u64 {
+        self.virtual_sizes.get(lv).copied().unwrap_or_else(|| self.lvs.get(lv).map_or(0, |l| l.size))
+    }
+
     fn used(&self) -> u64 {
         self.lvs.values().map(|l| l.size).sum()
     }
@@ -149,6 +160,8 @@ impl State {
                 for name in self.operands(args) {
                     self.lvs.remove(&name).ok_or(format!("no LV {name}"))?;
                     self.ends.remove(&name);
+                    self.virtual_sizes.remove(&name);
+                    self.backing.remove(&name);
                 }
                 Ok(String::new())
             }
@@ -177,14 +190,37 @@ impl State {
             }
             "create" => {
                 let child = lv_of(&args[args.len() - 2]);
-                self.ends.insert(child, HEADER_END);
+                let parent = lv_of(value(args, "-b").ok_or("create without -b")?);
+                self.ends.insert(child.clone(), HEADER_END);
+                self.virtual_sizes.insert(child.clone(), bytes(&image));
+                self.backing.insert(child, parent);
                 Ok(String::new())
             }
             "check" => {
                 let end = self.ends.get(&lv_of(&image)).ok_or(format!("{image} is no qcow2"))?;
                 Ok(format!(r#"{{"image-end-offset": {end}, "check-errors": 0}}"#))
             }
-            "commit" | "rebase" => Ok(String::new()),
+            "resize" => {
+                let lv = lv_of(&args[args.len() - 2]);
+                let size = self.virtual_sizes.get_mut(&lv).ok_or(format!("{lv} is no qcow2"))?;
+                *size = bytes(&image);
+                Ok(String::new())
+            }
+            "commit" => {
+                let top = lv_of(&image);
+                let base = self.backing.get(&top).ok_or(format!("{top} has no backing file"))?;
+                let base_size = self.virtual_size(base);
+                let top_size = self.virtual_size(&top);
+                if top_size > base_size {
+                    return Err(format!("cannot grow the base {base} ({base_size} bytes) to {top_size}"));
+                }
+                Ok(String::new())
+            }
+            "rebase" => {
+                let parent = lv_of(value(args, "-b").ok_or("rebase without -b")?);
+                self.backing.insert(lv_of(&image), parent);
+                Ok(String::new())
+            }
             other => Err(format!("qemu-img {other} is not faked")),
         }
     }

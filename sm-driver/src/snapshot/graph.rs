@@ -13,6 +13,7 @@
 //! | `np=<lv>` | a node | its parent (absent for a base) |
 //! | `nd=<n>` | a node | its depth, 1 for a base: the chain length a leaf here has |
 //! | `nn=<lv>` | a volume LV | the node holding its data (absent: the volume's own LV, raw) |
+//! | `nv=<bytes>` | a qcow2 node | its virtual size, written only by a resize (absent: its parent's) |
 //!
 //! Chains are capped at [`MAX_CHAIN`] nodes, as LVHD (`vhdutil.MAX_CHAIN_SIZE`)
 //! and XCP-ng's qcow2 code (`MAX_QCOW_CHAIN_LENGTH`) cap them.
@@ -44,6 +45,38 @@ pub struct Node {
     pub parent: Option<String>,
     /// Its depth (1 for a base).
     pub depth: u32,
+}
+
+/// The key of a qcow2 node's own virtual size, which only a resize writes.
+pub const VIRTUAL_SIZE_KEY: &str = "nv";
+
+/// The tag giving a qcow2 node the virtual size `bytes`.
+#[must_use]
+pub fn virtual_size_tag(bytes: u64) -> String {
+    format!("{VIRTUAL_SIZE_KEY}={bytes}")
+}
+
+/// The virtual size of node `lv`, as a leaf there shows it: its own `nv=`
+/// (a qcow2 node resized), else its parent's, else the size of the chain's
+/// base, a raw LV (whose data is its whole LV, so it carries no `nv=`).
+/// The one answer for every caller: a record's size, a new leaf's header,
+/// a merge's target. 0 if `lvs` (the SR's LVs) lacks the base.
+#[must_use]
+pub fn virtual_size(graph: &Graph, lvs: &[Lv], lv: &str) -> u64 {
+    let mut current = lv;
+    loop {
+        let found = lvs.iter().find(|l| l.name == current);
+        let node = graph.node(current);
+        if node.is_some_and(|n| n.format == ImageFormat::Qcow2) {
+            if let Some(bytes) = found.and_then(|l| tag_value(&l.tags, VIRTUAL_SIZE_KEY)).and_then(|v| v.parse().ok()) {
+                return bytes;
+            }
+        }
+        match node.and_then(|n| n.parent.as_deref()) {
+            Some(parent) => current = parent,
+            None => return found.map_or(0, |l| l.size),
+        }
+    }
 }
 
 /// The tags that describe `node`.
@@ -140,6 +173,11 @@ impl Graph {
                 let parent = tag_value(&lv.tags, "np").map(str::to_owned);
                 if format == ImageFormat::Raw && parent.is_some() {
                     return Err(bad("np= on a raw node"));
+                }
+                if let Some(size) = tag_value(&lv.tags, VIRTUAL_SIZE_KEY) {
+                    if format == ImageFormat::Raw || size.parse::<u64>().is_err() {
+                        return Err(bad(&format!("{VIRTUAL_SIZE_KEY}={size}")));
+                    }
                 }
                 graph.nodes.insert(lv.name.to_string(), Node { lv: lv.name.to_string(), format, parent, depth });
             }

@@ -20,7 +20,7 @@ use crate::engine::{EngineError, Image, ImageFormat};
 use crate::ids::{LvName, VgName};
 use crate::lvm::{Lv, Lvm, LvmError, Vg};
 
-use super::graph::{node_tags, volume_node_tag, Collect, Graph, GraphError, Node, NODE_TAG};
+use super::graph::{node_tags, virtual_size, volume_node_tag, Collect, Graph, GraphError, Node, NODE_TAG};
 use super::journal::{decide, Entry, Facts, Operation, Replay, Serving, Step, JOURNAL_KEY};
 use super::qemu_img::{QemuImg, QemuImgError};
 
@@ -133,6 +133,12 @@ pub enum OpError {
     /// A path that is not a usable image path.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// A resize of a volume whose data is not a qcow2 leaf of its own.
+    #[error(
+        "volume {0} reads a snapshot's read-only node (other volumes build on it, or it is another volume's \
+         former LV), which cannot grow; nothing was changed. Clone it and resize the clone"
+    )]
+    NotResizable(String),
 }
 
 /// Chain operations on one SR's VG, from the master.
@@ -576,11 +582,16 @@ impl<'a> Chains<'a> {
         // The commit opens the child's whole chain; relinking opens each grandchild.
         // A read-only qcow2 node was shrunk to its image end: the commit
         // allocates clusters in it, so it gets a leaf's full size back first.
-        if into_node.format == ImageFormat::Qcow2 {
-            let full = self.qemu_img.leaf_bytes(base_size(&graph, &lvs, into))?;
-            if lvs.iter().any(|l| l.name == into && l.size < full) {
-                self.lvm.lvextend(self.vg, &lv_named(into)?, full)?;
-            }
+        // A child grown since (a resized leaf) is larger than `into`, which
+        // grows to it: a raw LV to that size, a qcow2 LV to hold it.
+        let (grown, into_size) = (virtual_size(&graph, &lvs, child), virtual_size(&graph, &lvs, into));
+        let into_lv = lvs.iter().find(|l| l.name == into);
+        let room = match into_node.format {
+            ImageFormat::Qcow2 => self.qemu_img.leaf_bytes(grown.max(into_size))?,
+            ImageFormat::Raw => grown,
+        };
+        if into_lv.is_some_and(|l| l.size < room) {
+            self.lvm.lvextend(self.vg, &lv_named(into)?, room)?;
         }
         // The commit writes both, relinking writes each grandchild: reloaded
         // read-write here even if they were active read-only (a chain's
@@ -588,6 +599,10 @@ impl<'a> Chains<'a> {
         let mut written = vec![child, into];
         written.extend(grandchildren.iter().map(|g| g.lv.as_str()));
         self.activate_chain(&lvs, &graph, child, &written)?;
+        if let (ImageFormat::Qcow2, Some(into_lv), true) = (into_node.format, into_lv, grown > into_size) {
+            self.qemu_img.resize(&into_image, grown)?;
+            self.set_virtual_size(into_lv, grown)?;
+        }
         self.qemu_img.commit(&child_image)?;
         self.faults.reached("merge-committed");
         for grandchild in &grandchildren {
@@ -706,16 +721,6 @@ impl<'a> Chains<'a> {
     }
 }
 
-/// The size of `lv`'s chain's base, a raw LV: the virtual size of every
-/// layer above it (layered volumes are never resized); 0 if `lvs` lacks it.
-pub(super) fn base_size(graph: &Graph, lvs: &[Lv], lv: &str) -> u64 {
-    let mut base = lv;
-    while let Some(parent) = graph.node(base).and_then(|n| n.parent.as_deref()) {
-        base = parent;
-    }
-    lvs.iter().find(|l| l.name == base).map_or(0, |l| l.size)
-}
-
 fn touches(step: &Collect, busy: &BTreeSet<String>) -> bool {
     match step {
         Collect::Remove { lv } => busy.contains(lv),
@@ -733,5 +738,6 @@ const fn step_rank(step: Step) -> u8 {
     }
 }
 
+mod resize;
 #[cfg(test)]
 mod tests;

@@ -150,6 +150,18 @@ impl<'a> QemuImg<'a> {
         Ok(())
     }
 
+    /// Sets the virtual size of `image`, a qcow2 layer nobody has open, to
+    /// `virtual_size` bytes (a grow: its LV holds a fully allocated image
+    /// of that size first). Idempotent.
+    ///
+    /// # Errors
+    /// [`QemuImgError`].
+    pub fn resize(&self, image: &Image, virtual_size: u64) -> Result<(), QemuImgError> {
+        let size = virtual_size.to_string();
+        self.run("growing a qcow2 layer", &["resize", "-q", "-f", "qcow2", image.path_str(), &size])?;
+        Ok(())
+    }
+
     /// Points `image`'s header at `backing` without copying anything: only
     /// right when `backing` holds what the old backing file showed.
     ///
@@ -230,6 +242,13 @@ mod tests {
         assert_eq!(tool.backing_of(&layer(1)).unwrap().as_deref(), Some("/dev/vg/vol-a"));
         assert_eq!(tool.backing_of(&layer(1)).unwrap(), None);
         assert_eq!(shown(&fake)[0], "qemu-img check -f qcow2 --output=json /dev/vg/node-1");
+    }
+
+    #[test]
+    fn a_layer_is_grown_to_a_size_in_bytes() {
+        let fake = FakeRunner::new().then_stdout("");
+        QemuImg::new(&fake).resize(&layer(1), 1 << 31).unwrap();
+        assert_eq!(shown(&fake), ["qemu-img resize -q -f qcow2 /dev/vg/node-1 2147483648"]);
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! `Volume.resize` (master): one `lvextend`; grows only, and only while the
-//! volume is not active (online growth is not offered until proven with
-//! guests).
+//! `Volume.resize` (master), grow only, of a volume no VM uses: a plain
+//! volume with one `lvextend`; a volume with snapshots (a qcow2 leaf over
+//! a chain) through [`crate::snapshot::calls::resize`], its leaf grown at
+//! rest. Online growth is not offered until proven with guests.
 
 use crate::context::Context;
 use crate::error::{CallResult, VolumeError};
 use crate::request::VolumeResize;
+use crate::snapshot::calls;
 use crate::sr_access::{attached, lvm_for, require_master};
 
+use super::meta::VOLUME_TAG;
 use super::record::{existing, refuse_in_use};
 
 /// `Volume.resize`.
@@ -21,13 +24,33 @@ pub fn resize(ctx: &Context, request: &VolumeResize) -> CallResult<()> {
         let (state, _lock) = attached(ctx, sr)?;
         let lvm = lvm_for(ctx, &state, true)?;
         let lv = existing(&lvm, &state, key)?;
+        let shrink = |current: u64| VolumeError::Shrink { key: key.to_string(), current, requested: new_size };
+        if calls::is_layered(&lv) {
+            let (vgs, lvs) = lvm.vgs_and_lvs()?;
+            if calls::needs_engine_in(&lvs, VOLUME_TAG, &lv)? {
+                let current = calls::virtual_size_of(&lvs, VOLUME_TAG, &lv.name)?;
+                if new_size < current {
+                    return Err(shrink(current).into());
+                }
+                if new_size > current {
+                    let sr = calls::Sr {
+                        runner: ctx.runner.as_ref(),
+                        host: &ctx.host,
+                        lvm: &lvm,
+                        state: &state,
+                        volume_tag: VOLUME_TAG,
+                    };
+                    calls::resize(&sr, &lv, new_size, vgs.iter().find(|v| v.name == state.vg), &lvs)?;
+                }
+                return Ok(());
+            }
+        }
         if new_size < lv.size {
-            return Err(VolumeError::Shrink { key: key.to_string(), current: lv.size, requested: new_size }.into());
+            return Err(shrink(lv.size).into());
         }
         if new_size == lv.size {
             return Ok(());
         }
-        crate::snapshot::calls::refuse_layered(&lvm, &state.vg, super::meta::VOLUME_TAG, &lv, "resizing it")?;
         refuse_in_use(ctx, &state, &lv, key.to_string())?;
         lvm.lvextend(&state.vg, &lv.name, new_size)?;
         Ok(())

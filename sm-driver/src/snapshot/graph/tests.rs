@@ -194,3 +194,30 @@ fn ten_deleted_snapshots_collect_back_to_one_node() {
     assert_eq!(chain[0].lv, "base");
     assert_eq!(lvs.len(), 2, "only the base and vol-a's metadata remain");
 }
+
+#[test]
+fn a_virtual_size_is_a_nodes_own_then_its_parents_then_the_raw_bases() {
+    let mut base = node("vol-a", ImageFormat::Raw, None, 1, None);
+    base.size = 64 << 20;
+    let old = node("node-1", ImageFormat::Qcow2, Some("vol-a"), 2, None);
+    let mut grown = node("node-2", ImageFormat::Qcow2, Some("node-1"), 3, None);
+    grown.tags.push(virtual_size_tag(128 << 20));
+    let above = node("node-3", ImageFormat::Qcow2, Some("node-2"), 4, Some("node-3"));
+    let lvs = [base.clone(), old, grown, above];
+    let graph = Graph::from_lvs(&lvs, VOL).unwrap();
+    assert_eq!(virtual_size(&graph, &lvs, "vol-a"), 64 << 20);
+    assert_eq!(virtual_size(&graph, &lvs, "node-1"), 64 << 20, "the raw base's LV size");
+    assert_eq!(virtual_size(&graph, &lvs, "node-2"), 128 << 20, "its own");
+    assert_eq!(virtual_size(&graph, &lvs, "node-3"), 128 << 20, "its parent's");
+    // A raw node's size is its LV's: an nv= on one, or one that does not
+    // parse, is damage.
+    for bad in ["nv=4096", "nv=x"] {
+        let mut raw = base.clone();
+        raw.tags.push(bad.to_owned());
+        assert!(matches!(Graph::from_lvs(&[raw], VOL), Err(GraphError::BadTag { .. })), "{bad}");
+    }
+    let mut unreadable = lvs.to_vec();
+    unreadable[2].tags.push("nv=12x".to_owned());
+    unreadable[2].tags.retain(|t| *t != virtual_size_tag(128 << 20));
+    assert!(matches!(Graph::from_lvs(&unreadable, VOL), Err(GraphError::BadTag { .. })));
+}

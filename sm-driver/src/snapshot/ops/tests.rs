@@ -252,3 +252,39 @@ fn a_merge_into_a_shrunk_node_grows_it_back_first() {
     assert_eq!(on(&fake, &NoFaults, |c| c.graph()).unwrap().node_of("vol-a").unwrap().lv, "node-1");
     assert_eq!(fake.size("node-1"), full, "vol-a's leaf is sized for a fully allocated image again");
 }
+
+/// The VG as `vgs` reports it now.
+fn fake_vg_row(fake: &FakeVg) -> Vg {
+    on(fake, &NoFaults, |c| c.lvm.vgs()).unwrap().remove(0)
+}
+
+/// A resize killed before its commit point (`nv=`) leaves the old virtual
+/// size on record, and a retry completes it.
+#[test]
+fn a_resize_killed_before_its_tag_keeps_the_old_size_and_a_retry_grows_it() {
+    let virtual_of = |fake: &FakeVg| {
+        let lvs = on(fake, &NoFaults, |c| c.lvs()).unwrap();
+        crate::snapshot::calls::virtual_size_of(&lvs, TAG, "vol-a").unwrap()
+    };
+    for step in ["resize-extended", "resize-header"] {
+        let fake = after_one_snapshot();
+        let lvs = on(&fake, &NoFaults, |c| c.lvs()).unwrap();
+        let vg = fake_vg_row(&fake);
+        let killed = catch_unwind(AssertUnwindSafe(|| {
+            on(&fake, &KillAt(step), |c| c.grow_at_rest(Some(&vg), &lvs, "vol-a", 128 * MIB))
+        }));
+        assert!(killed.is_err(), "not killed at {step}");
+        assert_eq!(virtual_of(&fake), 64 * MIB, "killed at {step}");
+        let lvs = on(&fake, &NoFaults, |c| c.lvs()).unwrap();
+        let vg = fake_vg_row(&fake);
+        assert_eq!(on(&fake, &NoFaults, |c| c.grow_at_rest(Some(&vg), &lvs, "vol-a", 128 * MIB)).unwrap(), 128 * MIB);
+        assert_eq!(virtual_of(&fake), 128 * MIB, "retried after a kill at {step}");
+        assert_eq!(fake.state().virtual_size("node-1"), 128 * MIB);
+    }
+    // More than the SR has free: nothing is changed.
+    let fake = after_one_snapshot();
+    let (lvs, vg, before) = (on(&fake, &NoFaults, |c| c.lvs()).unwrap(), fake_vg_row(&fake), fake.shape());
+    let error = on(&fake, &NoFaults, |c| c.grow_at_rest(Some(&vg), &lvs, "vol-a", VG_SIZE)).unwrap_err();
+    assert!(matches!(error, OpError::NoSpace { .. }), "{error}");
+    assert_eq!((fake.shape(), fake.size("node-1")), (before, lvs.iter().find(|l| l.name == "node-1").unwrap().size));
+}

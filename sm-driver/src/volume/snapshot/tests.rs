@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::context::Context;
 use crate::error::to_error_record;
 use crate::nvme::sysfs::fixture::SysfsTree;
 use crate::smapi::method::{Method, PluginKind};
 use crate::smapi::params::Params;
-use crate::snapshot::fake_vg::FakeVg;
+use crate::snapshot::fake_vg::{FakeVg, MIB};
 use crate::volume::meta::VOLUME_TAG;
 use crate::volume::tests::{attached_sr, KEY, SR, VG};
 
@@ -97,4 +99,99 @@ fn snapshots_and_destroys_of_layered_volumes_run_these_lvm_calls() {
         calls("fullreport, lvchange --deltag, lvs, lvremove, lvs"),
         "destroy of the origin, with a removal"
     );
+}
+
+/// Runs `method` on `key` with `extra` parameters in process; returns the
+/// result or the error record's code.
+fn call_on(tree: &SysfsTree, fake: &Arc<FakeVg>, method: &str, key: &str, extra: &str) -> Result<Value, String> {
+    let ctx = Context::fake(tree.host(), Box::new(Arc::clone(fake)));
+    let body = format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}","key":"{key}"{extra}}}"#);
+    let params = Params::from_json(Method::lookup(method).unwrap(), &body).unwrap();
+    crate::dispatch::dispatch(&ctx, PluginKind::Volume, &params).map_err(|f| to_error_record(&f, "h1").code)
+}
+
+/// Takes the snapshot numbered `uuid` of `KEY`; returns its volume.
+fn snapshot_numbered(tree: &SysfsTree, fake: &Arc<FakeVg>, uuid: &str) -> String {
+    tree.write("/proc/sys/kernel/random/uuid", &format!("{uuid}\n"));
+    call_on(tree, fake, "Volume.snapshot", KEY, "").unwrap();
+    snapshot_volume(uuid)
+}
+
+fn virtual_size(tree: &SysfsTree, fake: &Arc<FakeVg>, key: &str) -> u64 {
+    call_on(tree, fake, "Volume.stat", key, "").unwrap()["virtual_size"].as_u64().unwrap()
+}
+
+/// A volume with snapshots grows at rest (its leaf's LV, then its header,
+/// then `nv=`), shrinks never; a snapshot taken after has the new size, the
+/// older ones keep theirs; the collector grows each node a larger child is
+/// merged into (a qcow2 node's header and `nv=`, the raw base's LV), back
+/// to one LV of the new size.
+#[test]
+fn a_volume_with_snapshots_grows_at_rest_and_the_collector_grows_what_it_merges_into() {
+    let (tree, fake) = standalone_writer();
+    let old = 64 * MIB;
+    let grown = 128 * MIB;
+    let first = snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e41");
+    let second = snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e42");
+    let leaf = "node-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e42";
+
+    let start = fake.commands();
+    // Rounded up to whole extents.
+    call_on(&tree, &fake, "Volume.resize", KEY, &format!(r#","new_size":{}"#, grown - 1)).unwrap();
+    let log = fake.state().log[start..].to_vec();
+    let step =
+        |what: &str| log.iter().position(|l| l.starts_with(what)).unwrap_or_else(|| panic!("no {what}: {log:?}"));
+    let tagged = format!("lvm lvchange --addtag nv={grown}");
+    assert!(step("lvm lvextend") < step("qemu-img resize"), "{log:?}");
+    assert!(step("qemu-img resize") < step(&tagged), "nv= is the last step: {log:?}");
+    assert_eq!(fake.state().virtual_size(leaf), grown);
+    assert_eq!(virtual_size(&tree, &fake, KEY), grown);
+    assert!(!fake.state().lvs.values().any(|l| l.active), "the chain is left inactive: {:?}", fake.shape());
+    assert_eq!(
+        call_on(&tree, &fake, "Volume.resize", KEY, &format!(r#","new_size":{old}"#)),
+        Err("NVMETCP_VOLUME_INVALID".to_owned()),
+        "a shrink is refused"
+    );
+    for snapshot in [&first, &second] {
+        assert_eq!(
+            call_on(&tree, &fake, "Volume.resize", snapshot, &format!(r#","new_size":{}"#, 2 * grown)),
+            Err("NVMETCP_SNAPSHOT_REFUSED".to_owned()),
+            "{snapshot} reads a frozen node (raw, then qcow2)"
+        );
+    }
+
+    let third = snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e43");
+    assert_eq!(fake.state().virtual_size("node-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e43"), grown, "the new leaf");
+    assert_eq!(virtual_size(&tree, &fake, &third), grown);
+    assert_eq!(virtual_size(&tree, &fake, &second), old);
+    assert_eq!(virtual_size(&tree, &fake, KEY), grown);
+
+    // Merges: the third's node into an equal one, the second's (grown)
+    // into a qcow2 node of the old size, the first's into the raw base.
+    for snapshot in [&third, &second, &first] {
+        call_on(&tree, &fake, "Volume.destroy", snapshot, "").unwrap();
+        assert_eq!(virtual_size(&tree, &fake, KEY), grown, "after the destroy of {snapshot}");
+    }
+    let shape: Vec<String> = fake.shape().into_keys().collect();
+    assert_eq!(shape, [KEY.to_owned()], "back to one node: {:?}", fake.shape());
+    assert_eq!(fake.size(KEY), grown, "the raw base grew to the new size");
+}
+
+/// A volume with snapshots that an engine serves is not resized: the VM is
+/// halted first.
+#[test]
+fn a_running_volume_with_snapshots_is_not_resized() {
+    use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+    let (tree, fake) = standalone_writer();
+    snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e51");
+    let disk = OpenDisk {
+        device: "/dev/nbd0".into(),
+        leaf: Image::new(ImageFormat::Qcow2, format!("/dev/{VG}/node-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e51")).unwrap(),
+        handle: Handle::Tapdisk { pid: 4242, minor: 3 },
+    };
+    crate::snapshot::served::record_opened(&tree.host(), SR, KEY, &disk, Access::ReadWrite).unwrap();
+    let start = fake.commands();
+    let grow = format!(r#","new_size":{}"#, 128 * MIB);
+    assert_eq!(call_on(&tree, &fake, "Volume.resize", KEY, &grow), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
+    assert!(fake.ran(start, "qemu-img").is_empty() && fake.ran(start, "lvm lvextend").is_empty());
 }

@@ -1,0 +1,71 @@
+//! A layered volume grown at rest: its qcow2 leaf's LV extended to hold a
+//! fully allocated image of the new size, the image's header grown, then
+//! the leaf's `nv=` tag (the commit point). A call killed before the tag
+//! leaves the old virtual size on record: the leaf's LV is merely larger
+//! than it needs, and a header already grown shows zeros past the old end
+//! to nobody (every reader sizes the disk by the record; a retried resize
+//! runs every step again).
+
+use crate::engine::ImageFormat;
+use crate::lvm::{Lv, Vg};
+
+use super::super::graph::{virtual_size, virtual_size_tag, Graph, GraphError, VIRTUAL_SIZE_KEY};
+use super::{Chains, OpError};
+
+impl Chains<'_> {
+    /// Grows `volume`, a layered volume no engine has open anywhere, to
+    /// `new_size` bytes rounded up to whole extents. `vg` and `lvs` are the
+    /// SR's VG and LVs as the caller has just read them. Returns the
+    /// virtual size it then has (the old one if that was not smaller).
+    ///
+    /// # Errors
+    /// [`OpError::NotResizable`] for a volume whose data is not a qcow2 leaf
+    /// of its own, [`OpError::NoSpace`], or the tools' errors.
+    pub fn grow_at_rest(&self, vg: Option<&Vg>, lvs: &[Lv], volume: &str, new_size: u64) -> Result<u64, OpError> {
+        let lvs: Vec<Lv> = lvs.iter().filter(|l| l.vg == *self.vg).cloned().collect();
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        let leaf = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?.clone();
+        if leaf.format != ImageFormat::Qcow2 || graph.built_on_by_others(&leaf.lv, volume) {
+            return Err(OpError::NotResizable(volume.to_owned()));
+        }
+        let (free, extent) = vg.map_or((0, 4 << 20), |v| (v.free, v.extent_size));
+        let current = virtual_size(&graph, &lvs, &leaf.lv);
+        let new_size = new_size.div_ceil(extent) * extent;
+        if new_size <= current {
+            return Ok(current);
+        }
+        let full = self.qemu_img.leaf_bytes(new_size)?;
+        let leaf_lv =
+            lvs.iter().find(|l| l.name == leaf.lv).ok_or_else(|| GraphError::UnknownVolume(leaf.lv.clone()))?;
+        if leaf_lv.size < full {
+            let needed = full.div_ceil(extent) * extent - leaf_lv.size;
+            if needed > free {
+                return Err(OpError::NoSpace { free, needed });
+            }
+            self.lvm.lvextend(self.vg, &leaf_lv.name, full)?;
+            self.faults.reached("resize-extended");
+        }
+        // qemu-img opens the leaf with its backing chain.
+        self.activate_chain(&lvs, &graph, &leaf.lv, &[])?;
+        self.qemu_img.resize(&self.qcow2(&leaf.lv)?, new_size)?;
+        self.faults.reached("resize-header");
+        self.set_virtual_size(leaf_lv, new_size)?;
+        self.faults.reached("resized");
+        tracing::info!(volume, leaf = %leaf.lv, from = current, to = new_size, "layered volume grown at rest");
+        Ok(new_size)
+    }
+
+    /// Tags `lv`, a qcow2 node as last read, with the virtual size `bytes`
+    /// in one `lvchange` (its old `nv=`, if any, replaced).
+    pub(super) fn set_virtual_size(&self, lv: &Lv, bytes: u64) -> Result<(), OpError> {
+        let tag = virtual_size_tag(bytes);
+        let old: Vec<String> = lv
+            .tags
+            .iter()
+            .filter(|t| t.strip_prefix(VIRTUAL_SIZE_KEY).is_some_and(|r| r.starts_with('=')) && **t != tag)
+            .cloned()
+            .collect();
+        self.lvm.lv_retag(self.vg, &lv.name, &old, &[tag])?;
+        Ok(())
+    }
+}
