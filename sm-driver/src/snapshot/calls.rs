@@ -37,7 +37,7 @@ use super::journal::{Entry, Operation, JOURNAL_KEY};
 use super::ops::{Chains, NewNames, NoFaults, OpError, Running};
 use super::pool::{Pool, PoolProbe};
 use super::qemu_img::QemuImg;
-use super::served::{busy_lvs, open_here, HereProbe};
+use super::served::{busy_lvs, open_here, unmergeable_lvs, HereProbe, MergeHere};
 use crate::pool_mappings::PoolCheckError;
 
 /// Why a chain call failed, as the handler layer reports it.
@@ -215,9 +215,15 @@ impl Sr<'_> {
         Pool { root: self.host, sr_uuid: &self.state.sr_uuid, vg: &self.state.vg }
     }
 
-    fn chains<'s>(&'s self, pool: &'s Pool<'s>) -> Chains<'s> {
+    /// This host's engine, for online merges.
+    fn merging(&self) -> MergeHere<'_> {
+        MergeHere { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid }
+    }
+
+    fn chains<'s>(&'s self, pool: &'s Pool<'s>, merging: &'s MergeHere<'s>) -> Chains<'s> {
         Chains::new(self.lvm, QemuImg::new(self.runner), &self.state.vg, self.volume_tag, &NoFaults)
             .with_other_hosts(pool)
+            .with_merging(merging)
     }
 
     fn probe(&self) -> PoolProbe<'_> {
@@ -262,13 +268,15 @@ impl Sr<'_> {
         Ok(lvs)
     }
 
-    /// The LVs of chains open on any host of the pool, from `lvs` (the VG
-    /// as just read).
+    /// The LVs of chains open on any host of the pool that the collector
+    /// leaves alone, from `lvs` (the VG as just read): all of them on the
+    /// other hosts, and those this host's engine is not asked to merge in
+    /// (a chain it serves read-write is merged online, [`MergeHere`]).
     fn busy_anywhere_in(&self, lvs: &[Lv]) -> Result<BTreeSet<String>, ChainCallError> {
-        let mut busy = self.busy_in(lvs)?;
+        let graph = Graph::from_lvs(lvs, self.volume_tag)?;
+        let mut busy = unmergeable_lvs(self.host, &self.state.sr_uuid, &graph);
         let elsewhere = self.pool().served_elsewhere()?;
         if !elsewhere.is_empty() {
-            let graph = Graph::from_lvs(lvs, self.volume_tag)?;
             for volume in elsewhere {
                 match graph.chain(&volume) {
                     Ok(chain) => busy.extend(chain.iter().map(|n| n.lv.clone())),
@@ -323,8 +331,8 @@ pub fn take(
 ) -> Result<(String, Vec<Lv>), ChainCallError> {
     let graph = Graph::from_lvs(lvs, sr.volume_tag)?;
     let virtual_size = virtual_size(&graph, lvs, &origin.name)?;
-    let pool = sr.pool();
-    let chains = sr.chains(&pool);
+    let (pool, merging) = (sr.pool(), sr.merging());
+    let chains = sr.chains(&pool, &merging);
     match chains.snapshot_in(vg, lvs, &origin.name, names, virtual_size, running) {
         Ok(created) => Ok((created, sr.settle()?)),
         Err(error) => {
@@ -370,8 +378,8 @@ pub fn resize(sr: &Sr<'_>, volume: &Lv, new_size: u64, vg: Option<&Vg>, lvs: &[L
     if let Some(host) = sr.served_elsewhere(&volume.name)? {
         return Err(ChainCallError::ResizeRunning { key, place: format!(" on host {host}") });
     }
-    let pool = sr.pool();
-    let grown = sr.chains(&pool).grow_at_rest(vg, lvs, &volume.name, new_size);
+    let (pool, merging) = (sr.pool(), sr.merging());
+    let grown = sr.chains(&pool, &merging).grow_at_rest(vg, lvs, &volume.name, new_size);
     // The chain's LVs were activated for qemu-img: inactive again, either way.
     let settled = sr.settle().map(drop);
     grown?;
@@ -391,8 +399,8 @@ pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
     if let Some(host) = sr.served_elsewhere(&volume.name)? {
         return Err(ChainCallError::ServedElsewhere { key: volume.name.to_string(), host });
     }
-    let pool = sr.pool();
-    let chains = sr.chains(&pool);
+    let (pool, merging) = (sr.pool(), sr.merging());
+    let chains = sr.chains(&pool, &merging);
     chains.destroy_known(volume)?;
     sr.collect(&chains)
 }
@@ -426,8 +434,8 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
         })
         .flatten()
         .collect();
-    let pool = sr.pool();
-    let chains = sr.chains(&pool);
+    let (pool, merging) = (sr.pool(), sr.merging());
+    let chains = sr.chains(&pool, &merging);
     let replayed = chains.replay(&sr.probe())?;
     if replayed > 0 {
         tracing::warn!(vg = %state.vg, replayed, "journal entries of interrupted calls resolved");

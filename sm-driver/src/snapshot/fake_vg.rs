@@ -2,7 +2,7 @@
 //! that reach it: LVM and `qemu-img` answered as the argv `Lvm` and
 //! `QemuImg` build asks them (`vgs`, `lvs`, `lvm fullreport`, `lvcreate`,
 //! `lvchange`, `lvremove`, `lvreduce`/`lvextend`; `qemu-img measure`,
-//! `create`, `check`, `resize`, `commit`, `rebase`), from its own state:
+//! `create`, `check`, `info`, `resize`, `commit`, `rebase`), from its own state:
 //! each qcow2 image's end, virtual size and backing file, and a commit
 //! into a base smaller than its top fails, as it does on an LV. Every
 //! command line is logged, so a test counts what a call runs, and one
@@ -200,6 +200,10 @@ impl State {
                 let end = self.ends.get(&lv_of(&image)).ok_or(format!("{image} is no qcow2"))?;
                 Ok(format!(r#"{{"image-end-offset": {end}, "check-errors": 0}}"#))
             }
+            "info" => Ok(self.backing.get(&lv_of(&image)).map_or_else(
+                || r#"{"format": "qcow2"}"#.to_owned(),
+                |b| format!(r#"{{"format": "qcow2", "backing-filename": "/dev/{}/{b}"}}"#, self.vg),
+            )),
             "resize" => {
                 let lv = lv_of(&args[args.len() - 2]);
                 let size = self.virtual_sizes.get_mut(&lv).ok_or(format!("{lv} is no qcow2"))?;

@@ -49,6 +49,10 @@ pub enum Operation {
         child: String,
         /// The node taking its place.
         into: String,
+        /// The volume whose chain this host's engine has open, when that
+        /// engine merges (online); none: `qemu-img commit` at rest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        online: Option<String>,
     },
 }
 
@@ -63,6 +67,9 @@ pub enum Step {
     Swapping,
     /// The commit point passed: only clean-up remains.
     Committed,
+    /// An online merge: the engine that has the chain open was (or was
+    /// about to be) asked to merge; replay asks it how the job went.
+    EngineCommitting,
 }
 
 /// One journal entry.
@@ -132,6 +139,10 @@ pub fn decide(entry: &Entry, facts: Facts) -> Replay {
         // idempotent, and the parent is visible through the child alone.
         (Operation::Merge { .. }, _) => Replay::Finish,
         (Operation::Snapshot { .. }, Step::Committed) => Replay::Finish,
+        // Only merges reach this step: an entry no driver writes.
+        (Operation::Snapshot { volume, .. }, Step::EngineCommitting) => {
+            Replay::Wait(format!("the snapshot of {volume} is journalled at a merge's step; run doctor and report it"))
+        }
         (Operation::Snapshot { .. }, _) if facts.volume_on_new_leaf => Replay::Finish,
         (Operation::Snapshot { .. }, Step::Prepared) => Replay::Undo,
         // Rolling forward is safe whenever nobody writes the old leaf any
@@ -206,8 +217,23 @@ mod tests {
 
     #[test]
     fn merges_always_roll_forward() {
-        let merge =
-            Entry { operation: Operation::Merge { child: "s1".into(), into: "base".into() }, step: Step::Prepared };
+        let merge = Entry {
+            operation: Operation::Merge { child: "s1".into(), into: "base".into(), online: None },
+            step: Step::Prepared,
+        };
         assert_eq!(decide(&merge, NOT_YET), Replay::Finish);
+    }
+
+    #[test]
+    fn an_offline_merge_entry_written_before_online_merges_still_parses() {
+        let old =
+            format!("nj={}", crate::hex::encode(r#"{"op":"merge","child":"s1","into":"base","step":"prepared"}"#));
+        let entry = Entry::from_tag(&old).expect("an old merge entry parses");
+        assert_eq!(entry.operation, Operation::Merge { child: "s1".into(), into: "base".into(), online: None });
+        let online = Entry {
+            operation: Operation::Merge { child: "s1".into(), into: "base".into(), online: Some("vol-a".into()) },
+            step: Step::EngineCommitting,
+        };
+        assert_eq!(Entry::from_tag(&online.to_tag()), Some(online));
     }
 }

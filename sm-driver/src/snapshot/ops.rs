@@ -24,6 +24,9 @@ use super::graph::{node_tags, virtual_size, volume_node_tag, Collect, Graph, Gra
 use super::journal::{decide, Entry, Facts, Operation, Replay, Serving, Step, JOURNAL_KEY};
 use super::qemu_img::{QemuImg, QemuImgError};
 
+use online::Online;
+pub use online::{Merging, NoEngineHere};
+
 /// The LV called `name`, a node or volume the graph or the journal names,
 /// through the one LV name parser.
 fn lv_named(name: &str) -> Result<LvName, LvmError> {
@@ -149,6 +152,7 @@ pub struct Chains<'a> {
     volume_tag: &'a str,
     faults: &'a dyn Faults,
     elsewhere: &'a dyn Elsewhere,
+    merging: &'a dyn Merging,
 }
 
 /// The names a snapshot or clone creates.
@@ -176,7 +180,7 @@ impl<'a> Chains<'a> {
         volume_tag: &'a str,
         faults: &'a dyn Faults,
     ) -> Self {
-        Self { lvm, qemu_img, vg, volume_tag, faults, elsewhere: &NoOtherHosts }
+        Self { lvm, qemu_img, vg, volume_tag, faults, elsewhere: &NoOtherHosts, merging: &NoEngineHere }
     }
 
     /// The same, asking `elsewhere` (the pool's other hosts) to deactivate
@@ -184,6 +188,13 @@ impl<'a> Chains<'a> {
     #[must_use]
     pub fn with_other_hosts(self, elsewhere: &'a dyn Elsewhere) -> Self {
         Self { elsewhere, ..self }
+    }
+
+    /// The same, merging a node of a chain this host's engine has open (by
+    /// one volume) through `merging`, that engine.
+    #[must_use]
+    pub fn with_merging(self, merging: &'a dyn Merging) -> Self {
+        Self { merging, ..self }
     }
 
     fn lvs(&self) -> Result<Vec<Lv>, OpError> {
@@ -501,8 +512,11 @@ impl<'a> Chains<'a> {
     }
 
     /// [`Chains::collect`], leaving alone every step that touches one of
-    /// `busy` (the LVs of chains open in an engine: no image open anywhere
-    /// is edited from outside).
+    /// `busy` (the LVs of chains open in an engine that does not merge
+    /// them: on another host, or read-only here; no image open anywhere is
+    /// edited from outside). A merge in a chain open read-write in this
+    /// host's engine ([`Chains::with_merging`]) by exactly one volume is
+    /// asked of that engine; a chain open by several volumes is left alone.
     ///
     /// # Errors
     /// [`OpError`].
@@ -526,20 +540,57 @@ impl<'a> Chains<'a> {
         if self.replay_in(probe, &lvs)? > 0 {
             lvs = self.lvs()?;
         }
+        // Online merges this run left to a later one (refused, or still
+        // running), by the node merged away.
+        let mut left: BTreeSet<String> = BTreeSet::new();
+        let served = self.merging.served();
         let mut steps = 0;
         loop {
-            let plan: Vec<Collect> = Graph::from_lvs(&lvs, self.volume_tag)?
+            let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+            // An operation still journalled (one waiting for its engine) is
+            // not planned over.
+            let journalled: BTreeSet<String> = lvs
+                .iter()
+                .filter(|l| l.tags.iter().any(|t| Entry::from_tag(t).is_some()))
+                .map(|l| l.name.to_string())
+                .collect();
+            let plan: Vec<(Collect, Option<String>)> = graph
                 .collect_plan()
                 .into_iter()
-                .filter(|step| !touches(step, busy))
+                .filter(|step| !touches(step, busy) && !touches(step, &journalled))
+                .filter_map(|step| {
+                    let open = open_in(&graph, &served, &step);
+                    match (&step, open.as_slice()) {
+                        (_, []) => Some((step, None)),
+                        // Open here by one volume: that engine merges.
+                        (Collect::Merge { child, .. }, [volume]) if !left.contains(child) => {
+                            let volume = (*volume).clone();
+                            Some((step, Some(volume)))
+                        }
+                        // Open by several volumes: left alone.
+                        _ => None,
+                    }
+                })
                 .collect();
             if plan.is_empty() {
                 return Ok((steps, lvs));
             }
-            for (at, step) in plan.iter().enumerate() {
+            for (at, (step, online)) in plan.iter().enumerate() {
                 // The first step sees the VG as read; later ones look again.
-                self.collect_step(step, (at == 0).then_some(lvs.as_slice()))?;
-                steps += 1;
+                let now = (at == 0).then_some(lvs.as_slice());
+                match (step, online) {
+                    (Collect::Merge { child, into, .. }, Some(volume)) => {
+                        if self.merge_online(volume, child, into)? == Online::Merged {
+                            steps += 1;
+                        } else {
+                            left.insert(child.clone());
+                        }
+                    }
+                    _ => {
+                        self.collect_step(step, now)?;
+                        steps += 1;
+                    }
+                }
             }
             lvs = self.lvs()?;
         }
@@ -557,7 +608,7 @@ impl<'a> Chains<'a> {
             }
             Collect::Merge { child, into, .. } => {
                 let entry = Entry {
-                    operation: Operation::Merge { child: child.clone(), into: into.clone() },
+                    operation: Operation::Merge { child: child.clone(), into: into.clone(), online: None },
                     step: Step::Prepared,
                 };
                 self.lvm.lv_retag(self.vg, &lv_named(child)?, &[], &[entry.to_tag()])?;
@@ -578,37 +629,62 @@ impl<'a> Chains<'a> {
         let Some(child_node) = graph.node(child).cloned() else { return Ok(()) };
         let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
         let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
-        let (child_image, into_image) = (self.image(&child_node)?, self.image(&into_node)?);
         // The commit opens the child's whole chain; relinking opens each grandchild.
-        // A read-only qcow2 node was shrunk to its image end: the commit
-        // allocates clusters in it, so it gets a leaf's full size back first.
-        // A child grown since (a resized leaf) is larger than `into`, which
-        // grows to it: a raw LV to that size, a qcow2 LV to hold it.
-        let (grown, into_size) = (virtual_size(&graph, &lvs, child), virtual_size(&graph, &lvs, into));
-        let into_lv = lvs.iter().find(|l| l.name == into);
-        let room = match into_node.format {
-            ImageFormat::Qcow2 => self.qemu_img.leaf_bytes(grown.max(into_size))?,
-            ImageFormat::Raw => grown,
-        };
-        if into_lv.is_some_and(|l| l.size < room) {
-            self.lvm.lvextend(self.vg, &lv_named(into)?, room)?;
-        }
+        self.grow_into(&graph, &lvs, child, &into_node)?;
         // The commit writes both, relinking writes each grandchild: reloaded
         // read-write here even if they were active read-only (a chain's
         // parents are, wherever it was served).
         let mut written = vec![child, into];
         written.extend(grandchildren.iter().map(|g| g.lv.as_str()));
         self.activate_chain(&lvs, &graph, child, &written)?;
+        let (grown, into_size) = (virtual_size(&graph, &lvs, child), virtual_size(&graph, &lvs, into));
+        let into_lv = lvs.iter().find(|l| l.name == into);
         if let (ImageFormat::Qcow2, Some(into_lv), true) = (into_node.format, into_lv, grown > into_size) {
-            self.qemu_img.resize(&into_image, grown)?;
+            self.qemu_img.resize(&self.image(&into_node)?, grown)?;
             self.set_virtual_size(into_lv, grown)?;
         }
-        self.qemu_img.commit(&child_image)?;
+        self.qemu_img.commit(&self.image(&child_node)?)?;
         self.faults.reached("merge-committed");
-        for grandchild in &grandchildren {
-            self.qemu_img.rebase_unsafe(&self.image(grandchild)?, &into_image)?;
+        self.retire_child(&lvs, child, &into_node, &grandchildren, &[])
+    }
+
+    /// Makes room in `into` (`lvs` as just read) for `child`'s data before
+    /// a commit. A read-only qcow2 node was shrunk to its image end: the
+    /// commit allocates clusters in it, so it gets a leaf's full size back
+    /// first. A child grown since (a resized leaf) is larger than `into`,
+    /// which grows to it: a raw LV to that size, a qcow2 LV to hold it.
+    fn grow_into(&self, graph: &Graph, lvs: &[Lv], child: &str, into: &Node) -> Result<(), OpError> {
+        let (grown, into_size) = (virtual_size(graph, lvs, child), virtual_size(graph, lvs, &into.lv));
+        let room = match into.format {
+            ImageFormat::Qcow2 => self.qemu_img.leaf_bytes(grown.max(into_size))?,
+            ImageFormat::Raw => grown,
+        };
+        if lvs.iter().any(|l| l.name == into.lv && l.size < room) {
+            self.lvm.lvextend(self.vg, &lv_named(&into.lv)?, room)?;
+        }
+        Ok(())
+    }
+
+    /// The tail of a merge whose data is in `into` now (`lvs` as read
+    /// before it): `grandchildren` relinked to `into` (their headers with
+    /// `rebase -u`, except those in `rewritten`, whose headers the engine
+    /// that merged rewrote itself, then their node tags), the volumes
+    /// referring to `child` pointed at `into`, `child` removed.
+    fn retire_child(
+        &self,
+        lvs: &[Lv],
+        child: &str,
+        into: &Node,
+        grandchildren: &[Node],
+        rewritten: &[String],
+    ) -> Result<(), OpError> {
+        let into_image = self.image(into)?;
+        for grandchild in grandchildren {
+            if !rewritten.contains(&grandchild.lv) {
+                self.qemu_img.rebase_unsafe(&self.image(grandchild)?, &into_image)?;
+            }
             let moved =
-                Node { parent: Some(into.to_owned()), depth: grandchild.depth.saturating_sub(1), ..grandchild.clone() };
+                Node { parent: Some(into.lv.clone()), depth: grandchild.depth.saturating_sub(1), ..grandchild.clone() };
             // Only the tags that change: lvchange given the same tag to
             // delete and to add drops it.
             let (old_tags, new_tags) = (node_tags(grandchild), node_tags(&moved));
@@ -619,17 +695,17 @@ impl<'a> Chains<'a> {
         self.faults.reached("merge-relinked");
         if !grandchildren.is_empty() {
             // Still a parent: read-only, so back to its image end.
-            self.shrink_frozen(&into_node, self.extent_size()?, None);
+            self.shrink_frozen(into, self.extent_size()?, None);
         }
-        for lv in &lvs {
+        for lv in lvs {
             if lv.tags.iter().any(|t| t == self.volume_tag) && lv.tags.contains(&volume_node_tag(child)) {
-                self.lvm.lv_retag(self.vg, &lv.name, &[volume_node_tag(child)], &[volume_node_tag(into)])?;
+                self.lvm.lv_retag(self.vg, &lv.name, &[volume_node_tag(child)], &[volume_node_tag(&into.lv)])?;
             }
         }
         self.faults.reached("merge-retargeted");
-        // Active here: activated for the commit above.
+        // Active here: activated for the commit.
         self.remove_known(&lv_named(child)?, true)?;
-        tracing::info!(child, into, "node merged");
+        tracing::info!(child, into = %into.lv, "node merged");
         Ok(())
     }
 
@@ -659,7 +735,12 @@ impl<'a> Chains<'a> {
         let mut resolved = 0;
         for entry in &entries {
             match &entry.operation {
-                Operation::Merge { child, into } => self.finish_merge(child, into)?,
+                Operation::Merge { child, into, online: None } => self.finish_merge(child, into)?,
+                Operation::Merge { child, into, online: Some(volume) } => {
+                    if !self.replay_online(entry, volume, child, into)? {
+                        continue;
+                    }
+                }
                 Operation::Snapshot { volume, old_leaf, new_leaf, snapshot, clone_leaf, .. } => {
                     let on_new = lvs
                         .iter()
@@ -721,6 +802,20 @@ impl<'a> Chains<'a> {
     }
 }
 
+/// The volumes of `served` (open in this host's engine) whose chains
+/// `step` touches.
+fn open_in<'s>(graph: &Graph, served: &'s [String], step: &Collect) -> Vec<&'s String> {
+    served
+        .iter()
+        .filter(|volume| {
+            graph.chain(volume).is_ok_and(|chain| {
+                let lvs: BTreeSet<String> = chain.iter().map(|n| n.lv.clone()).collect();
+                touches(step, &lvs)
+            })
+        })
+        .collect()
+}
+
 fn touches(step: &Collect, busy: &BTreeSet<String>) -> bool {
     match step {
         Collect::Remove { lv } => busy.contains(lv),
@@ -734,10 +829,11 @@ const fn step_rank(step: Step) -> u8 {
     match step {
         Step::Prepared => 0,
         Step::Swapping => 1,
-        Step::Committed => 2,
+        Step::Committed | Step::EngineCommitting => 2,
     }
 }
 
+mod online;
 mod resize;
 #[cfg(test)]
 mod tests;

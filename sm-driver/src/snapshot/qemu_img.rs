@@ -130,13 +130,14 @@ impl<'a> QemuImg<'a> {
         Ok(Self::json::<Check>(doing, &out)?.image_end_offset)
     }
 
-    /// The backing file named in a layer's header.
+    /// The backing file named in a layer's header, read with `-U` (the
+    /// image may be open in an engine: only its header is read).
     ///
     /// # Errors
     /// [`QemuImgError`].
     pub fn backing_of(&self, image: &Image) -> Result<Option<String>, QemuImgError> {
         let doing = "reading a qcow2 header";
-        let out = self.run(doing, &["info", "-f", "qcow2", "--output=json", image.path_str()])?;
+        let out = self.run(doing, &["info", "-U", "-f", "qcow2", "--output=json", image.path_str()])?;
         Ok(Self::json::<Info>(doing, &out)?.backing_filename)
     }
 
@@ -242,6 +243,7 @@ mod tests {
         assert_eq!(tool.backing_of(&layer(1)).unwrap().as_deref(), Some("/dev/vg/vol-a"));
         assert_eq!(tool.backing_of(&layer(1)).unwrap(), None);
         assert_eq!(shown(&fake)[0], "qemu-img check -f qcow2 --output=json /dev/vg/node-1");
+        assert_eq!(shown(&fake)[1], "qemu-img info -U -f qcow2 --output=json /dev/vg/node-1");
     }
 
     #[test]

@@ -48,6 +48,10 @@ use super::graph::Graph;
 use super::journal::Serving;
 use super::ops::{Faults, OpError, Running, ServingProbe};
 
+mod merging;
+
+pub use merging::{unmergeable_lvs, MergeHere};
+
 /// Where open disks' handles (and qemu-storage-daemon's sockets) live.
 pub const RUN_BASE: &str = "/run/nvmetcp/engine";
 

@@ -288,3 +288,5 @@ fn a_resize_killed_before_its_tag_keeps_the_old_size_and_a_retry_grows_it() {
     assert!(matches!(error, OpError::NoSpace { .. }), "{error}");
     assert_eq!((fake.shape(), fake.size("node-1")), (before, lvs.iter().find(|l| l.name == "node-1").unwrap().size));
 }
+
+mod online;

@@ -1,0 +1,303 @@
+//! The collector's online merge: a node of a chain this host's engine has
+//! open (by exactly one volume, read-write) is merged by that engine, never
+//! by `qemu-img` from outside (issue 18, as LVHD asks the tapdisk that owns
+//! the chain).
+//!
+//! `Collect::Merge { child, into }`: the engine commits `child` (the top)
+//! into `into` (its parent). An intermediate `child`: the engine rewrites the
+//! backing link of the grandchild in its chain; the master moves only the
+//! node tags (and relinks at rest any other grandchild, which no engine has
+//! open). `child` the running leaf: an active commit, completed by the
+//! engine ([`crate::engine::Engine::commit_state`]); `into` becomes the
+//! leaf, in the engine's handle first, then in the volume's `nn=` tag.
+//!
+//! Journal: `Prepared` on `child` (naming the volume), `into` grown back to
+//! a leaf's size and reloaded read-write, then `EngineCommitting`, then the
+//! job. The collector waits [`Merging::patience`] for it; a job still
+//! running is left to the next collector run or `SR.attach`, whose replay
+//! asks the engine: running, wait; done, finish; failed, drop the entry;
+//! no job (the engine restarted), the grandchild's header or the engine's
+//! leaf says whether the data moved.
+
+use std::time::{Duration, Instant};
+
+use crate::engine::CommitState;
+
+use super::super::graph::virtual_size;
+use super::{
+    lv_named, Chains, EngineError, Entry, Graph, GraphError, Image, ImageFormat, Node, OpError, Operation, Step,
+};
+
+/// This host's engine, for merges in the chains it has open.
+pub trait Merging {
+    /// The volumes this host's engine serves read-write.
+    fn served(&self) -> Vec<String>;
+
+    /// Starts merging `top` into `base` in the chain `volume`'s engine has open.
+    ///
+    /// # Errors
+    /// [`EngineError`], e.g. [`EngineError::Unsupported`] without online commit.
+    fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError>;
+
+    /// How the merge on `volume`'s disk goes ([`CommitState::Idle`] when it
+    /// is not served here).
+    ///
+    /// # Errors
+    /// [`EngineError`] if the engine cannot be asked.
+    fn state(&self, volume: &str) -> Result<CommitState, EngineError>;
+
+    /// The image `volume`'s engine writes now, as the engine says, kept in
+    /// the disk's handle; `None` if this host does not serve it.
+    ///
+    /// # Errors
+    /// [`EngineError`] if the engine cannot be asked.
+    fn leaf_now(&self, volume: &str) -> Result<Option<Image>, EngineError>;
+
+    /// How long the collector waits for a job before leaving it to a later run.
+    fn patience(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// No engine merges here (offline operations, tests): every chain open
+/// anywhere is in the collector's `busy` set.
+pub struct NoEngineHere;
+
+impl Merging for NoEngineHere {
+    fn served(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn start(&self, _volume: &str, _top: &Image, _base: &Image) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            engine: crate::engine::EngineKind::QemuStorageDaemon,
+            what: "merge online",
+            why: "no engine serves disks in this call".to_owned(),
+        })
+    }
+
+    fn state(&self, _volume: &str) -> Result<CommitState, EngineError> {
+        Ok(CommitState::Idle)
+    }
+
+    fn leaf_now(&self, _volume: &str) -> Result<Option<Image>, EngineError> {
+        Ok(None)
+    }
+}
+
+/// How an online merge ended for this collector run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Online {
+    /// Merged and removed.
+    Merged,
+    /// The engine still merges: the entry waits for a later run.
+    Pending,
+    /// The engine refused or failed: the entry is gone, the chain unchanged.
+    GaveUp,
+}
+
+/// Whether the data of `child` is in `into`, when no job says so.
+enum Moved {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Chains<'_> {
+    /// Merges `child` into `into` through the engine that serves `volume`.
+    pub(super) fn merge_online(&self, volume: &str, child: &str, into: &str) -> Result<Online, OpError> {
+        let lvs = self.lvs()?;
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        let Some(child_node) = graph.node(child).cloned() else { return Ok(Online::Merged) };
+        let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
+        if virtual_size(&graph, &lvs, child) > virtual_size(&graph, &lvs, into) {
+            // A leaf resized since: the engine would grow `into` without its
+            // nv= tag. Merged at rest, once the volume is closed.
+            tracing::warn!(volume, child, into, "a node larger than its parent is merged once the volume is closed");
+            return Ok(Online::GaveUp);
+        }
+        let operation =
+            Operation::Merge { child: child.to_owned(), into: into.to_owned(), online: Some(volume.to_owned()) };
+        let prepared = Entry { operation: operation.clone(), step: Step::Prepared }.to_tag();
+        let named = lv_named(child)?;
+        self.lvm.lv_retag(self.vg, &named, &[], std::slice::from_ref(&prepared))?;
+        self.faults.reached("merge-journal");
+        self.grow_into(&graph, &lvs, child, &into_node)?;
+        // The engine reopens `into` read-write for the job; a grandchild no
+        // engine has open is relinked at rest afterwards.
+        let chain: Vec<String> = graph.chain(volume)?.iter().map(|n| n.lv.clone()).collect();
+        let mut written = vec![into];
+        written.extend(graph.children(child).iter().map(|g| g.lv.as_str()).filter(|g| !chain.iter().any(|c| c == g)));
+        let written: Vec<_> = written.into_iter().map(lv_named).collect::<Result<_, _>>()?;
+        self.lvm.lvs_activate(self.vg, &written, &lvs)?;
+        let committing = Entry { operation, step: Step::EngineCommitting };
+        self.lvm.lv_retag(self.vg, &named, &[prepared], &[committing.to_tag()])?;
+        if let Err(error) = self.merging.start(volume, &self.image(&child_node)?, &self.image(&into_node)?) {
+            self.lvm.lv_retag(self.vg, &named, &[committing.to_tag()], &[])?;
+            tracing::warn!(volume, child, into, %error, "the engine did not merge; the node stays until the volume is closed");
+            return Ok(Online::GaveUp);
+        }
+        self.faults.reached("merge-engine-started");
+        let deadline = Instant::now() + self.merging.patience();
+        loop {
+            let state = match self.merging.state(volume) {
+                Ok(state) => state,
+                Err(error) => {
+                    tracing::warn!(volume, child, %error, "the engine could not say how the merge goes; a later collector run asks again");
+                    return Ok(Online::Pending);
+                }
+            };
+            match state {
+                CommitState::Running { .. } if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                CommitState::Running { done, total } => {
+                    tracing::info!(
+                        volume,
+                        child,
+                        into,
+                        done,
+                        total,
+                        "the engine still merges; a later collector run finishes"
+                    );
+                    return Ok(Online::Pending);
+                }
+                other => return self.settle_online(&committing, volume, other),
+            }
+        }
+    }
+
+    /// Replays an online merge entry: returns whether it was resolved.
+    pub(super) fn replay_online(&self, entry: &Entry, volume: &str, child: &str, into: &str) -> Result<bool, OpError> {
+        if entry.step != Step::EngineCommitting {
+            // Killed before the engine was asked: nothing moved; the
+            // collector plans the merge again.
+            self.clean_operation(&entry.operation)?;
+            return Ok(true);
+        }
+        let state = match self.merging.state(volume) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(volume, child, %error, "the engine could not say how the merge went");
+                CommitState::Idle
+            }
+        };
+        if let CommitState::Running { .. } = state {
+            tracing::info!(volume, child, into, "the engine still merges; the entry waits");
+            return Ok(false);
+        }
+        Ok(self.settle_online(entry, volume, state)? != Online::Pending)
+    }
+
+    /// Acts on an online merge's final `state`.
+    fn settle_online(&self, entry: &Entry, volume: &str, state: CommitState) -> Result<Online, OpError> {
+        let Operation::Merge { child, into, .. } = &entry.operation else { return Ok(Online::GaveUp) };
+        let moved = match state {
+            CommitState::Done => Moved::Yes,
+            CommitState::Failed(why) => {
+                tracing::warn!(volume, child, into, why, "the engine's merge failed; the chain is unchanged");
+                Moved::No
+            }
+            CommitState::Idle | CommitState::Running { .. } => self.moved(volume, child, into)?,
+        };
+        match moved {
+            Moved::Yes => {
+                self.faults.reached("merge-engine-done");
+                Ok(if self.finish_online(volume, child, into)? { Online::Merged } else { Online::Pending })
+            }
+            Moved::No => {
+                self.clean_operation(&entry.operation)?;
+                Ok(Online::GaveUp)
+            }
+            Moved::Unknown => {
+                tracing::warn!(
+                    volume,
+                    child,
+                    into,
+                    "an online merge of the running leaf cannot be resolved while the volume is not served here; \
+                     the entry waits until it is"
+                );
+                Ok(Online::Pending)
+            }
+        }
+    }
+
+    /// With no job to ask: `child`'s data is in `into` if the grandchild in
+    /// `volume`'s chain is backed by `into` now (an intermediate merge), or
+    /// the engine writes `into` (the leaf merged).
+    fn moved(&self, volume: &str, child: &str, into: &str) -> Result<Moved, OpError> {
+        let lvs = self.lvs()?;
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        let Some(child_node) = graph.node(child).cloned() else { return Ok(Moved::Yes) };
+        let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
+        let into_image = self.image(&into_node)?;
+        let chain: Vec<Node> = graph.chain(volume)?.into_iter().cloned().collect();
+        if !chain.iter().any(|n| n.lv == child) {
+            // Relinked or retargeted already: tags move only after the job.
+            return Ok(Moved::Yes);
+        }
+        if chain.first().is_some_and(|leaf| leaf.lv == child) {
+            return Ok(match self.merging.leaf_now(volume)? {
+                Some(leaf) if leaf == into_image => Moved::Yes,
+                Some(leaf) if leaf == self.image(&child_node)? => Moved::No,
+                Some(leaf) => {
+                    tracing::warn!(volume, leaf = leaf.path_str(), "the engine writes to neither node of the merge");
+                    Moved::Unknown
+                }
+                None => Moved::Unknown,
+            });
+        }
+        let Some(grandchild) = chain.iter().find(|n| n.parent.as_deref() == Some(child)) else {
+            return Ok(Moved::No);
+        };
+        if !lvs.iter().any(|l| l.name == grandchild.lv && l.active) {
+            // Only read: the volume was closed, its chain deactivated.
+            self.lvm.lvs_activate_read_only(self.vg, &[lv_named(&grandchild.lv)?])?;
+        }
+        let backing = self.qemu_img.backing_of(&self.image(grandchild)?)?;
+        Ok(if backing.as_deref() == Some(into_image.path_str()) { Moved::Yes } else { Moved::No })
+    }
+
+    /// The engine merged `child` into `into` in `volume`'s chain: the
+    /// handle (the leaf merged), the node tags, the volumes, `child`
+    /// removed. Returns false, leaving the entry, if the engine of a merged
+    /// leaf writes to neither node.
+    fn finish_online(&self, volume: &str, child: &str, into: &str) -> Result<bool, OpError> {
+        let lvs = self.lvs()?;
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        if graph.node(child).is_none() {
+            return Ok(true);
+        }
+        let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
+        let chain: Vec<String> = graph.chain(volume)?.iter().map(|n| n.lv.clone()).collect();
+        if chain.first().is_some_and(|leaf| leaf == child) {
+            // The engine writes `into` now: its handle says so before the
+            // volume's tag does (a later swap finds the disk by its leaf).
+            match self.merging.leaf_now(volume)? {
+                Some(leaf) if leaf == self.image(&into_node)? => {}
+                Some(leaf) => {
+                    tracing::warn!(
+                        volume,
+                        leaf = leaf.path_str(),
+                        into,
+                        "after merging its leaf the engine writes to another image; the entry waits"
+                    );
+                    return Ok(false);
+                }
+                None => {}
+            }
+        }
+        let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
+        let rewritten: Vec<String> =
+            grandchildren.iter().filter(|g| chain.contains(&g.lv)).map(|g| g.lv.clone()).collect();
+        self.retire_child(&lvs, child, &into_node, &grandchildren, &rewritten)?;
+        if into_node.format == ImageFormat::Raw && !grandchildren.is_empty() {
+            // A raw parent again: nothing writes it, so read-only.
+            if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?]) {
+                tracing::warn!(into, %error, "the merged-into node stays writable");
+            }
+        }
+        tracing::info!(volume, child, into, "node merged by the engine serving the volume");
+        Ok(true)
+    }
+}

@@ -1,0 +1,246 @@
+//! The collector's online merge on [`FakeVg`], through a faked engine door:
+//! a chain open here by one volume is merged by its engine (never by
+//! `qemu-img commit`), intermediate node and running leaf alike; a kill at
+//! each step is finished by replay; a failed, refused or slow job leaves
+//! the chain as it was or for a later run; a chain open by two volumes, or
+//! elsewhere, is left alone.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use super::*;
+use crate::engine::CommitState;
+
+/// How the faked engine's jobs go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// Done at the first question.
+    Finishes,
+    /// Running at every question.
+    Runs,
+    /// Failed at the first question.
+    Fails,
+    /// Refused at the start (an engine without online commit).
+    Refused,
+}
+
+/// The engine serving `served`, writing `leaf`; a merge rewrites the
+/// backing link of the image above the top in `fake`, as QEMU does, or
+/// moves the leaf (an active commit).
+struct Engine<'f> {
+    fake: &'f FakeVg,
+    served: Vec<String>,
+    leaf: RefCell<Image>,
+    job: Cell<Job>,
+    running: RefCell<Option<(Image, Image)>>,
+    started: Cell<usize>,
+    /// The log length when the job started.
+    started_at: Cell<usize>,
+}
+
+fn image(format: ImageFormat, lv: &str) -> Image {
+    Image::new(format, format!("/dev/{VG}/{lv}")).unwrap()
+}
+
+impl<'f> Engine<'f> {
+    fn serving(fake: &'f FakeVg, served: &[&str], leaf: &str, job: Job) -> Self {
+        Self {
+            fake,
+            served: served.iter().map(|s| (*s).to_owned()).collect(),
+            leaf: RefCell::new(image(ImageFormat::Qcow2, leaf)),
+            job: Cell::new(job),
+            running: RefCell::new(None),
+            started: Cell::new(0),
+            started_at: Cell::new(0),
+        }
+    }
+
+    fn leaf(&self) -> String {
+        self.leaf.borrow().path_str().rsplit('/').next().unwrap().to_owned()
+    }
+}
+
+impl Merging for Engine<'_> {
+    fn served(&self) -> Vec<String> {
+        self.served.clone()
+    }
+
+    fn start(&self, _volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
+        if self.job.get() == Job::Refused {
+            return Err(EngineError::Unsupported {
+                engine: crate::engine::EngineKind::Tapdisk,
+                what: "merge a node of an open chain",
+                why: "no online commit".to_owned(),
+            });
+        }
+        self.started.set(self.started.get() + 1);
+        self.started_at.set(self.fake.commands());
+        *self.running.borrow_mut() = Some((top.clone(), base.clone()));
+        Ok(())
+    }
+
+    fn state(&self, _volume: &str) -> Result<CommitState, EngineError> {
+        let Some((top, base)) = self.running.borrow().clone() else { return Ok(CommitState::Idle) };
+        Ok(match self.job.get() {
+            Job::Runs => CommitState::Running { done: 1, total: 2 },
+            Job::Fails => {
+                *self.running.borrow_mut() = None;
+                CommitState::Failed("I/O error".to_owned())
+            }
+            Job::Finishes | Job::Refused => {
+                *self.running.borrow_mut() = None;
+                if *self.leaf.borrow() == top {
+                    *self.leaf.borrow_mut() = base;
+                } else {
+                    let mut state = self.fake.state();
+                    let lv = |i: &Image| i.path_str().rsplit('/').next().unwrap_or_default().to_owned();
+                    let (top, base) = (lv(&top), lv(&base));
+                    let above: Vec<String> =
+                        state.backing.iter().filter(|(_, b)| **b == top).map(|(l, _)| l.clone()).collect();
+                    for image in above {
+                        state.backing.insert(image, base.clone());
+                    }
+                }
+                CommitState::Done
+            }
+        })
+    }
+
+    fn leaf_now(&self, _volume: &str) -> Result<Option<Image>, EngineError> {
+        Ok(Some(self.leaf.borrow().clone()))
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+fn collect(fake: &FakeVg, faults: &dyn Faults, engine: &Engine<'_>, busy: &[&str]) -> usize {
+    let busy: BTreeSet<String> = busy.iter().map(|b| (*b).to_owned()).collect();
+    let lvm = Lvm::new(fake, Path::new("/dev/nvme0n1"), true).unwrap();
+    let vg: VgName = VG.parse().unwrap();
+    let chains = Chains::new(&lvm, QemuImg::new(fake), &vg, TAG, faults).with_merging(engine);
+    chains.collect_around(&NothingOpen, &busy).unwrap()
+}
+
+/// `vol-a` snapshotted twice at rest: its raw LV (`vol-1` refers to it),
+/// `node-1` (`vol-2`), its leaf `node-2`; then `gone` destroyed.
+fn twice_then_destroyed(gone: &str) -> FakeVg {
+    let fake = after_one_snapshot();
+    snapshot(&fake, "2", false).unwrap();
+    on(&fake, &NoFaults, |c| c.destroy(gone)).unwrap();
+    fake
+}
+
+fn node(fake: &FakeVg, lv: &str) -> Vec<String> {
+    fake.shape().get(lv).cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_node_below_the_running_leaf_is_merged_by_the_engine_not_by_qemu_img() {
+    // vol-1 gone: vol-a's raw LV is unreferenced, its only child node-1.
+    let fake = twice_then_destroyed("vol-1");
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+    let start = fake.commands();
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 1);
+    assert_eq!(engine.started.get(), 1, "the engine was not asked");
+    assert!(fake.ran(start, "qemu-img commit").is_empty(), "qemu-img wrote an open chain");
+    assert!(fake.ran(start, "qemu-img rebase").is_empty(), "the engine relinks the image it has open");
+    assert!(!fake.shape().contains_key("node-1"), "the merged node is removed");
+    assert!(node(&fake, "node-2").contains(&"np=vol-a".to_owned()), "{:?}", node(&fake, "node-2"));
+    assert!(node(&fake, "vol-2").contains(&"nn=vol-a".to_owned()), "vol-2 points at the node holding its data");
+    assert_eq!(engine.leaf(), "node-2", "the leaf did not move");
+    assert!(!fake.journalled());
+}
+
+#[test]
+fn the_running_leaf_is_merged_into_its_parent_which_becomes_the_leaf() {
+    // vol-2 gone: node-1 is unreferenced, its only child vol-a's leaf node-2.
+    let fake = twice_then_destroyed("vol-2");
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+    let start = fake.commands();
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 1);
+    assert!(fake.ran(start, "qemu-img commit").is_empty(), "qemu-img wrote an open chain");
+    let log = fake.state().log.clone();
+    let grown = log[start..].iter().position(|l| l.starts_with("lvm lvextend") && l.ends_with("/node-1"));
+    assert!(grown.is_some_and(|g| start + g < engine.started_at.get()), "node-1 not grown before the job: {log:?}");
+    assert_eq!(engine.leaf(), "node-1");
+    assert!(node(&fake, "vol-a").contains(&"nn=node-1".to_owned()), "{:?}", node(&fake, "vol-a"));
+    assert!(!fake.shape().contains_key("node-2"));
+    assert!(!fake.journalled());
+}
+
+#[test]
+fn an_online_merge_killed_at_each_step_is_finished_by_the_next_run() {
+    for gone in ["vol-1", "vol-2"] {
+        let clean = twice_then_destroyed(gone);
+        collect(&clean, &NoFaults, &Engine::serving(&clean, &["vol-a"], "node-2", Job::Finishes), &[]);
+        let after = clean.shape();
+        for step in ["merge-journal", "merge-engine-started", "merge-engine-done", "merge-relinked", "merge-retargeted"]
+        {
+            let fake = twice_then_destroyed(gone);
+            let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+            let killed = catch_unwind(AssertUnwindSafe(|| collect(&fake, &KillAt(step), &engine, &[])));
+            assert!(killed.is_err(), "{gone}: not killed at {step}");
+            assert!(fake.journalled(), "{gone}: killed at {step} with no journal");
+            let start = fake.commands();
+            collect(&fake, &NoFaults, &engine, &[]);
+            assert_eq!(fake.shape(), after, "{gone}: killed at {step}, not finished");
+            assert!(fake.ran(start, "qemu-img commit").is_empty(), "{gone}: replay at {step} ran qemu-img commit");
+            assert!(engine.started.get() <= 2, "{gone}: {step}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_or_refused_job_leaves_the_chain_as_it_was() {
+    for job in [Job::Fails, Job::Refused] {
+        let fake = twice_then_destroyed("vol-1");
+        let before = fake.shape();
+        let engine = Engine::serving(&fake, &["vol-a"], "node-2", job);
+        let start = fake.commands();
+        assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
+        assert_eq!(fake.shape(), before, "the chain changed");
+        assert!(fake.ran(start, "qemu-img commit").is_empty(), "fell back to qemu-img on an open chain");
+        assert!(engine.started.get() <= 1, "asked again in the same run");
+    }
+}
+
+#[test]
+fn a_job_still_running_waits_in_the_journal_and_is_finished_later() {
+    let fake = twice_then_destroyed("vol-2");
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Runs);
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
+    assert!(fake.journalled(), "the running job's entry is gone");
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
+    assert_eq!(engine.started.get(), 1, "a second job was started over the running one");
+    assert!(fake.shape().contains_key("node-2"));
+    engine.job.set(Job::Finishes);
+    collect(&fake, &NoFaults, &engine, &[]);
+    assert!(!fake.journalled() && !fake.shape().contains_key("node-2"));
+    assert_eq!((engine.leaf(), engine.started.get()), ("node-1".to_owned(), 1));
+}
+
+#[test]
+fn a_chain_open_by_two_volumes_or_on_another_host_is_left_alone() {
+    // vol-2 refers to node-1, the node merged away: served too, by a second disk.
+    let fake = twice_then_destroyed("vol-1");
+    let before = fake.shape();
+    let two = Engine::serving(&fake, &["vol-a", "vol-2"], "node-2", Job::Finishes);
+    assert_eq!(collect(&fake, &NoFaults, &two, &[]), 0);
+    assert_eq!((fake.shape(), two.started.get()), (before.clone(), 0));
+    // Open on another host: in `busy`, never asked of this host's engine.
+    let elsewhere = Engine::serving(&fake, &[], "node-2", Job::Finishes);
+    assert_eq!(collect(&fake, &NoFaults, &elsewhere, &["node-2", "node-1", "vol-a"]), 0);
+    assert_eq!((fake.shape(), elsewhere.started.get()), (before, 0));
+}
+
+#[test]
+fn a_leaf_resized_since_is_not_merged_online_into_its_smaller_parent() {
+    let fake = twice_then_destroyed("vol-2");
+    fake.state().lvs.get_mut("node-2").unwrap().tags.push(format!("nv={}", 128 * MIB));
+    let before = fake.shape();
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
+    assert_eq!((fake.shape(), engine.started.get()), (before, 0), "the engine would grow node-1 without its nv=");
+}
