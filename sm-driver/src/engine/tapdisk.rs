@@ -240,6 +240,18 @@ impl Engine for Tapdisk<'_> {
     fn start_commit(&self, disk: &OpenDisk, top: &Image, _base: &Image) -> Result<(), EngineError> {
         // tapdisk commits a node into its own backing file.
         let (pid, minor) = tapdisk_handle(disk)?;
+        if *top == disk.leaf {
+            // After merging its leaf the disk writes the parent, but `tap-ctl
+            // list` keeps naming the image it opened: nothing could tell
+            // which node holds the disk's data.
+            return Err(EngineError::Unsupported {
+                engine: EngineKind::Tapdisk,
+                what: "merge the leaf of an open disk",
+                why: "tap-ctl list cannot say the disk moved to the parent; the leaf is merged once the VM is shut \
+                      down"
+                    .to_owned(),
+            });
+        }
         self.tap_ctl(
             "starting the merge",
             ["commit", "-p", &pid.to_string(), "-m", &minor.to_string(), "-a", top.path_str()],

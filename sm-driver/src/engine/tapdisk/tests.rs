@@ -168,7 +168,7 @@ fn commit_and_query_speak_xcp_ng_blktap() {
         .then_stdout("Commit status 'concluded' (4194304/4194304)\n")
         .then_stdout("Commit status 'null' (0/0)\n");
     let engine = Tapdisk::new(&fake);
-    let d = disk(layer());
+    let d = disk(Image::new(ImageFormat::Qcow2, "/dev/nvmetcp_5f0c/node-cc").unwrap());
     engine.start_commit(&d, &layer(), &raw()).unwrap();
     assert_eq!(engine.commit_state(&d).unwrap(), CommitState::Running { done: 1_048_576, total: 4_194_304 });
     assert_eq!(engine.commit_state(&d).unwrap(), CommitState::Done);
@@ -182,6 +182,17 @@ fn commit_and_query_speak_xcp_ng_blktap() {
             "tap-ctl query -p 4242 -m 3",
         ]
     );
+}
+
+/// Issue 18: an online merge of the running leaf needs the engine to say
+/// it moved to the parent afterwards; `tap-ctl list` cannot.
+#[test]
+fn the_leaf_of_an_open_disk_is_not_merged_by_tapdisk() {
+    let fake = FakeRunner::new();
+    let refused = Tapdisk::new(&fake).start_commit(&disk(layer()), &layer(), &raw()).unwrap_err();
+    assert!(matches!(refused, EngineError::Unsupported { .. }), "{refused}");
+    assert!(refused.to_string().contains("shut down"), "{refused}");
+    assert!(shown(&fake).is_empty(), "tap-ctl was asked: {:?}", shown(&fake));
 }
 
 #[test]
