@@ -11,7 +11,9 @@
 //! The `links-*` scenarios drive the same model through the plugin's method
 //! links, as xapi-storage-script calls them: `SR.attach` replaying the
 //! journal of a plugin SIGKILLed mid-snapshot, a snapshotted volume served
-//! by the engine (`vbd3`) snapshotted again under `fio --verify`, and the
+//! by the engine (`vbd3`) snapshotted again under `fio --verify`, then
+//! resized (refused while served, grown halted, its snapshots unchanged,
+//! collected back to one LV of the new size), and the
 //! snapshot's five `Volume.set`, revert, reset-on-boot and ten snapshots
 //! destroyed back to one node by the collector, and the snapshots of a disk
 //! the engine serves destroyed under `fio --verify`, merged by that engine.
@@ -762,7 +764,35 @@ vgchange -q -ay "$vg" >&2
 shrunk_to "$old_leaf" "$full" "at rest" "$s3"
 vgchange -q -an "$vg" >/dev/null 2>&1 || true
 [ "$(read_sum "$s3")" = "$served" ] || tb_fail "the snapshot taken at rest does not hold the disk's data"
-# (Collection back to one node: links-snapshot-clone-collect.)
+
+# xe vdi-resize of the disk with snapshots: refused while it runs, done halted.
+resize() { echo "{\"dbg\":\"rz\",$sr,\"key\":\"$a\",\"new_size\":$1}"; }
+plug "$a" >/dev/null
+expect_err NVMETCP_VOLUME_ACTIVE Volume.resize "$(resize 25165824)" | grep -q 'halt the VM, then resize' ||
+    tb_fail "a resize of the running disk with snapshots was not refused saying to halt the VM"
+unplug "$a"
+expect_err NVMETCP_VOLUME_INVALID Volume.resize "$(resize 8388608)" >/dev/null
+expect_ok Volume.resize "$(resize 25165824)" >/dev/null
+size_of() { json "$(stat_of "$1")" 'v["virtual_size"]'; }
+[ "$(size_of "$a")" = 25165824 ] && [ "$(size_of "$s3")" = 16777216 ] ||
+    tb_fail "after the resize: the disk is $(size_of "$a") bytes, its snapshot $(size_of "$s3")"
+no_journal && [ -z "$(lvs --noheadings -o lv_active "$vg" | tr -d ' ')" ] || tb_fail "the resize left a journal or an active LV"
+write_vol "$a" 0x55 20
+grown=$(read_sum "$a")
+[ "$(read_sums "$s1" "$s2" "$s3")" = "$frozen $before $served" ] || tb_fail "the resize or a write past the old end changed a snapshot"
+s4=$(snapshot "$a")
+[ "$(size_of "$s4")" = 25165824 ] || tb_fail "a snapshot of the resized disk is $(size_of "$s4") bytes"
+tb_log "resized at rest to 24 MiB, written past the old end; the snapshots unchanged"
+# Every snapshot destroyed: the collector merges each resized layer into a
+# smaller node, growing it first (the raw base last), back to one LV.
+for s in "$s1" "$s2" "$s3" "$s4"; do destroy "$s"; done
+no_journal || tb_fail "a journal entry was left"
+[ "$(depth_of "$a")" = 1 ] && [ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_size,lv_tags "$vg"; tb_fail "not collected to one node"; }
+[ "$(lv_bytes "$a")" = 25165824 ] && [ "$(size_of "$a")" = 25165824 ] ||
+    tb_fail "the collected disk is not 24 MiB: LV $(lv_bytes "$a"), $(stat_of "$a")"
+[ "$(read_sum "$a")" = "$grown" ] || tb_fail "the collected disk does not hold its data"
+tb_log "collected back to one LV of 24 MiB, the data intact"
+# (Collection of ten snapshots, clones and revert: links-snapshot-clone-collect.)
 "#;
 
 /// Issue 18's online merge: XO's snapshot -> export -> delete cycle on a
