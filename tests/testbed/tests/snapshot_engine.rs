@@ -379,8 +379,8 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
     };
     vec![
         Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(1200),
-        Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(900),
-        Scenario::script("links-snapshot-clone-collect", &links('d', LINKS_SNAPSHOT_CLONE_COLLECT)).timeout_secs(1200),
+        Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(1500),
+        Scenario::script("links-snapshot-clone-collect", &links('d', LINKS_SNAPSHOT_CLONE_COLLECT)).timeout_secs(1800),
         Scenario::script("links-online-merge", &links('e', LINKS_ONLINE_MERGE)).timeout_secs(900),
         Scenario::script(
             "engine-swap-under-io",
