@@ -5,10 +5,14 @@ use crate::cmd::{Command, Program};
 use crate::context::Context;
 use crate::error::{CallError, CallResult};
 use crate::ids::VolumeUri;
+use crate::lvm::Lv;
 use crate::pool_mappings::{dm_name, mapping_active};
+use crate::pool_role;
 use crate::request::{DatapathDeactivate, DatapathDetach};
+use crate::snapshot::calls::{finish_before_close, Sr};
+use crate::snapshot::ops::online_merges_of;
 use crate::sr_access::lvm_for;
-use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
+use crate::sr_state::{self, SrLock, SrState, SR_LOCK_TIMEOUT};
 
 /// Deactivates the volume on this host: a no-op when it is not active here,
 /// LVM while a path is live, the mapping removed directly when none is.
@@ -33,7 +37,16 @@ fn deactivate_volume(ctx: &Context, uri: &VolumeUri) -> CallResult<()> {
             }
             Err(error) => return Err(error.into()),
         };
-        crate::snapshot::served::detach(ctx.runner.as_ref(), &ctx.host, lvm.as_ref(), &state, volume_tag, &lv)?;
+        // Read before the disk is closed (closing changes no LV): the
+        // journal, and the chain to deactivate after.
+        let mut lvs = lvm.as_ref().map(|lvm| lvm.lvs(&state.vg)).transpose()?;
+        if let Some(read) = &lvs {
+            if finish_merges(ctx, &state, &lv, read)? {
+                // The VG changed: the chain is read again once closed.
+                lvs = None;
+            }
+        }
+        crate::snapshot::served::detach(ctx.runner.as_ref(), &ctx.host, lvm.as_ref(), lvs, &state, volume_tag, &lv)?;
         return Ok(());
     }
     let mapping = dm_name(&state.vg, &lv);
@@ -50,6 +63,25 @@ fn deactivate_volume(ctx: &Context, uri: &VolumeUri) -> CallResult<()> {
     }
     tracing::info!(volume = %lv, "volume deactivated");
     Ok(())
+}
+
+/// Before this host's engine closes `lv`'s disk, on the master: the online
+/// merges journalled for it are finished by replay, which asks the engine
+/// while it still has the disk open (once closed, nobody can say whether a
+/// merged leaf's last writes went to its parent; issue 18). Refused with
+/// [`crate::snapshot::calls::ChainCallError::MergeUnfinished`] if replay
+/// cannot decide. Returns whether the VG changed. A member never has such
+/// an entry: the collector runs on the master only, and merges online only
+/// in chains the master's own engine serves. With no live path the journal
+/// cannot be read, and the disk is closed as before.
+fn finish_merges(ctx: &Context, state: &SrState, lv: &str, lvs: &[Lv]) -> CallResult<bool> {
+    if !pool_role::is_master(&ctx.host) || online_merges_of(lvs, lv).is_empty() {
+        return Ok(false);
+    }
+    let lvm = lvm_for(ctx, state, true)?;
+    let volume_tag = crate::volume::meta::VOLUME_TAG;
+    let sr = Sr { runner: ctx.runner.as_ref(), host: &ctx.host, lvm: &lvm, state, volume_tag };
+    Ok(finish_before_close(&sr, &sr.merging(), lv, lvs)?)
 }
 
 /// `Datapath.deactivate`: works with no live path too.

@@ -8,7 +8,9 @@
 //! picking up what the master changed, such as a resize) and returns
 //! `XenDisk {backend_type: "vbd"}` plus the `BlockDevice` path; `activate`
 //! refreshes it (the migration handover point); `deactivate` deactivates; `detach` makes sure of it and never
-//! fails on a volume that is already gone. Every call is idempotent, and
+//! fails on a volume that is already gone. On the master, a disk whose chain
+//! has an interrupted online merge journalled is closed only once replay has
+//! finished it (`NVMETCP_MERGE_UNFINISHED` otherwise; issue 18). Every call is idempotent, and
 //! `domain` (possibly empty during teardown) is not relied upon. Activation
 //! writes no LVM metadata, so it works on pool members.
 //!

@@ -86,6 +86,8 @@ error_codes! {
     SnapshotRefused = "NVMETCP_SNAPSHOT_REFUSED",
     /// The SR's snapshot chain metadata is inconsistent.
     ChainDamaged = "NVMETCP_CHAIN_DAMAGED",
+    /// A detach refused until an interrupted online merge is finished.
+    MergeUnfinished = "NVMETCP_MERGE_UNFINISHED",
     /// The host plugin has no such function.
     UnknownFunction = "NVMETCP_UNKNOWN_FUNCTION",
     /// The host plugin's call is malformed.

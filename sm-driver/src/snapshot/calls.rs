@@ -34,7 +34,7 @@ use crate::sr_state::SrState;
 
 use super::graph::{self, Graph, GraphError, NODE_TAG};
 use super::journal::{Entry, Operation, JOURNAL_KEY};
-use super::ops::{Chains, NewNames, NoFaults, OpError, Running};
+use super::ops::{online_merges_of, BeforeClose, Chains, Merging, NewNames, NoFaults, OpError, Running};
 use super::pool::{Pool, PoolProbe};
 use super::qemu_img::QemuImg;
 use super::served::{busy_lvs, open_here, unmergeable_lvs, HereProbe, MergeHere};
@@ -98,6 +98,22 @@ pub enum ChainCallError {
         key: String,
         /// Where (` on host …` or ` on this host`).
         place: String,
+    },
+    /// A detach refused: an interrupted online merge in the volume's chain
+    /// could not be finished while its disk is open.
+    #[error(
+        "volume {key} was not detached: an interrupted online merge of node {child} into {into} in its chain \
+         could not be finished while this host's engine has the disk open, and closing it now could leave the \
+         volume on a node its last writes did not go to; the disk stays open and nothing was changed. Retry the \
+         detach (xapi retries it); if it keeps failing, read the engine's answer in SMlog and run `nvmetcp doctor`"
+    )]
+    MergeUnfinished {
+        /// The volume.
+        key: String,
+        /// The node merged away.
+        child: String,
+        /// The node it is merged into.
+        into: String,
     },
     /// The other hosts could not say which volumes they serve.
     #[error(transparent)]
@@ -216,11 +232,11 @@ impl Sr<'_> {
     }
 
     /// This host's engine, for online merges.
-    fn merging(&self) -> MergeHere<'_> {
+    pub fn merging(&self) -> MergeHere<'_> {
         MergeHere { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid }
     }
 
-    fn chains<'s>(&'s self, pool: &'s Pool<'s>, merging: &'s MergeHere<'s>) -> Chains<'s> {
+    fn chains<'s>(&'s self, pool: &'s Pool<'s>, merging: &'s dyn Merging) -> Chains<'s> {
         Chains::new(self.lvm, QemuImg::new(self.runner), &self.state.vg, self.volume_tag, &NoFaults)
             .with_other_hosts(pool)
             .with_merging(merging)
@@ -403,6 +419,35 @@ pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
     let chains = sr.chains(&pool, &merging);
     chains.destroy_known(volume)?;
     sr.collect(&chains)
+}
+
+/// `Datapath.deactivate`/`detach` on the master, before this host's engine
+/// closes `volume`'s disk: finishes the online merges journalled for it
+/// (`lvs`, the VG as just read) by replay, asking `merging` (this host's
+/// engine, [`Sr::merging`]) while it still has the disk open. Returns
+/// whether anything was journalled (the VG changed); nothing journalled
+/// costs no LVM call.
+///
+/// # Errors
+/// [`ChainCallError::MergeUnfinished`] if replay cannot decide (the disk
+/// must stay open); any other [`ChainCallError`].
+pub fn finish_before_close(
+    sr: &Sr<'_>,
+    merging: &dyn Merging,
+    volume: &str,
+    lvs: &[Lv],
+) -> Result<bool, ChainCallError> {
+    let entries = online_merges_of(lvs, volume);
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    let pool = sr.pool();
+    match sr.chains(&pool, merging).finish_before_close(volume, &entries)? {
+        BeforeClose::Settled => Ok(true),
+        BeforeClose::Unresolved { child, into } => {
+            Err(ChainCallError::MergeUnfinished { key: volume.to_owned(), child, into })
+        }
+    }
 }
 
 /// Whether an SR of these LVs has chains or journal entries at all.

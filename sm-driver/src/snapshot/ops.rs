@@ -24,6 +24,7 @@ use super::graph::{node_tags, virtual_size, volume_node_tag, Collect, Graph, Gra
 use super::journal::{decide, Entry, Facts, Operation, Replay, Serving, Step, JOURNAL_KEY};
 use super::qemu_img::{QemuImg, QemuImgError};
 
+pub use closing::{online_merges_of, BeforeClose};
 use online::Online;
 pub use online::{Merging, NoEngineHere};
 
@@ -833,6 +834,7 @@ const fn step_rank(step: Step) -> u8 {
     }
 }
 
+mod closing;
 mod online;
 mod resize;
 #[cfg(test)]

@@ -358,7 +358,9 @@ fn access_to(graph: &Graph, volume: &str, leaf: &str) -> Access {
 }
 
 /// Stops serving `lv` if this host serves it, and deactivates the chain
-/// LVs no other open disk of this host uses. Returns whether it was served.
+/// LVs no other open disk of this host uses. `lvs` is the SR's VG as the
+/// caller read it before (closing a disk changes no LV), or `None` to read
+/// it here. Returns whether it was served.
 ///
 /// # Errors
 /// [`ChainCallError`]; the handle stays while the engine refuses.
@@ -366,6 +368,7 @@ pub fn detach(
     runner: &dyn Runner,
     host: &HostRoot,
     lvm: Option<&Lvm<'_>>,
+    lvs: Option<Vec<Lv>>,
     state: &SrState,
     volume_tag: &str,
     lv: &str,
@@ -376,7 +379,10 @@ pub fn detach(
     forget(host, &state.sr_uuid, lv);
     tracing::info!(volume = %lv, "chain no longer served");
     let Some(lvm) = lvm else { return Ok(true) };
-    let lvs = lvm.lvs(&state.vg)?;
+    let lvs = match lvs {
+        Some(lvs) => lvs,
+        None => lvm.lvs(&state.vg)?,
+    };
     let graph = Graph::from_lvs(&lvs, volume_tag)?;
     let busy = busy_lvs(host, &state.sr_uuid, &graph);
     let chain: Vec<String> = graph.chain(lv).map(|c| c.iter().map(|n| n.lv.clone()).collect()).unwrap_or_default();

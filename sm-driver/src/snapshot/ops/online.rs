@@ -14,8 +14,9 @@
 //! Journal: `Prepared` on `child` (naming the volume), `into` grown back to
 //! a leaf's size and reloaded read-write, then `EngineCommitting`, then the
 //! job. The collector waits [`Merging::patience`] for it; a job still
-//! running is left to the next collector run or `SR.attach`, whose replay
-//! asks the engine: running, wait; done, finish; failed, drop the entry;
+//! running is left to the next collector run, `SR.attach` or the volume's
+//! `Datapath.detach` (before the disk closes, [`super::closing`]), whose
+//! replay asks the engine: running, wait; done, finish; failed, drop the entry;
 //! no job (the engine restarted), the grandchild's header or the engine's
 //! leaf says whether the data moved.
 

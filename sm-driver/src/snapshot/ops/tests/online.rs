@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::engine::CommitState;
+use crate::snapshot::calls::ChainCallError;
 
 /// How the faked engine's jobs go.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -243,4 +244,92 @@ fn a_leaf_resized_since_is_not_merged_online_into_its_smaller_parent() {
     let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
     assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
     assert_eq!((fake.shape(), engine.started.get()), (before, 0), "the engine would grow node-1 without its nv=");
+}
+
+/// The SR of `fake` as the datapath handlers see it, on a standalone host.
+fn sr_state() -> crate::sr_state::SrState {
+    crate::sr_state::SrState {
+        sr_uuid: "5f0c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11".into(),
+        vg: VG.parse().unwrap(),
+        nqn: "nqn.x".into(),
+        namespace: "uuid.8d30ade900c54fe69fbcbe2c924ffcdc".into(),
+        paths: Vec::new(),
+        configuration: BTreeMap::new(),
+        total_space: 0,
+        free_space: 0,
+        extent_size: EXTENT,
+        initiator: crate::initiator::InitiatorKind::default(),
+    }
+}
+
+/// `Datapath.detach`'s step before the engine closes `volume`'s disk
+/// ([`crate::snapshot::calls::finish_before_close`]), on `fake`.
+fn before_close(fake: &FakeVg, engine: &dyn Merging, volume: &str) -> Result<bool, ChainCallError> {
+    let dir = tempfile::tempdir().unwrap();
+    let host = crate::host::HostRoot::at(dir.path());
+    let lvm = Lvm::new(fake, Path::new("/dev/nvme0n1"), true).unwrap();
+    let state = sr_state();
+    let sr = crate::snapshot::calls::Sr { runner: fake, host: &host, lvm: &lvm, state: &state, volume_tag: TAG };
+    let lvs = lvm.lvs(&state.vg).unwrap();
+    crate::snapshot::calls::finish_before_close(&sr, engine, volume, &lvs)
+}
+
+/// Issue 18, the kill-then-detach window: a collector killed after the
+/// engine pivoted the merged leaf (it writes `node-1` now) but before the
+/// volume's `nn=` says so. Once the disk is closed replay cannot tell, and
+/// the next attach would open `node-2`, without the VM's last writes; so
+/// the detach finishes the merge while the engine still has the disk open.
+#[test]
+fn a_detach_after_a_kill_past_the_pivot_finishes_the_merge_before_closing() {
+    let fake = twice_then_destroyed("vol-2");
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+    let killed = catch_unwind(AssertUnwindSafe(|| collect(&fake, &KillAt("merge-engine-done"), &engine, &[])));
+    assert!(killed.is_err(), "not killed after the pivot");
+    assert_eq!(engine.leaf(), "node-1", "the engine did not pivot");
+    assert!(node(&fake, "vol-a").contains(&"nn=node-2".to_owned()), "{:?}", node(&fake, "vol-a"));
+    // The window: with the disk closed, replay cannot say and the entry waits.
+    assert_eq!(replay(&fake), 0, "replay guessed with no engine to ask");
+    assert!(node(&fake, "vol-a").contains(&"nn=node-2".to_owned()));
+
+    let start = fake.commands();
+    assert!(before_close(&fake, &engine, "vol-a").unwrap(), "the journalled merge was not seen");
+    assert!(node(&fake, "vol-a").contains(&"nn=node-1".to_owned()), "{:?}", node(&fake, "vol-a"));
+    assert!(!fake.journalled(), "the entry is left");
+    assert!(!fake.shape().contains_key("node-2"), "the merged leaf is not removed");
+    assert!(fake.ran(start, "qemu-img commit").is_empty(), "qemu-img wrote an open chain");
+}
+
+/// A merge the engine cannot finish while the disk is open (its job still
+/// runs past the patience) refuses the detach, saying what to do, and
+/// leaves the entry and the chain as they were.
+#[test]
+fn a_detach_whose_merge_cannot_be_finished_is_refused_and_changes_nothing() {
+    let fake = twice_then_destroyed("vol-2");
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Runs);
+    collect(&fake, &NoFaults, &engine, &[]);
+    assert!(fake.journalled(), "the running job left no entry");
+    let before = fake.shape();
+    let refused = before_close(&fake, &engine, "vol-a").unwrap_err();
+    assert!(matches!(refused, ChainCallError::MergeUnfinished { .. }), "{refused:?}");
+    let message = refused.to_string();
+    assert!(message.contains("vol-a") && message.contains("node-2") && message.contains("Retry"), "{message}");
+    assert_eq!(fake.shape(), before, "a refused detach changed the SR");
+}
+
+/// Nothing journalled: the step before closing reads the VG the detach
+/// reads anyway, and runs no LVM call (nor any other) of its own.
+#[test]
+fn a_detach_with_nothing_journalled_runs_no_extra_command() {
+    let fake = twice_then_destroyed("vol-2");
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+    let dir = tempfile::tempdir().unwrap();
+    let host = crate::host::HostRoot::at(dir.path());
+    let lvm = Lvm::new(&fake, Path::new("/dev/nvme0n1"), true).unwrap();
+    let state = sr_state();
+    let sr = crate::snapshot::calls::Sr { runner: &fake, host: &host, lvm: &lvm, state: &state, volume_tag: TAG };
+    let lvs = lvm.lvs(&state.vg).unwrap();
+    let start = fake.commands();
+    assert!(!crate::snapshot::calls::finish_before_close(&sr, &engine, "vol-a", &lvs).unwrap());
+    assert_eq!(fake.commands(), start, "{:?}", &fake.state().log[start..]);
+    assert_eq!(engine.started.get(), 0);
 }
