@@ -11,7 +11,9 @@
 //!   the disk, switch it to the new leaf, resume, then reload the old leaf
 //!   read-only ([`crate::snapshot::served::ServedHere`], pause first, then swap);
 //! * [`RELEASE`]: deactivate an LV the master is about to remove, refused
-//!   while this host has it open.
+//!   while this host has it open;
+//! * [`COMMIT`]: the collector's online merge in a chain this host's engine
+//!   serves (`chain_member/commit.rs`).
 //!
 //! Each runs under this host's SR lock, as the datapath calls do, and
 //! writes no LVM metadata (activation only). Every argument is validated
@@ -31,16 +33,20 @@ use crate::pool_mappings::{dm_name, mapping_active};
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SR_LOCK_TIMEOUT};
 
+use crate::snapshot::ops::Merging;
 use crate::snapshot::ops::NoFaults;
-use crate::snapshot::pool::{OPEN, RELEASE, SERVING, SWAP};
-use crate::snapshot::served::{engine, open_here, open_volumes, ServedHere};
+use crate::snapshot::pool::{COMMIT, OPEN, RELEASE, SERVING, SWAP};
+use crate::snapshot::served::{engine, open_here, open_volumes, MergeHere, ServedHere};
+
+mod commit;
 
 /// The functions, with what each takes and returns (the host plugin lists them).
 pub const FUNCTIONS: &[(&str, &str)] = &[
     (SERVING, "JSON {\"open\", \"leaf\"}: args sr, volume: the leaf this host's engine writes for the volume"),
-    (OPEN, "JSON {\"volumes\"}: args sr: the layered volumes this host's engine serves"),
+    (OPEN, "JSON {\"volumes\", \"mergeable\"}: args sr: the layered volumes this host's engine serves (mergeable: read-write, no swap)"),
     (SWAP, "JSON {\"leaf\"}: args sr, volume, new_leaf: pause the served disk, switch it to new_leaf, resume"),
     (RELEASE, "JSON {\"released\"}: args sr, lv: deactivate the LV here, refused while it is open"),
+    (COMMIT, "JSON: args sr, volume, action=start (top, base, base_format) | state | leaf: an online merge by this host's engine"),
 ];
 
 /// A refusal, as the host plugin answers it.
@@ -88,6 +94,7 @@ pub fn answer(ctx: &Context, function: &str, args: &BTreeMap<String, String>) ->
         OPEN => open(ctx, args),
         SWAP => swap(ctx, args),
         RELEASE => release(ctx, args),
+        COMMIT => commit::commit(ctx, args),
         _ => return None,
     })
 }
@@ -105,7 +112,9 @@ fn open(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusa
     let _lock = lock(ctx, &sr)?;
     let mut volumes = open_volumes(&ctx.host, sr.as_str());
     volumes.sort();
-    json(&serde_json::json!({ "volumes": volumes }))
+    let mut mergeable = MergeHere { runner: ctx.runner.as_ref(), host: &ctx.host, sr_uuid: sr.as_str() }.served();
+    mergeable.sort();
+    json(&serde_json::json!({ "volumes": volumes, "mergeable": mergeable }))
 }
 
 fn swap(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusal> {
@@ -196,7 +205,7 @@ mod tests {
     use crate::engine::{Handle, Image, ImageFormat, OpenDisk};
     use crate::error::ErrorCode;
     use crate::host::HostRoot;
-    use crate::snapshot::pool::{OPEN, RELEASE, SERVING, SWAP, SWAP_NOT_DONE};
+    use crate::snapshot::pool::{COMMIT, OPEN, RELEASE, SERVING, SWAP, SWAP_NOT_DONE};
 
     const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
@@ -230,7 +239,7 @@ mod tests {
         let open = answer(&ctx, SERVING, &ask).unwrap().unwrap();
         assert_eq!(open, r#"{"leaf":"/dev/nvmetcp_x/node-2","open":true}"#);
         let listed = answer(&ctx, OPEN, &args(&[("sr", SR)])).unwrap().unwrap();
-        assert_eq!(listed, r#"{"volumes":["vol-a"]}"#);
+        assert_eq!(listed, r#"{"mergeable":["vol-a"],"volumes":["vol-a"]}"#);
     }
 
     #[test]
@@ -249,6 +258,29 @@ mod tests {
         ] {
             let (code, why) = answer(&ctx, function, &bad).unwrap().unwrap_err();
             assert_eq!(code, ErrorCode::BadPluginCall, "{function}: {why:?}");
+        }
+        // Issue 18: the merge's arguments, each refused by name, the volume
+        // served here so nothing but the argument stands in the way.
+        attach_here(&ctx);
+        serve(&ctx.host, "vol-a", "node-2");
+        let start = |pairs: &[(&str, &str)]| {
+            let mut call =
+                args(&[("sr", SR), ("volume", "vol-a"), ("action", "start"), ("top", "node-2"), ("base", "vol-a")]);
+            call.insert("base_format".into(), "raw".into());
+            call.extend(args(pairs));
+            call
+        };
+        for (bad, named) in [
+            (start(&[("top", "x/../../y")]), "top"),
+            (start(&[("base", "/dev/sda")]), "base"),
+            (start(&[("base_format", "vhd")]), "base_format"),
+            (start(&[("action", "format")]), "action"),
+            (start(&[("volume", "")]), "volume"),
+            (start(&[("sr", "../../etc")]), "sr"),
+        ] {
+            let (code, why) = answer(&ctx, COMMIT, &bad).unwrap().unwrap_err();
+            assert_eq!(code, ErrorCode::BadPluginCall, "{named}: {why:?}");
+            assert!(why[0].contains(named), "{named}: {why:?}");
         }
         assert!(answer(&ctx, "status", &BTreeMap::new()).is_none());
     }

@@ -70,10 +70,11 @@ fn deactivate_volume(ctx: &Context, uri: &VolumeUri) -> CallResult<()> {
 /// while it still has the disk open (once closed, nobody can say whether a
 /// merged leaf's last writes went to its parent; issue 18). Refused with
 /// [`crate::snapshot::calls::ChainCallError::MergeUnfinished`] if replay
-/// cannot decide. Returns whether the VG changed. A member never has such
-/// an entry: the collector runs on the master only, and merges online only
-/// in chains the master's own engine serves. With no live path the journal
-/// cannot be read, and the disk is closed as before.
+/// cannot decide. Returns whether the VG changed. Not on a member: the
+/// master's collector merges there too (`chain_commit`), but a member
+/// writes no metadata, so its detach closes the disk without this check and
+/// the window stays open there (ARCHITECTURE.md). With no live path the
+/// journal cannot be read, and the disk is closed as before.
 fn finish_merges(ctx: &Context, state: &SrState, lv: &str, lvs: &[Lv]) -> CallResult<bool> {
     if !pool_role::is_master(&ctx.host) || online_merges_of(lvs, lv).is_empty() {
         return Ok(false);

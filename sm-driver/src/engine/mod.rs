@@ -305,9 +305,35 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// The pool member whose engine serves the disk answered a merge call
+    /// with a refusal (its engine's or its own).
+    #[error("host {host} did not merge: {why}")]
+    RefusedOnHost {
+        /// The host serving the disk.
+        host: String,
+        /// Its answer.
+        why: String,
+    },
+    /// The host whose engine may serve the disk could not be asked about
+    /// its merge: nothing is concluded from its silence.
+    #[error(
+        "the host serving the disk cannot be asked about its merge ({why}); the merge's journal entry waits until \
+         it answers (the next collector run or SR.attach on the master asks again), and nothing is merged offline"
+    )]
+    MergeUnasked {
+        /// Why (naming the host).
+        why: String,
+    },
 }
 
 impl EngineError {
+    /// Whether this failure says nothing about a merge's outcome: the host
+    /// serving the disk could not be asked ([`EngineError::MergeUnasked`]).
+    #[must_use]
+    pub fn merge_unasked(&self) -> bool {
+        matches!(self, Self::MergeUnasked { .. })
+    }
+
     /// Whether the disk certainly still writes its old leaf after this
     /// failure of a swap (what the swap created can go at once).
     #[must_use]

@@ -35,7 +35,7 @@ use crate::sr_state::SrState;
 use super::graph::{self, Graph, GraphError, NODE_TAG};
 use super::journal::{Entry, Operation, JOURNAL_KEY};
 use super::ops::{online_merges_of, BeforeClose, Chains, Merging, NewNames, NoFaults, OpError, Running};
-use super::pool::{Pool, PoolProbe};
+use super::pool::{MergeInPool, Pool, PoolProbe};
 use super::qemu_img::QemuImg;
 use super::served::{busy_lvs, open_here, unmergeable_lvs, HereProbe, MergeHere};
 use crate::pool_mappings::PoolCheckError;
@@ -236,6 +236,11 @@ impl Sr<'_> {
         MergeHere { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid }
     }
 
+    /// The engines of every host, for the collector's online merges.
+    fn merging_in_pool(&self) -> MergeInPool<'_> {
+        MergeInPool::new(self.merging(), self.pool())
+    }
+
     fn chains<'s>(&'s self, pool: &'s Pool<'s>, merging: &'s dyn Merging) -> Chains<'s> {
         Chains::new(self.lvm, QemuImg::new(self.runner), &self.state.vg, self.volume_tag, &NoFaults)
             .with_other_hosts(pool)
@@ -285,20 +290,21 @@ impl Sr<'_> {
     }
 
     /// The LVs of chains open on any host of the pool that the collector
-    /// leaves alone, from `lvs` (the VG as just read): all of them on the
-    /// other hosts, and those this host's engine is not asked to merge in
-    /// (a chain it serves read-write is merged online, [`MergeHere`]).
-    fn busy_anywhere_in(&self, lvs: &[Lv]) -> Result<BTreeSet<String>, ChainCallError> {
+    /// leaves alone, from `lvs` (the VG as just read): those no engine is
+    /// asked to merge in. A chain served read-write, with no swap in
+    /// progress, by one volume open on one host (this one, [`MergeHere`],
+    /// or a member, [`MergeInPool`]) is merged online by that engine; one
+    /// served read-only, mid-swap, or open on two hosts is left alone.
+    fn busy_anywhere_in(&self, lvs: &[Lv], merging: &MergeInPool<'_>) -> Result<BTreeSet<String>, ChainCallError> {
         let graph = Graph::from_lvs(lvs, self.volume_tag)?;
         let mut busy = unmergeable_lvs(self.host, &self.state.sr_uuid, &graph);
-        let elsewhere = self.pool().served_elsewhere()?;
-        if !elsewhere.is_empty() {
-            for volume in elsewhere {
-                match graph.chain(&volume) {
-                    Ok(chain) => busy.extend(chain.iter().map(|n| n.lv.clone())),
-                    Err(_) => {
-                        busy.insert(volume);
-                    }
+        let elsewhere = merging.open_elsewhere()?;
+        let merged = merging.served();
+        for on in elsewhere.iter().filter(|on| !merged.contains(&on.volume)) {
+            match graph.chain(&on.volume) {
+                Ok(chain) => busy.extend(chain.iter().map(|n| n.lv.clone())),
+                Err(_) => {
+                    busy.insert(on.volume.clone());
                 }
             }
         }
@@ -308,9 +314,9 @@ impl Sr<'_> {
     /// Runs the collector around the chains open anywhere, then settles:
     /// one read of the VG for both questions and the collector's first
     /// look, and its last look for the settling.
-    fn collect(&self, chains: &Chains<'_>) -> Result<(), ChainCallError> {
+    fn collect(&self, chains: &Chains<'_>, merging: &MergeInPool<'_>) -> Result<(), ChainCallError> {
         let lvs = self.lvm.lvs(&self.state.vg)?;
-        let busy = match self.busy_anywhere_in(&lvs) {
+        let busy = match self.busy_anywhere_in(&lvs, merging) {
             Ok(busy) => busy,
             Err(ChainCallError::Pool(error)) => {
                 // Nothing is merged or removed while a host cannot say what it has open.
@@ -347,7 +353,7 @@ pub fn take(
 ) -> Result<(String, Vec<Lv>), ChainCallError> {
     let graph = Graph::from_lvs(lvs, sr.volume_tag)?;
     let virtual_size = virtual_size(&graph, lvs, &origin.name)?;
-    let (pool, merging) = (sr.pool(), sr.merging());
+    let (pool, merging) = (sr.pool(), sr.merging_in_pool());
     let chains = sr.chains(&pool, &merging);
     match chains.snapshot_in(vg, lvs, &origin.name, names, virtual_size, running) {
         Ok(created) => Ok((created, sr.settle()?)),
@@ -394,7 +400,7 @@ pub fn resize(sr: &Sr<'_>, volume: &Lv, new_size: u64, vg: Option<&Vg>, lvs: &[L
     if let Some(host) = sr.served_elsewhere(&volume.name)? {
         return Err(ChainCallError::ResizeRunning { key, place: format!(" on host {host}") });
     }
-    let (pool, merging) = (sr.pool(), sr.merging());
+    let (pool, merging) = (sr.pool(), sr.merging_in_pool());
     let grown = sr.chains(&pool, &merging).grow_at_rest(vg, lvs, &volume.name, new_size);
     // The chain's LVs were activated for qemu-img: inactive again, either way.
     let settled = sr.settle().map(drop);
@@ -415,10 +421,10 @@ pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
     if let Some(host) = sr.served_elsewhere(&volume.name)? {
         return Err(ChainCallError::ServedElsewhere { key: volume.name.to_string(), host });
     }
-    let (pool, merging) = (sr.pool(), sr.merging());
+    let (pool, merging) = (sr.pool(), sr.merging_in_pool());
     let chains = sr.chains(&pool, &merging);
     chains.destroy_known(volume)?;
-    sr.collect(&chains)
+    sr.collect(&chains, &merging)
 }
 
 /// `Datapath.deactivate`/`detach` on the master, before this host's engine
@@ -479,13 +485,13 @@ pub fn recover(sr: &Sr<'_>) -> Result<bool, ChainCallError> {
         })
         .flatten()
         .collect();
-    let (pool, merging) = (sr.pool(), sr.merging());
+    let (pool, merging) = (sr.pool(), sr.merging_in_pool());
     let chains = sr.chains(&pool, &merging);
     let replayed = chains.replay(&sr.probe())?;
     if replayed > 0 {
         tracing::warn!(vg = %state.vg, replayed, "journal entries of interrupted calls resolved");
     }
-    sr.collect(&chains)?;
+    sr.collect(&chains, &merging)?;
     release(sr, &touched)?;
     Ok(true)
 }

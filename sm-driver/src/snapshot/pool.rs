@@ -2,7 +2,9 @@
 //! through XAPI's `host.call_plugin` to the nvmetcp host plugin
 //! ([`crate::chain_member`] answers), which layered volumes their engines serve,
 //! switches a running volume to its new leaf on the host that serves it,
-//! and has every host deactivate an LV before it is removed.
+//! has that host's engine merge a node of the chain it serves
+//! ([`MergeInPool`]), and has every host deactivate an LV before it is
+//! removed.
 //!
 //! A host that cannot be asked is never taken to serve nothing: a snapshot
 //! of a layered volume is refused, the collector leaves everything alone,
@@ -27,6 +29,10 @@ use super::journal::Serving;
 use super::ops::{Elsewhere, OpError, Running, ServingProbe};
 use super::served::HereProbe;
 
+mod merging;
+
+pub use merging::MergeInPool;
+
 const PLUGIN: &str = "nvmetcp";
 const ORIGINATOR: &str = "nvmetcp-plugin";
 
@@ -39,6 +45,8 @@ pub const OPEN: &str = "chains_open";
 pub const SWAP: &str = "chain_swap";
 /// Deactivate an LV before the master removes it: `{"released"}`.
 pub const RELEASE: &str = "lv_release";
+/// An online merge by the engine serving a volume: `action` start, state or leaf.
+pub const COMMIT: &str = "chain_commit";
 /// The code a host answers when it did not switch the disk (its disk still
 /// writes the old leaf): `NVMETCP_SWAP_NOT_DONE` of the error-code list.
 pub const SWAP_NOT_DONE: &str = "NVMETCP_SWAP_NOT_DONE";
@@ -55,6 +63,18 @@ pub struct Pool<'a> {
 
 /// Another host: its reference, its name, whether XAPI reports it live.
 type OtherHost = (HostRef, String, bool);
+
+/// A volume another host's engine serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOn {
+    /// The host.
+    pub host: String,
+    /// The volume.
+    pub volume: String,
+    /// Served read-write with no swap in its handle: its engine may merge
+    /// in its chain (a host of an older version says nothing: not mergeable).
+    pub mergeable: bool,
+}
 
 /// How one host's plugin answered.
 enum Reply {
@@ -158,21 +178,62 @@ impl Pool<'_> {
         Ok(None)
     }
 
-    /// The layered volumes the other hosts' engines serve.
+    /// The layered volumes the other hosts' engines serve, by host.
     ///
     /// # Errors
     /// [`PoolCheckError`] if XAPI or a host cannot answer.
-    pub fn served_elsewhere(&self) -> Result<Vec<String>, PoolCheckError> {
-        let mut volumes = Vec::new();
+    pub fn open_on_others(&self) -> Result<Vec<OpenOn>, PoolCheckError> {
+        let mut open = Vec::new();
         for (name, reply) in self.ask_all(OPEN, &[])? {
             let value = Self::answered(&name, OPEN, reply)?;
             let listed = value["volumes"].as_array().ok_or_else(|| PoolCheckError::NoAnswer {
                 host: name.clone(),
                 why: format!("its plugin answered {OPEN} with {value}"),
             })?;
-            volumes.extend(listed.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+            let mergeable: Vec<&str> = value["mergeable"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            open.extend(listed.iter().filter_map(|v| v.as_str()).map(|volume| OpenOn {
+                host: name.clone(),
+                volume: volume.to_owned(),
+                mergeable: mergeable.contains(&volume),
+            }));
         }
-        Ok(volumes)
+        Ok(open)
+    }
+
+    /// Asks `host_name` [`COMMIT`] with `action` for `volume`: its answer,
+    /// [`EngineError::RefusedOnHost`] if it refused, or
+    /// [`EngineError::MergeUnasked`] if it could not be asked.
+    fn commit_on(
+        &self,
+        host_name: &str,
+        volume: &str,
+        action: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<serde_json::Value, EngineError> {
+        let unasked = |why: String| EngineError::MergeUnasked { why: format!("host {host_name}: {why}") };
+        let Some((session, hosts)) = self.others().map_err(|e| unasked(e.to_string()))? else {
+            return Err(unasked("this machine is no XCP-ng host".to_owned()));
+        };
+        let Some((reference, _, live)) = hosts.into_iter().find(|(_, name, _)| name == host_name) else {
+            return Err(unasked("it is no longer a host of the pool".to_owned()));
+        };
+        if !live {
+            return Err(unasked("XAPI reports it is not live".to_owned()));
+        }
+        let mut args = vec![("volume", volume), ("action", action)];
+        args.extend_from_slice(extra);
+        match self.call(&session, &reference, host_name, COMMIT, &args) {
+            Ok(Reply::Answer(value)) => Ok(value),
+            Ok(Reply::Refused(code, params)) => Err(EngineError::RefusedOnHost {
+                host: host_name.to_owned(),
+                why: format!("{code} {}", params.join(" ")),
+            }),
+            Err(PoolCheckError::NoAnswer { why, .. }) => Err(unasked(why)),
+            Err(error) => Err(unasked(error.to_string())),
+        }
     }
 
     /// Asks `host` to switch `volume` to `new_leaf` (an LV of the SR).
@@ -282,3 +343,6 @@ mod tests;
 
 #[cfg(test)]
 mod member_tests;
+
+#[cfg(test)]
+mod member_merge_tests;

@@ -178,6 +178,11 @@ impl Chains<'_> {
         }
         let state = match self.merging.state(volume) {
             Ok(state) => state,
+            Err(error) if error.merge_unasked() => {
+                // A member that cannot be reached may still be merging.
+                tracing::warn!(volume, child, into, %error, "the entry waits for the host serving the volume");
+                return Ok(false);
+            }
             Err(error) => {
                 tracing::warn!(volume, child, %error, "the engine could not say how the merge went");
                 CommitState::Idle

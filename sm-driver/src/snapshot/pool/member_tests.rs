@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo};
@@ -27,14 +28,14 @@ use crate::snapshot::fake_vg::FakeVg;
 use crate::snapshot::served::{open_here, record_opened};
 use crate::xapi_fixture::XapiHost;
 
-const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+pub(super) const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 const NQN: &str = "nqn.2024-01.io.example:array";
 const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
 /// [`FakeVg`]'s VG.
-const VG: &str = "vgx";
-const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
+pub(super) const VG: &str = "vgx";
+pub(super) const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 /// What the master's `/proc/sys/kernel/random/uuid` gives the snapshot.
-const UUID: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12";
+pub(super) const UUID: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12";
 /// tap-ctl's command list with the qcow2 driver's commands
 /// (`xcp-ng/blktap control/tap-ctl.c` `usage()`).
 const HELP_QCOW2: &str =
@@ -52,10 +53,11 @@ fn attached_host(role: &str) -> SysfsTree {
     tree
 }
 
-/// The member's LVM (activation) and `tap-ctl` (a tapdisk with qcow2),
-/// every command line recorded, LVM's `--config` left out.
+/// The member's LVM (activation) and `tap-ctl` (a tapdisk with qcow2,
+/// answering `query` with the text in `.1`), every command line
+/// recorded, LVM's `--config` left out.
 #[derive(Clone, Default)]
-struct MemberTools(Arc<Mutex<Vec<String>>>);
+pub(super) struct MemberTools(Arc<Mutex<Vec<String>>>, pub(super) Arc<Mutex<String>>);
 
 impl Runner for MemberTools {
     fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
@@ -73,19 +75,24 @@ impl Runner for MemberTools {
         }
         self.0.lock().unwrap().push(format!("{} {}", command.program().name(), args.join(" ")).trim_end().to_owned());
         let stdout = match command.program() {
-            Program::TapCtl if args.is_empty() => HELP_QCOW2,
-            Program::TapCtl | Program::Lvm => "",
+            Program::TapCtl if args.is_empty() => HELP_QCOW2.to_owned(),
+            Program::TapCtl if args[0] == "query" => self.1.lock().unwrap().clone(),
+            Program::TapCtl | Program::Lvm => String::new(),
             other => panic!("the member runs no {} for a swap", other.name()),
         };
-        Ok(Output { stdout: stdout.to_owned(), stderr: String::new() })
+        Ok(Output { stdout, stderr: String::new() })
     }
 }
 
-/// The member `xcp-2`: its plugin functions on its own tree and tools.
+/// The member `xcp-2`: its plugin functions on its own tree and tools;
+/// while `down`, it fails every call as an unreachable host does, and with
+/// `down_after_start` it goes down once it has answered a merge's start.
 struct Member {
     tree: SysfsTree,
     tools: MemberTools,
     asked: Arc<Mutex<Vec<String>>>,
+    down: Arc<AtomicBool>,
+    down_after_start: Arc<AtomicBool>,
 }
 
 impl Backend for Member {
@@ -98,28 +105,39 @@ impl Backend for Member {
     ) -> Result<String, Failure> {
         assert_eq!((host.name_label.as_str(), plugin), ("xcp-2", "nvmetcp"));
         self.asked.lock().unwrap().push(function.to_owned());
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Failure::new("HOST_OFFLINE", &["xcp-2"]));
+        }
         if function == pool_mappings::FUNCTION {
             return pool_mappings::answer(&self.tree.host(), args).map_err(|e| Failure::new("NVMETCP_BAD_CALL", &[&e]));
         }
         let ctx = Context::fake(self.tree.host(), Box::new(self.tools.clone()));
-        super::tests::member_reply(&ctx, function, args)
+        let reply = super::tests::member_reply(&ctx, function, args);
+        if args.get("action").is_some_and(|a| a == "start") && self.down_after_start.load(Ordering::SeqCst) {
+            self.down.store(true, Ordering::SeqCst);
+        }
+        reply
     }
 }
 
 /// The master `xcp-1` (this host, its VG in memory) and the member `xcp-2`.
-struct TwoHosts {
-    master: XapiHost,
-    master_tree: SysfsTree,
-    vg: Writer,
-    member: SysfsTree,
-    tools: MemberTools,
-    asked: Arc<Mutex<Vec<String>>>,
+pub(super) struct TwoHosts {
+    pub(super) master: XapiHost,
+    pub(super) master_tree: SysfsTree,
+    pub(super) vg: Writer,
+    pub(super) member: SysfsTree,
+    pub(super) tools: MemberTools,
+    pub(super) asked: Arc<Mutex<Vec<String>>>,
+    /// The member fails every call.
+    pub(super) down: Arc<AtomicBool>,
+    /// The member goes down once it has answered a merge's start.
+    pub(super) down_after_start: Arc<AtomicBool>,
 }
 
 /// [`FakeVg`] whose VG names the master as its metadata writer.
 #[derive(Clone)]
-struct Writer {
-    vg: Arc<FakeVg>,
+pub(super) struct Writer {
+    pub(super) vg: Arc<FakeVg>,
     master: String,
 }
 
@@ -146,26 +164,39 @@ impl Runner for Writer {
     }
 }
 
-fn pool(vg: FakeVg) -> TwoHosts {
+pub(super) fn pool(vg: FakeVg) -> TwoHosts {
     let member = attached_host("slave:10.0.0.1\n");
     let tools = MemberTools::default();
     let asked = Arc::new(Mutex::default());
-    let backend = Member { tree: member.clone(), tools: tools.clone(), asked: Arc::clone(&asked) };
+    let (down, down_after_start) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let backend = Member {
+        tree: member.clone(),
+        tools: tools.clone(),
+        asked: Arc::clone(&asked),
+        down: Arc::clone(&down),
+        down_after_start: Arc::clone(&down_after_start),
+    };
     let config = Config { hosts: vec!["xcp-1".into(), "xcp-2".into()], ..Config::default() };
     let master_tree = attached_host("master\n");
     master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID}\n"));
     let master = XapiHost::serve(master_tree.host(), Emulator::new(config, backend), "xcp-1");
     let vg = Writer { vg: Arc::new(vg), master: master.uuid.clone() };
-    TwoHosts { master, master_tree, vg, member, tools, asked }
+    TwoHosts { master, master_tree, vg, member, tools, asked, down, down_after_start }
 }
 
 impl TwoHosts {
     /// `Volume.snapshot` of [`KEY`] on the master: the new volume, or the
     /// error record's code and message.
-    fn snapshot(&self) -> Result<serde_json::Value, (String, String)> {
+    pub(super) fn snapshot(&self) -> Result<serde_json::Value, (String, String)> {
+        self.volume_call("Volume.snapshot", KEY)
+    }
+
+    /// `method` (a Volume call taking `key`) on the master: its answer, or
+    /// the error record's code and message.
+    pub(super) fn volume_call(&self, method: &str, key: &str) -> Result<serde_json::Value, (String, String)> {
         let ctx = Context::fake(self.master.root.clone(), Box::new(self.vg.clone()));
-        let body = format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}","key":"{KEY}"}}"#);
-        let params = Params::from_json(Method::lookup("Volume.snapshot").unwrap(), &body).unwrap();
+        let body = format!(r#"{{"dbg":"t","sr":"nvmetcp://sr/{SR}","key":"{key}"}}"#);
+        let params = Params::from_json(Method::lookup(method).unwrap(), &body).unwrap();
         crate::dispatch::dispatch(&ctx, PluginKind::Volume, &params).map_err(|f| {
             let record = to_error_record(&f, "xcp-1");
             (record.code, record.params.join(" "))
@@ -178,7 +209,7 @@ impl TwoHosts {
     }
 
     /// The member's engine serves [`KEY`] (plain: its raw LV), with `access`.
-    fn served_on_member(&self, access: Access) {
+    pub(super) fn served_on_member(&self, access: Access) {
         self.mapped_on_member();
         let leaf = Image::new(ImageFormat::Raw, format!("/dev/{VG}/{KEY}")).unwrap();
         let disk =
@@ -186,16 +217,16 @@ impl TwoHosts {
         record_opened(&self.member.host(), SR, KEY, &disk, access).unwrap();
     }
 
-    fn asked(&self) -> Vec<String> {
+    pub(super) fn asked(&self) -> Vec<String> {
         self.asked.lock().unwrap().clone()
     }
 
-    fn member_ran(&self) -> Vec<String> {
+    pub(super) fn member_ran(&self) -> Vec<String> {
         self.tools.0.lock().unwrap().clone()
     }
 }
 
-fn plain() -> FakeVg {
+pub(super) fn plain() -> FakeVg {
     FakeVg::named(VG, &[]).with_volumes(crate::volume::meta::VOLUME_TAG, &[KEY])
 }
 

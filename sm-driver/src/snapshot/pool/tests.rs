@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use xapi_emulator::{Backend, Config, Emulator, Failure, HostInfo};
 
-use super::{Pool, PoolProbe, ServedOn};
+use super::{OpenOn, Pool, PoolProbe, ServedOn};
 use crate::cmd::FakeRunner;
 use crate::context::Context;
 use crate::engine::{EngineError, Handle, Image, ImageFormat, OpenDisk};
@@ -104,14 +104,15 @@ impl Fixture {
 fn the_host_serving_a_volume_is_found_and_its_volumes_are_busy() {
     let f = pool(&[]);
     assert_eq!(f.pool().serving_host("vol-a").unwrap(), None);
-    assert!(f.pool().served_elsewhere().unwrap().is_empty());
+    assert!(f.pool().open_on_others().unwrap().is_empty());
     serve(&f.member, "vol-a", "node-1");
     assert_eq!(f.pool().serving_host("vol-a").unwrap(), Some(("xcp-2".to_owned(), format!("/dev/{VG}/node-1"))));
-    assert_eq!(f.pool().served_elsewhere().unwrap(), ["vol-a"]);
+    let open = OpenOn { host: "xcp-2".into(), volume: "vol-a".into(), mergeable: true };
+    assert_eq!(f.pool().open_on_others().unwrap(), [open]);
     // A machine that is no XCP-ng host has no other host.
     let lone = tempfile::tempdir().unwrap();
     let root = HostRoot::at(lone.path());
-    assert_eq!(Pool { root: &root, sr_uuid: SR, vg: VG }.served_elsewhere().unwrap(), Vec::<String>::new());
+    assert_eq!(Pool { root: &root, sr_uuid: SR, vg: VG }.open_on_others().unwrap(), []);
 }
 
 #[test]
@@ -119,7 +120,7 @@ fn a_member_that_cannot_answer_is_never_taken_to_serve_nothing() {
     let f = pool(&["*"]);
     let err = f.pool().serving_host("vol-a").unwrap_err();
     assert!(err.to_string().contains("xcp-2"), "{err}");
-    assert!(f.pool().served_elsewhere().is_err());
+    assert!(f.pool().open_on_others().is_err());
     // Nor is an LV removed under it.
     let refused = f.pool().release("node-1").unwrap_err();
     assert!(matches!(refused, OpError::ActiveElsewhere { ref lv, .. } if lv == "node-1"), "{refused}");

@@ -1,0 +1,86 @@
+//! [`COMMIT`]: the master's collector asks the member whose engine serves a
+//! volume to merge a node of its chain online, as [`MergeHere`] does on the
+//! master: `action=start` (with `top`, the node merged away, `base`, its
+//! parent, and `base_format`) reloads `base` read-write here (it may be
+//! active read-only, as a chain's parents are, and the master may have
+//! grown it) and starts the engine's commit; `action=state` reports the
+//! job; `action=leaf` reports the image the engine writes now and records
+//! it in the disk's handle. Only a disk served read-write with no swap in
+//! its handle is merged; tapdisk never merges an open disk's leaf.
+
+use std::collections::BTreeMap;
+
+use crate::context::Context;
+use crate::engine::{EngineError, Image, ImageFormat};
+use crate::error::ErrorCode;
+use crate::sr_access::lvm_for;
+use crate::sr_state;
+
+use crate::snapshot::ops::Merging;
+use crate::snapshot::pool::COMMIT;
+use crate::snapshot::served::MergeHere;
+
+use super::{arg, bad, json, lock, lv_arg, lv_name, sr_arg, Refusal};
+
+/// What the master asks.
+enum Action<'a> {
+    Start { top: &'a str, base: &'a str, base_format: ImageFormat },
+    State,
+    Leaf,
+}
+
+fn action<'a>(args: &'a BTreeMap<String, String>) -> Result<Action<'a>, Refusal> {
+    Ok(match arg(args, COMMIT, "action")? {
+        "start" => {
+            let base_format = match arg(args, COMMIT, "base_format")? {
+                "raw" => ImageFormat::Raw,
+                "qcow2" => ImageFormat::Qcow2,
+                other => return Err(bad(format!("base_format {other:?}: use raw or qcow2"))),
+            };
+            Action::Start { top: lv_arg(args, COMMIT, "top")?, base: lv_arg(args, COMMIT, "base")?, base_format }
+        }
+        "state" => Action::State,
+        "leaf" => Action::Leaf,
+        other => return Err(bad(format!("{COMMIT}: action {other:?}: use start, state or leaf"))),
+    })
+}
+
+fn engine_failed(error: &EngineError) -> Refusal {
+    (ErrorCode::ToolFailed, vec![error.to_string()])
+}
+
+/// Answers [`COMMIT`]; every argument is validated before anything is touched.
+pub(super) fn commit(ctx: &Context, args: &BTreeMap<String, String>) -> Result<String, Refusal> {
+    let sr = sr_arg(args, COMMIT)?;
+    let volume = lv_arg(args, COMMIT, "volume")?;
+    let action = action(args)?;
+    let _lock = lock(ctx, &sr)?;
+    let here = MergeHere { runner: ctx.runner.as_ref(), host: &ctx.host, sr_uuid: sr.as_str() };
+    match action {
+        Action::State => json(&serde_json::json!({ "state": here.state(volume).map_err(|e| engine_failed(&e))? })),
+        Action::Leaf => json(&serde_json::json!({ "leaf": here.leaf_now(volume).map_err(|e| engine_failed(&e))? })),
+        Action::Start { top, base, base_format } => {
+            if !here.served().iter().any(|v| v == volume) {
+                return Err((
+                    ErrorCode::SnapshotRefused,
+                    vec![format!(
+                        "this host does not serve volume {volume} read-write with no swap in progress; its chain \
+                         is merged once the volume is closed"
+                    )],
+                ));
+            }
+            let base_lv = lv_name(base, "base")?;
+            let state =
+                sr_state::load(&ctx.host, sr.as_str()).map_err(|e| (ErrorCode::HostState, vec![e.to_string()]))?;
+            let image = |format, lv: &str| {
+                Image::new(format, format!("/dev/{}/{lv}", state.vg)).map_err(|e| bad(e.to_string()))
+            };
+            let (top_image, base_image) = (image(ImageFormat::Qcow2, top)?, image(base_format, base)?);
+            let lvm = lvm_for(ctx, &state, false).map_err(|e| (ErrorCode::NoPath, vec![e.to_string()]))?;
+            lvm.lv_activate(&state.vg, &base_lv, true).map_err(|e| (ErrorCode::LvmFailed, vec![e.to_string()]))?;
+            here.start(volume, &top_image, &base_image).map_err(|e| engine_failed(&e))?;
+            tracing::info!(volume, top, base, "the engine merges for the master's collector");
+            json(&serde_json::json!({ "started": true }))
+        }
+    }
+}

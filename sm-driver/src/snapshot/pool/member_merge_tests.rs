@@ -1,0 +1,106 @@
+//! The master's collector merging online in a chain a pool member's engine
+//! serves, in process: the master's VG is [`crate::snapshot::fake_vg::FakeVg`],
+//! its XAPI the emulator whose `host.call_plugin` runs the member's real
+//! `chain_*` functions ([`super::member_tests`]'s two hosts). Issue 18: a
+//! node below the running leaf is merged by the member's engine
+//! (`chain_commit`), never by `qemu-img` on the master; a member that cannot
+//! be asked leaves the merge's journal entry waiting, nothing merged offline.
+
+use std::sync::atomic::Ordering;
+
+use super::member_tests::{plain, pool, TwoHosts, KEY, SR, UUID, VG};
+use crate::context::Context;
+use crate::engine::Access;
+
+/// The second snapshot's uuid.
+const UUID2: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e13";
+
+/// [`KEY`] running on the member, snapshotted twice there: its raw LV
+/// (`vol-<UUID>` refers to it), `node-<UUID>` (`vol-<UUID2>`), its leaf
+/// `node-<UUID2>`, which the member's tapdisk writes.
+fn twice_on_member() -> TwoHosts {
+    let pool = pool(plain());
+    pool.served_on_member(Access::ReadWrite);
+    pool.snapshot().unwrap();
+    pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID2}\n"));
+    pool.snapshot().unwrap();
+    pool.asked.lock().unwrap().clear();
+    pool
+}
+
+/// The member's tapdisk reports its merge `status`.
+fn merge_reports(pool: &TwoHosts, status: &str) {
+    *pool.tools.1.lock().unwrap() = format!("Commit status '{status}' (4194304/4194304)\n");
+}
+
+/// `SR.attach`'s recovery on the master: journal replay, then the collector.
+fn recover(pool: &TwoHosts) {
+    let ctx = Context::fake(pool.master.root.clone(), Box::new(pool.vg.clone()));
+    let state = crate::sr_state::load(&ctx.host, SR).unwrap();
+    let lvm = crate::sr_access::lvm_for(&ctx, &state, true).unwrap();
+    let volume_tag = crate::volume::meta::VOLUME_TAG;
+    let sr = crate::snapshot::calls::Sr {
+        runner: ctx.runner.as_ref(),
+        host: &ctx.host,
+        lvm: &lvm,
+        state: &state,
+        volume_tag,
+    };
+    crate::snapshot::calls::recover(&sr).unwrap();
+}
+
+fn has(pool: &TwoHosts, lv: &str, tag: &str) -> bool {
+    pool.vg.vg.shape().get(lv).is_some_and(|tags| tags.iter().any(|t| t.starts_with(tag)))
+}
+
+/// Issue 18: destroying the first snapshot leaves the raw LV unreferenced,
+/// its only child `node-<UUID>` below the running leaf; the master asks the
+/// member to merge that node into it (`chain_commit`): the member reloads
+/// the raw LV read-write, its tapdisk commits the node, and the master
+/// relinks the leaf's tags, points the second snapshot at the raw LV and
+/// removes the node. No `qemu-img commit` runs on the master.
+#[test]
+fn a_node_below_a_members_running_leaf_is_merged_by_the_members_engine() {
+    let pool = twice_on_member();
+    merge_reports(&pool, "concluded");
+    let (node, leaf) = (format!("node-{UUID}"), format!("node-{UUID2}"));
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
+    let ran = pool.member_ran();
+    let at = |line: &str| ran.iter().position(|c| c == line).unwrap_or_else(|| panic!("{line}: {ran:?}"));
+    let reloaded = at(&format!("lvm lvchange --refresh {VG}/{KEY}"));
+    let committed = at(&format!("tap-ctl commit -p 7 -m 3 -a /dev/{VG}/{node}"));
+    assert!(reloaded < committed, "the raw LV is writable before the engine merges into it: {ran:?}");
+    assert!(pool.asked().contains(&"chain_commit".to_owned()), "{:?}", pool.asked());
+    let shape = pool.vg.vg.shape();
+    assert!(!shape.contains_key(&node), "the node is removed: {shape:?}");
+    assert!(has(&pool, &leaf, &format!("np={KEY}")), "the leaf now rests on the raw LV: {shape:?}");
+    assert!(has(&pool, &format!("vol-{UUID2}"), &format!("nn={KEY}")), "the snapshot's data is there: {shape:?}");
+    assert!(!pool.vg.vg.journalled(), "{shape:?}");
+    assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
+}
+
+/// Issue 18: the member goes down right after starting the merge. The
+/// entry stays at `EngineCommitting` through the collector run and through
+/// `SR.attach`'s replay (nothing concluded from silence, nothing merged
+/// offline); once the member answers again, replay finishes the merge.
+#[test]
+fn a_member_that_cannot_be_reached_leaves_its_merge_waiting() {
+    let pool = twice_on_member();
+    merge_reports(&pool, "running");
+    pool.down_after_start.store(true, Ordering::SeqCst);
+    let node = format!("node-{UUID}");
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
+    assert!(pool.down.load(Ordering::SeqCst), "the merge was started: {:?}", pool.asked());
+    assert!(has(&pool, &node, "nj="), "the merge is journalled: {:?}", pool.vg.vg.shape());
+    recover(&pool);
+    assert!(has(&pool, &node, "nj="), "replay waits for the member: {:?}", pool.vg.vg.shape());
+    assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "merged offline while the member was away");
+    // The member is back, its job done: replay finishes the merge.
+    pool.down_after_start.store(false, Ordering::SeqCst);
+    pool.down.store(false, Ordering::SeqCst);
+    merge_reports(&pool, "concluded");
+    recover(&pool);
+    assert!(!pool.vg.vg.shape().contains_key(&node), "{:?}", pool.vg.vg.shape());
+    assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
+    assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
+}

@@ -1,0 +1,105 @@
+//! The collector's door to online merges anywhere in the pool
+//! ([`Merging`]): a chain this host's engine serves is merged by it
+//! ([`MergeHere`]), one a member's engine serves (by exactly one volume,
+//! read-write, no swap in progress, open on that host alone) by that
+//! member, asked through `host.call_plugin(<member>, "nvmetcp",
+//! "chain_commit", …)` ([`crate::chain_member`] answers). A member that
+//! cannot be asked is never taken to have no job: its merge's journal
+//! entry waits ([`EngineError::MergeUnasked`]), and nothing is merged
+//! offline meanwhile.
+
+use std::cell::OnceCell;
+
+use crate::engine::{CommitState, EngineError, Image};
+use crate::pool_mappings::PoolCheckError;
+use crate::snapshot::ops::Merging;
+use crate::snapshot::served::{open_here, MergeHere};
+
+use super::{OpenOn, Pool};
+
+/// This host's engine and the other hosts' engines, for one SR.
+pub struct MergeInPool<'a> {
+    here: MergeHere<'a>,
+    pool: Pool<'a>,
+    /// What the other hosts serve, asked once per collector run.
+    open: OnceCell<Result<Vec<OpenOn>, PoolCheckError>>,
+}
+
+fn lv_of(image: &Image) -> &str {
+    image.path().file_name().and_then(|n| n.to_str()).unwrap_or_default()
+}
+
+fn odd_answer(host: &str, value: &serde_json::Value) -> EngineError {
+    EngineError::RefusedOnHost { host: host.to_owned(), why: format!("it answered {value}, which is not understood") }
+}
+
+impl<'a> MergeInPool<'a> {
+    /// `here`, this host's engine, and `pool`, the other hosts.
+    #[must_use]
+    pub fn new(here: MergeHere<'a>, pool: Pool<'a>) -> Self {
+        Self { here, pool, open: OnceCell::new() }
+    }
+
+    /// The volumes the other hosts' engines serve (asked once).
+    ///
+    /// # Errors
+    /// [`PoolCheckError`] if XAPI or a host cannot answer.
+    pub fn open_elsewhere(&self) -> Result<&[OpenOn], PoolCheckError> {
+        match self.open.get_or_init(|| self.pool.open_on_others()) {
+            Ok(open) => Ok(open),
+            Err(error) => Err(error.clone()),
+        }
+    }
+
+    /// The other host serving `volume`, if one does; `None` for this host
+    /// or none.
+    fn host_of(&self, volume: &str) -> Result<Option<String>, EngineError> {
+        if open_here(self.here.host, self.here.sr_uuid, volume).is_some() {
+            return Ok(None);
+        }
+        let open = self.open_elsewhere().map_err(|e| EngineError::MergeUnasked { why: e.to_string() })?;
+        Ok(open.iter().find(|o| o.volume == volume).map(|o| o.host.clone()))
+    }
+}
+
+impl Merging for MergeInPool<'_> {
+    fn served(&self) -> Vec<String> {
+        let mut served = self.here.served();
+        let Ok(open) = self.open_elsewhere() else { return served };
+        // Open on two hosts (a migration): nobody merges in it.
+        served.retain(|v| !open.iter().any(|o| o.volume == *v));
+        for on in open {
+            let hosts = open.iter().filter(|o| o.volume == on.volume).count();
+            let here = open_here(self.here.host, self.here.sr_uuid, &on.volume).is_some();
+            if on.mergeable && hosts == 1 && !here {
+                served.push(on.volume.clone());
+            }
+        }
+        served
+    }
+
+    fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
+        let Some(host) = self.host_of(volume)? else { return self.here.start(volume, top, base) };
+        let extra = [("top", lv_of(top)), ("base", lv_of(base)), ("base_format", base.format().qemu_name())];
+        self.pool.commit_on(&host, volume, "start", &extra)?;
+        tracing::info!(volume, host, "the member's engine merges");
+        Ok(())
+    }
+
+    fn state(&self, volume: &str) -> Result<CommitState, EngineError> {
+        let Some(host) = self.host_of(volume)? else { return self.here.state(volume) };
+        let value = self.pool.commit_on(&host, volume, "state", &[])?;
+        serde_json::from_value(value["state"].clone()).map_err(|_| odd_answer(&host, &value))
+    }
+
+    fn leaf_now(&self, volume: &str) -> Result<Option<Image>, EngineError> {
+        let Some(host) = self.host_of(volume)? else { return self.here.leaf_now(volume) };
+        let value = self.pool.commit_on(&host, volume, "leaf", &[])?;
+        if value["leaf"].is_null() {
+            return Ok(None);
+        }
+        let leaf: Image = serde_json::from_value(value["leaf"].clone()).map_err(|_| odd_answer(&host, &value))?;
+        // Validated as every image path is before use.
+        Image::new(leaf.format(), leaf.path()).map(Some)
+    }
+}
