@@ -1,7 +1,9 @@
 //! How many `lvm` processes `Volume.snapshot` and the `Volume.destroy` of a
 //! layered volume run, counted on a VG held in memory
 //! ([`crate::snapshot::fake_vg`]): each one is 0.25 s on an idle dom0 and
-//! 1-2 s on a loaded one, under the SR's lock.
+//! 1-2 s on a loaded one, under the SR's lock; and `Datapath.detach` of a
+//! disk served by qemu-storage-daemon (a scripted QMP socket), with an
+//! interrupted online merge journalled and without.
 
 use std::sync::Arc;
 
@@ -194,4 +196,130 @@ fn a_running_volume_with_snapshots_is_not_resized() {
     let grow = format!(r#","new_size":{}"#, 128 * MIB);
     assert_eq!(call_on(&tree, &fake, "Volume.resize", KEY, &grow), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
     assert!(fake.ran(start, "qemu-img").is_empty() && fake.ran(start, "lvm lvextend").is_empty());
+}
+
+/// This host with qemu-storage-daemon as its engine (no `tap-ctl`) over the
+/// VG in memory; the daemon itself answers on a scripted QMP socket.
+struct QsdHost(Arc<FakeVg>);
+
+impl crate::cmd::Runner for QsdHost {
+    fn resolve(&self, program: crate::cmd::Program) -> Result<std::path::PathBuf, crate::cmd::CmdError> {
+        match program {
+            crate::cmd::Program::TapCtl => {
+                Err(crate::cmd::CmdError::NotFound { program, searched: "/usr/sbin".to_owned() })
+            }
+            other => self.0.resolve(other),
+        }
+    }
+
+    fn run(&self, command: &crate::cmd::Command) -> Result<crate::cmd::Output, crate::cmd::CmdError> {
+        match command.program() {
+            crate::cmd::Program::QemuStorageDaemon => Ok(crate::cmd::Output {
+                stdout: "qemu-storage-daemon version 8.2.0\n".to_owned(),
+                stderr: String::new(),
+            }),
+            _ => self.0.run(command),
+        }
+    }
+
+    fn start_detached(&self, command: &crate::cmd::Command) -> Result<u32, crate::cmd::CmdError> {
+        self.0.start_detached(command)
+    }
+}
+
+/// Serves one QMP connection per entry of `sessions` on `socket`, each
+/// answering its requests with the given `return` values in order.
+fn qmp_daemon(socket: &std::path::Path, sessions: Vec<Vec<Value>>) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        for replies in sessions {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            writeln!(writer, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            reader.read_line(&mut line).unwrap();
+            writeln!(writer, r#"{{"return": {{}}}}"#).unwrap();
+            for reply in replies {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                writeln!(writer, "{}", serde_json::json!({ "return": reply })).unwrap();
+            }
+        }
+    })
+}
+
+/// Runs `Datapath.detach` of `key` in process; returns the LVM calls it
+/// made, or the error code.
+fn detach(tree: &SysfsTree, fake: &Arc<FakeVg>, key: &str) -> Result<Vec<String>, String> {
+    let ctx = Context::fake(tree.host(), Box::new(QsdHost(Arc::clone(fake))));
+    let body = format!(r#"{{"dbg":"t","uri":"nvmetcp://{SR}/{key}","domain":"0"}}"#);
+    let params = Params::from_json(Method::lookup("Datapath.detach").unwrap(), &body).unwrap();
+    let start = fake.commands();
+    crate::dispatch::dispatch(&ctx, PluginKind::Datapath, &params).map_err(|f| to_error_record(&f, "h1").code)?;
+    Ok(fake.lvm_calls(start))
+}
+
+/// Issue 18, the kill-then-detach window: the collector merged the running
+/// leaf into its parent online and was killed after the engine pivoted (it
+/// writes the raw base now) but before the handle and `nn=` said so. The
+/// detach asks the engine before closing the disk and finishes the merge:
+/// the volume is on the node its last writes went to, the entry gone. Once
+/// closed, nobody could say, and the next attach would open the old leaf.
+/// A detach with nothing journalled runs the LVM calls it ran before.
+#[test]
+fn a_detach_finishes_an_online_merge_killed_after_the_pivot_before_closing() {
+    use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+    use crate::snapshot::journal::{Entry, Operation, Step};
+    let (tree, fake) = standalone_writer();
+    let snapshot = snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e61");
+    let leaf = "node-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e61";
+    let run = tempfile::tempdir().unwrap();
+    let disk = |lv: &str, format| OpenDisk {
+        device: "/dev/nbd0".into(),
+        leaf: Image::new(format, format!("/dev/{VG}/{lv}")).unwrap(),
+        handle: Handle::QemuStorageDaemon { pid: 4242, run_dir: run.path().into() },
+    };
+    let served = |fake: &Arc<FakeVg>| {
+        // Closing the disk removed the daemon's directory.
+        std::fs::create_dir_all(run.path()).unwrap();
+        crate::snapshot::served::record_opened(
+            &tree.host(),
+            SR,
+            KEY,
+            &disk(leaf, ImageFormat::Qcow2),
+            Access::ReadWrite,
+        )
+        .unwrap();
+        fake.state().lvs.values_mut().for_each(|lv| lv.active = true);
+    };
+
+    // Nothing journalled: one read of the VG, the chain deactivated.
+    served(&fake);
+    assert_eq!(detach(&tree, &fake, KEY), Ok(calls("lvs, lvchange -an")), "detach of a served disk");
+
+    // The snapshot destroyed (its record gone), the collector killed after
+    // the engine pivoted the leaf into the raw base.
+    fake.state().lvs.remove(&snapshot);
+    let entry = Entry {
+        operation: Operation::Merge { child: leaf.to_owned(), into: KEY.to_owned(), online: Some(KEY.to_owned()) },
+        step: Step::EngineCommitting,
+    };
+    fake.state().lvs.get_mut(leaf).unwrap().tags.push(entry.to_tag());
+    served(&fake);
+    let exports = serde_json::json!([{"id": "disk", "node-name": "nbase"}]);
+    let nodes = serde_json::json!([{"node-name": "nbase", "drv": "raw", "file": format!("/dev/{VG}/{KEY}")}]);
+    let leaf_now = vec![exports, nodes];
+    // The job (none: done and dismissed), then the leaf twice: whether the
+    // data moved, and before the volume's tag moves.
+    let daemon =
+        qmp_daemon(&run.path().join("qmp.sock"), vec![vec![serde_json::json!([])], leaf_now.clone(), leaf_now]);
+    let lvm = detach(&tree, &fake, KEY).unwrap();
+    assert!(!fake.journalled(), "the entry is left; ran {lvm:?}");
+    assert!(!fake.shape().contains_key(leaf), "the merged leaf is left: {:?}", fake.shape());
+    let tags = fake.shape().get(KEY).cloned().unwrap_or_default();
+    assert!(!tags.contains(&format!("nn={leaf}")), "the volume still names the old leaf: {tags:?}");
+    assert!(crate::snapshot::served::open_here(&tree.host(), SR, KEY).is_none(), "the disk was not closed");
+    daemon.join().unwrap();
 }
