@@ -252,7 +252,11 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         }
         ChainCallError::Op(OpError::Graph(_)) => ErrorCode::ChainDamaged,
         ChainCallError::Op(
-            OpError::NoSpace { .. } | OpError::CloneInUse(_) | OpError::Exists(_) | OpError::NotResizable(_),
+            OpError::NoSpace { .. }
+            | OpError::CloneInUse(_)
+            | OpError::Exists(_)
+            | OpError::NotResizable(_)
+            | OpError::Unfinished { .. },
         )
         | ChainCallError::Running { .. }
         | ChainCallError::ReadOnlyServed { .. }

@@ -98,6 +98,18 @@ impl Entry {
     }
 }
 
+impl Operation {
+    /// Whether the operation works on `lv`: the volume snapshotted or its
+    /// old leaf, a merge's two nodes.
+    #[must_use]
+    pub fn involves(&self, lv: &str) -> bool {
+        match self {
+            Self::Snapshot { volume, old_leaf, .. } => volume == lv || old_leaf == lv,
+            Self::Merge { child, into, .. } => child == lv || into == lv,
+        }
+    }
+}
+
 /// What the engine of a running volume writes to, as replay finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serving {

@@ -143,6 +143,36 @@ pub enum OpError {
          former LV), which cannot grow; nothing was changed. Clone it and resize the clone"
     )]
     NotResizable(String),
+    /// A snapshot, clone or resize of a volume whose chain still carries a
+    /// journalled operation: until it is resolved, the volume's record (and
+    /// the engine's handle) may not name the node its newest writes are in.
+    #[error(
+        "volume {volume}'s snapshot chain has an unfinished operation journalled on LV {lv} (a merge its engine \
+         still runs, or an interrupted call not yet replayed); nothing was changed: try again in a few minutes \
+         (SR.attach on the master replays it), and run nvmetcp doctor if it stays"
+    )]
+    Unfinished {
+        /// The volume.
+        volume: String,
+        /// The LV carrying the entry.
+        lv: String,
+    },
+}
+
+/// Refuses a change to `volume`'s chain (`graph` of `lvs`) while an
+/// operation on it is journalled: an online merge of its running leaf may
+/// have moved the disk to the parent before the volume's `nn=` says so, and
+/// a new leaf over the old one would hide those writes for good.
+fn refuse_unfinished(lvs: &[Lv], graph: &Graph, volume: &str) -> Result<(), OpError> {
+    let mut names: Vec<&str> = graph.chain(volume)?.iter().map(|n| n.lv.as_str()).collect();
+    names.push(volume);
+    let journalled = lvs.iter().find(|l| {
+        l.tags.iter().filter_map(|t| Entry::from_tag(t)).any(|e| names.iter().any(|n| e.operation.involves(n)))
+    });
+    match journalled {
+        Some(lv) => Err(OpError::Unfinished { volume: volume.to_owned(), lv: lv.name.to_string() }),
+        None => Ok(()),
+    }
 }
 
 /// Chain operations on one SR's VG, from the master.
@@ -258,6 +288,7 @@ impl<'a> Chains<'a> {
         }
         let lvs: Vec<Lv> = lvs.iter().filter(|l| l.vg == *self.vg).cloned().collect();
         let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        refuse_unfinished(&lvs, &graph, volume)?;
         let depth = graph.depth_after_snapshot(volume)?;
         let old = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?.clone();
         let frozen_size = lvs.iter().find(|l| l.name == old.lv).map(|l| l.size);

@@ -24,6 +24,7 @@ impl Chains<'_> {
     pub fn grow_at_rest(&self, vg: Option<&Vg>, lvs: &[Lv], volume: &str, new_size: u64) -> Result<u64, OpError> {
         let lvs: Vec<Lv> = lvs.iter().filter(|l| l.vg == *self.vg).cloned().collect();
         let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        super::refuse_unfinished(&lvs, &graph, volume)?;
         let leaf = graph.node_of(volume).ok_or_else(|| GraphError::UnknownVolume(volume.to_owned()))?.clone();
         if leaf.format != ImageFormat::Qcow2 || graph.built_on_by_others(&leaf.lv, volume) {
             return Err(OpError::NotResizable(volume.to_owned()));

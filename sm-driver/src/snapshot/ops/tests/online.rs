@@ -333,3 +333,36 @@ fn a_detach_with_nothing_journalled_runs_no_extra_command() {
     assert_eq!(fake.commands(), start, "{:?}", &fake.state().log[start..]);
     assert_eq!(engine.started.get(), 0);
 }
+
+/// While the engine still merges a chain (the job outlasted the collector's
+/// patience), the volume is not snapshotted, cloned or resized: after the
+/// pivot of a merged leaf the disk writes the parent while `nn=` (and the
+/// handle a swap finds the leaf by) still name the leaf, and a new leaf on
+/// it would hide those writes behind the leaf's stale clusters for good.
+#[test]
+fn a_chain_the_engine_still_merges_is_not_snapshotted_cloned_or_resized() {
+    for gone in ["vol-2", "vol-1"] {
+        let fake = twice_then_destroyed(gone);
+        let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Runs);
+        assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
+        assert!(fake.journalled(), "{gone}: no merge left running");
+        let before = fake.shape();
+        let running = Swap(|| Ok(()));
+        let refused = on(&fake, &NoFaults, |c| c.snapshot("vol-a", &names("3", false), 64 * MIB, Some(&running)));
+        assert!(matches!(refused, Err(OpError::Unfinished { .. })), "{gone}: running snapshot: {refused:?}");
+        // At rest too: a disk closed before replay could say where its data is.
+        for clone in [false, true] {
+            let refused = on(&fake, &NoFaults, |c| c.snapshot("vol-a", &names("3", clone), 64 * MIB, None));
+            assert!(matches!(refused, Err(OpError::Unfinished { .. })), "{gone}: clone {clone}: {refused:?}");
+        }
+        let (lvs, vg) = (on(&fake, &NoFaults, |c| c.lvs()).unwrap(), fake_vg_row(&fake));
+        let refused = on(&fake, &NoFaults, |c| c.grow_at_rest(Some(&vg), &lvs, "vol-a", 128 * MIB));
+        assert!(matches!(refused, Err(OpError::Unfinished { .. })), "{gone}: resize: {refused:?}");
+        assert_eq!(fake.shape(), before, "{gone}: something was changed");
+        // Once the job is done and replayed, the volume is snapshotted again.
+        engine.job.set(Job::Finishes);
+        collect(&fake, &NoFaults, &engine, &[]);
+        assert!(!fake.journalled(), "{gone}");
+        on(&fake, &NoFaults, |c| c.snapshot("vol-a", &names("3", false), 64 * MIB, Some(&running))).unwrap();
+    }
+}
