@@ -9,8 +9,9 @@ use crate::lvm::Lv;
 use crate::pool_mappings::{dm_name, mapping_active};
 use crate::pool_role;
 use crate::request::{DatapathDeactivate, DatapathDetach};
-use crate::snapshot::calls::{finish_before_close, Sr};
+use crate::snapshot::calls::{finish_before_close, refuse_close_after_pivot, Sr};
 use crate::snapshot::ops::online_merges_of;
+use crate::snapshot::served::MergeHere;
 use crate::sr_access::lvm_for;
 use crate::sr_state::{self, SrLock, SrState, SR_LOCK_TIMEOUT};
 
@@ -70,13 +71,20 @@ fn deactivate_volume(ctx: &Context, uri: &VolumeUri) -> CallResult<()> {
 /// while it still has the disk open (once closed, nobody can say whether a
 /// merged leaf's last writes went to its parent; issue 18). Refused with
 /// [`crate::snapshot::calls::ChainCallError::MergeUnfinished`] if replay
-/// cannot decide. Returns whether the VG changed. Not on a member: the
-/// master's collector merges there too (`chain_commit`), but a member
-/// writes no metadata, so its detach closes the disk without this check and
-/// the window stays open there (ARCHITECTURE.md). With no live path the
-/// journal cannot be read, and the disk is closed as before.
+/// cannot decide. Returns whether the VG changed. On a member (the
+/// master's collector merges there too, through `chain_commit`, but a
+/// member writes no metadata) the detach is refused while its engine writes
+/// the merge's `into` node, until the master has recorded it
+/// ([`crate::snapshot::calls::refuse_close_after_pivot`]). With no live
+/// path the journal cannot be read, and the disk is closed as before.
 fn finish_merges(ctx: &Context, state: &SrState, lv: &str, lvs: &[Lv]) -> CallResult<bool> {
-    if !pool_role::is_master(&ctx.host) || online_merges_of(lvs, lv).is_empty() {
+    let entries = online_merges_of(lvs, lv);
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    if !pool_role::is_master(&ctx.host) {
+        let here = MergeHere { runner: ctx.runner.as_ref(), host: &ctx.host, sr_uuid: &state.sr_uuid };
+        refuse_close_after_pivot(&here, &state.vg, lv, &entries)?;
         return Ok(false);
     }
     let lvm = lvm_for(ctx, state, true)?;

@@ -262,7 +262,7 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         | ChainCallError::ReadOnlyServed { .. }
         | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
         ChainCallError::Served { .. } | ChainCallError::ResizeRunning { .. } => ErrorCode::VolumeActive,
-        ChainCallError::MergeUnfinished { .. } => ErrorCode::MergeUnfinished,
+        ChainCallError::MergeUnfinished { .. } | ChainCallError::MergeOnMaster { .. } => ErrorCode::MergeUnfinished,
     }
 }
 

@@ -115,6 +115,24 @@ pub enum ChainCallError {
         /// The node it is merged into.
         into: String,
     },
+    /// A detach on a pool member refused: its engine writes the node an
+    /// interrupted online merge moved the leaf into, which only the master
+    /// can record.
+    #[error(
+        "volume {key} was not detached: the pool master's collector merged its leaf {child} into {into} online \
+         on this host's engine and was interrupted before recording it (or the engine could not say which node \
+         it writes), so the VM's last writes are in {into}, which the volume does not name yet; the disk stays \
+         open and nothing was changed. The master finishes the merge on its next collector run (a Volume.destroy \
+         there, such as a backup deleting a snapshot) or SR.attach; then retry the detach"
+    )]
+    MergeOnMaster {
+        /// The volume.
+        key: String,
+        /// The node merged away.
+        child: String,
+        /// The node it is merged into.
+        into: String,
+    },
     /// The other hosts could not say which volumes they serve.
     #[error(transparent)]
     Pool(#[from] PoolCheckError),
@@ -454,6 +472,45 @@ pub fn finish_before_close(
             Err(ChainCallError::MergeUnfinished { key: volume.to_owned(), child, into })
         }
     }
+}
+
+/// `Datapath.deactivate`/`detach` on a pool member, before its engine
+/// closes `volume`'s disk: the master's collector merges online there too
+/// (through `chain_commit`), but only the master writes the journal's end.
+/// If `merging` (this host's engine) already writes the `into` node of an
+/// online merge journalled for `volume` (`entries`, [`online_merges_of`])
+/// — the leaf was merged and pivoted, and the master has not recorded it —
+/// closing now would leave the volume on the old leaf without the VM's last
+/// writes, so the detach is refused until the master finishes it. An engine
+/// that cannot say is refused too; one still on another image (no pivot, or
+/// a node below the leaf merged) closes as usual.
+///
+/// # Errors
+/// [`ChainCallError::MergeOnMaster`].
+pub fn refuse_close_after_pivot(
+    merging: &dyn Merging,
+    vg: &VgName,
+    volume: &str,
+    entries: &[Entry],
+) -> Result<(), ChainCallError> {
+    for entry in entries {
+        let Operation::Merge { child, into, .. } = &entry.operation else { continue };
+        let pivoted = match merging.leaf_now(volume) {
+            Ok(leaf) => leaf.is_some_and(|leaf| leaf.path_str() == format!("/dev/{vg}/{into}")),
+            Err(error) => {
+                tracing::warn!(volume, child, into, %error, "the engine cannot say which node it writes");
+                true
+            }
+        };
+        if pivoted {
+            return Err(ChainCallError::MergeOnMaster {
+                key: volume.to_owned(),
+                child: child.clone(),
+                into: into.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether an SR of these LVs has chains or journal entries at all.

@@ -323,3 +323,55 @@ fn a_detach_finishes_an_online_merge_killed_after_the_pivot_before_closing() {
     assert!(crate::snapshot::served::open_here(&tree.host(), SR, KEY).is_none(), "the disk was not closed");
     daemon.join().unwrap();
 }
+
+/// On a pool member (the master's collector merges there through
+/// `chain_commit`, but only the master records the result): a detach whose
+/// engine writes the `into` node of a journalled online merge is refused,
+/// the disk stays open, nothing changes; once the engine is on another
+/// image (no pivot) the disk closes as usual.
+#[test]
+fn a_members_detach_stays_open_while_its_engine_writes_an_unrecorded_merge() {
+    use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+    use crate::snapshot::journal::{Entry, Operation, Step};
+    let (tree, fake) = standalone_writer();
+    let snapshot = snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e71");
+    let leaf = "node-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e71";
+    tree.write("/etc/xensource/pool.conf", "slave:10.0.0.9\n");
+    fake.state().lvs.remove(&snapshot);
+    let entry = Entry {
+        operation: Operation::Merge { child: leaf.to_owned(), into: KEY.to_owned(), online: Some(KEY.to_owned()) },
+        step: Step::EngineCommitting,
+    };
+    fake.state().lvs.get_mut(leaf).unwrap().tags.push(entry.to_tag());
+    fake.state().lvs.values_mut().for_each(|lv| lv.active = true);
+    let run = tempfile::tempdir().unwrap();
+    let disk = OpenDisk {
+        device: "/dev/nbd0".into(),
+        leaf: Image::new(ImageFormat::Qcow2, format!("/dev/{VG}/{leaf}")).unwrap(),
+        handle: Handle::QemuStorageDaemon { pid: 4242, run_dir: run.path().into() },
+    };
+    crate::snapshot::served::record_opened(&tree.host(), SR, KEY, &disk, Access::ReadWrite).unwrap();
+    let writes = |lv: &str, drv: &str| {
+        vec![
+            serde_json::json!([{"id": "disk", "node-name": "ntop"}]),
+            serde_json::json!([{"node-name": "ntop", "drv": drv, "file": format!("/dev/{VG}/{lv}")}]),
+        ]
+    };
+    let before = fake.shape();
+
+    // The engine writes the raw base: pivoted, not recorded by the master.
+    let daemon = qmp_daemon(&run.path().join("qmp.sock"), vec![writes(KEY, "raw")]);
+    assert_eq!(detach(&tree, &fake, KEY), Err("NVMETCP_MERGE_UNFINISHED".to_owned()));
+    daemon.join().unwrap();
+    assert!(crate::snapshot::served::open_here(&tree.host(), SR, KEY).is_some(), "the disk was closed");
+    assert_eq!(fake.shape(), before, "a member's refused detach changed the SR");
+
+    // Still on the old leaf (no pivot): closed as usual; the master's
+    // replay decides from the leaf it finds then.
+    crate::snapshot::served::record_opened(&tree.host(), SR, KEY, &disk, Access::ReadWrite).unwrap();
+    std::fs::remove_file(run.path().join("qmp.sock")).unwrap();
+    let daemon = qmp_daemon(&run.path().join("qmp.sock"), vec![writes(leaf, "qcow2")]);
+    assert!(detach(&tree, &fake, KEY).is_ok());
+    daemon.join().unwrap();
+    assert!(crate::snapshot::served::open_here(&tree.host(), SR, KEY).is_none(), "the disk stays open");
+}
