@@ -134,6 +134,11 @@ impl Chains<'_> {
         let committing = Entry { operation, step: Step::EngineCommitting };
         self.lvm.lv_retag(self.vg, &named, &[prepared], &[committing.to_tag()])?;
         if let Err(error) = self.merging.start(volume, &self.image(&child_node)?, &self.image(&into_node)?) {
+            if error.merge_unasked() {
+                // A member's answer lost: it may have started. Replay asks it.
+                tracing::warn!(volume, child, into, %error, "the merge may have started; the entry waits");
+                return Ok(Online::Pending);
+            }
             self.lvm.lv_retag(self.vg, &named, &[committing.to_tag()], &[])?;
             tracing::warn!(volume, child, into, %error, "the engine did not merge; the node stays until the volume is closed");
             return Ok(Online::GaveUp);

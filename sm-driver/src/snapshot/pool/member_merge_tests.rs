@@ -104,3 +104,25 @@ fn a_member_that_cannot_be_reached_leaves_its_merge_waiting() {
     assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
     assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
 }
+
+/// Issue 18: the member started the merge but its answer was lost. The
+/// entry stays at `EngineCommitting` (the job may run), and replay asks the
+/// member once it answers: done, the merge is finished, never planned anew.
+#[test]
+fn a_lost_answer_to_the_start_leaves_the_merge_to_replay() {
+    let pool = twice_on_member();
+    merge_reports(&pool, "concluded");
+    pool.down_after_start.store(true, Ordering::SeqCst);
+    pool.lose_start_answer.store(true, Ordering::SeqCst);
+    let node = format!("node-{UUID}");
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
+    assert!(has(&pool, &node, "nj="), "the started merge is still journalled: {:?}", pool.vg.vg.shape());
+    pool.down.store(false, Ordering::SeqCst);
+    pool.down_after_start.store(false, Ordering::SeqCst);
+    let starts = || pool.member_ran().iter().filter(|c| c.starts_with("tap-ctl commit")).count();
+    assert_eq!(starts(), 1);
+    recover(&pool);
+    assert!(!pool.vg.vg.shape().contains_key(&node), "{:?}", pool.vg.vg.shape());
+    assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
+    assert_eq!(starts(), 1, "the merge was started again");
+}

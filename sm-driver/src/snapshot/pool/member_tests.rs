@@ -86,13 +86,15 @@ impl Runner for MemberTools {
 
 /// The member `xcp-2`: its plugin functions on its own tree and tools;
 /// while `down`, it fails every call as an unreachable host does, and with
-/// `down_after_start` it goes down once it has answered a merge's start.
+/// `down_after_start` it goes down once it has answered a merge's start
+/// (with `lose_start_answer`, that answer is lost too).
 struct Member {
     tree: SysfsTree,
     tools: MemberTools,
     asked: Arc<Mutex<Vec<String>>>,
     down: Arc<AtomicBool>,
     down_after_start: Arc<AtomicBool>,
+    lose_start_answer: Arc<AtomicBool>,
 }
 
 impl Backend for Member {
@@ -115,6 +117,9 @@ impl Backend for Member {
         let reply = super::tests::member_reply(&ctx, function, args);
         if args.get("action").is_some_and(|a| a == "start") && self.down_after_start.load(Ordering::SeqCst) {
             self.down.store(true, Ordering::SeqCst);
+            if self.lose_start_answer.load(Ordering::SeqCst) {
+                return Err(Failure::new("HOST_OFFLINE", &["xcp-2"]));
+            }
         }
         reply
     }
@@ -132,6 +137,8 @@ pub(super) struct TwoHosts {
     pub(super) down: Arc<AtomicBool>,
     /// The member goes down once it has answered a merge's start.
     pub(super) down_after_start: Arc<AtomicBool>,
+    /// With `down_after_start`, that answer is lost.
+    pub(super) lose_start_answer: Arc<AtomicBool>,
 }
 
 /// [`FakeVg`] whose VG names the master as its metadata writer.
@@ -169,19 +176,21 @@ pub(super) fn pool(vg: FakeVg) -> TwoHosts {
     let tools = MemberTools::default();
     let asked = Arc::new(Mutex::default());
     let (down, down_after_start) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let lose_start_answer = Arc::new(AtomicBool::new(false));
     let backend = Member {
         tree: member.clone(),
         tools: tools.clone(),
         asked: Arc::clone(&asked),
         down: Arc::clone(&down),
         down_after_start: Arc::clone(&down_after_start),
+        lose_start_answer: Arc::clone(&lose_start_answer),
     };
     let config = Config { hosts: vec!["xcp-1".into(), "xcp-2".into()], ..Config::default() };
     let master_tree = attached_host("master\n");
     master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID}\n"));
     let master = XapiHost::serve(master_tree.host(), Emulator::new(config, backend), "xcp-1");
     let vg = Writer { vg: Arc::new(vg), master: master.uuid.clone() };
-    TwoHosts { master, master_tree, vg, member, tools, asked, down, down_after_start }
+    TwoHosts { master, master_tree, vg, member, tools, asked, down, down_after_start, lose_start_answer }
 }
 
 impl TwoHosts {
