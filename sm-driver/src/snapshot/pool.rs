@@ -203,6 +203,19 @@ impl Pool<'_> {
         Ok(open)
     }
 
+    /// A session and the reference of `host_name`, another host of the
+    /// pool that XAPI reports live; otherwise why it cannot be asked.
+    fn live_other(&self, host_name: &str) -> Result<(Session, HostRef), String> {
+        let Some((session, hosts)) = self.others().map_err(|e| e.to_string())? else {
+            return Err("this machine is no XCP-ng host: it has no pool to ask".to_owned());
+        };
+        match hosts.into_iter().find(|(_, name, _)| name == host_name) {
+            Some((reference, _, true)) => Ok((session, reference)),
+            Some(_) => Err("XAPI reports it is not live".to_owned()),
+            None => Err("it is no longer a host of the pool".to_owned()),
+        }
+    }
+
     /// Asks `host_name` [`COMMIT`] with `action` for `volume`: its answer,
     /// [`EngineError::RefusedOnHost`] if it refused, or
     /// [`EngineError::MergeUnasked`] if it could not be asked.
@@ -214,15 +227,7 @@ impl Pool<'_> {
         extra: &[(&str, &str)],
     ) -> Result<serde_json::Value, EngineError> {
         let unasked = |why: String| EngineError::MergeUnasked { why: format!("host {host_name}: {why}") };
-        let Some((session, hosts)) = self.others().map_err(|e| unasked(e.to_string()))? else {
-            return Err(unasked("this machine is no XCP-ng host".to_owned()));
-        };
-        let Some((reference, _, live)) = hosts.into_iter().find(|(_, name, _)| name == host_name) else {
-            return Err(unasked("it is no longer a host of the pool".to_owned()));
-        };
-        if !live {
-            return Err(unasked("XAPI reports it is not live".to_owned()));
-        }
+        let (session, reference) = self.live_other(host_name).map_err(unasked)?;
         let mut args = vec![("volume", volume), ("action", action)];
         args.extend_from_slice(extra);
         match self.call(&session, &reference, host_name, COMMIT, &args) {
@@ -241,15 +246,7 @@ impl Pool<'_> {
         let not_swapped = |why: String| EngineError::NotSwappedOnHost { host: host_name.to_owned(), why };
         // Asked first whether it is there and serves the volume: if not, the
         // switch is never requested and the disk certainly writes its old leaf.
-        let Some((session, hosts)) = self.others().map_err(|e| not_swapped(e.to_string()))? else {
-            return Err(not_swapped("this machine is no XCP-ng host: it has no pool to ask".to_owned()));
-        };
-        let Some((reference, _, live)) = hosts.into_iter().find(|(_, name, _)| name == host_name) else {
-            return Err(not_swapped("it is no longer a host of the pool".to_owned()));
-        };
-        if !live {
-            return Err(not_swapped("XAPI reports it is not live".to_owned()));
-        }
+        let (session, reference) = self.live_other(host_name).map_err(not_swapped)?;
         match self.call(&session, &reference, host_name, SERVING, &[("volume", volume)]) {
             Ok(Reply::Answer(value)) if value["open"].as_bool() == Some(true) => {}
             Ok(Reply::Answer(_)) => return Err(not_swapped(format!("it no longer serves volume {volume}"))),

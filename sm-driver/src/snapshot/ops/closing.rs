@@ -8,8 +8,9 @@
 //! closed nobody can say where the last writes went, and the next attach
 //! would open the old leaf. So `Datapath.deactivate`/`detach` on the
 //! master replays such an entry first, and refuses to close the disk if it
-//! stays unresolved. Online merges run only on the master, in chains its
-//! own engine serves, so a member never closes a disk with one pending.
+//! stays unresolved. A member writes no metadata, so it cannot replay: its
+//! detach is refused while its engine writes the merge's `into`, until the
+//! master has recorded the merge (`calls::refuse_close_after_pivot`).
 
 use std::time::{Duration, Instant};
 
