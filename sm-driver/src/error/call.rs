@@ -192,6 +192,18 @@ pub enum CallError {
         #[source]
         source: std::io::Error,
     },
+    /// `/dev/<vg>` holds live nodes although no VG of that name exists.
+    #[error(
+        "{dir} holds {left:?} although no volume group of that name exists: a device-mapper mapping of an \
+         earlier SR with this UUID is left on this host. Nothing was written. Remove it (`dmsetup ls`, then \
+         `dmsetup remove` each of its mappings) and create the SR again"
+    )]
+    DeviceNodesLeft {
+        /// The directory.
+        dir: String,
+        /// What is left in it.
+        left: Vec<String>,
+    },
     /// Wiping what `SR.destroy` wrote failed (the VG and PV are gone already).
     #[error(
         "the SR's volume group was removed but its metadata area on {device} could not be wiped; a new SR there \

@@ -226,7 +226,7 @@ fn sr_code(error: &CallError) -> ErrorCode {
         CallError::Volume(VolumeError::MetadataFull { .. }) => ErrorCode::MetadataFull,
         CallError::Volume(_) => ErrorCode::VolumeInvalid,
         CallError::Chain(error) => chain_code(error),
-        CallError::Read(_) => ErrorCode::HostState,
+        CallError::Read(_) | CallError::DeviceNodesLeft { .. } => ErrorCode::HostState,
         CallError::State(_) => ErrorCode::HostState,
     }
 }

@@ -133,6 +133,13 @@ fn create_on_device(
         .into());
     }
     let pv_uuid = pv_uuid_for(uuid.as_str()).ok_or_else(|| CallError::BadUuid(uuid.to_string()))?;
+    // vgcreate refuses a name taken under /dev: clear what a killed LVM
+    // command of an earlier SR of this UUID left, before anything is written.
+    let vg = vg_name(uuid);
+    let left = super::device_nodes::clear_dead(&ctx.host, &vg);
+    if !left.is_empty() {
+        return Err(CallError::DeviceNodesLeft { dir: format!("/dev/{vg}"), left }.into());
+    }
     // A create of this very SR killed between pvcreate and vgcreate left its
     // PV (recognised by the UUID derived from the SR's): go on from there.
     let leftover = lvm.pv()?.is_some_and(|pv| pv.vg.is_empty() && pv.uuid == pv_uuid);
@@ -147,8 +154,8 @@ fn create_on_device(
         }
         lvm.pvcreate(config.force, &pv_uuid)?;
     }
-    create_vg(lvm, &vg_name(uuid), tags)?;
-    tracing::info!(sr = %uuid, vg = %vg_name(uuid), %device, "SR created");
+    create_vg(lvm, &vg, tags)?;
+    tracing::info!(sr = %uuid, %vg, %device, "SR created");
     Ok(identity)
 }
 
@@ -229,7 +236,11 @@ mod tests {
         const WWID: &str = "uuid.8d30ade9-00c5-4fe6-9fbc-be2c924ffcdc";
 
         fn run(runner: &Arc<FakeRunner>) -> CallResult<NamespaceIdentity> {
-            let tree = SysfsTree::new();
+            run_on(runner, &SysfsTree::new())
+        }
+
+        /// `run` on the host of `tree`.
+        fn run_on(runner: &Arc<FakeRunner>, tree: &SysfsTree) -> CallResult<NamespaceIdentity> {
             tree.head("nvme-subsys0", "nvme0n1", NQN, 1, WWID, 2048);
             let ctx = Context::fake(tree.host(), Box::new(Arc::clone(runner)));
             let map = [("portals", "10.0.0.1"), ("nqn", NQN), ("namespace", "1")]
@@ -270,6 +281,56 @@ mod tests {
                 Arc::new(FakeRunner::new().then_stdout(r#"{"report": [{"vg": []}]}"#).then_stdout(pv).then_stdout(""));
             assert_eq!(run(&runner).unwrap(), NamespaceIdentity::parse(WWID).unwrap());
             assert_eq!(subcommands(&runner), ["vgs", "pvs", "vgcreate"], "no data check of its own PV, no pvcreate");
+        }
+
+        const VG_DIR: &str = "/dev/nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11";
+
+        #[test]
+        fn dead_links_a_killed_lvm_left_under_the_vg_name_are_cleared_first() {
+            let runner = Arc::new(
+                FakeRunner::new()
+                    .then_stdout(r#"{"report": [{"vg": []}]}"#)
+                    .then_stdout(r#"{"report": [{"pv": []}]}"#)
+                    .then(Err(CmdError::Failed {
+                        command: "blkid".to_owned(),
+                        status: "exit status 2".to_owned(),
+                        code: Some(2),
+                        stdout: String::new(),
+                        stderr: String::new(),
+                    }))
+                    .then_stdout("")
+                    .then_stdout(""),
+            );
+            let tree = SysfsTree::new();
+            let vg_dir = tree.host().path(VG_DIR);
+            std::fs::create_dir_all(&vg_dir).unwrap();
+            std::os::unix::fs::symlink("../dm-4", vg_dir.join("vol-1")).unwrap();
+            run_on(&runner, &tree).unwrap();
+            assert!(!vg_dir.exists(), "vgcreate would refuse the name");
+            assert_eq!(subcommands(&runner), ["vgs", "pvs", "blkid", "pvcreate", "vgcreate"]);
+        }
+
+        #[test]
+        fn a_mapped_lv_under_the_vg_name_is_a_clear_refusal_before_anything_is_written() {
+            let runner = Arc::new(
+                FakeRunner::new().then_stdout(r#"{"report": [{"vg": []}]}"#).then_stdout(r#"{"report": [{"pv": []}]}"#),
+            );
+            let tree = SysfsTree::new();
+            let vg_dir = tree.host().path(VG_DIR);
+            std::fs::create_dir_all(&vg_dir).unwrap();
+            std::os::unix::fs::symlink("../dm-4", vg_dir.join("vol-1")).unwrap();
+            std::fs::create_dir_all(tree.host().path("/sys/block/dm-4/dm")).unwrap();
+            let mapping = "nvmetcp_3f1c6d0e8a8f4e0a9b5e2d7c1f0a9e11-vol--1\n";
+            std::fs::write(tree.host().path("/sys/block/dm-4/dm/name"), mapping).unwrap();
+            let failure = run_on(&runner, &tree).unwrap_err().into();
+            let record = to_error_record(&failure, "h1");
+            assert_eq!(record.code, "NVMETCP_HOST_STATE");
+            assert!(
+                record.params[0].contains("[\"vol-1\"]") && record.params[0].contains("dmsetup remove"),
+                "{}",
+                record.params[0]
+            );
+            assert!(subcommands(&runner).len() <= 2, "no pvcreate: {:?}", subcommands(&runner));
         }
 
         #[test]

@@ -55,6 +55,12 @@ pub fn destroy(ctx: &Context, request: &SrDestroy) -> CallResult<()> {
         wipe(&ctx.host.path(lvm.device()), written)
             .map_err(|source| CallError::Wipe { device: lvm.device().to_owned(), source })?;
     }
+    // Also on a retry that finds the VG gone: the killed attempt may have
+    // left dead links under /dev/<vg>, which would refuse the name again.
+    let left = super::device_nodes::clear_dead(&ctx.host, &state.vg);
+    if !left.is_empty() {
+        tracing::warn!(vg = %state.vg, ?left, "the removed volume group's /dev directory still holds live nodes");
+    }
     let sr = state.sr_uuid.as_str();
     crate::sr_paths::release(ctx, state.initiator, sr, sr)?;
     sr_state::remove(&ctx.host, &state.sr_uuid)?;

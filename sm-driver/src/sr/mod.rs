@@ -5,7 +5,8 @@
 //!   endpoints offer; `attach.rs` (every host) connects and records the
 //!   attachment; `stat.rs`, `ls.rs` and `label.rs` read and rename;
 //!   `detach.rs` and `destroy.rs` take it down.
-//! * [`vg`] is the VG tag scheme, `inspect.rs` what a namespace holds.
+//! * [`vg`] is the VG tag scheme, `inspect.rs` what a namespace holds,
+//!   `device_nodes.rs` the dead `/dev/<vg>` links a killed LVM command leaves.
 //!
 //! What they share with the Volume and Datapath handlers (the call wrapper,
 //! the attached SR behind a handle, LVM while a path is live, the master
@@ -18,6 +19,7 @@ mod attach;
 mod create;
 mod destroy;
 mod detach;
+mod device_nodes;
 mod inspect;
 mod label;
 mod ls;
