@@ -178,6 +178,42 @@ impl Run {
     }
 }
 
+/// The binaries the tiers run in their guests, next to the test binary that
+/// asks (`target/debug/deps/<tier>-…` → `target/debug/<name>`).
+#[must_use]
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join(name)
+}
+
+/// The plugin binary every tier calls.
+#[must_use]
+pub fn plugin_binary() -> PathBuf {
+    built_binary("nvmetcp-plugin")
+}
+
+/// Builds the plugin, the `nvmetcp` command and the XAPI emulator, current,
+/// as xapi would find them installed. Every tier builds this one set (the
+/// same packages, so the same features): they all run the very same
+/// plugin, and a tier starting in one lane of `tests/run` never replaces the
+/// binary the other lane's guest is running. Says why on failure.
+#[must_use]
+pub fn build_under_test() -> bool {
+    #![allow(clippy::print_stderr)] // a test program's report
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    #[allow(clippy::disallowed_methods)] // test tooling: builds the binaries under test
+    let built = Command::new(cargo)
+        .args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin", "-p", "nvmetcp-admin", "--bin", "nvmetcp"])
+        .args(["-p", "xapi-emulator", "--bin", "xapi-emulator"])
+        .status();
+    let ready = built.is_ok_and(|s| s.success())
+        && ["nvmetcp-plugin", "nvmetcp", "xapi-emulator"].iter().all(|n| built_binary(n).exists());
+    if !ready {
+        eprintln!("cannot build the binaries under test next to {}", plugin_binary().display());
+    }
+    ready
+}
+
 /// Boots one guest and runs `scenarios` in it, in order.
 ///
 /// # Errors

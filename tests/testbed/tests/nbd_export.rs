@@ -28,7 +28,7 @@ use nvmetcp_initiator::daemon::{door, Layout};
 use nvmetcp_initiator::nbd::export::{limit_request_size, Export, ExportConfig};
 use nvmetcp_initiator::nbd::kernel::NbdNetlink;
 use nvmetcp_initiator::testing::FileDevice;
-use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
+use nvmetcp_testbed::{plugin_binary, run_suite, two_role_main, Scenario};
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 #[path = "nbd_export/linux_4_19.rs"]
@@ -40,21 +40,11 @@ fn main() -> ExitCode {
 
 fn host_side(exe: &str) -> ExitCode {
     // The SR scenario calls the plugin binary itself: build it, as installed.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
-    let built =
-        std::process::Command::new(cargo).args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin"]).status();
-    if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() {
-        eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
+    if !nvmetcp_testbed::build_under_test() {
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
     }
     run_suite("nbd", &scenarios(exe))
-}
-
-fn plugin_binary() -> std::path::PathBuf {
-    // target/debug/deps/nbd_export-… → target/debug/nvmetcp-plugin
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
 }
 
 fn scenarios(exe: &str) -> Vec<Scenario> {

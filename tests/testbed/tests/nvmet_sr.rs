@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nvmetcp_testbed::{run_suite, Scenario};
+use nvmetcp_testbed::{plugin_binary, run_suite, Scenario};
 
 #[path = "nvmet_sr/faults.rs"]
 mod faults;
@@ -29,12 +29,7 @@ use smapi_harness::{Caller, Outcome, PluginTree};
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
 fn admin_binary() -> PathBuf {
-    plugin_binary().with_file_name("nvmetcp")
-}
-
-fn plugin_binary() -> PathBuf {
-    // target/debug/deps/nvmet_sr-… → target/debug/nvmetcp-plugin
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
+    nvmetcp_testbed::built_binary("nvmetcp")
 }
 
 fn main() -> ExitCode {
@@ -907,15 +902,7 @@ expect_ok SR.destroy "{\"dbg\":\"x\",\"sr\":\"nvmetcp://sr/$SR\"}" >/dev/null
 }
 
 fn host_side() -> ExitCode {
-    // The plugin binary must be current: build it, as xapi would find it installed.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
-    let built = std::process::Command::new(cargo)
-        .args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin", "-p", "nvmetcp-admin", "--bin", "nvmetcp"])
-        .args(["-p", "xapi-emulator", "--bin", "xapi-emulator"])
-        .status();
-    if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() || !admin_binary().exists() {
-        eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
+    if !nvmetcp_testbed::build_under_test() {
         println!("0 passed, 1 failed");
         return ExitCode::FAILURE;
     }

@@ -26,11 +26,10 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)] // a test program
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nvmetcp_testbed::{run_suite, two_role_main, Scenario};
+use nvmetcp_testbed::{plugin_binary, run_suite, two_role_main, Scenario};
 use sm_driver::cmd::SystemRunner;
 use sm_driver::engine::qsd::Qsd;
 use sm_driver::engine::{Access, CommitState, DiskName, Engine, Image, ImageFormat, OpenDisk};
@@ -46,20 +45,10 @@ const RUN_BASE: &str = "/run/nvmetcp/engine";
 /// The links scenarios' SR uuids, one each (a failed scenario leaves its SR).
 const SR_PREFIX: &str = "6b1f0e2a-4c3d-4e5f-8a9b-0c1d2e3f4a5";
 
-fn plugin_binary() -> PathBuf {
-    // target/debug/deps/snapshot_engine-… → target/debug/nvmetcp-plugin
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("nvmetcp-plugin")
-}
-
 fn main() -> ExitCode {
     two_role_main("snapshot_engine", guest_step, |exe| {
         // The plugin binary must be current: the links scenarios call it.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        #[allow(clippy::disallowed_methods)] // test tooling: builds the binary under test
-        let built =
-            std::process::Command::new(cargo).args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin"]).status();
-        if !built.is_ok_and(|s| s.success()) || !plugin_binary().exists() {
-            eprintln!("cannot build the plugin binary at {}", plugin_binary().display());
+        if !nvmetcp_testbed::build_under_test() {
             println!("0 passed, 1 failed");
             return ExitCode::FAILURE;
         }
