@@ -90,7 +90,9 @@ fn finish_merges(ctx: &Context, state: &SrState, lv: &str, lvs: &[Lv]) -> CallRe
     let lvm = lvm_for(ctx, state, true)?;
     let volume_tag = crate::volume::meta::VOLUME_TAG;
     let sr = Sr { runner: ctx.runner.as_ref(), host: &ctx.host, lvm: &lvm, state, volume_tag };
-    Ok(finish_before_close(&sr, &sr.merging(), lv, lvs)?)
+    // This host's engine answers for the disk; every host's say which
+    // other chains are open before replay relinks a node's other children.
+    Ok(finish_before_close(&sr, &sr.merging_in_pool(), lv, lvs)?)
 }
 
 /// `Datapath.deactivate`: works with no live path too.

@@ -254,8 +254,10 @@ impl Sr<'_> {
         MergeHere { runner: self.runner, host: self.host, sr_uuid: &self.state.sr_uuid }
     }
 
-    /// The engines of every host, for the collector's online merges.
-    fn merging_in_pool(&self) -> MergeInPool<'_> {
+    /// The engines of every host, for the collector's online merges and
+    /// for replay (which edits no image any of them has open).
+    #[must_use]
+    pub fn merging_in_pool(&self) -> MergeInPool<'_> {
         MergeInPool::new(self.merging(), self.pool())
     }
 
@@ -447,8 +449,9 @@ pub fn destroy(sr: &Sr<'_>, volume: &Lv) -> Result<(), ChainCallError> {
 
 /// `Datapath.deactivate`/`detach` on the master, before this host's engine
 /// closes `volume`'s disk: finishes the online merges journalled for it
-/// (`lvs`, the VG as just read) by replay, asking `merging` (this host's
-/// engine, [`Sr::merging`]) while it still has the disk open. Returns
+/// (`lvs`, the VG as just read) by replay, asking `merging` (the pool's
+/// engines, [`Sr::merging_in_pool`]: this host's for the disk) while it
+/// still has the disk open. Returns
 /// whether anything was journalled (the VG changed); nothing journalled
 /// costs no LVM call.
 ///

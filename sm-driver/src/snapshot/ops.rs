@@ -13,6 +13,11 @@
 //! the volume's LV name the new leaf. Replay asks a [`ServingProbe`] which
 //! leaf the engine writes to. Reaching an engine on another host (the XAPI
 //! host plugin) is not written yet.
+//!
+//! Replay edits no image of a chain an engine has open anywhere
+//! ([`Merging::open`], the facts the collector plans from): an interrupted
+//! merge whose chain was opened since (a clone started, here or on a
+//! member) waits in its journal until it is closed.
 
 use std::collections::BTreeSet;
 
@@ -26,7 +31,7 @@ use super::qemu_img::{QemuImg, QemuImgError};
 
 pub use closing::{online_merges_of, BeforeClose};
 use online::Online;
-pub use online::{Merging, NoEngineHere};
+pub use online::{Merging, NoEngineHere, OpenChain};
 
 /// The LV called `name`, a node or volume the graph or the journal names,
 /// through the one LV name parser.
@@ -619,8 +624,9 @@ impl<'a> Chains<'a> {
                         }
                     }
                     _ => {
-                        self.collect_step(step, now)?;
-                        steps += 1;
+                        if self.collect_step(step, now)? {
+                            steps += 1;
+                        }
                     }
                 }
             }
@@ -628,7 +634,9 @@ impl<'a> Chains<'a> {
         }
     }
 
-    fn collect_step(&self, step: &Collect, lvs: Option<&[Lv]>) -> Result<(), OpError> {
+    /// Takes `step`; returns false if it waits (a merge whose chain an
+    /// engine opened since it was planned).
+    fn collect_step(&self, step: &Collect, lvs: Option<&[Lv]>) -> Result<bool, OpError> {
         match step {
             Collect::Remove { lv } => {
                 match lvs.map(|lvs| lvs.iter().find(|l| l.name == *lv)) {
@@ -645,29 +653,42 @@ impl<'a> Chains<'a> {
                 };
                 self.lvm.lv_retag(self.vg, &lv_named(child)?, &[], &[entry.to_tag()])?;
                 self.faults.reached("merge-journal");
-                self.finish_merge(child, into)?;
+                return self.finish_merge(child, into);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes `child` into `into`, relinks `child`'s children and volumes to
-    /// `into`, removes `child`. Every step is idempotent.
-    fn finish_merge(&self, child: &str, into: &str) -> Result<(), OpError> {
+    /// `into`, removes `child`. Every step is idempotent. Returns false,
+    /// changing nothing and leaving the entry, while an engine anywhere has
+    /// open a chain with one of those images (a clone or the volume started
+    /// since the merge was journalled), or a host cannot say.
+    fn finish_merge(&self, child: &str, into: &str) -> Result<bool, OpError> {
         // One read: only the grandchildren's node tags change below, so the
         // volumes referring to `child` are found in it too.
         let lvs = self.lvs()?;
         let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
-        let Some(child_node) = graph.node(child).cloned() else { return Ok(()) };
+        let Some(child_node) = graph.node(child).cloned() else { return Ok(true) };
         let into_node = graph.node(into).cloned().ok_or_else(|| GraphError::UnknownVolume(into.to_owned()))?;
         let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
-        // The commit opens the child's whole chain; relinking opens each grandchild.
-        self.grow_into(&graph, &lvs, child, &into_node)?;
-        // The commit writes both, relinking writes each grandchild: reloaded
-        // read-write here even if they were active read-only (a chain's
-        // parents are, wherever it was served).
+        // The commit writes both, relinking writes each grandchild.
         let mut written = vec![child, into];
         written.extend(grandchildren.iter().map(|g| g.lv.as_str()));
+        if let Some(why) = self.open_among(&graph, &written) {
+            tracing::warn!(
+                child,
+                into,
+                %why,
+                "the merge waits in its journal: qemu-img would edit an image an engine has open; it is finished \
+                 at rest once that chain is closed (the next collector run or SR.attach)"
+            );
+            return Ok(false);
+        }
+        // The commit opens the child's whole chain; relinking opens each grandchild.
+        self.grow_into(&graph, &lvs, child, &into_node)?;
+        // Reloaded read-write here even if they were active read-only (a
+        // chain's parents are, wherever it was served).
         self.activate_chain(&lvs, &graph, child, &written)?;
         let (grown, into_size) = (virtual_size(&graph, &lvs, child), virtual_size(&graph, &lvs, into));
         let into_lv = lvs.iter().find(|l| l.name == into);
@@ -677,7 +698,28 @@ impl<'a> Chains<'a> {
         }
         self.qemu_img.commit(&self.image(&child_node)?)?;
         self.faults.reached("merge-committed");
-        self.retire_child(&lvs, child, &into_node, &grandchildren, &[])
+        self.retire_child(&lvs, child, &into_node, &grandchildren, &[])?;
+        Ok(true)
+    }
+
+    /// Why none of `edited` (images a merge's tail would write from here)
+    /// may be written now: one is in the chain of a volume an engine has
+    /// open, on this host or another ([`Merging::open`], the facts the
+    /// collector's plan is made from), or a host cannot say which it has.
+    fn open_among(&self, graph: &Graph, edited: &[&str]) -> Option<String> {
+        let open = match self.merging.open() {
+            Ok(open) => open,
+            Err(error) => return Some(format!("a host cannot say which chains it has open: {error}")),
+        };
+        open.iter().find_map(|on| {
+            let chain: Vec<String> = match graph.chain(&on.volume) {
+                Ok(chain) => chain.iter().map(|n| n.lv.clone()).collect(),
+                // A volume no longer in the graph: what its handle names.
+                Err(_) => vec![on.volume.clone()],
+            };
+            let lv = edited.iter().find(|e| chain.iter().any(|c| c == *e))?;
+            Some(format!("LV {lv} is in the chain of {on}"))
+        })
     }
 
     /// Makes room in `into` (`lvs` as just read) for `child`'s data before
@@ -767,7 +809,11 @@ impl<'a> Chains<'a> {
         let mut resolved = 0;
         for entry in &entries {
             match &entry.operation {
-                Operation::Merge { child, into, online: None } => self.finish_merge(child, into)?,
+                Operation::Merge { child, into, online: None } => {
+                    if !self.finish_merge(child, into)? {
+                        continue;
+                    }
+                }
                 Operation::Merge { child, into, online: Some(volume) } => {
                     if !self.replay_online(entry, volume, child, into)? {
                         continue;

@@ -54,14 +54,41 @@ pub trait Merging {
     /// [`EngineError`] if the engine cannot be asked.
     fn leaf_now(&self, volume: &str) -> Result<Option<Image>, EngineError>;
 
+    /// Every volume whose chain an engine has open: this host's, read-only
+    /// and mid-swap disks included, and (for the pool) every other host's.
+    /// No image of these chains is edited from outside: [`Chains::replay`]
+    /// leaves waiting an entry that would.
+    ///
+    /// # Errors
+    /// [`EngineError::MergeUnasked`] if a host cannot say.
+    fn open(&self) -> Result<Vec<OpenChain>, EngineError>;
+
     /// How long the collector waits for a job before leaving it to a later run.
     fn patience(&self) -> Duration {
         Duration::from_secs(60)
     }
 }
 
+/// A volume whose chain an engine has open ([`Merging::open`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenChain {
+    /// The volume.
+    pub volume: String,
+    /// The pool host whose engine has it open; `None` for this host.
+    pub host: Option<String>,
+}
+
+impl std::fmt::Display for OpenChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Some(host) => write!(f, "volume {} (open on host {host})", self.volume),
+            None => write!(f, "volume {} (open on this host)", self.volume),
+        }
+    }
+}
+
 /// No engine merges here (offline operations, tests): every chain open
-/// anywhere is in the collector's `busy` set.
+/// anywhere is in the collector's `busy` set, and replay knows of none.
 pub struct NoEngineHere;
 
 impl Merging for NoEngineHere {
@@ -83,6 +110,10 @@ impl Merging for NoEngineHere {
 
     fn leaf_now(&self, _volume: &str) -> Result<Option<Image>, EngineError> {
         Ok(None)
+    }
+
+    fn open(&self) -> Result<Vec<OpenChain>, EngineError> {
+        Ok(Vec::new())
     }
 }
 
@@ -301,6 +332,20 @@ impl Chains<'_> {
         let grandchildren: Vec<Node> = graph.children(child).into_iter().cloned().collect();
         let rewritten: Vec<String> =
             grandchildren.iter().filter(|g| chain.contains(&g.lv)).map(|g| g.lv.clone()).collect();
+        // The others are relinked at rest: unless an engine opened one since.
+        let at_rest: Vec<&str> =
+            grandchildren.iter().map(|g| g.lv.as_str()).filter(|g| !chain.iter().any(|c| c == g)).collect();
+        if let Some(why) = (!at_rest.is_empty()).then(|| self.open_among(&graph, &at_rest)).flatten() {
+            tracing::warn!(
+                volume,
+                child,
+                into,
+                %why,
+                "the engine merged; relinking the node's other children waits in the journal until that chain \
+                 is closed"
+            );
+            return Ok(false);
+        }
         self.retire_child(&lvs, child, &into_node, &grandchildren, &rewritten)?;
         if into_node.format == ImageFormat::Raw && !grandchildren.is_empty() {
             // A raw parent again: nothing writes it, so read-only.

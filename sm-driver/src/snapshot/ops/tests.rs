@@ -290,3 +290,4 @@ fn a_resize_killed_before_its_tag_keeps_the_old_size_and_a_retry_grows_it() {
 }
 
 mod online;
+mod replay_open;

@@ -4,13 +4,23 @@
 //! `chain_*` functions ([`super::member_tests`]'s two hosts). Issue 18: a
 //! node below the running leaf is merged by the member's engine
 //! (`chain_commit`), never by `qemu-img` on the master; a member that cannot
-//! be asked leaves the merge's journal entry waiting, nothing merged offline.
+//! be asked leaves the merge's journal entry waiting, nothing merged offline;
+//! an interrupted merge at rest waits in its journal while its chain is
+//! open here or on the member.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use super::member_tests::{plain, pool, TwoHosts, KEY, SR, UUID, VG};
 use crate::context::Context;
-use crate::engine::Access;
+use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+use crate::ids::VgName;
+use crate::lvm::Lvm;
+use crate::snapshot::ops::{Chains, Faults, NothingOpen};
+use crate::snapshot::qemu_img::QemuImg;
+use crate::snapshot::served::{forget, record_opened};
 
 /// The second snapshot's uuid.
 const UUID2: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e13";
@@ -125,4 +135,86 @@ fn a_lost_answer_to_the_start_leaves_the_merge_to_replay() {
     assert!(!pool.vg.vg.shape().contains_key(&node), "{:?}", pool.vg.vg.shape());
     assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
     assert_eq!(starts(), 1, "the merge was started again");
+}
+
+/// SMlog, as the plugin writes it, while `run` runs (this thread).
+fn logged(run: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_target(false).finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let text = lines.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+/// Stops the collector once it has written the node into its parent.
+struct KilledAfterCommit;
+
+impl Faults for KilledAfterCommit {
+    fn reached(&self, step: &str) {
+        assert_ne!(step, "merge-committed", "killed");
+    }
+}
+
+/// [`KEY`] snapshotted twice at rest, the first snapshot deleted, and the
+/// collector killed after writing `node-<UUID>` into the raw LV, before
+/// relinking `node-<UUID2>`, [`KEY`]'s leaf, to it.
+fn merge_killed_at_rest() -> TwoHosts {
+    let pool = pool(plain());
+    pool.snapshot().unwrap();
+    pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID2}\n"));
+    pool.snapshot().unwrap();
+    let lvm = Lvm::new(&pool.vg, Path::new("/dev/nvme0n1"), true).unwrap();
+    let vg: VgName = VG.parse().unwrap();
+    let tag = crate::volume::meta::VOLUME_TAG;
+    let chains = Chains::new(&lvm, QemuImg::new(&pool.vg), &vg, tag, &KilledAfterCommit);
+    chains.destroy(&format!("vol-{UUID}")).unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| chains.collect(&NothingOpen))).is_err(), "not killed");
+    assert!(pool.vg.vg.journalled());
+    pool
+}
+
+/// Issue 18: the replay on `SR.attach` (and when the collector starts) of a
+/// merge at rest whose chain an engine opened since (the volume started
+/// here, or on the member) edits nothing: no `qemu-img`, the entry kept,
+/// the attach succeeds and SMlog says why it waited and where the chain is
+/// open. Closed again, the next replay finishes the merge.
+#[test]
+fn an_interrupted_merge_waits_while_its_chain_is_open_here_or_on_a_member() {
+    let pool = merge_killed_at_rest();
+    let (node, leaf) = (format!("node-{UUID}"), format!("node-{UUID2}"));
+    let disk = OpenDisk {
+        device: "/dev/xen/blktap-2/tapdev3".into(),
+        leaf: Image::new(ImageFormat::Qcow2, format!("/dev/{VG}/{leaf}")).unwrap(),
+        handle: Handle::Tapdisk { pid: 7, minor: 3 },
+    };
+    for (host, place) in [(pool.master.root.clone(), "open on this host"), (pool.member.host(), "open on host xcp-2")] {
+        record_opened(&host, SR, KEY, &disk, Access::ReadWrite).unwrap();
+        let start = pool.vg.vg.commands();
+        let smlog = logged(|| recover(&pool));
+        assert!(pool.vg.vg.ran(start, "qemu-img").is_empty(), "{place}: {:?}", pool.vg.vg.ran(start, "qemu-img"));
+        assert!(has(&pool, &node, "nj="), "{place}: the entry is gone: {:?}", pool.vg.vg.shape());
+        for said in ["the merge waits in its journal", &format!("LV {node} is in the chain of volume {KEY} ({place})")]
+        {
+            assert!(smlog.contains(said), "{place}: {said:?} not in SMlog: {smlog}");
+        }
+        forget(&host, SR, KEY);
+    }
+    let start = pool.vg.vg.commands();
+    recover(&pool);
+    assert!(!pool.vg.vg.shape().contains_key(&node), "{:?}", pool.vg.vg.shape());
+    assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
+    assert_eq!(pool.vg.vg.ran(start, "qemu-img rebase").len(), 1, "{:?}", pool.vg.vg.ran(start, "qemu-img"));
 }

@@ -12,7 +12,7 @@ use std::cell::OnceCell;
 
 use crate::engine::{CommitState, EngineError, Image};
 use crate::pool_mappings::PoolCheckError;
-use crate::snapshot::ops::Merging;
+use crate::snapshot::ops::{Merging, OpenChain};
 use crate::snapshot::served::{open_here, MergeHere};
 
 use super::{OpenOn, Pool};
@@ -51,14 +51,17 @@ impl<'a> MergeInPool<'a> {
         }
     }
 
+    fn elsewhere(&self) -> Result<&[OpenOn], EngineError> {
+        self.open_elsewhere().map_err(|e| EngineError::MergeUnasked { why: e.to_string() })
+    }
+
     /// The other host serving `volume`, if one does; `None` for this host
     /// or none.
     fn host_of(&self, volume: &str) -> Result<Option<String>, EngineError> {
         if open_here(self.here.host, self.here.sr_uuid, volume).is_some() {
             return Ok(None);
         }
-        let open = self.open_elsewhere().map_err(|e| EngineError::MergeUnasked { why: e.to_string() })?;
-        Ok(open.iter().find(|o| o.volume == volume).map(|o| o.host.clone()))
+        Ok(self.elsewhere()?.iter().find(|o| o.volume == volume).map(|o| o.host.clone()))
     }
 }
 
@@ -76,6 +79,13 @@ impl Merging for MergeInPool<'_> {
             }
         }
         served
+    }
+
+    fn open(&self) -> Result<Vec<OpenChain>, EngineError> {
+        let mut open = self.here.open()?;
+        let elsewhere = self.elsewhere()?.iter();
+        open.extend(elsewhere.map(|o| OpenChain { volume: o.volume.clone(), host: Some(o.host.clone()) }));
+        Ok(open)
     }
 
     fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {

@@ -10,7 +10,7 @@ use crate::engine::{CommitState, EngineError, Image, OpenDisk};
 use crate::host::HostRoot;
 
 use super::super::graph::Graph;
-use super::super::ops::Merging;
+use super::super::ops::{Merging, OpenChain};
 use super::{engine, kept, open_volumes, save};
 
 /// This host's engine, for the chains it serves of one SR.
@@ -82,6 +82,10 @@ impl Merging for MergeHere<'_> {
     fn state(&self, volume: &str) -> Result<CommitState, EngineError> {
         let Some(disk) = self.disk(volume) else { return Ok(CommitState::Idle) };
         engine(self.runner, self.host)?.commit_state(&disk)
+    }
+
+    fn open(&self) -> Result<Vec<OpenChain>, EngineError> {
+        Ok(open_volumes(self.host, self.sr_uuid).into_iter().map(|volume| OpenChain { volume, host: None }).collect())
     }
 
     fn leaf_now(&self, volume: &str) -> Result<Option<Image>, EngineError> {

@@ -26,7 +26,7 @@ enum Job {
 }
 
 /// The engine serving `served`, writing `leaf`; a merge rewrites the
-/// backing link of the image above the top in `fake`, as QEMU does, or
+/// backing link of the image above the top in its chain in `fake`, as QEMU does, or
 /// moves the leaf (an active commit).
 struct Engine<'f> {
     fake: &'f FakeVg,
@@ -37,6 +37,8 @@ struct Engine<'f> {
     started: Cell<usize>,
     /// The log length when the job started.
     started_at: Cell<usize>,
+    /// Chains other engines have open (no job of this one's).
+    others: RefCell<Vec<OpenChain>>,
 }
 
 fn image(format: ImageFormat, lv: &str) -> Image {
@@ -53,6 +55,7 @@ impl<'f> Engine<'f> {
             running: RefCell::new(None),
             started: Cell::new(0),
             started_at: Cell::new(0),
+            others: RefCell::new(Vec::new()),
         }
     }
 
@@ -64,6 +67,13 @@ impl<'f> Engine<'f> {
 impl Merging for Engine<'_> {
     fn served(&self) -> Vec<String> {
         self.served.clone()
+    }
+
+    fn open(&self) -> Result<Vec<OpenChain>, EngineError> {
+        let mut open: Vec<OpenChain> =
+            self.served.iter().map(|volume| OpenChain { volume: volume.clone(), host: None }).collect();
+        open.extend(self.others.borrow().iter().cloned());
+        Ok(open)
     }
 
     fn start(&self, _volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
@@ -96,10 +106,14 @@ impl Merging for Engine<'_> {
                     let mut state = self.fake.state();
                     let lv = |i: &Image| i.path_str().rsplit('/').next().unwrap_or_default().to_owned();
                     let (top, base) = (lv(&top), lv(&base));
-                    let above: Vec<String> =
-                        state.backing.iter().filter(|(_, b)| **b == top).map(|(l, _)| l.clone()).collect();
-                    for image in above {
-                        state.backing.insert(image, base.clone());
+                    // The image above the top in this disk's chain only.
+                    let mut image = lv(&self.leaf.borrow());
+                    while let Some(backing) = state.backing.get(&image).cloned() {
+                        if backing == top {
+                            state.backing.insert(image, base);
+                            break;
+                        }
+                        image = backing;
                     }
                 }
                 CommitState::Done
@@ -191,6 +205,34 @@ fn an_online_merge_killed_at_each_step_is_finished_by_the_next_run() {
             assert!(engine.started.get() <= 2, "{gone}: {step}");
         }
     }
+}
+
+/// Issue 18: the engine merged `node-1` below `vol-a`'s running leaf; the
+/// collector was killed before relinking at rest the node's other child,
+/// the leaf of the clone `vol-2`, which a member has started since. Replay
+/// leaves that image alone (no `qemu-img rebase`), the entry waits; once
+/// the clone is closed the next run finishes the merge.
+#[test]
+fn an_online_merge_waits_to_relink_a_clone_an_engine_opened_since() {
+    let fake = after_one_snapshot();
+    snapshot(&fake, "2", true).unwrap();
+    on(&fake, &NoFaults, |c| c.destroy("vol-1")).unwrap();
+    let engine = Engine::serving(&fake, &["vol-a"], "node-2", Job::Finishes);
+    let killed = catch_unwind(AssertUnwindSafe(|| collect(&fake, &KillAt("merge-engine-done"), &engine, &[])));
+    assert!(killed.is_err(), "not killed after the engine merged");
+    assert_eq!(fake.state().backing["node-2"], "vol-a", "the engine did not relink its own chain");
+    let before = fake.shape();
+    engine.others.borrow_mut().push(OpenChain { volume: "vol-2".to_owned(), host: Some("xcp-2".to_owned()) });
+    let start = fake.commands();
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0);
+    assert!(fake.ran(start, "qemu-img rebase").is_empty(), "relinked the clone's open leaf");
+    assert_eq!(fake.shape(), before, "the entry is not kept as it was");
+    assert_eq!(fake.state().backing["node-2-c"], "node-1");
+    engine.others.borrow_mut().clear();
+    collect(&fake, &NoFaults, &engine, &[]);
+    assert!(!fake.journalled() && !fake.shape().contains_key("node-1"), "{:?}", fake.shape());
+    assert_eq!(fake.state().backing["node-2-c"], "vol-a");
+    assert_eq!(engine.started.get(), 1, "the merge was started again");
 }
 
 #[test]
