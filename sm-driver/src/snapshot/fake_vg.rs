@@ -53,6 +53,9 @@ pub struct State {
     pub log: Vec<String>,
     /// The command (0-based, counted in `log`) that fails.
     pub fail_at: Option<usize>,
+    /// Every LV an `lvchange -ay` or `--refresh` loaded read-write (no
+    /// `read_only_volume_list` naming it), in order.
+    pub loaded_read_write: Vec<String>,
 }
 
 /// LVM and `qemu-img` on one VG in memory.
@@ -330,9 +333,8 @@ impl Runner for FakeVg {
 
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         let mut args = args_of(command);
-        if let Some(at) = args.iter().position(|a| a == "--config") {
-            args.drain(at..=at + 1);
-        }
+        let config = args.iter().position(|a| a == "--config").map(|at| args.drain(at..=at + 1).nth(1));
+        let read_only_list = config.flatten().filter(|c| c.contains("read_only_volume_list")).unwrap_or_default();
         let line = format!("{} {}", command.program().name(), args.join(" "));
         let mut state = self.state();
         state.log.push(line.clone());
@@ -351,6 +353,16 @@ impl Runner for FakeVg {
             Program::QemuImg => state.qemu_img(&args),
             other => Err(format!("{} is not faked", other.name())),
         };
+        let loads =
+            args.first().is_some_and(|a| a == "lvchange") && args.iter().any(|a| a == "-ay" || a == "--refresh");
+        if answer.is_ok() && command.program() == Program::Lvm && loads {
+            let vg = state.vg.clone();
+            for name in state.operands(&args) {
+                if !read_only_list.contains(&format!("\"{vg}/{name}\"")) {
+                    state.loaded_read_write.push(name);
+                }
+            }
+        }
         answer.map(|stdout| Output { stdout, stderr: String::new() }).map_err(failed)
     }
 }

@@ -26,7 +26,7 @@ use crate::engine::CommitState;
 
 use super::super::graph::virtual_size;
 use super::{
-    lv_named, Chains, EngineError, Entry, Graph, GraphError, Image, ImageFormat, Node, OpError, Operation, Step,
+    lv_named, Chains, EngineError, Entry, Graph, GraphError, Image, ImageFormat, LvName, Node, OpError, Operation, Step,
 };
 
 /// This host's engine, for merges in the chains it has open.
@@ -62,6 +62,14 @@ pub trait Merging {
     /// # Errors
     /// [`EngineError::MergeUnasked`] if a host cannot say.
     fn open(&self) -> Result<Vec<OpenChain>, EngineError>;
+
+    /// The pool host whose engine serves `volume`, when it is not this one.
+    ///
+    /// # Errors
+    /// [`EngineError::MergeUnasked`] if the other hosts cannot say.
+    fn host_of(&self, _volume: &str) -> Result<Option<String>, EngineError> {
+        Ok(None)
+    }
 
     /// How long the collector waits for a job before leaving it to a later run.
     fn patience(&self) -> Duration {
@@ -155,10 +163,14 @@ impl Chains<'_> {
         self.lvm.lv_retag(self.vg, &named, &[], std::slice::from_ref(&prepared))?;
         self.faults.reached("merge-journal");
         self.grow_into(&graph, &lvs, child, &into_node)?;
-        // The engine reopens `into` read-write for the job; a grandchild no
-        // engine has open is relinked at rest afterwards.
+        // The engine reopens `into` read-write for the job, where it runs:
+        // this host's, reloaded here first; a member's reloads it there
+        // (`chain_commit`), and this host, which never writes it, leaves it
+        // as it is. A grandchild no engine has open is relinked at rest
+        // from here afterwards.
+        let here = matches!(self.merging.host_of(volume), Ok(None));
         let chain: Vec<String> = graph.chain(volume)?.iter().map(|n| n.lv.clone()).collect();
-        let mut written = vec![into];
+        let mut written: Vec<&str> = if here { vec![into] } else { Vec::new() };
         written.extend(graph.children(child).iter().map(|g| g.lv.as_str()).filter(|g| !chain.iter().any(|c| c == g)));
         let written: Vec<_> = written.into_iter().map(lv_named).collect::<Result<_, _>>()?;
         self.lvm.lvs_activate(self.vg, &written, &lvs)?;
@@ -346,9 +358,25 @@ impl Chains<'_> {
             );
             return Ok(false);
         }
+        let here = matches!(self.merging.host_of(volume), Ok(None));
+        if !here && into_node.format == ImageFormat::Qcow2 && !grandchildren.is_empty() {
+            // A parent again, shrunk to its image end: qemu-img reads it, and
+            // its backing chain, here; read-only, as the member's engine
+            // serves them.
+            let mut read: Vec<LvName> = Vec::new();
+            let mut current = Some(into.to_owned());
+            while let Some(lv) = current {
+                current = graph.node(&lv).and_then(|n| n.parent.clone());
+                read.push(lv_named(&lv)?);
+            }
+            if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &read) {
+                tracing::warn!(into, %error, "the merged-into node cannot be read here to shrink it");
+            }
+        }
         self.retire_child(&lvs, child, &into_node, &grandchildren, &rewritten)?;
-        if into_node.format == ImageFormat::Raw && !grandchildren.is_empty() {
-            // A raw parent again: nothing writes it, so read-only.
+        if here && into_node.format == ImageFormat::Raw && !grandchildren.is_empty() {
+            // A raw parent again: nothing writes it, so read-only here (a
+            // member's activation is the member's).
             if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?]) {
                 tracing::warn!(into, %error, "the merged-into node stays writable");
             }

@@ -24,6 +24,8 @@ use crate::snapshot::served::{forget, record_opened};
 
 /// The second snapshot's uuid.
 const UUID2: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e13";
+/// The third snapshot's uuid.
+const UUID3: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e14";
 
 /// [`KEY`] running on the member, snapshotted twice there: its raw LV
 /// (`vol-<UUID>` refers to it), `node-<UUID>` (`vol-<UUID2>`), its leaf
@@ -35,6 +37,7 @@ fn twice_on_member() -> TwoHosts {
     pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID2}\n"));
     pool.snapshot().unwrap();
     pool.asked.lock().unwrap().clear();
+    pool.forget_member_ran();
     pool
 }
 
@@ -135,6 +138,55 @@ fn a_lost_answer_to_the_start_leaves_the_merge_to_replay() {
     assert!(!pool.vg.vg.shape().contains_key(&node), "{:?}", pool.vg.vg.shape());
     assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
     assert_eq!(starts(), 1, "the merge was started again");
+}
+
+/// Issue 18: `into` of a merge in a chain the member serves is written by
+/// the member's engine: the member reloads it read-write (no read-only
+/// list) before its engine commits, and the master, which never writes it,
+/// leaves its own activation alone: not read-write for the job, not
+/// read-only after it (a member's parents are the member's to reload).
+#[test]
+fn the_node_a_members_engine_merges_into_is_writable_there_and_left_alone_on_the_master() {
+    let pool = twice_on_member();
+    merge_reports(&pool, "concluded");
+    let (start, loaded) = (pool.vg.vg.commands(), pool.vg.vg.state().loaded_read_write.len());
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
+    let ran = pool.member_ran();
+    let refresh = format!("lvm lvchange --refresh {VG}/{KEY}");
+    let committed = ran.iter().position(|c| c.starts_with("tap-ctl commit")).unwrap_or_else(|| panic!("{ran:?}"));
+    assert!(ran[..committed].contains(&refresh), "the member did not reload {KEY} before its commit: {ran:?}");
+    assert!(!pool.member_ran_read_only().contains(&refresh), "reloaded read-only: {:?}", pool.member_ran_read_only());
+    let on_master: Vec<String> = pool.vg.vg.state().log[start..]
+        .iter()
+        .filter(|c| c.starts_with("lvm lvchange") && c.ends_with(&format!(" {VG}/{KEY}")) && !c.contains("--addtag"))
+        .cloned()
+        .collect();
+    assert!(on_master.iter().all(|c| c.contains(" -an ")), "the master activated {KEY}: {on_master:?}");
+    let read_write = pool.vg.vg.state().loaded_read_write[loaded..].to_vec();
+    assert!(!read_write.contains(&KEY.to_owned()), "loaded read-write on the master: {read_write:?}");
+    assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
+}
+
+/// Issue 18: merged into a qcow2 node, that node is a parent again, shrunk
+/// to its image end by the master: the master reads it (and its backing
+/// chain) read-only for that, never loads it read-write.
+#[test]
+fn a_qcow2_node_a_members_engine_merges_into_is_only_read_on_the_master() {
+    let pool = twice_on_member();
+    pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID3}\n"));
+    pool.snapshot().unwrap();
+    merge_reports(&pool, "concluded");
+    let (start, loaded) = (pool.vg.vg.commands(), pool.vg.vg.state().loaded_read_write.len());
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID2}")).unwrap();
+    let into = format!("node-{UUID}");
+    assert!(!pool.vg.vg.shape().contains_key(&format!("node-{UUID2}")), "{:?}", pool.vg.vg.shape());
+    let read_write = pool.vg.vg.state().loaded_read_write[loaded..].to_vec();
+    assert!(!read_write.contains(&into) && !read_write.contains(&KEY.to_owned()), "{read_write:?}");
+    let log = pool.vg.vg.state().log[start..].to_vec();
+    let read = log.iter().position(|c| *c == format!("lvm lvchange -ay {VG}/{into} {VG}/{KEY}"));
+    let checked = log.iter().position(|c| c.starts_with("qemu-img check") && c.ends_with(&format!("/{into}")));
+    assert!(read.is_some() && read < checked, "not activated read-only before qemu-img reads it: {log:?}");
+    assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
 }
 
 /// SMlog, as the plugin writes it, while `run` runs (this thread).

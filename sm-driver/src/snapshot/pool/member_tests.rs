@@ -55,9 +55,10 @@ fn attached_host(role: &str) -> SysfsTree {
 
 /// The member's LVM (activation) and `tap-ctl` (a tapdisk with qcow2,
 /// answering `query` with the text in `.1`), every command line
-/// recorded, LVM's `--config` left out.
+/// recorded, LVM's `--config` left out; `.2` has those run with a
+/// `read_only_volume_list`.
 #[derive(Clone, Default)]
-pub(super) struct MemberTools(Arc<Mutex<Vec<String>>>, pub(super) Arc<Mutex<String>>);
+pub(super) struct MemberTools(Arc<Mutex<Vec<String>>>, pub(super) Arc<Mutex<String>>, Arc<Mutex<Vec<String>>>);
 
 impl Runner for MemberTools {
     fn resolve(&self, program: Program) -> Result<PathBuf, CmdError> {
@@ -70,10 +71,12 @@ impl Runner for MemberTools {
 
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         let mut args = args_of(command);
-        if let Some(at) = args.iter().position(|a| a == "--config") {
-            args.drain(at..=at + 1);
+        let config = args.iter().position(|a| a == "--config").and_then(|at| args.drain(at..=at + 1).nth(1));
+        let line = format!("{} {}", command.program().name(), args.join(" ")).trim_end().to_owned();
+        if config.is_some_and(|c| c.contains("read_only_volume_list")) {
+            self.2.lock().unwrap().push(line.clone());
         }
-        self.0.lock().unwrap().push(format!("{} {}", command.program().name(), args.join(" ")).trim_end().to_owned());
+        self.0.lock().unwrap().push(line);
         let stdout = match command.program() {
             Program::TapCtl if args.is_empty() => HELP_QCOW2.to_owned(),
             Program::TapCtl if args[0] == "query" => self.1.lock().unwrap().clone(),
@@ -232,6 +235,17 @@ impl TwoHosts {
 
     pub(super) fn member_ran(&self) -> Vec<String> {
         self.tools.0.lock().unwrap().clone()
+    }
+
+    /// Forgets what the member ran so far.
+    pub(super) fn forget_member_ran(&self) {
+        self.tools.0.lock().unwrap().clear();
+        self.tools.2.lock().unwrap().clear();
+    }
+
+    /// What the member ran with a `read_only_volume_list`.
+    pub(super) fn member_ran_read_only(&self) -> Vec<String> {
+        self.tools.2.lock().unwrap().clone()
     }
 }
 

@@ -54,15 +54,6 @@ impl<'a> MergeInPool<'a> {
     fn elsewhere(&self) -> Result<&[OpenOn], EngineError> {
         self.open_elsewhere().map_err(|e| EngineError::MergeUnasked { why: e.to_string() })
     }
-
-    /// The other host serving `volume`, if one does; `None` for this host
-    /// or none.
-    fn host_of(&self, volume: &str) -> Result<Option<String>, EngineError> {
-        if open_here(self.here.host, self.here.sr_uuid, volume).is_some() {
-            return Ok(None);
-        }
-        Ok(self.elsewhere()?.iter().find(|o| o.volume == volume).map(|o| o.host.clone()))
-    }
 }
 
 impl Merging for MergeInPool<'_> {
@@ -86,6 +77,14 @@ impl Merging for MergeInPool<'_> {
         let elsewhere = self.elsewhere()?.iter();
         open.extend(elsewhere.map(|o| OpenChain { volume: o.volume.clone(), host: Some(o.host.clone()) }));
         Ok(open)
+    }
+
+    /// `None` for this host or none.
+    fn host_of(&self, volume: &str) -> Result<Option<String>, EngineError> {
+        if open_here(self.here.host, self.here.sr_uuid, volume).is_some() {
+            return Ok(None);
+        }
+        Ok(self.elsewhere()?.iter().find(|o| o.volume == volume).map(|o| o.host.clone()))
     }
 
     fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
