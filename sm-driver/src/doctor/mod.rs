@@ -107,6 +107,7 @@ pub fn run(host: &HostRoot, runner: &dyn Runner, input: &DoctorInput) -> Vec<Che
         checks.push(mtu(host, runner, portal));
     }
     checks.push(engine::datapath_engine(host, runner));
+    checks.extend(journal::snapshot_journals(host, runner));
     checks
 }
 
@@ -414,6 +415,7 @@ fn mtu(host: &HostRoot, runner: &dyn Runner, portal: &Portal) -> Check {
 }
 
 mod engine;
+mod journal;
 
 #[cfg(test)]
 mod tests;
