@@ -88,6 +88,7 @@ fn describe(entry: &Entry) -> String {
         Step::Swapping => "the engine asked to switch to the new leaf",
         Step::Committed => "past its commit point, cleaning up",
         Step::EngineCommitting => "the engine asked to merge",
+        Step::GivingBack => "nothing merged; the parent being made read-only and shrunk again",
     };
     format!("{what} ({step})")
 }

@@ -4,11 +4,12 @@
 //! `lvchange`, `lvremove`, `lvreduce`/`lvextend`; `qemu-img measure`,
 //! `create`, `check`, `info`, `resize`, `commit`, `rebase`), from its own state:
 //! each qcow2 image's end, virtual size and backing file, and a commit
-//! into a base smaller than its top fails, as it does on an LV. Every
-//! command line is logged, so a test counts what a call runs, and one
-//! command can be made to fail.
+//! into a base smaller than its top fails, as it does on an LV. Which
+//! active LVs are mapped read-only follows `activation/read_only_volume_list`
+//! in each command's `--config`. Every command line is logged, so a test
+//! counts what a call runs, and one command can be made to fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -49,6 +50,8 @@ pub struct State {
     pub virtual_sizes: BTreeMap<String, u64>,
     /// Each qcow2 image's backing LV, by LV.
     pub backing: BTreeMap<String, String>,
+    /// The active LVs whose mapping was last loaded read-only.
+    pub read_only: BTreeSet<String>,
     /// Every command line, without LVM's `--config`.
     pub log: Vec<String>,
     /// The command (0-based, counted in `log`) that fails.
@@ -116,7 +119,25 @@ impl State {
         rows.join(",")
     }
 
-    fn lvm(&mut self, args: &[String]) -> Result<String, String> {
+    /// Whether `config` (a command's `--config`) lists `lv` of this VG in
+    /// `activation/read_only_volume_list`.
+    fn listed_read_only(&self, config: Option<&str>, lv: &str) -> bool {
+        config.and_then(|c| c.split("read_only_volume_list").nth(1)).is_some_and(|list| {
+            let list = list.split(']').next().unwrap_or_default();
+            list.contains(&format!("\"{}/{lv}\"", self.vg))
+        })
+    }
+
+    /// `lv`'s mapping loaded (activated or refreshed) under `config`.
+    fn loaded(&mut self, config: Option<&str>, lv: &str) {
+        if self.listed_read_only(config, lv) {
+            self.read_only.insert(lv.to_owned());
+        } else {
+            self.read_only.remove(lv);
+        }
+    }
+
+    fn lvm(&mut self, args: &[String], config: Option<&str>) -> Result<String, String> {
         let up = |b: u64| b.div_ceil(EXTENT) * EXTENT;
         match args[0].as_str() {
             "vgs" => Ok(format!(r#"{{"report": [{{"vg": [{}]}}]}}"#, self.vg_row())),
@@ -143,6 +164,7 @@ impl State {
             "lvchange" => {
                 for name in self.operands(args) {
                     let lv = self.lvs.get_mut(&name).ok_or(format!("no LV {name}"))?;
+                    let was_active = lv.active;
                     if args.iter().any(|a| a == "-ay") {
                         lv.active = true;
                     }
@@ -156,12 +178,21 @@ impl State {
                             _ => {}
                         }
                     }
+                    let active = lv.active;
+                    // `-ay` loads an inactive LV's mapping, `--refresh` reloads an active one's.
+                    let loads = args.iter().any(|a| if was_active { a == "--refresh" } else { a == "-ay" });
+                    if !active {
+                        self.read_only.remove(&name);
+                    } else if loads {
+                        self.loaded(config, &name);
+                    }
                 }
                 Ok(String::new())
             }
             "lvremove" => {
                 for name in self.operands(args) {
                     self.lvs.remove(&name).ok_or(format!("no LV {name}"))?;
+                    self.read_only.remove(&name);
                     self.ends.remove(&name);
                     self.virtual_sizes.remove(&name);
                     self.backing.remove(&name);
@@ -177,6 +208,11 @@ impl State {
                         return Err(format!("{} of {name} from {} to {size}", args[0], lv.size));
                     }
                     lv.size = size;
+                    let active = lv.active;
+                    if active {
+                        // A resize reloads the mapping, under this command's list.
+                        self.loaded(config, &name);
+                    }
                 }
                 Ok(String::new())
             }
@@ -333,8 +369,8 @@ impl Runner for FakeVg {
 
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         let mut args = args_of(command);
-        let config = args.iter().position(|a| a == "--config").map(|at| args.drain(at..=at + 1).nth(1));
-        let read_only_list = config.flatten().filter(|c| c.contains("read_only_volume_list")).unwrap_or_default();
+        let config = args.iter().position(|a| a == "--config").and_then(|at| args.drain(at..=at + 1).nth(1));
+        let read_only_list = config.clone().filter(|c| c.contains("read_only_volume_list")).unwrap_or_default();
         let line = format!("{} {}", command.program().name(), args.join(" "));
         let mut state = self.state();
         state.log.push(line.clone());
@@ -349,7 +385,7 @@ impl Runner for FakeVg {
             return Err(failed("injected failure".to_owned()));
         }
         let answer = match command.program() {
-            Program::Lvm => state.lvm(&args),
+            Program::Lvm => state.lvm(&args, config.as_deref()),
             Program::QemuImg => state.qemu_img(&args),
             other => Err(format!("{} is not faked", other.name())),
         };

@@ -70,6 +70,11 @@ pub enum Step {
     /// An online merge: the engine that has the chain open was (or was
     /// about to be) asked to merge; replay asks it how the job went.
     EngineCommitting,
+    /// An online merge that moved nothing (the engine refused, its job
+    /// failed, or it was never asked): the merge's `into`, grown and
+    /// reloaded read-write for the job, is being given back (read-only,
+    /// shrunk to its image end); replay does that again, asking no engine.
+    GivingBack,
 }
 
 /// One journal entry.
@@ -151,8 +156,8 @@ pub fn decide(entry: &Entry, facts: Facts) -> Replay {
         // idempotent, and the parent is visible through the child alone.
         (Operation::Merge { .. }, _) => Replay::Finish,
         (Operation::Snapshot { .. }, Step::Committed) => Replay::Finish,
-        // Only merges reach this step: an entry no driver writes.
-        (Operation::Snapshot { volume, .. }, Step::EngineCommitting) => {
+        // Only merges reach these steps: an entry no driver writes.
+        (Operation::Snapshot { volume, .. }, Step::EngineCommitting | Step::GivingBack) => {
             Replay::Wait(format!("the snapshot of {volume} is journalled at a merge's step; run doctor and report it"))
         }
         (Operation::Snapshot { .. }, _) if facts.volume_on_new_leaf => Replay::Finish,

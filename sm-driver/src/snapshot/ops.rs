@@ -908,6 +908,7 @@ const fn step_rank(step: Step) -> u8 {
         Step::Prepared => 0,
         Step::Swapping => 1,
         Step::Committed | Step::EngineCommitting => 2,
+        Step::GivingBack => 3,
     }
 }
 

@@ -16,9 +16,16 @@
 //! job. The collector waits [`Merging::patience`] for it; a job still
 //! running is left to the next collector run, `SR.attach` or the volume's
 //! `Datapath.detach` (before the disk closes, [`super::closing`]), whose
-//! replay asks the engine: running, wait; done, finish; failed, drop the entry;
+//! replay asks the engine: running, wait; done, finish; failed, give back;
 //! no job (the engine restarted), the grandchild's header or the engine's
 //! leaf says whether the data moved.
+//!
+//! A merge that moved nothing (the engine refused `start`, its job failed,
+//! or a kill came before it was asked) gives `into` back: the entry moves
+//! to `GivingBack`, `into` is reloaded read-only and shrunk to its image
+//! end (as a snapshot's frozen node is), and only then does the entry go.
+//! Replay of a `GivingBack` entry runs the give-back again, asking no
+//! engine: the decision is in the journal.
 
 use std::time::{Duration, Instant};
 
@@ -132,7 +139,8 @@ pub(super) enum Online {
     Merged,
     /// The engine still merges: the entry waits for a later run.
     Pending,
-    /// The engine refused or failed: the entry is gone, the chain unchanged.
+    /// The engine refused or failed: `into` given back, the entry gone,
+    /// the chain unchanged.
     GaveUp,
 }
 
@@ -182,8 +190,8 @@ impl Chains<'_> {
                 tracing::warn!(volume, child, into, %error, "the merge may have started; the entry waits");
                 return Ok(Online::Pending);
             }
-            self.lvm.lv_retag(self.vg, &named, &[committing.to_tag()], &[])?;
             tracing::warn!(volume, child, into, %error, "the engine did not merge; the node stays until the volume is closed");
+            self.give_back(&committing)?;
             return Ok(Online::GaveUp);
         }
         self.faults.reached("merge-engine-started");
@@ -219,9 +227,10 @@ impl Chains<'_> {
     /// Replays an online merge entry: returns whether it was resolved.
     pub(super) fn replay_online(&self, entry: &Entry, volume: &str, child: &str, into: &str) -> Result<bool, OpError> {
         if entry.step != Step::EngineCommitting {
-            // Killed before the engine was asked: nothing moved; the
-            // collector plans the merge again.
-            self.clean_operation(&entry.operation)?;
+            // Killed before the engine was asked (nothing moved), or while
+            // giving `into` back: given back; the collector plans the
+            // merge again.
+            self.give_back(entry)?;
             return Ok(true);
         }
         let state = match self.merging.state(volume) {
@@ -260,7 +269,7 @@ impl Chains<'_> {
                 Ok(if self.finish_online(volume, child, into)? { Online::Merged } else { Online::Pending })
             }
             Moved::No => {
-                self.clean_operation(&entry.operation)?;
+                self.give_back(entry)?;
                 Ok(Online::GaveUp)
             }
             Moved::Unknown => {
@@ -274,6 +283,32 @@ impl Chains<'_> {
                 Ok(Online::Pending)
             }
         }
+    }
+
+    /// Gives `into` back after the online merge of `entry` moved nothing:
+    /// the entry says so first (`GivingBack`, one `lvchange` on `child`),
+    /// then `into` (grown to a leaf's size and reloaded read-write for the
+    /// job) is reloaded read-only if it is active here and shrunk to its
+    /// image end in whole extents, then the entry goes. Every step is
+    /// idempotent: replay of a `GivingBack` entry runs it again.
+    fn give_back(&self, entry: &Entry) -> Result<(), OpError> {
+        let Operation::Merge { child, into, .. } = &entry.operation else { return Ok(()) };
+        if entry.step != Step::GivingBack {
+            let giving_back = Entry { step: Step::GivingBack, ..entry.clone() };
+            self.lvm.lv_retag(self.vg, &lv_named(child)?, &[entry.to_tag()], &[giving_back.to_tag()])?;
+            self.faults.reached("merge-giving-back");
+        }
+        let lvs = self.lvs()?;
+        let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
+        if let Some(into_node) = graph.node(into) {
+            let into_lv = lvs.iter().find(|l| l.name == *into);
+            if into_lv.is_some_and(|l| l.active) {
+                self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?])?;
+            }
+            self.shrink_frozen(into_node, self.extent_size()?, into_lv.map(|l| l.size));
+            tracing::info!(child, into, "the merge's parent given back read-only");
+        }
+        self.clean_operation(&entry.operation)
     }
 
     /// With no job to ask: `child`'s data is in `into` if the grandchild in

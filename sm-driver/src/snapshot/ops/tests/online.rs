@@ -23,6 +23,8 @@ enum Job {
     Fails,
     /// Refused at the start (an engine without online commit).
     Refused,
+    /// Refused at the start by the member serving the disk.
+    RefusedOnHost,
 }
 
 /// The engine serving `served`, writing `leaf`; a merge rewrites the
@@ -77,12 +79,18 @@ impl Merging for Engine<'_> {
     }
 
     fn start(&self, _volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
-        if self.job.get() == Job::Refused {
-            return Err(EngineError::Unsupported {
-                engine: crate::engine::EngineKind::Tapdisk,
-                what: "merge a node of an open chain",
-                why: "no online commit".to_owned(),
-            });
+        match self.job.get() {
+            Job::Refused => {
+                return Err(EngineError::Unsupported {
+                    engine: crate::engine::EngineKind::Tapdisk,
+                    what: "merge a node of an open chain",
+                    why: "no online commit".to_owned(),
+                })
+            }
+            Job::RefusedOnHost => {
+                return Err(EngineError::RefusedOnHost { host: "xcp-2".to_owned(), why: "the job failed".to_owned() })
+            }
+            Job::Finishes | Job::Runs | Job::Fails => {}
         }
         self.started.set(self.started.get() + 1);
         self.started_at.set(self.fake.commands());
@@ -98,7 +106,7 @@ impl Merging for Engine<'_> {
                 *self.running.borrow_mut() = None;
                 CommitState::Failed("I/O error".to_owned())
             }
-            Job::Finishes | Job::Refused => {
+            Job::Finishes | Job::Refused | Job::RefusedOnHost => {
                 *self.running.borrow_mut() = None;
                 if *self.leaf.borrow() == top {
                     *self.leaf.borrow_mut() = base;
@@ -246,6 +254,71 @@ fn a_failed_or_refused_job_leaves_the_chain_as_it_was() {
         assert_eq!(fake.shape(), before, "the chain changed");
         assert!(fake.ran(start, "qemu-img commit").is_empty(), "fell back to qemu-img on an open chain");
         assert!(engine.started.get() <= 1, "asked again in the same run");
+    }
+}
+
+/// What a merge into `into` must give back: its LV size and whether its
+/// mapping is read-only here.
+fn parent_state(fake: &FakeVg, into: &str) -> (u64, bool) {
+    (fake.size(into), fake.state().read_only.contains(into))
+}
+
+/// Issue 18: an online merge the engine refuses (here or on the member
+/// serving the disk) or whose job fails moved nothing, but `into` was grown
+/// to a leaf's size and reloaded read-write for it: it is given back
+/// read-only and, a qcow2 node, shrunk to its image end again (12 MiB:
+/// three extents over node-1's 9 MiB + 1 byte), the entry gone only then.
+#[test]
+fn a_refused_or_failed_online_merge_gives_the_parent_back_read_only_and_shrunk() {
+    // vol-2 gone: node-1 (qcow2, shrunk) takes vol-a's running leaf;
+    // vol-1 gone: vol-a's raw LV takes node-1, below the running leaf.
+    for (gone, into, size) in [("vol-2", "node-1", 12 * MIB), ("vol-1", "vol-a", 64 * MIB)] {
+        for job in [Job::Fails, Job::Refused, Job::RefusedOnHost] {
+            let fake = twice_then_destroyed(gone);
+            let before = fake.shape();
+            assert_eq!(fake.size(into), size, "{gone}");
+            let engine = Engine::serving(&fake, &["vol-a"], "node-2", job);
+            let start = fake.commands();
+            assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0, "{gone}");
+            if into == "node-1" {
+                assert!(
+                    fake.ran(start, "lvm lvextend").iter().any(|l| l.ends_with("/node-1")),
+                    "{gone}: node-1 was not grown for the job"
+                );
+            }
+            assert_eq!(parent_state(&fake, into), (size, true), "{gone}: {into} is not given back");
+            assert!(!fake.journalled(), "{gone}: the entry is left");
+            assert_eq!(fake.shape(), before, "{gone}: the chain changed");
+            assert_eq!(engine.leaf(), "node-2");
+        }
+    }
+}
+
+/// Issue 18: a collector killed while giving `into` back leaves the entry
+/// at `GivingBack`; replay gives it back without asking an engine (the
+/// volume may be closed by then, and a merged leaf's fate could not be
+/// told), then drops the entry.
+#[test]
+fn an_online_merge_killed_while_giving_the_parent_back_is_given_back_by_replay() {
+    for (gone, into, size, steps) in [
+        ("vol-2", "node-1", 12 * MIB, &["merge-giving-back", "shrunk"][..]),
+        ("vol-1", "vol-a", 64 * MIB, &["merge-giving-back"][..]),
+    ] {
+        for step in steps {
+            for job in [Job::Fails, Job::Refused] {
+                let fake = twice_then_destroyed(gone);
+                let before = fake.shape();
+                let engine = Engine::serving(&fake, &["vol-a"], "node-2", job);
+                let killed = catch_unwind(AssertUnwindSafe(|| collect(&fake, &KillAt(step), &engine, &[])));
+                assert!(killed.is_err(), "{gone}: not killed at {step}");
+                assert!(fake.journalled(), "{gone}: killed at {step} with no journal");
+                // No engine to ask: the journal alone says what to undo.
+                assert_eq!(replay(&fake), 1, "{gone}: killed at {step}, the give-back waits");
+                assert_eq!(parent_state(&fake, into), (size, true), "{gone}: killed at {step}");
+                assert!(!fake.journalled(), "{gone}: killed at {step}");
+                assert_eq!(fake.shape(), before, "{gone}: killed at {step}");
+            }
+        }
     }
 }
 
