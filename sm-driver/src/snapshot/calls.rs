@@ -407,18 +407,25 @@ pub fn virtual_size_of(lvs: &[Lv], volume_tag: &str, volume: &str) -> Result<u64
 
 /// Grows `volume`, a layered volume as the caller has just read it under
 /// the SR's lock, to `new_size` bytes (rounded up to whole extents), at
-/// rest: refused while an engine anywhere has its chain open. `vg` and
-/// `lvs` are the SR's VG and LVs as just read.
+/// rest: refused while an engine anywhere has its chain open. A size no
+/// larger than the recorded one finishes the header an interrupted resize
+/// left behind its record (nothing to do while the volume is open). `vg`
+/// and `lvs` are the SR's VG and LVs as just read.
 ///
 /// # Errors
 /// [`ChainCallError::ResizeRunning`], or the chain operation's error.
 pub fn resize(sr: &Sr<'_>, volume: &Lv, new_size: u64, vg: Option<&Vg>, lvs: &[Lv]) -> Result<(), ChainCallError> {
     let key = volume.name.to_string();
-    if open_here(sr.host, &sr.state.sr_uuid, &volume.name).is_some() {
-        return Err(ChainCallError::ResizeRunning { key, place: " on this host".to_owned() });
-    }
-    if let Some(host) = sr.served_elsewhere(&volume.name)? {
-        return Err(ChainCallError::ResizeRunning { key, place: format!(" on host {host}") });
+    let place = if open_here(sr.host, &sr.state.sr_uuid, &volume.name).is_some() {
+        Some(" on this host".to_owned())
+    } else {
+        sr.served_elsewhere(&volume.name)?.map(|host| format!(" on host {host}"))
+    };
+    if let Some(place) = place {
+        if new_size <= virtual_size_of(lvs, sr.volume_tag, &volume.name)? {
+            return Ok(());
+        }
+        return Err(ChainCallError::ResizeRunning { key, place });
     }
     let (pool, merging) = (sr.pool(), sr.merging_in_pool());
     let grown = sr.chains(&pool, &merging).grow_at_rest(vg, lvs, &volume.name, new_size);

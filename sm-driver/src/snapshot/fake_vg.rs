@@ -239,10 +239,19 @@ impl State {
                 let end = self.ends.get(&lv_of(&image)).ok_or(format!("{image} is no qcow2"))?;
                 Ok(format!(r#"{{"image-end-offset": {end}, "check-errors": 0}}"#))
             }
-            "info" => Ok(self.backing.get(&lv_of(&image)).map_or_else(
-                || r#"{"format": "qcow2"}"#.to_owned(),
-                |b| format!(r#"{{"format": "qcow2", "backing-filename": "/dev/{}/{b}"}}"#, self.vg),
-            )),
+            "info" => {
+                let lv = lv_of(&image);
+                let size = self.virtual_size(&lv);
+                Ok(self.backing.get(&lv).map_or_else(
+                    || format!(r#"{{"format": "qcow2", "virtual-size": {size}}}"#),
+                    |b| {
+                        format!(
+                            r#"{{"format": "qcow2", "virtual-size": {size}, "backing-filename": "/dev/{}/{b}"}}"#,
+                            self.vg
+                        )
+                    },
+                ))
+            }
             "resize" => {
                 let lv = lv_of(&args[args.len() - 2]);
                 let size = self.virtual_sizes.get_mut(&lv).ok_or(format!("{lv} is no qcow2"))?;

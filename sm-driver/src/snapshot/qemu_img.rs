@@ -60,6 +60,12 @@ struct Info {
     backing_filename: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct Size {
+    #[serde(rename = "virtual-size")]
+    virtual_size: u64,
+}
+
 impl<'a> QemuImg<'a> {
     /// `qemu-img` through `runner`.
     #[must_use]
@@ -139,6 +145,16 @@ impl<'a> QemuImg<'a> {
         let doing = "reading a qcow2 header";
         let out = self.run(doing, &["info", "-U", "-f", "qcow2", "--output=json", image.path_str()])?;
         Ok(Self::json::<Info>(doing, &out)?.backing_filename)
+    }
+
+    /// The virtual size in a layer's header.
+    ///
+    /// # Errors
+    /// [`QemuImgError`].
+    pub fn virtual_size(&self, image: &Image) -> Result<u64, QemuImgError> {
+        let doing = "reading a qcow2 header";
+        let out = self.run(doing, &["info", "-f", "qcow2", "--output=json", image.path_str()])?;
+        Ok(Self::json::<Size>(doing, &out)?.virtual_size)
     }
 
     /// Writes `top`'s data into its backing file (no host has the chain
@@ -244,6 +260,13 @@ mod tests {
         assert_eq!(tool.backing_of(&layer(1)).unwrap(), None);
         assert_eq!(shown(&fake)[0], "qemu-img check -f qcow2 --output=json /dev/vg/node-1");
         assert_eq!(shown(&fake)[1], "qemu-img info -U -f qcow2 --output=json /dev/vg/node-1");
+    }
+
+    #[test]
+    fn a_layers_virtual_size_is_read_from_its_header() {
+        let fake = FakeRunner::new().then_stdout("{\"virtual-size\": 1073741824, \"format\": \"qcow2\"}");
+        assert_eq!(QemuImg::new(&fake).virtual_size(&layer(1)).unwrap(), 1 << 30);
+        assert_eq!(shown(&fake), ["qemu-img info -f qcow2 --output=json /dev/vg/node-1"]);
     }
 
     #[test]

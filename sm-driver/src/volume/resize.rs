@@ -32,7 +32,9 @@ pub fn resize(ctx: &Context, request: &VolumeResize) -> CallResult<()> {
                 if new_size < current {
                     return Err(shrink(current).into());
                 }
-                if new_size > current {
+                if new_size >= current {
+                    // The same size again: a header an interrupted resize
+                    // left behind its record is finished.
                     let sr = calls::Sr {
                         runner: ctx.runner.as_ref(),
                         host: &ctx.host,

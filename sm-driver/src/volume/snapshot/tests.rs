@@ -123,8 +123,8 @@ fn virtual_size(tree: &SysfsTree, fake: &Arc<FakeVg>, key: &str) -> u64 {
     call_on(tree, fake, "Volume.stat", key, "").unwrap()["virtual_size"].as_u64().unwrap()
 }
 
-/// A volume with snapshots grows at rest (its leaf's LV, then its header,
-/// then `nv=`), shrinks never; a snapshot taken after has the new size, the
+/// A volume with snapshots grows at rest (its leaf's LV, then `nv=`, then
+/// its header), shrinks never; a snapshot taken after has the new size, the
 /// older ones keep theirs; the collector grows each node a larger child is
 /// merged into (a qcow2 node's header and `nv=`, the raw base's LV), back
 /// to one LV of the new size.
@@ -144,8 +144,8 @@ fn a_volume_with_snapshots_grows_at_rest_and_the_collector_grows_what_it_merges_
     let step =
         |what: &str| log.iter().position(|l| l.starts_with(what)).unwrap_or_else(|| panic!("no {what}: {log:?}"));
     let tagged = format!("lvm lvchange --addtag nv={grown}");
-    assert!(step("lvm lvextend") < step("qemu-img resize"), "{log:?}");
-    assert!(step("qemu-img resize") < step(&tagged), "nv= is the last step: {log:?}");
+    assert!(step("lvm lvextend") < step(&tagged), "{log:?}");
+    assert!(step(&tagged) < step("qemu-img resize"), "the header is grown after nv=: {log:?}");
     assert_eq!(fake.state().virtual_size(leaf), grown);
     assert_eq!(virtual_size(&tree, &fake, KEY), grown);
     assert!(!fake.state().lvs.values().any(|l| l.active), "the chain is left inactive: {:?}", fake.shape());
@@ -196,6 +196,47 @@ fn a_running_volume_with_snapshots_is_not_resized() {
     let grow = format!(r#","new_size":{}"#, 128 * MIB);
     assert_eq!(call_on(&tree, &fake, "Volume.resize", KEY, &grow), Err("NVMETCP_VOLUME_ACTIVE".to_owned()));
     assert!(fake.ran(start, "qemu-img").is_empty() && fake.ran(start, "lvm lvextend").is_empty());
+}
+
+/// A resize killed after its commit point (`nv=`), before the header grew:
+/// the record says the new size, the engine would show the VM the old one.
+/// `Volume.resize` to that size again finishes the header; while the
+/// volume runs it succeeds changing nothing, as a same-size resize did.
+#[test]
+fn the_same_size_again_finishes_a_header_an_interrupted_resize_left_behind() {
+    use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
+    let grown = 128 * MIB;
+    let same = format!(r#","new_size":{grown}"#);
+    let leaf = "node-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e52";
+    for running in [true, false] {
+        let (tree, fake) = standalone_writer();
+        snapshot_numbered(&tree, &fake, "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e52");
+        {
+            let mut state = fake.state();
+            let lv = state.lvs.get_mut(leaf).unwrap();
+            lv.size = 132 * MIB;
+            lv.tags.push(format!("nv={grown}"));
+        }
+        assert_eq!((virtual_size(&tree, &fake, KEY), fake.state().virtual_size(leaf)), (grown, 64 * MIB));
+        if running {
+            let disk = OpenDisk {
+                device: "/dev/nbd0".into(),
+                leaf: Image::new(ImageFormat::Qcow2, format!("/dev/{VG}/{leaf}")).unwrap(),
+                handle: Handle::Tapdisk { pid: 4242, minor: 3 },
+            };
+            crate::snapshot::served::record_opened(&tree.host(), SR, KEY, &disk, Access::ReadWrite).unwrap();
+        }
+        let start = fake.commands();
+        call_on(&tree, &fake, "Volume.resize", KEY, &same).unwrap();
+        if running {
+            assert!(fake.ran(start, "qemu-img").is_empty(), "an open image was touched");
+            assert_eq!(fake.state().virtual_size(leaf), 64 * MIB);
+        } else {
+            assert_eq!(fake.state().virtual_size(leaf), grown, "the header is left behind its record");
+            assert_eq!(virtual_size(&tree, &fake, KEY), grown);
+            assert!(!fake.state().lvs.values().any(|l| l.active), "the chain is left active: {:?}", fake.shape());
+        }
+    }
 }
 
 /// This host with qemu-storage-daemon as its engine (no `tap-ctl`) over the
