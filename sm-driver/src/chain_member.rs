@@ -46,7 +46,7 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     (OPEN, "JSON {\"volumes\", \"mergeable\"}: args sr: the layered volumes this host's engine serves (mergeable: read-write, no swap)"),
     (SWAP, "JSON {\"leaf\"}: args sr, volume, new_leaf: pause the served disk, switch it to new_leaf, resume"),
     (RELEASE, "JSON {\"released\"}: args sr, lv: deactivate the LV here, refused while it is open"),
-    (COMMIT, "JSON: args sr, volume, action=start (top, base, base_format) | state | leaf: an online merge by this host's engine"),
+    (COMMIT, "JSON: args sr, volume, action=start (top, base, base_format) | state | leaf | give_back (base): an online merge by this host's engine"),
 ];
 
 /// A refusal, as the host plugin answers it.
@@ -277,6 +277,7 @@ mod tests {
             (start(&[("action", "format")]), "action"),
             (start(&[("volume", "")]), "volume"),
             (start(&[("sr", "../../etc")]), "sr"),
+            (start(&[("action", "give_back"), ("base", "x/../../y")]), "base"),
         ] {
             let (code, why) = answer(&ctx, COMMIT, &bad).unwrap().unwrap_err();
             assert_eq!(code, ErrorCode::BadPluginCall, "{named}: {why:?}");

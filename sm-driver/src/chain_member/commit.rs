@@ -5,14 +5,17 @@
 //! active read-only, as a chain's parents are, and the master may have
 //! grown it) and starts the engine's commit; `action=state` reports the
 //! job; `action=leaf` reports the image the engine writes now and records
-//! it in the disk's handle. Only a disk served read-write with no swap in
-//! its handle is merged; tapdisk never merges an open disk's leaf.
+//! it in the disk's handle; `action=give_back` (with `base`) reloads `base`
+//! read-only again, if it is active here, after a merge that moved nothing.
+//! Only a disk served read-write with no swap in its handle is merged;
+//! tapdisk never merges an open disk's leaf.
 
 use std::collections::BTreeMap;
 
 use crate::context::Context;
 use crate::engine::{EngineError, Image, ImageFormat};
 use crate::error::ErrorCode;
+use crate::pool_mappings::{dm_name, mapping_active};
 use crate::sr_access::lvm_for;
 use crate::sr_state;
 
@@ -27,6 +30,7 @@ enum Action<'a> {
     Start { top: &'a str, base: &'a str, base_format: ImageFormat },
     State,
     Leaf,
+    GiveBack { base: &'a str },
 }
 
 fn action<'a>(args: &'a BTreeMap<String, String>) -> Result<Action<'a>, Refusal> {
@@ -41,7 +45,8 @@ fn action<'a>(args: &'a BTreeMap<String, String>) -> Result<Action<'a>, Refusal>
         }
         "state" => Action::State,
         "leaf" => Action::Leaf,
-        other => return Err(bad(format!("{COMMIT}: action {other:?}: use start, state or leaf"))),
+        "give_back" => Action::GiveBack { base: lv_arg(args, COMMIT, "base")? },
+        other => return Err(bad(format!("{COMMIT}: action {other:?}: use start, state, leaf or give_back"))),
     })
 }
 
@@ -59,6 +64,19 @@ pub(super) fn commit(ctx: &Context, args: &BTreeMap<String, String>) -> Result<S
     match action {
         Action::State => json(&serde_json::json!({ "state": here.state(volume).map_err(|e| engine_failed(&e))? })),
         Action::Leaf => json(&serde_json::json!({ "leaf": here.leaf_now(volume).map_err(|e| engine_failed(&e))? })),
+        Action::GiveBack { base } => {
+            let base_lv = lv_name(base, "base")?;
+            let state =
+                sr_state::load(&ctx.host, sr.as_str()).map_err(|e| (ErrorCode::HostState, vec![e.to_string()]))?;
+            let active = mapping_active(&ctx.host, &dm_name(&state.vg, base));
+            if active {
+                let lvm = lvm_for(ctx, &state, false).map_err(|e| (ErrorCode::NoPath, vec![e.to_string()]))?;
+                lvm.lvs_activate_read_only(&state.vg, std::slice::from_ref(&base_lv))
+                    .map_err(|e| (ErrorCode::LvmFailed, vec![e.to_string()]))?;
+                tracing::info!(volume, base, "the merge's parent reloaded read-only for the master's collector");
+            }
+            json(&serde_json::json!({ "read_only": active }))
+        }
         Action::Start { top, base, base_format } => {
             if !here.served().iter().any(|v| v == volume) {
                 return Err((

@@ -77,6 +77,16 @@ pub trait Merging {
     fn host_of(&self, _volume: &str) -> Result<Option<String>, EngineError> {
         Ok(None)
     }
+    /// Reloads `base` read-only on the other host whose engine serves
+    /// `volume`, after a merge into it that moved nothing (that host
+    /// reloaded it read-write for the job). This host's own mapping is the
+    /// caller's: nothing to do for an engine here.
+    ///
+    /// # Errors
+    /// [`EngineError`] if that host refused or could not be asked.
+    fn give_back(&self, _volume: &str, _base: &Image) -> Result<(), EngineError> {
+        Ok(())
+    }
 
     /// How long the collector waits for a job before leaving it to a later run.
     fn patience(&self) -> Duration {
@@ -288,11 +298,15 @@ impl Chains<'_> {
     /// Gives `into` back after the online merge of `entry` moved nothing:
     /// the entry says so first (`GivingBack`, one `lvchange` on `child`),
     /// then `into` (grown to a leaf's size and reloaded read-write for the
-    /// job) is reloaded read-only if it is active here and shrunk to its
-    /// image end in whole extents, then the entry goes. Every step is
-    /// idempotent: replay of a `GivingBack` entry runs it again.
+    /// job where the volume's engine runs) is reloaded read-only there (a
+    /// member asked through [`Merging::give_back`]; here, if active) and
+    /// shrunk to its image end in whole extents, then the entry goes. Every
+    /// step is idempotent: replay of a `GivingBack` entry runs it again. A
+    /// member that cannot be asked (or predates the request) keeps its
+    /// mapping writable until the disk closes; nothing writes `into` with
+    /// no job, so the entry does not wait for it.
     fn give_back(&self, entry: &Entry) -> Result<(), OpError> {
-        let Operation::Merge { child, into, .. } = &entry.operation else { return Ok(()) };
+        let Operation::Merge { child, into, online } = &entry.operation else { return Ok(()) };
         if entry.step != Step::GivingBack {
             let giving_back = Entry { step: Step::GivingBack, ..entry.clone() };
             self.lvm.lv_retag(self.vg, &lv_named(child)?, &[entry.to_tag()], &[giving_back.to_tag()])?;
@@ -302,13 +316,46 @@ impl Chains<'_> {
         let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
         if let Some(into_node) = graph.node(into) {
             let into_lv = lvs.iter().find(|l| l.name == *into);
-            if into_lv.is_some_and(|l| l.active) {
-                self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?])?;
+            let here = online.as_deref().is_none_or(|volume| matches!(self.merging.host_of(volume), Ok(None)));
+            if here {
+                if into_lv.is_some_and(|l| l.active) {
+                    self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?])?;
+                }
+            } else {
+                let volume = online.as_deref().unwrap_or_default();
+                if let Err(error) = self.merging.give_back(volume, &self.image(into_node)?) {
+                    tracing::warn!(volume, into, %error, "the host serving the volume keeps the node writable until the disk closes");
+                }
+                if into_node.format == ImageFormat::Qcow2 {
+                    self.read_here(&graph, into);
+                }
             }
             self.shrink_frozen(into_node, self.extent_size()?, into_lv.map(|l| l.size));
             tracing::info!(child, into, "the merge's parent given back read-only");
         }
         self.clean_operation(&entry.operation)
+    }
+
+    /// Activates `into` and its backing chain read-only here, as a member's
+    /// engine serves them, for `qemu-img` to read `into` and shrink it to
+    /// its image end (the settle after the collector deactivates them). A
+    /// failure only costs the shrink, and says so.
+    fn read_here(&self, graph: &Graph, into: &str) {
+        let mut read: Vec<LvName> = Vec::new();
+        let mut current = Some(into.to_owned());
+        while let Some(lv) = current {
+            current = graph.node(&lv).and_then(|n| n.parent.clone());
+            match lv_named(&lv) {
+                Ok(named) => read.push(named),
+                Err(error) => {
+                    tracing::warn!(into, %error, "the merged-into node cannot be read here to shrink it");
+                    return;
+                }
+            }
+        }
+        if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &read) {
+            tracing::warn!(into, %error, "the merged-into node cannot be read here to shrink it");
+        }
     }
 
     /// With no job to ask: `child`'s data is in `into` if the grandchild in
@@ -395,18 +442,8 @@ impl Chains<'_> {
         }
         let here = matches!(self.merging.host_of(volume), Ok(None));
         if !here && into_node.format == ImageFormat::Qcow2 && !grandchildren.is_empty() {
-            // A parent again, shrunk to its image end: qemu-img reads it, and
-            // its backing chain, here; read-only, as the member's engine
-            // serves them.
-            let mut read: Vec<LvName> = Vec::new();
-            let mut current = Some(into.to_owned());
-            while let Some(lv) = current {
-                current = graph.node(&lv).and_then(|n| n.parent.clone());
-                read.push(lv_named(&lv)?);
-            }
-            if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &read) {
-                tracing::warn!(into, %error, "the merged-into node cannot be read here to shrink it");
-            }
+            // A parent again, shrunk to its image end.
+            self.read_here(&graph, into);
         }
         self.retire_child(&lvs, child, &into_node, &grandchildren, &rewritten)?;
         if here && into_node.format == ImageFormat::Raw && !grandchildren.is_empty() {

@@ -92,6 +92,28 @@ fn a_node_below_a_members_running_leaf_is_merged_by_the_members_engine() {
     assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
 }
 
+/// Issue 18: the member's engine reports the merge failed. The member had
+/// reloaded the raw LV read-write for the job; the master asks it to give
+/// the LV back (`chain_commit` `give_back`), and it reloads it read-only
+/// after the job. The entry goes, the chain is as before.
+#[test]
+fn a_members_failed_merge_gives_the_parent_back_read_only_there() {
+    let pool = twice_on_member();
+    merge_reports(&pool, "failed");
+    let before = pool.vg.vg.shape();
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
+    let ran = pool.member_ran();
+    assert!(ran.iter().any(|c| c.starts_with("tap-ctl commit")), "the member's engine was not asked: {ran:?}");
+    // The start reloads it read-write; only the give-back reloads it read-only.
+    let reloaded = format!("lvm lvchange --refresh {VG}/{KEY}");
+    assert!(pool.member_ran_read_only().contains(&reloaded), "the raw LV stays writable on the member: {ran:?}");
+    assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
+    let mut after = before;
+    after.remove(&format!("vol-{UUID}"));
+    assert_eq!(pool.vg.vg.shape(), after, "only the destroyed volume's record went");
+    assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
+}
+
 /// Issue 18: the member goes down right after starting the merge. The
 /// entry stays at `EngineCommitting` through the collector run and through
 /// `SR.attach`'s replay (nothing concluded from silence, nothing merged

@@ -101,6 +101,13 @@ impl Merging for MergeInPool<'_> {
         serde_json::from_value(value["state"].clone()).map_err(|_| odd_answer(&host, &value))
     }
 
+    fn give_back(&self, volume: &str, base: &Image) -> Result<(), EngineError> {
+        let Some(host) = self.host_of(volume)? else { return Ok(()) };
+        self.pool.commit_on(&host, volume, "give_back", &[("base", lv_of(base))])?;
+        tracing::info!(volume, host, base = lv_of(base), "the member reloaded the merge's parent read-only");
+        Ok(())
+    }
+
     fn leaf_now(&self, volume: &str) -> Result<Option<Image>, EngineError> {
         let Some(host) = self.host_of(volume)? else { return self.here.leaf_now(volume) };
         let value = self.pool.commit_on(&host, volume, "leaf", &[])?;

@@ -41,6 +41,10 @@ struct Engine<'f> {
     started_at: Cell<usize>,
     /// Chains other engines have open (no job of this one's).
     others: RefCell<Vec<OpenChain>>,
+    /// The pool member it runs on; `None`: this host.
+    host: Option<String>,
+    /// The nodes it was asked to give back (reload read-only there).
+    given_back: RefCell<Vec<String>>,
 }
 
 fn image(format: ImageFormat, lv: &str) -> Image {
@@ -58,6 +62,8 @@ impl<'f> Engine<'f> {
             started: Cell::new(0),
             started_at: Cell::new(0),
             others: RefCell::new(Vec::new()),
+            host: None,
+            given_back: RefCell::new(Vec::new()),
         }
     }
 
@@ -131,6 +137,15 @@ impl Merging for Engine<'_> {
 
     fn leaf_now(&self, _volume: &str) -> Result<Option<Image>, EngineError> {
         Ok(Some(self.leaf.borrow().clone()))
+    }
+
+    fn host_of(&self, _volume: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.host.clone())
+    }
+
+    fn give_back(&self, _volume: &str, base: &Image) -> Result<(), EngineError> {
+        self.given_back.borrow_mut().push(base.path_str().rsplit('/').next().unwrap_or_default().to_owned());
+        Ok(())
     }
 
     fn patience(&self) -> Duration {
@@ -263,11 +278,12 @@ fn parent_state(fake: &FakeVg, into: &str) -> (u64, bool) {
     (fake.size(into), fake.state().read_only.contains(into))
 }
 
-/// Issue 18: an online merge the engine refuses (here or on the member
+/// Issue 18: an online merge the engine refuses (here, or on the member
 /// serving the disk) or whose job fails moved nothing, but `into` was grown
-/// to a leaf's size and reloaded read-write for it: it is given back
-/// read-only and, a qcow2 node, shrunk to its image end again (12 MiB:
-/// three extents over node-1's 9 MiB + 1 byte), the entry gone only then.
+/// to a leaf's size and reloaded read-write for it where the engine runs:
+/// it is given back read-only there (here, or the member asked) and, a
+/// qcow2 node, shrunk to its image end again (12 MiB: three extents over
+/// node-1's 9 MiB + 1 byte), the entry gone only then.
 #[test]
 fn a_refused_or_failed_online_merge_gives_the_parent_back_read_only_and_shrunk() {
     // vol-2 gone: node-1 (qcow2, shrunk) takes vol-a's running leaf;
@@ -277,7 +293,11 @@ fn a_refused_or_failed_online_merge_gives_the_parent_back_read_only_and_shrunk()
             let fake = twice_then_destroyed(gone);
             let before = fake.shape();
             assert_eq!(fake.size(into), size, "{gone}");
-            let engine = Engine::serving(&fake, &["vol-a"], "node-2", job);
+            let mut engine = Engine::serving(&fake, &["vol-a"], "node-2", job);
+            let member = job == Job::RefusedOnHost;
+            if member {
+                engine.host = Some("xcp-2".to_owned());
+            }
             let start = fake.commands();
             assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 0, "{gone}");
             if into == "node-1" {
@@ -286,7 +306,13 @@ fn a_refused_or_failed_online_merge_gives_the_parent_back_read_only_and_shrunk()
                     "{gone}: node-1 was not grown for the job"
                 );
             }
-            assert_eq!(parent_state(&fake, into), (size, true), "{gone}: {into} is not given back");
+            if member {
+                assert_eq!(fake.size(into), size, "{gone}: {into} is not shrunk");
+                assert_eq!(*engine.given_back.borrow(), [into], "{gone}: the member was not asked to give back");
+            } else {
+                assert_eq!(parent_state(&fake, into), (size, true), "{gone}: {into} is not given back");
+                assert!(engine.given_back.borrow().is_empty(), "{gone}: this host's engine is no member");
+            }
             assert!(!fake.journalled(), "{gone}: the entry is left");
             assert_eq!(fake.shape(), before, "{gone}: the chain changed");
             assert_eq!(engine.leaf(), "node-2");
