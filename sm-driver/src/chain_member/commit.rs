@@ -3,7 +3,9 @@
 //! master: `action=start` (with `top`, the node merged away, `base`, its
 //! parent, and `base_format`) reloads `base` read-write here (it may be
 //! active read-only, as a chain's parents are, and the master may have
-//! grown it) and starts the engine's commit; `action=state` reports the
+//! grown it), and `overlay` if given (the node above `top` when that is not
+//! the leaf: a parent, read-only here, whose backing link the engine
+//! rewrites), and starts the engine's commit; `action=state` reports the
 //! job; `action=leaf` reports the image the engine writes now and records
 //! it in the disk's handle; `action=give_back` (with `base`) reloads `base`
 //! read-only again, if it is active here, after a merge that moved nothing.
@@ -27,7 +29,7 @@ use super::{arg, bad, json, lock, lv_arg, lv_name, sr_arg, Refusal};
 
 /// What the master asks.
 enum Action<'a> {
-    Start { top: &'a str, base: &'a str, base_format: ImageFormat },
+    Start { top: &'a str, base: &'a str, base_format: ImageFormat, overlay: Option<&'a str> },
     State,
     Leaf,
     GiveBack { base: &'a str },
@@ -41,7 +43,16 @@ fn action<'a>(args: &'a BTreeMap<String, String>) -> Result<Action<'a>, Refusal>
                 "qcow2" => ImageFormat::Qcow2,
                 other => return Err(bad(format!("base_format {other:?}: use raw or qcow2"))),
             };
-            Action::Start { top: lv_arg(args, COMMIT, "top")?, base: lv_arg(args, COMMIT, "base")?, base_format }
+            let overlay = match args.get("overlay") {
+                Some(_) => Some(lv_arg(args, COMMIT, "overlay")?),
+                None => None,
+            };
+            Action::Start {
+                top: lv_arg(args, COMMIT, "top")?,
+                base: lv_arg(args, COMMIT, "base")?,
+                base_format,
+                overlay,
+            }
         }
         "state" => Action::State,
         "leaf" => Action::Leaf,
@@ -77,7 +88,7 @@ pub(super) fn commit(ctx: &Context, args: &BTreeMap<String, String>) -> Result<S
             }
             json(&serde_json::json!({ "read_only": active }))
         }
-        Action::Start { top, base, base_format } => {
+        Action::Start { top, base, base_format, overlay } => {
             if !here.served().iter().any(|v| v == volume) {
                 return Err((
                     ErrorCode::SnapshotRefused,
@@ -88,6 +99,7 @@ pub(super) fn commit(ctx: &Context, args: &BTreeMap<String, String>) -> Result<S
                 ));
             }
             let base_lv = lv_name(base, "base")?;
+            let overlay_lv = overlay.map(|o| lv_name(o, "overlay")).transpose()?;
             let state =
                 sr_state::load(&ctx.host, sr.as_str()).map_err(|e| (ErrorCode::HostState, vec![e.to_string()]))?;
             let image = |format, lv: &str| {
@@ -95,9 +107,12 @@ pub(super) fn commit(ctx: &Context, args: &BTreeMap<String, String>) -> Result<S
             };
             let (top_image, base_image) = (image(ImageFormat::Qcow2, top)?, image(base_format, base)?);
             let lvm = lvm_for(ctx, &state, false).map_err(|e| (ErrorCode::NoPath, vec![e.to_string()]))?;
-            lvm.lv_activate(&state.vg, &base_lv, true).map_err(|e| (ErrorCode::LvmFailed, vec![e.to_string()]))?;
-            here.start(volume, &top_image, &base_image).map_err(|e| engine_failed(&e))?;
-            tracing::info!(volume, top, base, "the engine merges for the master's collector");
+            for lv in std::iter::once(&base_lv).chain(&overlay_lv) {
+                lvm.lv_activate(&state.vg, lv, true).map_err(|e| (ErrorCode::LvmFailed, vec![e.to_string()]))?;
+            }
+            let overlay_image = overlay.map(|o| image(ImageFormat::Qcow2, o)).transpose()?;
+            here.start(volume, &top_image, &base_image, overlay_image.as_ref()).map_err(|e| engine_failed(&e))?;
+            tracing::info!(volume, top, base, overlay, "the engine merges for the master's collector");
             json(&serde_json::json!({ "started": true }))
         }
     }

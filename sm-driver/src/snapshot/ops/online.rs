@@ -41,11 +41,15 @@ pub trait Merging {
     /// The volumes this host's engine serves read-write.
     fn served(&self) -> Vec<String>;
 
-    /// Starts merging `top` into `base` in the chain `volume`'s engine has open.
+    /// Starts merging `top` into `base` in the chain `volume`'s engine has
+    /// open. `overlay`, the node above `top` when it is not the leaf, gets
+    /// its backing link rewritten by the engine: the host running the job
+    /// must have it writable, as `base` (the caller makes both so on this
+    /// host).
     ///
     /// # Errors
     /// [`EngineError`], e.g. [`EngineError::Unsupported`] without online commit.
-    fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError>;
+    fn start(&self, volume: &str, top: &Image, base: &Image, overlay: Option<&Image>) -> Result<(), EngineError>;
 
     /// How the merge on `volume`'s disk goes ([`CommitState::Idle`] when it
     /// is not served here).
@@ -121,7 +125,7 @@ impl Merging for NoEngineHere {
         Vec::new()
     }
 
-    fn start(&self, _volume: &str, _top: &Image, _base: &Image) -> Result<(), EngineError> {
+    fn start(&self, _volume: &str, _top: &Image, _base: &Image, _overlay: Option<&Image>) -> Result<(), EngineError> {
         Err(EngineError::Unsupported {
             engine: crate::engine::EngineKind::QemuStorageDaemon,
             what: "merge online",
@@ -184,17 +188,26 @@ impl Chains<'_> {
         // The engine reopens `into` read-write for the job, where it runs:
         // this host's, reloaded here first; a member's reloads it there
         // (`chain_commit`), and this host, which never writes it, leaves it
-        // as it is. A grandchild no engine has open is relinked at rest
-        // from here afterwards.
+        // as it is. So with `overlay`, the node above `child` in the chain
+        // (a parent, read-only, unless it is the leaf), whose backing link
+        // the engine rewrites: qemu-storage-daemon dies writing a read-only
+        // one. A grandchild no engine has open is relinked at rest from
+        // here afterwards.
         let here = matches!(self.merging.host_of(volume), Ok(None));
         let chain: Vec<String> = graph.chain(volume)?.iter().map(|n| n.lv.clone()).collect();
+        let overlay = chain.windows(2).skip(1).find(|w| w[1] == child).and_then(|w| graph.node(&w[0])).cloned();
+        let overlay_image = overlay.as_ref().map(|o| self.image(o)).transpose()?;
         let mut written: Vec<&str> = if here { vec![into] } else { Vec::new() };
+        if here {
+            written.extend(overlay.as_ref().map(|o| o.lv.as_str()));
+        }
         written.extend(graph.children(child).iter().map(|g| g.lv.as_str()).filter(|g| !chain.iter().any(|c| c == g)));
         let written: Vec<_> = written.into_iter().map(lv_named).collect::<Result<_, _>>()?;
         self.lvm.lvs_activate(self.vg, &written, &lvs)?;
         let committing = Entry { operation, step: Step::EngineCommitting };
         self.lvm.lv_retag(self.vg, &named, &[prepared], &[committing.to_tag()])?;
-        if let Err(error) = self.merging.start(volume, &self.image(&child_node)?, &self.image(&into_node)?) {
+        let (top_image, into_image) = (self.image(&child_node)?, self.image(&into_node)?);
+        if let Err(error) = self.merging.start(volume, &top_image, &into_image, overlay_image.as_ref()) {
             if error.merge_unasked() {
                 // A member's answer lost: it may have started. Replay asks it.
                 tracing::warn!(volume, child, into, %error, "the merge may have started; the entry waits");

@@ -41,6 +41,16 @@ fn twice_on_member() -> TwoHosts {
     pool
 }
 
+/// [`twice_on_member`] snapshotted once more: `node-<UUID2>` is a parent
+/// now, read-only on the member, below its leaf `node-<UUID3>`.
+fn thrice_on_member() -> TwoHosts {
+    let pool = twice_on_member();
+    pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID3}\n"));
+    pool.snapshot().unwrap();
+    pool.asked.lock().unwrap().clear();
+    pool
+}
+
 /// The member's tapdisk reports its merge `status`.
 fn merge_reports(pool: &TwoHosts, status: &str) {
     *pool.tools.1.lock().unwrap() = format!("Commit status '{status}' (4194304/4194304)\n");
@@ -291,4 +301,30 @@ fn an_interrupted_merge_waits_while_its_chain_is_open_here_or_on_a_member() {
     assert!(!pool.vg.vg.shape().contains_key(&node), "{:?}", pool.vg.vg.shape());
     assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
     assert_eq!(pool.vg.vg.ran(start, "qemu-img rebase").len(), 1, "{:?}", pool.vg.vg.ran(start, "qemu-img"));
+}
+/// Issue 18: merging `node-<UUID>` into the raw LV rewrites the backing link
+/// of the node above it, `node-<UUID2>`, a parent the member has active
+/// read-only (qemu-storage-daemon 7.2 dies writing it: the test bed's
+/// pool-snapshot). The member reloads it read-write, with the raw LV,
+/// before its engine merges; the running leaf is left alone.
+#[test]
+fn the_node_above_a_merged_one_is_writable_on_the_member_before_its_engine_merges() {
+    let pool = thrice_on_member();
+    merge_reports(&pool, "concluded");
+    let (node, overlay, leaf) = (format!("node-{UUID}"), format!("node-{UUID2}"), format!("node-{UUID3}"));
+    pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
+    let ran = pool.member_ran();
+    // What the member ran for the merge: after the last snapshot's swap.
+    let swapped = ran.iter().rposition(|c| c.starts_with("tap-ctl unpause")).unwrap();
+    let merge = &ran[swapped + 1..];
+    let at = |line: &str| merge.iter().rposition(|c| c == line).unwrap_or_else(|| panic!("{line}: {merge:?}"));
+    let committed = at(&format!("tap-ctl commit -p 7 -m 3 -a /dev/{VG}/{node}"));
+    let reloaded = at(&format!("lvm lvchange --refresh {VG}/{KEY}"));
+    let overlay_reloaded = at(&format!("lvm lvchange --refresh {VG}/{overlay}"));
+    assert!(reloaded < overlay_reloaded && overlay_reloaded < committed, "the node above is read-only: {merge:?}");
+    assert!(!merge.iter().any(|c| c.ends_with(&format!("{VG}/{leaf}"))), "the running leaf reloaded: {merge:?}");
+    let shape = pool.vg.vg.shape();
+    assert!(!shape.contains_key(&node), "the node is removed: {shape:?}");
+    assert!(has(&pool, &overlay, &format!("np={KEY}")), "the node above rests on the raw LV: {shape:?}");
+    assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
 }

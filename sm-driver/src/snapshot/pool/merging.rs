@@ -87,9 +87,10 @@ impl Merging for MergeInPool<'_> {
         Ok(self.elsewhere()?.iter().find(|o| o.volume == volume).map(|o| o.host.clone()))
     }
 
-    fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
-        let Some(host) = self.host_of(volume)? else { return self.here.start(volume, top, base) };
-        let extra = [("top", lv_of(top)), ("base", lv_of(base)), ("base_format", base.format().qemu_name())];
+    fn start(&self, volume: &str, top: &Image, base: &Image, overlay: Option<&Image>) -> Result<(), EngineError> {
+        let Some(host) = self.host_of(volume)? else { return self.here.start(volume, top, base, overlay) };
+        let mut extra = vec![("top", lv_of(top)), ("base", lv_of(base)), ("base_format", base.format().qemu_name())];
+        extra.extend(overlay.map(|o| ("overlay", lv_of(o))));
         self.pool.commit_on(&host, volume, "start", &extra)?;
         tracing::info!(volume, host, "the member's engine merges");
         Ok(())

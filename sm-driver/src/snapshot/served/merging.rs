@@ -60,7 +60,7 @@ impl Merging for MergeHere<'_> {
         mergeable(self.host, self.sr_uuid)
     }
 
-    fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
+    fn start(&self, volume: &str, top: &Image, base: &Image, _overlay: Option<&Image>) -> Result<(), EngineError> {
         let engine = engine(self.runner, self.host)?;
         let Some(disk) = self.disk(volume) else {
             return Err(EngineError::Unsupported {

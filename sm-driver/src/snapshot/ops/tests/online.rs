@@ -84,7 +84,7 @@ impl Merging for Engine<'_> {
         Ok(open)
     }
 
-    fn start(&self, _volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
+    fn start(&self, _volume: &str, top: &Image, base: &Image, _overlay: Option<&Image>) -> Result<(), EngineError> {
         match self.job.get() {
             Job::Refused => {
                 return Err(EngineError::Unsupported {
@@ -506,4 +506,24 @@ fn a_chain_the_engine_still_merges_is_not_snapshotted_cloned_or_resized() {
         assert!(!fake.journalled(), "{gone}");
         on(&fake, &NoFaults, |c| c.snapshot("vol-a", &names("3", false), 64 * MIB, Some(&running))).unwrap();
     }
+}
+
+#[test]
+fn the_node_above_a_merged_one_is_made_writable_before_the_job() {
+    // vol-a's raw LV <- node-1 <- node-2 (vol-3's, a read-only parent) <-
+    // leaf node-3; vol-1 gone: merging node-1 rewrites node-2's backing link.
+    let fake = after_one_snapshot();
+    snapshot(&fake, "2", false).unwrap();
+    snapshot(&fake, "3", false).unwrap();
+    on(&fake, &NoFaults, |c| c.destroy("vol-1")).unwrap();
+    let engine = Engine::serving(&fake, &["vol-a"], "node-3", Job::Finishes);
+    let start = fake.commands();
+    assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 1);
+    let log = fake.state().log.clone();
+    let before_job = &log[start..engine.started_at.get()];
+    let activated =
+        |lv: &str| before_job.iter().any(|l| l.starts_with("lvm lvchange") && l.contains(&format!("/{lv}")));
+    assert!(activated("vol-a") && activated("node-2"), "node-2 not writable for the job: {before_job:?}");
+    assert!(!activated("node-3"), "the running leaf reloaded: {before_job:?}");
+    assert!(node(&fake, "node-2").contains(&"np=vol-a".to_owned()), "{:?}", node(&fake, "node-2"));
 }

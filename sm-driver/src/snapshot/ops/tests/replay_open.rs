@@ -16,8 +16,8 @@ impl Merging for Opened {
         Vec::new()
     }
 
-    fn start(&self, volume: &str, top: &Image, base: &Image) -> Result<(), EngineError> {
-        NoEngineHere.start(volume, top, base)
+    fn start(&self, volume: &str, top: &Image, base: &Image, overlay: Option<&Image>) -> Result<(), EngineError> {
+        NoEngineHere.start(volume, top, base, overlay)
     }
 
     fn state(&self, volume: &str) -> Result<crate::engine::CommitState, EngineError> {
