@@ -16,7 +16,8 @@
 //! collected back to one LV of the new size), and the
 //! snapshot's five `Volume.set`, revert, reset-on-boot and ten snapshots
 //! destroyed back to one node by the collector, and the snapshots of a disk
-//! the engine serves destroyed under `fio --verify`, merged by that engine.
+//! the engine serves destroyed under `fio --verify`, merged by that engine,
+//! with the collector SIGKILLed at each step of that merge.
 //!
 //! Same two-role design as `nvmet_fabric.rs`: on the host this binary boots
 //! one guest with the scenarios; in the guest they call it back with
@@ -35,9 +36,10 @@ use sm_driver::engine::qsd::Qsd;
 use sm_driver::engine::{Access, CommitState, DiskName, Engine, Image, ImageFormat, OpenDisk};
 use sm_driver::host::HostRoot;
 use sm_driver::lvm::Lvm;
+use sm_driver::snapshot::graph::Graph;
 use sm_driver::snapshot::ops::{Chains, Faults, NewNames, NothingOpen};
 use sm_driver::snapshot::qemu_img::QemuImg;
-use sm_driver::snapshot::served::{self, HereProbe, ServedHere};
+use sm_driver::snapshot::served::{self, unmergeable_lvs, HereProbe, MergeHere, ServedHere};
 use smapi_harness::{Caller, Outcome, PluginTree};
 
 const RUN_BASE: &str = "/run/nvmetcp/engine";
@@ -209,6 +211,20 @@ fn chains_step(runner: &SystemRunner, device: &str, vg: &str, args: &[&str]) -> 
         }
         ["destroy", volume] => chains.destroy(volume).map_err(|e| chain(&e))?,
         ["collect"] => println!("{} steps", chains.collect(&NothingOpen).map_err(|e| chain(&e))?),
+        // `Volume.destroy` of a volume of SR `sr` and the collector after
+        // it, as the plugin on the master runs them, merging online in a
+        // chain this host's engine serves (the plugin's handles of `sr`).
+        ["destroy-online", sr, volume] => {
+            let merging = MergeHere { runner, host: &host, sr_uuid: sr };
+            let chains = chains.with_merging(&merging);
+            chains.destroy(volume).map_err(|e| chain(&e))?;
+            let lvs = lvm.lvs(&vg).map_err(|e| chain(&e))?;
+            let graph = Graph::from_lvs(&lvs, VOLUME_TAG).map_err(|e| chain(&e))?;
+            let busy = unmergeable_lvs(&host, sr, &graph);
+            let probe = HereProbe { runner, host: &host, sr_uuid: sr };
+            let (steps, _) = chains.collect_in(&probe, &busy, lvs).map_err(|e| chain(&e))?;
+            println!("{steps} steps");
+        }
         ["replay"] => println!("{} entries", chains.replay(&NothingOpen).map_err(|e| chain(&e))?),
         ["replay-running"] => {
             let probe = HereProbe { runner, host: &host, sr_uuid: CHAINS_SR };
@@ -347,7 +363,8 @@ shrunk_to() {
 }
 # Reads and writes through a chain with its LVs active for that moment only
 # (the plugin leaves no chain LV active: an active one is a volume in use).
-# (LVs of a chain open in the engine stay active: their deactivation fails.)
+# (While an engine has a chain open, vgchange -an deactivates none of the
+# VG: every LV stays active, and an active volume is one in use.)
 read_sum() { vgchange -q -ay "$vg" >&2; volume_sum "$1"; vgchange -q -an "$vg" >/dev/null 2>&1 || true; }
 write_vol() { vgchange -q -ay "$vg" >&2; write_volume "$@"; vgchange -q -an "$vg" >/dev/null 2>&1 || true; }
 # VOLUME...: their checksums on one line, the VG active once for all.
@@ -370,7 +387,7 @@ fn scenarios(exe: &str) -> Vec<Scenario> {
         Scenario::script("links-snapshot-killed", &links('b', LINKS_SNAPSHOT_KILLED)).timeout_secs(1200),
         Scenario::script("links-running-snapshot", &links('c', LINKS_RUNNING_SNAPSHOT)).timeout_secs(1500),
         Scenario::script("links-snapshot-clone-collect", &links('d', LINKS_SNAPSHOT_CLONE_COLLECT)).timeout_secs(1800),
-        Scenario::script("links-online-merge", &links('e', LINKS_ONLINE_MERGE)).timeout_secs(900),
+        Scenario::script("links-online-merge", &links('e', LINKS_ONLINE_MERGE)).timeout_secs(1500),
         Scenario::script(
             "engine-swap-under-io",
             &script(
@@ -788,8 +805,19 @@ tb_log "collected back to one LV of 24 MiB, the data intact"
 /// running VM. Two snapshots of a disk the master's engine serves, taken
 /// and destroyed while `fio --verify` writes to it: the collector asks the
 /// engine to merge (the node under the leaf, then the leaf itself into the
-/// raw LV) and the chain is back to one node with the disk still running:
-/// no fio error, no kernel I/O error, the data the engine served intact.
+/// raw LV) and the chain is back to one node with the disk still running.
+///
+/// Then its kill test: with a snapshot kept, a new one is taken and
+/// destroyed with the collector SIGKILLed at each of the online merge's
+/// journal steps in turn (`destroy-online`: the plugin's destroy and
+/// collector, in process, with `NVMETCP_FAULT_AT`), the engine merging the
+/// running leaf into the node under it. `SR.attach` resolves each kill, and
+/// a last one past the engine's pivot is resolved by the disk's
+/// `Datapath.deactivate` when the VM stops. After each: no journal entry,
+/// no LV that is neither a volume `SR.ls` lists nor a node of one's chain,
+/// the chain as deep as before, the kept snapshot's data unchanged.
+/// Throughout: no fio error, no kernel I/O error; at the end, one node
+/// holding what the engine served.
 const LINKS_ONLINE_MERGE: &str = r#"
 trap 'rm -f /etc/nvmetcp/host.conf stop' EXIT
 sr_up online
@@ -817,19 +845,89 @@ if [ "$(depth_of "$a")" != 1 ]; then
     tb_log "a merge was still running; SR.attach runs the collector again"
     attach_sr
 fi
+no_journal || tb_fail "a journal entry was left"
+[ "$(depth_of "$a")" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "the running disk's chain was not merged back to one node"; }
+[ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "LVs were left after the merges"; }
+[ "$(ls_keys)" = "$a" ] || tb_fail "SR.ls after the merges: $(ls_keys)"
+
+# The kill test.
+# VOLUME...: their checksums, through the chain the engine has open (and
+# so active: read_sums would leave every LV active, since vgchange -an
+# deactivates none while one is open, and an active volume is in use).
+open_sums() {
+    local v out=""
+    for v in "$@"; do out="$out $(volume_sum "$v")"; done
+    echo "${out# }"
+}
+# The VG in one look: "journal=ENTRIES depth=DEPTH_OF_A orphans=LVS", the
+# orphans being the LVs neither a volume SR.ls lists nor a node of one's chain.
+shape() {
+    lvs --noheadings --separator ' ' -o lv_name,lv_tags "$vg" | python3 -c '
+import sys
+a, keys = sys.argv[1], sys.argv[2].split()
+tags = {p[0]: (p[1].split(",") if len(p) > 1 else []) for p in (l.split() for l in sys.stdin) if p}
+def tag(lv, key):
+    return next((t[len(key):] for t in tags.get(lv, []) if t.startswith(key)), None)
+seen, todo = set(), list(keys)
+while todo:
+    lv = todo.pop()
+    if lv not in seen:
+        seen.add(lv)
+        todo += [n for n in (tag(lv, "nn="), tag(lv, "np=")) if n]
+depth, node = 0, tag(a, "nn=") or a
+while node:
+    depth, node = depth + 1, tag(node, "np=")
+journal = sum(t.startswith("nj=") for ts in tags.values() for t in ts)
+print("journal=%d depth=%d orphans=%s" % (journal, depth, ",".join(sorted(set(tags) - seen))))' "$a" "$(ls_keys)"
+}
+# VOLUME STEP: VOLUME destroyed, the collector killed at STEP of its merge.
+killed_destroy() {
+    killed_at "$2" destroy-online "$SR" "$1"
+    case $(shape) in journal=0*) tb_fail "the collector killed at $2 left no journal entry" ;; esac
+}
+# The raw LV (s0's) <- the leaf; each round's snapshot freezes the leaf, and
+# its destruction merges the new leaf into it.
+s0=$(snapshot "$a")
+kept=$(open_sums "$s0")
+keys=$(printf '%s\n' "$a" "$s0" | LC_ALL=C sort | tr '\n' ' ')
+# STEP HOW: after a kill at STEP and HOW, the chain two deep, the disk and
+# s0 (only they) listed, s0's data unchanged.
+resolved() {
+    local now sums
+    now=$(shape)
+    [ "$now" = "journal=0 depth=2 orphans=" ] ||
+        { lvs -o lv_name,lv_tags "$vg"; tb_fail "killed at $1, then $2: $now (expected depth 2)"; }
+    [ "$(ls_keys)" = "${keys% }" ] || tb_fail "killed at $1, then $2: SR.ls $(ls_keys)"
+    if [ "$2" = Datapath.deactivate ]; then sums=$(read_sums "$s0"); else sums=$(open_sums "$s0"); fi
+    [ "$sums" = "$kept" ] || tb_fail "killed at $1, then $2: the kept snapshot's data changed"
+    tb_log "killed at $1, resolved by $2: $now"
+}
+for step in merge-journal merge-engine-started merge-engine-done; do
+    s=$(snapshot "$a")
+    killed_destroy "$s" "$step"
+    attach_sr
+    resolved "$step" SR.attach
+    kill -0 $fio_pid 2>/dev/null || tb_fail "fio stopped (killed at $step)"
+done
+# Killed past the pivot, then the VM stops before anything else: its disk's
+# close finishes the merge while the engine can still say where the writes went.
+s=$(snapshot "$a")
+killed_destroy "$s" merge-engine-done
 kill -0 $fio_pid 2>/dev/null || tb_fail "fio stopped before the merges were done"
 touch stop
 wait $fio_pid
 [ ! -e fio.failed ] || { cat "fio-$(cat fio.failed).log"; tb_fail "fio --verify failed in round $(cat fio.failed)"; }
 grep -L "err= 0" fio-*.log | grep -q . && { cat fio-*.log; tb_fail "fio reported errors"; }
-tb_log "fio --verify passed in $(ls fio-*.log | wc -l) rounds across the merges"
+tb_log "fio --verify passed in $(ls fio-*.log | wc -l) rounds across the merges and the kills"
 [ "$(dmesg | grep -c 'I/O error' || true)" = "$errors0" ] || tb_fail "the kernel logged I/O errors"
-no_journal || tb_fail "a journal entry was left"
-[ "$(depth_of "$a")" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "the running disk's chain was not merged back to one node"; }
-[ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "LVs were left after the merges"; }
-[ "$(ls_keys)" = "$a" ] || tb_fail "SR.ls after the merges: $(ls_keys)"
 served=$(sum "$dev")
 unplug "$a"
+resolved merge-engine-done Datapath.deactivate
+[ "$(read_sum "$a")" = "$served" ] || tb_fail "the chain does not hold what the engine served"
+destroy "$s0"
+[ "$(shape)" = "journal=0 depth=1 orphans=" ] && [ "$(lv_count)" = 1 ] ||
+    { lvs -o lv_name,lv_tags "$vg"; tb_fail "not collected to one node: $(shape)"; }
+[ "$(ls_keys)" = "$a" ] || tb_fail "SR.ls at the end: $(ls_keys)"
 [ "$(read_sum "$a")" = "$served" ] || tb_fail "the raw LV does not hold what the engine served"
 "#;
 
