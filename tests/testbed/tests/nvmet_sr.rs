@@ -365,13 +365,13 @@ grep 'answered volume_mapped' answers.log | grep -qF 'mapped\":true' || tb_fail 
             "pool-snapshot",
             &script(exe, &format!("{}\n{}", pool_snapshot::HELPERS, pool_snapshot::MASTER)),
         )
-        .timeout_secs(900),
+        .timeout_secs(1500),
         Scenario::script(
             "pool-snapshot-member",
             &script(exe, &format!("{}\n{}", pool_snapshot::HELPERS, pool_snapshot::MEMBER)),
         )
         .on_peer()
-        .timeout_secs(900),
+        .timeout_secs(1500),
         Scenario::script(
             "sr-lifecycle",
             &script(

@@ -43,7 +43,32 @@ unplug() {
 sum() { sha256sum | cut -d' ' -f1; }
 # The first 4 MiB of a device (the region fio never writes).
 quiet_sum() { dd if="$1" bs=1M count=4 iflag=direct status=none | sum; }
-node_of() { lvs --noheadings -o lv_tags "$vg/$1" | tr ',' '\n' | sed -n 's/^ *nn=//p'; }
+tag_of() { lvs --noheadings -o lv_tags "$vg/$1" | tr ',' '\n' | sed -n "s/^ *$2=//p"; }
+node_of() { tag_of "$1" nn; }
+chain_of() { # VOLUME: its chain's nodes, leaf first
+    local n
+    n=$(node_of "$1")
+    while [ -n "$n" ]; do printf '%s ' "$n"; n=$(tag_of "$n" np); done
+}
+show_lvs() { tb_log "LVs $*:"; lvs --noheadings -o lv_name,lv_tags "$vg" | sed 's/^/    /' >&2; }
+# This host's SMlog: the plugin's syslog lines (LOCAL2), kept with the scenario's files.
+SMLOG=$SCENARIO_OUT/SMlog
+smlog() {
+    python3 -c '
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+if os.path.exists("/dev/log"):
+    os.unlink("/dev/log")
+s.bind("/dev/log")
+with open(sys.argv[1], "ab", buffering=0) as f:
+    while True:
+        f.write(s.recv(65536) + b"\n")
+' "$SMLOG" &
+    smlog_pid=$!
+    tb_wait 10 "this host's syslog socket" test -S /dev/log
+}
+# SMlog's lines after line $1 that match $2.
+smlog_since() { tail -n +"$(($1 + 1))" "$SMLOG" | grep -F -- "$2" || true; }
 ro_config="activation { read_only_volume_list = [ \"$vg\" ] }"
 ro_of() { # LV: whether its device-mapper table is read-only on this host (1), or none
     local d name
@@ -57,6 +82,8 @@ ro_of() { # LV: whether its device-mapper table is read-only on this host (1), o
 
 /// The master's side.
 pub const MASTER: &str = r#"
+smlog
+trap 'kill "$smlog_pid"; rm -f /dev/log' EXIT
 nqn=$TB_NQN_PREFIX:poolsnap
 tb_modules; tb_subsystem "$nqn"; tb_namespace "$nqn" 1 256
 [ -d "$TB_CFG/ports/1" ] || tb_port 1 10.98.0.1
@@ -89,12 +116,17 @@ lvs --noheadings -o lv_tags "$vg" >tags.txt
 grep -q 'nj=' tags.txt && tb_fail "the snapshot left its journal"
 frozen_node=$(node_of "$s1")
 [ "$(node_of "$sb")" = "$b" ] || tb_fail "the plain volume's snapshot does not hold its raw LV: $(node_of "$sb")"
-read_frozen() { # NODE FORMAT: a snapshot's chain, read here with every LV active read-only
+read_frozen() { # NODE FORMAT: a snapshot's chain (its 16 MiB), read here with every LV active read-only
     vgchange -q -ay --config "$ro_config" "$vg" >&2
     qemu-img convert -U -f "$2" -O raw "/dev/$vg/$1" /tmp/frozen.raw
     vgchange -q -an "$vg" >/dev/null 2>&1 || true
-    echo "$(sum </tmp/frozen.raw) $(quiet_sum /tmp/frozen.raw)"
+    echo "$(head -c 16777216 /tmp/frozen.raw | sum) $(quiet_sum /tmp/frozen.raw)"
     rm -f /tmp/frozen.raw
+}
+read_snapshot() { # VOLUME: read_frozen of the node holding its data
+    local node
+    node=$(node_of "$1")
+    read_frozen "$node" "$(tag_of "$node" nf)"
 }
 read -r frozen frozen_quiet < <(read_frozen "$frozen_node" qcow2)
 [ "$frozen_quiet" = "$(cat /shared/snap-quiet)" ] || tb_fail "the snapshot does not hold the data of the snapshot point"
@@ -110,16 +142,54 @@ read -r type dev < <(plug "$c" 5)
 dd if=/dev/urandom of="$dev" bs=1M count=2 seek=4 oflag=direct status=none
 unplug "$c" 5
 tb_log "the clone ran here while the member wrote"
+# Issue 18: the collector merges online in the chain the member's engine
+# serves under fio, through that engine (host plugin chain_commit), never
+# with qemu-img here. A second live snapshot makes the chain
+# $a <- s1's node <- s2's node <- leaf; destroying s0 merges s1's node into
+# the raw base (an intermediate commit: the member's engine rewrites the
+# backing link of s2's node, a read-only parent until the member reloads it;
+# the leaves the clone gave s1 and itself, open nowhere, are rebased here), and
+# destroying s2 merges the running leaf into s2's node (an active commit:
+# the member's engine writes s2's node from then on).
+s2=$(json "$(expect_ok Volume.snapshot "{\"dbg\":\"s2\",$sr,\"key\":\"$a\"}")" 'v["key"]')
+show_lvs "after the live snapshot $s2"
+read -r -a before <<<"$(chain_of "$a")"
+[ "${#before[@]}" = 4 ] && [ "${before[2]}" = "$frozen_node" ] && [ "${before[3]}" = "$a" ] ||
+    tb_fail "the chain of $a before the merges is not leaf <- s2 <- s1 <- base: ${before[*]}"
+s1_node=$(node_of "$s1")
+mark=$(wc -l <"$SMLOG")
+expect_ok Volume.destroy "{\"dbg\":\"m0\",$sr,\"key\":\"$s0\"}" >/dev/null
+show_lvs "after destroying $s0"
+# s1 and the clone each have a leaf of their own on the merged node (the clone
+# gave them those): both now rest on the base.
+[ "$(node_of "$s1")" = "$s1_node" ] || tb_fail "s1 points at another node after the destroy: $(node_of "$s1"), not $s1_node"
+[ "$(tag_of "$s1_node" np)" = "$a" ] || tb_fail "s1's node was not relinked onto $a: $(tag_of "$s1_node" np)"
+[ "$(chain_of "$a")" = "${before[0]} ${before[1]} $a " ] || tb_fail "the chain after merging $frozen_node: $(chain_of "$a")"
+[ "$(tag_of "$(node_of "$c")" np)" = "$a" ] || tb_fail "the clone's leaf was not rebased onto $a: $(tag_of "$(node_of "$c")" np)"
+expect_ok Volume.destroy "{\"dbg\":\"m2\",$sr,\"key\":\"$s2\"}" >/dev/null
+show_lvs "after destroying $s2"
+[ "$(chain_of "$a")" = "${before[1]} $a " ] || tb_fail "the chain after merging the running leaf: $(chain_of "$a")"
+grep -q 'nj=' < <(lvs --noheadings -o lv_tags "$vg") && tb_fail "an online merge left its journal"
+tb_log "the master's SMlog of the two destroys:"
+smlog_since "$mark" 'merge' | sed 's/^/    /' >&2
+[ "$(smlog_since "$mark" "the member's engine merges" | wc -l)" = 2 ] ||
+    tb_fail "the member's engine was not asked twice to merge"
+[ "$(smlog_since "$mark" 'node merged by the engine serving the volume' | wc -l)" = 2 ] ||
+    tb_fail "the two merges were not finished as online merges"
+[ -z "$(smlog_since "$mark" 'qemu-img commit')" ] || tb_fail "qemu-img commit ran here on a chain the member has open"
+read -r again _ < <(read_snapshot "$s1")
+[ "$again" = "$frozen" ] || tb_fail "the snapshot s1 changed in the online merges"
+tb_log "the member's engine merged two nodes online: the chain of $a is ${#before[@]} nodes down to 2, the snapshots unchanged"
 tb_signal snap-cloned
 tb_await snap-detached 300
-read -r again _ < <(read_frozen "$frozen_node" qcow2)
+read -r again _ < <(read_snapshot "$s1")
 [ "$again" = "$frozen" ] || tb_fail "the snapshot changed after it was taken"
 read -r again _ < <(read_frozen "$b" raw)
 [ "$again" = "$frozen_b" ] || tb_fail "the plain volume's snapshot changed after it was taken"
 # Destroyed, the snapshots and the clone are collected into the volume's
 # own LV; node LVs still active on the member are deactivated there first.
 # The plain volume goes before its snapshot: its leaf is removed, not merged.
-for v in "$c" "$s1" "$s0" "$b" "$sb"; do expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$v\"}" >/dev/null; done
+for v in "$c" "$s1" "$b" "$sb"; do expect_ok Volume.destroy "{\"dbg\":\"x\",$sr,\"key\":\"$v\"}" >/dev/null; done
 [ "$(lvs --noheadings -o lv_name "$vg" | wc -l)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "not collected to one LV"; }
 # This host's plugin, answering the calls the member forwards.
 mkdir -p /etc/xapi.d/plugins && ln -sf "$(dirname "$NVMETCP")/nvmetcp-plugin" /etc/xapi.d/plugins/nvmetcp
@@ -146,7 +216,8 @@ tb_modules
 # can (as XCP-ng 9). The member serves the SR over the userspace initiator;
 # this host's own lvs and lvchange below see its /dev/nbdN too.
 cp /etc/lvm/lvm.conf /run/lvm.conf.before
-trap 'rm -f /etc/modprobe.d/testbed-no-nvme-tcp.conf /etc/nvmetcp/host.conf; cp /run/lvm.conf.before /etc/lvm/lvm.conf' EXIT
+smlog
+trap 'kill "$smlog_pid"; rm -f /dev/log /etc/modprobe.d/testbed-no-nvme-tcp.conf /etc/nvmetcp/host.conf; cp /run/lvm.conf.before /etc/lvm/lvm.conf' EXIT
 modprobe -r nvme_tcp
 echo "install nvme_tcp /bin/false" >/etc/modprobe.d/testbed-no-nvme-tcp.conf
 modprobe nbd nbds_max=4
@@ -194,9 +265,15 @@ old=$(node_of "$s1")
 [ "$(ro_of "$b")" = 1 ] || tb_fail "the plain volume's raw LV is writable on the member after the swap: $(ro_of "$b")"
 dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
 dd if=/dev/urandom of="$dev_b" bs=1M count=4 oflag=direct status=none
-tb_await snap-cloned 300
-wait "$writer" || { cat fio.*.log; tb_fail "fio --verify failed across the snapshot taken on the master"; }
-tb_log "fio --verify passed in $(cat fio.rounds) rounds on both disks across the master's snapshots and clone"
+tb_await snap-cloned 600
+wait "$writer" || { cat fio.*.log; tb_fail "fio --verify failed across the snapshots and merges of the master"; }
+tb_log "fio --verify passed in $(cat fio.rounds) rounds on both disks across the master's snapshots, clone and merges"
+# The master's collector merged twice in this chain through this host's engine.
+grep 'answered chain_commit' answers.log | sed 's/^/    /' >&2
+[ "$(grep 'answered chain_commit' answers.log | grep -F '"start"' | grep -cF 'started')" = 2 ] ||
+    tb_fail "this host's engine was not asked twice to start a merge"
+[ "$(smlog_since 0 'the engine merges for the master' | wc -l)" = 2 ] || tb_fail "this host's SMlog does not show the two merges"
+tb_log "after the merges: the raw base $a is read-only here: $(ro_of "$a")"
 served=$(dd if="$dev" bs=1M count=16 iflag=direct status=none | sum)
 unplug "$a" 7
 unplug "$b" 8
