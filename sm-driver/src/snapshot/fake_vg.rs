@@ -56,8 +56,8 @@ pub struct State {
     pub log: Vec<String>,
     /// The command (0-based, counted in `log`) that fails.
     pub fail_at: Option<usize>,
-    /// Every LV an `lvchange -ay` or `--refresh` loaded read-write (no
-    /// `read_only_volume_list` naming it), in order.
+    /// Every LV whose mapping was loaded read-write (activated, refreshed or
+    /// resized with no `read_only_volume_list` naming it), in order.
     pub loaded_read_write: Vec<String>,
 }
 
@@ -134,6 +134,7 @@ impl State {
             self.read_only.insert(lv.to_owned());
         } else {
             self.read_only.remove(lv);
+            self.loaded_read_write.push(lv.to_owned());
         }
     }
 
@@ -379,7 +380,6 @@ impl Runner for FakeVg {
     fn run(&self, command: &Command) -> Result<Output, CmdError> {
         let mut args = args_of(command);
         let config = args.iter().position(|a| a == "--config").and_then(|at| args.drain(at..=at + 1).nth(1));
-        let read_only_list = config.clone().filter(|c| c.contains("read_only_volume_list")).unwrap_or_default();
         let line = format!("{} {}", command.program().name(), args.join(" "));
         let mut state = self.state();
         state.log.push(line.clone());
@@ -398,16 +398,6 @@ impl Runner for FakeVg {
             Program::QemuImg => state.qemu_img(&args),
             other => Err(format!("{} is not faked", other.name())),
         };
-        let loads =
-            args.first().is_some_and(|a| a == "lvchange") && args.iter().any(|a| a == "-ay" || a == "--refresh");
-        if answer.is_ok() && command.program() == Program::Lvm && loads {
-            let vg = state.vg.clone();
-            for name in state.operands(&args) {
-                if !read_only_list.contains(&format!("\"{vg}/{name}\"")) {
-                    state.loaded_read_write.push(name);
-                }
-            }
-        }
         answer.map(|stdout| Output { stdout, stderr: String::new() }).map_err(failed)
     }
 }
