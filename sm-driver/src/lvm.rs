@@ -464,6 +464,40 @@ impl<'a> Lvm<'a> {
         Ok(())
     }
 
+    /// Activates `read` read-only and `written` read-write in `vg` on this
+    /// host with one `lvchange -ay` (the override lists only `read`), then
+    /// refreshes, read-write, what of `written` `now` reports active: the
+    /// LVs `qemu-img` opens to edit `written` on a backing chain `read`.
+    /// `read` must be inactive (an active LV is not reloaded by `-ay`).
+    ///
+    /// # Errors
+    /// [`LvmError`] if a name is unsafe or `lvchange` fails.
+    pub fn lvs_activate_reading(
+        &self,
+        vg: &VgName,
+        read: &[LvName],
+        written: &[LvName],
+        now: &[Lv],
+    ) -> Result<(), LvmError> {
+        let (active, inactive): (Vec<LvName>, Vec<LvName>) =
+            written.iter().cloned().partition(|lv| now.iter().any(|l| l.name == *lv && l.vg == *vg && l.active));
+        if !read.is_empty() || !inactive.is_empty() {
+            let read_names = qualified(vg, read);
+            let mut all = read_names.clone();
+            all.extend(qualified(vg, &inactive));
+            let command = if read.is_empty() {
+                self.command("lvchange")
+            } else {
+                self.read_only_command("lvchange", &read_names)
+            };
+            self.runner.run(&command.arg("-ay").args(all))?;
+        }
+        if !active.is_empty() {
+            self.runner.run(&self.command("lvchange").arg("--refresh").args(qualified(vg, &active)))?;
+        }
+        Ok(())
+    }
+
     /// Deactivates every LV of `lvs` in `vg` on this host with one
     /// `lvchange -an`; nothing to do for an empty list.
     ///
@@ -799,6 +833,35 @@ mod tests {
         }
         lvm.lvs_activate_read_only(&"vg".parse().unwrap(), &[]).unwrap();
         assert_eq!(runner.calls().len(), 2, "an empty list runs nothing");
+    }
+
+    /// Issue 18: the chain `qemu-img` only reads is activated read-only in
+    /// the same `lvchange -ay` as the image it writes, which is not listed.
+    #[test]
+    fn a_backing_chain_is_activated_read_only_with_the_written_image_in_one_call() {
+        let runner = FakeRunner::new().then_stdout("").then_stdout("").then_stdout("");
+        let lvm = Lvm::new(&runner, Path::new("/dev/nvme0n1"), true).unwrap();
+        let vg: crate::ids::VgName = "vg1".into();
+        let lv = |name: &str| Lv { name: name.into(), vg: "vg1".into(), size: 4 << 20, tags: Vec::new(), active: true };
+        let (read, written): ([LvName; 2], [LvName; 2]) =
+            (["vol-a".into(), "node-b".into()], ["node-c".into(), "node-d".into()]);
+        lvm.lvs_activate_reading(&vg, &read, &written, &[lv("node-d")]).unwrap();
+        lvm.lvs_activate_reading(&vg, &[], &written[..1], &[]).unwrap();
+        lvm.lvs_activate_reading(&vg, &[], &[], &[]).unwrap();
+        let shown: Vec<String> = runner.calls().into_iter().map(|c| c.shown).collect();
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(
+            shown[0].contains("read_only_volume_list = [ \\\"vg1/vol-a\\\", \\\"vg1/node-b\\\" ]")
+                && shown[0].ends_with(" -ay vg1/vol-a vg1/node-b vg1/node-c"),
+            "{}",
+            shown[0]
+        );
+        assert!(
+            shown[1].ends_with(" --refresh vg1/node-d") && !shown[1].contains("read_only_volume_list"),
+            "{}",
+            shown[1]
+        );
+        assert!(shown[2].ends_with(" -ay vg1/node-c") && !shown[2].contains("read_only_volume_list"), "{}", shown[2]);
     }
 
     #[test]

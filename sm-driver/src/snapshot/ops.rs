@@ -449,26 +449,25 @@ impl<'a> Chains<'a> {
         Ok(self.lvm.vgs()?.into_iter().find(|v| v.name == self.vg).map_or(4 << 20, |v| v.extent_size))
     }
 
-    /// Activates `from` and every ancestor of it that `lvs` reports
-    /// inactive (a qcow2 image is opened with its whole backing chain), and
-    /// `also` (refreshed if active already, as an LV the master changed
-    /// since), in one `lvchange`; a second refreshes what was active.
+    /// Activates for `qemu-img` the LVs it opens: `from` and its ancestors
+    /// that `lvs` reports inactive, read-only (a qcow2 image is opened with
+    /// its whole backing chain, and only `also` is written), and `also`
+    /// read-write (refreshed if active already, as an LV the master changed
+    /// since). An LV of the chain active already is left as it is: an
+    /// engine here may have it open. A node active read-write elsewhere
+    /// (the leaf a member serves) is so on one host only.
     fn activate_chain(&self, lvs: &[Lv], graph: &Graph, from: &str, also: &[&str]) -> Result<(), OpError> {
-        let mut names: Vec<LvName> = Vec::new();
+        let written: Vec<LvName> = also.iter().map(|lv| lv_named(lv)).collect::<Result<_, _>>()?;
+        let mut read: Vec<LvName> = Vec::new();
         let mut current = Some(from.to_owned());
         while let Some(lv) = current {
             current = graph.node(&lv).and_then(|n| n.parent.clone());
-            if !lvs.iter().any(|l| l.name == lv && l.active) {
-                names.push(lv_named(&lv)?);
+            let named = lv_named(&lv)?;
+            if !lvs.iter().any(|l| l.name == lv && l.active) && !written.contains(&named) {
+                read.push(named);
             }
         }
-        for lv in also {
-            let named = lv_named(lv)?;
-            if !names.contains(&named) {
-                names.push(named);
-            }
-        }
-        Ok(self.lvm.lvs_activate(self.vg, &names, lvs)?)
+        Ok(self.lvm.lvs_activate_reading(self.vg, &read, &written, lvs)?)
     }
 
     fn remove_lv(&self, lv: &str) -> Result<(), OpError> {

@@ -54,8 +54,8 @@ impl Chains<'_> {
             self.lvm.lvextend(self.vg, &leaf_lv.name, full)?;
             self.faults.reached("resize-extended");
         }
-        // qemu-img opens the leaf with its backing chain.
-        self.activate_chain(&lvs, &graph, &leaf.lv, &[])?;
+        // qemu-img opens the leaf with its backing chain, and writes the leaf.
+        self.activate_chain(&lvs, &graph, &leaf.lv, &[&leaf.lv])?;
         self.set_virtual_size(leaf_lv, new_size)?;
         self.faults.reached("resize-tagged");
         self.qemu_img.resize(&self.qcow2(&leaf.lv)?, new_size)?;
@@ -68,7 +68,7 @@ impl Chains<'_> {
     /// `recorded`, its virtual size on record, if a resize killed or failed
     /// after its commit point left it smaller.
     fn finish_header(&self, lvs: &[Lv], graph: &Graph, leaf: &str, recorded: u64) -> Result<(), OpError> {
-        self.activate_chain(lvs, graph, leaf, &[])?;
+        self.activate_chain(lvs, graph, leaf, &[leaf])?;
         let image = self.qcow2(leaf)?;
         let header = self.qemu_img.virtual_size(&image)?;
         if header < recorded {

@@ -284,6 +284,11 @@ fn a_plain_volume_a_members_engine_serves_is_snapshotted_through_that_member() {
     assert!(has(&leaf, "nf=qcow2") && has(&leaf, &format!("np={KEY}")), "{shape:?}");
     assert!(has(&snap_key, &format!("nn={KEY}")), "the snapshot holds the raw node: {shape:?}");
     assert!(shape.values().flatten().all(|t| !t.starts_with("nj=")), "a journal is left: {shape:?}");
+    // qemu-img read the old leaf to write the new one's header: the master
+    // loaded it read-only (and let it go after), as the member alone writes it.
+    let read_write = pool.vg.vg.state().loaded_read_write.clone();
+    assert!(!read_write.iter().any(|lv| lv == KEY), "the old leaf read-write on two hosts: {read_write:?}");
+    assert!(pool.vg.vg.ran(0, "lvm lvchange").iter().any(|c| c.contains(&format!("-ay {VG}/{KEY}"))), "read here");
 }
 
 /// Issue 18: a member that hands the volume to its VM through blkback is
