@@ -8,7 +8,8 @@
 //! rewrites), and starts the engine's commit; `action=state` reports the
 //! job; `action=leaf` reports the image the engine writes now and records
 //! it in the disk's handle; `action=give_back` (with `base`) reloads `base`
-//! read-only again, if it is active here, after a merge that moved nothing.
+//! read-only again, if it is active here, after a merge that moved nothing
+//! or that left it a parent again (`into`, and the node above the merged one).
 //! Only a disk served read-write with no swap in its handle is merged;
 //! tapdisk never merges an open disk's leaf.
 
@@ -61,8 +62,10 @@ fn action<'a>(args: &'a BTreeMap<String, String>) -> Result<Action<'a>, Refusal>
     })
 }
 
+/// The engine's error with its causes ("connecting to QMP failed" alone
+/// hides the errno that says the daemon is gone).
 fn engine_failed(error: &EngineError) -> Refusal {
-    (ErrorCode::ToolFailed, vec![error.to_string()])
+    (ErrorCode::ToolFailed, vec![crate::error_chain::chain(error)])
 }
 
 /// Answers [`COMMIT`]; every argument is validated before anything is touched.
@@ -84,7 +87,7 @@ pub(super) fn commit(ctx: &Context, args: &BTreeMap<String, String>) -> Result<S
                 let lvm = lvm_for(ctx, &state, false).map_err(|e| (ErrorCode::NoPath, vec![e.to_string()]))?;
                 lvm.lvs_activate_read_only(&state.vg, std::slice::from_ref(&base_lv))
                     .map_err(|e| (ErrorCode::LvmFailed, vec![e.to_string()]))?;
-                tracing::info!(volume, base, "the merge's parent reloaded read-only for the master's collector");
+                tracing::info!(volume, base, "a node of the merge reloaded read-only for the master's collector");
             }
             json(&serde_json::json!({ "read_only": active }))
         }

@@ -22,7 +22,8 @@
 //!
 //! A merge that moved nothing (the engine refused `start`, its job failed,
 //! or a kill came before it was asked) gives `into` back: the entry moves
-//! to `GivingBack`, `into` is reloaded read-only and shrunk to its image
+//! to `GivingBack`, `into` (and the node above `child`, which the job had
+//! writable too) is reloaded read-only and `into` shrunk to its image
 //! end (as a snapshot's frozen node is), and only then does the entry go.
 //! Replay of a `GivingBack` entry runs the give-back again, asking no
 //! engine: the decision is in the journal.
@@ -82,8 +83,9 @@ pub trait Merging {
         Ok(None)
     }
     /// Reloads `base` read-only on the other host whose engine serves
-    /// `volume`, after a merge into it that moved nothing (that host
-    /// reloaded it read-write for the job). This host's own mapping is the
+    /// `volume`: a node that host reloaded read-write for a merge's job
+    /// (`into`, or the node above the merged one), once the merge moved
+    /// nothing or left it a parent again. This host's own mapping is the
     /// caller's: nothing to do for an engine here.
     ///
     /// # Errors
@@ -195,7 +197,7 @@ impl Chains<'_> {
         // here afterwards.
         let here = matches!(self.merging.host_of(volume), Ok(None));
         let chain: Vec<String> = graph.chain(volume)?.iter().map(|n| n.lv.clone()).collect();
-        let overlay = chain.windows(2).skip(1).find(|w| w[1] == child).and_then(|w| graph.node(&w[0])).cloned();
+        let overlay = overlay_of(&graph, volume, child)?;
         let overlay_image = overlay.as_ref().map(|o| self.image(o)).transpose()?;
         let mut written: Vec<&str> = if here { vec![into] } else { Vec::new() };
         if here {
@@ -329,24 +331,47 @@ impl Chains<'_> {
         let graph = Graph::from_lvs(&lvs, self.volume_tag)?;
         if let Some(into_node) = graph.node(into) {
             let into_lv = lvs.iter().find(|l| l.name == *into);
+            let overlay = match online {
+                Some(volume) => overlay_of(&graph, volume, child)?,
+                None => None,
+            };
+            let mut given: Vec<&Node> = vec![into_node];
+            given.extend(overlay.as_ref());
+            self.read_only_again(&lvs, online.as_deref(), &given)?;
             let here = online.as_deref().is_none_or(|volume| matches!(self.merging.host_of(volume), Ok(None)));
-            if here {
-                if into_lv.is_some_and(|l| l.active) {
-                    self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?])?;
-                }
-            } else {
-                let volume = online.as_deref().unwrap_or_default();
-                if let Err(error) = self.merging.give_back(volume, &self.image(into_node)?) {
-                    tracing::warn!(volume, into, %error, "the host serving the volume keeps the node writable until the disk closes");
-                }
-                if into_node.format == ImageFormat::Qcow2 {
-                    self.read_here(&graph, into);
-                }
+            if !here && into_node.format == ImageFormat::Qcow2 {
+                // Read here, as the member serves it, to shrink it.
+                self.read_here(&graph, into);
             }
             self.shrink_frozen(into_node, self.extent_size()?, into_lv.map(|l| l.size));
-            tracing::info!(child, into, "the merge's parent given back read-only");
+            tracing::info!(child, into, "the merge's nodes given back read-only");
         }
         self.clean_operation(&entry.operation)
+    }
+
+    /// Reloads `nodes` (the parents an online merge of `volume` made
+    /// writable for its job) read-only where the job ran: here, those `lvs`
+    /// has active; on the member serving `volume`, through
+    /// [`Merging::give_back`] (a member that cannot be asked keeps them
+    /// writable until the disk closes, and says so; nothing writes them).
+    fn read_only_again(&self, lvs: &[super::Lv], volume: Option<&str>, nodes: &[&Node]) -> Result<(), OpError> {
+        let here = volume.is_none_or(|volume| matches!(self.merging.host_of(volume), Ok(None)));
+        if here {
+            let active: Vec<LvName> = nodes
+                .iter()
+                .filter(|n| lvs.iter().any(|l| l.name == n.lv && l.active))
+                .map(|n| lv_named(&n.lv))
+                .collect::<Result<_, _>>()?;
+            self.lvm.lvs_activate_read_only(self.vg, &active)?;
+            return Ok(());
+        }
+        let volume = volume.unwrap_or_default();
+        for node in nodes {
+            if let Err(error) = self.merging.give_back(volume, &self.image(node)?) {
+                tracing::warn!(volume, node = %node.lv, %error, "the host serving the volume keeps the node writable until the disk closes");
+            }
+        }
+        Ok(())
     }
 
     /// Activates `into` and its backing chain read-only here, as a member's
@@ -458,15 +483,25 @@ impl Chains<'_> {
             // A parent again, shrunk to its image end.
             self.read_here(&graph, into);
         }
+        let overlay = overlay_of(&graph, volume, child)?;
         self.retire_child(&lvs, child, &into_node, &grandchildren, &rewritten)?;
-        if here && into_node.format == ImageFormat::Raw && !grandchildren.is_empty() {
-            // A raw parent again: nothing writes it, so read-only here (a
-            // member's activation is the member's).
-            if let Err(error) = self.lvm.lvs_activate_read_only(self.vg, &[lv_named(into)?]) {
-                tracing::warn!(into, %error, "the merged-into node stays writable");
+        if !grandchildren.is_empty() {
+            // `into` a parent again, and the node above it one still: what
+            // the job had writable goes back to read-only where it ran.
+            let mut parents: Vec<&Node> = vec![&into_node];
+            parents.extend(overlay.as_ref());
+            if let Err(error) = self.read_only_again(&self.lvs()?, Some(volume), &parents) {
+                tracing::warn!(volume, into, %error, "the merge's nodes stay writable until the disk closes");
             }
         }
         tracing::info!(volume, child, into, "node merged by the engine serving the volume");
         Ok(true)
     }
+}
+
+/// The node above `child` in `volume`'s chain when that is not the leaf: a
+/// parent whose backing link the engine rewrites when it merges `child`.
+fn overlay_of(graph: &Graph, volume: &str, child: &str) -> Result<Option<Node>, GraphError> {
+    let chain = graph.chain(volume)?;
+    Ok(chain.windows(2).skip(1).find(|w| w[1].lv == child).map(|w| w[0].clone()))
 }

@@ -174,9 +174,9 @@ fn a_lost_answer_to_the_start_leaves_the_merge_to_replay() {
 
 /// Issue 18: `into` of a merge in a chain the member serves is written by
 /// the member's engine: the member reloads it read-write (no read-only
-/// list) before its engine commits, and the master, which never writes it,
-/// leaves its own activation alone: not read-write for the job, not
-/// read-only after it (a member's parents are the member's to reload).
+/// list) before its engine commits, and read-only after the job (a parent
+/// again: the master asks it, `chain_commit` `give_back`); the master,
+/// which never writes it, leaves its own activation alone.
 #[test]
 fn the_node_a_members_engine_merges_into_is_writable_there_and_left_alone_on_the_master() {
     let pool = twice_on_member();
@@ -187,7 +187,9 @@ fn the_node_a_members_engine_merges_into_is_writable_there_and_left_alone_on_the
     let refresh = format!("lvm lvchange --refresh {VG}/{KEY}");
     let committed = ran.iter().position(|c| c.starts_with("tap-ctl commit")).unwrap_or_else(|| panic!("{ran:?}"));
     assert!(ran[..committed].contains(&refresh), "the member did not reload {KEY} before its commit: {ran:?}");
-    assert!(!pool.member_ran_read_only().contains(&refresh), "reloaded read-only: {:?}", pool.member_ran_read_only());
+    let read_only = pool.member_ran_read_only();
+    assert_eq!(read_only, [format!("lvm lvchange -ay {VG}/{KEY}"), refresh], "a parent again, read-only: {ran:?}");
+    assert!(ran.iter().rposition(|c| *c == read_only[1]) > Some(committed), "read-only before the job: {ran:?}");
     let on_master: Vec<String> = pool.vg.vg.state().log[start..]
         .iter()
         .filter(|c| c.starts_with("lvm lvchange") && c.ends_with(&format!(" {VG}/{KEY}")) && !c.contains("--addtag"))
@@ -312,17 +314,30 @@ fn the_node_above_a_merged_one_is_writable_on_the_member_before_its_engine_merge
     let pool = thrice_on_member();
     merge_reports(&pool, "concluded");
     let (node, overlay, leaf) = (format!("node-{UUID}"), format!("node-{UUID2}"), format!("node-{UUID3}"));
+    // The member has the chain's parents active (read-only) under its disk.
+    pool.member.write("/sys/block/dm-1/dm/name", &format!("{}\n", crate::pool_mappings::dm_name(VG, &overlay)));
     pool.volume_call("Volume.destroy", &format!("vol-{UUID}")).unwrap();
     let ran = pool.member_ran();
     // What the member ran for the merge: after the last snapshot's swap.
     let swapped = ran.iter().rposition(|c| c.starts_with("tap-ctl unpause")).unwrap();
     let merge = &ran[swapped + 1..];
-    let at = |line: &str| merge.iter().rposition(|c| c == line).unwrap_or_else(|| panic!("{line}: {merge:?}"));
-    let committed = at(&format!("tap-ctl commit -p 7 -m 3 -a /dev/{VG}/{node}"));
+    let committed = merge
+        .iter()
+        .position(|c| *c == format!("tap-ctl commit -p 7 -m 3 -a /dev/{VG}/{node}"))
+        .unwrap_or_else(|| panic!("{merge:?}"));
+    let at =
+        |line: &str| merge[..committed].iter().rposition(|c| c == line).unwrap_or_else(|| panic!("{line}: {merge:?}"));
     let reloaded = at(&format!("lvm lvchange --refresh {VG}/{KEY}"));
     let overlay_reloaded = at(&format!("lvm lvchange --refresh {VG}/{overlay}"));
-    assert!(reloaded < overlay_reloaded && overlay_reloaded < committed, "the node above is read-only: {merge:?}");
+    assert!(reloaded < overlay_reloaded, "the node above is read-only for the job: {merge:?}");
     assert!(!merge.iter().any(|c| c.ends_with(&format!("{VG}/{leaf}"))), "the running leaf reloaded: {merge:?}");
+    // After the job both are parents again: read-only on the member.
+    let read_only = pool.member_ran_read_only();
+    for lv in [KEY, overlay.as_str()] {
+        let refresh = format!("lvm lvchange --refresh {VG}/{lv}");
+        assert!(read_only.contains(&refresh), "{lv} stays writable on the member: {read_only:?}");
+        assert!(merge.iter().rposition(|c| *c == refresh) > Some(committed), "{lv} read-only only after: {merge:?}");
+    }
     let shape = pool.vg.vg.shape();
     assert!(!shape.contains_key(&node), "the node is removed: {shape:?}");
     assert!(has(&pool, &overlay, &format!("np={KEY}")), "the node above rests on the raw LV: {shape:?}");

@@ -105,7 +105,7 @@ impl Merging for MergeInPool<'_> {
     fn give_back(&self, volume: &str, base: &Image) -> Result<(), EngineError> {
         let Some(host) = self.host_of(volume)? else { return Ok(()) };
         self.pool.commit_on(&host, volume, "give_back", &[("base", lv_of(base))])?;
-        tracing::info!(volume, host, base = lv_of(base), "the member reloaded the merge's parent read-only");
+        tracing::info!(volume, host, node = lv_of(base), "the member reloaded a node of the merge read-only");
         Ok(())
     }
 

@@ -526,4 +526,22 @@ fn the_node_above_a_merged_one_is_made_writable_before_the_job() {
     assert!(activated("vol-a") && activated("node-2"), "node-2 not writable for the job: {before_job:?}");
     assert!(!activated("node-3"), "the running leaf reloaded: {before_job:?}");
     assert!(node(&fake, "node-2").contains(&"np=vol-a".to_owned()), "{:?}", node(&fake, "node-2"));
+    let read_only = fake.state().read_only.clone();
+    assert!(read_only.contains("node-2") && read_only.contains("vol-a"), "parents left writable: {read_only:?}");
+}
+
+/// Issue 18: a merge of a middle node that the engine fails gives back
+/// both nodes it made writable, `into` and the node above the merged one.
+#[test]
+fn a_failed_merge_of_a_middle_node_gives_both_writable_parents_back() {
+    let fake = after_one_snapshot();
+    snapshot(&fake, "2", false).unwrap();
+    snapshot(&fake, "3", false).unwrap();
+    on(&fake, &NoFaults, |c| c.destroy("vol-1")).unwrap();
+    let engine = Engine::serving(&fake, &["vol-a"], "node-3", Job::Fails);
+    collect(&fake, &NoFaults, &engine, &[]);
+    let read_only = fake.state().read_only.clone();
+    assert!(read_only.contains("node-2") && read_only.contains("vol-a"), "parents left writable: {read_only:?}");
+    assert!(!read_only.contains("node-3"), "the running leaf reloaded: {read_only:?}");
+    assert!(node(&fake, "node-1").iter().all(|t| !t.starts_with("nj=")), "{:?}", node(&fake, "node-1"));
 }
