@@ -274,7 +274,9 @@ old=$(node_of "$s1")
 [ "$(ro_of "$b")" = 1 ] || tb_fail "the plain volume's raw LV is writable on the member after the swap: $(ro_of "$b")"
 dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
 dd if=/dev/urandom of="$dev_b" bs=1M count=4 oflag=direct status=none
-tb_await snap-cloned 600
+# The master merges twice between these (an active commit under fio may
+# need several collector runs): 600 s was too short on a loaded host.
+tb_await snap-cloned 1200
 wait "$writer" || { cat fio.*.log; tb_fail "fio --verify failed across the snapshots and merges of the master"; }
 tb_log "fio --verify passed in $(cat fio.rounds) rounds on both disks across the master's snapshots, clone and merges"
 # The master's collector merged twice in this chain through this host's engine.
