@@ -784,7 +784,9 @@ ls /etc/lvm/archive 2>/dev/null | grep -c "^nvmetcp_${SR//-/}_" | { read -r n; [
 expect_ok SR.destroy "{\"dbg\":\"x\",$sr}" >/dev/null
 "#,
             ),
-        ),
+        )
+        // Up to 35 metadata writes of 64 KiB: past 300 s at a load average of 7.
+        .timeout_secs(600),
         Scenario::script(
             "volume-kills",
             &script(
