@@ -765,6 +765,7 @@ impl<'a> Chains<'a> {
             let add: Vec<String> = new_tags.iter().filter(|t| !old_tags.contains(t)).cloned().collect();
             self.lvm.lv_retag(self.vg, &lv_named(&grandchild.lv)?, &remove, &add)?;
         }
+        self.shallower_below(lvs, grandchildren)?;
         self.faults.reached("merge-relinked");
         if !grandchildren.is_empty() {
             // Still a parent: read-only, so back to its image end.
@@ -779,6 +780,27 @@ impl<'a> Chains<'a> {
         // Active here: activated for the commit.
         self.remove_known(&lv_named(child)?, true)?;
         tracing::info!(child, into = %into.lv, "node merged");
+        Ok(())
+    }
+
+    /// Moves the depth tag of every node below `grandchildren` (`lvs` as
+    /// read before their parent was merged away) one step up, as their
+    /// depth is. Parent links are the truth and a stale tag is corrected in
+    /// memory, but it is warned about on every read of the graph: without
+    /// this, every merge of a middle node left the leaf's tag stale for good.
+    fn shallower_below(&self, lvs: &[Lv], grandchildren: &[Node]) -> Result<(), OpError> {
+        let graph = Graph::from_lvs(lvs, self.volume_tag)?;
+        let mut below: Vec<Node> = grandchildren.iter().flat_map(|g| graph.children(&g.lv)).cloned().collect();
+        while let Some(node) = below.pop() {
+            below.extend(graph.children(&node.lv).into_iter().cloned());
+            let depth = format!("nd={}", node.depth.saturating_sub(1));
+            let Some(lv) = lvs.iter().find(|l| l.name == node.lv) else { continue };
+            if lv.tags.contains(&depth) {
+                continue;
+            }
+            let recorded: Vec<String> = lv.tags.iter().filter(|t| t.starts_with("nd=")).cloned().collect();
+            self.lvm.lv_retag(self.vg, &lv.name, &recorded, std::slice::from_ref(&depth))?;
+        }
         Ok(())
     }
 

@@ -528,6 +528,9 @@ fn the_node_above_a_merged_one_is_made_writable_before_the_job() {
     assert!(node(&fake, "node-2").contains(&"np=vol-a".to_owned()), "{:?}", node(&fake, "node-2"));
     let read_only = fake.state().read_only.clone();
     assert!(read_only.contains("node-2") && read_only.contains("vol-a"), "parents left writable: {read_only:?}");
+    // Every node below the merged one is a step shallower, tags included.
+    assert!(node(&fake, "node-2").contains(&"nd=2".to_owned()), "{:?}", node(&fake, "node-2"));
+    assert!(node(&fake, "node-3").contains(&"nd=3".to_owned()), "stale depth tag: {:?}", node(&fake, "node-3"));
 }
 
 /// Issue 18: a merge of a middle node that the engine fails gives back
