@@ -508,14 +508,20 @@ fn a_chain_the_engine_still_merges_is_not_snapshotted_cloned_or_resized() {
     }
 }
 
-#[test]
-fn the_node_above_a_merged_one_is_made_writable_before_the_job() {
-    // vol-a's raw LV <- node-1 <- node-2 (vol-3's, a read-only parent) <-
-    // leaf node-3; vol-1 gone: merging node-1 rewrites node-2's backing link.
+/// vol-a's raw LV <- node-1 <- node-2 (vol-3's, a read-only parent) <-
+/// leaf node-3, which an engine here serves; vol-1 gone: merging node-1
+/// rewrites node-2's backing link.
+fn a_middle_node_to_merge() -> FakeVg {
     let fake = after_one_snapshot();
     snapshot(&fake, "2", false).unwrap();
     snapshot(&fake, "3", false).unwrap();
     on(&fake, &NoFaults, |c| c.destroy("vol-1")).unwrap();
+    fake
+}
+
+#[test]
+fn the_node_above_a_merged_one_is_made_writable_before_the_job() {
+    let fake = a_middle_node_to_merge();
     let engine = Engine::serving(&fake, &["vol-a"], "node-3", Job::Finishes);
     let start = fake.commands();
     assert_eq!(collect(&fake, &NoFaults, &engine, &[]), 1);
@@ -537,10 +543,7 @@ fn the_node_above_a_merged_one_is_made_writable_before_the_job() {
 /// both nodes it made writable, `into` and the node above the merged one.
 #[test]
 fn a_failed_merge_of_a_middle_node_gives_both_writable_parents_back() {
-    let fake = after_one_snapshot();
-    snapshot(&fake, "2", false).unwrap();
-    snapshot(&fake, "3", false).unwrap();
-    on(&fake, &NoFaults, |c| c.destroy("vol-1")).unwrap();
+    let fake = a_middle_node_to_merge();
     let engine = Engine::serving(&fake, &["vol-a"], "node-3", Job::Fails);
     collect(&fake, &NoFaults, &engine, &[]);
     let read_only = fake.state().read_only.clone();
