@@ -15,7 +15,7 @@ const DOCUMENTS: &[&str] =
 /// (how the documented command starts, the file that exercises it, what that
 /// file must contain to do so).
 const EXERCISED: &[(&str, &str, &str)] = &[
-    ("tests/demo", "tests/run", "\ntests/demo\n"),
+    ("tests/demo", "tests/run", "demo) tests/demo ;;"),
     ("tests/run", ".ci/run", "\ntests/run\n"),
     ("bench/run", "tests/run", "\nbench/run --short\n"),
     ("nvmetcp doctor --pool", "tests/testbed/scenarios/admin-story.sh", "nvmetcp doctor --pool --portals"),
