@@ -178,38 +178,81 @@ impl Run {
     }
 }
 
-/// The binaries the tiers run in their guests, next to the test binary that
-/// asks (`target/debug/deps/<tier>-…` → `target/debug/<name>`).
+/// The Rust target of the binaries the RPM ships.
+pub const SHIPPED_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The arguments of `cargo build` that make the binaries the RPM ships,
+/// word for word as `rpm/build` and `bench/run` spell them (a test keeps
+/// the three equal): the guests run exactly what an XCP-ng host installs,
+/// and no build of one replaces the binary another is running.
+pub const SHIPPED_BUILD: [&str; 12] = [
+    "--release",
+    "--locked",
+    "--target",
+    SHIPPED_TARGET,
+    "-p",
+    "sm-driver",
+    "--bin",
+    "nvmetcp-plugin",
+    "-p",
+    "nvmetcp-admin",
+    "--bin",
+    "nvmetcp",
+];
+
+/// A test program the tiers run in their guests (the XAPI emulator), next
+/// to the test binary that asks (`target/debug/deps/<tier>-…` →
+/// `target/debug/<name>`).
 #[must_use]
 pub fn built_binary(name: &str) -> PathBuf {
+    profile_dir().join(name)
+}
+
+/// A binary the RPM ships (`nvmetcp-plugin`, `nvmetcp`), as
+/// [`SHIPPED_BUILD`] makes it: `target/x86_64-unknown-linux-musl/release/<name>`.
+#[must_use]
+pub fn shipped_binary(name: &str) -> PathBuf {
+    let target = profile_dir().parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
+    target.join(SHIPPED_TARGET).join("release").join(name)
+}
+
+/// `target/debug`, where cargo put the running test binary.
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join(name)
+    exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")).to_path_buf()
 }
 
 /// The plugin binary every tier calls.
 #[must_use]
 pub fn plugin_binary() -> PathBuf {
-    built_binary("nvmetcp-plugin")
+    shipped_binary("nvmetcp-plugin")
 }
 
-/// Builds the plugin, the `nvmetcp` command and the XAPI emulator, current,
-/// as xapi would find them installed. Every tier builds this one set (the
-/// same packages, so the same features): they all run the very same
-/// plugin, and a tier starting in one lane of `tests/run` never replaces the
-/// binary the other lane's guest is running. Says why on failure.
+/// Builds the binaries under test, current: the plugin and the `nvmetcp`
+/// command as the RPM ships them (static musl, release: a debug plugin
+/// takes three times as long to start in a guest), and the XAPI emulator.
+/// Every tier builds this one set, so they all run the very same plugin,
+/// and a tier starting in one lane of `tests/run` never replaces the binary
+/// the other lane's guest is running. Says why on failure.
 #[must_use]
 pub fn build_under_test() -> bool {
     #![allow(clippy::print_stderr)] // a test program's report
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    #[allow(clippy::disallowed_methods)] // test tooling: builds the binaries under test
-    let built = Command::new(cargo)
-        .args(["build", "-p", "sm-driver", "--bin", "nvmetcp-plugin", "-p", "nvmetcp-admin", "--bin", "nvmetcp"])
-        .args(["-p", "xapi-emulator", "--bin", "xapi-emulator"])
-        .status();
-    let ready = built.is_ok_and(|s| s.success())
-        && ["nvmetcp-plugin", "nvmetcp", "xapi-emulator"].iter().all(|n| built_binary(n).exists());
+    let build = |args: &[&str]| {
+        #[allow(clippy::disallowed_methods)] // test tooling: builds the binaries under test
+        let status = Command::new(&cargo).arg("build").args(args).status();
+        status.is_ok_and(|s| s.success())
+    };
+    let ready = build(&SHIPPED_BUILD)
+        && build(&["-p", "xapi-emulator", "--bin", "xapi-emulator"])
+        && ["nvmetcp-plugin", "nvmetcp"].iter().all(|n| shipped_binary(n).exists())
+        && built_binary("xapi-emulator").exists();
     if !ready {
-        eprintln!("cannot build the binaries under test next to {}", plugin_binary().display());
+        eprintln!(
+            "cannot build the binaries under test ({} and {}); tests/testbed/prepare installs musl-tools and the Rust target {SHIPPED_TARGET}",
+            plugin_binary().display(),
+            built_binary("xapi-emulator").display()
+        );
     }
     ready
 }
@@ -343,6 +386,30 @@ pub fn two_role_main(
             eprintln!("{name}: cannot find this test program: {error}");
             println!("0 passed, 1 failed");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{scripts_dir, SHIPPED_BUILD, SHIPPED_TARGET};
+
+    /// `rpm/build` and `bench/run` build the shipped binaries with the
+    /// arguments the test bed builds them with (`--quiet` and the
+    /// redirection aside): a difference would test one binary and ship
+    /// another, and rebuild it between steps of `tests/run`.
+    #[test]
+    fn the_rpm_the_bench_and_the_test_bed_build_the_same_binaries() {
+        let wanted = format!("cargo build {}", SHIPPED_BUILD.join(" "));
+        for script in ["../../rpm/build", "../../bench/run"] {
+            let path = scripts_dir().join(script);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let builds: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("cargo build") && l.contains("-p sm-driver"))
+                .map(|l| l.replace(" --quiet", "").replace("\"$TARGET\"", SHIPPED_TARGET).replace(" >&2", ""))
+                .collect();
+            assert_eq!(builds, std::slice::from_ref(&wanted), "{script} builds the shipped binaries differently");
         }
     }
 }

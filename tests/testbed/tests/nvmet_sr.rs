@@ -29,7 +29,7 @@ use smapi_harness::{Caller, Outcome, PluginTree};
 const SR: &str = "3f1c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 
 fn admin_binary() -> PathBuf {
-    nvmetcp_testbed::built_binary("nvmetcp")
+    nvmetcp_testbed::shipped_binary("nvmetcp")
 }
 
 fn main() -> ExitCode {
@@ -941,7 +941,7 @@ cat node.log
 kill "$emulator"
 [ "$rc" = 0 ] || tb_fail "the Xen Orchestra plugin's test-bed tests failed (exit $rc)"
 "#,
-        emulator = plugin_binary().with_file_name("xapi-emulator").display(),
+        emulator = nvmetcp_testbed::built_binary("xapi-emulator").display(),
         plugin = plugin_binary().display(),
         peers = peers_dir().display(),
         root = repository_root().display(),
