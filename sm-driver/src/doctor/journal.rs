@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::cmd::Runner;
 use crate::host::HostRoot;
 use crate::lvm::Lvm;
-use crate::snapshot::journal::{Entry, Operation, Step};
+use crate::snapshot::journal::Entry;
 use crate::sr_state::SrState;
 
 use super::Check;
@@ -56,7 +56,7 @@ fn of_sr(host: &HostRoot, runner: &dyn Runner, state: &SrState) -> Check {
     let pending: Vec<String> = lvs
         .iter()
         .flat_map(|lv| lv.tags.iter().filter_map(|tag| Entry::from_tag(tag)).map(move |entry| (lv, entry)))
-        .map(|(lv, entry)| format!("on LV {}: {}", lv.name, describe(&entry)))
+        .map(|(lv, entry)| format!("on LV {}: {}", lv.name, entry.describe()))
         .collect();
     if pending.is_empty() {
         return Check::pass(name(uuid), "no unfinished snapshot, clone or merge");
@@ -68,29 +68,6 @@ fn of_sr(host: &HostRoot, runner: &dyn Runner, state: &SrState) -> Check {
          merge finishes when the engine serving the disk ends its job, or at the disk's Datapath.detach. If one \
          stays for more than a few minutes, keep SMlog of the master and of the host serving the disk and report it",
     )
-}
-
-/// An entry in words.
-fn describe(entry: &Entry) -> String {
-    let what = match &entry.operation {
-        Operation::Snapshot { volume, clone_leaf: Some(_), .. } => format!("a clone of volume {volume}"),
-        Operation::Snapshot { volume, active_on: Some(host), .. } => {
-            format!("a snapshot of volume {volume}, in use on host {host}")
-        }
-        Operation::Snapshot { volume, .. } => format!("a snapshot of volume {volume}"),
-        Operation::Merge { child, into, online: Some(volume) } => {
-            format!("a merge of node {child} into {into} by the engine serving volume {volume}")
-        }
-        Operation::Merge { child, into, online: None } => format!("a merge of node {child} into {into} at rest"),
-    };
-    let step = match entry.step {
-        Step::Prepared => "prepared",
-        Step::Swapping => "the engine asked to switch to the new leaf",
-        Step::Committed => "past its commit point, cleaning up",
-        Step::EngineCommitting => "the engine asked to merge",
-        Step::GivingBack => "nothing merged; the parent being made read-only and shrunk again",
-    };
-    format!("{what} ({step})")
 }
 
 #[cfg(test)]

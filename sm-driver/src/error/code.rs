@@ -88,6 +88,8 @@ error_codes! {
     ChainDamaged = "NVMETCP_CHAIN_DAMAGED",
     /// A detach refused until an interrupted online merge is finished.
     MergeUnfinished = "NVMETCP_MERGE_UNFINISHED",
+    /// A disk not opened while the master changes its chain.
+    ChainBusy = "NVMETCP_CHAIN_BUSY",
     /// The host plugin has no such function.
     UnknownFunction = "NVMETCP_UNKNOWN_FUNCTION",
     /// The host plugin's call is malformed.

@@ -263,6 +263,7 @@ fn chain_code(error: &ChainCallError) -> ErrorCode {
         | ChainCallError::Layered { .. } => ErrorCode::SnapshotRefused,
         ChainCallError::Served { .. } | ChainCallError::ResizeRunning { .. } => ErrorCode::VolumeActive,
         ChainCallError::MergeUnfinished { .. } | ChainCallError::MergeOnMaster { .. } => ErrorCode::MergeUnfinished,
+        ChainCallError::ChainBusy { .. } => ErrorCode::ChainBusy,
     }
 }
 

@@ -133,6 +133,19 @@ pub enum ChainCallError {
         /// The node it is merged into.
         into: String,
     },
+    /// A disk not opened: the master has journalled a change of its chain
+    /// (a merge of one of its nodes, or a snapshot or clone of it).
+    #[error(
+        "volume {key} was not attached: the pool master is changing its chain ({what}, journalled on LV {lv});          serving it now could hand the VM a node the master is about to remove or freeze. The disk was closed          again and nothing was changed. Retry in a minute: a merge or snapshot ends by itself. If it keeps          failing, the operation was interrupted: the master finishes it at its next collector run (a          Volume.destroy there) or SR.attach; `nvmetcp doctor` on the master lists what is journalled"
+    )]
+    ChainBusy {
+        /// The volume.
+        key: String,
+        /// The operation, in words.
+        what: String,
+        /// The LV whose tag journals it.
+        lv: String,
+    },
     /// The other hosts could not say which volumes they serve.
     #[error(transparent)]
     Pool(#[from] PoolCheckError),

@@ -101,6 +101,30 @@ impl Entry {
         let value = tag.strip_prefix(JOURNAL_KEY)?.strip_prefix('=')?;
         serde_json::from_str(&unhex(value)).ok()
     }
+
+    /// The entry in words, as `nvmetcp doctor` and errors say it.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let what = match &self.operation {
+            Operation::Snapshot { volume, clone_leaf: Some(_), .. } => format!("a clone of volume {volume}"),
+            Operation::Snapshot { volume, active_on: Some(host), .. } => {
+                format!("a snapshot of volume {volume}, in use on host {host}")
+            }
+            Operation::Snapshot { volume, .. } => format!("a snapshot of volume {volume}"),
+            Operation::Merge { child, into, online: Some(volume) } => {
+                format!("a merge of node {child} into {into} by the engine serving volume {volume}")
+            }
+            Operation::Merge { child, into, online: None } => format!("a merge of node {child} into {into} at rest"),
+        };
+        let step = match self.step {
+            Step::Prepared => "prepared",
+            Step::Swapping => "the engine asked to switch to the new leaf",
+            Step::Committed => "past its commit point, cleaning up",
+            Step::EngineCommitting => "the engine asked to merge",
+            Step::GivingBack => "nothing merged; the parent being made read-only and shrunk again",
+        };
+        format!("{what} ({step})")
+    }
 }
 
 impl Operation {

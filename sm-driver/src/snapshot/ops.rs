@@ -703,8 +703,9 @@ impl<'a> Chains<'a> {
 
     /// Why none of `edited` (images a merge's tail would write from here)
     /// may be written now: one is in the chain of a volume an engine has
-    /// open, on this host or another ([`Merging::open`], the facts the
-    /// collector's plan is made from), or a host cannot say which it has.
+    /// open, on this host or another ([`Merging::open`], asked now: after
+    /// the entry for the edit was journalled), or a host cannot say which
+    /// it has.
     fn open_among(&self, graph: &Graph, edited: &[&str]) -> Option<String> {
         let open = match self.merging.open() {
             Ok(open) => open,

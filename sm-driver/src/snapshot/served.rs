@@ -45,7 +45,7 @@ use crate::sr_state::SrState;
 
 use super::calls::ChainCallError;
 use super::graph::Graph;
-use super::journal::Serving;
+use super::journal::{Entry, Operation, Serving};
 use super::ops::{Faults, OpError, Running, ServingProbe};
 
 mod merging;
@@ -341,8 +341,32 @@ pub fn attach(
         let _ = engine.close(&disk);
         return Err(error);
     }
+    // Recorded first, then the journal read: the master journals a change
+    // first, then asks every host which chains it has open, so either it
+    // sees this disk or this call sees its entry.
+    let names: Vec<String> = chain.iter().map(|n| n.lv.clone()).collect();
+    let now = lvm.lvs(&state.vg)?;
+    if let Some((journalled_on, entry)) = changing_chain(&now, &lv.name, &names) {
+        if let Err(error) = detach(runner, host, Some(lvm), Some(now), state, volume_tag, &lv.name) {
+            tracing::warn!(%error, volume = %lv.name, "the disk could not be closed again");
+        }
+        tracing::warn!(volume = %lv.name, lv = journalled_on, what = entry.describe(), "not served: the master changes its chain");
+        return Err(ChainCallError::ChainBusy { key: lv.name.to_string(), what: entry.describe(), lv: journalled_on });
+    }
     tracing::info!(volume = %lv.name, device = %disk.device.display(), engine = %engine.kind(), ?access, "chain served");
     Ok(disk.device)
+}
+
+/// The first journal entry on `lvs` that changes `volume`'s chain (`chain`,
+/// its nodes): a merge of one of them, or a snapshot or clone of `volume`,
+/// with the LV whose tag holds it.
+fn changing_chain(lvs: &[Lv], volume: &str, chain: &[String]) -> Option<(String, Entry)> {
+    lvs.iter()
+        .flat_map(|l| l.tags.iter().filter_map(|t| Entry::from_tag(t)).map(move |e| (l.name.to_string(), e)))
+        .find(|(_, entry)| match &entry.operation {
+            Operation::Merge { child, into, .. } => chain.iter().any(|n| n == child || n == into),
+            Operation::Snapshot { .. } => entry.operation.involves(volume),
+        })
 }
 
 /// How `volume`, whose chain's leaf is node `leaf`, is opened: read-only
@@ -673,8 +697,13 @@ mod tests {
     fn attach_on_fakes(volume: &str) -> (Vec<String>, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let host = HostRoot::at(dir.path());
-        let lvm_runner = FakeRunner::new().then_stdout(&after_a_snapshot_and_a_clone()).then_stdout("").then_stdout("");
-        let lvm_runner = if volume == "vol-ss" { lvm_runner } else { lvm_runner.then_stdout("").then_stdout("") };
+        // The chain read, its activations (the parents read-only, activated
+        // then refreshed; a writable leaf once more), then the journal, read
+        // once the disk is open and recorded: nothing journalled.
+        let activations = if volume == "vol-ss" { 2 } else { 3 };
+        let lvm_runner = (0..activations)
+            .fold(FakeRunner::new().then_stdout(&after_a_snapshot_and_a_clone()), |r, _| r.then_stdout(""))
+            .then_stdout(&after_a_snapshot_and_a_clone());
         let lvm = Lvm::new(&lvm_runner, std::path::Path::new("/dev/nvme0n1"), false).unwrap();
         let tap = FakeRunner::new()
             .then_stdout(HELP_QCOW2)
@@ -696,11 +725,12 @@ mod tests {
         let (lvm, tap) = attach_on_fakes("vol-ss");
         let open = tap.iter().find(|c| c.starts_with("tap-ctl open")).unwrap();
         assert_eq!(open, "tap-ctl open -p 4242 -m 3 -a aio:/dev/nvmetcp_x/vol-aa -R", "{tap:?}");
-        // Activated and refreshed read-only, never read-write.
-        assert_eq!(lvm.len(), 3, "{lvm:?}");
-        for change in &lvm[1..] {
+        // Activated and refreshed read-only, never read-write; then the journal read.
+        assert_eq!(lvm.len(), 4, "{lvm:?}");
+        for change in &lvm[1..3] {
             assert!(change.contains(r#"read_only_volume_list = [ \"nvmetcp_x/vol-aa\" ]"#), "{change}");
         }
+        assert!(lvm[3].starts_with("lvm lvs"), "{lvm:?}");
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub trait Merging {
     /// Every volume whose chain an engine has open: this host's, read-only
     /// and mid-swap disks included, and (for the pool) every other host's.
     /// No image of these chains is edited from outside: [`Chains::replay`]
-    /// leaves waiting an entry that would.
+    /// and the collector leave waiting an entry that would. Asked after the
+    /// entry is journalled, and answered as things are now.
     ///
     /// # Errors
     /// [`EngineError::MergeUnasked`] if a host cannot say.

@@ -14,13 +14,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::member_tests::{plain, pool, TwoHosts, KEY, SR, UUID, VG};
+use crate::cmd::{args_of, CmdError, Command, Output, Program, Runner};
 use crate::context::Context;
 use crate::engine::{Access, Handle, Image, ImageFormat, OpenDisk};
 use crate::ids::VgName;
 use crate::lvm::Lvm;
+use crate::snapshot::calls::ChainCallError;
 use crate::snapshot::ops::{Chains, Faults, NothingOpen};
 use crate::snapshot::qemu_img::QemuImg;
-use crate::snapshot::served::{forget, record_opened};
+use crate::snapshot::served::{forget, open_here, record_opened, MergeHere};
 
 /// The second snapshot's uuid.
 const UUID2: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e13";
@@ -342,4 +344,137 @@ fn the_node_above_a_merged_one_is_writable_on_the_member_before_its_engine_merge
     assert!(!shape.contains_key(&node), "the node is removed: {shape:?}");
     assert!(has(&pool, &overlay, &format!("np={KEY}")), "the node above rests on the raw LV: {shape:?}");
     assert!(pool.vg.vg.ran(0, "qemu-img commit").is_empty(), "qemu-img wrote a chain a member has open");
+}
+
+/// `KEY`'s leaf, as a tapdisk on the member serves it.
+fn tapdisk_on_member() -> OpenDisk {
+    OpenDisk {
+        device: "/dev/xen/blktap-2/tapdev3".into(),
+        leaf: Image::new(ImageFormat::Qcow2, format!("/dev/{VG}/node-{UUID2}")).unwrap(),
+        handle: Handle::Tapdisk { pid: 7, minor: 3 },
+    }
+}
+
+/// A VM starting on the member once the collector has journalled its
+/// merge, after it made its plan: the member's engine opens [`KEY`]'s chain.
+struct OpenedOnMemberAtJournal<'a>(&'a crate::nvme::sysfs::fixture::SysfsTree);
+
+impl Faults for OpenedOnMemberAtJournal<'_> {
+    fn reached(&self, step: &str) {
+        if step == "merge-journal" {
+            record_opened(&self.0.host(), SR, KEY, &tapdisk_on_member(), Access::ReadWrite).unwrap();
+        }
+    }
+}
+
+/// Issue 18: the collector asks the pool which chains are open again once
+/// a merge is journalled, not only when it plans: [`KEY`]'s chain, opened
+/// on the member between the plan and the merge, is not written by
+/// `qemu-img` on the master; the entry waits for a later run.
+#[test]
+fn a_chain_a_member_opens_after_the_collectors_plan_is_not_merged_under_it() {
+    let pool = pool(plain());
+    pool.snapshot().unwrap();
+    pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID2}\n"));
+    pool.snapshot().unwrap();
+    let lvm = Lvm::new(&pool.vg, Path::new("/dev/nvme0n1"), true).unwrap();
+    let vg: VgName = VG.parse().unwrap();
+    let host = pool.master.root.clone();
+    let others = crate::snapshot::pool::Pool { root: &host, sr_uuid: SR, vg: VG };
+    let here = MergeHere { runner: &pool.vg, host: &host, sr_uuid: SR };
+    let merging =
+        super::merging::MergeInPool::new(here, crate::snapshot::pool::Pool { root: &host, sr_uuid: SR, vg: VG });
+    let faults = OpenedOnMemberAtJournal(&pool.member);
+    let chains = Chains::new(&lvm, QemuImg::new(&pool.vg), &vg, crate::volume::meta::VOLUME_TAG, &faults)
+        .with_other_hosts(&others)
+        .with_merging(&merging);
+    chains.destroy(&format!("vol-{UUID}")).unwrap();
+    let start = pool.vg.vg.commands();
+    let smlog = logged(|| {
+        chains.collect(&NothingOpen).unwrap();
+    });
+    assert!(open_on_member(&pool), "the fault did not open the chain");
+    assert!(pool.vg.vg.ran(start, "qemu-img").is_empty(), "{:?}", pool.vg.vg.ran(start, "qemu-img"));
+    assert!(has(&pool, &format!("node-{UUID}"), "nj="), "the entry is gone: {:?}", pool.vg.vg.shape());
+    assert!(smlog.contains("open on host xcp-2"), "SMlog does not say where: {smlog}");
+}
+
+fn open_on_member(pool: &TwoHosts) -> bool {
+    open_here(&pool.member.host(), SR, KEY).is_some()
+}
+
+/// The member's `Datapath.attach` tools: LVM on the SR's shared VG (the
+/// master's [`FakeVg`](crate::snapshot::fake_vg::FakeVg), read as members
+/// read it), `tap-ctl` a tapdisk with the qcow2 driver that spawns pid 7
+/// on minor 3 and records its commands.
+#[derive(Clone)]
+struct MemberDatapath {
+    vg: super::member_tests::Writer,
+    tap_ctl: Arc<Mutex<Vec<String>>>,
+}
+
+impl Runner for MemberDatapath {
+    fn resolve(&self, program: Program) -> Result<std::path::PathBuf, CmdError> {
+        Ok(Path::new("/usr/sbin").join(program.name()))
+    }
+
+    fn start_detached(&self, command: &Command) -> Result<u32, CmdError> {
+        panic!("a tapdisk attach starts nothing detached: {command}")
+    }
+
+    fn run(&self, command: &Command) -> Result<Output, CmdError> {
+        if command.program() != Program::TapCtl {
+            return self.vg.run(command);
+        }
+        let args = args_of(command);
+        let mut ran = self.tap_ctl.lock().unwrap();
+        ran.push(args.join(" "));
+        let opened = ran.iter().any(|c| c.starts_with("open")) && !ran.iter().any(|c| c.starts_with("destroy"));
+        let stdout = match args.first().map(String::as_str) {
+            None => super::member_tests::HELP_QCOW2.to_owned(),
+            Some("spawn") => "7\n".to_owned(),
+            Some("allocate") => "/dev/xen/blktap-2/tapdev3\n".to_owned(),
+            Some("list") if opened => format!("pid=7 minor=3 state=0 args=qcow2:/dev/{VG}/node-{UUID2}\n"),
+            _ => String::new(),
+        };
+        Ok(Output { stdout, stderr: String::new() })
+    }
+}
+
+/// [`KEY`]'s chain opened on the member as `Datapath.attach` opens it.
+fn attach_on_member(pool: &TwoHosts, tools: &MemberDatapath) -> Result<std::path::PathBuf, ChainCallError> {
+    let host = pool.member.host();
+    let state = crate::sr_state::load(&host, SR).unwrap();
+    let lvm = Lvm::new(tools, Path::new("/dev/nvme0n1"), false).unwrap();
+    let lv = lvm.lvs(&state.vg).unwrap().into_iter().find(|l| l.name == KEY).unwrap();
+    crate::snapshot::served::attach(tools, &host, &lvm, &state, crate::volume::meta::VOLUME_TAG, &lv)
+}
+
+/// Issue 18: a VM started on the member while the master has a merge in
+/// its disk's chain journalled (here, a collector interrupted after
+/// writing the node into its parent) is refused with what the master is
+/// doing and what to do: the member's engine opened the chain and recorded
+/// it first (so the master, asking after it journalled, sees it), then
+/// read the journal, and closed the disk again. Once the master finishes
+/// the merge, the same attach serves the disk.
+#[test]
+fn a_disk_whose_chain_the_master_merges_is_closed_again_and_refused_on_a_member() {
+    let pool = merge_killed_at_rest();
+    let tools = MemberDatapath { vg: pool.vg.clone(), tap_ctl: Arc::default() };
+    let refused = attach_on_member(&pool, &tools).unwrap_err();
+    assert!(matches!(refused, ChainCallError::ChainBusy { .. }), "{refused:?}");
+    let said = refused.to_string();
+    let merge = format!("a merge of node node-{UUID} into {KEY} at rest");
+    for words in [merge.as_str(), "Retry in a minute", "nvmetcp doctor"] {
+        assert!(said.contains(words), "{words:?} not in: {said}");
+    }
+    let ran = tools.tap_ctl.lock().unwrap().clone();
+    assert!(ran.iter().any(|c| c.starts_with("open")), "the chain was not opened first: {ran:?}");
+    assert!(ran.last().is_some_and(|c| c == "destroy -p 7 -m 3"), "the disk was not closed again: {ran:?}");
+    assert!(!open_on_member(&pool), "the member still records the disk as open");
+    recover(&pool);
+    assert!(!pool.vg.vg.journalled(), "{:?}", pool.vg.vg.shape());
+    let tools = MemberDatapath { vg: pool.vg.clone(), tap_ctl: Arc::default() };
+    assert_eq!(attach_on_member(&pool, &tools).unwrap(), Path::new("/dev/xen/blktap-2/tapdev3"));
+    assert!(open_on_member(&pool));
 }

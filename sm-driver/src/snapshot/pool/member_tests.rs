@@ -38,7 +38,7 @@ pub(super) const KEY: &str = "vol-0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e11";
 pub(super) const UUID: &str = "0f3c6d0e-8a8f-4e0a-9b5e-2d7c1f0a9e12";
 /// tap-ctl's command list with the qcow2 driver's commands
 /// (`xcp-ng/blktap control/tap-ctl.c` `usage()`).
-const HELP_QCOW2: &str =
+pub(super) const HELP_QCOW2: &str =
     "usage: tap-ctl COMMAND [OPTIONS]\nCOMMAND := { list | spawn | pause | unpause | commit | query }\n";
 
 /// A host with the SR attached over one live path.

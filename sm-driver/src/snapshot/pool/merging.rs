@@ -21,7 +21,8 @@ use super::{OpenOn, Pool};
 pub struct MergeInPool<'a> {
     here: MergeHere<'a>,
     pool: Pool<'a>,
-    /// What the other hosts serve, asked once per collector run.
+    /// What the other hosts serve, asked once per collector run for its
+    /// plan ([`Merging::open`] asks again before each edit).
     open: OnceCell<Result<Vec<OpenOn>, PoolCheckError>>,
 }
 
@@ -72,10 +73,15 @@ impl Merging for MergeInPool<'_> {
         served
     }
 
+    /// Asked afresh every time, not from the plan's answer: the caller has
+    /// just journalled the edit it is about to make, and a host that opens
+    /// one of its chains from now on finds that entry and refuses
+    /// ([`crate::snapshot::served::attach`]), so an answer given after the
+    /// entry was written leaves no disk unseen.
     fn open(&self) -> Result<Vec<OpenChain>, EngineError> {
         let mut open = self.here.open()?;
-        let elsewhere = self.elsewhere()?.iter();
-        open.extend(elsewhere.map(|o| OpenChain { volume: o.volume.clone(), host: Some(o.host.clone()) }));
+        let elsewhere = self.pool.open_on_others().map_err(|e| EngineError::MergeUnasked { why: e.to_string() })?;
+        open.extend(elsewhere.into_iter().map(|o| OpenChain { volume: o.volume, host: Some(o.host) }));
         Ok(open)
     }
 
