@@ -256,14 +256,21 @@ impl Faults for KilledAfterCommit {
     }
 }
 
-/// [`KEY`] snapshotted twice at rest, the first snapshot deleted, and the
-/// collector killed after writing `node-<UUID>` into the raw LV, before
-/// relinking `node-<UUID2>`, [`KEY`]'s leaf, to it.
-fn merge_killed_at_rest() -> TwoHosts {
+/// [`KEY`] snapshotted twice at rest: its raw LV (`vol-<UUID>` refers to
+/// it), `node-<UUID>` (`vol-<UUID2>`), its leaf `node-<UUID2>`.
+fn twice_at_rest() -> TwoHosts {
     let pool = pool(plain());
     pool.snapshot().unwrap();
     pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID2}\n"));
     pool.snapshot().unwrap();
+    pool
+}
+
+/// [`KEY`] snapshotted twice at rest, the first snapshot deleted, and the
+/// collector killed after writing `node-<UUID>` into the raw LV, before
+/// relinking `node-<UUID2>`, [`KEY`]'s leaf, to it.
+fn merge_killed_at_rest() -> TwoHosts {
+    let pool = twice_at_rest();
     let lvm = Lvm::new(&pool.vg, Path::new("/dev/nvme0n1"), true).unwrap();
     let vg: VgName = VG.parse().unwrap();
     let tag = crate::volume::meta::VOLUME_TAG;
@@ -373,10 +380,7 @@ impl Faults for OpenedOnMemberAtJournal<'_> {
 /// `qemu-img` on the master; the entry waits for a later run.
 #[test]
 fn a_chain_a_member_opens_after_the_collectors_plan_is_not_merged_under_it() {
-    let pool = pool(plain());
-    pool.snapshot().unwrap();
-    pool.master_tree.write("/proc/sys/kernel/random/uuid", &format!("{UUID2}\n"));
-    pool.snapshot().unwrap();
+    let pool = twice_at_rest();
     let lvm = Lvm::new(&pool.vg, Path::new("/dev/nvme0n1"), true).unwrap();
     let vg: VgName = VG.parse().unwrap();
     let host = pool.master.root.clone();
