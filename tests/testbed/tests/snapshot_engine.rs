@@ -641,7 +641,9 @@ no_journal || tb_fail "a journal entry was left"
 /// kill lands between journal steps whatever the machine's speed); after
 /// each, `SR.attach` replays the journal and collects. Every volume holds
 /// the disk's data throughout (the disk is not written), so one checksum
-/// checks them all.
+/// checks them all. While the killed destroy's merge is journalled, the
+/// disk's `Datapath.attach` is refused (`NVMETCP_CHAIN_BUSY`) and leaves
+/// nothing open.
 const LINKS_SNAPSHOT_KILLED: &str = r#"
 sr_up killed
 a=$(new_volume "vm disk")
@@ -669,6 +671,16 @@ kill_call() {
     wait "$pid" || rc=$?
     case $rc in 137) echo "$1" >>killed ;; 0) ;; *) tb_fail "$1 failed ($rc)" ;; esac
     tb_log "$1 waiting for $3 journal tags: rc $rc with $tags tags, $(lv_count) LVs"
+    # While its merge is journalled, the disk's chain is not served (the
+    # engine opens it, reads the journal, closes it again, and says why).
+    if [ "$rc" = 137 ] && [ "$1" = Volume.destroy ]; then
+        [ "$(journal_tags)" -ge 1 ] || tb_fail "the killed destroy left no journal entry"
+        expect_err NVMETCP_CHAIN_BUSY Datapath.attach "{\"dbg\":\"da\",$(dp "$a")}" | grep -q 'is changing its chain' ||
+            tb_fail "a disk whose chain has a merge journalled was not refused saying why"
+        [ -z "$(ls "/run/nvmetcp/engine/$SR" 2>/dev/null)" ] || tb_fail "the refused disk is still recorded open"
+        echo busy >>killed
+        tb_log "Datapath.attach refused while the merge is journalled"
+    fi
     attach_sr
     no_journal || { lvs -o lv_name,lv_tags "$vg"; tb_fail "SR.attach left a journal entry ($1 killed at $tags tags)"; }
     for sum in $(read_sums $(ls_keys)); do
@@ -690,6 +702,7 @@ tb_log "killed: $(sort killed | uniq -c | tr -s ' \n' ' '); $(ls_keys | wc -w) v
 for m in snapshot clone destroy; do
     grep -q "$m" killed || tb_fail "no Volume.$m was killed mid-journal (each finished before its journal was seen)"
 done
+grep -qx busy killed || tb_fail "no Datapath.attach was tried while a merge was journalled"
 for v in $(ls_keys); do [ "$v" = "$a" ] || destroy "$v"; done
 [ "$(lv_count)" = 1 ] || { lvs -o lv_name,lv_tags "$vg"; tb_fail "an LV was orphaned by the kills"; }
 [ "$(read_sum "$a")" = "$a0" ] || tb_fail "the disk's data changed"
