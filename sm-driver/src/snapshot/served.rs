@@ -350,8 +350,9 @@ pub fn attach(
         if let Err(error) = detach(runner, host, Some(lvm), Some(now), state, volume_tag, &lv.name) {
             tracing::warn!(%error, volume = %lv.name, "the disk could not be closed again");
         }
-        tracing::warn!(volume = %lv.name, lv = journalled_on, what = entry.describe(), "not served: the master changes its chain");
-        return Err(ChainCallError::ChainBusy { key: lv.name.to_string(), what: entry.describe(), lv: journalled_on });
+        let what = entry.describe();
+        tracing::warn!(volume = %lv.name, lv = journalled_on, what, "not served: the master changes its chain");
+        return Err(ChainCallError::ChainBusy { key: lv.name.to_string(), what, lv: journalled_on });
     }
     tracing::info!(volume = %lv.name, device = %disk.device.display(), engine = %engine.kind(), ?access, "chain served");
     Ok(disk.device)
@@ -363,8 +364,8 @@ pub fn attach(
 fn changing_chain(lvs: &[Lv], volume: &str, chain: &[String]) -> Option<(String, Entry)> {
     lvs.iter()
         .flat_map(|l| l.tags.iter().filter_map(|t| Entry::from_tag(t)).map(move |e| (l.name.to_string(), e)))
-        .find(|(_, entry)| match &entry.operation {
-            Operation::Merge { child, into, .. } => chain.iter().any(|n| n == child || n == into),
+        .find(|(_, entry)| match entry.operation {
+            Operation::Merge { .. } => chain.iter().any(|n| entry.operation.involves(n)),
             Operation::Snapshot { .. } => entry.operation.involves(volume),
         })
 }

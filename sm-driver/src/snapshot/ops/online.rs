@@ -491,7 +491,9 @@ impl Chains<'_> {
             // the job had writable goes back to read-only where it ran.
             let mut parents: Vec<&Node> = vec![&into_node];
             parents.extend(overlay.as_ref());
-            if let Err(error) = self.read_only_again(&self.lvs()?, Some(volume), &parents) {
+            // `lvs` as read above: the job's activations came before it,
+            // and retiring `child` changes no other LV's.
+            if let Err(error) = self.read_only_again(&lvs, Some(volume), &parents) {
                 tracing::warn!(volume, into, %error, "the merge's nodes stay writable until the disk closes");
             }
         }
