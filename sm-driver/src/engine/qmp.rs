@@ -12,11 +12,12 @@
 //! `monitor/qmp.c`, `monitor_qmp_setup_handlers_bh`), and when a client
 //! connects while that runs, both the socket's accept and the handler setup
 //! deliver `CHR_EVENT_OPENED` (`chardev/char-fe.c`,
-//! `qemu_chr_fe_set_handlers_full`: handlers first, then "already open?"). Each delivery resets the monitor to
-//! negotiation mode and greets (`monitor_qmp_event`). A client that connects
-//! as soon as `qemu-storage-daemon --daemonize` returns meets this, so a
-//! second greeting is not an error here: it means "negotiate again", and a
-//! command the reset refused (before it ran) is sent again.
+//! `qemu_chr_fe_set_handlers_full`: handlers first, then "already open?").
+//! Each delivery resets the monitor to negotiation mode and greets
+//! (`monitor_qmp_event`). A client that connects as soon as
+//! `qemu-storage-daemon --daemonize` returns meets this, so a second
+//! greeting is not an error here: it means "negotiate again", and a command
+//! the reset refused (before it ran) is sent again.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
